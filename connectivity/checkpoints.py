@@ -1,0 +1,77 @@
+"""Loading user-given files safely (``weights_only=True``) with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+class CheckpointError(ValueError):
+    """A file that is missing, not a checkpoint, or a checkpoint of something else."""
+
+
+def load_file(path: str | Path) -> Any:
+    """``torch.load`` a user-given file on the CPU with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"No file at {path.resolve()}. Train one first (for example "
+            "`connectivity fit -c configs/classifier/quick.yaml`) or fix the path."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and unpickler errors all mean "not loadable"
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint that can be loaded safely "
+            f"(weights_only=True): {type(error).__name__}: {str(error).splitlines()[0]}"
+        ) from error
+
+
+def load_state(module: nn.Module, state: dict[str, Any], source: str | Path) -> None:
+    """Load ``state`` into ``module``, turning a mismatch into one clear error."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        details = str(error).splitlines()
+        raise CheckpointError(
+            f"{source} holds weights of another architecture than "
+            f"{type(module).__name__} was built with: {' '.join(d.strip() for d in details[:4])}"
+        ) from error
+
+
+def load_lightning_module(
+    cls: type[ModuleT], path: str | Path, **overrides: Any
+) -> tuple[ModuleT, dict[str, Any]]:
+    """Rebuild a LightningModule of class ``cls`` from its checkpoint in one call.
+
+    Args:
+        cls: The module class; its ``__init__`` takes the saved hyperparameters.
+        path: The ``.ckpt`` file.
+        **overrides: Hyperparameters replaced at construction (for example ``weights=None`` so
+            that no pretrained weights are downloaded before the saved ones are loaded).
+
+    Returns:
+        The module in eval mode with the saved weights, and the saved hyperparameters.
+    """
+    checkpoint = load_file(path)
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(
+        checkpoint
+    ):
+        raise CheckpointError(
+            f"{path} is not a Lightning checkpoint of a {cls.__name__} (no saved "
+            "hyperparameters and state_dict)"
+        )
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    try:
+        module = cls(**{**hparams, **overrides})
+    except TypeError as error:
+        raise CheckpointError(
+            f"{path} was saved by another kind of module, not a {cls.__name__} ({error})"
+        ) from error
+    load_state(module, checkpoint["state_dict"], path)
+    return module.eval(), hparams
