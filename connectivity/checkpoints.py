@@ -8,10 +8,12 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from connectivity.errors import ConnectivityError
+
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ConnectivityError, ValueError):
     """A file that is missing, not a checkpoint, or a checkpoint of something else."""
 
 

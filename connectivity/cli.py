@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+
+from connectivity.errors import ConnectivityError
 
 
 class RunFolderConfigCallback(SaveConfigCallback):
@@ -17,7 +20,7 @@ class RunFolderConfigCallback(SaveConfigCallback):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.already_saved:
+        if self.already_saved or stage != "fit":
             return
         logger = trainer.logger
         if isinstance(logger, WandbLogger):
@@ -30,7 +33,6 @@ class RunFolderConfigCallback(SaveConfigCallback):
             self.parser.save(
                 self.config,
                 folder / self.config_filename,
-                skip_none=False,
                 overwrite=True,
                 multifile=False,
             )
@@ -55,7 +57,11 @@ class ConnectivityCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``connectivity`` console script."""
-    ConnectivityCLI(args=args)
+    try:
+        ConnectivityCLI(args=args)
+    except ConnectivityError as error:
+        print(f"connectivity: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
 from torchvision import datasets, transforms
 
+from connectivity.errors import ConnectivityError
+
 SPLITS = ("train", "val", "test")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(ConnectivityError, FileNotFoundError):
     """The data is not where it was looked for; the message says how to get it."""
 
 

@@ -17,10 +17,12 @@ import torchvision
 from torch import Tensor, fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
+from connectivity.errors import ConnectivityError
+
 INPUT = "input"
 
 
-class LayerError(ValueError):
+class LayerError(ConnectivityError, ValueError):
     """A layer name that does not name a place where the network can be split."""
 
 

@@ -1,0 +1,625 @@
+"""Nudged Elastic Band (NEB) and string method for minimum energy paths.
+
+Pure torch, no Lightning. A band joins a fixed start and end point through ``num_pivots`` movable
+pivots; many bands ("pairs") are optimised together and all their active pivots go through one
+batched energy call per step.
+
+Layers, from low to high:
+
+* pure functions on explicit tensors (``straight_line``, ``tangents``, ``neb_gradient``,
+  ``perpendicular_force_norm``, ``respace_equal_arc``) that callers can use with gradients they
+  computed themselves;
+* ``ElasticBand``, the per-step state machine (pivots, flags, bookkeeping) that any driver,
+  e.g. a Lightning module, can step with its own optimiser and energy evaluation;
+* ``find_paths``, a short loop over ``ElasticBand`` with a torch.optim optimiser.
+
+Shapes: a path is ``(pairs, num_pivots + 2, *point_shape)`` with the fixed ends at index 0 and -1;
+geometry (lengths, tangents, projections) is done on flattened points of size ``D``.
+
+References:
+    G. Henkelman, H. Jonsson, J. Chem. Phys. 113, 9978 (2000): improved tangent.
+    G. Henkelman, B. P. Uberuaga, H. Jonsson, J. Chem. Phys. 113, 9901 (2000): climbing image.
+    W. E, W. Ren, E. Vanden-Eijnden, J. Chem. Phys. 126, 164103 (2007): simplified string method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "ElasticBand",
+    "PathResult",
+    "find_paths",
+    "make_optimizer",
+    "neb_gradient",
+    "perpendicular_force_norm",
+    "respace_equal_arc",
+    "straight_line",
+    "tangents",
+]
+
+METHODS = ("neb", "string")
+OPTIMIZERS = ("adam", "sgd")
+
+EnergyFn = Callable[[Tensor], Tensor]
+StopFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class PathResult:
+    """Outcome of ``find_paths`` / ``ElasticBand.result``.
+
+    Attributes:
+        path: ``(pairs, num_pivots + 2, *point_shape)``, fixed ends included.
+        energy: ``(pairs, num_pivots + 2)``, energies of exactly the returned path.
+        steps: ``(pairs,)`` long, optimiser updates that produced the returned path.
+        max_force: ``(pairs,)`` max over pivots of the force norm used for convergence
+            (perpendicular force; full climbing force for the climbing pivot), at the returned path.
+        converged: ``(pairs,)`` bool, ``max_force <= tol``.
+        stopped: ``(pairs,)`` bool, the ``stop`` callback said the pair was done.
+        diverged: ``(pairs,)`` bool, a non-finite energy, gradient or position appeared; the pair
+            was frozen at its last path whose energy and gradient were finite.
+    """
+
+    path: Tensor
+    energy: Tensor
+    steps: Tensor
+    max_force: Tensor
+    converged: Tensor
+    stopped: Tensor
+    diverged: Tensor
+
+
+def straight_line(starts: Tensor, ends: Tensor, num_pivots: int) -> Tensor:
+    """Evenly spaced path on the segment between each start and end.
+
+    Args:
+        starts: ``(pairs, *point_shape)``.
+        ends: ``(pairs, *point_shape)``.
+        num_pivots: number of interior points.
+
+    Returns:
+        ``(pairs, num_pivots + 2, *point_shape)``; index 0 is ``starts``, -1 is ``ends`` exactly.
+    """
+    if starts.shape != ends.shape:
+        raise ValueError(f"starts {tuple(starts.shape)} and ends {tuple(ends.shape)} differ")
+    weight = torch.linspace(0.0, 1.0, num_pivots + 2, dtype=starts.dtype, device=starts.device)
+    weight = weight.view(1, -1, *([1] * (starts.dim() - 1)))
+    # lerp is exact at both weight 0 and weight 1, so the ends are bit-identical to the inputs.
+    return torch.lerp(starts.unsqueeze(1), ends.unsqueeze(1), weight)
+
+
+def _flat(path: Tensor) -> Tensor:
+    return path.reshape(path.shape[0], path.shape[1], -1)
+
+
+def tangents(path: Tensor, energy: Tensor) -> Tensor:
+    """Unit tangents at the pivots, improved tangent of Henkelman & Jonsson (2000).
+
+    On a monotone stretch the tangent points to the higher-energy neighbour (upwinding); at a
+    local extremum the two neighbour directions are mixed with weights given by the energy
+    differences, so the tangent turns smoothly. Where that mix vanishes (flat energy) the
+    central difference ``R[i+1] - R[i-1]`` is used instead.
+
+    Args:
+        path: ``(pairs, num_pivots + 2, *point_shape)``.
+        energy: ``(pairs, num_pivots + 2)``.
+
+    Returns:
+        ``(pairs, num_pivots, D)`` unit tangents on flattened points (zero only where the
+        neighbours coincide with the pivot).
+    """
+    points = _flat(path)
+    forward = points[:, 2:] - points[:, 1:-1]
+    backward = points[:, 1:-1] - points[:, :-2]
+    v_prev, v_here, v_next = energy[:, :-2], energy[:, 1:-1], energy[:, 2:]
+    rising = (v_next > v_here) & (v_here > v_prev)
+    falling = (v_next < v_here) & (v_here < v_prev)
+    d_next = (v_next - v_here).abs()
+    d_prev = (v_prev - v_here).abs()
+    d_max = torch.maximum(d_next, d_prev)
+    d_min = torch.minimum(d_next, d_prev)
+    # The higher neighbour gets the larger weight, as in the paper.
+    next_higher = v_next > v_prev
+    w_forward = torch.where(next_higher, d_max, d_min).unsqueeze(-1)
+    w_backward = torch.where(next_higher, d_min, d_max).unsqueeze(-1)
+    mixed = w_forward * forward + w_backward * backward
+    tau = torch.where(
+        rising.unsqueeze(-1), forward, torch.where(falling.unsqueeze(-1), backward, mixed)
+    )
+    norm = tau.norm(dim=-1, keepdim=True)
+    tau = torch.where(norm > 0, tau, forward + backward)
+    tiny = torch.finfo(tau.dtype).tiny
+    return tau / tau.norm(dim=-1, keepdim=True).clamp_min(tiny)
+
+
+def _climbing_mask(climbing_index: Tensor | None, pairs: int, pivots: int, like: Tensor) -> Tensor:
+    """``(pairs, pivots, 1)`` bool, True at each pair's climbing pivot (index < 0: none)."""
+    if climbing_index is None:
+        return torch.zeros(pairs, pivots, 1, dtype=torch.bool, device=like.device)
+    index = climbing_index.to(device=like.device, dtype=torch.long).reshape(pairs, 1)
+    columns = torch.arange(pivots, device=like.device).unsqueeze(0)
+    return ((columns == index) & (index >= 0)).unsqueeze(-1)
+
+
+def neb_gradient(
+    path: Tensor,
+    energy: Tensor,
+    grad: Tensor,
+    *,
+    spring_constant: float = 1.0,
+    method: str = "neb",
+    climbing_index: Tensor | None = None,
+) -> Tensor:
+    """Effective gradient (minus the NEB force) to hand to a gradient-descent optimiser.
+
+    ``neb``: ``g_perp - k (|R[i+1] - R[i]| - |R[i] - R[i-1]|) tau`` with
+    ``g_perp = g - (g . tau) tau``; the true force acts only across the band, the springs only
+    along it. ``string``: ``g_perp`` alone (spacing is kept by ``respace_equal_arc`` instead).
+    Climbing pivot: ``g - 2 (g . tau) tau`` (no spring), i.e. it descends across the band and
+    ascends along it, converging on the saddle.
+
+    Args:
+        path: ``(pairs, num_pivots + 2, *point_shape)``.
+        energy: ``(pairs, num_pivots + 2)``.
+        grad: energy gradient at the pivots, ``(pairs, num_pivots, *point_shape)`` or
+            ``(pairs, num_pivots, D)``.
+        spring_constant: ``k``; only used by ``neb``.
+        method: ``"neb"`` or ``"string"``.
+        climbing_index: optional ``(pairs,)`` pivot index (0-based among pivots) of each
+            pair's climbing pivot; negative entries mean no climbing pivot for that pair.
+
+    Returns:
+        Tensor shaped like ``grad``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    tau = tangents(path, energy)
+    g = grad.reshape(tau.shape)
+    along = (g * tau).sum(dim=-1, keepdim=True)
+    effective = g - along * tau
+    if method == "neb":
+        points = _flat(path)
+        d_next = (points[:, 2:] - points[:, 1:-1]).norm(dim=-1, keepdim=True)
+        d_prev = (points[:, 1:-1] - points[:, :-2]).norm(dim=-1, keepdim=True)
+        effective = effective - spring_constant * (d_next - d_prev) * tau
+    climb = _climbing_mask(climbing_index, tau.shape[0], tau.shape[1], tau)
+    effective = torch.where(climb, g - 2.0 * along * tau, effective)
+    return effective.reshape(grad.shape)
+
+
+def perpendicular_force_norm(
+    path: Tensor, energy: Tensor, grad: Tensor, *, climbing_index: Tensor | None = None
+) -> Tensor:
+    """Norm of the true (spring-free) NEB force at each pivot; the convergence measure.
+
+    For ordinary pivots this is ``|g - (g . tau) tau|``: the path is a minimum energy path when
+    it vanishes. For a climbing pivot it is the full climbing force ``|g - 2 (g . tau) tau|``
+    (= ``|g|``), which vanishes only at a stationary point.
+
+    Args:
+        path: ``(pairs, num_pivots + 2, *point_shape)``.
+        energy: ``(pairs, num_pivots + 2)``.
+        grad: ``(pairs, num_pivots, ...)`` energy gradient at the pivots.
+        climbing_index: as in ``neb_gradient``.
+
+    Returns:
+        ``(pairs, num_pivots)``.
+    """
+    tau = tangents(path, energy)
+    g = grad.reshape(tau.shape)
+    along = (g * tau).sum(dim=-1, keepdim=True)
+    force = g - along * tau
+    climb = _climbing_mask(climbing_index, tau.shape[0], tau.shape[1], tau)
+    force = torch.where(climb, g - 2.0 * along * tau, force)
+    return force.norm(dim=-1)
+
+
+def respace_equal_arc(path: Tensor) -> Tensor:
+    """Redistribute the points of each path to equal arc length along its polyline.
+
+    The ends stay fixed; interior points are placed by linear interpolation of the
+    piecewise-linear path at arc lengths ``j / (N - 1)`` of the total. Because new points lie on
+    the old segments, a path inside a box stays inside it.
+
+    Args:
+        path: ``(pairs, N, *point_shape)``, ``N >= 2``.
+
+    Returns:
+        Tensor shaped like ``path``.
+    """
+    points = _flat(path)
+    pairs, count, dim = points.shape
+    segment = (points[:, 1:] - points[:, :-1]).norm(dim=-1)
+    arc = torch.cat([segment.new_zeros(pairs, 1), segment.cumsum(dim=-1)], dim=-1)
+    fraction = torch.linspace(0.0, 1.0, count, dtype=points.dtype, device=points.device)
+    target = fraction.unsqueeze(0) * arc[:, -1:]
+    # right=True puts targets that hit a vertex on the segment after it, which also skips
+    # zero-length segments (repeated arc values) instead of dividing by their zero length.
+    index = torch.searchsorted(arc.contiguous(), target.contiguous(), right=True) - 1
+    index = index.clamp(0, count - 2)
+    start_arc = arc.gather(1, index)
+    length = segment.gather(1, index)
+    tiny = torch.finfo(points.dtype).tiny
+    t = ((target - start_arc) / length.clamp_min(tiny)).clamp(0.0, 1.0).unsqueeze(-1)
+    left = points.gather(1, index.unsqueeze(-1).expand(pairs, count, dim))
+    right = points.gather(1, (index + 1).unsqueeze(-1).expand(pairs, count, dim))
+    out = left + t * (right - left)
+    out[:, 0] = points[:, 0]
+    out[:, -1] = points[:, -1]
+    return out.reshape(path.shape)
+
+
+def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    """The torch.optim optimiser ``find_paths`` uses: ``"adam"`` or plain ``"sgd"``."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+class ElasticBand:
+    """Per-step state of a batch of bands; drive it with any optimiser over ``self.pivots``.
+
+    One step of a driver (see ``find_paths``)::
+
+        x = band.active_points().requires_grad_(True)
+        e = energy(x)                               # (len(x),)
+        (g,) = torch.autograd.grad(e.sum(), x)
+        if band.project_(g, e, stop=stop).any():   # bookkeeping + sets band.pivots.grad
+            optimizer.step()
+            band.after_step_()                      # freeze, bounds, respacing, step counts
+
+    Before the first step, the end energies must be given with
+    ``band.set_end_energies_(energy(band.end_points()))``. The loop ends when ``band.done``.
+
+    Every path a pair holds has been evaluated before that pair leaves the batch, so the
+    recorded energies and forces always belong to the current path (no extra final call).
+
+    Attributes:
+        pivots: ``torch.nn.Parameter`` ``(pairs, num_pivots, *point_shape)``; the optimiser's
+            only parameter. Its ``requires_grad`` is irrelevant: ``.grad`` is set directly.
+        starts, ends: ``(pairs, *point_shape)`` fixed ends.
+        energy: ``(pairs, num_pivots + 2)`` energies of the last evaluated path (NaN until then).
+        max_force: ``(pairs,)`` convergence measure at that path (inf until evaluated).
+        steps: ``(pairs,)`` long, updates applied to the current path.
+        active: ``(pairs,)`` bool, still being optimised.
+        converged, stopped, diverged: ``(pairs,)`` bool flags, see ``PathResult``.
+    """
+
+    def __init__(
+        self,
+        starts: Tensor,
+        ends: Tensor,
+        *,
+        num_pivots: int = 8,
+        spring_constant: float = 1.0,
+        method: str = "neb",
+        climbing: bool = False,
+        climb_after: int = 10,
+        bounds: tuple[float, float] | None = None,
+        tol: float = 1e-3,
+        max_steps: int = 100,
+    ) -> None:
+        """Start every band on the straight line between its ends.
+
+        Args:
+            starts: ``(pairs, *point_shape)`` floating tensor.
+            ends: same shape as ``starts``.
+            num_pivots: movable points per band, ``>= 1``.
+            spring_constant: spring ``k`` of ``neb``.
+            method: ``"neb"`` or ``"string"``.
+            climbing: make the highest pivot of each pair climb (``neb`` only).
+            climb_after: climbing starts once a pair has taken this many steps, so that the
+                band first settles near the minimum energy path and the right pivot climbs;
+                a pair cannot count as converged before climbing has started.
+            bounds: ``(lo, hi)`` box the pivots are clamped into after every step.
+            tol: a pair converges when its ``max_force <= tol``.
+            max_steps: at most this many updates per pair.
+        """
+        if starts.shape != ends.shape or starts.dim() < 2:
+            raise ValueError("starts and ends must both be (pairs, *point_shape)")
+        if not starts.is_floating_point():
+            raise ValueError("starts and ends must be floating point")
+        if num_pivots < 1:
+            raise ValueError("num_pivots must be >= 1")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if climbing and method != "neb":
+            # Respacing after each step would drag the climbing pivot off the saddle.
+            raise ValueError("climbing is only supported with method='neb'")
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ValueError(f"bounds must be (lo, hi) with lo <= hi, got {bounds}")
+        if max_steps < 0 or climb_after < 0:
+            raise ValueError("max_steps and climb_after must be >= 0")
+        self.num_pivots = num_pivots
+        self.spring_constant = spring_constant
+        self.method = method
+        self.climbing = climbing
+        self.climb_after = climb_after
+        self.bounds = bounds
+        self.tol = tol
+        self.max_steps = max_steps
+        self.point_shape = tuple(starts.shape[1:])
+        self.starts = starts.detach().clone()
+        self.ends = ends.detach().clone()
+        initial = straight_line(self.starts, self.ends, num_pivots)[:, 1:-1]
+        if bounds is not None:
+            initial = initial.clamp(bounds[0], bounds[1])
+        self.pivots = torch.nn.Parameter(initial.contiguous())
+        pairs, device, dtype = starts.shape[0], starts.device, starts.dtype
+        self.energy = torch.full((pairs, num_pivots + 2), float("nan"), dtype=dtype, device=device)
+        self.max_force = torch.full((pairs,), float("inf"), dtype=dtype, device=device)
+        self.steps = torch.zeros(pairs, dtype=torch.long, device=device)
+        self.active = torch.ones(pairs, dtype=torch.bool, device=device)
+        self.converged = torch.zeros_like(self.active)
+        self.stopped = torch.zeros_like(self.active)
+        self.diverged = torch.zeros_like(self.active)
+        # Pivots before the pending optimiser step: used to undo the optimiser's moves of
+        # frozen pairs (Adam momentum moves them even with zero grad) and to roll back pairs
+        # that diverge.
+        self._before: Tensor | None = None
+
+    @property
+    def pairs(self) -> int:
+        """Number of bands."""
+        return self.pivots.shape[0]
+
+    @property
+    def done(self) -> bool:
+        """True when no pair is active any more."""
+        return not bool(self.active.any())
+
+    @property
+    def path(self) -> Tensor:
+        """Detached full paths ``(pairs, num_pivots + 2, *point_shape)``."""
+        pivots = self.pivots.detach()
+        return torch.cat([self.starts.unsqueeze(1), pivots, self.ends.unsqueeze(1)], dim=1)
+
+    def end_points(self) -> Tensor:
+        """``(2 * pairs, *point_shape)``: all starts then all ends, for one energy call."""
+        return torch.cat([self.starts, self.ends], dim=0)
+
+    def set_end_energies_(self, energies: Tensor) -> None:
+        """Record the energies of ``end_points()`` (``(2 * pairs,)``, same order).
+
+        A pair with a non-finite end energy is marked diverged at once and never evaluated.
+        """
+        values = energies.detach().to(self.energy.dtype).reshape(2, self.pairs)
+        self.energy[:, 0] = values[0]
+        self.energy[:, -1] = values[1]
+        bad = ~torch.isfinite(values).all(dim=0)
+        self.diverged |= bad
+        self.active &= ~bad
+
+    def active_points(self) -> Tensor:
+        """Detached copy of the active pairs' pivots, ``(active * num_pivots, *point_shape)``.
+
+        Pair-major order: the pivots of the first active pair come first.
+        """
+        return self.pivots.detach()[self.active].reshape(-1, *self.point_shape)
+
+    def climbing_index(self, pivot_energy: Tensor, steps: Tensor) -> Tensor | None:
+        """Climbing pivot per pair (highest-energy pivot, -1 before ``climb_after`` steps).
+
+        Args:
+            pivot_energy: ``(n, num_pivots)``.
+            steps: ``(n,)`` steps taken by those pairs.
+
+        Returns:
+            ``(n,)`` long, or None when climbing is off.
+        """
+        if not self.climbing:
+            return None
+        index = pivot_energy.argmax(dim=1)
+        return torch.where(steps >= self.climb_after, index, torch.full_like(index, -1))
+
+    def project_(self, grad: Tensor, energies: Tensor, stop: StopFn | None = None) -> Tensor:
+        """Take in one evaluation of the active pivots and set ``pivots.grad`` for the next step.
+
+        For each pair that was active, in order: non-finite energy or gradient -> diverged
+        (rolled back to its previous path); otherwise the energies and ``max_force`` are
+        recorded, then ``max_force <= tol`` -> converged, ``stop`` -> stopped, and
+        ``max_steps`` reached -> out of steps; any of these ends the pair. Pairs still active
+        get the NEB effective gradient, all others a zero gradient.
+
+        Args:
+            grad: ``(active * num_pivots, *point_shape)`` gradient of the energy at
+                ``active_points()``.
+            energies: ``(active * num_pivots,)`` energies at ``active_points()``.
+            stop: optional ``stop(path, energy) -> (n,) bool`` called with the full paths
+                ``(n, num_pivots + 2, *point_shape)`` and energies ``(n, num_pivots + 2)`` of
+                the ``n`` pairs just evaluated with finite values (converged ones included).
+                Called on the initial straight line too, so True there means 0 steps.
+
+        Returns:
+            ``(pairs,)`` bool, the pairs the next optimiser step moves (= ``self.active``).
+        """
+        idx = self.active.nonzero().squeeze(1)
+        n, p = idx.numel(), self.num_pivots
+        dtype = self.energy.dtype
+        e = energies.detach().to(dtype).reshape(n, p)
+        g = grad.detach().to(dtype).reshape(n, p, -1)
+        finite = torch.isfinite(e).all(dim=1) & torch.isfinite(g).all(dim=2).all(dim=1)
+
+        bad = idx[~finite]
+        if bad.numel():
+            self._roll_back_(bad)
+
+        good = idx[finite]
+        if good.numel() == 0:
+            self._set_grad_(good, None)
+            return self.active.clone()
+        self.energy[good, 1:-1] = e[finite]
+        g = g[finite]
+        path = self.path[good]
+        energy = self.energy[good]
+        climb = self.climbing_index(energy[:, 1:-1], self.steps[good])
+        force = perpendicular_force_norm(path, energy, g, climbing_index=climb)
+        self.max_force[good] = force.amax(dim=1)
+
+        finished = self.max_force[good] <= self.tol
+        if self.climbing:
+            finished &= self.steps[good] >= self.climb_after
+        self.converged[good] = finished
+        if stop is not None:
+            said = torch.as_tensor(stop(path, energy), device=idx.device).reshape(-1)
+            if said.numel() != good.numel():
+                raise ValueError(f"stop returned {said.numel()} values for {good.numel()} pairs")
+            said = said.to(torch.bool)
+            self.stopped[good] = said
+            finished = finished | said
+        finished = finished | (self.steps[good] >= self.max_steps)
+        self.active[good] = ~finished
+
+        keep = ~finished
+        effective = None
+        if keep.any():
+            effective = neb_gradient(
+                path[keep],
+                energy[keep],
+                g[keep],
+                spring_constant=self.spring_constant,
+                method=self.method,
+                climbing_index=None if climb is None else climb[keep],
+            )
+        self._set_grad_(good[keep], effective)
+        return self.active.clone()
+
+    def _set_grad_(self, index: Tensor, effective: Tensor | None) -> None:
+        full = torch.zeros_like(self.pivots.detach())
+        if effective is not None:
+            full[index] = effective.reshape(-1, self.num_pivots, *self.point_shape)
+        self.pivots.grad = full
+        self._before = self.pivots.detach().clone()
+
+    def _roll_back_(self, index: Tensor) -> None:
+        """Mark pairs diverged and return them to the path before their last step."""
+        self.diverged[index] = True
+        self.active[index] = False
+        if self._before is None:
+            return  # diverged on the initial path: nothing earlier to return to
+        with torch.no_grad():
+            self.pivots[index] = self._before[index]
+        self.steps[index] = (self.steps[index] - 1).clamp_min(0)
+
+    @torch.no_grad()
+    def after_step_(self) -> None:
+        """Finish an optimiser step: undo moves of frozen pairs, then for the moved pairs catch
+        non-finite positions (diverged, rolled back), clamp to ``bounds``, respace (``string``),
+        and count the step."""
+        if self._before is None:
+            raise RuntimeError("after_step_ called before project_")
+        frozen = ~self.active
+        self.pivots[frozen] = self._before[frozen]
+        moved = self.active.nonzero().squeeze(1)
+        if moved.numel():
+            finite = torch.isfinite(self.pivots[moved].reshape(moved.numel(), -1)).all(dim=1)
+            bad = moved[~finite]
+            if bad.numel():
+                self.diverged[bad] = True
+                self.active[bad] = False
+                self.pivots[bad] = self._before[bad]
+            moved = moved[finite]
+        if moved.numel():
+            if self.bounds is not None:
+                self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
+            if self.method == "string":
+                self.pivots[moved] = respace_equal_arc(self.path[moved])[:, 1:-1]
+                if self.bounds is not None:
+                    # Respaced points lie on the clamped polyline, so this only bites when an
+                    # end lies outside the box; the box wins over equal spacing then.
+                    self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
+            self.steps[moved] += 1
+        self.pivots.grad = None
+
+    def result(self) -> PathResult:
+        """Snapshot of the current state as a ``PathResult`` (tensors are copies)."""
+        return PathResult(
+            path=self.path.clone(),
+            energy=self.energy.clone(),
+            steps=self.steps.clone(),
+            max_force=self.max_force.clone(),
+            converged=self.converged.clone(),
+            stopped=self.stopped.clone(),
+            diverged=self.diverged.clone(),
+        )
+
+
+def find_paths(
+    energy: EnergyFn,
+    starts: Tensor,
+    ends: Tensor,
+    *,
+    num_pivots: int = 8,
+    steps: int = 100,
+    optimizer: str = "adam",
+    lr: float = 1e-2,
+    spring_constant: float = 1.0,
+    method: str = "neb",
+    climbing: bool = False,
+    climb_after: int = 10,
+    bounds: tuple[float, float] | None = None,
+    tol: float = 1e-3,
+    stop: StopFn | None = None,
+) -> PathResult:
+    """Optimise one band per (start, end) pair towards a minimum energy path.
+
+    Each iteration makes one batched energy call (forward + backward) on the pivots of the
+    pairs still active; pairs leave the batch when they converge, are stopped, diverge or run
+    out of steps. One extra gradient-free call evaluates the fixed ends at the beginning.
+
+    Args:
+        energy: maps ``(B, *point_shape)`` to ``(B,)``; must be differentiable in its input
+            and must treat batch entries independently.
+        starts: ``(pairs, *point_shape)``.
+        ends: ``(pairs, *point_shape)``.
+        num_pivots: movable points per band.
+        steps: at most this many optimiser updates per pair.
+        optimizer: ``"adam"`` or ``"sgd"`` over the pivots tensor.
+        lr: learning rate.
+        spring_constant: spring ``k`` (``neb`` only).
+        method: ``"neb"`` (improved tangent + springs) or ``"string"`` (perpendicular gradient,
+            then equal-arc-length respacing every step).
+        climbing: climbing image on the highest pivot (``neb`` only).
+        climb_after: steps before climbing begins (see ``ElasticBand``).
+        bounds: ``(lo, hi)`` box the pivots are clamped into.
+        tol: convergence threshold on ``max_force``.
+        stop: ``stop(path, energy) -> (n,) bool`` called each time pairs are evaluated (also on
+            the straight line, before any step); True ends that pair. See
+            ``ElasticBand.project_``.
+
+    Returns:
+        ``PathResult`` whose energies and forces belong to the returned paths.
+    """
+    band = ElasticBand(
+        starts,
+        ends,
+        num_pivots=num_pivots,
+        spring_constant=spring_constant,
+        method=method,
+        climbing=climbing,
+        climb_after=climb_after,
+        bounds=bounds,
+        tol=tol,
+        max_steps=steps,
+    )
+    opt = make_optimizer(optimizer, [band.pivots], lr)
+    with torch.no_grad():
+        band.set_end_energies_(energy(band.end_points()))
+    while not band.done:
+        x = band.active_points().requires_grad_(True)
+        with torch.enable_grad():
+            e = energy(x).reshape(-1)
+            (g,) = torch.autograd.grad(e.sum(), x)
+        if band.project_(g, e, stop=stop).any():
+            opt.step()
+            band.after_step_()
+    return band.result()

@@ -1,0 +1,377 @@
+"""Tests for connectivity.neb on hand-computed bands and the Mueller-Brown surface."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from connectivity.neb import (
+    ElasticBand,
+    find_paths,
+    make_optimizer,
+    neb_gradient,
+    perpendicular_force_norm,
+    respace_equal_arc,
+    straight_line,
+    tangents,
+)
+
+DTYPE = torch.float64
+
+# Mueller-Brown parameters.
+MB_A = (-200.0, -100.0, -170.0, 15.0)
+MB_a = (-1.0, -1.0, -6.5, 0.7)
+MB_b = (0.0, 0.0, 11.0, 0.6)
+MB_c = (-10.0, -10.0, -6.5, 0.7)
+MB_X0 = (1.0, 0.0, -0.5, -1.0)
+MB_Y0 = (0.0, 0.5, 1.5, 1.0)
+
+MINIMA = torch.tensor([[-0.5582, 1.4417], [-0.0500, 0.4667], [0.6235, 0.0280]], dtype=DTYPE)
+STARTS = MINIMA[:2]
+ENDS = MINIMA[1:]
+SADDLES = torch.tensor([[-0.8220, 0.6243], [0.2125, 0.2930]], dtype=DTYPE)
+SADDLE_ENERGIES = torch.tensor([-40.665, -72.249], dtype=DTYPE)
+
+# Settings that converge both Mueller-Brown bands to tol=1e-3 in ~300 steps: Adam's roughly
+# scale-free steps suit the surface's energies of order 100, and a stiff spring keeps the
+# pivots spread along the strongly curved first path.
+MB_OPTIONS = dict(num_pivots=8, steps=600, optimizer="adam", lr=1e-2, spring_constant=100.0)
+
+
+def mueller_brown(points: Tensor) -> Tensor:
+    """Mueller-Brown potential of ``(B, 2)`` points, ``(B,)``."""
+    params = [torch.tensor(v, dtype=points.dtype) for v in (MB_A, MB_a, MB_b, MB_c, MB_X0, MB_Y0)]
+    amp, a, b, c, x0, y0 = params
+    dx = points[:, :1] - x0
+    dy = points[:, 1:] - y0
+    return (amp * torch.exp(a * dx * dx + b * dx * dy + c * dy * dy)).sum(dim=-1)
+
+
+def highest_pivot(result) -> tuple[Tensor, Tensor, Tensor]:
+    """Position, energy and path index of each pair's highest pivot."""
+    index = result.energy[:, 1:-1].argmax(dim=1) + 1
+    rows = torch.arange(result.path.shape[0])
+    return result.path[rows, index], result.energy[rows, index], index
+
+
+# --- pure functions on a hand-computed band -------------------------------------------------
+
+# One polyline, two energy profiles (two "pairs"); pivots are points 1..3.
+HAND_PATH = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 1.0], [3.0, 1.0], [4.0, 0.0]], dtype=DTYPE)
+HAND_ENERGY = torch.tensor(
+    [
+        [0.0, 1.0, 3.0, 2.0, 4.0],  # rising, maximum (next > prev), minimum (next > prev)
+        [4.0, 2.0, 3.0, 1.0, 0.0],  # minimum (next < prev), maximum (next < prev), falling
+    ],
+    dtype=DTYPE,
+)
+
+
+def _unit(*v: float) -> Tensor:
+    t = torch.tensor(v, dtype=DTYPE)
+    return t / t.norm()
+
+
+# Worked out from Henkelman & Jonsson (2000), eq. 8-11; tau+ = R[i+1] - R[i], tau- = R[i] - R[i-1].
+HAND_TANGENTS = torch.stack(
+    [
+        torch.stack(
+            [
+                _unit(1, 1),  # V rises: tau+ = (1, 1)
+                _unit(3, 1),  # max, dVmax=2, dVmin=1, V3 > V1: 2 tau+ + tau- = 2(1,0) + (1,1)
+                _unit(3, -2),  # min, dVmax=2, dVmin=1, V4 > V2: 2 tau+ + tau- = 2(1,-1) + (1,0)
+            ]
+        ),
+        torch.stack(
+            [
+                _unit(3, 1),  # min, dVmax=2, dVmin=1, V2 < V0: tau+ + 2 tau- = (1,1) + 2(1,0)
+                _unit(3, 2),  # max, dVmax=2, dVmin=1, V3 < V1: tau+ + 2 tau- = (1,0) + 2(1,1)
+                _unit(1, 0),  # V falls: tau- = (1, 0)
+            ]
+        ),
+    ]
+)
+
+
+def _hand_band() -> tuple[Tensor, Tensor, Tensor]:
+    path = HAND_PATH.expand(2, -1, -1).clone()
+    grad = torch.tensor([1.0, 2.0], dtype=DTYPE).expand(2, 3, 2).clone()
+    return path, HAND_ENERGY.clone(), grad
+
+
+def test_improved_tangent_matches_hand_values() -> None:
+    path, energy, _ = _hand_band()
+    assert torch.allclose(tangents(path, energy), HAND_TANGENTS, atol=1e-12)
+
+
+def test_tangent_falls_back_to_central_difference_on_flat_energy() -> None:
+    path = HAND_PATH.unsqueeze(0)
+    flat = torch.zeros(1, 5, dtype=DTYPE)
+    expected = torch.stack([_unit(2, 1), _unit(2, 1), _unit(2, -1)])
+    assert torch.allclose(tangents(path, flat)[0], expected, atol=1e-12)
+
+
+def test_neb_gradient_projection_and_springs_match_hand_values() -> None:
+    path, energy, grad = _hand_band()
+    k = 2.0
+    root2 = math.sqrt(2.0)
+    # |R[i+1] - R[i]| - |R[i] - R[i-1]| at pivots 1..3: sqrt2 - 1, 1 - sqrt2, sqrt2 - 1.
+    stretch = torch.tensor([root2 - 1, 1 - root2, root2 - 1], dtype=DTYPE)
+    g = torch.tensor([1.0, 2.0], dtype=DTYPE)
+    expected = torch.empty(2, 3, 2, dtype=DTYPE)
+    perp_norm = torch.empty(2, 3, dtype=DTYPE)
+    for pair in range(2):
+        for i in range(3):
+            tau = HAND_TANGENTS[pair, i]
+            perp = g - (g @ tau) * tau
+            expected[pair, i] = perp - k * stretch[i] * tau
+            perp_norm[pair, i] = perp.norm()
+
+    got = neb_gradient(path, energy, grad, spring_constant=k, method="neb")
+    assert torch.allclose(got, expected, atol=1e-12)
+    # The spring acts only along the band, the true force only across it.
+    assert torch.allclose((got * HAND_TANGENTS).sum(-1), -k * stretch.expand(2, 3), atol=1e-12)
+
+    string = neb_gradient(path, energy, grad, spring_constant=k, method="string")
+    assert torch.allclose(string.norm(dim=-1), perp_norm, atol=1e-12)
+    assert torch.allclose((string * HAND_TANGENTS).sum(-1), torch.zeros(2, 3, dtype=DTYPE))
+
+    assert torch.allclose(perpendicular_force_norm(path, energy, grad), perp_norm, atol=1e-12)
+
+
+def test_climbing_pivot_reverses_the_parallel_gradient() -> None:
+    path, energy, grad = _hand_band()
+    g = torch.tensor([1.0, 2.0], dtype=DTYPE)
+    climbing_index = torch.tensor([1, -1])  # pair 0 climbs at its middle pivot, pair 1 not at all
+    got = neb_gradient(path, energy, grad, spring_constant=2.0, climbing_index=climbing_index)
+    plain = neb_gradient(path, energy, grad, spring_constant=2.0)
+    tau = HAND_TANGENTS[0, 1]
+    assert torch.allclose(got[0, 1], g - 2 * (g @ tau) * tau, atol=1e-12)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[0, 1] = False
+    assert torch.equal(got[mask], plain[mask])
+    # Convergence measure of a climbing pivot is the full force, |g|.
+    norm = perpendicular_force_norm(path, energy, grad, climbing_index=climbing_index)
+    assert norm[0, 1].item() == pytest.approx(g.norm().item())
+
+
+def test_straight_line_is_even_and_keeps_ends_exact() -> None:
+    starts = torch.randn(3, 2, 4, 4, dtype=DTYPE)
+    ends = torch.randn(3, 2, 4, 4, dtype=DTYPE)
+    path = straight_line(starts, ends, num_pivots=4)
+    assert path.shape == (3, 6, 2, 4, 4)
+    assert torch.equal(path[:, 0], starts)
+    assert torch.equal(path[:, -1], ends)
+    steps = (path[:, 1:] - path[:, :-1]).flatten(2)
+    assert torch.allclose(steps, ((ends - starts) / 5).flatten(1).unsqueeze(1).expand_as(steps))
+
+
+def test_respace_equal_arc_hand_example() -> None:
+    path = torch.tensor(
+        [[[0.0, 0.0], [0.5, 0.0], [2.0, 0.0], [2.0, 0.2], [2.0, 2.0]]], dtype=DTYPE
+    )  # total length 4
+    expected = torch.tensor(
+        [[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [2.0, 1.0], [2.0, 2.0]]], dtype=DTYPE
+    )
+    assert torch.allclose(respace_equal_arc(path), expected, atol=1e-12)
+    # Coincident points (zero-length path) stay put instead of producing NaNs.
+    still = torch.ones(1, 4, 2, dtype=DTYPE)
+    assert torch.equal(respace_equal_arc(still), still)
+
+
+# --- Mueller-Brown ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def climbing_result():
+    return find_paths(mueller_brown, STARTS, ENDS, climbing=True, **MB_OPTIONS)
+
+
+def test_climbing_neb_finds_mueller_brown_saddles(climbing_result) -> None:
+    result = climbing_result
+    assert result.converged.all()
+    assert not result.diverged.any() and not result.stopped.any()
+    top, top_energy, _ = highest_pivot(result)
+    assert (top - SADDLES).norm(dim=1).max() < 1e-2
+    assert (top_energy - SADDLE_ENERGIES).abs().max() < 1e-2
+    # Ends never move and the energies belong to the returned path.
+    assert torch.equal(result.path[:, 0], STARTS)
+    assert torch.equal(result.path[:, -1], ENDS)
+    recomputed = mueller_brown(result.path.reshape(-1, 2)).reshape(2, -1)
+    assert torch.allclose(result.energy, recomputed, rtol=0, atol=1e-10)
+
+
+def test_plain_neb_highest_pivot_is_within_spacing_of_saddle() -> None:
+    result = find_paths(mueller_brown, STARTS, ENDS, climbing=False, **MB_OPTIONS)
+    top, _, index = highest_pivot(result)
+    rows = torch.arange(2)
+    spacing = torch.maximum(
+        (result.path[rows, index + 1] - top).norm(dim=1),
+        (top - result.path[rows, index - 1]).norm(dim=1),
+    )
+    assert ((top - SADDLES).norm(dim=1) < spacing).all()
+
+
+def test_batched_pairs_match_single_pairs(climbing_result) -> None:
+    for pair in range(2):
+        single = find_paths(
+            mueller_brown,
+            STARTS[pair : pair + 1],
+            ENDS[pair : pair + 1],
+            climbing=True,
+            **MB_OPTIONS,
+        )
+        assert torch.allclose(single.path[0], climbing_result.path[pair], atol=1e-9)
+        assert torch.allclose(single.energy[0], climbing_result.energy[pair], atol=1e-7)
+        assert single.steps[0] == climbing_result.steps[pair]
+        assert single.converged[0] == climbing_result.converged[pair]
+
+
+def test_manual_band_loop_is_bit_identical_to_find_paths() -> None:
+    options = dict(num_pivots=6, spring_constant=10.0, climbing=True, climb_after=5, tol=1e-3)
+    reference = find_paths(mueller_brown, STARTS, ENDS, steps=40, lr=1e-2, **options)
+    band = ElasticBand(STARTS, ENDS, max_steps=40, **options)
+    opt = make_optimizer("adam", [band.pivots], lr=1e-2)
+    band.set_end_energies_(mueller_brown(band.end_points()))
+    while not band.done:
+        x = band.active_points().requires_grad_(True)
+        e = mueller_brown(x)
+        (g,) = torch.autograd.grad(e.sum(), x)
+        if band.project_(g, e).any():
+            opt.step()
+            band.after_step_()
+    mine = band.result()
+    for field in ("path", "energy", "steps", "max_force", "converged"):
+        assert torch.equal(getattr(mine, field), getattr(reference, field)), field
+
+
+def test_string_method_keeps_equal_arc_length() -> None:
+    result = find_paths(mueller_brown, STARTS, ENDS, num_pivots=8, steps=200, method="string")
+    segments = (result.path[:, 1:] - result.path[:, :-1]).norm(dim=-1)
+    assert torch.allclose(segments, segments.mean(dim=1, keepdim=True), rtol=1e-4)
+    assert (result.max_force < 1.0).all()  # it moved well off the straight line's ~100s
+
+
+def test_climbing_requires_neb_method() -> None:
+    with pytest.raises(ValueError, match="climbing"):
+        find_paths(mueller_brown, STARTS, ENDS, method="string", climbing=True)
+
+
+def test_bounds_are_respected() -> None:
+    # x >= -0.7 cuts off the first saddle (x = -0.82); y <= 1.3 leaves the first start
+    # (y = 1.44) outside the box, which must still hold for the pivots.
+    lo, hi = -0.7, 1.3
+    result = find_paths(mueller_brown, STARTS, ENDS, steps=100, bounds=(lo, hi), tol=0.0)
+    pivots = result.path[:, 1:-1]
+    assert pivots.min() >= lo and pivots.max() <= hi
+    assert pivots[0, :, 0].min() == lo  # the band pushes against the box
+    string = find_paths(
+        mueller_brown, STARTS, ENDS, steps=50, bounds=(lo, hi), method="string", tol=0.0
+    )
+    assert string.path[:, 1:-1].min() >= lo and string.path[:, 1:-1].max() <= hi
+
+
+def test_steps_count_and_final_energies_are_of_final_path() -> None:
+    calls: list[int] = []
+
+    def energy(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return mueller_brown(x)
+
+    result = find_paths(energy, STARTS, ENDS, num_pivots=5, steps=7, tol=0.0)
+    assert result.steps.tolist() == [7, 7]
+    assert not result.converged.any() and not result.stopped.any()
+    # One call for the ends, then one per evaluated path: after 0, 1, ..., 7 steps.
+    assert calls == [4] + [10] * 8
+    recomputed = mueller_brown(result.path.reshape(-1, 2)).reshape(2, -1)
+    assert torch.allclose(result.energy, recomputed, rtol=0, atol=1e-10)
+
+    none = find_paths(energy, STARTS, ENDS, num_pivots=5, steps=0)
+    assert none.steps.tolist() == [0, 0]
+    assert torch.equal(none.path, straight_line(STARTS, ENDS, 5))
+    assert torch.isfinite(none.max_force).all()
+
+
+def test_stop_removes_pairs_from_the_batch() -> None:
+    calls: list[int] = []
+
+    def energy(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return mueller_brown(x)
+
+    def stop(path: Tensor, energies: Tensor) -> Tensor:
+        assert path.shape[1:] == (6, 2) and energies.shape == path.shape[:2]
+        return path[:, 0, 0] < -0.3  # only the first pair starts left of x = -0.3
+
+    result = find_paths(energy, STARTS, ENDS, num_pivots=4, steps=5, tol=0.0, stop=stop)
+    assert result.stopped.tolist() == [True, False]
+    assert result.steps.tolist() == [0, 5]
+    assert torch.equal(result.path[0], straight_line(STARTS, ENDS, 4)[0])
+    # Ends, both pairs on the straight line, then only the second pair.
+    assert calls == [4, 8] + [4] * 5
+
+
+def test_stop_after_some_steps() -> None:
+    seen: list[int] = []
+
+    def stop(path: Tensor, energies: Tensor) -> Tensor:
+        seen.append(path.shape[0])
+        return torch.full((path.shape[0],), len(seen) == 4)
+
+    result = find_paths(mueller_brown, STARTS, ENDS, steps=50, tol=0.0, stop=stop)
+    # The fourth evaluation is of the path after 3 steps.
+    assert seen == [2, 2, 2, 2]
+    assert result.stopped.all() and result.steps.tolist() == [3, 3]
+    recomputed = mueller_brown(result.path.reshape(-1, 2)).reshape(2, -1)
+    assert torch.allclose(result.energy, recomputed, rtol=0, atol=1e-10)
+
+
+def _valley_or_cliff(points: Tensor) -> Tensor:
+    """A harmless valley for y <= 5; above, -x^4, which plain SGD rides off to infinity."""
+    valley = 0.5 * points[:, 1] ** 2 + 0.05 * points[:, 0] ** 2
+    return torch.where(points[:, 1] > 5, -(points[:, 0] ** 4), valley)
+
+
+def test_blow_up_marks_only_that_pair_diverged() -> None:
+    starts = torch.tensor([[-1.0, 0.2], [1.0, 10.0]], dtype=DTYPE)
+    ends = torch.tensor([[1.0, -0.2], [1.0, 12.0]], dtype=DTYPE)
+    result = find_paths(_valley_or_cliff, starts, ends, optimizer="sgd", lr=0.1, steps=500)
+    assert result.diverged.tolist() == [False, True]
+    assert result.converged[0] and result.max_force[0] <= 1e-3
+    # The diverged pair is frozen at its last path with finite energy, after a few steps.
+    assert torch.isfinite(result.path[1]).all() and torch.isfinite(result.energy[1]).all()
+    assert 0 < result.steps[1] < 20
+
+
+def test_nan_energy_marks_only_that_pair_diverged() -> None:
+    def energy(x: Tensor) -> Tensor:
+        value = mueller_brown(x)
+        return torch.where(x[:, 0] > 0.3, torch.full_like(value, math.nan), value)
+
+    # The second pair's pivots near its end (x = 0.62) give NaN on the very first evaluation.
+    result = find_paths(energy, STARTS, ENDS, climbing=True, **MB_OPTIONS)
+    assert result.diverged.tolist() == [False, True]
+    assert result.steps[1] == 0
+    assert torch.equal(result.path[1], straight_line(STARTS, ENDS, 8)[1])
+    assert result.converged[0]
+    top, _, _ = highest_pivot(result)
+    assert (top[0] - SADDLES[0]).norm() < 1e-2
+
+
+def test_image_shaped_points_keep_their_shape() -> None:
+    target = torch.linspace(-1, 1, 12, dtype=DTYPE).reshape(3, 2, 2)
+
+    def energy(x: Tensor) -> Tensor:
+        assert x.shape[1:] == (3, 2, 2)
+        return ((x - target) ** 2).sum(dim=(1, 2, 3)) + x[:, 0].sum(dim=(1, 2)).sin()
+
+    starts = torch.zeros(2, 3, 2, 2, dtype=DTYPE)
+    ends = torch.ones(2, 3, 2, 2, dtype=DTYPE)
+    ends[1] = -1.0
+    result = find_paths(energy, starts, ends, num_pivots=3, steps=1000, lr=1e-2, tol=1e-3)
+    assert result.path.shape == (2, 5, 3, 2, 2)
+    assert result.energy.shape == (2, 5)
+    assert result.converged.all()
