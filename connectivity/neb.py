@@ -47,8 +47,9 @@ __all__ = [
 METHODS = ("neb", "string")
 OPTIMIZERS = ("adam", "sgd")
 
-EnergyFn = Callable[[Tensor], Tensor]
-StopFn = Callable[[Tensor, Tensor], Tensor]
+# Plain energies take points; conditional ones (``labels`` given) take points and their labels.
+EnergyFn = Callable[..., Tensor]
+StopFn = Callable[..., Tensor]
 
 
 @dataclass
@@ -307,6 +308,7 @@ class ElasticBand:
         bounds: tuple[float, float] | None = None,
         tol: float = 1e-3,
         max_steps: int = 100,
+        labels: Tensor | None = None,
     ) -> None:
         """Start every band on the straight line between its ends.
 
@@ -323,6 +325,8 @@ class ElasticBand:
             bounds: ``(lo, hi)`` box the pivots are clamped into after every step.
             tol: a pair converges when its ``max_force <= tol``.
             max_steps: at most this many updates per pair.
+            labels: optional ``(pairs,)`` label of each pair (e.g. its target class) for a
+                conditional energy ``E(z | label)``; see ``active_labels`` and ``project_``.
         """
         if starts.shape != ends.shape or starts.dim() < 2:
             raise ValueError("starts and ends must both be (pairs, *point_shape)")
@@ -348,6 +352,9 @@ class ElasticBand:
         self.tol = tol
         self.max_steps = max_steps
         self.point_shape = tuple(starts.shape[1:])
+        if labels is not None and labels.shape != (starts.shape[0],):
+            raise ValueError(f"labels must be (pairs,) = ({starts.shape[0]},)")
+        self.labels = None if labels is None else labels.detach().clone()
         self.starts = starts.detach().clone()
         self.ends = ends.detach().clone()
         initial = straight_line(self.starts, self.ends, num_pivots)[:, 1:-1]
@@ -398,6 +405,25 @@ class ElasticBand:
         bad = ~torch.isfinite(values).all(dim=0)
         self.diverged |= bad
         self.active &= ~bad
+
+    def end_labels(self) -> Tensor | None:
+        """Labels matching ``end_points()`` (None without labels)."""
+        return None if self.labels is None else torch.cat([self.labels, self.labels])
+
+    def active_labels(self) -> Tensor | None:
+        """Labels matching ``active_points()``, one per pivot (None without labels)."""
+        if self.labels is None:
+            return None
+        return self.labels[self.active].repeat_interleave(self.num_pivots)
+
+    def to_(self, device: torch.device | str) -> ElasticBand:
+        """Move every tensor to ``device``; ``pivots`` keeps its identity (data moved in place)."""
+        for name, value in vars(self).items():
+            if isinstance(value, torch.nn.Parameter):
+                value.data = value.data.to(device)
+            elif isinstance(value, Tensor):
+                setattr(self, name, value.to(device))
+        return self
 
     def active_points(self) -> Tensor:
         """Detached copy of the active pairs' pivots, ``(active * num_pivots, *point_shape)``.
@@ -470,7 +496,10 @@ class ElasticBand:
             finished &= self.steps[good] >= self.climb_after
         self.converged[good] = finished
         if stop is not None:
-            said = torch.as_tensor(stop(path, energy), device=idx.device).reshape(-1)
+            told = (
+                stop(path, energy) if self.labels is None else stop(path, energy, self.labels[good])
+            )
+            said = torch.as_tensor(told, device=idx.device).reshape(-1)
             if said.numel() != good.numel():
                 raise ValueError(f"stop returned {said.numel()} values for {good.numel()} pairs")
             said = said.to(torch.bool)
@@ -569,6 +598,7 @@ def find_paths(
     bounds: tuple[float, float] | None = None,
     tol: float = 1e-3,
     stop: StopFn | None = None,
+    labels: Tensor | None = None,
 ) -> PathResult:
     """Optimise one band per (start, end) pair towards a minimum energy path.
 
@@ -595,6 +625,9 @@ def find_paths(
         stop: ``stop(path, energy) -> (n,) bool`` called each time pairs are evaluated (also on
             the straight line, before any step); True ends that pair. See
             ``ElasticBand.project_``.
+        labels: optional ``(pairs,)`` labels for a conditional energy: ``energy`` is then
+            called as ``energy(points, labels_of_points)`` and ``stop`` as
+            ``stop(path, energy, labels)``, e.g. a classifier's loss for each pair's target.
 
     Returns:
         ``PathResult`` whose energies and forces belong to the returned paths.
@@ -610,14 +643,21 @@ def find_paths(
         bounds=bounds,
         tol=tol,
         max_steps=steps,
+        labels=labels,
     )
+
+    def evaluate(points: Tensor, point_labels: Tensor | None) -> Tensor:
+        return (energy(points) if point_labels is None else energy(points, point_labels)).reshape(
+            -1
+        )
+
     opt = make_optimizer(optimizer, [band.pivots], lr)
     with torch.no_grad():
-        band.set_end_energies_(energy(band.end_points()))
+        band.set_end_energies_(evaluate(band.end_points(), band.end_labels()))
     while not band.done:
         x = band.active_points().requires_grad_(True)
         with torch.enable_grad():
-            e = energy(x).reshape(-1)
+            e = evaluate(x, band.active_labels())
             (g,) = torch.autograd.grad(e.sum(), x)
         if band.project_(g, e, stop=stop).any():
             opt.step()

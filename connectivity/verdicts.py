@@ -1,0 +1,313 @@
+"""Is there a path between two same-class points on which every point keeps the class?
+
+Pure PyTorch on top of :mod:`connectivity.neb`: the classifier energy
+``L(z) = cross_entropy(tail(z), target)``, the dense check that certifies a piecewise-linear
+path, and the verdict of each pair (linear, nonlinear, none, diverged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from connectivity.neb import METHODS, OPTIMIZERS, find_paths, straight_line
+
+
+class Verdict(str, Enum):
+    """What was found between a pair."""
+
+    LINEAR = "linear"  # the straight line stays in the class
+    NONLINEAR = "nonlinear"  # the line leaves the class, the optimised band does not
+    NONE = "none"  # neither, within the step budget
+    DIVERGED = "diverged"  # the optimisation hit NaN/inf; nothing can be said
+
+
+@dataclass
+class PathOptions:
+    """Options of a path search.
+
+    Args:
+        num_pivots: Movable points of the band between the fixed ends.
+        steps: Most optimisation steps per pair.
+        optimizer: ``adam`` or ``sgd``.
+        lr: Learning rate of the pivots.
+        spring_constant: Spring ``k`` along the band (``neb``).
+        method: ``neb`` (improved tangent and springs) or ``string`` (equal arc length).
+        climbing: Let the highest pivot climb to the saddle (``neb``).
+        bounds: Box the pivots stay in, e.g. ``(0, 1)`` in pixel space; None for no box.
+        tol: Convergence threshold on the largest perpendicular force.
+        line_points: At least this many evenly spaced points are checked on a path (pivots
+            included, and points on every segment between neighbouring pivots).
+        converge: Keep optimising a pair after its path is certified, to the minimum energy
+            path (by default a pair stops as soon as a path is found: the question is existence).
+        chunk_size: Most points per network call in the dense check (bounds memory).
+    """
+
+    num_pivots: int = 8
+    steps: int = 200
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    spring_constant: float = 1.0
+    method: str = "neb"
+    climbing: bool = False
+    bounds: tuple[float, float] | None = None
+    tol: float = 1e-3
+    line_points: int = 64
+    converge: bool = False
+    chunk_size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.num_pivots < 1 or self.steps < 0 or self.line_points < 2 or self.chunk_size < 1:
+            raise ValueError(
+                "num_pivots and chunk_size must be >= 1, steps >= 0 and line_points >= 2"
+            )
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.bounds is not None:
+            self.bounds = (float(self.bounds[0]), float(self.bounds[1]))
+
+    @property
+    def points_per_segment(self) -> int:
+        """Points checked strictly inside each segment between neighbouring pivots."""
+        return max(0, math.ceil((self.line_points - 1) / (self.num_pivots + 1)) - 1)
+
+
+def classifier_energy(tail: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    """``L(z | y) = cross_entropy(tail(z), y)`` per point: the energy of the path search."""
+
+    def energy(points: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(tail(points), targets, reduction="none")
+
+    return energy
+
+
+def refine(path: Tensor, per_segment: int) -> Tensor:
+    """Insert ``per_segment`` evenly spaced points into every segment of each path.
+
+    Args:
+        path: ``(pairs, N, *point_shape)``.
+        per_segment: Points added strictly inside each of the ``N - 1`` segments.
+
+    Returns:
+        ``(pairs, (N - 1) * (per_segment + 1) + 1, *point_shape)``; the original points sit at
+        every ``per_segment + 1``-th index.
+    """
+    if per_segment == 0:
+        return path
+    steps = per_segment + 1
+    weight = torch.arange(steps, dtype=path.dtype, device=path.device) / steps
+    weight = weight.view(1, 1, steps, *([1] * (path.dim() - 2)))
+    left, right = path[:, :-1].unsqueeze(2), path[:, 1:].unsqueeze(2)
+    inner = torch.lerp(left, right, weight).flatten(1, 2)
+    return torch.cat([inner, path[:, -1:]], dim=1)
+
+
+@torch.no_grad()
+def path_probabilities(tail: nn.Module, path: Tensor, per_segment: int, chunk_size: int) -> Tensor:
+    """Softmax of the tail at every point of the refined paths, ``(pairs, M, classes)``.
+
+    Refines a few pairs at a time so that at most about ``chunk_size`` points are in memory.
+    """
+    pairs = path.shape[0]
+    count = (path.shape[1] - 1) * (per_segment + 1) + 1
+    per_call = max(1, chunk_size // count)
+    out = []
+    for first in range(0, pairs, per_call):
+        points = refine(path[first : first + per_call], per_segment)
+        logits = tail(points.flatten(0, 1))
+        out.append(logits.softmax(dim=-1).reshape(points.shape[0], count, -1))
+    return torch.cat(out)
+
+
+def on_target(probabilities: Tensor, targets: Tensor) -> Tensor:
+    """``(pairs, M)`` bool: each point's predicted class is its pair's target."""
+    return probabilities.argmax(dim=-1) == targets.unsqueeze(1)
+
+
+def polyline_length_ratio(path: Tensor) -> Tensor:
+    """Length of each path over the distance between its ends, ``(pairs,)``."""
+    flat = path.flatten(2)
+    length = (flat[:, 1:] - flat[:, :-1]).norm(dim=-1).sum(dim=1)
+    chord = (flat[:, -1] - flat[:, 0]).norm(dim=-1)
+    return length / chord.clamp_min(torch.finfo(flat.dtype).tiny)
+
+
+@dataclass
+class PairRecord:
+    """Everything found for one pair; tensors are on the CPU."""
+
+    verdict: str
+    pivot_verdict: str
+    target: int
+    steps: int
+    max_energy: float  # highest -log p(target) over the densely checked path
+    min_target_probability: float  # lowest p(target) over the densely checked path
+    length_ratio: float  # path length over the straight-line distance of the ends
+    line_max_energy: float  # the same two on the straight line
+    line_min_target_probability: float
+    max_force: float
+    line: Tensor  # (num_pivots + 2, *point_shape) straight line, ends included
+    path: Tensor  # (num_pivots + 2, *point_shape) optimised band (the line for linear pairs)
+    line_probabilities: Tensor  # (num_pivots + 2, classes) at the line's points
+    path_probabilities: Tensor  # (num_pivots + 2, classes) at the path's points
+    line_energy: Tensor  # (num_pivots + 2,)
+    path_energy: Tensor  # (num_pivots + 2,)
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """The scalar part, for tables."""
+        return {k: v for k, v in asdict(self).items() if not isinstance(v, Tensor)}
+
+
+def _pivot_rows(dense: Tensor, per_segment: int) -> Tensor:
+    return dense[:, :: per_segment + 1]
+
+
+def connect_points(
+    tail: nn.Module,
+    starts: Tensor,
+    ends: Tensor,
+    targets: Tensor,
+    options: PathOptions | None = None,
+) -> list[PairRecord]:
+    """Decide for each pair whether a path inside the target class joins its ends.
+
+    The straight line is checked densely first; pairs whose line leaves the class get a NEB
+    band, which stops as soon as its own dense check passes (unless ``options.converge``).
+    All pairs and all pivots go through the network together.
+
+    Args:
+        tail: Maps points ``(B, *point_shape)`` to logits ``(B, classes)``.
+        starts: ``(pairs, *point_shape)``.
+        ends: ``(pairs, *point_shape)``.
+        targets: ``(pairs,)`` target class of each pair.
+        options: Path options (defaults if None).
+
+    Returns:
+        One :class:`PairRecord` per pair, in order.
+    """
+    options = options or PathOptions()
+    if starts.shape != ends.shape or targets.shape != (starts.shape[0],):
+        raise ValueError("starts and ends must be (pairs, *point_shape) and targets (pairs,)")
+    per_segment = options.points_per_segment
+    energy_fn = classifier_energy(tail)
+    targets = targets.to(device=starts.device, dtype=torch.long)
+
+    line = straight_line(starts, ends, options.num_pivots)
+    line_dense = path_probabilities(tail, line, per_segment, options.chunk_size)
+    line_ok = on_target(line_dense, targets).all(dim=1)
+
+    pairs, device = len(targets), starts.device
+    path = line.clone()
+    steps = torch.zeros(pairs, dtype=torch.long, device=device)
+    max_force = torch.zeros(pairs, device=device)
+    diverged = torch.zeros(pairs, dtype=torch.bool, device=device)
+    need = (~line_ok).nonzero().squeeze(1)
+    if need.numel():
+        log_classes = math.log(line_dense.shape[-1])
+
+        def certified(band: Tensor, energies: Tensor, labels: Tensor) -> Tensor:
+            # A pivot off target has p_target < 1/C, i.e. energy > log C: skip those bands.
+            done = torch.zeros(len(labels), dtype=torch.bool, device=band.device)
+            if options.converge:
+                return done
+            maybe = (energies.amax(dim=1) <= log_classes).nonzero().squeeze(1)
+            if maybe.numel():
+                dense = path_probabilities(tail, band[maybe], per_segment, options.chunk_size)
+                done[maybe] = on_target(dense, labels[maybe]).all(dim=1)
+            return done
+
+        result = find_paths(
+            energy_fn,
+            starts[need],
+            ends[need],
+            num_pivots=options.num_pivots,
+            steps=options.steps,
+            optimizer=options.optimizer,
+            lr=options.lr,
+            spring_constant=options.spring_constant,
+            method=options.method,
+            climbing=options.climbing,
+            bounds=options.bounds,
+            tol=options.tol,
+            stop=certified,
+            labels=targets[need],
+        )
+        path[need] = result.path
+        steps[need] = result.steps
+        max_force[need] = result.max_force.to(max_force.dtype)
+        diverged[need] = result.diverged
+
+    dense = line_dense.clone()
+    if need.numel():
+        dense[need] = path_probabilities(tail, path[need], per_segment, options.chunk_size)
+    path_ok = on_target(dense, targets).all(dim=1)
+    line_pivots_ok = on_target(_pivot_rows(line_dense, per_segment), targets).all(dim=1)
+    path_pivots_ok = on_target(_pivot_rows(dense, per_segment), targets).all(dim=1)
+    with torch.no_grad():
+        line_energy = _energies(energy_fn, line, targets, options.chunk_size)
+        path_energy = _energies(energy_fn, path, targets, options.chunk_size)
+    index = targets.view(-1, 1, 1).expand(-1, dense.shape[1], 1)
+    # Energy is -log p(target), so the dense maximum follows from the dense minimum of p.
+    path_min_p = dense.gather(2, index).squeeze(2).amin(dim=1)
+    line_min_p = line_dense.gather(2, index).squeeze(2).amin(dim=1)
+    ratio = polyline_length_ratio(path)
+
+    records = []
+    for i in range(len(targets)):
+        if line_ok[i]:
+            verdict = Verdict.LINEAR
+        elif diverged[i]:
+            verdict = Verdict.DIVERGED
+        else:
+            verdict = Verdict.NONLINEAR if path_ok[i] else Verdict.NONE
+        if line_pivots_ok[i]:
+            pivot_verdict = Verdict.LINEAR
+        elif diverged[i]:
+            pivot_verdict = Verdict.DIVERGED
+        else:
+            pivot_verdict = Verdict.NONLINEAR if path_pivots_ok[i] else Verdict.NONE
+        records.append(
+            PairRecord(
+                verdict=verdict.value,
+                pivot_verdict=pivot_verdict.value,
+                target=int(targets[i]),
+                steps=int(steps[i]),
+                max_energy=_neg_log(path_min_p[i]),
+                min_target_probability=float(path_min_p[i]),
+                length_ratio=float(ratio[i]),
+                line_max_energy=_neg_log(line_min_p[i]),
+                line_min_target_probability=float(line_min_p[i]),
+                max_force=float(max_force[i]),
+                line=line[i].detach().cpu(),
+                path=path[i].detach().cpu(),
+                line_probabilities=_pivot_rows(line_dense, per_segment)[i].cpu(),
+                path_probabilities=_pivot_rows(dense, per_segment)[i].cpu(),
+                line_energy=line_energy[i].cpu(),
+                path_energy=path_energy[i].cpu(),
+            )
+        )
+    return records
+
+
+def _neg_log(p: Tensor) -> float:
+    return float(-torch.log(p.double().clamp_min(1e-300)))
+
+
+def _energies(
+    energy_fn: Callable[[Tensor, Tensor], Tensor], path: Tensor, targets: Tensor, chunk: int
+) -> Tensor:
+    points = path.flatten(0, 1)
+    labels = targets.repeat_interleave(path.shape[1])
+    values = [
+        energy_fn(points[i : i + chunk], labels[i : i + chunk])
+        for i in range(0, len(points), chunk)
+    ]
+    return torch.cat(values).reshape(path.shape[0], path.shape[1])

@@ -1,0 +1,120 @@
+"""Verdicts on toy classifiers whose class regions are known exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from connectivity.verdicts import PathOptions, Verdict, connect_points, refine
+from tests.toy import Annulus, Stripes, TwoDisks
+
+
+def test_refine_keeps_the_pivots_and_spaces_points_evenly() -> None:
+    path = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]]])
+    dense = refine(path, per_segment=3)
+    assert dense.shape == (1, 9, 2)
+    assert torch.equal(dense[:, ::4], path)
+    assert torch.allclose(dense[0, 1], torch.tensor([0.25, 0.0]))
+    assert torch.allclose(dense[0, 6], torch.tensor([1.0, 1.0]))
+
+
+def test_points_per_segment_gives_at_least_line_points() -> None:
+    options = PathOptions(num_pivots=8, line_points=64)
+    assert (options.num_pivots + 1) * (options.points_per_segment + 1) + 1 >= 64
+
+
+def test_straight_line_inside_the_class_is_linear() -> None:
+    starts = torch.tensor([[-3.0, -2.0]])
+    ends = torch.tensor([[0.5, 3.0]])
+    (record,) = connect_points(Stripes(), starts, ends, torch.tensor([0]))
+    assert record.verdict == Verdict.LINEAR and record.pivot_verdict == Verdict.LINEAR
+    assert record.steps == 0
+    assert record.length_ratio == pytest.approx(1.0)
+    assert record.min_target_probability > 0.5
+
+
+def test_annulus_needs_a_bent_path_and_neb_certifies_it() -> None:
+    # The line between opposite points of the ring crosses the hole (class 1).
+    starts = torch.tensor([[1.5, 0.2]])
+    ends = torch.tensor([[-1.5, 0.1]])
+    options = PathOptions(num_pivots=10, steps=300, lr=0.05, spring_constant=1.0)
+    (record,) = connect_points(Annulus(), starts, ends, torch.tensor([0]), options)
+    assert record.line_min_target_probability < 0.5
+    assert record.verdict == Verdict.NONLINEAR
+    assert 0 < record.steps < 300  # stopped as soon as the path was certified
+    radius = record.path.norm(dim=-1)
+    assert ((radius > 1.0) & (radius < 2.0)).all()
+    assert record.length_ratio > 1.2
+    # densely certified: every point on every segment is in the ring
+    dense = refine(record.path.unsqueeze(0), 20)[0].norm(dim=-1)
+    assert ((dense > 1.0) & (dense < 2.0)).all()
+
+
+def test_disconnected_class_gives_no_path() -> None:
+    starts = torch.tensor([[-2.0, 0.1]])
+    ends = torch.tensor([[2.0, -0.1]])
+    options = PathOptions(num_pivots=8, steps=150, lr=0.05)
+    (record,) = connect_points(TwoDisks(), starts, ends, torch.tensor([0]), options)
+    assert record.verdict == Verdict.NONE
+    assert record.pivot_verdict == Verdict.NONE
+    # it ran to the minimum energy path (converged) or out of steps, and still found no path
+    assert record.steps == 150 or record.max_force <= options.tol
+    assert record.max_energy > math.log(2)
+
+
+def test_pairs_are_decided_together_as_one_at_a_time() -> None:
+    starts = torch.tensor([[1.5, 0.2], [-2.0, 0.1], [1.2, -0.3]])
+    ends = torch.tensor([[-1.5, 0.1], [2.0, -0.1], [1.4, 0.3]])
+    targets = torch.tensor([0, 0, 0])
+    options = PathOptions(num_pivots=10, steps=200, lr=0.05)
+    model = Annulus()
+    together = connect_points(model, starts, ends, targets, options)
+    alone = [
+        connect_points(model, starts[i : i + 1], ends[i : i + 1], targets[i : i + 1], options)[0]
+        for i in range(3)
+    ]
+    assert [r.verdict for r in together] == [r.verdict for r in alone]
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(a.path, b.path, atol=1e-5)
+        assert a.steps == b.steps
+
+
+def test_pivot_only_verdict_can_be_fooled_where_the_dense_check_is_not() -> None:
+    # A thin wall of class 1 across the line at x = 0.05: pivots at x = +-0.5.. miss it.
+    class Wall(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            wall = 8.0 * (1.0 - 2.0 * torch.exp(-((z[..., 0] - 0.05) ** 2) / 0.0005))
+            return torch.stack([wall, torch.zeros_like(wall)], dim=-1)
+
+    starts, ends = torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    options = PathOptions(num_pivots=3, steps=20, lr=0.01, line_points=200)
+    (record,) = connect_points(Wall(), starts, ends, torch.tensor([0]), options)
+    assert record.pivot_verdict == Verdict.LINEAR
+    assert record.verdict != Verdict.LINEAR
+
+
+def test_diverging_pair_is_marked_without_stopping_the_others() -> None:
+    class HoleOfNaN(torch.nn.Module):
+        """The annulus, but the network yields NaN near the origin."""
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            logits = Annulus()(z)
+            near = z.norm(dim=-1, keepdim=True) < 0.2
+            return torch.where(near, torch.full_like(logits, float("nan")), logits)
+
+    # pair 0's line passes through the origin (a pivot sits on it), pair 1's does not
+    starts = torch.tensor([[1.5, 0.0], [1.5, 0.5]])
+    ends = torch.tensor([[-1.5, 0.0], [-1.5, 0.6]])
+    options = PathOptions(num_pivots=9, steps=300, lr=0.05)
+    records = connect_points(HoleOfNaN(), starts, ends, torch.tensor([0, 0]), options)
+    assert records[0].verdict == Verdict.DIVERGED
+    assert records[1].verdict == Verdict.NONLINEAR
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="method"):
+        PathOptions(method="elastic")
+    with pytest.raises(ValueError, match="optimizer"):
+        PathOptions(optimizer="lbfgs")
