@@ -425,6 +425,10 @@ class ElasticBand:
                 setattr(self, name, value.to(device))
         return self
 
+    def retire_(self, pairs: Tensor) -> None:
+        """Take pairs out of the optimisation before or between steps (e.g. already decided)."""
+        self.active[pairs] = False
+
     def active_points(self) -> Tensor:
         """Detached copy of the active pairs' pivots, ``(active * num_pivots, *point_shape)``.
 

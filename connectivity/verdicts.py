@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from connectivity.neb import METHODS, OPTIMIZERS, find_paths, straight_line
+from connectivity.neb import METHODS, OPTIMIZERS, StopFn, find_paths, straight_line
 
 
 class Verdict(str, Enum):
@@ -170,6 +170,49 @@ def _pivot_rows(dense: Tensor, per_segment: int) -> Tensor:
     return dense[:, :: per_segment + 1]
 
 
+@dataclass
+class LineCheck:
+    """The straight line between each pair's ends and its dense check."""
+
+    line: Tensor  # (pairs, num_pivots + 2, *point_shape)
+    probabilities: Tensor  # (pairs, M, classes) at the refined line's points
+    ok: Tensor  # (pairs,) bool: every checked point is on target
+
+
+def check_lines(
+    tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor, options: PathOptions
+) -> LineCheck:
+    """Check the straight line of each pair densely (pivots and points between them)."""
+    if starts.shape != ends.shape or targets.shape != (starts.shape[0],):
+        raise ValueError("starts and ends must be (pairs, *point_shape) and targets (pairs,)")
+    line = straight_line(starts, ends, options.num_pivots)
+    probabilities = path_probabilities(tail, line, options.points_per_segment, options.chunk_size)
+    return LineCheck(line, probabilities, on_target(probabilities, targets).all(dim=1))
+
+
+def certification_stop(tail: nn.Module, options: PathOptions, num_classes: int) -> StopFn:
+    """The ``stop`` callback of the path search: a pair is done once its band is certified.
+
+    With ``options.converge`` it never stops a pair (the band runs to the minimum energy path).
+    """
+    log_classes = math.log(num_classes)
+
+    def certified(band: Tensor, energies: Tensor, labels: Tensor) -> Tensor:
+        done = torch.zeros(len(labels), dtype=torch.bool, device=band.device)
+        if options.converge:
+            return done
+        # A pivot off target has p(target) < 1/C, i.e. energy > log C: skip those bands.
+        maybe = (energies.amax(dim=1) <= log_classes).nonzero().squeeze(1)
+        if maybe.numel():
+            dense = path_probabilities(
+                tail, band[maybe], options.points_per_segment, options.chunk_size
+            )
+            done[maybe] = on_target(dense, labels[maybe]).all(dim=1)
+        return done
+
+    return certified
+
+
 def connect_points(
     tail: nn.Module,
     starts: Tensor,
@@ -180,8 +223,9 @@ def connect_points(
     """Decide for each pair whether a path inside the target class joins its ends.
 
     The straight line is checked densely first; pairs whose line leaves the class get a NEB
-    band, which stops as soon as its own dense check passes (unless ``options.converge``).
-    All pairs and all pivots go through the network together.
+    band (:func:`connectivity.neb.find_paths`), which stops as soon as its own dense check
+    passes (unless ``options.converge``). All pairs and all pivots go through the network
+    together.
 
     Args:
         tail: Maps points ``(B, *point_shape)`` to logits ``(B, classes)``.
@@ -194,38 +238,19 @@ def connect_points(
         One :class:`PairRecord` per pair, in order.
     """
     options = options or PathOptions()
-    if starts.shape != ends.shape or targets.shape != (starts.shape[0],):
-        raise ValueError("starts and ends must be (pairs, *point_shape) and targets (pairs,)")
-    per_segment = options.points_per_segment
-    energy_fn = classifier_energy(tail)
     targets = targets.to(device=starts.device, dtype=torch.long)
-
-    line = straight_line(starts, ends, options.num_pivots)
-    line_dense = path_probabilities(tail, line, per_segment, options.chunk_size)
-    line_ok = on_target(line_dense, targets).all(dim=1)
-
-    pairs, device = len(targets), starts.device
-    path = line.clone()
-    steps = torch.zeros(pairs, dtype=torch.long, device=device)
-    max_force = torch.zeros(pairs, device=device)
-    diverged = torch.zeros(pairs, dtype=torch.bool, device=device)
-    need = (~line_ok).nonzero().squeeze(1)
+    check = check_lines(tail, starts, ends, targets, options)
+    pairs = len(targets)
+    outcome = BandOutcome(
+        path=check.line.clone(),
+        steps=torch.zeros(pairs, dtype=torch.long, device=starts.device),
+        max_force=torch.zeros(pairs, device=starts.device),
+        diverged=torch.zeros(pairs, dtype=torch.bool, device=starts.device),
+    )
+    need = (~check.ok).nonzero().squeeze(1)
     if need.numel():
-        log_classes = math.log(line_dense.shape[-1])
-
-        def certified(band: Tensor, energies: Tensor, labels: Tensor) -> Tensor:
-            # A pivot off target has p_target < 1/C, i.e. energy > log C: skip those bands.
-            done = torch.zeros(len(labels), dtype=torch.bool, device=band.device)
-            if options.converge:
-                return done
-            maybe = (energies.amax(dim=1) <= log_classes).nonzero().squeeze(1)
-            if maybe.numel():
-                dense = path_probabilities(tail, band[maybe], per_segment, options.chunk_size)
-                done[maybe] = on_target(dense, labels[maybe]).all(dim=1)
-            return done
-
         result = find_paths(
-            energy_fn,
+            classifier_energy(tail),
             starts[need],
             ends[need],
             num_pivots=options.num_pivots,
@@ -237,15 +262,39 @@ def connect_points(
             climbing=options.climbing,
             bounds=options.bounds,
             tol=options.tol,
-            stop=certified,
+            stop=certification_stop(tail, options, check.probabilities.shape[-1]),
             labels=targets[need],
         )
-        path[need] = result.path
-        steps[need] = result.steps
-        max_force[need] = result.max_force.to(max_force.dtype)
-        diverged[need] = result.diverged
+        outcome.path[need] = result.path
+        outcome.steps[need] = result.steps
+        outcome.max_force[need] = result.max_force.to(outcome.max_force.dtype)
+        outcome.diverged[need] = result.diverged
+    return make_records(tail, targets, check, outcome, options)
 
+
+@dataclass
+class BandOutcome:
+    """Where the band of each pair ended (the line itself for pairs that needed no band)."""
+
+    path: Tensor  # (pairs, num_pivots + 2, *point_shape)
+    steps: Tensor  # (pairs,) long
+    max_force: Tensor  # (pairs,)
+    diverged: Tensor  # (pairs,) bool
+
+
+def make_records(
+    tail: nn.Module,
+    targets: Tensor,
+    check: LineCheck,
+    outcome: BandOutcome,
+    options: PathOptions,
+) -> list[PairRecord]:
+    """Check the final bands densely and give each pair its verdicts and metrics."""
+    per_segment = options.points_per_segment
+    energy_fn = classifier_energy(tail)
+    line, line_dense, path = check.line, check.probabilities, outcome.path
     dense = line_dense.clone()
+    need = (~check.ok).nonzero().squeeze(1)
     if need.numel():
         dense[need] = path_probabilities(tail, path[need], per_segment, options.chunk_size)
     path_ok = on_target(dense, targets).all(dim=1)
@@ -259,10 +308,11 @@ def connect_points(
     path_min_p = dense.gather(2, index).squeeze(2).amin(dim=1)
     line_min_p = line_dense.gather(2, index).squeeze(2).amin(dim=1)
     ratio = polyline_length_ratio(path)
+    diverged = outcome.diverged
 
     records = []
     for i in range(len(targets)):
-        if line_ok[i]:
+        if check.ok[i]:
             verdict = Verdict.LINEAR
         elif diverged[i]:
             verdict = Verdict.DIVERGED
@@ -279,13 +329,13 @@ def connect_points(
                 verdict=verdict.value,
                 pivot_verdict=pivot_verdict.value,
                 target=int(targets[i]),
-                steps=int(steps[i]),
+                steps=int(outcome.steps[i]),
                 max_energy=_neg_log(path_min_p[i]),
                 min_target_probability=float(path_min_p[i]),
                 length_ratio=float(ratio[i]),
                 line_max_energy=_neg_log(line_min_p[i]),
                 line_min_target_probability=float(line_min_p[i]),
-                max_force=float(max_force[i]),
+                max_force=float(outcome.max_force[i]),
                 line=line[i].detach().cpu(),
                 path=path[i].detach().cpu(),
                 line_probabilities=_pivot_rows(line_dense, per_segment)[i].cpu(),

@@ -1,0 +1,131 @@
+"""PathModule: the path search of :mod:`connectivity.verdicts` run by a Lightning Trainer.
+
+The pivots of all pairs are the module's one parameter; the fixed ends, the targets and the
+frozen tail (always in eval mode) are buffers and a frozen submodule. Each training step is one
+batched forward and backward of all active pivots; the NEB projection turns the gradient into
+the band's effective gradient before the optimiser step. Same maths, same results as
+:func:`connectivity.verdicts.connect_points` with the same options.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from connectivity.neb import ElasticBand, make_optimizer
+from connectivity.split import FrozenTail
+from connectivity.verdicts import (
+    BandOutcome,
+    LineCheck,
+    PairRecord,
+    PathOptions,
+    certification_stop,
+    check_lines,
+    make_records,
+)
+
+
+class PathModule(L.LightningModule):
+    """Optimise one elastic band per pair with a Trainer (``max_steps`` = ``options.steps``).
+
+    Args:
+        tail: The part of the classifier from the path's space to logits (frozen here).
+        starts: ``(pairs, *point_shape)`` first ends.
+        ends: ``(pairs, *point_shape)`` second ends.
+        targets: ``(pairs,)`` target class of each pair.
+        options: Path options; ``steps`` bounds the optimisation of each pair.
+    """
+
+    def __init__(
+        self,
+        tail: nn.Module,
+        starts: Tensor,
+        ends: Tensor,
+        targets: Tensor,
+        options: PathOptions | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # the band sets the pivots' gradient itself
+        self.options = options or PathOptions()
+        self.tail = tail if isinstance(tail, FrozenTail) else FrozenTail(tail)
+        self.register_buffer("starts", starts.detach().clone())
+        self.register_buffer("ends", ends.detach().clone())
+        self.register_buffer("targets", targets.detach().clone().long())
+        self.band = self._new_band()
+        self.pivots = self.band.pivots
+        self.check: LineCheck | None = None
+
+    def _new_band(self) -> ElasticBand:
+        o = self.options
+        return ElasticBand(
+            self.starts,
+            self.ends,
+            num_pivots=o.num_pivots,
+            spring_constant=o.spring_constant,
+            method=o.method,
+            climbing=o.climbing,
+            bounds=o.bounds,
+            tol=o.tol,
+            max_steps=o.steps,
+            labels=self.targets,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        # One item per step; the first evaluation (the straight line) comes before any update.
+        return DataLoader(range(self.options.steps + 1), batch_size=None)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return make_optimizer(self.options.optimizer, [self.pivots], self.options.lr)
+
+    @torch.no_grad()
+    def on_fit_start(self) -> None:
+        self.band.to_(self.device)
+        self.check = check_lines(self.tail, self.starts, self.ends, self.targets, self.options)
+        self.band.retire_(self.check.ok)  # the line already answers for these pairs
+        energies = F.cross_entropy(
+            self.tail(self.band.end_points()), self.band.end_labels(), reduction="none"
+        )
+        self.band.set_end_energies_(energies)
+        self._stop = certification_stop(self.tail, self.options, self.check.probabilities.shape[-1])
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        band = self.band
+        if band.done:
+            self.trainer.should_stop = True
+            return
+        x = band.active_points().requires_grad_(True)
+        labels = band.active_labels()
+        with torch.enable_grad():
+            logits = self.tail(x)
+            energies = F.cross_entropy(logits, labels, reduction="none")
+            (grad,) = torch.autograd.grad(energies.sum(), x)
+        evaluated = band.active.clone()
+        moved = band.project_(grad, energies, stop=self._stop)
+        self.log_dict(
+            {
+                "path/max_energy": energies.detach().max(),
+                "path/max_force": band.max_force[evaluated].max(),
+                "path/on_target": (logits.argmax(dim=-1) == labels).float().mean(),
+                "path/active_pairs": float(moved.sum()),
+            },
+            prog_bar=True,
+            batch_size=1,
+        )
+        if moved.any():
+            self.optimizers().step()
+            band.after_step_()
+        if band.done:
+            self.trainer.should_stop = True
+
+    def records(self) -> list[PairRecord]:
+        """Verdicts and metrics of every pair, after ``trainer.fit``."""
+        if self.check is None:
+            raise RuntimeError("run trainer.fit(path_module) first")
+        result = self.band.result()
+        # Pairs the line answered for were never evaluated by the band.
+        max_force = torch.where(self.check.ok, torch.zeros_like(result.max_force), result.max_force)
+        outcome = BandOutcome(result.path, result.steps, max_force, result.diverged)
+        return make_records(self.tail, self.targets, self.check, outcome, self.options)

@@ -1,0 +1,85 @@
+"""PathModule under a Lightning Trainer gives the same answers as the plain path search."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from connectivity.path_module import PathModule
+from connectivity.verdicts import PathOptions, connect_points
+from tests.toy import Annulus, Stripes
+
+
+def _fit(module: PathModule, tmp_path, steps: int) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=steps + 1,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module)
+    return trainer
+
+
+def test_same_result_as_connect_points_on_toy_regions(tmp_path) -> None:
+    starts = torch.tensor([[1.5, 0.2], [1.2, -0.3], [1.5, 0.6]])
+    ends = torch.tensor([[-1.5, 0.1], [1.4, 0.3], [-1.4, 0.8]])
+    targets = torch.tensor([0, 0, 0])
+    options = PathOptions(num_pivots=8, steps=120, lr=0.05)
+    expected = connect_points(Annulus(), starts, ends, targets, options)
+    module = PathModule(Annulus(), starts, ends, targets, options)
+    trainer = _fit(module, tmp_path, options.steps)
+    got = module.records()
+    assert [r.verdict for r in got] == [r.verdict for r in expected]
+    assert "linear" in [r.verdict for r in got] and "nonlinear" in [r.verdict for r in got]
+    for a, b in zip(got, expected, strict=True):
+        assert a.steps == b.steps
+        assert torch.allclose(a.path, b.path, atol=1e-6)
+        assert a.max_force == b.max_force or abs(a.max_force - b.max_force) < 1e-6
+    # it stopped by itself once every pair was decided, long before max_steps
+    assert trainer.global_step < options.steps
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    for name in ["path/max_energy", "path/max_force", "path/on_target", "path/active_pairs"]:
+        assert name in metrics
+
+
+def test_same_result_on_a_small_conv_net_in_image_space(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 3),
+    ).eval()
+    starts, ends = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    targets = net(starts).argmax(dim=1)
+    options = PathOptions(num_pivots=4, steps=15, lr=0.02, bounds=(0.0, 1.0), converge=True)
+    expected = connect_points(net, starts, ends, targets, options)
+    module = PathModule(net, starts, ends, targets, options)
+    _fit(module, tmp_path, options.steps)
+    for a, b in zip(module.records(), expected, strict=True):
+        assert a.verdict == b.verdict and a.steps == b.steps
+        assert torch.allclose(a.path, b.path, atol=1e-5)
+        assert a.path.min() >= 0.0 and a.path.max() <= 1.0
+
+
+def test_tail_stays_frozen_in_eval_mode(tmp_path) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+    before = [p.clone() for p in net.parameters()]
+    starts, ends = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    module = PathModule(net, starts, ends, torch.tensor([0]), PathOptions(steps=5, converge=True))
+    _fit(module, tmp_path, 5)
+    assert not module.tail.network.training
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_linear_pairs_need_no_steps(tmp_path) -> None:
+    starts, ends = torch.tensor([[-3.0, -2.0]]), torch.tensor([[0.5, 3.0]])
+    module = PathModule(Stripes(), starts, ends, torch.tensor([0]))
+    trainer = _fit(module, tmp_path, 10)
+    (record,) = module.records()
+    assert record.verdict == "linear" and record.steps == 0
+    assert trainer.global_step == 0
