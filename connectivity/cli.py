@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from connectivity.data import ImageDataModule
 from connectivity.errors import ConnectivityError
+from connectivity.experiment import Experiment, Launch, WandbOptions, run_paths
+from connectivity.records import RunStore
+from connectivity.report import write_report
 
 
 class RunFolderConfigCallback(SaveConfigCallback):
@@ -55,9 +61,59 @@ class ConnectivityCLI(LightningCLI):
         )
 
 
+def paths_parser() -> ArgumentParser:
+    """``connectivity paths``: the options of a path experiment (YAML config or flags)."""
+    parser = ArgumentParser(
+        prog="connectivity paths",
+        description="Decide same-class pairs in the input space and in layers of a classifier.",
+    )
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
+    parser.add_class_arguments(Experiment, None, fail_untyped=True)
+    parser.add_subclass_arguments(ImageDataModule, "data", required=True)
+    parser.add_class_arguments(Launch, "trainer")
+    parser.add_class_arguments(WandbOptions, "wandb")
+    return parser
+
+
+def run_paths_command(args: list[str]) -> None:
+    parser = paths_parser()
+    config = parser.parse_args(args)
+    objects = parser.instantiate_classes(config)
+    fields = {f.name for f in dataclasses.fields(Experiment)}
+    experiment = Experiment(**{k: objects[k] for k in fields})
+    run_paths(experiment, objects.data, objects.trainer, objects.wandb)
+
+
+def report_command(args: list[str]) -> None:
+    parser = ArgumentParser(
+        prog="connectivity report",
+        description="Rebuild the table and figures of a path experiment from its saved records.",
+    )
+    parser.add_argument("folder", type=str, help="the run folder (lightning_logs/paths/<name>)")
+    parser.add_argument(
+        "--decoders",
+        type=dict[str, str],
+        default={},
+        help="{space: decoder checkpoint} to show latent points as images",
+    )
+    parser.add_class_arguments(WandbOptions, "wandb")
+    config = parser.parse_args(args)
+    objects = parser.instantiate_classes(config)
+    store = RunStore(config.folder)
+    decoders = config.decoders or store.manifest().get("decoders", {})
+    write_report(store, decoders=decoders, wandb=objects.wandb)
+
+
+COMMANDS = {"paths": run_paths_command, "report": report_command}
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``connectivity`` console script."""
+    argv = sys.argv[1:] if args is None else args
     try:
+        if argv and argv[0] in COMMANDS:
+            COMMANDS[argv[0]](argv[1:])
+            return
         ConnectivityCLI(args=args)
     except ConnectivityError as error:
         print(f"connectivity: error: {error}", file=sys.stderr)

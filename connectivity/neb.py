@@ -603,6 +603,7 @@ def find_paths(
     tol: float = 1e-3,
     stop: StopFn | None = None,
     labels: Tensor | None = None,
+    on_step: Callable[[ElasticBand], None] | None = None,
 ) -> PathResult:
     """Optimise one band per (start, end) pair towards a minimum energy path.
 
@@ -632,6 +633,8 @@ def find_paths(
         labels: optional ``(pairs,)`` labels for a conditional energy: ``energy`` is then
             called as ``energy(points, labels_of_points)`` and ``stop`` as
             ``stop(path, energy, labels)``, e.g. a classifier's loss for each pair's target.
+        on_step: optional ``on_step(band)`` called after every evaluation (and update), e.g. to
+            report progress or to save pairs as soon as they leave the batch.
 
     Returns:
         ``PathResult`` whose energies and forces belong to the returned paths.
@@ -666,4 +669,6 @@ def find_paths(
         if band.project_(g, e, stop=stop).any():
             opt.step()
             band.after_step_()
+        if on_step is not None:
+            on_step(band)
     return band.result()

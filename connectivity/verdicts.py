@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from connectivity.neb import METHODS, OPTIMIZERS, StopFn, find_paths, straight_line
+from connectivity.neb import (
+    METHODS,
+    OPTIMIZERS,
+    ElasticBand,
+    StopFn,
+    find_paths,
+    straight_line,
+)
 
 
 class Verdict(str, Enum):
@@ -178,6 +185,10 @@ class LineCheck:
     probabilities: Tensor  # (pairs, M, classes) at the refined line's points
     ok: Tensor  # (pairs,) bool: every checked point is on target
 
+    def subset(self, index: Tensor) -> LineCheck:
+        """The check of the pairs at ``index``."""
+        return LineCheck(self.line[index], self.probabilities[index], self.ok[index])
+
 
 def check_lines(
     tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor, options: PathOptions
@@ -219,6 +230,8 @@ def connect_points(
     ends: Tensor,
     targets: Tensor,
     options: PathOptions | None = None,
+    on_record: Callable[[int, PairRecord], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[PairRecord]:
     """Decide for each pair whether a path inside the target class joins its ends.
 
@@ -233,6 +246,10 @@ def connect_points(
         ends: ``(pairs, *point_shape)``.
         targets: ``(pairs,)`` target class of each pair.
         options: Path options (defaults if None).
+        on_record: Called as ``on_record(pair_index, record)`` as soon as a pair is decided
+            (linear pairs right after the line check, the others when they leave the band),
+            so callers can save each result at once.
+        on_progress: Called as ``on_progress(steps_done, pairs_decided)`` after every step.
 
     Returns:
         One :class:`PairRecord` per pair, in order.
@@ -241,15 +258,35 @@ def connect_points(
     targets = targets.to(device=starts.device, dtype=torch.long)
     check = check_lines(tail, starts, ends, targets, options)
     pairs = len(targets)
-    outcome = BandOutcome(
-        path=check.line.clone(),
-        steps=torch.zeros(pairs, dtype=torch.long, device=starts.device),
-        max_force=torch.zeros(pairs, device=starts.device),
-        diverged=torch.zeros(pairs, dtype=torch.bool, device=starts.device),
-    )
+    records: dict[int, PairRecord] = {}
+
+    def finish(index: Tensor, outcome: BandOutcome) -> None:
+        new = make_records(tail, targets[index], check.subset(index), outcome, options)
+        for i, record in zip(index.tolist(), new, strict=True):
+            records[i] = record
+            if on_record is not None:
+                on_record(i, record)
+
+    linear = check.ok.nonzero().squeeze(1)
+    if linear.numel():
+        finish(linear, BandOutcome.unmoved(check.line[linear]))
     need = (~check.ok).nonzero().squeeze(1)
+    if on_progress is not None:
+        on_progress(0, pairs - need.numel())
+
+    def on_step(band: ElasticBand) -> None:
+        done = (~band.active).nonzero().squeeze(1)
+        fresh = done[[need[i].item() not in records for i in done.tolist()]]
+        if fresh.numel():
+            outcome = BandOutcome(
+                band.path[fresh], band.steps[fresh], band.max_force[fresh], band.diverged[fresh]
+            )
+            finish(need[fresh], outcome)
+        if on_progress is not None:
+            on_progress(int(band.steps.max()), len(records))
+
     if need.numel():
-        result = find_paths(
+        find_paths(
             classifier_energy(tail),
             starts[need],
             ends[need],
@@ -264,12 +301,9 @@ def connect_points(
             tol=options.tol,
             stop=certification_stop(tail, options, check.probabilities.shape[-1]),
             labels=targets[need],
+            on_step=on_step,
         )
-        outcome.path[need] = result.path
-        outcome.steps[need] = result.steps
-        outcome.max_force[need] = result.max_force.to(outcome.max_force.dtype)
-        outcome.diverged[need] = result.diverged
-    return make_records(tail, targets, check, outcome, options)
+    return [records[i] for i in range(pairs)]
 
 
 @dataclass
@@ -280,6 +314,17 @@ class BandOutcome:
     steps: Tensor  # (pairs,) long
     max_force: Tensor  # (pairs,)
     diverged: Tensor  # (pairs,) bool
+
+    @staticmethod
+    def unmoved(line: Tensor) -> BandOutcome:
+        """The outcome of pairs that needed no band: the line, no steps."""
+        pairs, device = line.shape[0], line.device
+        return BandOutcome(
+            path=line,
+            steps=torch.zeros(pairs, dtype=torch.long, device=device),
+            max_force=torch.zeros(pairs, device=device),
+            diverged=torch.zeros(pairs, dtype=torch.bool, device=device),
+        )
 
 
 def make_records(

@@ -1,0 +1,313 @@
+"""Path experiments: pick same-class pairs, decide them in every space, save each at once.
+
+A run is driven by a Lightning Trainer in predict mode: each rank takes its own share of the
+pairs (no gradients are shared between ranks), decides them in every space with all of its
+pairs batched together, and writes each pair's record the moment it is decided. Rank zero then
+builds the table and the figures from the saved records (:mod:`connectivity.report`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from connectivity.classifier import ClassifierModule
+from connectivity.data import ImageDataModule, stack_images
+from connectivity.errors import ConnectivityError
+from connectivity.records import Pair, RunStore
+from connectivity.split import INPUT, split
+from connectivity.verdicts import PathOptions, connect_points
+
+
+class PairError(ConnectivityError):
+    """Pairs that cannot be used (different labels, out of range, too few candidates)."""
+
+
+@dataclass
+class PairSampling:
+    """Which pairs of inputs to connect.
+
+    Args:
+        count: Number of pairs drawn (ignored when ``indices`` are given).
+        seed: Seed of the draw; the same seed gives the same pairs.
+        split: Dataset split the inputs come from (``train``, ``val`` or ``test``).
+        correctly_classified: Draw only inputs the classifier assigns their true class.
+        indices: Explicit ``[[i, j], ...]`` dataset indices of same-label pairs.
+    """
+
+    count: int = 25
+    seed: int = 0
+    split: str = "test"
+    correctly_classified: bool = True
+    indices: list[tuple[int, int]] | None = None
+
+
+@dataclass
+class Launch:
+    """Where the experiment runs (Lightning Trainer settings).
+
+    Args:
+        accelerator: ``auto``, ``cpu``, ``gpu``...
+        devices: Number of devices (or ``auto``); pairs are shared out across them.
+        strategy: ``auto``, or ``ddp`` for several processes.
+        num_nodes: Machines (the run folder must be on a file system they share).
+    """
+
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+
+
+@dataclass
+class WandbOptions:
+    """Weights & Biases logging of the table, figures and per-point table.
+
+    Args:
+        enabled: Log to W&B at all.
+        project: W&B project.
+        offline: Write an offline run under the run folder (``wandb sync`` uploads it later).
+    """
+
+    enabled: bool = True
+    project: str = "connectivity"
+    offline: bool = True
+
+
+def load_network(classifier: str | nn.Module) -> nn.Module:
+    """The classifier network (logits of images in [0, 1]) from a checkpoint path or a module."""
+    if isinstance(classifier, nn.Module):
+        return classifier.eval()
+    return ClassifierModule.from_checkpoint(classifier).network.eval()
+
+
+@torch.no_grad()
+def _predict(network: nn.Module, dataset: Dataset, indices: list[int], device: str) -> Tensor:
+    images, _ = stack_images(dataset, indices)
+    return network(images.to(device)).argmax(dim=1).cpu()
+
+
+def select_pairs(
+    network: nn.Module,
+    dataset: Dataset,
+    sampling: PairSampling,
+    class_names: list[str],
+    device: str = "cpu",
+) -> list[Pair]:
+    """Same-class pairs, drawn with a seed or given explicitly; identical on every rank."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if sampling.indices is not None:
+        pairs = []
+        for k, (i, j) in enumerate(sampling.indices):
+            if not (0 <= i < size and 0 <= j < size):
+                raise PairError(f"pair {k} ({i}, {j}) is out of range: the split has {size} items")
+            a, b = int(dataset[i][1]), int(dataset[j][1])
+            if a != b:
+                raise PairError(
+                    f"pair {k} ({i}, {j}) joins different labels: {class_names[a]!r} ({a}) and "
+                    f"{class_names[b]!r} ({b}); both ends must share a class"
+                )
+            pairs.append(Pair(k, int(i), int(j), a))
+        return pairs
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(sampling.seed)).tolist()
+    waiting: dict[int, int] = {}
+    pairs = []
+    chunk = 256
+    for first in range(0, size, chunk):
+        indices = order[first : first + chunk]
+        labels = [int(dataset[i][1]) for i in indices]
+        keep = [True] * len(indices)
+        if sampling.correctly_classified:
+            keep = (_predict(network, dataset, indices, device) == torch.tensor(labels)).tolist()
+        for index, label, ok in zip(indices, labels, keep, strict=True):
+            if not ok:
+                continue
+            if label in waiting:
+                pairs.append(Pair(len(pairs), waiting.pop(label), index, label))
+                if len(pairs) == sampling.count:
+                    return pairs
+            else:
+                waiting[label] = index
+    which = " of correctly classified inputs" if sampling.correctly_classified else ""
+    raise PairError(
+        f"only {len(pairs)} same-class pairs{which} exist in the {sampling.split} split; "
+        "ask for fewer (pairs.count)"
+    )
+
+
+class PathExperiment(L.LightningModule):
+    """Predict-mode module: each rank decides its share of the pairs in every space.
+
+    Args:
+        network: The classifier (logits of images in [0, 1]).
+        pairs: All pairs of the experiment.
+        images: ``{dataset index: image}`` for every index the pairs use.
+        spaces: ``input`` and/or layer names.
+        options: Path options (the input space also gets the box ``(0, 1)``).
+        store: Where each decided pair is saved.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        pairs: list[Pair],
+        images: dict[int, Tensor],
+        spaces: list[str],
+        options: PathOptions,
+        store: RunStore,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.pairs = pairs
+        self.images = images
+        self.spaces = spaces
+        self.options = options
+        self.store = store
+
+    def predict_dataloader(self) -> DataLoader:
+        # One batch per rank: all of that rank's pairs are optimised together.
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        share = [pair.id for pair in self.pairs[rank::world]]
+        return DataLoader([share], batch_size=None)
+
+    def predict_step(self, batch: list[int], batch_idx: int) -> None:
+        by_id = {pair.id: pair for pair in self.pairs}
+        for space in self.spaces:
+            pending = [by_id[k] for k in batch if k not in self.store.done(space)]
+            if pending:
+                self._decide(space, pending)
+
+    def _decide(self, space: str, pending: list[Pair]) -> None:
+        head, tail = split(self.network, space)
+        head, tail = head.to(self.device), tail.to(self.device)
+        starts = torch.stack([self.images[p.start_index] for p in pending]).to(self.device)
+        ends = torch.stack([self.images[p.end_index] for p in pending]).to(self.device)
+        targets = torch.tensor([p.label for p in pending], device=self.device)
+        options = self.options
+        if space == INPUT and options.bounds is None:
+            options = PathOptions(**{**asdict(options), "bounds": (0.0, 1.0)})
+        with torch.no_grad():
+            z_start, z_end = head(starts), head(ends)
+        bar = tqdm(
+            total=options.steps,
+            desc=f"{space} (rank {self.trainer.global_rank})",
+            disable=not self.trainer.is_global_zero,
+            leave=True,
+            dynamic_ncols=True,
+        )
+
+        def progress(step: int, decided: int) -> None:
+            bar.n = step
+            bar.set_postfix_str(f"decided {decided}/{len(pending)}")
+
+        with torch.inference_mode(False), torch.enable_grad():
+            connect_points(
+                tail,
+                z_start,
+                z_end,
+                targets,
+                options,
+                on_record=lambda i, record: self.store.save(space, pending[i], record),
+                on_progress=progress,
+            )
+        bar.close()
+
+
+@dataclass
+class Experiment:
+    """What a path experiment asks (everything except the data object itself).
+
+    Args:
+        classifier: Checkpoint of a ClassifierModule (``connectivity fit``).
+        name: Run name; results go to ``<output_dir>/<name>``, and rerunning the same config
+            with the same name resumes it.
+        spaces: ``input`` and layer names (see ``connectivity.layer_names``); the same pairs
+            are decided in every space.
+        pairs: Which pairs to connect.
+        path: Options of the path search.
+        decoders: ``{layer: decoder checkpoint}`` to show latent points as images.
+        output_dir: Folder of all path runs.
+    """
+
+    classifier: str
+    name: str
+    spaces: list[str] = field(default_factory=lambda: [INPUT])
+    pairs: PairSampling = field(default_factory=PairSampling)
+    path: PathOptions = field(default_factory=PathOptions)
+    decoders: dict[str, str] = field(default_factory=dict)
+    output_dir: str = "lightning_logs/paths"
+
+
+def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -> dict[str, Any]:
+    """What makes two runs the same experiment (resume only continues the same one)."""
+    return {
+        "classifier": experiment.classifier,
+        "data": f"{type(data).__module__}.{type(data).__qualname__}",
+        "class_names": data.class_names,
+        "spaces": experiment.spaces,
+        "pairs": [asdict(p) for p in pairs],
+        "sampling": asdict(experiment.pairs),
+        "path": asdict(experiment.path),
+    }
+
+
+def run_paths(
+    experiment: Experiment,
+    data: ImageDataModule,
+    launch: Launch | None = None,
+    wandb: WandbOptions | None = None,
+    network: nn.Module | None = None,
+) -> RunStore | None:
+    """Run (or resume) a path experiment and write its report.
+
+    Args:
+        experiment: Classifier checkpoint, spaces, pairs, path options, decoders, run name.
+        data: The datamodule the pairs are drawn from.
+        launch: Trainer settings (devices, strategy).
+        wandb: W&B settings for the report.
+        network: A classifier module to use instead of loading ``experiment.classifier``.
+
+    Returns:
+        The run's store on rank zero (None on other ranks).
+    """
+    from connectivity.report import write_report
+
+    launch = launch or Launch()
+    network = network if network is not None else load_network(experiment.classifier)
+    for space in experiment.spaces:
+        split(network, space)  # a wrong layer name fails here, before any work
+    dataset = data.dataset(experiment.pairs.split)
+    trainer = L.Trainer(
+        accelerator=launch.accelerator,
+        devices=launch.devices,
+        strategy=launch.strategy,
+        num_nodes=launch.num_nodes,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        use_distributed_sampler=False,
+    )
+    device = str(trainer.strategy.root_device)
+    network = network.to(device)
+    pairs = select_pairs(network, dataset, experiment.pairs, data.class_names, device)
+    store = RunStore(Path(experiment.output_dir) / experiment.name)
+    if trainer.is_global_zero:
+        store.start(manifest(experiment, data, pairs))
+    trainer.strategy.barrier()
+    used = sorted({p.start_index for p in pairs} | {p.end_index for p in pairs})
+    images = dict(zip(used, stack_images(dataset, used)[0], strict=True))
+    module = PathExperiment(network, pairs, images, experiment.spaces, experiment.path, store)
+    trainer.predict(module, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return None
+    write_report(store, decoders=experiment.decoders, wandb=wandb or WandbOptions())
+    return store

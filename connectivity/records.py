@@ -1,0 +1,161 @@
+"""Saved results of a path experiment: one file per pair and space, and the verdict table.
+
+Every record is written atomically (a temporary file renamed over the final name), so a crash
+never leaves a half-written record, and a rerun skips what is already there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from connectivity.errors import ConnectivityError
+from connectivity.verdicts import PairRecord, Verdict
+
+VERDICTS = [v.value for v in Verdict]
+ROW_NAMES = {
+    "linear": "Linear path exists",
+    "nonlinear": "Nonlinear path exists",
+    "none": "No path found",
+    "diverged": "Diverged",
+}
+
+
+class RunFolderError(ConnectivityError):
+    """A run folder that holds another experiment, or none."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two dataset items of the same class."""
+
+    id: int
+    start_index: int
+    end_index: int
+    label: int
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode())
+
+
+class RunStore:
+    """The folder of one path experiment.
+
+    Layout: ``run.json`` (what was asked), ``records/<space>/pair_<id>.pt`` (one per decided
+    pair), ``table.md`` / ``table.csv`` and ``figures/``.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    @property
+    def records_dir(self) -> Path:
+        return self.folder / "records"
+
+    def record_path(self, space: str, pair_id: int) -> Path:
+        return self.records_dir / space / f"pair_{pair_id:04d}.pt"
+
+    def start(self, manifest: dict[str, Any]) -> None:
+        """Claim the folder for ``manifest``; refuse one that holds a different experiment."""
+        path = self.folder / "run.json"
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+        if path.is_file():
+            old = json.loads(path.read_text())
+            new = json.loads(text)
+            if old != new:
+                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise RunFolderError(
+                    f"{self.folder} holds results of a different experiment (differs in: "
+                    f"{', '.join(changed)}). Use another `name`, or delete the folder to start "
+                    "over."
+                )
+            return
+        atomic_write_text(path, text)
+
+    def manifest(self) -> dict[str, Any]:
+        path = self.folder / "run.json"
+        if not path.is_file():
+            raise RunFolderError(f"{self.folder} is not a path-experiment folder (no run.json)")
+        return json.loads(path.read_text())
+
+    def done(self, space: str) -> set[int]:
+        """Ids of the pairs already decided in ``space``."""
+        folder = self.records_dir / space
+        return {int(p.stem.split("_")[1]) for p in folder.glob("pair_*.pt")}
+
+    def save(self, space: str, pair: Pair, record: PairRecord) -> None:
+        payload = {"space": space, "pair": asdict(pair), **asdict(record)}
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.record_path(space, pair.id), buffer.getvalue())
+
+    def load(self, space: str) -> list[dict[str, Any]]:
+        """All saved records of ``space``, ordered by pair id."""
+        files = sorted((self.records_dir / space).glob("pair_*.pt"))
+        return [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+
+
+def count_verdicts(records: list[dict[str, Any]], key: str = "verdict") -> dict[str, int]:
+    """How many records have each verdict (all verdicts present, zeros included)."""
+    counts = Counter(r[key] for r in records)
+    return {v: counts.get(v, 0) for v in VERDICTS}
+
+
+def verdict_table(by_space: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict]]:
+    """``{space: {"dense": counts, "pivots": counts}}``."""
+    return {
+        space: {"dense": count_verdicts(rs), "pivots": count_verdicts(rs, "pivot_verdict")}
+        for space, rs in by_space.items()
+    }
+
+
+def table_markdown(table: dict[str, dict[str, dict]], pairs: int) -> str:
+    """The paper's Table 1 layout, with the pivot-only count in brackets beside each count."""
+    spaces = list(table)
+    lines = [
+        f"Pairs: {pairs}. Each cell: verdict certified densely (pivots-only verdict as in the "
+        "paper).",
+        "",
+        "| | " + " | ".join(spaces) + " |",
+        "|---|" + "---|" * len(spaces),
+    ]
+    for verdict in VERDICTS:
+        cells = [f"{table[s]['dense'][verdict]} ({table[s]['pivots'][verdict]})" for s in spaces]
+        lines.append(f"| {ROW_NAMES[verdict]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(table: dict[str, dict[str, dict]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["space", "check", *VERDICTS])
+    for space, checks in table.items():
+        for check, counts in checks.items():
+            writer.writerow([space, check, *(counts[v] for v in VERDICTS)])
+    return out.getvalue()
