@@ -84,6 +84,10 @@ class RunStore:
     def start(self, manifest: dict[str, Any]) -> None:
         """Claim the folder for ``manifest``; refuse one that holds a different experiment."""
         path = self.folder / "run.json"
+        # Leftovers of writes a crash interrupted; the records they were meant to replace are
+        # intact (or absent, and will be redone).
+        for leftover in self.records_dir.glob("*/.pair_*.tmp"):
+            leftover.unlink(missing_ok=True)
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
         if path.is_file():
             old = json.loads(path.read_text())

@@ -32,3 +32,27 @@ def shared_cifar() -> Path:
     if not (SHARED_CIFAR / "train").is_dir():
         pytest.skip(f"{SHARED_CIFAR} is absent (only present beside the project's own checkout)")
     return SHARED_CIFAR
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ResNet18 trained briefly on the embedded digits (over 90% test accuracy)."""
+    import lightning as L
+
+    from connectivity.classifier import ClassifierModule
+    from connectivity.data import DigitsDataModule
+
+    folder = tmp_path_factory.mktemp("digits_classifier")
+    L.seed_everything(0)
+    trainer = L.Trainer(
+        max_epochs=4,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=folder,
+    )
+    trainer.fit(ClassifierModule(num_classes=10, backbone="resnet18"), DigitsDataModule())
+    path = folder / "classifier.ckpt"
+    trainer.save_checkpoint(path)
+    return path

@@ -1,0 +1,274 @@
+"""Path experiments end to end: sampling, records, resume after a kill, report, errors, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from connectivity.checkpoints import CheckpointError
+from connectivity.classifier import ClassifierModule
+from connectivity.cli import main
+from connectivity.data import DigitsDataModule
+from connectivity.experiment import (
+    Experiment,
+    Launch,
+    PairError,
+    PairSampling,
+    WandbOptions,
+    load_network,
+    run_paths,
+    select_pairs,
+)
+from connectivity.records import RunFolderError, RunStore
+from connectivity.report import write_report
+from connectivity.verdicts import PathOptions
+
+NO_WANDB = WandbOptions(enabled=False)
+SPACES = ["input", "layer1", "flatten"]
+
+
+def _experiment(classifier: Path, folder: Path, name: str, **kwargs) -> Experiment:
+    defaults = {
+        "spaces": SPACES,
+        "pairs": PairSampling(count=6, seed=1),
+        "path": PathOptions(num_pivots=4, steps=20),
+        "output_dir": str(folder),
+    }
+    return Experiment(classifier=str(classifier), name=name, **{**defaults, **kwargs})
+
+
+def _config(path: Path, classifier: Path, output: Path, name: str, count: int, spaces) -> Path:
+    path.write_text(
+        f"name: {name}\nclassifier: {classifier}\noutput_dir: {output}\n"
+        f"spaces: [{', '.join(spaces)}]\n"
+        f"pairs: {{count: {count}, seed: 1}}\npath: {{num_pivots: 4, steps: 20}}\n"
+        "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
+    )
+    return path
+
+
+def test_same_class_pairs_are_drawn_reproducibly(digits_classifier: Path) -> None:
+    data = DigitsDataModule()
+    network = load_network(str(digits_classifier))
+    sampling = PairSampling(count=10, seed=3)
+    pairs = select_pairs(network, data.dataset("test"), sampling, data.class_names)
+    again = select_pairs(network, data.dataset("test"), sampling, data.class_names)
+    assert pairs == again and len(pairs) == 10
+    dataset = data.dataset("test")
+    images = torch.stack([dataset[p.start_index][0] for p in pairs])
+    predicted = network(images).argmax(dim=1).tolist()
+    for pair, guess in zip(pairs, predicted, strict=True):
+        assert dataset[pair.start_index][1] == dataset[pair.end_index][1] == pair.label == guess
+    other = select_pairs(network, dataset, PairSampling(count=10, seed=4), data.class_names)
+    assert other != pairs
+
+
+def test_run_writes_records_table_and_figures_and_resumes(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    data = DigitsDataModule()
+    store = run_paths(_experiment(digits_classifier, tmp_path, "a"), data, wandb=NO_WANDB)
+    assert store is not None
+    for space in SPACES:
+        assert store.done(space) == set(range(6))
+        record = store.load(space)[0]
+        assert record["verdict"] in {"linear", "nonlinear", "none", "diverged"}
+        assert record["path"].shape[0] == 6  # 4 pivots + 2 ends
+        assert (store.folder / "figures" / space / "pair_0000.png").stat().st_size > 1000
+    table = (store.folder / "table.md").read_text()
+    assert "| Linear path exists |" in table and "input" in table
+    csv_rows = (store.folder / "table.csv").read_text().splitlines()
+    assert csv_rows[0] == "space,check,linear,nonlinear,none,diverged"
+    assert len(csv_rows) == 1 + 2 * len(SPACES)
+    assert all(sum(map(int, row.split(",")[2:])) == 6 for row in csv_rows[1:])
+
+    stamps = {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")}
+    run_paths(_experiment(digits_classifier, tmp_path, "a"), data, wandb=NO_WANDB)
+    assert {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")} == stamps
+    assert (store.folder / "table.md").read_text() == table
+
+    (store.folder / "table.md").unlink()
+    write_report(store, figures=False)
+    assert (store.folder / "table.md").read_text() == table
+
+    # same config and seed under another name: the same pairs and verdicts
+    other = run_paths(_experiment(digits_classifier, tmp_path, "b"), data, wandb=NO_WANDB)
+    for space in SPACES:
+        mine = [(r["pair"], r["verdict"], r["pivot_verdict"]) for r in store.load(space)]
+        theirs = [(r["pair"], r["verdict"], r["pivot_verdict"]) for r in other.load(space)]
+        assert mine == theirs
+
+
+def test_a_changed_experiment_does_not_reuse_a_folder(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    data = DigitsDataModule()
+    run_paths(
+        _experiment(digits_classifier, tmp_path, "c", spaces=["flatten"]), data, wandb=NO_WANDB
+    )
+    with pytest.raises(RunFolderError, match=r"different experiment.*spaces"):
+        run_paths(
+            _experiment(digits_classifier, tmp_path, "c", spaces=["input"]), data, wandb=NO_WANDB
+        )
+
+
+def test_killed_run_keeps_intact_records_and_resumes(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    spaces = ["input", "layer1", "layer2", "layer3", "layer4", "flatten"]
+    config = _config(tmp_path / "kill.yaml", digits_classifier, tmp_path, "k", 12, spaces)
+    command = [sys.executable, "-m", "connectivity.cli", "paths", "-c", str(config)]
+    records = tmp_path / "k" / "records"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list(records.rglob("pair_*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    written = list(records.rglob("pair_*.pt"))
+    assert 0 < len(written) < 12 * len(spaces), "the kill should land part-way"
+    for file in written:  # every record on disk is whole
+        torch.load(file, weights_only=True)
+
+    main(["paths", "-c", str(config)])
+    uninterrupted = _config(tmp_path / "whole.yaml", digits_classifier, tmp_path, "w", 12, spaces)
+    main(["paths", "-c", str(uninterrupted)])
+    assert (tmp_path / "k" / "table.md").read_text() == (tmp_path / "w" / "table.md").read_text()
+    resumed, whole = RunStore(tmp_path / "k"), RunStore(tmp_path / "w")
+    for space in spaces:
+        a, b = resumed.load(space), whole.load(space)
+        assert [r["verdict"] for r in a] == [r["verdict"] for r in b]
+        assert all(
+            torch.allclose(x["path"], y["path"], atol=1e-5) for x, y in zip(a, b, strict=True)
+        )
+
+
+class NaNAwayFromData(nn.Module):
+    """The classifier, except that its logits are NaN for points of one class that are no
+    dataset image: the line between two of that class leaves the data at once, and its band
+    diverges."""
+
+    def __init__(self, network: nn.Module, anchors: torch.Tensor, trapped: int) -> None:
+        super().__init__()
+        self.network = network
+        self.trapped = trapped
+        self.register_buffer("anchors", anchors.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x)
+        distance = torch.cdist(x.flatten(1), self.anchors).amin(dim=1, keepdim=True)
+        trap = (distance > 1e-4) & (logits.argmax(dim=1, keepdim=True) == self.trapped)
+        return torch.where(trap, torch.full_like(logits, float("nan")), logits)
+
+
+def test_diverged_pairs_get_their_own_column_and_the_run_goes_on(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    data = DigitsDataModule()
+    dataset = data.dataset("test")
+    anchors = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    sampling = PairSampling(count=8, seed=0)
+    plain = load_network(str(digits_classifier))
+    trapped = select_pairs(plain, dataset, sampling, data.class_names)[0].label
+    network = NaNAwayFromData(plain, anchors, trapped)
+    experiment = _experiment(digits_classifier, tmp_path, "nan", spaces=["input"], pairs=sampling)
+    store = run_paths(experiment, data, wandb=NO_WANDB, network=network)
+    records = store.load("input")
+    verdicts = {r["pair"]["id"]: r["verdict"] for r in records}
+    zeros = [r["pair"]["id"] for r in records if r["target"] == trapped]
+    assert all(verdicts[k] == "diverged" for k in zeros)
+    assert all(v != "diverged" for k, v in verdicts.items() if k not in zeros)
+    assert f"| Diverged | {len(zeros)} ({len(zeros)}) |" in (store.folder / "table.md").read_text()
+
+
+def test_explicit_pairs_of_different_labels_name_both(digits_classifier: Path) -> None:
+    data = DigitsDataModule()
+    dataset = data.dataset("test")
+    labels = [int(dataset[i][1]) for i in range(20)]
+    i = 0
+    j = next(k for k in range(20) if labels[k] != labels[0])
+    with pytest.raises(PairError, match=rf"'{labels[0]}' \({labels[0]}\) and '{labels[j]}'"):
+        select_pairs(
+            load_network(str(digits_classifier)),
+            dataset,
+            PairSampling(indices=[(i, j)]),
+            data.class_names,
+        )
+
+
+def test_cli_errors_are_clear(
+    digits_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = _config(tmp_path / "e.yaml", digits_classifier, tmp_path, "e", 2, ["layer9"])
+    with pytest.raises(SystemExit):
+        main(["paths", "-c", str(config)])
+    err = capsys.readouterr().err
+    assert "'layer9' is not a layer" in err and "layer1" in err and "Traceback" not in err
+
+    config = _config(tmp_path / "m.yaml", tmp_path / "nothing.ckpt", tmp_path, "m", 2, ["input"])
+    with pytest.raises(SystemExit):
+        main(["paths", "-c", str(config)])
+    err = capsys.readouterr().err
+    assert "nothing.ckpt" in err and "connectivity fit" in err
+
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "not_a_run")])
+    assert "no run.json" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_error_type(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError):
+        ClassifierModule.from_checkpoint(tmp_path / "x.ckpt")
+
+
+def test_two_process_ddp_gives_the_single_process_table(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    spaces = ["input", "flatten"]
+    single = _config(tmp_path / "one.yaml", digits_classifier, tmp_path, "one", 8, spaces)
+    double = _config(tmp_path / "two.yaml", digits_classifier, tmp_path, "two", 8, spaces)
+    run_paths_cli = [sys.executable, "-m", "connectivity.cli", "paths"]
+    subprocess.run([*run_paths_cli, "-c", str(single)], check=True, capture_output=True)
+    done = subprocess.run(
+        [
+            *run_paths_cli,
+            "-c",
+            str(double),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "one" / "table.md").read_text() == (
+        tmp_path / "two" / "table.md"
+    ).read_text()
+    one, two = RunStore(tmp_path / "one"), RunStore(tmp_path / "two")
+    for space in spaces:
+        assert [r["verdict"] for r in one.load(space)] == [r["verdict"] for r in two.load(space)]
+
+
+def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
+    data = DigitsDataModule()
+    experiment = _experiment(
+        digits_classifier, tmp_path, "w", spaces=["input"], pairs=PairSampling(count=2, seed=0)
+    )
+    store = run_paths(
+        experiment, data, launch=Launch(accelerator="cpu"), wandb=WandbOptions(offline=True)
+    )
+    runs = list((store.folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
