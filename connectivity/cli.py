@@ -78,7 +78,7 @@ def paths_parser() -> ArgumentParser:
 def run_paths_command(args: list[str]) -> None:
     parser = paths_parser()
     config = parser.parse_args(args)
-    objects = parser.instantiate_classes(config)
+    objects = parser.instantiate(config)
     fields = {f.name for f in dataclasses.fields(Experiment)}
     experiment = Experiment(**{k: objects[k] for k in fields})
     run_paths(experiment, objects.data, objects.trainer, objects.wandb)
@@ -98,13 +98,26 @@ def report_command(args: list[str]) -> None:
     )
     parser.add_class_arguments(WandbOptions, "wandb")
     config = parser.parse_args(args)
-    objects = parser.instantiate_classes(config)
+    objects = parser.instantiate(config)
     store = RunStore(config.folder)
-    decoders = config.decoders or store.manifest().get("decoders", {})
+    decoders = config.decoders or store.decoders()
     write_report(store, decoders=decoders, wandb=objects.wandb)
 
 
-COMMANDS = {"paths": run_paths_command, "report": report_command}
+def quickstart_command(args: list[str]) -> None:
+    parser = ArgumentParser(
+        prog="connectivity quickstart",
+        description="Train the digits classifier and its decoders, then decide 25 pairs in three "
+        "spaces; finished stages are reused.",
+    )
+    parser.add_argument("--output", type=str, default="lightning_logs/quickstart")
+    config = parser.parse_args(args)
+    from connectivity.quickstart import quickstart
+
+    quickstart(config.output)
+
+
+COMMANDS = {"paths": run_paths_command, "report": report_command, "quickstart": quickstart_command}
 
 
 def main(args: list[str] | None = None) -> None:

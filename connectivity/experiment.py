@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from connectivity.checkpoints import CheckpointError
 from connectivity.classifier import ClassifierModule
 from connectivity.data import ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError
@@ -283,6 +284,17 @@ def run_paths(
     network = network if network is not None else load_network(experiment.classifier)
     for space in experiment.spaces:
         split(network, space)  # a wrong layer name fails here, before any work
+    for space, decoder in experiment.decoders.items():
+        if space not in experiment.spaces:
+            raise ConnectivityError(
+                f"a decoder is given for {space!r}, which is not among the spaces "
+                f"{experiment.spaces}"
+            )
+        if not Path(decoder).is_file():
+            raise CheckpointError(
+                f"No decoder checkpoint at {Path(decoder).resolve()} (for {space!r}). Train one "
+                f"with `connectivity fit -c configs/decoder/...`, or leave it out of `decoders`."
+            )
     dataset = data.dataset(experiment.pairs.split)
     trainer = L.Trainer(
         accelerator=launch.accelerator,
@@ -301,6 +313,7 @@ def run_paths(
     store = RunStore(Path(experiment.output_dir) / experiment.name)
     if trainer.is_global_zero:
         store.start(manifest(experiment, data, pairs))
+        store.save_decoders(experiment.decoders)
     trainer.strategy.barrier()
     used = sorted({p.start_index for p in pairs} | {p.end_index for p in pairs})
     images = dict(zip(used, stack_images(dataset, used)[0], strict=True))

@@ -108,6 +108,14 @@ class RunStore:
             raise RunFolderError(f"{self.folder} is not a path-experiment folder (no run.json)")
         return json.loads(path.read_text())
 
+    def save_decoders(self, decoders: dict[str, str]) -> None:
+        """Remember which decoders show this run's latent points (they do not change results)."""
+        atomic_write_text(self.folder / "decoders.json", json.dumps(decoders, indent=2))
+
+    def decoders(self) -> dict[str, str]:
+        path = self.folder / "decoders.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def done(self, space: str) -> set[int]:
         """Ids of the pairs already decided in ``space``."""
         folder = self.records_dir / space

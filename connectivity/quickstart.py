@@ -1,0 +1,107 @@
+"""``connectivity quickstart``: the whole study on the embedded digits, offline, on a CPU.
+
+Stages, each skipped when its result is already there: the quick classifier, a decoder for its
+first hidden layer and one for its last layer, then 25 pairs decided in the input space and in
+both layers with table, figures and an offline W&B run. Every stage is the same YAML config a
+user would run by hand (``configs/classifier/quick.yaml``, ``configs/decoder/quick_*.yaml``,
+``configs/paths/quick.yaml``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from connectivity.errors import ConnectivityError
+from connectivity.records import RunStore, atomic_write_text
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DECODED_LAYERS = {"layer1": "quick_layer1.yaml", "flatten": "quick_last.yaml"}
+
+
+def _say(message: str) -> None:
+    print(f"[quickstart] {message}", flush=True)
+
+
+def _config(relative: str) -> Path:
+    path = CONFIGS / relative
+    if not path.is_file():
+        raise ConnectivityError(
+            f"quickstart needs the repository's configs ({path} is missing): install the project "
+            "from its checkout with `pip install -e .` and run it there"
+        )
+    return path
+
+
+def _fit(config: Path, extra: list[str], target: Path) -> dict[str, Any]:
+    """Train with ``connectivity fit -c config``; copy the best checkpoint to ``target``."""
+    from connectivity.cli import ConnectivityCLI
+
+    cli = ConnectivityCLI(args=["fit", "-c", str(config), *extra])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(best, tmp)
+    tmp.replace(target)  # the stage counts as done only once its checkpoint is whole
+    return {"checkpoint": str(best), "test": results[0] if results else {}}
+
+
+def _paths_done(folder: Path) -> bool:
+    table = folder / "table.md"
+    return table.is_file() and "Not yet decided" not in table.read_text()
+
+
+def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
+    """Run (or finish) every stage; returns and saves the summary with wall times per stage."""
+    from connectivity.cli import run_paths_command
+
+    folder = Path(output)
+    summary_file = folder / "summary.json"
+    summary: dict[str, Any] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+
+    def stage(name: str, done: bool, work) -> None:
+        if done:
+            _say(f"{name}: done before, reused")
+            return
+        _say(f"{name}: running")
+        start = time.perf_counter()
+        details = work() or {}
+        summary[name] = {**details, "seconds": round(time.perf_counter() - start, 1)}
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
+        _say(f"{name}: finished in {summary[name]['seconds']} s")
+
+    classifier = folder / "classifier.ckpt"
+    stage(
+        "classifier",
+        classifier.is_file(),
+        lambda: _fit(_config("classifier/quick.yaml"), [], classifier),
+    )
+    decoders = {}
+    for layer, config in DECODED_LAYERS.items():
+        decoder = folder / f"decoder_{layer}.ckpt"
+        decoders[layer] = str(decoder)
+        stage(
+            f"decoder {layer}",
+            decoder.is_file(),
+            lambda config=config, decoder=decoder: _fit(
+                _config(f"decoder/{config}"),
+                ["--model.init_args.classifier", str(classifier)],
+                decoder,
+            ),
+        )
+    paths_config = _config("paths/quick.yaml")
+    args = ["-c", str(paths_config), "--classifier", str(classifier)]
+    args += ["--decoders", json.dumps(decoders)]
+    run_folder = Path("lightning_logs/paths/quick")
+    stage("paths", _paths_done(run_folder), lambda: run_paths_command(args))
+
+    store = RunStore(run_folder)
+    _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))
+    _say(f"table: {store.folder / 'table.md'}; figures: {store.folder / 'figures'}")
+    print((store.folder / "table.md").read_text())
+    return summary
