@@ -116,6 +116,15 @@ def tangents(path: Tensor, energy: Tensor) -> Tensor:
         ``(pairs, num_pivots, D)`` unit tangents on flattened points (zero only where the
         neighbours coincide with the pivot).
     """
+    return _tangent_parts(path, energy)[0]
+
+
+def _tangent_parts(path: Tensor, energy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit tangents and the forward and backward differences they are built from.
+
+    The case split (rising, falling, extremum) is made on ``(pairs, pivots)`` weights, so only a
+    few full-size operations touch the points: this is the hot loop of every step.
+    """
     points = _flat(path)
     forward = points[:, 2:] - points[:, 1:-1]
     backward = points[:, 1:-1] - points[:, :-2]
@@ -126,18 +135,24 @@ def tangents(path: Tensor, energy: Tensor) -> Tensor:
     d_prev = (v_prev - v_here).abs()
     d_max = torch.maximum(d_next, d_prev)
     d_min = torch.minimum(d_next, d_prev)
-    # The higher neighbour gets the larger weight, as in the paper.
+    # At an extremum the higher neighbour gets the larger weight, as in the paper.
     next_higher = v_next > v_prev
-    w_forward = torch.where(next_higher, d_max, d_min).unsqueeze(-1)
-    w_backward = torch.where(next_higher, d_min, d_max).unsqueeze(-1)
-    mixed = w_forward * forward + w_backward * backward
-    tau = torch.where(
-        rising.unsqueeze(-1), forward, torch.where(falling.unsqueeze(-1), backward, mixed)
-    )
-    norm = tau.norm(dim=-1, keepdim=True)
-    tau = torch.where(norm > 0, tau, forward + backward)
+    w_forward = torch.where(next_higher, d_max, d_min)
+    w_backward = torch.where(next_higher, d_min, d_max)
+    one, zero = torch.ones_like(w_forward), torch.zeros_like(w_forward)
+    w_forward = torch.where(rising, one, torch.where(falling, zero, w_forward)).unsqueeze(-1)
+    w_backward = torch.where(rising, zero, torch.where(falling, one, w_backward)).unsqueeze(-1)
+    tau = w_forward * forward + w_backward * backward
+    # tau is exactly zero where the energy is flat; there it becomes the central difference.
+    flat = (tau.norm(dim=-1, keepdim=True) == 0).to(tau.dtype)
+    tau = torch.addcmul(tau, flat, forward + backward)
     tiny = torch.finfo(tau.dtype).tiny
-    return tau / tau.norm(dim=-1, keepdim=True).clamp_min(tiny)
+    return tau / tau.norm(dim=-1, keepdim=True).clamp_min(tiny), forward, backward
+
+
+def _rows_finite(x: Tensor) -> Tensor:
+    """``(n,)``: every entry of row ``i`` of ``x`` is finite (amax passes NaN and inf on)."""
+    return torch.isfinite(x.reshape(x.shape[0], -1).abs().amax(dim=1))
 
 
 def _climbing_mask(climbing_index: Tensor | None, pairs: int, pivots: int, like: Tensor) -> Tensor:
@@ -181,18 +196,35 @@ def neb_gradient(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    tau = tangents(path, energy)
+    _, effective = _forces(path, energy, grad, spring_constant, method, climbing_index)
+    return effective.reshape(grad.shape)
+
+
+def _forces(
+    path: Tensor,
+    energy: Tensor,
+    grad: Tensor,
+    spring_constant: float,
+    method: str,
+    climbing_index: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """``(perpendicular_force_norm, neb_gradient)`` from one tangent computation."""
+    tau, forward, backward = _tangent_parts(path, energy)
     g = grad.reshape(tau.shape)
     along = (g * tau).sum(dim=-1, keepdim=True)
-    effective = g - along * tau
+    perpendicular = g - along * tau
+    effective = perpendicular
     if method == "neb":
-        points = _flat(path)
-        d_next = (points[:, 2:] - points[:, 1:-1]).norm(dim=-1, keepdim=True)
-        d_prev = (points[:, 1:-1] - points[:, :-2]).norm(dim=-1, keepdim=True)
-        effective = effective - spring_constant * (d_next - d_prev) * tau
-    climb = _climbing_mask(climbing_index, tau.shape[0], tau.shape[1], tau)
-    effective = torch.where(climb, g - 2.0 * along * tau, effective)
-    return effective.reshape(grad.shape)
+        d_next = forward.norm(dim=-1, keepdim=True)
+        d_prev = backward.norm(dim=-1, keepdim=True)
+        effective = perpendicular - spring_constant * (d_next - d_prev) * tau
+    force = perpendicular
+    if climbing_index is not None:
+        climb = _climbing_mask(climbing_index, tau.shape[0], tau.shape[1], tau)
+        climbed = g - 2.0 * along * tau
+        force = torch.where(climb, climbed, perpendicular)
+        effective = torch.where(climb, climbed, effective)
+    return force.norm(dim=-1), effective
 
 
 def perpendicular_force_norm(
@@ -213,13 +245,7 @@ def perpendicular_force_norm(
     Returns:
         ``(pairs, num_pivots)``.
     """
-    tau = tangents(path, energy)
-    g = grad.reshape(tau.shape)
-    along = (g * tau).sum(dim=-1, keepdim=True)
-    force = g - along * tau
-    climb = _climbing_mask(climbing_index, tau.shape[0], tau.shape[1], tau)
-    force = torch.where(climb, g - 2.0 * along * tau, force)
-    return force.norm(dim=-1)
+    return _forces(path, energy, grad, 0.0, "string", climbing_index)[0]
 
 
 def respace_equal_arc(path: Tensor) -> Tensor:
@@ -477,22 +503,23 @@ class ElasticBand:
         dtype = self.energy.dtype
         e = energies.detach().to(dtype).reshape(n, p)
         g = grad.detach().to(dtype).reshape(n, p, -1)
-        finite = torch.isfinite(e).all(dim=1) & torch.isfinite(g).all(dim=2).all(dim=1)
-
-        bad = idx[~finite]
-        if bad.numel():
-            self._roll_back_(bad)
-
-        good = idx[finite]
+        finite = torch.isfinite(e).all(dim=1) & _rows_finite(g)
+        if bool(finite.all()):
+            good = idx
+        else:
+            self._roll_back_(idx[~finite])
+            good = idx[finite]
+            e, g = e[finite], g[finite]
         if good.numel() == 0:
             self._set_grad_(good, None)
             return self.active.clone()
-        self.energy[good, 1:-1] = e[finite]
-        g = g[finite]
-        path = self.path[good]
-        energy = self.energy[good]
+        self.energy[good, 1:-1] = e
+        # Indexing copies whole paths; skip it in the common case that every pair is in.
+        everyone = good.numel() == self.pairs
+        path = self.path if everyone else self.path[good]
+        energy = self.energy.clone() if everyone else self.energy[good]
         climb = self.climbing_index(energy[:, 1:-1], self.steps[good])
-        force = perpendicular_force_norm(path, energy, g, climbing_index=climb)
+        force, effective = _forces(path, energy, g, self.spring_constant, self.method, climb)
         self.max_force[good] = force.amax(dim=1)
 
         finished = self.max_force[good] <= self.tol
@@ -513,24 +540,20 @@ class ElasticBand:
         self.active[good] = ~finished
 
         keep = ~finished
-        effective = None
-        if keep.any():
-            effective = neb_gradient(
-                path[keep],
-                energy[keep],
-                g[keep],
-                spring_constant=self.spring_constant,
-                method=self.method,
-                climbing_index=None if climb is None else climb[keep],
-            )
-        self._set_grad_(good[keep], effective)
+        if bool(keep.all()):
+            self._set_grad_(good, effective)
+        else:
+            self._set_grad_(good[keep], effective[keep] if keep.any() else None)
         return self.active.clone()
 
     def _set_grad_(self, index: Tensor, effective: Tensor | None) -> None:
-        full = torch.zeros_like(self.pivots.detach())
-        if effective is not None:
-            full[index] = effective.reshape(-1, self.num_pivots, *self.point_shape)
-        self.pivots.grad = full
+        if effective is not None and index.numel() == self.pairs:  # all pairs, in order
+            self.pivots.grad = effective.reshape(self.pivots.shape)
+        else:
+            full = torch.zeros_like(self.pivots.detach())
+            if effective is not None:
+                full[index] = effective.reshape(-1, self.num_pivots, *self.point_shape)
+            self.pivots.grad = full
         self._before = self.pivots.detach().clone()
 
     def _roll_back_(self, index: Tensor) -> None:
@@ -550,11 +573,16 @@ class ElasticBand:
         and count the step."""
         if self._before is None:
             raise RuntimeError("after_step_ called before project_")
+        plain = self.method == "neb" and self.bounds is None
+        if plain and bool(self.active.all()) and bool(_rows_finite(self.pivots).all()):
+            self.steps += 1  # nothing to undo, clamp or respace
+            self.pivots.grad = None
+            return
         frozen = ~self.active
         self.pivots[frozen] = self._before[frozen]
         moved = self.active.nonzero().squeeze(1)
         if moved.numel():
-            finite = torch.isfinite(self.pivots[moved].reshape(moved.numel(), -1)).all(dim=1)
+            finite = _rows_finite(self.pivots[moved])
             bad = moved[~finite]
             if bad.numel():
                 self.diverged[bad] = True
