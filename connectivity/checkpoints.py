@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +48,25 @@ def load_state(module: nn.Module, state: dict[str, Any], source: str | Path) -> 
         ) from error
 
 
+@contextmanager
+def _own_hyperparameters() -> Iterator[None]:
+    """Let a module built inside another's ``__init__`` save its own hyperparameters.
+
+    LightningCLI hands the config of the module it builds to ``save_hyperparameters`` through a
+    context variable, which would otherwise leak into any module loaded while it is built.
+    """
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without it has nothing to leak
+        yield
+        return
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
+
+
 def load_lightning_module(
     cls: type[ModuleT], path: str | Path, **overrides: Any
 ) -> tuple[ModuleT, dict[str, Any]]:
@@ -70,7 +91,8 @@ def load_lightning_module(
         )
     hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
     try:
-        module = cls(**{**hparams, **overrides})
+        with _own_hyperparameters():
+            module = cls(**{**hparams, **overrides})
     except TypeError as error:
         raise CheckpointError(
             f"{path} was saved by another kind of module, not a {cls.__name__} ({error})"

@@ -128,8 +128,14 @@ def main(args: list[str] | None = None) -> None:
             COMMANDS[argv[0]](argv[1:])
             return
         ConnectivityCLI(args=args)
-    except ConnectivityError as error:
-        print(f"connectivity: error: {error}", file=sys.stderr)
+    except Exception as error:
+        # jsonargparse wraps errors raised while it builds the model or data; find ours.
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, ConnectivityError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"connectivity: error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
