@@ -43,6 +43,9 @@ def _fit(config: Path, extra: list[str], target: Path) -> dict[str, Any]:
     cli = ConnectivityCLI(args=["fit", "-c", str(config), *extra])
     best = cli.trainer.checkpoint_callback.best_model_path
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
+    import wandb
+
+    wandb.finish()  # else the next stage's logger would log into this stage's W&B run
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     shutil.copyfile(best, tmp)
