@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from connectivity.errors import ConnectivityError
@@ -99,3 +100,14 @@ def load_lightning_module(
         ) from error
     load_state(module, checkpoint["state_dict"], path)
     return module.eval(), hparams
+
+
+def best_and_last(monitor: str, mode: str, digits: int) -> ModelCheckpoint:
+    """Keep the best checkpoint by ``monitor`` (named after it) and the last one."""
+    return ModelCheckpoint(
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        filename=f"best-{{epoch}}-{{{monitor}:.{digits}f}}",
+        auto_insert_metric_name=False,
+    )

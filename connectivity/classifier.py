@@ -8,11 +8,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchvision
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from connectivity.checkpoints import CheckpointError, load_file, load_lightning_module, load_state
+from connectivity.checkpoints import (
+    CheckpointError,
+    best_and_last,
+    load_file,
+    load_lightning_module,
+    load_state,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -170,15 +175,7 @@ class ClassifierModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         # The module knows which metric makes a classifier "best".
-        return [
-            ModelCheckpoint(
-                monitor="val/acc",
-                mode="max",
-                save_last=True,
-                filename="best-{epoch}-{val/acc:.4f}",
-                auto_insert_metric_name=False,
-            )
-        ]
+        return [best_and_last("val/acc", "max", digits=4)]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(

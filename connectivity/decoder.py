@@ -16,14 +16,13 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
 from torchvision.utils import make_grid, save_image
 
-from connectivity.checkpoints import CheckpointError, load_lightning_module
+from connectivity.checkpoints import CheckpointError, best_and_last, load_lightning_module
 from connectivity.classifier import ClassifierModule
 from connectivity.errors import ConnectivityError
 from connectivity.split import FrozenTail, layer_shape, split
@@ -418,15 +417,7 @@ class DecoderModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         # The module knows which metric makes a decoder "best".
-        return [
-            ModelCheckpoint(
-                monitor="val/mse",
-                mode="min",
-                save_last=True,
-                filename="best-{epoch}-{val/mse:.5f}",
-                auto_insert_metric_name=False,
-            )
-        ]
+        return [best_and_last("val/mse", "min", digits=5)]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.decoder.parameters(), lr=self.hparams.lr)

@@ -59,18 +59,12 @@ class PathModule(L.LightningModule):
         self.check: LineCheck | None = None
 
     def _new_band(self) -> ElasticBand:
-        o = self.options
         return ElasticBand(
             self.starts,
             self.ends,
-            num_pivots=o.num_pivots,
-            spring_constant=o.spring_constant,
-            method=o.method,
-            climbing=o.climbing,
-            bounds=o.bounds,
-            tol=o.tol,
-            max_steps=o.steps,
+            max_steps=self.options.steps,
             labels=self.targets,
+            **self.options.band_options(),
         )
 
     def train_dataloader(self) -> DataLoader:

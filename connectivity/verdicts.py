@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,17 @@ class PathOptions:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.bounds is not None:
             self.bounds = (float(self.bounds[0]), float(self.bounds[1]))
+
+    def band_options(self) -> dict[str, Any]:
+        """The options an :class:`~connectivity.neb.ElasticBand` (and ``find_paths``) takes."""
+        return {
+            "num_pivots": self.num_pivots,
+            "spring_constant": self.spring_constant,
+            "method": self.method,
+            "climbing": self.climbing,
+            "bounds": self.bounds,
+            "tol": self.tol,
+        }
 
     @property
     def points_per_segment(self) -> int:
@@ -290,15 +302,10 @@ def connect_points(
             classifier_energy(tail),
             starts[need],
             ends[need],
-            num_pivots=options.num_pivots,
             steps=options.steps,
             optimizer=options.optimizer,
             lr=options.lr,
-            spring_constant=options.spring_constant,
-            method=options.method,
-            climbing=options.climbing,
-            bounds=options.bounds,
-            tol=options.tol,
+            **options.band_options(),
             stop=certification_stop(tail, options, check.probabilities.shape[-1]),
             labels=targets[need],
             on_step=on_step,
