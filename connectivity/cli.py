@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -16,6 +15,7 @@ from connectivity.errors import ConnectivityError
 from connectivity.experiment import Experiment, Launch, WandbOptions, run_paths
 from connectivity.records import RunStore
 from connectivity.report import write_report
+from connectivity.runs import run_folder
 
 
 class RunFolderConfigCallback(SaveConfigCallback):
@@ -28,12 +28,10 @@ class RunFolderConfigCallback(SaveConfigCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved or stage != "fit":
             return
-        logger = trainer.logger
-        if isinstance(logger, WandbLogger):
-            folder = Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
-            logger.log_hyperparams({"cli_config": self.config.as_dict()})
-        else:
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_hyperparams({"cli_config": self.config.as_dict()})
+        folder = run_folder(trainer)
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
             self.parser.save(

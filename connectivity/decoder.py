@@ -25,6 +25,7 @@ from torchvision.utils import make_grid, save_image
 from connectivity.checkpoints import CheckpointError, best_and_last, load_lightning_module
 from connectivity.classifier import ClassifierModule
 from connectivity.errors import ConnectivityError
+from connectivity.runs import run_folder
 from connectivity.split import FrozenTail, layer_shape, split
 
 Architecture = Literal["auto", "vector", "map"]
@@ -393,7 +394,7 @@ class DecoderModule(L.LightningModule):
         grid = reconstruction_grid(*pair)
         if self.trainer.fast_dev_run:  # like checkpoints: a smoke run leaves no files
             return
-        folder = self._run_folder()
+        folder = run_folder(self.trainer)
         epoch = self.current_epoch
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
@@ -407,13 +408,6 @@ class DecoderModule(L.LightningModule):
             path = folder / "reconstructions" / f"epoch={epoch:03d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_image(grid, path)
-
-    def _run_folder(self) -> Path:
-        """The run's own folder: W&B's run folder (as the saved config uses), else log_dir."""
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                return Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def configure_callbacks(self) -> list[L.Callback]:
         # The module knows which metric makes a decoder "best".
