@@ -8,6 +8,7 @@ builds the table and the figures from the saved records (:mod:`connectivity.repo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -318,7 +319,10 @@ def run_paths(
     used = sorted({p.start_index for p in pairs} | {p.end_index for p in pairs})
     images = dict(zip(used, stack_images(dataset, used)[0], strict=True))
     module = PathExperiment(network, pairs, images, experiment.spaces, experiment.path, store)
-    trainer.predict(module, return_predictions=False)
+    with warnings.catch_warnings():
+        # predict_step saves records instead of returning them, on purpose.
+        warnings.filterwarnings("ignore", message="predict returned None")
+        trainer.predict(module, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return None
