@@ -380,7 +380,7 @@ class ElasticBand:
         self.point_shape = tuple(starts.shape[1:])
         if labels is not None and labels.shape != (starts.shape[0],):
             raise ValueError(f"labels must be (pairs,) = ({starts.shape[0]},)")
-        self.labels = None if labels is None else labels.detach().clone()
+        self.labels = None if labels is None else labels.detach().to(starts.device).clone()
         self.starts = starts.detach().clone()
         self.ends = ends.detach().clone()
         initial = straight_line(self.starts, self.ends, num_pivots)[:, 1:-1]

@@ -147,8 +147,12 @@ def path_probabilities(tail: nn.Module, path: Tensor, per_segment: int, chunk_si
 
 
 def on_target(probabilities: Tensor, targets: Tensor) -> Tensor:
-    """``(pairs, M)`` bool: each point's predicted class is its pair's target."""
-    return probabilities.argmax(dim=-1) == targets.unsqueeze(1)
+    """``(pairs, M)`` bool: each point's predicted class is its pair's target.
+
+    A point whose network output is not finite is never on target (argmax of NaNs says 0).
+    """
+    finite = torch.isfinite(probabilities).all(dim=-1)
+    return (probabilities.argmax(dim=-1) == targets.unsqueeze(1)) & finite
 
 
 def polyline_length_ratio(path: Tensor) -> Tensor:
@@ -298,7 +302,7 @@ def connect_points(
             on_progress(int(band.steps.max()), len(records))
 
     if need.numel():
-        find_paths(
+        result = find_paths(
             classifier_energy(tail),
             starts[need],
             ends[need],
@@ -310,6 +314,18 @@ def connect_points(
             labels=targets[need],
             on_step=on_step,
         )
+        # Pairs that never took a step (e.g. a non-finite end) are finished here.
+        leftover = torch.tensor([i not in records for i in need.tolist()], device=need.device)
+        if leftover.any():
+            finish(
+                need[leftover],
+                BandOutcome(
+                    result.path[leftover],
+                    result.steps[leftover],
+                    result.max_force[leftover].to(check.line.dtype),
+                    result.diverged[leftover],
+                ),
+            )
     return [records[i] for i in range(pairs)]
 
 

@@ -118,3 +118,31 @@ def test_bad_options_are_refused() -> None:
         PathOptions(method="elastic")
     with pytest.raises(ValueError, match="optimizer"):
         PathOptions(optimizer="lbfgs")
+
+
+class NaNNearOrigin(torch.nn.Module):
+    """Class 0 everywhere, except that the network yields NaN within 0.5 of the origin."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z[..., 0]
+        logits = torch.stack([1.0 + 0.1 * x, -0.1 * x], dim=-1)
+        near = z.norm(dim=-1, keepdim=True) < 0.5
+        return torch.where(near, torch.full_like(logits, float("nan")), logits)
+
+
+def test_nan_outputs_never_count_as_the_target_even_for_class_zero() -> None:
+    # argmax of a NaN row is 0: without care a line through NaN would pass for class 0.
+    starts, ends = torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    options = PathOptions(num_pivots=5, steps=10)
+    (record,) = connect_points(NaNNearOrigin(), starts, ends, torch.tensor([0]), options)
+    assert record.verdict == Verdict.DIVERGED
+    assert record.pivot_verdict == Verdict.DIVERGED
+
+
+def test_a_pair_with_a_non_finite_end_is_diverged_not_a_crash() -> None:
+    starts = torch.tensor([[0.0, 0.1], [-1.0, 2.0]])
+    ends = torch.tensor([[1.0, 0.0], [1.0, 2.0]])
+    options = PathOptions(num_pivots=4, steps=10)
+    records = connect_points(NaNNearOrigin(), starts, ends, torch.tensor([1, 0]), options)
+    assert records[0].verdict == Verdict.DIVERGED and records[0].steps == 0
+    assert records[1].verdict == Verdict.LINEAR
