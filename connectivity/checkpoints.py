@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,15 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 class CheckpointError(ConnectivityError, ValueError):
     """A file that is missing, not a checkpoint, or a checkpoint of something else."""
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes: which weights a result was computed with."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_file(path: str | Path) -> Any:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from connectivity.checkpoints import CheckpointError
+from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.classifier import ClassifierModule
 from connectivity.data import ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError
@@ -149,8 +149,8 @@ class PathExperiment(L.LightningModule):
 
     Args:
         network: The classifier (logits of images in [0, 1]).
-        pairs: All pairs of the experiment.
-        images: ``{dataset index: image}`` for every index the pairs use.
+        pairs: All pairs of the experiment (rank zero's draw is shared with every rank).
+        dataset: The dataset the pairs index.
         spaces: ``input`` and/or layer names.
         options: Path options (the input space also gets the box ``(0, 1)``).
         store: Where each decided pair is saved.
@@ -160,7 +160,7 @@ class PathExperiment(L.LightningModule):
         self,
         network: nn.Module,
         pairs: list[Pair],
-        images: dict[int, Tensor],
+        dataset: Dataset,
         spaces: list[str],
         options: PathOptions,
         store: RunStore,
@@ -168,10 +168,18 @@ class PathExperiment(L.LightningModule):
         super().__init__()
         self.network = network
         self.pairs = pairs
-        self.images = images
+        self.dataset = dataset
+        self.images: dict[int, Tensor] = {}
         self.spaces = spaces
         self.options = options
         self.store = store
+
+    def setup(self, stage: str) -> None:
+        # Each process drew the pairs itself; a borderline prediction could differ between
+        # devices, so every rank takes rank zero's draw (the one run.json records).
+        self.pairs = self.trainer.strategy.broadcast(self.pairs, src=0)
+        used = sorted({p.start_index for p in self.pairs} | {p.end_index for p in self.pairs})
+        self.images = dict(zip(used, stack_images(self.dataset, used)[0], strict=True))
 
     def predict_dataloader(self) -> DataLoader:
         # One batch per rank: all of that rank's pairs are optimised together.
@@ -182,7 +190,8 @@ class PathExperiment(L.LightningModule):
     def predict_step(self, batch: list[int], batch_idx: int) -> None:
         by_id = {pair.id: pair for pair in self.pairs}
         for space in self.spaces:
-            pending = [by_id[k] for k in batch if k not in self.store.done(space)]
+            done = self.store.done(space)
+            pending = [by_id[k] for k in batch if k not in done]
             if pending:
                 self._decide(space, pending)
 
@@ -249,8 +258,11 @@ class Experiment:
 
 def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -> dict[str, Any]:
     """What makes two runs the same experiment (resume only continues the same one)."""
+    classifier = Path(experiment.classifier)
     return {
         "classifier": experiment.classifier,
+        # The same path may later hold other weights; their results must not mix.
+        "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
         "data": f"{type(data).__module__}.{type(data).__qualname__}",
         "class_names": data.class_names,
         "spaces": experiment.spaces,
@@ -315,10 +327,8 @@ def run_paths(
     if trainer.is_global_zero:
         store.start(manifest(experiment, data, pairs))
         store.save_decoders(experiment.decoders)
-    trainer.strategy.barrier()
-    used = sorted({p.start_index for p in pairs} | {p.end_index for p in pairs})
-    images = dict(zip(used, stack_images(dataset, used)[0], strict=True))
-    module = PathExperiment(network, pairs, images, experiment.spaces, experiment.path, store)
+    # No barrier needed here: ranks first meet when predict sets up the process group.
+    module = PathExperiment(network, pairs, dataset, experiment.spaces, experiment.path, store)
     with warnings.catch_warnings():
         # predict_step saves records instead of returning them, on purpose.
         warnings.filterwarnings("ignore", message="predict returned None")

@@ -9,6 +9,8 @@ the band's effective gradient before the optimiser step. Same maths, same result
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,11 @@ from connectivity.verdicts import (
 
 
 class PathModule(L.LightningModule):
-    """Optimise one elastic band per pair with a Trainer (``max_steps`` = ``options.steps``).
+    """Optimise one elastic band per pair with a Trainer.
+
+    Run it with ``Trainer(max_epochs=1)``: its loader has one item per evaluation
+    (``options.steps + 1``: the straight line, then one after every update), and it stops the
+    trainer itself once every pair is decided.
 
     Args:
         tail: The part of the classifier from the path's space to logits (frozen here).
@@ -50,7 +56,8 @@ class PathModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # the band sets the pivots' gradient itself
         self.options = options or PathOptions()
-        self.tail = tail if isinstance(tail, FrozenTail) else FrozenTail(tail)
+        # A copy: freezing must not touch the caller's module.
+        self.tail = FrozenTail(copy.deepcopy(tail))
         self.register_buffer("starts", starts.detach().clone())
         self.register_buffer("ends", ends.detach().clone())
         self.register_buffer("targets", targets.detach().clone().long())

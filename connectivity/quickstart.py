@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from connectivity.checkpoints import file_digest
 from connectivity.errors import ConnectivityError
 from connectivity.records import RunStore, atomic_write_text
 
@@ -66,14 +67,14 @@ def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
     summary_file = folder / "summary.json"
     summary: dict[str, Any] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
 
-    def stage(name: str, done: bool, work) -> None:
+    def stage(name: str, done: bool, work, **details: Any) -> None:
         if done:
             _say(f"{name}: done before, reused")
             return
         _say(f"{name}: running")
         start = time.perf_counter()
-        details = work() or {}
-        summary[name] = {**details, "seconds": round(time.perf_counter() - start, 1)}
+        found = work() or {}
+        summary[name] = {**found, **details, "seconds": round(time.perf_counter() - start, 1)}
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
         _say(f"{name}: finished in {summary[name]['seconds']} s")
@@ -84,24 +85,41 @@ def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
         classifier.is_file(),
         lambda: _fit(_config("classifier/quick.yaml"), [], classifier),
     )
+    # Later stages are built on one classifier; a retrained one makes them stale.
+    digest = file_digest(classifier)
+
+    def fresh(name: str) -> bool:
+        return summary.get(name, {}).get("classifier_sha256") == digest
+
     decoders = {}
     for layer, config in DECODED_LAYERS.items():
         decoder = folder / f"decoder_{layer}.ckpt"
         decoders[layer] = str(decoder)
         stage(
             f"decoder {layer}",
-            decoder.is_file(),
+            decoder.is_file() and fresh(f"decoder {layer}"),
             lambda config=config, decoder=decoder: _fit(
                 _config(f"decoder/{config}"),
                 ["--model.init_args.classifier", str(classifier)],
                 decoder,
             ),
+            classifier_sha256=digest,
         )
-    paths_config = _config("paths/quick.yaml")
-    args = ["-c", str(paths_config), "--classifier", str(classifier)]
+    run_folder = folder / "paths"
+    if run_folder.exists() and not fresh("paths"):
+        # Records of another classifier: keep them aside rather than delete anyone's results.
+        aside = folder / f"paths.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_folder.rename(aside)
+        _say(f"paths: results of an earlier classifier moved to {aside}")
+    args = ["-c", str(_config("paths/quick.yaml")), "--classifier", str(classifier)]
     args += ["--decoders", json.dumps(decoders)]
-    run_folder = Path("lightning_logs/paths/quick")
-    stage("paths", _paths_done(run_folder), lambda: run_paths_command(args))
+    args += ["--output_dir", str(folder), "--name", run_folder.name]
+    stage(
+        "paths",
+        _paths_done(run_folder),
+        lambda: run_paths_command(args),
+        classifier_sha256=digest,
+    )
 
     store = RunStore(run_folder)
     _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))

@@ -11,9 +11,9 @@ from connectivity.verdicts import PathOptions, connect_points
 from tests.toy import Annulus, Stripes
 
 
-def _fit(module: PathModule, tmp_path, steps: int) -> L.Trainer:
+def _fit(module: PathModule, tmp_path) -> L.Trainer:
     trainer = L.Trainer(
-        max_steps=steps + 1,
+        max_epochs=1,
         logger=CSVLogger(tmp_path),
         log_every_n_steps=1,
         enable_progress_bar=False,
@@ -31,7 +31,7 @@ def test_same_result_as_connect_points_on_toy_regions(tmp_path) -> None:
     options = PathOptions(num_pivots=8, steps=120, lr=0.05)
     expected = connect_points(Annulus(), starts, ends, targets, options)
     module = PathModule(Annulus(), starts, ends, targets, options)
-    trainer = _fit(module, tmp_path, options.steps)
+    trainer = _fit(module, tmp_path)
     got = module.records()
     assert [r.verdict for r in got] == [r.verdict for r in expected]
     assert "linear" in [r.verdict for r in got] and "nonlinear" in [r.verdict for r in got]
@@ -59,7 +59,7 @@ def test_same_result_on_a_small_conv_net_in_image_space(tmp_path) -> None:
     options = PathOptions(num_pivots=4, steps=15, lr=0.02, bounds=(0.0, 1.0), converge=True)
     expected = connect_points(net, starts, ends, targets, options)
     module = PathModule(net, starts, ends, targets, options)
-    _fit(module, tmp_path, options.steps)
+    _fit(module, tmp_path)
     for a, b in zip(module.records(), expected, strict=True):
         assert a.verdict == b.verdict and a.steps == b.steps
         assert torch.allclose(a.path, b.path, atol=1e-5)
@@ -71,15 +71,16 @@ def test_tail_stays_frozen_in_eval_mode(tmp_path) -> None:
     before = [p.clone() for p in net.parameters()]
     starts, ends = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 1.0]])
     module = PathModule(net, starts, ends, torch.tensor([0]), PathOptions(steps=5, converge=True))
-    _fit(module, tmp_path, 5)
+    _fit(module, tmp_path)
     assert not module.tail.network.training
+    assert all(p.requires_grad for p in net.parameters())  # the caller's module is not frozen
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def test_linear_pairs_need_no_steps(tmp_path) -> None:
     starts, ends = torch.tensor([[-3.0, -2.0]]), torch.tensor([[0.5, 3.0]])
     module = PathModule(Stripes(), starts, ends, torch.tensor([0]))
-    trainer = _fit(module, tmp_path, 10)
+    trainer = _fit(module, tmp_path)
     (record,) = module.records()
     assert record.verdict == "linear" and record.steps == 0
     assert trainer.global_step == 0
