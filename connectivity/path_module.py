@@ -90,7 +90,9 @@ class PathModule(L.LightningModule):
             self.tail(self.band.end_points()), self.band.end_labels(), reduction="none"
         )
         self.band.set_end_energies_(energies)
-        self._stop = certification_stop(self.tail, self.options, self.check.probabilities.shape[-1])
+        self._stop = certification_stop(
+            self.tail, self.options, self.check.log_probabilities.shape[-1]
+        )
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         band = self.band

@@ -130,8 +130,13 @@ def refine(path: Tensor, per_segment: int) -> Tensor:
 
 
 @torch.no_grad()
-def path_probabilities(tail: nn.Module, path: Tensor, per_segment: int, chunk_size: int) -> Tensor:
-    """Softmax of the tail at every point of the refined paths, ``(pairs, M, classes)``.
+def path_log_probabilities(
+    tail: nn.Module, path: Tensor, per_segment: int, chunk_size: int
+) -> Tensor:
+    """Log-softmax of the tail at every point of the refined paths, ``(pairs, M, classes)``.
+
+    Log-probabilities, so that the energy ``-log p(target)`` is read off without another pass
+    and without the underflow of ``log(softmax)``.
 
     Refines a few pairs at a time so that at most about ``chunk_size`` points are in memory.
     """
@@ -142,17 +147,17 @@ def path_probabilities(tail: nn.Module, path: Tensor, per_segment: int, chunk_si
     for first in range(0, pairs, per_call):
         points = refine(path[first : first + per_call], per_segment)
         logits = tail(points.flatten(0, 1))
-        out.append(logits.softmax(dim=-1).reshape(points.shape[0], count, -1))
+        out.append(logits.log_softmax(dim=-1).reshape(points.shape[0], count, -1))
     return torch.cat(out)
 
 
-def on_target(probabilities: Tensor, targets: Tensor) -> Tensor:
+def on_target(log_probabilities: Tensor, targets: Tensor) -> Tensor:
     """``(pairs, M)`` bool: each point's predicted class is its pair's target.
 
     A point whose network output is not finite is never on target (argmax of NaNs says 0).
     """
-    finite = torch.isfinite(probabilities).all(dim=-1)
-    return (probabilities.argmax(dim=-1) == targets.unsqueeze(1)) & finite
+    finite = torch.isfinite(log_probabilities).all(dim=-1)
+    return (log_probabilities.argmax(dim=-1) == targets.unsqueeze(1)) & finite
 
 
 def polyline_length_ratio(path: Tensor) -> Tensor:
@@ -198,12 +203,12 @@ class LineCheck:
     """The straight line between each pair's ends and its dense check."""
 
     line: Tensor  # (pairs, num_pivots + 2, *point_shape)
-    probabilities: Tensor  # (pairs, M, classes) at the refined line's points
+    log_probabilities: Tensor  # (pairs, M, classes) at the refined line's points
     ok: Tensor  # (pairs,) bool: every checked point is on target
 
     def subset(self, index: Tensor) -> LineCheck:
         """The check of the pairs at ``index``."""
-        return LineCheck(self.line[index], self.probabilities[index], self.ok[index])
+        return LineCheck(self.line[index], self.log_probabilities[index], self.ok[index])
 
 
 def check_lines(
@@ -213,8 +218,8 @@ def check_lines(
     if starts.shape != ends.shape or targets.shape != (starts.shape[0],):
         raise ValueError("starts and ends must be (pairs, *point_shape) and targets (pairs,)")
     line = straight_line(starts, ends, options.num_pivots)
-    probabilities = path_probabilities(tail, line, options.points_per_segment, options.chunk_size)
-    return LineCheck(line, probabilities, on_target(probabilities, targets).all(dim=1))
+    log_p = path_log_probabilities(tail, line, options.points_per_segment, options.chunk_size)
+    return LineCheck(line, log_p, on_target(log_p, targets).all(dim=1))
 
 
 def certification_stop(tail: nn.Module, options: PathOptions, num_classes: int) -> StopFn:
@@ -231,7 +236,7 @@ def certification_stop(tail: nn.Module, options: PathOptions, num_classes: int) 
         # A pivot off target has p(target) < 1/C, i.e. energy > log C: skip those bands.
         maybe = (energies.amax(dim=1) <= log_classes).nonzero().squeeze(1)
         if maybe.numel():
-            dense = path_probabilities(
+            dense = path_log_probabilities(
                 tail, band[maybe], options.points_per_segment, options.chunk_size
             )
             done[maybe] = on_target(dense, labels[maybe]).all(dim=1)
@@ -310,7 +315,7 @@ def connect_points(
             optimizer=options.optimizer,
             lr=options.lr,
             **options.band_options(),
-            stop=certification_stop(tail, options, check.probabilities.shape[-1]),
+            stop=certification_stop(tail, options, check.log_probabilities.shape[-1]),
             labels=targets[need],
             on_step=on_step,
         )
@@ -359,73 +364,59 @@ def make_records(
 ) -> list[PairRecord]:
     """Check the final bands densely and give each pair its verdicts and metrics."""
     per_segment = options.points_per_segment
-    energy_fn = classifier_energy(tail)
-    line, line_dense, path = check.line, check.probabilities, outcome.path
+    line, line_dense, path = check.line, check.log_probabilities, outcome.path
     dense = line_dense.clone()
     need = (~check.ok).nonzero().squeeze(1)
     if need.numel():
-        dense[need] = path_probabilities(tail, path[need], per_segment, options.chunk_size)
+        dense[need] = path_log_probabilities(tail, path[need], per_segment, options.chunk_size)
     path_ok = on_target(dense, targets).all(dim=1)
-    line_pivots_ok = on_target(_pivot_rows(line_dense, per_segment), targets).all(dim=1)
-    path_pivots_ok = on_target(_pivot_rows(dense, per_segment), targets).all(dim=1)
-    with torch.no_grad():
-        line_energy = _energies(energy_fn, line, targets, options.chunk_size)
-        path_energy = _energies(energy_fn, path, targets, options.chunk_size)
-    index = targets.view(-1, 1, 1).expand(-1, dense.shape[1], 1)
-    # Energy is -log p(target), so the dense maximum follows from the dense minimum of p.
-    path_min_p = dense.gather(2, index).squeeze(2).amin(dim=1)
-    line_min_p = line_dense.gather(2, index).squeeze(2).amin(dim=1)
+    line_pivots, path_pivots = _pivot_rows(line_dense, per_segment), _pivot_rows(dense, per_segment)
+    line_pivots_ok = on_target(line_pivots, targets).all(dim=1)
+    path_pivots_ok = on_target(path_pivots, targets).all(dim=1)
+    # The energy is -log p(target): read it off the dense check instead of another pass.
+    line_energy = -_target_column(line_dense, targets)
+    path_energy = -_target_column(dense, targets)
     ratio = polyline_length_ratio(path)
     diverged = outcome.diverged
 
     records = []
     for i in range(len(targets)):
-        if check.ok[i]:
-            verdict = Verdict.LINEAR
-        elif diverged[i]:
-            verdict = Verdict.DIVERGED
-        else:
-            verdict = Verdict.NONLINEAR if path_ok[i] else Verdict.NONE
-        if line_pivots_ok[i]:
-            pivot_verdict = Verdict.LINEAR
-        elif diverged[i]:
-            pivot_verdict = Verdict.DIVERGED
-        else:
-            pivot_verdict = Verdict.NONLINEAR if path_pivots_ok[i] else Verdict.NONE
+        verdict = _verdict(bool(check.ok[i]), bool(diverged[i]), bool(path_ok[i]))
+        pivot_verdict = _verdict(
+            bool(line_pivots_ok[i]), bool(diverged[i]), bool(path_pivots_ok[i])
+        )
         records.append(
             PairRecord(
                 verdict=verdict.value,
                 pivot_verdict=pivot_verdict.value,
                 target=int(targets[i]),
                 steps=int(outcome.steps[i]),
-                max_energy=_neg_log(path_min_p[i]),
-                min_target_probability=float(path_min_p[i]),
+                max_energy=float(path_energy[i].max()),
+                min_target_probability=float(path_energy[i].max().neg().exp()),
                 length_ratio=float(ratio[i]),
-                line_max_energy=_neg_log(line_min_p[i]),
-                line_min_target_probability=float(line_min_p[i]),
+                line_max_energy=float(line_energy[i].max()),
+                line_min_target_probability=float(line_energy[i].max().neg().exp()),
                 max_force=float(outcome.max_force[i]),
                 line=line[i].detach().cpu(),
                 path=path[i].detach().cpu(),
-                line_probabilities=_pivot_rows(line_dense, per_segment)[i].cpu(),
-                path_probabilities=_pivot_rows(dense, per_segment)[i].cpu(),
-                line_energy=line_energy[i].cpu(),
-                path_energy=path_energy[i].cpu(),
+                line_probabilities=line_pivots[i].exp().cpu(),
+                path_probabilities=path_pivots[i].exp().cpu(),
+                line_energy=_pivot_rows(line_energy, per_segment)[i].cpu(),
+                path_energy=_pivot_rows(path_energy, per_segment)[i].cpu(),
             )
         )
     return records
 
 
-def _neg_log(p: Tensor) -> float:
-    return float(-torch.log(p.double().clamp_min(1e-300)))
+def _verdict(line_ok: bool, diverged: bool, path_ok: bool) -> Verdict:
+    if line_ok:
+        return Verdict.LINEAR
+    if diverged:
+        return Verdict.DIVERGED
+    return Verdict.NONLINEAR if path_ok else Verdict.NONE
 
 
-def _energies(
-    energy_fn: Callable[[Tensor, Tensor], Tensor], path: Tensor, targets: Tensor, chunk: int
-) -> Tensor:
-    points = path.flatten(0, 1)
-    labels = targets.repeat_interleave(path.shape[1])
-    values = [
-        energy_fn(points[i : i + chunk], labels[i : i + chunk])
-        for i in range(0, len(points), chunk)
-    ]
-    return torch.cat(values).reshape(path.shape[0], path.shape[1])
+def _target_column(log_probabilities: Tensor, targets: Tensor) -> Tensor:
+    """``(pairs, M)``: the log-probability of each pair's target at each point."""
+    index = targets.view(-1, 1, 1).expand(-1, log_probabilities.shape[1], 1)
+    return log_probabilities.gather(2, index).squeeze(2)
