@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,9 +51,33 @@ def connect(
     targets = targets.expand(starts.shape[0]) if targets.dim() == 0 else targets
     if layer == INPUT:
         path_options.setdefault("bounds", (0.0, 1.0))
-    options = PathOptions(**path_options)
+    return connect_in_layer(classifier, layer, starts, ends, targets, PathOptions(**path_options))
+
+
+def connect_in_layer(
+    classifier: nn.Module,
+    layer: str,
+    starts: Tensor,
+    ends: Tensor,
+    targets: Tensor,
+    options: PathOptions,
+    on_record: Callable[[int, PairRecord], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[PairRecord]:
+    """Split ``classifier`` at ``layer``, map the image pairs there and decide them.
+
+    Args:
+        classifier: As in :func:`connect`.
+        layer: As in :func:`connect`.
+        starts: ``(pairs, C, H, W)`` images; the work runs on their device.
+        ends: Same shape.
+        targets: ``(pairs,)`` target classes.
+        options: Path options, used as given.
+        on_record: See :func:`connectivity.verdicts.connect_points`.
+        on_progress: See :func:`connectivity.verdicts.connect_points`.
+    """
     head, tail = split(classifier, layer)
     head, tail = head.to(starts.device), tail.to(starts.device)
     with torch.no_grad():
         z_start, z_end = head(starts), head(ends)
-    return connect_points(tail, z_start, z_end, targets, options)
+    return connect_points(tail, z_start, z_end, targets, options, on_record, on_progress)

@@ -19,13 +19,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from connectivity.api import connect_in_layer
 from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.classifier import ClassifierModule
 from connectivity.data import ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError
 from connectivity.records import Pair, RunStore
 from connectivity.split import INPUT, split
-from connectivity.verdicts import PathOptions, connect_points
+from connectivity.verdicts import PathOptions
 
 
 class PairError(ConnectivityError):
@@ -196,16 +197,12 @@ class PathExperiment(L.LightningModule):
                 self._decide(space, pending)
 
     def _decide(self, space: str, pending: list[Pair]) -> None:
-        head, tail = split(self.network, space)
-        head, tail = head.to(self.device), tail.to(self.device)
         starts = torch.stack([self.images[p.start_index] for p in pending]).to(self.device)
         ends = torch.stack([self.images[p.end_index] for p in pending]).to(self.device)
         targets = torch.tensor([p.label for p in pending], device=self.device)
         options = self.options
         if space == INPUT and options.bounds is None:
             options = PathOptions(**{**asdict(options), "bounds": (0.0, 1.0)})
-        with torch.no_grad():
-            z_start, z_end = head(starts), head(ends)
         bar = tqdm(
             total=options.steps,
             desc=f"{space} (rank {self.trainer.global_rank})",
@@ -219,10 +216,11 @@ class PathExperiment(L.LightningModule):
             bar.set_postfix_str(f"decided {decided}/{len(pending)}")
 
         with torch.inference_mode(False), torch.enable_grad():
-            connect_points(
-                tail,
-                z_start,
-                z_end,
+            connect_in_layer(
+                self.network,
+                space,
+                starts,
+                ends,
                 targets,
                 options,
                 on_record=lambda i, record: self.store.save(space, pending[i], record),

@@ -132,6 +132,10 @@ class RunStore:
         files = sorted((self.records_dir / space).glob("pair_*.pt"))
         return [torch.load(f, map_location="cpu", weights_only=True) for f in files]
 
+    def load_all(self) -> dict[str, list[dict[str, Any]]]:
+        """All saved records, by space in the run's order."""
+        return {space: self.load(space) for space in self.manifest()["spaces"]}
+
 
 def count_verdicts(records: list[dict[str, Any]], key: str = "verdict") -> dict[str, int]:
     """How many records have each verdict (all verdicts present, zeros included)."""

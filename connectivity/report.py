@@ -63,8 +63,8 @@ def write_report(
         The table as Markdown (also printed).
     """
     manifest = store.manifest()
-    spaces, class_names = manifest["spaces"], manifest["class_names"]
-    by_space = {space: store.load(space) for space in spaces}
+    class_names = manifest["class_names"]
+    by_space = store.load_all()
     missing = {s: len(manifest["pairs"]) - len(rs) for s, rs in by_space.items()}
     table = verdict_table(by_space)
     markdown = table_markdown(table, len(manifest["pairs"]))
@@ -78,6 +78,9 @@ def write_report(
     atomic_write_text(store.folder / "table.csv", table_csv(table))
     print(f"\n{markdown}\nRun folder: {store.folder}")
 
+    log_to_wandb = wandb is not None and wandb.enabled
+    if not (figures or log_to_wandb):
+        return markdown
     decoder_modules = _decoders(decoders or {})
     figure_files: dict[tuple[str, int], Path] = {}
     shown: dict[tuple[str, int], tuple[Tensor | None, Tensor | None]] = {}
@@ -97,7 +100,7 @@ def write_report(
             file = store.folder / "figures" / space / f"pair_{pair['id']:04d}.png"
             save_figure(pair_figure(record, title, line_images, path_images), file)
             figure_files[(space, pair["id"])] = file
-    if wandb is not None and wandb.enabled:
+    if log_to_wandb:
         _log_wandb(store, manifest, table, by_space, figure_files, shown, wandb)
     return markdown
 
@@ -203,5 +206,4 @@ def _log_wandb(
 
 def load_records(folder: str | Path) -> dict[str, list[dict]]:
     """All saved records of a run folder, by space (for notebooks)."""
-    store = RunStore(folder)
-    return {space: store.load(space) for space in store.manifest()["spaces"]}
+    return RunStore(folder).load_all()
