@@ -155,10 +155,8 @@ def _rows_finite(x: Tensor) -> Tensor:
     return torch.isfinite(x.reshape(x.shape[0], -1).abs().amax(dim=1))
 
 
-def _climbing_mask(climbing_index: Tensor | None, pairs: int, pivots: int, like: Tensor) -> Tensor:
+def _climbing_mask(climbing_index: Tensor, pairs: int, pivots: int, like: Tensor) -> Tensor:
     """``(pairs, pivots, 1)`` bool, True at each pair's climbing pivot (index < 0: none)."""
-    if climbing_index is None:
-        return torch.zeros(pairs, pivots, 1, dtype=torch.bool, device=like.device)
     index = climbing_index.to(device=like.device, dtype=torch.long).reshape(pairs, 1)
     columns = torch.arange(pivots, device=like.device).unsqueeze(0)
     return ((columns == index) & (index >= 0)).unsqueeze(-1)
