@@ -490,8 +490,9 @@ class ElasticBand:
             energies: ``(active * num_pivots,)`` energies at ``active_points()``.
             stop: optional ``stop(path, energy) -> (n,) bool`` called with the full paths
                 ``(n, num_pivots + 2, *point_shape)`` and energies ``(n, num_pivots + 2)`` of
-                the ``n`` pairs just evaluated with finite values (converged ones included).
-                Called on the initial straight line too, so True there means 0 steps.
+                the ``n`` pairs just evaluated with finite values (converged ones included),
+                and their labels as a third argument when the band has ``labels``. Called on
+                the initial straight line too, so True there means 0 steps.
 
         Returns:
             ``(pairs,)`` bool, the pairs the next optimiser step moves (= ``self.active``).
