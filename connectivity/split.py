@@ -4,12 +4,19 @@ Pure PyTorch (torch.fx); no Lightning. Layers are named as
 ``torchvision.models.feature_extraction.get_graph_node_names`` names the nodes of the traced
 network (``layer1.0.relu_2``, ``avgpool``, ``flatten``...), a module prefix such as ``layer1``
 meaning the last node inside that module, plus ``input`` for the input space itself.
+
+A cut is a node whose value is one tensor and the only value that later nodes need from earlier
+ones. Which nodes give one tensor is read off the graph (``_value_kinds``); :func:`probe_split`
+then checks the head's and the tail's outputs once on a real input.
 """
 
 from __future__ import annotations
 
+import builtins
 import copy
 import math
+import operator
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
@@ -21,15 +28,41 @@ from connectivity.errors import ConnectivityError
 
 INPUT = "input"
 
+# What a node's value is: one tensor, several (a tuple from chunk or attention), or something
+# else (a size, an int, None).
+TENSOR, TENSORS, OTHER = "tensor", "tensors", "other"
+_SPLITTING_METHODS = {"chunk", "split", "unbind", "tensor_split", "split_with_sizes"}
+_SPLITTING_FUNCTIONS = {torch.chunk, torch.split, torch.unbind, torch.tensor_split}
+_NON_TENSOR_METHODS = {"size", "dim", "numel", "nelement", "tolist", "item", "stride", "__len__"}
+_NON_TENSOR_FUNCTIONS = {builtins.len, torch.numel, torch._assert, torch.Tensor.size}
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad"}
+_MULTI_OUTPUT_MODULES = (nn.MultiheadAttention, nn.RNNBase)
+
 
 class LayerError(ConnectivityError, ValueError):
-    """A layer name that does not name a place where the network can be split."""
+    """A layer name that does not name a place where the network can be split, or a network
+    whose outputs are not logits."""
+
+
+def floating_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the module's first floating parameter (or buffer); None if it has none."""
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    for tensor in module.buffers():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
 
 
 class FrozenTail(nn.Module):
     """The part of a network after a split: parameters frozen, always in eval mode.
 
-    Gradients still flow to its *input*, which is what path optimisation needs.
+    Gradients still flow to its *input*, which is what path optimisation needs. Points of any
+    floating dtype go in: they are cast to the network's own dtype to evaluate it, and the
+    logits come back in the points' dtype (so a float32 band can drive a bfloat16 network).
+    Logits shaped ``(B, classes, 1, ..., 1)`` (all-convolutional networks ending in global
+    pooling) are flattened to ``(B, classes)``.
     """
 
     def __init__(self, network: nn.Module) -> None:
@@ -45,39 +78,124 @@ class FrozenTail(nn.Module):
         return self
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.network(z)
+        dtype = floating_dtype(self.network)
+        logits = self.network(z if dtype is None or z.dtype == dtype else z.to(dtype))
+        if not isinstance(logits, Tensor):
+            raise LayerError(_not_a_tensor_message(logits))
+        if logits.dim() > 2 and all(size == 1 for size in logits.shape[2:]):
+            logits = logits.flatten(1)
+        return logits if logits.dtype == z.dtype else logits.to(z.dtype)
+
+
+def _not_a_tensor_message(value: object) -> str:
+    # fx stores returned structures as immutable_dict / immutable_list
+    kind = next((k.__name__ for k in (dict, tuple, list) if isinstance(value, k)), None)
+    kind = kind or type(value).__name__
+    keys = list(value) if isinstance(value, dict) else list(range(len(value)))  # type: ignore[arg-type]
+    return (
+        f"the classifier returns a {kind}, not one logits tensor (B, classes); pass "
+        f"output=<key> to pick the logits (here one of {keys}), or wrap the model so that "
+        "its forward returns the logits"
+    )
 
 
 @dataclass(frozen=True)
 class _Trace:
+    root: nn.Module
     graph: fx.Graph
     nodes: list[fx.Node]
     names: dict[fx.Node, str]
     cuts: set[int]
+    kinds: dict[fx.Node, str]
 
 
-def _trace(model: nn.Module) -> _Trace:
+def _pick_output(graph: fx.Graph, model: nn.Module, output: Hashable | None) -> None:
+    """Make the graph return only the logits: ``output`` picks them from a tuple or dict."""
+    model_name = type(model).__name__
+    out = next(n for n in graph.nodes if n.op == "output")
+    value = out.args[0]
+    if output is None:
+        if isinstance(value, (tuple, list, dict)):
+            raise LayerError(f"{model_name}: {_not_a_tensor_message(value)}")
+        return
+    try:
+        picked = value[output]  # type: ignore[index]
+    except (TypeError, KeyError, IndexError) as error:
+        raise LayerError(
+            f"output={output!r} picks nothing from what {model_name} returns "
+            f"({type(value).__name__}); give a key or index of its logits"
+        ) from error
+    if not isinstance(picked, fx.Node):
+        raise LayerError(f"output={output!r} of {model_name} is not a tensor")
+    out.args = (picked,)
+    graph.owning_module = model  # dead-code elimination asks the modules whether they are pure
+    graph.eliminate_dead_code()
+
+
+def _trace(model: nn.Module, output: Hashable | None = None) -> _Trace:
     leaf_ops = [
         m
         for m in vars(torchvision.ops).values()
         if isinstance(m, type) and issubclass(m, nn.Module)
     ]
     tracer = NodePathTracer(autowrap_modules=(math, torchvision.ops), leaf_modules=leaf_ops)
+    model_name = type(model).__name__
     try:
         graph = tracer.trace(model)
     except Exception as error:  # torch.fx raises many kinds; all mean "not traceable"
         raise LayerError(
-            f"{type(model).__name__} cannot be traced with torch.fx, so it cannot be split at a "
+            f"{model_name} cannot be traced with torch.fx, so it cannot be split at a "
             f"named layer ({type(error).__name__}: {error})"
         ) from error
+    _pick_output(graph, model, output)
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise LayerError(
-            f"{type(model).__name__}.forward takes {len(placeholders)} inputs; "
+            f"{model_name}.forward takes {len(placeholders)} inputs; "
             "only single-input classifiers can be split"
         )
-    return _Trace(graph, nodes, dict(tracer.node_to_qualname), _cut_indices(nodes))
+    kinds = _value_kinds(nodes, model)
+    return _Trace(model, graph, nodes, dict(tracer.node_to_qualname), _cut_indices(nodes), kinds)
+
+
+def _value_kinds(nodes: list[fx.Node], root: nn.Module) -> dict[fx.Node, str]:
+    """What each node's value is (TENSOR, TENSORS or OTHER), read off the graph alone.
+
+    Sizes and shapes (``x.size(0)``, ``x.shape``, arithmetic on them) are OTHER, results of
+    ``chunk``/``split`` and of attention or recurrent modules are TENSORS, an int index into
+    TENSORS gives a TENSOR again; everything else computed from tensors is a TENSOR.
+    """
+    kinds: dict[fx.Node, str] = {}
+    for node in nodes:
+        inputs = [kinds.get(n, TENSOR) for n in node.all_input_nodes]
+        first = inputs[0] if inputs else OTHER
+        kind = TENSOR
+        if node.op == "call_module":
+            module = root.get_submodule(str(node.target))
+            kind = TENSORS if isinstance(module, _MULTI_OUTPUT_MODULES) else TENSOR
+        elif node.op == "call_method":
+            if first == OTHER:
+                kind = OTHER
+            elif node.target in _SPLITTING_METHODS:
+                kind = TENSORS
+            elif node.target in _NON_TENSOR_METHODS:
+                kind = OTHER
+        elif node.op == "call_function":
+            target = node.target
+            if target is operator.getitem:
+                index = node.args[1]
+                kind = TENSOR if first == TENSORS and isinstance(index, int) else first
+            elif target is builtins.getattr:
+                kind = OTHER if node.args[1] in _SHAPE_ATTRIBUTES else first
+            elif target in _SPLITTING_FUNCTIONS:
+                kind = TENSORS
+            elif target in _NON_TENSOR_FUNCTIONS:
+                kind = OTHER
+            elif getattr(target, "__module__", None) in ("_operator", "operator", "builtins"):
+                kind = TENSOR if TENSOR in inputs else OTHER
+        kinds[node] = kind
+    return kinds
 
 
 def _cut_indices(nodes: list[fx.Node]) -> set[int]:
@@ -93,6 +211,16 @@ def _cut_indices(nodes: list[fx.Node]) -> set[int]:
     return cuts
 
 
+def _crossing(trace: _Trace, index: int) -> list[fx.Node]:
+    """Nodes before ``index`` whose values are used after it (why it is no cut)."""
+    position = {node: i for i, node in enumerate(trace.nodes)}
+    return [
+        node
+        for node in trace.nodes[:index]
+        if node.op != "get_attr" and any(position[user] > index for user in node.users)
+    ]
+
+
 def _resolve(trace: _Trace, layer: str) -> int | None:
     """Position of the node a layer name refers to, or None if it names no node."""
     if layer == INPUT:
@@ -105,6 +233,10 @@ def _resolve(trace: _Trace, layer: str) -> int | None:
     return found
 
 
+def _can_cut(trace: _Trace, index: int | None) -> bool:
+    return index is not None and index in trace.cuts and trace.kinds[trace.nodes[index]] == TENSOR
+
+
 def _valid_names(trace: _Trace) -> list[str]:
     candidates: dict[str, None] = {INPUT: None}
     for node in trace.nodes:
@@ -114,45 +246,89 @@ def _valid_names(trace: _Trace) -> list[str]:
         parts = name.split(".")
         for depth in range(1, len(parts) + 1):
             candidates[".".join(parts[:depth])] = None
-    return [name for name in candidates if _resolve(trace, name) in trace.cuts]
+    return [name for name in candidates if _can_cut(trace, _resolve(trace, name))]
 
 
-def layer_names(model: nn.Module) -> list[str]:
-    """All layer names at which ``model`` can be split, in execution order of first use."""
+def _refusal(trace: _Trace, layer: str, index: int | None) -> str:
+    """Why ``layer`` is no cut, in the user's terms."""
+    model_name = type(trace.root).__name__
+    if index is None:
+        return f"{layer!r} is not a layer of {model_name}"
+    kind = trace.kinds[trace.nodes[index]]
+    if kind != TENSOR:
+        what = "several tensors (a tuple, e.g. from chunk or split)" if kind == TENSORS else (
+            "not a tensor (a size, a number or None)"
+        )
+        return f"{model_name} cannot be cut at {layer!r}: its value is {what}, not one point"
+    crossing = _crossing(trace, index)
+    names = {n: trace.names.get(n, n.name) for n in crossing}
+    tensors = [names[n] for n in crossing if trace.kinds[n] != OTHER]
+    if tensors:
+        return (
+            f"{model_name} cannot be cut at {layer!r}: values computed before it "
+            f"({', '.join(tensors)}) are used after it (a skip connection runs across it)"
+        )
+    sizes = ", ".join(names.values())
+    return (
+        f"{model_name} cannot be cut at {layer!r}: it reads sizes or shapes before that point "
+        f"({sizes}, e.g. x.size(0) at the top of forward) and uses them after it, so the tail "
+        "would depend on the head's batch; compute them where they are used to make it a cut"
+    )
+
+
+def layer_names(model: nn.Module, *, output: Hashable | None = None) -> list[str]:
+    """All layer names at which ``model`` can be split, in execution order of first use.
+
+    Args:
+        model: As in :func:`split` (not changed).
+        output: As in :func:`split`.
+    """
     model = copy.deepcopy(model).eval()
-    return _valid_names(_trace(model))
+    return _valid_names(_trace(model, output))
 
 
-def split(model: nn.Module, layer: str) -> tuple[nn.Module, FrozenTail]:
+def _insert_clone_after_input(graph: fx.Graph) -> None:
+    """Let the graph work on a copy of its input, so in-place operations (an in-place ReLU
+    right after the cut) never overwrite the caller's tensor or a leaf that needs gradients."""
+    placeholder = next(n for n in graph.nodes if n.op == "placeholder")
+    users = list(placeholder.users)
+    with graph.inserting_after(placeholder):
+        clone = graph.call_method("clone", (placeholder,))
+    for user in users:
+        user.replace_input_with(placeholder, clone)
+
+
+def split(
+    model: nn.Module, layer: str, *, output: Hashable | None = None
+) -> tuple[nn.Module, FrozenTail]:
     """Split ``model`` at ``layer`` so that ``tail(head(x)) == model(x)`` in eval mode.
 
-    The model is copied first, so freezing the tail never touches the caller's model.
+    The model is copied first, so freezing the tail never touches the caller's model. Neither
+    part changes its input tensor (each starts from a copy of it). Check a split on a real
+    input with :func:`probe_split` before relying on it.
 
     Args:
         model: A torch.fx-traceable classifier with a single input.
         layer: A node name as ``get_graph_node_names`` prints it, a module prefix (its last
             node), or ``"input"`` for the input space (the head is then the identity).
+        output: For a model that returns a tuple or dict: the index or key of its logits.
 
     Returns:
         ``(head, tail)``: the head in eval mode with trainable parameters; the tail frozen.
 
     Raises:
-        LayerError: the model cannot be traced, or ``layer`` names no place where the network
-            can be cut; the message lists the valid names.
+        LayerError: the model cannot be traced, returns several values and ``output`` does not
+            pick one, or ``layer`` names no place where the network can be cut; the message
+            says why (unknown name, skip connection, sizes carried across, a tuple value) and
+            lists the valid names.
     """
     model = copy.deepcopy(model).eval()
-    trace = _trace(model)
+    trace = _trace(model, output)
     index = _resolve(trace, layer)
-    if index is None or index not in trace.cuts:
+    if not _can_cut(trace, index):
         valid = _valid_names(trace)
-        model_name = type(model).__name__
-        reason = (
-            f"{layer!r} is not a layer of {model_name}"
-            if index is None
-            else f"{model_name} cannot be cut at {layer!r}: values computed before it are used "
-            "after it (a skip connection runs across it)"
-        )
-        raise LayerError(f"{reason}. Valid layers: {', '.join(valid)}")
+        raise LayerError(f"{_refusal(trace, layer, index)}. Valid layers: {', '.join(valid)}")
+    assert index is not None
     if layer == INPUT:
         head: nn.Module = nn.Identity()
     else:
@@ -165,6 +341,7 @@ def split(model: nn.Module, layer: str) -> tuple[nn.Module, FrozenTail]:
             if used not in values and used.op == "get_attr":
                 values[used] = tail_graph.node_copy(used, values.__getitem__)
         values[node] = tail_graph.node_copy(node, values.__getitem__)
+    _insert_clone_after_input(tail_graph)
     tail = fx.GraphModule(model, tail_graph, f"{type(model).__name__}Tail")
     return head.eval(), FrozenTail(tail)
 
@@ -175,10 +352,65 @@ def _subgraph_module(model: nn.Module, nodes: list[fx.Node], output: fx.Node) ->
     for node in nodes:
         values[node] = graph.node_copy(node, values.__getitem__)
     graph.output(values[output])
+    _insert_clone_after_input(graph)
     head = fx.GraphModule(model, graph, f"{type(model).__name__}Head")
     head.graph.eliminate_dead_code()
     head.recompile()
     return head
+
+
+@dataclass(frozen=True)
+class SplitProbe:
+    """What one forward of a split on a real input showed.
+
+    Attributes:
+        point_shape: Shape of one point of the layer's space (no batch dimension).
+        point_dtype: dtype of the head's output.
+        num_classes: Number of logits the tail gives.
+    """
+
+    point_shape: tuple[int, ...]
+    point_dtype: torch.dtype
+    num_classes: int
+
+
+@torch.no_grad()
+def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe:
+    """Run ``tail(head(example))`` once and check that it gives one point and logits.
+
+    Args:
+        head: As :func:`split` returns it.
+        tail: Likewise.
+        example: ``(B, *input_shape)`` inputs of the head's dtype and device.
+
+    Raises:
+        LayerError: the head rejects inputs of this shape, gives no single tensor, or the tail
+            gives no ``(B, classes)`` logits with at least two classes.
+    """
+    shape = tuple(example.shape[1:])
+    try:
+        point = head(example)
+    except LayerError:
+        raise
+    except Exception as error:  # the user's network: any error means "wrong input"
+        raise LayerError(
+            f"the classifier cannot take inputs of shape {shape}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    if not isinstance(point, Tensor):
+        raise LayerError(f"the layer's value is a {type(point).__name__}, not one tensor")
+    logits = tail(point)
+    if logits.dim() != 2 or logits.shape[0] != example.shape[0]:
+        raise LayerError(
+            f"the classifier's output has shape {tuple(logits.shape)} for a batch of "
+            f"{example.shape[0]}; logits must be (B, classes) (or (B, classes, 1, 1))"
+        )
+    if logits.shape[1] < 2:
+        raise LayerError(
+            "the classifier gives 1 logit; the path energy is a cross-entropy over classes, so "
+            "give a binary classifier two logits (e.g. torch.cat([-z, z], dim=1))"
+        )
+    return SplitProbe(tuple(point.shape[1:]), point.dtype, int(logits.shape[1]))
 
 
 @torch.no_grad()

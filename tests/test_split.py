@@ -6,7 +6,14 @@ import pytest
 import torch
 import torchvision
 
-from connectivity.split import FrozenTail, LayerError, layer_names, layer_shape, split
+from connectivity.split import (
+    FrozenTail,
+    LayerError,
+    layer_names,
+    layer_shape,
+    probe_split,
+    split,
+)
 
 # input, an early block, a middle block, the last feature layer; some are functions, not modules
 LAYERS = {
@@ -80,3 +87,109 @@ def test_layer_names_are_torchvision_node_names_that_cut() -> None:
     for expected in ["conv1", "layer1", "layer4", "avgpool", "flatten", "fc"]:
         assert expected in names
     assert "layer1.0.conv1" not in names
+
+
+# --- Fault classes of issue 8: what a split must do on any model a researcher brings ---
+
+
+def test_tail_never_changes_its_input_even_with_an_inplace_relu_first() -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    head, tail = split(model, "bn1")  # the tail starts with ReLU(inplace=True)
+    z = head(torch.rand(2, 3, 32, 32)).detach().requires_grad_(True)
+    before = z.detach().clone()
+    tail(z).sum().backward()  # raised "a view of a leaf Variable ... in-place" before
+    assert torch.equal(z.detach(), before)
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+class _AllConv(torch.nn.Module):
+    """Ends in global pooling without flatten: logits (B, C, 1, 1)."""
+
+    def __init__(self, flatten: bool) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.flatten = flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.conv(x))
+        return out.flatten(1) if self.flatten else out
+
+
+def test_logits_of_shape_b_c_1_1_are_read_as_b_c() -> None:
+    torch.manual_seed(0)
+    model = _AllConv(flatten=False).eval()
+    head, tail = split(model, "conv")
+    x = torch.rand(3, 3, 8, 8)
+    probe = probe_split(head, tail, x)
+    assert probe.num_classes == 4 and probe.point_shape == (4, 8, 8)
+    assert torch.equal(tail(head(x)), model(x).flatten(1))
+
+
+class _TupleOut(torch.nn.Module):
+    def __init__(self, as_dict: bool) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(5, 6)
+        self.fc = torch.nn.Linear(6, 3)
+        self.as_dict = as_dict
+
+    def forward(self, x: torch.Tensor):
+        features = torch.relu(self.body(x))
+        logits = self.fc(features)
+        return {"logits": logits, "features": features} if self.as_dict else (logits, features)
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_a_model_returning_several_values_is_refused_or_picked_with_output(as_dict: bool) -> None:
+    model = _TupleOut(as_dict).eval()
+    kind = "dict" if as_dict else "tuple"
+    with pytest.raises(LayerError, match=rf"returns a {kind}, not one logits tensor.*output="):
+        split(model, "body")
+    with pytest.raises(LayerError, match=rf"returns a {kind}"):
+        layer_names(model)
+    key = "logits" if as_dict else 0
+    head, tail = split(model, "body", output=key)
+    x = torch.rand(2, 5)
+    assert torch.equal(tail(head(x)), model(x)[key])
+    assert "relu" in layer_names(model, output=key)
+    with pytest.raises(LayerError, match="picks nothing"):
+        split(model, "body", output="nope" if as_dict else 5)
+
+
+def test_cuts_whose_value_is_a_tuple_are_not_listed_and_are_refused() -> None:
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    names = layer_names(model)
+    assert not [n for n in names if n.endswith("chunk")]
+    assert "stage2" in names
+    with pytest.raises(LayerError, match="several tensors"):
+        split(model, "stage2.1.chunk")  # x.chunk(2, dim=1) inside an InvertedResidual
+
+
+class _ReadsBatchSize(torch.nn.Module):
+    """Reads x.size(0) at the top and uses it at the end (no skip connection anywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 3)
+        self.b = torch.nn.Conv2d(4, 4, 3)
+        self.fc = torch.nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.size(0)
+        return self.fc(self.b(self.a(x)).reshape(n, -1))
+
+
+def test_a_refused_cut_names_the_real_reason() -> None:
+    model = _ReadsBatchSize().eval()
+    with pytest.raises(LayerError, match=r"reads sizes or shapes.*\(size\b") as caught:
+        split(model, "a")
+    assert "skip connection" not in str(caught.value)
+    with pytest.raises(LayerError, match=r"\(maxpool\) are used after it \(a skip connection"):
+        split(torchvision.models.resnet18(), "layer1.0.conv1")
+
+
+def test_probe_names_shapes_the_model_cannot_take() -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    head, tail = split(model, "layer1")
+    with pytest.raises(LayerError, match=r"cannot take inputs of shape \(1, 32, 32\)"):
+        probe_split(head, tail, torch.rand(2, 1, 32, 32))
