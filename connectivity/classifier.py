@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import lightning as L
@@ -36,8 +37,33 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def _normalized_forward(self: nn.Module, x: Tensor) -> Tensor:
-    return super(type(self), self).forward(self.normalize(x))
+@functools.cache
+def _normalized_class(base: type[nn.Module]) -> type[nn.Module]:
+    """The subclass of ``base`` whose forward normalises first (one class per base).
+
+    Instances pickle as their base class plus a swap back (``__reduce_ex__``), so a classifier
+    can be saved with ``torch.save`` and sent to spawned processes although this class is made
+    at run time.
+    """
+
+    def forward(self: nn.Module, x: Tensor) -> Tensor:
+        return base.forward(self, self.normalize(x))
+
+    def __reduce_ex__(self: nn.Module, protocol: int):  # type: ignore[no-untyped-def]
+        return _rebuild_normalized, (base, self.__dict__)
+
+    return type(
+        f"Normalized{base.__name__}",
+        (base,),
+        {"forward": forward, "__reduce_ex__": __reduce_ex__, "_normalized_base": base},
+    )
+
+
+def _rebuild_normalized(base: type[nn.Module], state: dict) -> nn.Module:
+    network = base.__new__(base)
+    network.__dict__.update(state)
+    network.__class__ = _normalized_class(base)
+    return network
 
 
 def with_normalization(network: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -46,9 +72,16 @@ def with_normalization(network: nn.Module, mean: tuple[float, ...], std: tuple[f
     The network's class is swapped for a subclass whose forward applies a ``normalize``
     submodule and then the original forward, so torch.fx sees ``normalize`` followed by the
     torchvision node names unchanged (``layer1``, ``avgpool``...).
+
+    Raises:
+        ValueError: the network normalises its input already (it would normalise twice).
     """
-    cls = type(network)
-    network.__class__ = type(f"Normalized{cls.__name__}", (cls,), {"forward": _normalized_forward})
+    if hasattr(type(network), "_normalized_base"):
+        raise ValueError(
+            f"{type(network).__name__} already normalises its input; normalising it again "
+            "would change what it computes"
+        )
+    network.__class__ = _normalized_class(type(network))
     network.normalize = Normalize(mean, std)
     return network
 
