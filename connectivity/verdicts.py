@@ -7,6 +7,7 @@ path, and the verdict of each pair (linear, nonlinear, none, diverged).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from connectivity.errors import InputError, OptionsError
 from connectivity.neb import (
     METHODS,
     OPTIMIZERS,
@@ -25,6 +27,7 @@ from connectivity.neb import (
     find_paths,
     straight_line,
 )
+from connectivity.split import FrozenTail
 
 
 class Verdict(str, Enum):
@@ -71,16 +74,38 @@ class PathOptions:
     chunk_size: int = 512
 
     def __post_init__(self) -> None:
-        if self.num_pivots < 1 or self.steps < 0 or self.line_points < 2 or self.chunk_size < 1:
-            raise ValueError(
-                "num_pivots and chunk_size must be >= 1, steps >= 0 and line_points >= 2"
-            )
+        _check_int(self.num_pivots, "num_pivots", 1)
+        _check_int(self.steps, "steps", 0)
+        _check_int(self.line_points, "line_points", 2)
+        _check_int(self.chunk_size, "chunk_size", 1)
+        _check_number(self.lr, "lr", positive=True)
+        _check_number(self.spring_constant, "spring_constant", positive=False)
+        _check_number(self.tol, "tol", positive=False)
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise OptionsError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise OptionsError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("climbing", "converge"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionsError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.climbing and self.method != "neb":
+            # Respacing after each step would drag the climbing pivot off the saddle.
+            raise OptionsError(
+                f"climbing works with method='neb' only, got method={self.method!r}; "
+                "drop climbing or use method='neb'"
+            )
         if self.bounds is not None:
-            self.bounds = (float(self.bounds[0]), float(self.bounds[1]))
+            try:
+                low, high = (float(b) for b in self.bounds)
+            except (TypeError, ValueError) as error:
+                raise OptionsError(
+                    f"bounds must be (low, high) or None, got {self.bounds!r}"
+                ) from error
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise OptionsError(
+                    f"bounds must be finite (low, high) with low < high, got {self.bounds!r}"
+                )
+            self.bounds = (low, high)
 
     def band_options(self) -> dict[str, Any]:
         """The options an :class:`~connectivity.neb.ElasticBand` (and ``find_paths``) takes."""
@@ -97,6 +122,20 @@ class PathOptions:
     def points_per_segment(self) -> int:
         """Points checked strictly inside each segment between neighbouring pivots."""
         return max(0, math.ceil((self.line_points - 1) / (self.num_pivots + 1)) - 1)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionsError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(value: Any, name: str, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise OptionsError(
+            f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
+        )
 
 
 def classifier_energy(tail: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
@@ -161,11 +200,17 @@ def on_target(log_probabilities: Tensor, targets: Tensor) -> Tensor:
 
 
 def polyline_length_ratio(path: Tensor) -> Tensor:
-    """Length of each path over the distance between its ends, ``(pairs,)``."""
+    """Length of each path over the distance between its ends, ``(pairs,)``.
+
+    1 for a path that does not move between coinciding ends; inf for a path that leaves and
+    returns to coinciding ends.
+    """
     flat = path.flatten(2)
     length = (flat[:, 1:] - flat[:, :-1]).norm(dim=-1).sum(dim=1)
     chord = (flat[:, -1] - flat[:, 0]).norm(dim=-1)
-    return length / chord.clamp_min(torch.finfo(flat.dtype).tiny)
+    ratio = length / chord.clamp_min(torch.finfo(flat.dtype).tiny)
+    # Coinciding ends joined by a path that does not move: the path is its own chord.
+    return torch.where((length == 0) & (chord == 0), torch.ones_like(ratio), ratio)
 
 
 @dataclass
@@ -245,6 +290,39 @@ def certification_stop(tail: nn.Module, options: PathOptions, num_classes: int) 
     return certified
 
 
+def working_precision(starts: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
+    """The ends in the band's working precision: float64 if they are float64, else float32.
+
+    Pivots and optimizer state live in this dtype whatever the inputs' or the network's dtype
+    (in float16, Adam's epsilon underflows to 0 and every step divides 0 by 0).
+
+    Raises:
+        InputError: ends that are not floating point.
+    """
+    if not (starts.is_floating_point() and ends.is_floating_point()):
+        raise InputError(f"points must be floating point, got {starts.dtype} and {ends.dtype}")
+    dtype = torch.float64 if torch.float64 in (starts.dtype, ends.dtype) else torch.float32
+    return starts.to(dtype), ends.to(dtype)
+
+
+def check_ends_in_bounds(starts: Tensor, ends: Tensor, bounds: tuple[float, float] | None) -> None:
+    """Raise :class:`InputError` when an end lies outside the box the pivots are kept in.
+
+    Pivots clamped to ``[0, 1]`` between ends at 255 could never form a path between them, and
+    the verdict would be a silent ``none``.
+    """
+    if bounds is None:
+        return
+    low = float(torch.minimum(starts.min(), ends.min()))
+    high = float(torch.maximum(starts.max(), ends.max()))
+    if low < bounds[0] or high > bounds[1]:
+        raise InputError(
+            f"the ends have values in [{low:g}, {high:g}], outside bounds {bounds}: images must "
+            "be floats in [0, 1] (divide 0..255 values by 255); for points that are not "
+            "images give bounds=None (or a box that holds them)"
+        )
+
+
 def connect_points(
     tail: nn.Module,
     starts: Tensor,
@@ -276,7 +354,13 @@ def connect_points(
         One :class:`PairRecord` per pair, in order.
     """
     options = options or PathOptions()
+    starts, ends = working_precision(starts, ends)
     targets = targets.to(device=starts.device, dtype=torch.long)
+    check_ends_in_bounds(starts, ends, options.bounds)
+    # Our own frozen, eval-mode copy: the caller's module is never changed, and points of the
+    # working precision are cast to the network's dtype inside.
+    if not isinstance(tail, FrozenTail):
+        tail = FrozenTail(copy.deepcopy(tail)).to(starts.device)
     check = check_lines(tail, starts, ends, targets, options)
     pairs = len(targets)
     records: dict[int, PairRecord] = {}

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from connectivity.errors import OptionsError
 from connectivity.verdicts import PathOptions, Verdict, connect_points, refine
 from tests.toy import Annulus, Stripes, TwoDisks
 
@@ -146,3 +147,41 @@ def test_a_pair_with_a_non_finite_end_is_diverged_not_a_crash() -> None:
     records = connect_points(NaNNearOrigin(), starts, ends, torch.tensor([1, 0]), options)
     assert records[0].verdict == Verdict.DIVERGED and records[0].steps == 0
     assert records[1].verdict == Verdict.LINEAR
+
+
+# --- Issue 8: options refused when built; degenerate pairs have defined values ---
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"method": "string", "climbing": True}, "climbing works with method='neb' only"),
+        ({"bounds": (1, 0)}, r"low < high, got \(1, 0\)"),
+        ({"bounds": (0, float("inf"))}, "bounds must be finite"),
+        ({"bounds": "0,1"}, "bounds must be"),
+        ({"lr": -0.1}, "lr must be a finite number > 0, got -0.1"),
+        ({"lr": 0}, "lr must be a finite number > 0"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0"),
+        ({"num_pivots": 0}, "num_pivots must be an integer >= 1, got 0"),
+        ({"num_pivots": 2.5}, "num_pivots must be an integer >= 1, got 2.5"),
+        ({"steps": -1}, "steps must be an integer >= 0"),
+        ({"line_points": 1}, "line_points must be an integer >= 2"),
+        ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
+        ({"spring_constant": -1.0}, "spring_constant must be a finite number >= 0"),
+        ({"tol": -1e-3}, "tol must be a finite number >= 0"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+        ({"method": "spline"}, "method must be one of"),
+        ({"converge": "yes"}, "converge must be true or false"),
+    ],
+)
+def test_invalid_options_are_refused_when_built(options: dict, words: str) -> None:
+    with pytest.raises(OptionsError, match=words):
+        PathOptions(**options)
+
+
+def test_pairs_whose_ends_coincide_are_linear_with_length_ratio_one() -> None:
+    point = torch.tensor([[1.5, 0.0]])
+    (record,) = connect_points(Annulus(), point, point.clone(), torch.tensor([0]))
+    assert record.verdict == "linear" and record.pivot_verdict == "linear"
+    assert record.length_ratio == 1.0
+    assert record.steps == 0
