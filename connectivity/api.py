@@ -2,20 +2,80 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from connectivity.split import INPUT, split
+from connectivity.errors import InputError
+from connectivity.split import INPUT, floating_dtype, probe_split, split
 from connectivity.verdicts import PairRecord, PathOptions, connect_points
 
 
-def _batch(x: Tensor, name: str) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() not in (3, 4):
-        raise ValueError(f"{name} must be an image (C, H, W) or a batch (pairs, C, H, W)")
-    return x.unsqueeze(0) if x.dim() == 3 else x
+def as_inputs(x: Tensor, name: str) -> Tensor:
+    """Validate one or a batch of inputs and convert them to floats, never in place.
+
+    ``uint8`` images (0..255) become floats in [0, 1]; other floating dtypes are kept (the
+    band's working precision is chosen later). A single input (a vector ``(features,)`` or an
+    image ``(C, H, W)``) gets a batch dimension; other shapes are taken as batches.
+
+    Raises:
+        InputError: not a tensor, an integer dtype other than uint8, or non-finite values.
+    """
+    if not isinstance(x, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif not x.is_floating_point():
+        raise InputError(
+            f"{name} has dtype {x.dtype}; give floating images in [0, 1] (or uint8 in 0..255)"
+        )
+    if x.dim() == 0:
+        raise InputError(f"{name} is a scalar; give an input (features,) or (C, H, W)")
+    if x.dim() in (1, 3):
+        x = x.unsqueeze(0)
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} holds NaN or infinite values")
+    return x
+
+
+def as_targets(target: int | Sequence[int] | Tensor, pairs: int) -> Tensor:
+    """Target classes as a ``(pairs,)`` long tensor.
+
+    Raises:
+        InputError: a target that is not an integer (a float such as 5.7, a bool) or a shape
+            that is neither one target nor one per pair.
+    """
+    if isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise InputError(f"target must hold integer class indices, got dtype {target.dtype}")
+        targets = target.long()
+    else:
+        values = list(target) if isinstance(target, (list, tuple)) else [target]
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+        if bad:
+            raise InputError(f"target must be integer class indices, got {bad[0]!r}")
+        targets = torch.tensor([int(v) for v in values], dtype=torch.long)
+        targets = targets.reshape(()) if not isinstance(target, (list, tuple)) else targets
+    if targets.dim() == 0:
+        targets = targets.expand(pairs)
+    if targets.shape != (pairs,):
+        raise InputError(
+            f"target has shape {tuple(targets.shape)}; give one class or one per pair ({pairs},)"
+        )
+    return targets
+
+
+def check_targets(targets: Tensor, num_classes: int) -> None:
+    """Raise :class:`InputError` unless every target is a class of a ``num_classes`` model."""
+    bad = targets[(targets < 0) | (targets >= num_classes)]
+    if bad.numel():
+        raise InputError(
+            f"target {int(bad[0])} is not a class of the classifier, which has {num_classes} "
+            f"classes (0..{num_classes - 1})"
+        )
 
 
 def connect(
@@ -23,35 +83,49 @@ def connect(
     layer: str,
     x_start: Tensor,
     x_end: Tensor,
-    target: int | Tensor,
+    target: int | Sequence[int] | Tensor,
+    *,
+    output: Hashable | None = None,
     **path_options: Any,
 ) -> list[PairRecord]:
     """Is each pair of inputs joined by a path, in ``layer``'s space, that keeps the target class?
 
     Args:
-        classifier: Any ``nn.Module`` returning logits for images in [0, 1] that torch.fx can
-            trace (a ClassifierModule's ``network``, a torchvision model...). It is copied,
-            never changed.
+        classifier: Any ``nn.Module`` returning logits ``(B, classes)`` (or
+            ``(B, classes, 1, 1)``) that torch.fx can trace (a ClassifierModule's ``network``,
+            a torchvision model, a tabular MLP...). It is copied, never changed, whatever its
+            mode, device or dtype.
         layer: ``"input"`` or a layer name (see :func:`connectivity.split.layer_names`).
-        x_start: First images, ``(pairs, C, H, W)`` or one ``(C, H, W)``.
-        x_end: Second images, same shape.
-        target: The class the path must keep, one for all pairs or ``(pairs,)``.
+        x_start: First inputs, ``(pairs, *input_shape)``, or one image ``(C, H, W)`` or one
+            vector ``(features,)``. Floating images lie in [0, 1]; ``uint8`` images (0..255)
+            are converted to [0, 1]. Any floating dtype: the band itself runs in float32
+            (float64 for float64 inputs).
+        x_end: Second inputs, same shape.
+        target: The class the path must keep: one integer for all pairs or one per pair.
+        output: For a classifier that returns a tuple or dict, the index or key of the logits.
         **path_options: Fields of :class:`connectivity.verdicts.PathOptions`. In the input
-            space ``bounds`` defaults to ``(0, 1)`` so every point stays an image.
+            space of images (4-D batches) ``bounds`` defaults to ``(0, 1)`` so every point stays
+            an image; other inputs get no box unless one is given.
 
     Returns:
         One :class:`connectivity.verdicts.PairRecord` per pair: the verdicts (``verdict``
         certified densely, ``pivot_verdict`` as the paper checks), the path in the layer's
         space, the softmax at every path point and the path metrics.
+
+    Raises:
+        InputError: inputs of another dtype, shape or range (e.g. float images in 0..255),
+            targets that are not classes of the model.
+        OptionsError: an invalid path option.
+        LayerError: a layer that is no cut, or a model whose output is not logits.
     """
-    starts, ends = _batch(x_start, "x_start"), _batch(x_end, "x_end")
+    starts, ends = as_inputs(x_start, "x_start"), as_inputs(x_end, "x_end")
     if starts.shape != ends.shape:
-        raise ValueError(f"x_start {tuple(starts.shape)} and x_end {tuple(ends.shape)} differ")
-    targets = torch.as_tensor(target, dtype=torch.long, device=starts.device)
-    targets = targets.expand(starts.shape[0]) if targets.dim() == 0 else targets
-    if layer == INPUT:
+        raise InputError(f"x_start {tuple(starts.shape)} and x_end {tuple(ends.shape)} differ")
+    targets = as_targets(target, starts.shape[0]).to(starts.device)
+    if layer == INPUT and starts.dim() == 4:
         path_options.setdefault("bounds", (0.0, 1.0))
-    return connect_in_layer(classifier, layer, starts, ends, targets, PathOptions(**path_options))
+    options = PathOptions(**path_options)
+    return connect_in_layer(classifier, layer, starts, ends, targets, options, output=output)
 
 
 def connect_in_layer(
@@ -63,21 +137,38 @@ def connect_in_layer(
     options: PathOptions,
     on_record: Callable[[int, PairRecord], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    output: Hashable | None = None,
 ) -> list[PairRecord]:
-    """Split ``classifier`` at ``layer``, map the image pairs there and decide them.
+    """Split ``classifier`` at ``layer``, map the input pairs there and decide them.
+
+    One probe forward checks the split (one tensor at the layer, ``(B, classes)`` logits) and
+    the targets before any path work.
 
     Args:
-        classifier: As in :func:`connect`.
+        classifier: As in :func:`connect` (copied, never changed).
         layer: As in :func:`connect`.
-        starts: ``(pairs, C, H, W)`` images; the work runs on their device.
+        starts: ``(pairs, *input_shape)`` floating inputs; the work runs on their device.
         ends: Same shape.
         targets: ``(pairs,)`` target classes.
         options: Path options, used as given.
         on_record: See :func:`connectivity.verdicts.connect_points`.
         on_progress: See :func:`connectivity.verdicts.connect_points`.
+        output: As in :func:`connect`.
+
+    Raises:
+        InputError: a target that is not a class of the classifier.
+        LayerError: see :func:`connectivity.split.split` and
+            :func:`connectivity.split.probe_split`.
     """
-    head, tail = split(classifier, layer)
+    head, tail = split(classifier, layer, output=output)
     head, tail = head.to(starts.device), tail.to(starts.device)
+    # The head runs in the model's own dtype; the band in its working precision.
+    dtype = floating_dtype(head) or floating_dtype(tail) or starts.dtype
     with torch.no_grad():
-        z_start, z_end = head(starts), head(ends)
+        probe = probe_split(head, tail, starts[:1].to(dtype))
+        check_targets(targets, probe.num_classes)
+        z_start, z_end = head(starts.to(dtype)), head(ends.to(dtype))
+    if torch.float64 in (starts.dtype, z_start.dtype):  # asked for: the band runs in float64
+        z_start, z_end = z_start.double(), z_end.double()
     return connect_points(tail, z_start, z_end, targets, options, on_record, on_progress)

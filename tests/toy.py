@@ -30,3 +30,29 @@ class Stripes(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.stack([4.0 * (1.0 - z[..., 0]), torch.zeros_like(z[..., 0])], dim=-1)
+
+
+class RingNet(nn.Module):
+    """Class 0 on the ring 1 < r < 2 of ``z = scale * (x - 0.5)``, read from the first two
+    values of any input ``(B, ...)``; class 1 elsewhere. Has parameters (the scale), so it can
+    be cast to other dtypes. With ``scale = 4`` on 2x2 images, the pixels (0.875, 0.55) and
+    (0.125, 0.55) lie on the ring and the straight line between them crosses its hole."""
+
+    def __init__(self, scale: float = 4.0) -> None:
+        super().__init__()
+        self.scale = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.scale.weight.copy_(scale * torch.eye(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.scale(x.flatten(1)[:, :2] - 0.5)
+        r = z.norm(dim=-1)
+        inside = 4.0 * (r - 1.0) * (2.0 - r)
+        return torch.stack([inside, torch.zeros_like(inside)], dim=-1)
+
+
+def ring_images(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Two 1x2x2 images on opposite sides of :class:`RingNet`'s ring (class 0)."""
+    start = torch.tensor([[[0.875, 0.55], [0.3, 0.7]]], dtype=dtype)
+    end = torch.tensor([[[0.125, 0.55], [0.6, 0.2]]], dtype=dtype)
+    return start, end
