@@ -440,13 +440,17 @@ class ElasticBand:
             return None
         return self.labels[self.active].repeat_interleave(self.num_pivots)
 
-    def to_(self, device: torch.device | str) -> ElasticBand:
-        """Move every tensor to ``device``; ``pivots`` keeps its identity (data moved in place)."""
+    def to_(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ElasticBand:
+        """Move every tensor to ``device`` (floating ones to ``dtype`` too, if given);
+        ``pivots`` keeps its identity (data moved in place)."""
         for name, value in vars(self).items():
+            if not isinstance(value, Tensor):
+                continue
+            moved = value.to(device, dtype=dtype if value.is_floating_point() else None)
             if isinstance(value, torch.nn.Parameter):
-                value.data = value.data.to(device)
-            elif isinstance(value, Tensor):
-                setattr(self, name, value.to(device))
+                value.data = moved
+            else:
+                setattr(self, name, moved)
         return self
 
     def retire_(self, pairs: Tensor) -> None:

@@ -25,8 +25,10 @@ from connectivity.verdicts import (
     PairRecord,
     PathOptions,
     certification_stop,
+    check_ends_in_bounds,
     check_lines,
     make_records,
+    working_precision,
 )
 
 
@@ -58,12 +60,28 @@ class PathModule(L.LightningModule):
         self.options = options or PathOptions()
         # A copy: freezing must not touch the caller's module.
         self.tail = FrozenTail(copy.deepcopy(tail))
-        self.register_buffer("starts", starts.detach().clone())
-        self.register_buffer("ends", ends.detach().clone())
+        starts, ends = working_precision(starts.detach(), ends.detach())
+        check_ends_in_bounds(starts, ends, self.options.bounds)
+        self.register_buffer("starts", starts.clone())
+        self.register_buffer("ends", ends.clone())
         self.register_buffer("targets", targets.detach().clone().long())
         self.band = self._new_band()
         self.pivots = self.band.pivots
         self.check: LineCheck | None = None
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # Precision plugins convert every floating tensor of the module (bf16-true: to
+        # bfloat16). The tail may run in that dtype, but the band's pivots and ends keep their
+        # working precision (float32, or float64 under 64-true), so its steps stay exact.
+        own = [self.pivots, self.starts, self.ends]
+        before = [t.detach().clone() for t in own]
+        super()._apply(fn, recurse)
+        for old, name in zip(before, ("pivots", "starts", "ends"), strict=True):
+            new = getattr(self, name)
+            dtype = torch.float64 if torch.float64 in (old.dtype, new.dtype) else old.dtype
+            if new.dtype != dtype:
+                new.data = old.to(device=new.device, dtype=dtype)
+        return self
 
     def _new_band(self) -> ElasticBand:
         return ElasticBand(
@@ -83,7 +101,7 @@ class PathModule(L.LightningModule):
 
     @torch.no_grad()
     def on_fit_start(self) -> None:
-        self.band.to_(self.device)
+        self.band.to_(self.device, dtype=self.pivots.dtype)
         self.check = check_lines(self.tail, self.starts, self.ends, self.targets, self.options)
         self.band.retire_(self.check.ok)  # the line already answers for these pairs
         energies = F.cross_entropy(
@@ -118,7 +136,9 @@ class PathModule(L.LightningModule):
             batch_size=1,
         )
         if moved.any():
-            self.optimizers().step()
+            # The band's gradient is no scaled loss gradient: step the torch optimizer itself,
+            # not through a precision plugin's grad scaler (16-mixed would unscale it).
+            self.optimizers().optimizer.step()
             band.after_step_()
         if band.done:
             self.trainer.should_stop = True

@@ -256,8 +256,10 @@ def _refusal(trace: _Trace, layer: str, index: int | None) -> str:
         return f"{layer!r} is not a layer of {model_name}"
     kind = trace.kinds[trace.nodes[index]]
     if kind != TENSOR:
-        what = "several tensors (a tuple, e.g. from chunk or split)" if kind == TENSORS else (
-            "not a tensor (a size, a number or None)"
+        what = (
+            "several tensors (a tuple, e.g. from chunk or split)"
+            if kind == TENSORS
+            else ("not a tensor (a size, a number or None)")
         )
         return f"{model_name} cannot be cut at {layer!r}: its value is {what}, not one point"
     crossing = _crossing(trace, index)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from connectivity.path_module import PathModule
 from connectivity.verdicts import PathOptions, connect_points
-from tests.toy import Annulus, Stripes
+from tests.toy import Annulus, RingNet, Stripes, ring_images
 
 
 def _fit(module: PathModule, tmp_path) -> L.Trainer:
@@ -84,3 +85,37 @@ def test_linear_pairs_need_no_steps(tmp_path) -> None:
     (record,) = module.records()
     assert record.verdict == "linear" and record.steps == 0
     assert trainer.global_step == 0
+
+
+PRECISIONS = ["32-true", "64-true", "bf16-true", "bf16-mixed"] + (
+    ["16-mixed"] if torch.cuda.is_available() else []  # Lightning refuses 16-mixed on CPU
+)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_every_trainer_precision_gives_the_32_bit_verdicts(tmp_path, precision: str) -> None:
+    start, end = ring_images()
+    starts, ends = torch.stack([start, start]), torch.stack([end, start.flip(-1)])
+    targets = torch.tensor([0, 0])
+    options = PathOptions(steps=300, bounds=(0.0, 1.0))
+    expected = connect_points(RingNet(), starts, ends, targets, options)
+    module = PathModule(RingNet(), starts, ends, targets, options)
+    trainer = L.Trainer(
+        max_epochs=1,
+        precision=precision,
+        accelerator="cuda" if precision == "16-mixed" else "cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module)
+    got = module.records()
+    assert [r.verdict for r in got] == [r.verdict for r in expected] == ["nonlinear", "linear"]
+    # the band keeps its working precision whatever the tail runs in
+    working = torch.float64 if precision == "64-true" else torch.float32
+    assert module.pivots.dtype == working and got[0].path.dtype == working
+    assert torch.equal(got[0].path[0], starts[0].to(working))  # the ends stay exact
+    if precision == "32-true":
+        assert got[0].steps == expected[0].steps
+        assert torch.allclose(got[0].path, expected[0].path, atol=1e-6)
