@@ -49,13 +49,13 @@ def _normalized_class(base: type[nn.Module]) -> type[nn.Module]:
     def forward(self: nn.Module, x: Tensor) -> Tensor:
         return base.forward(self, self.normalize(x))
 
-    def __reduce_ex__(self: nn.Module, protocol: int):  # type: ignore[no-untyped-def]
+    def reduce_ex(self: nn.Module, protocol: int):  # type: ignore[no-untyped-def]
         return _rebuild_normalized, (base, self.__dict__)
 
     return type(
         f"Normalized{base.__name__}",
         (base,),
-        {"forward": forward, "__reduce_ex__": __reduce_ex__, "_normalized_base": base},
+        {"forward": forward, "__reduce_ex__": reduce_ex, "_normalized_base": base},
     )
 
 

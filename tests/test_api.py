@@ -138,7 +138,7 @@ def test_numpy_and_tensor_integer_targets_are_taken(ring: RingNet) -> None:
 
 def test_integer_images_other_than_uint8_and_nan_are_refused(ring: RingNet) -> None:
     start, end = ring_images()
-    with pytest.raises(InputError, match="dtype torch.int64"):
+    with pytest.raises(InputError, match=r"dtype torch\.int64"):
         connectivity.connect(ring, "input", start.long(), end.long(), 0)
     with pytest.raises(InputError, match="NaN"):
         connectivity.connect(ring, "input", start * float("nan"), end, 0)
