@@ -50,6 +50,11 @@ class PairSampling:
         split: Dataset split the inputs come from (``train``, ``val`` or ``test``).
         correctly_classified: Draw only inputs the classifier assigns their true class.
         indices: Explicit ``[[i, j], ...]`` dataset indices of same-label pairs.
+
+    Raises:
+        PairError: At construction, for a ``count`` that is not a whole number >= 1, a
+            ``split`` other than train/val/test, or ``indices`` that are not a non-empty list
+            of integer ``[i, j]`` pairs.
     """
 
     count: int = 25
