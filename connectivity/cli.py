@@ -15,19 +15,30 @@ from connectivity.errors import ConnectivityError
 from connectivity.experiment import Experiment, Launch, WandbOptions, run_paths
 from connectivity.records import RunStore
 from connectivity.report import write_report
-from connectivity.runs import run_folder
+from connectivity.runs import new_version_folder, run_folder
 
 
 class RunFolderConfigCallback(SaveConfigCallback):
-    """Save the resolved config into the run's own folder (and W&B), never over another run.
+    """Give each run its own folder and save the resolved config there (and to W&B).
 
     Lightning's default writes ``config.yaml`` into the logger's save dir, which W&B shares
-    between runs, so a second run would refuse to start.
+    between runs, so a second run would refuse to start. Without any logger every run would
+    share ``default_root_dir`` (one ``config.yaml`` overwritten, both runs' checkpoints in one
+    ``checkpoints/``); such a run gets a fresh ``<default_root_dir>/lightning_logs/version_N``
+    instead, the layout Lightning's own loggers use.
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.already_saved or stage != "fit":
             return
+        if not trainer.loggers:
+            # Rank zero takes the folder; every rank uses that one. Callbacks are set up before
+            # ModelCheckpoint (Lightning orders it last), so checkpoints follow the new root.
+            folder = (
+                new_version_folder(trainer.default_root_dir) if trainer.is_global_zero else None
+            )
+            # No public setter: default_root_dir reads this attribute.
+            trainer._default_root_dir = str(trainer.strategy.broadcast(folder))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_hyperparams({"cli_config": self.config.as_dict()})

@@ -5,7 +5,9 @@ Normalisation belongs to the model, so the input space of every path is pixel sp
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -17,10 +19,17 @@ from torchvision import datasets, transforms
 from connectivity.errors import ConnectivityError
 
 SPLITS = ("train", "val", "test")
+# Settings that change how fast (or whether) data comes, never which images: left out of a
+# run's manifest.
+LOADING_ONLY = frozenset({"batch_size", "num_workers", "download"})
 
 
 class DataNotFoundError(ConnectivityError, FileNotFoundError):
     """The data is not where it was looked for; the message says how to get it."""
+
+
+class DataConfigError(ConnectivityError, AttributeError):
+    """A datamodule whose settings cannot be read back (so a run cannot record them)."""
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -54,6 +63,37 @@ class ImageDataModule(L.LightningDataModule):
 
     def _load(self) -> tuple[Dataset, Dataset]:
         raise NotImplementedError
+
+    def data_config(self) -> dict[str, Any]:
+        """The ``__init__`` arguments that decide which images come, by name.
+
+        Read from the attributes named like the arguments (every datamodule here keeps them
+        so), else from ``self.hparams``; batch size, workers and ``download`` are left out,
+        since they do not change which images come. A path experiment records this, so a
+        rerun with other data (another ``resize``, ``size`` or root) is a different experiment.
+
+        Raises:
+            DataConfigError: A subclass keeps one of its arguments neither as an attribute of
+                the same name nor in ``hparams``.
+        """
+        config: dict[str, Any] = {}
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if name == "self" or name in LOADING_ONLY:
+                continue
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            if hasattr(self, name):
+                value = getattr(self, name)
+            elif name in self.hparams:
+                value = self.hparams[name]
+            else:
+                raise DataConfigError(
+                    f"{type(self).__name__} keeps its argument {name!r} neither as self.{name} "
+                    "nor in self.hparams; store it (or call self.save_hyperparameters()) so a "
+                    "path experiment can record which data it ran on"
+                )
+            config[name] = list(value) if isinstance(value, tuple) else value
+        return config
 
     def setup(self, stage: str | None = None) -> None:
         if self._splits:

@@ -8,6 +8,8 @@ builds the table and the figures from the saved records (:mod:`connectivity.repo
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,15 +24,20 @@ from tqdm.auto import tqdm
 from connectivity.api import connect_in_layer
 from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.classifier import ClassifierModule
-from connectivity.data import ImageDataModule, stack_images
+from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError
 from connectivity.records import Pair, RunStore
 from connectivity.split import INPUT, split
 from connectivity.verdicts import PathOptions
 
 
-class PairError(ConnectivityError):
+class PairError(ConnectivityError, ValueError):
     """Pairs that cannot be used (different labels, out of range, too few candidates)."""
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but `count: true` is a mistake, not one pair.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -43,6 +50,11 @@ class PairSampling:
         split: Dataset split the inputs come from (``train``, ``val`` or ``test``).
         correctly_classified: Draw only inputs the classifier assigns their true class.
         indices: Explicit ``[[i, j], ...]`` dataset indices of same-label pairs.
+
+    Raises:
+        PairError: At construction, for a ``count`` that is not a whole number >= 1, a
+            ``split`` other than train/val/test, or ``indices`` that are not a non-empty list
+            of integer ``[i, j]`` pairs.
     """
 
     count: int = 25
@@ -50,6 +62,36 @@ class PairSampling:
     split: str = "test"
     correctly_classified: bool = True
     indices: list[tuple[int, int]] | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here, at construction, so a bad value fails before any work or run folder.
+        if not _is_int(self.count) or self.count < 1:
+            raise PairError(
+                f"pairs.count must be a whole number >= 1, got {self.count!r}; set how many "
+                "pairs to draw"
+            )
+        if self.split not in SPLITS:
+            raise PairError(f"pairs.split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.indices is None:
+            return
+        if not isinstance(self.indices, (list, tuple)) or len(self.indices) == 0:
+            raise PairError(
+                f"pairs.indices must be a non-empty list of [i, j] dataset indices, got "
+                f"{self.indices!r}; leave it out to draw pairs.count pairs instead"
+            )
+        pairs = []
+        for k, pair in enumerate(self.indices):
+            if (
+                not isinstance(pair, (list, tuple))
+                or len(pair) != 2
+                or not all(_is_int(i) for i in pair)
+            ):
+                raise PairError(
+                    f"pairs.indices[{k}] must be an [i, j] pair of integer dataset indices, got "
+                    f"{pair!r}"
+                )
+            pairs.append((int(pair[0]), int(pair[1])))
+        self.indices = pairs
 
 
 @dataclass
@@ -84,10 +126,22 @@ class WandbOptions:
     offline: bool = True
 
 
+def working_copy(network: nn.Module) -> nn.Module:
+    """The tool's own eval-mode copy of a caller's network.
+
+    The caller's module keeps its mode (a ``train()`` network must not be switched to eval,
+    nor its batch-norm statistics updated by our forward passes), device and parameters.
+    """
+    return copy.deepcopy(network).eval()
+
+
 def load_network(classifier: str | nn.Module) -> nn.Module:
-    """The classifier network (logits of images in [0, 1]) from a checkpoint path or a module."""
+    """The classifier network (logits of images in [0, 1]) from a checkpoint path or a module.
+
+    A module is copied (:func:`working_copy`), never changed.
+    """
     if isinstance(classifier, nn.Module):
-        return classifier.eval()
+        return working_copy(classifier)
     return ClassifierModule.from_checkpoint(classifier).network.eval()
 
 
@@ -104,7 +158,10 @@ def select_pairs(
     class_names: list[str],
     device: str = "cpu",
 ) -> list[Pair]:
-    """Same-class pairs, drawn with a seed or given explicitly; identical on every rank."""
+    """Same-class pairs, drawn with a seed or given explicitly; identical on every rank.
+
+    ``network`` is only read: predictions come from an eval-mode copy of it.
+    """
     size = len(dataset)  # type: ignore[arg-type]
     if sampling.indices is not None:
         pairs = []
@@ -119,6 +176,8 @@ def select_pairs(
                 )
             pairs.append(Pair(k, int(i), int(j), a))
         return pairs
+    if sampling.correctly_classified:
+        network = working_copy(network).to(device)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(sampling.seed)).tolist()
     waiting: dict[int, int] = {}
     pairs = []
@@ -145,6 +204,20 @@ def select_pairs(
     )
 
 
+def options_in_space(options: PathOptions, space: str) -> PathOptions:
+    """The path options a space is searched with: ``bounds`` is a box of pixel values.
+
+    In the input space the box is ``options.bounds``, or ``(0, 1)`` when not given, so every
+    point stays an image; a layer's activations live on other scales, so layer spaces are never
+    boxed, whatever ``bounds`` says.
+    """
+    if space == INPUT:
+        bounds = options.bounds if options.bounds is not None else (0.0, 1.0)
+    else:
+        bounds = None
+    return dataclasses.replace(options, bounds=bounds)
+
+
 class PathExperiment(L.LightningModule):
     """Predict-mode module: each rank decides its share of the pairs in every space.
 
@@ -153,7 +226,7 @@ class PathExperiment(L.LightningModule):
         pairs: All pairs of the experiment (rank zero's draw is shared with every rank).
         dataset: The dataset the pairs index.
         spaces: ``input`` and/or layer names.
-        options: Path options (the input space also gets the box ``(0, 1)``).
+        options: Path options; each space gets :func:`options_in_space`.
         store: Where each decided pair is saved.
     """
 
@@ -200,9 +273,7 @@ class PathExperiment(L.LightningModule):
         starts = torch.stack([self.images[p.start_index] for p in pending]).to(self.device)
         ends = torch.stack([self.images[p.end_index] for p in pending]).to(self.device)
         targets = torch.tensor([p.label for p in pending], device=self.device)
-        options = self.options
-        if space == INPUT and options.bounds is None:
-            options = PathOptions(**{**asdict(options), "bounds": (0.0, 1.0)})
+        options = options_in_space(self.options, space)
         bar = tqdm(
             total=options.steps,
             desc=f"{space} (rank {self.trainer.global_rank})",
@@ -240,7 +311,8 @@ class Experiment:
         spaces: ``input`` and layer names (see ``connectivity.layer_names``); the same pairs
             are decided in every space.
         pairs: Which pairs to connect.
-        path: Options of the path search.
+        path: Options of the path search. ``path.bounds`` is a box of pixel values and holds
+            in the input space only (``(0, 1)`` when not given); layer spaces are unbounded.
         decoders: ``{layer: decoder checkpoint}`` to show latent points as images.
         output_dir: Folder of all path runs.
     """
@@ -261,7 +333,12 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
         "classifier": experiment.classifier,
         # The same path may later hold other weights; their results must not mix.
         "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
-        "data": f"{type(data).__module__}.{type(data).__qualname__}",
+        # The data's own settings too (root, size, resize...): records of two input spaces
+        # must never mix.
+        "data": {
+            "class": f"{type(data).__module__}.{type(data).__qualname__}",
+            "init_args": data.data_config(),
+        },
         "class_names": data.class_names,
         "spaces": experiment.spaces,
         "pairs": [asdict(p) for p in pairs],
@@ -284,7 +361,8 @@ def run_paths(
         data: The datamodule the pairs are drawn from.
         launch: Trainer settings (devices, strategy).
         wandb: W&B settings for the report.
-        network: A classifier module to use instead of loading ``experiment.classifier``.
+        network: A classifier module to use instead of loading ``experiment.classifier``;
+            the run works on a copy of it in eval mode and leaves it as it is.
 
     Returns:
         The run's store on rank zero (None on other ranks).
@@ -292,7 +370,8 @@ def run_paths(
     from connectivity.report import write_report
 
     launch = launch or Launch()
-    network = network if network is not None else load_network(experiment.classifier)
+    # The run works on its own eval-mode copy: the caller's module is never changed or moved.
+    network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
         split(network, space)  # a wrong layer name fails here, before any work
     for space, decoder in experiment.decoders.items():

@@ -1,16 +1,18 @@
-"""Figures of paths: points as images with their softmax bars, and energy profiles."""
+"""Figures of paths: points as images with their softmax bars, and energy profiles.
+
+Built with matplotlib's object API (``Figure``, saved through its own canvas), never pyplot:
+importing this module leaves the backend of a notebook or script as it was, and figures are
+freed with their last reference rather than kept in pyplot's global list.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are files; no display is assumed
-
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from torch import Tensor
 
 TARGET_COLOUR = "tab:red"
@@ -24,7 +26,7 @@ def _as_image(point: Tensor) -> np.ndarray:
     return image.permute(1, 2, 0).numpy()
 
 
-def _draw_bars(ax: plt.Axes, probabilities: Tensor, target: int) -> None:
+def _draw_bars(ax: Axes, probabilities: Tensor, target: int) -> None:
     probs = probabilities.detach().float().cpu().numpy()
     colours = [TARGET_COLOUR if k == target else OTHER_COLOUR for k in range(len(probs))]
     ax.bar(np.arange(len(probs)), probs, color=colours, width=0.8)
@@ -51,7 +53,7 @@ def pair_figure(
     title: str,
     line_images: Tensor | None = None,
     path_images: Tensor | None = None,
-) -> plt.Figure:
+) -> Figure:
     """One pair in one space: image strips with softmax bars (when images are given), and the
     energy profile along the straight line and along the optimised path.
 
@@ -68,7 +70,7 @@ def pair_figure(
         strips.append(("path", path_images, record["path_probabilities"]))
     rows = 2 * len(strips) + 1
     heights = [1.0, 0.5] * len(strips) + [1.6]
-    fig = plt.figure(figsize=(max(6.0, 0.9 * points), 0.9 * sum(heights) + 0.8))
+    fig = Figure(figsize=(max(6.0, 0.9 * points), 0.9 * sum(heights) + 0.8))
     grid = fig.add_gridspec(rows, points, height_ratios=heights, hspace=0.35, wspace=0.08)
     for s, (name, images, probs) in enumerate(strips):
         axes_images = [fig.add_subplot(grid[2 * s, k]) for k in range(points)]
@@ -97,10 +99,10 @@ def pair_figure(
     return fig
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` (the format follows the suffix), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
 
 
 def bar_image(probabilities: Tensor, target: int, height: int = 32, width: int = 4) -> np.ndarray:

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import tempfile
+import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,11 +66,32 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _compact(value: Any) -> Any:
+    """``value`` with every tensor replaced by a compact CPU copy of its own.
+
+    A record's tensors are often views into a whole batch; ``torch.save`` of a view writes its
+    entire storage, so a record would grow with the number of pairs decided beside it.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone(memory_format=torch.contiguous_format)
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_compact(v) for v in value)
+    return value
+
+
+def _pair_id(file: Path) -> int:
+    """The pair id in a record's name ``pair_<id>.pt`` (ids may outgrow the zero padding)."""
+    return int(file.stem.split("_")[1])
+
+
 class RunStore:
     """The folder of one path experiment.
 
     Layout: ``run.json`` (what was asked), ``records/<space>/pair_<id>.pt`` (one per decided
-    pair), ``table.md`` / ``table.csv`` and ``figures/``.
+    pair), ``table.md`` / ``table.csv`` and ``figures/``. A record that cannot be read is moved
+    aside to ``pair_<id>.pt.damaged-<time>`` when a run resumes, so that pair is decided again.
     """
 
     def __init__(self, folder: str | Path) -> None:
@@ -81,8 +104,19 @@ class RunStore:
     def record_path(self, space: str, pair_id: int) -> Path:
         return self.records_dir / space / f"pair_{pair_id:04d}.pt"
 
+    def _has_records(self) -> bool:
+        return any(self.records_dir.glob("*/pair_*.pt"))
+
     def start(self, manifest: dict[str, Any]) -> None:
-        """Claim the folder for ``manifest``; refuse one that holds a different experiment."""
+        """Claim the folder for ``manifest``; refuse one that holds a different experiment.
+
+        A folder whose ``run.json`` differs but that holds no decided pair yet (a run that died
+        before its first record, say with options it could not use) is claimed anew, so the
+        corrected rerun is never blocked by it.
+
+        Raises:
+            RunFolderError: The folder holds records of a different experiment.
+        """
         path = self.folder / "run.json"
         # Leftovers of writes a crash interrupted; the records they were meant to replace are
         # intact (or absent, and will be redone).
@@ -92,14 +126,15 @@ class RunStore:
         if path.is_file():
             old = json.loads(path.read_text())
             new = json.loads(text)
-            if old != new:
+            if old == new:
+                return
+            if self._has_records():
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise RunFolderError(
                     f"{self.folder} holds results of a different experiment (differs in: "
                     f"{', '.join(changed)}). Use another `name`, or delete the folder to start "
                     "over."
                 )
-            return
         atomic_write_text(path, text)
 
     def manifest(self) -> dict[str, Any]:
@@ -116,21 +151,67 @@ class RunStore:
         path = self.folder / "decoders.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def _files(self, space: str) -> list[Path]:
+        """Record files of ``space`` in pair-id order (numeric, not by name)."""
+        return sorted((self.records_dir / space).glob("pair_*.pt"), key=_pair_id)
+
+    @staticmethod
+    def _read(file: Path) -> dict[str, Any]:
+        return torch.load(file, map_location="cpu", weights_only=True)
+
     def done(self, space: str) -> set[int]:
-        """Ids of the pairs already decided in ``space``."""
-        folder = self.records_dir / space
-        return {int(p.stem.split("_")[1]) for p in folder.glob("pair_*.pt")}
+        """Ids of the pairs already decided in ``space``.
+
+        Only records that load count: a damaged one (a disk that filled up, a copy cut short)
+        is renamed to ``<name>.damaged-<time>`` with a warning, and its pair is decided again.
+        """
+        ids = set()
+        for file in self._files(space):
+            try:
+                self._read(file)
+            except FileNotFoundError:
+                continue  # another rank moved it aside just now
+            except Exception as error:  # pickle, zip and unpickler errors all mean "damaged"
+                aside = file.with_name(f"{file.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                try:
+                    file.rename(aside)
+                except FileNotFoundError:
+                    continue
+                warnings.warn(
+                    f"{file} cannot be read ({type(error).__name__}); moved it to {aside.name} "
+                    "and deciding that pair again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            ids.add(_pair_id(file))
+        return ids
 
     def save(self, space: str, pair: Pair, record: PairRecord) -> None:
-        payload = {"space": space, "pair": asdict(pair), **asdict(record)}
+        """Write one pair's record; its tensors are compact copies, so its size depends on the
+        pair alone, not on the batch it was decided in."""
+        payload = _compact({"space": space, "pair": asdict(pair), **asdict(record)})
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.record_path(space, pair.id), buffer.getvalue())
 
     def load(self, space: str) -> list[dict[str, Any]]:
-        """All saved records of ``space``, ordered by pair id."""
-        files = sorted((self.records_dir / space).glob("pair_*.pt"))
-        return [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+        """All saved records of ``space``, ordered by pair id.
+
+        Raises:
+            RunFolderError: A record cannot be read; the message names its file.
+        """
+        records = []
+        for file in self._files(space):
+            try:
+                records.append(self._read(file))
+            except Exception as error:  # pickle, zip and unpickler errors all mean "damaged"
+                raise RunFolderError(
+                    f"{file} is damaged and cannot be read ({type(error).__name__}). Rerun the "
+                    "same config to decide that pair again (the damaged file is moved aside), "
+                    "then report again."
+                ) from error
+        return records
 
     def load_all(self) -> dict[str, list[dict[str, Any]]]:
         """All saved records, by space in the run's order."""

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from connectivity.classifier import ClassifierModule
 from connectivity.cli import main
@@ -68,3 +69,34 @@ def test_missing_data_is_one_clear_error(in_tmp: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "missing_cifar" in err and "download" in err
     assert "Traceback" not in err
+
+
+def test_runs_without_a_logger_never_share_a_folder(in_tmp: Path) -> None:
+    for lr in ("0.01", "0.002"):
+        main(
+            [
+                "fit",
+                "-c",
+                QUICK,
+                "--trainer.logger",
+                "false",
+                "--model.init_args.lr",
+                lr,
+                "--trainer.max_steps",
+                "1",
+                "--trainer.limit_val_batches",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+            ]
+        )
+    root = in_tmp / "lightning_logs"
+    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1"]
+    assert not (in_tmp / "checkpoints").exists() and not (in_tmp / "config.yaml").exists()
+    for version, lr in (("version_0", 0.01), ("version_1", 0.002)):
+        config = yaml.safe_load((root / version / "config.yaml").read_text())
+        assert config["model"]["init_args"]["lr"] == lr
+        checkpoints = sorted(p.name for p in (root / version / "checkpoints").iterdir())
+        assert checkpoints == ["last.ckpt"]  # one step: no validation yet, so no "best"
+        module = ClassifierModule.from_checkpoint(root / version / "checkpoints" / "last.ckpt")
+        assert module.hparams.lr == lr

@@ -16,7 +16,7 @@ from torch import nn
 from connectivity.checkpoints import CheckpointError
 from connectivity.classifier import ClassifierModule
 from connectivity.cli import main
-from connectivity.data import DigitsDataModule
+from connectivity.data import CIFAR10DataModule, DigitsDataModule
 from connectivity.experiment import (
     Experiment,
     Launch,
@@ -24,6 +24,8 @@ from connectivity.experiment import (
     PairSampling,
     WandbOptions,
     load_network,
+    manifest,
+    options_in_space,
     run_paths,
     select_pairs,
 )
@@ -272,3 +274,119 @@ def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
     )
     runs = list((store.folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"count": 0}, r"pairs\.count must be a whole number >= 1, got 0"),
+        ({"count": True}, r"pairs\.count must be a whole number >= 1, got True"),
+        ({"count": 2.5}, r"pairs\.count must be a whole number >= 1, got 2\.5"),
+        ({"split": "tset"}, r"pairs\.split must be one of train, val, test, got 'tset'"),
+        ({"indices": []}, r"pairs\.indices must be a non-empty list .* got \[\]"),
+        ({"indices": [[1]]}, r"pairs\.indices\[0\] must be an \[i, j\] pair .* got \[1\]"),
+        ({"indices": [(1, 2), (3, "4")]}, r"pairs\.indices\[1\] .* got \(3, '4'\)"),
+    ],
+)
+def test_pair_sampling_refuses_unusable_values(kwargs: dict, words: str) -> None:
+    with pytest.raises(PairError, match=words):
+        PairSampling(**kwargs)
+
+
+def test_pair_sampling_keeps_indices_as_integer_pairs() -> None:
+    assert PairSampling(indices=[[3, 4], (5, 6)]).indices == [(3, 4), (5, 6)]
+
+
+def test_bad_pair_options_fail_in_one_line_before_any_folder(
+    digits_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = _config(tmp_path / "z.yaml", digits_classifier, tmp_path / "out", "z", 0, ["input"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["paths", "-c", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "connectivity: error: pairs.count must be a whole number >= 1, got 0; set how "
+        "many pairs to draw"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def _state(network: nn.Module) -> tuple[dict[str, bool], dict[str, torch.Tensor]]:
+    flags = {name: module.training for name, module in network.named_modules()}
+    return flags, {k: v.clone() for k, v in network.state_dict().items()}
+
+
+def test_the_callers_network_is_never_changed(digits_classifier: Path, tmp_path: Path) -> None:
+    network = ClassifierModule.from_checkpoint(digits_classifier).network.train()
+    network.layer1.eval()  # a mixed mode must come back as it was, too
+    flags, state = _state(network)
+    assert not all(flags.values()) and any(flags.values())
+    data = DigitsDataModule()
+    # In train mode every forward pass would update batch-norm statistics.
+    select_pairs(network, data.dataset("test"), PairSampling(count=3), data.class_names)
+    load_network(network)
+    experiment = _experiment(
+        digits_classifier, tmp_path, "own", spaces=["input", "layer1"], pairs=PairSampling(2)
+    )
+    run_paths(experiment, data, wandb=NO_WANDB, network=network)
+    after_flags, after_state = _state(network)
+    assert after_flags == flags
+    assert after_state.keys() == state.keys()
+    assert all(torch.equal(after_state[k], state[k]) for k in state)
+    assert all(p.requires_grad for p in network.parameters())
+    assert {p.device.type for p in network.parameters()} == {"cpu"}
+
+
+def test_the_manifest_records_the_data_settings_but_not_loading_ones(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    experiment = _experiment(digits_classifier, tmp_path, "d")
+    digits = manifest(experiment, DigitsDataModule(size=16, batch_size=8), [])["data"]
+    assert digits == {
+        "class": "connectivity.data.DigitsDataModule",
+        "init_args": {"size": 16, "test_fraction": 0.2, "val_fraction": 0.1, "seed": 0},
+    }
+    assert manifest(experiment, DigitsDataModule(size=16, num_workers=2), [])["data"] == digits
+    cifar = manifest(experiment, CIFAR10DataModule("c", resize=224), [])["data"]["init_args"]
+    assert cifar == {"data_dir": "c", "resize": 224, "val_fraction": 0.1, "seed": 0}
+    store = RunStore(tmp_path / "d")
+    store.start(manifest(experiment, DigitsDataModule(size=16), []))
+    store.record_path("input", 0).parent.mkdir(parents=True)
+    store.record_path("input", 0).write_bytes(b"")  # a decided pair, as far as start sees
+    with pytest.raises(RunFolderError, match=r"differs in: data\)"):
+        store.start(manifest(experiment, DigitsDataModule(size=32), []))
+
+
+def test_explicit_bounds_box_the_input_space_only() -> None:
+    given = PathOptions(num_pivots=3, bounds=(0.0, 0.5))
+    assert options_in_space(given, "input") == PathOptions(num_pivots=3, bounds=(0.0, 0.5))
+    assert options_in_space(given, "layer1") == PathOptions(num_pivots=3, bounds=None)
+    assert options_in_space(PathOptions(), "input").bounds == (0.0, 1.0)
+    assert options_in_space(PathOptions(), "flatten").bounds is None
+
+
+def test_a_damaged_record_is_named_by_report_and_decided_again_on_resume(
+    digits_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = _config(tmp_path / "g.yaml", digits_classifier, tmp_path, "g", 3, ["input"])
+    main(["paths", "-c", str(config)])
+    table = (tmp_path / "g" / "table.md").read_text()
+    store = RunStore(tmp_path / "g")
+    damaged = store.record_path("input", 1)
+    before = store.load("input")[1]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(store.folder)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(damaged) in err[0] and "Rerun the same config" in err[0]
+
+    with pytest.warns(RuntimeWarning, match=r"pair_0001\.pt cannot be read"):
+        main(["paths", "-c", str(config)])
+    assert (tmp_path / "g" / "table.md").read_text() == table
+    after = store.load("input")[1]
+    assert after["pair"] == before["pair"] and after["verdict"] == before["verdict"]
+    assert torch.allclose(after["path"], before["path"], atol=1e-5)
+    assert len(list(damaged.parent.glob("pair_0001.pt.damaged-*"))) == 1
