@@ -86,3 +86,23 @@ def test_num_classes_must_match_the_data() -> None:
     trainer = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False)
     with pytest.raises(ValueError, match="num_classes=3"):
         trainer.fit(ClassifierModule(num_classes=3, backbone="resnet18"), DigitsDataModule())
+
+
+def test_a_classifier_and_its_network_pickle_and_normalise_once(tmp_path: Path) -> None:
+    # torch.save and ddp_spawn pickle the module; the network's class is made at run time.
+    import pickle
+
+    from connectivity.classifier import with_normalization
+
+    module = ClassifierModule(num_classes=10, backbone="resnet18").eval()
+    torch.save(module, tmp_path / "module.pt")
+    loaded = torch.load(tmp_path / "module.pt", weights_only=False).eval()
+    network = pickle.loads(pickle.dumps(module.network))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), module(x))
+        assert torch.equal(network(x), module.network(x))
+    assert type(network) is type(module.network)
+    assert type(network).__name__ == "NormalizedResNet"
+    with pytest.raises(ValueError, match="already normalises its input"):
+        with_normalization(module.network, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
