@@ -191,12 +191,17 @@ def path_log_probabilities(
 
 
 def on_target(log_probabilities: Tensor, targets: Tensor) -> Tensor:
-    """``(pairs, M)`` bool: each point's predicted class is its pair's target.
+    """``(pairs, M)`` bool: each point's target scores strictly above every other class.
 
-    A point whose network output is not finite is never on target (argmax of NaNs says 0).
+    A tie is not on target (argmax would break it towards the lowest class index, so a point on
+    a boundary, or a network whose outputs are all equal, would count as class 0), and a point
+    whose network output is not finite never is (argmax of NaNs says 0).
     """
     finite = torch.isfinite(log_probabilities).all(dim=-1)
-    return (log_probabilities.argmax(dim=-1) == targets.unsqueeze(1)) & finite
+    index = targets.view(-1, 1, 1).expand(-1, log_probabilities.shape[1], 1)
+    target = log_probabilities.gather(2, index)
+    others = log_probabilities.scatter(2, index, float("-inf")).amax(dim=-1, keepdim=True)
+    return (target > others).squeeze(2) & finite
 
 
 def polyline_length_ratio(path: Tensor) -> Tensor:

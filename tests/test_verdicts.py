@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from connectivity.errors import OptionsError
-from connectivity.verdicts import PathOptions, Verdict, connect_points, refine
+from connectivity.verdicts import PathOptions, Verdict, connect_points, on_target, refine
 from tests.toy import Annulus, Stripes, TwoDisks
 
 
@@ -185,3 +185,12 @@ def test_pairs_whose_ends_coincide_are_linear_with_length_ratio_one() -> None:
     assert record.verdict == "linear" and record.pivot_verdict == "linear"
     assert record.length_ratio == 1.0
     assert record.steps == 0
+
+
+def test_a_tie_with_another_class_is_not_on_target() -> None:
+    # argmax breaks ties towards class 0: a boundary point must not count as class 0
+    log_p = torch.log(torch.tensor([[[0.5, 0.5], [0.6, 0.4], [0.3, 0.7]]]))
+    assert on_target(log_p, torch.tensor([0])).tolist() == [[False, True, False]]
+    assert on_target(log_p, torch.tensor([1])).tolist() == [[False, False, True]]
+    nan = torch.full((1, 1, 2), float("nan"))
+    assert on_target(nan, torch.tensor([0])).tolist() == [[False]]

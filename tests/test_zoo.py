@@ -1,0 +1,108 @@
+"""Every cut that ``layer_names`` lists runs a band, on torchvision's zoo (issue 8).
+
+Random weights, one pair, one band step per cut: the question is whether the mechanism holds at
+every cut (a copy of the layer's point goes into the tail, gradients flow back, one tensor per
+cut, logits of the right shape), not whether paths are found. The stored ends must be exactly
+the head's outputs. Large models are marked ``slow``; the small ones exercise the same
+mechanisms (in-place ReLUs after cuts, concatenations, chunked channels, sizes read in
+forward, attention) in the default run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import fx
+
+from connectivity import connect, layer_names
+from connectivity.split import _resolve, _trace
+
+# (model, builder kwargs, input side): inputs as small as each model allows
+# The fast set holds every mechanism the slow set needs: in-place ReLUs right after cuts and
+# skip additions (resnet18), concatenations (squeezenet1_1), chunked channels and sizes read
+# inside forward (shufflenet_v2_x0_5), attention returning a tuple, shapes read at the top and
+# a token picked by indexing (torchvision's VisionTransformer, narrow and 2 layers deep).
+FAST = [
+    ("resnet18", {}, 32),
+    ("shufflenet_v2_x0_5", {}, 32),
+    ("squeezenet1_1", {}, 32),
+    ("vit_small", {}, 32),
+]
+SLOW = [
+    ("vit_b_16", {"image_size": 32}, 32),
+    ("mobilenet_v2", {}, 32),
+    ("efficientnet_b0", {}, 32),
+    ("regnet_y_400mf", {}, 32),
+    ("densenet121", {}, 32),
+    ("vgg11_bn", {}, 32),  # two 4096-wide linear layers: slow per cut
+    ("alexnet", {}, 63),
+    ("convnext_tiny", {}, 32),
+    ("swin_t", {}, 32),
+]
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced model and keeps a copy of every node's value as it was computed (later
+    in-place operations cannot change the copy): the reference for what a head gives."""
+
+    def run_node(self, node: fx.Node) -> object:
+        value = super().run_node(node)
+        self.values[node] = value.clone() if isinstance(value, torch.Tensor) else value
+        return value
+
+
+def _values_at_cuts(model: torch.nn.Module, names: list[str], x: torch.Tensor) -> dict:
+    trace = _trace(model)
+    recorder = _Recorder(fx.GraphModule(model, trace.graph))
+    recorder.values = {}
+    with torch.no_grad():
+        recorder.run(x)
+    return {name: recorder.values[trace.nodes[_resolve(trace, name)]] for name in names}
+
+
+def _check_every_cut(name: str, kwargs: dict, side: int) -> None:
+    torch.manual_seed(0)
+    if name == "vit_small":
+        model = torchvision.models.VisionTransformer(
+            image_size=side,
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            mlp_dim=64,
+            num_classes=10,
+        ).eval()
+    else:
+        model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
+    # Some builders start the classifier at zero (ViT) or near it: every class would tie.
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
+    torch.nn.init.normal_(last.weight, std=1.0 / last.weight[0].numel() ** 0.5)
+    x = torch.rand(2, 3, side, side)
+    with torch.no_grad():
+        predicted = model(x).argmax(dim=1)
+    # A target neither end has: the line fails at once, so every cut takes a band step.
+    target = next(c for c in range(10) if c not in predicted.tolist())
+    names = layer_names(model)
+    assert names[0] == "input" and len(names) > 5
+    firsts, seconds = _values_at_cuts(model, names, x[:1]), _values_at_cuts(model, names, x[1:])
+    for layer in names:
+        (record,) = connect(
+            model, layer, x[0], x[1], target, steps=1, num_pivots=1, line_points=3, tol=0.0
+        )
+        assert record.steps == 1 and record.verdict == "none", layer
+        # the layer's value as the model computed it, untouched by in-place operations
+        first, second = firsts[layer][0], seconds[layer][0]
+        assert torch.equal(record.line[0], first) and torch.equal(record.path[0], first), layer
+        assert torch.equal(record.line[-1], second), layer
+
+
+@pytest.mark.parametrize(("name", "kwargs", "side"), FAST, ids=[m[0] for m in FAST])
+def test_every_listed_cut_runs_a_band(name: str, kwargs: dict, side: int) -> None:
+    _check_every_cut(name, kwargs, side)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "kwargs", "side"), SLOW, ids=[m[0] for m in SLOW])
+def test_every_listed_cut_runs_a_band_on_large_models(name: str, kwargs: dict, side: int) -> None:
+    _check_every_cut(name, kwargs, side)
