@@ -26,7 +26,7 @@ from connectivity.checkpoints import CheckpointError, best_and_last, load_lightn
 from connectivity.classifier import ClassifierModule
 from connectivity.errors import ConnectivityError
 from connectivity.runs import run_folder
-from connectivity.split import FrozenTail, layer_shape, split
+from connectivity.split import Frozen, layer_shape, split
 
 Architecture = Literal["auto", "vector", "map"]
 
@@ -271,8 +271,8 @@ class DecoderModule(L.LightningModule):
         # Recorded resolved, so the decoder's checkpoint says which images it makes.
         self.hparams.input_shape = self.input_shape
         head, _ = split(trained.network, layer)  # the tail is not needed and is not kept
-        # FrozenTail freezes any module and keeps it in eval mode under a parent's .train().
-        self.head = FrozenTail(head)
+        # Frozen keeps the head frozen and in eval mode under a parent's .train().
+        self.head = Frozen(head)
         self.layer_shape = layer_shape(self.head, self.input_shape)
         self.decoder = build_decoder(self.layer_shape, self.input_shape, width, architecture)
         self.register_buffer("classifier_digest", _digest(self.head))

@@ -55,14 +55,10 @@ def floating_dtype(module: nn.Module) -> torch.dtype | None:
     return None
 
 
-class FrozenTail(nn.Module):
-    """The part of a network after a split: parameters frozen, always in eval mode.
+class Frozen(nn.Module):
+    """A module with frozen parameters that stays in eval mode (a head under a decoder).
 
-    Gradients still flow to its *input*, which is what path optimisation needs. Points of any
-    floating dtype go in: they are cast to the network's own dtype to evaluate it, and the
-    logits come back in the points' dtype (so a float32 band can drive a bfloat16 network).
-    Logits shaped ``(B, classes, 1, ..., 1)`` (all-convolutional networks ending in global
-    pooling) are flattened to ``(B, classes)``.
+    Gradients still flow to its *input*.
     """
 
     def __init__(self, network: nn.Module) -> None:
@@ -71,11 +67,25 @@ class FrozenTail(nn.Module):
         self.network.requires_grad_(False)
         self.network.eval()
 
-    def train(self, mode: bool = True) -> FrozenTail:
-        # A parent's .train() must not switch batch norm or dropout on in the tail.
+    def train(self, mode: bool = True) -> Frozen:
+        # A parent's .train() must not switch batch norm or dropout on in the frozen part.
         super().train(mode)
         self.network.eval()
         return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x)
+
+
+class FrozenTail(Frozen):
+    """The part of a network after a split: parameters frozen, always in eval mode.
+
+    Gradients still flow to its *input*, which is what path optimisation needs. Points of any
+    floating dtype go in: they are cast to the network's own dtype to evaluate it, and the
+    logits come back in the points' dtype (so a float32 band can drive a bfloat16 network).
+    Logits shaped ``(B, classes, 1, ..., 1)`` (all-convolutional networks ending in global
+    pooling) are flattened to ``(B, classes)``.
+    """
 
     def forward(self, z: Tensor) -> Tensor:
         dtype = floating_dtype(self.network)
