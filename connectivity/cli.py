@@ -12,9 +12,9 @@ from lightning.pytorch.loggers import WandbLogger
 
 from connectivity.data import ImageDataModule
 from connectivity.errors import ConnectivityError
-from connectivity.experiment import Experiment, Launch, WandbOptions, run_paths
+from connectivity.experiment import Experiment, run_paths
 from connectivity.records import RunStore
-from connectivity.report import write_report
+from connectivity.report import WandbOptions, write_report
 from connectivity.runs import new_version_folder, run_folder
 
 
@@ -70,6 +70,23 @@ class ConnectivityCLI(LightningCLI):
         )
 
 
+@dataclasses.dataclass
+class Launch:
+    """Where the experiment runs (Lightning Trainer settings).
+
+    Args:
+        accelerator: ``auto``, ``cpu``, ``gpu``...
+        devices: Number of devices (or ``auto``); pairs are shared out across them.
+        strategy: ``auto``, or ``ddp`` for several processes.
+        num_nodes: Machines (the run folder must be on a file system they share).
+    """
+
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+
+
 def paths_parser() -> ArgumentParser:
     """``connectivity paths``: the options of a path experiment (YAML config or flags)."""
     parser = ArgumentParser(
@@ -79,7 +96,7 @@ def paths_parser() -> ArgumentParser:
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
     parser.add_class_arguments(Experiment, None, fail_untyped=True)
     parser.add_subclass_arguments(ImageDataModule, "data", required=True)
-    parser.add_class_arguments(Launch, "trainer")
+    parser.add_class_arguments(Launch, "trainer")  # replaced by full Trainer arguments (issue 9)
     parser.add_class_arguments(WandbOptions, "wandb")
     return parser
 
@@ -90,7 +107,7 @@ def run_paths_command(args: list[str]) -> None:
     objects = parser.instantiate(config)
     fields = {f.name for f in dataclasses.fields(Experiment)}
     experiment = Experiment(**{k: objects[k] for k in fields})
-    run_paths(experiment, objects.data, objects.trainer, objects.wandb)
+    run_paths(experiment, objects.data, dataclasses.asdict(objects.trainer), objects.wandb)
 
 
 def report_command(args: list[str]) -> None:

@@ -27,6 +27,7 @@ from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError
 from connectivity.records import Pair, RunStore
+from connectivity.report import WandbOptions, write_report
 from connectivity.split import INPUT, split
 from connectivity.verdicts import PathOptions
 
@@ -92,38 +93,6 @@ class PairSampling:
                 )
             pairs.append((int(pair[0]), int(pair[1])))
         self.indices = pairs
-
-
-@dataclass
-class Launch:
-    """Where the experiment runs (Lightning Trainer settings).
-
-    Args:
-        accelerator: ``auto``, ``cpu``, ``gpu``...
-        devices: Number of devices (or ``auto``); pairs are shared out across them.
-        strategy: ``auto``, or ``ddp`` for several processes.
-        num_nodes: Machines (the run folder must be on a file system they share).
-    """
-
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-
-
-@dataclass
-class WandbOptions:
-    """Weights & Biases logging of the table, figures and per-point table.
-
-    Args:
-        enabled: Log to W&B at all.
-        project: W&B project.
-        offline: Write an offline run under the run folder (``wandb sync`` uploads it later).
-    """
-
-    enabled: bool = True
-    project: str = "connectivity"
-    offline: bool = True
 
 
 def working_copy(network: nn.Module) -> nn.Module:
@@ -350,7 +319,7 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
 def run_paths(
     experiment: Experiment,
     data: ImageDataModule,
-    launch: Launch | None = None,
+    trainer: dict[str, Any] | None = None,
     wandb: WandbOptions | None = None,
     network: nn.Module | None = None,
 ) -> RunStore | None:
@@ -359,7 +328,8 @@ def run_paths(
     Args:
         experiment: Classifier checkpoint, spaces, pairs, path options, decoders, run name.
         data: The datamodule the pairs are drawn from.
-        launch: Trainer settings (devices, strategy).
+        trainer: Keyword arguments of the Lightning ``Trainer`` (accelerator, devices, strategy,
+            num_nodes, precision...); logging and progress settings are the experiment's own.
         wandb: W&B settings for the report.
         network: A classifier module to use instead of loading ``experiment.classifier``;
             the run works on a copy of it in eval mode and leaves it as it is.
@@ -367,9 +337,6 @@ def run_paths(
     Returns:
         The run's store on rank zero (None on other ranks).
     """
-    from connectivity.report import write_report
-
-    launch = launch or Launch()
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
@@ -387,10 +354,13 @@ def run_paths(
             )
     dataset = data.dataset(experiment.pairs.split)
     trainer = L.Trainer(
-        accelerator=launch.accelerator,
-        devices=launch.devices,
-        strategy=launch.strategy,
-        num_nodes=launch.num_nodes,
+        **{
+            "accelerator": "auto",
+            "devices": "auto",
+            "strategy": "auto",
+            "num_nodes": 1,
+            **(trainer or {}),
+        },
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -8,8 +8,9 @@ per-point table. No optimisation is rerun.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
@@ -24,8 +25,20 @@ from connectivity.records import (
 )
 from connectivity.split import INPUT
 
-if TYPE_CHECKING:
-    from connectivity.experiment import WandbOptions
+
+@dataclass
+class WandbOptions:
+    """Weights & Biases logging of the table, figures and per-point table.
+
+    Args:
+        enabled: Log to W&B at all.
+        project: W&B project.
+        offline: Write an offline run under the run folder (``wandb sync`` uploads it later).
+    """
+
+    enabled: bool = True
+    project: str = "connectivity"
+    offline: bool = True
 
 
 def _decoders(paths: dict[str, str]) -> dict[str, Any]:

@@ -19,10 +19,8 @@ from connectivity.cli import main
 from connectivity.data import CIFAR10DataModule, DigitsDataModule
 from connectivity.experiment import (
     Experiment,
-    Launch,
     PairError,
     PairSampling,
-    WandbOptions,
     load_network,
     manifest,
     options_in_space,
@@ -30,7 +28,7 @@ from connectivity.experiment import (
     select_pairs,
 )
 from connectivity.records import RunFolderError, RunStore
-from connectivity.report import write_report
+from connectivity.report import WandbOptions, write_report
 from connectivity.verdicts import PathOptions
 
 NO_WANDB = WandbOptions(enabled=False)
@@ -270,7 +268,7 @@ def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
         digits_classifier, tmp_path, "w", spaces=["input"], pairs=PairSampling(count=2, seed=0)
     )
     store = run_paths(
-        experiment, data, launch=Launch(accelerator="cpu"), wandb=WandbOptions(offline=True)
+        experiment, data, trainer={"accelerator": "cpu"}, wandb=WandbOptions(offline=True)
     )
     runs = list((store.folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
