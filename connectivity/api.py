@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from connectivity.errors import InputError
 from connectivity.split import INPUT, floating_dtype, probe_split, split
-from connectivity.verdicts import PairRecord, PathOptions, connect_points
+from connectivity.verdicts import PairRecord, PathOptions, check_range, connect_points
 
 
 def as_inputs(x: Tensor, name: str) -> Tensor:
@@ -36,6 +36,8 @@ def as_inputs(x: Tensor, name: str) -> Tensor:
         raise InputError(f"{name} is a scalar; give an input (features,) or (C, H, W)")
     if x.dim() in (1, 3):
         x = x.unsqueeze(0)
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is an empty batch {tuple(x.shape)}; give at least one input")
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} holds NaN or infinite values")
     return x
@@ -44,21 +46,25 @@ def as_inputs(x: Tensor, name: str) -> Tensor:
 def as_targets(target: int | Sequence[int] | Tensor, pairs: int) -> Tensor:
     """Target classes as a ``(pairs,)`` long tensor.
 
+    Takes Python and numpy integers, sequences and arrays of them, and integer tensors.
+
     Raises:
         InputError: a target that is not an integer (a float such as 5.7, a bool) or a shape
             that is neither one target nor one per pair.
     """
-    if isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise InputError(f"target must hold integer class indices, got dtype {target.dtype}")
-        targets = target.long()
+    if isinstance(target, bool):
+        raise InputError(f"target must be integer class indices, got {target!r}")
+    if isinstance(target, numbers.Integral):
+        targets = torch.tensor(int(target))
     else:
-        values = list(target) if isinstance(target, (list, tuple)) else [target]
-        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
-        if bad:
-            raise InputError(f"target must be integer class indices, got {bad[0]!r}")
-        targets = torch.tensor([int(v) for v in values], dtype=torch.long)
-        targets = targets.reshape(()) if not isinstance(target, (list, tuple)) else targets
+        try:
+            targets = torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise InputError(f"target must be integer class indices, got {target!r}") from error
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            shown = f"dtype {targets.dtype}" if isinstance(target, Tensor) else repr(target)
+            raise InputError(f"target must be integer class indices, got {shown}")
+    targets = targets.long()
     if targets.dim() == 0:
         targets = targets.expand(pairs)
     if targets.shape != (pairs,):
@@ -86,6 +92,7 @@ def connect(
     target: int | Sequence[int] | Tensor,
     *,
     output: Hashable | None = None,
+    pixel_range: tuple[float, float] | None = (0.0, 1.0),
     **path_options: Any,
 ) -> list[PairRecord]:
     """Is each pair of inputs joined by a path, in ``layer``'s space, that keeps the target class?
@@ -103,9 +110,12 @@ def connect(
         x_end: Second inputs, same shape.
         target: The class the path must keep: one integer for all pairs or one per pair.
         output: For a classifier that returns a tuple or dict, the index or key of the logits.
+        pixel_range: The range images (4-D batches) must lie in, whatever the layer: the
+            classifier's input convention, (0, 1) here. None accepts any values (inputs already
+            normalised, say). In the input space it is also the default ``bounds``.
         **path_options: Fields of :class:`connectivity.verdicts.PathOptions`. In the input
-            space of images (4-D batches) ``bounds`` defaults to ``(0, 1)`` so every point stays
-            an image; other inputs get no box unless one is given.
+            space of images ``bounds`` defaults to ``pixel_range`` so every point stays an
+            image; other inputs get no box unless one is given.
 
     Returns:
         One :class:`connectivity.verdicts.PairRecord` per pair: the verdicts (``verdict``
@@ -122,9 +132,12 @@ def connect(
     if starts.shape != ends.shape:
         raise InputError(f"x_start {tuple(starts.shape)} and x_end {tuple(ends.shape)} differ")
     targets = as_targets(target, starts.shape[0]).to(starts.device)
-    if layer == INPUT and starts.dim() == 4:
-        path_options.setdefault("bounds", (0.0, 1.0))
-    options = PathOptions(**path_options)
+    images = starts.dim() == 4
+    if images and pixel_range is not None:
+        check_range(starts, ends, pixel_range, "pixel_range")
+    if layer == INPUT and images and pixel_range is not None:
+        path_options.setdefault("bounds", pixel_range)
+    options = PathOptions.from_dict(path_options)
     return connect_in_layer(classifier, layer, starts, ends, targets, options, output=output)
 
 
@@ -163,8 +176,9 @@ def connect_in_layer(
     """
     head, tail = split(classifier, layer, output=output)
     head, tail = head.to(starts.device), tail.to(starts.device)
-    # The head runs in the model's own dtype; the band in its working precision.
-    dtype = floating_dtype(head) or floating_dtype(tail) or starts.dtype
+    # The head runs in the model's own dtype; the band in its working precision. The input
+    # space's head is the identity: its points stay exactly as given.
+    dtype = floating_dtype(head) or starts.dtype
     with torch.no_grad():
         probe = probe_split(head, tail, starts[:1].to(dtype))
         check_targets(targets, probe.num_classes)

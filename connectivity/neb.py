@@ -381,10 +381,7 @@ class ElasticBand:
         self.labels = None if labels is None else labels.detach().to(starts.device).clone()
         self.starts = starts.detach().clone()
         self.ends = ends.detach().clone()
-        initial = straight_line(self.starts, self.ends, num_pivots)[:, 1:-1]
-        if bounds is not None:
-            initial = initial.clamp(bounds[0], bounds[1])
-        self.pivots = torch.nn.Parameter(initial.contiguous())
+        self.pivots = torch.nn.Parameter(self.initial_pivots())
         pairs, device, dtype = starts.shape[0], starts.device, starts.dtype
         self.energy = torch.full((pairs, num_pivots + 2), float("nan"), dtype=dtype, device=device)
         self.max_force = torch.full((pairs,), float("inf"), dtype=dtype, device=device)
@@ -397,6 +394,15 @@ class ElasticBand:
         # frozen pairs (Adam momentum moves them even with zero grad) and to roll back pairs
         # that diverge.
         self._before: Tensor | None = None
+
+    def initial_pivots(self) -> Tensor:
+        """``(pairs, num_pivots, *point_shape)``: the straight line, clamped to ``bounds``, in
+        the ends' dtype (a driver that changes the dtype before the first step rebuilds the
+        pivots with this, so they are the line of that precision, not a rounded one)."""
+        initial = straight_line(self.starts, self.ends, self.num_pivots)[:, 1:-1]
+        if self.bounds is not None:
+            initial = initial.clamp(self.bounds[0], self.bounds[1])
+        return initial.contiguous()
 
     @property
     def pairs(self) -> int:

@@ -25,8 +25,8 @@ from connectivity.verdicts import (
     PairRecord,
     PathOptions,
     certification_stop,
-    check_ends_in_bounds,
     check_lines,
+    check_range,
     make_records,
     working_precision,
 )
@@ -61,7 +61,7 @@ class PathModule(L.LightningModule):
         # A copy: freezing must not touch the caller's module.
         self.tail = FrozenTail(copy.deepcopy(tail))
         starts, ends = working_precision(starts.detach(), ends.detach())
-        check_ends_in_bounds(starts, ends, self.options.bounds)
+        check_range(starts, ends, self.options.bounds)
         self.register_buffer("starts", starts.clone())
         self.register_buffer("ends", ends.clone())
         self.register_buffer("targets", targets.detach().clone().long())
@@ -102,6 +102,10 @@ class PathModule(L.LightningModule):
     @torch.no_grad()
     def on_fit_start(self) -> None:
         self.band.to_(self.device, dtype=self.pivots.dtype)
+        if int(self.band.steps.max()) == 0:
+            # A precision plugin may have changed the dtype (64-true): start from the line of
+            # that precision, as connect_points does, not from a rounded float32 line.
+            self.pivots.data = self.band.initial_pivots()
         self.check = check_lines(self.tail, self.starts, self.ends, self.targets, self.options)
         self.band.retire_(self.check.ok)  # the line already answers for these pairs
         energies = F.cross_entropy(

@@ -80,16 +80,20 @@ class Frozen(nn.Module):
 class FrozenTail(Frozen):
     """The part of a network after a split: parameters frozen, always in eval mode.
 
-    Gradients still flow to its *input*, which is what path optimisation needs. Points of any
-    floating dtype go in: they are cast to the network's own dtype to evaluate it, and the
-    logits come back in the points' dtype (so a float32 band can drive a bfloat16 network).
+    Gradients still flow to its *input*, which is what path optimisation needs; the input itself
+    is never changed (the network runs on a copy). Points of any floating dtype go in: they are
+    cast to the network's own dtype to evaluate it, and the logits come back in the points'
+    dtype (so a float32 band can drive a bfloat16 network).
     Logits shaped ``(B, classes, 1, ..., 1)`` (all-convolutional networks ending in global
     pooling) are flattened to ``(B, classes)``.
     """
 
     def forward(self, z: Tensor) -> Tensor:
         dtype = floating_dtype(self.network)
-        logits = self.network(z if dtype is None or z.dtype == dtype else z.to(dtype))
+        # Always a copy: an in-place operation at the top of the tail (a ReLU right after the
+        # cut) must neither overwrite the caller's points nor a leaf that needs gradients.
+        x = z.clone() if dtype is None or z.dtype == dtype else z.to(dtype)
+        logits = self.network(x)
         if not isinstance(logits, Tensor):
             raise LayerError(_not_a_tensor_message(logits))
         if logits.dim() > 2 and all(size == 1 for size in logits.shape[2:]):
@@ -128,18 +132,23 @@ def _pick_output(graph: fx.Graph, model: nn.Module, output: Hashable | None) -> 
         if isinstance(value, (tuple, list, dict)):
             raise LayerError(f"{model_name}: {_not_a_tensor_message(value)}")
         return
+    if isinstance(value, fx.Node):
+        raise LayerError(f"{model_name} returns one tensor; leave output out (got {output!r})")
+    kind = next((k.__name__ for k in (dict, tuple, list) if isinstance(value, k)), "value")
     try:
         picked = value[output]  # type: ignore[index]
     except (TypeError, KeyError, IndexError) as error:
+        keys = list(value) if isinstance(value, dict) else list(range(len(value)))
         raise LayerError(
-            f"output={output!r} picks nothing from what {model_name} returns "
-            f"({type(value).__name__}); give a key or index of its logits"
+            f"output={output!r} picks nothing from the {kind} {model_name} returns; give one "
+            f"of {keys}"
         ) from error
     if not isinstance(picked, fx.Node):
         raise LayerError(f"output={output!r} of {model_name} is not a tensor")
+
+    # No dead-code elimination: torch.fx would drop in-place calls whose result is unused
+    # (``x.relu_()``), changing what the network computes. Unused values stay, and do no harm.
     out.args = (picked,)
-    graph.owning_module = model  # dead-code elimination asks the modules whether they are pure
-    graph.eliminate_dead_code()
 
 
 def _trace(model: nn.Module, output: Hashable | None = None) -> _Trace:
@@ -300,8 +309,8 @@ def layer_names(model: nn.Module, *, output: Hashable | None = None) -> list[str
 
 
 def _insert_clone_after_input(graph: fx.Graph) -> None:
-    """Let the graph work on a copy of its input, so in-place operations (an in-place ReLU
-    right after the cut) never overwrite the caller's tensor or a leaf that needs gradients."""
+    """Let the head work on a copy of its input, so an in-place operation at the top of a
+    network never overwrites the caller's tensor (the tail copies in FrozenTail.forward)."""
     placeholder = next(n for n in graph.nodes if n.op == "placeholder")
     users = list(placeholder.users)
     with graph.inserting_after(placeholder):
@@ -334,6 +343,8 @@ def split(
             says why (unknown name, skip connection, sizes carried across, a tuple value) and
             lists the valid names.
     """
+    if not isinstance(layer, str):
+        raise LayerError(f"layer must be a name (str), got {layer!r}; see layer_names(model)")
     model = copy.deepcopy(model).eval()
     trace = _trace(model, output)
     index = _resolve(trace, layer)
@@ -353,7 +364,6 @@ def split(
             if used not in values and used.op == "get_attr":
                 values[used] = tail_graph.node_copy(used, values.__getitem__)
         values[node] = tail_graph.node_copy(node, values.__getitem__)
-    _insert_clone_after_input(tail_graph)
     tail = fx.GraphModule(model, tail_graph, f"{type(model).__name__}Tail")
     return head.eval(), FrozenTail(tail)
 
@@ -365,10 +375,8 @@ def _subgraph_module(model: nn.Module, nodes: list[fx.Node], output: fx.Node) ->
         values[node] = graph.node_copy(node, values.__getitem__)
     graph.output(values[output])
     _insert_clone_after_input(graph)
-    head = fx.GraphModule(model, graph, f"{type(model).__name__}Head")
-    head.graph.eliminate_dead_code()
-    head.recompile()
-    return head
+    # No dead-code elimination (see _pick_output): in-place calls whose result is unused count.
+    return fx.GraphModule(model, graph, f"{type(model).__name__}Head")
 
 
 @dataclass(frozen=True)
@@ -402,16 +410,17 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
     shape = tuple(example.shape[1:])
     try:
         point = head(example)
+        if not isinstance(point, Tensor):
+            raise LayerError(f"the layer's value is a {type(point).__name__}, not one tensor")
+        logits = tail(point)
     except LayerError:
         raise
     except Exception as error:  # the user's network: any error means "wrong input"
+        first_line = str(error).splitlines()[0] if str(error) else ""
         raise LayerError(
-            f"the classifier cannot take inputs of shape {shape}: "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            f"the classifier cannot take inputs of shape {shape} (batch of "
+            f"{example.shape[0]}): {type(error).__name__}: {first_line}"
         ) from error
-    if not isinstance(point, Tensor):
-        raise LayerError(f"the layer's value is a {type(point).__name__}, not one tensor")
-    logits = tail(point)
     if logits.dim() != 2 or logits.shape[0] != example.shape[0]:
         raise LayerError(
             f"the classifier's output has shape {tuple(logits.shape)} for a batch of "

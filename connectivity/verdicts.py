@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Any
 
@@ -39,7 +40,7 @@ class Verdict(str, Enum):
     DIVERGED = "diverged"  # the optimisation hit NaN/inf; nothing can be said
 
 
-@dataclass
+@dataclass(frozen=True)
 class PathOptions:
     """Options of a path search.
 
@@ -58,6 +59,10 @@ class PathOptions:
         converge: Keep optimising a pair after its path is certified, to the minimum energy
             path (by default a pair stops as soon as a path is found: the question is existence).
         chunk_size: Most points per network call in the dense check (bounds memory).
+
+    Raises:
+        OptionsError: when built with a value outside the above (options are frozen: use
+            ``dataclasses.replace`` for a variant, which checks again).
     """
 
     num_pivots: int = 8
@@ -74,13 +79,15 @@ class PathOptions:
     chunk_size: int = 512
 
     def __post_init__(self) -> None:
-        _check_int(self.num_pivots, "num_pivots", 1)
-        _check_int(self.steps, "steps", 0)
-        _check_int(self.line_points, "line_points", 2)
-        _check_int(self.chunk_size, "chunk_size", 1)
-        _check_number(self.lr, "lr", positive=True)
-        _check_number(self.spring_constant, "spring_constant", positive=False)
-        _check_number(self.tol, "tol", positive=False)
+        for name, minimum in (
+            ("num_pivots", 1),
+            ("steps", 0),
+            ("line_points", 2),
+            ("chunk_size", 1),
+        ):
+            object.__setattr__(self, name, _checked_int(getattr(self, name), name, minimum))
+        for name, positive in (("lr", True), ("spring_constant", False), ("tol", False)):
+            object.__setattr__(self, name, _checked_number(getattr(self, name), name, positive))
         if self.method not in METHODS:
             raise OptionsError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -95,17 +102,26 @@ class PathOptions:
                 "drop climbing or use method='neb'"
             )
         if self.bounds is not None:
-            try:
-                low, high = (float(b) for b in self.bounds)
-            except (TypeError, ValueError) as error:
+            bounds = self.bounds
+            if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+                raise OptionsError(f"bounds must be (low, high) or None, got {bounds!r}")
+            low, high = (_checked_number(b, "bounds", None) for b in bounds)
+            if not low < high:
                 raise OptionsError(
-                    f"bounds must be (low, high) or None, got {self.bounds!r}"
-                ) from error
-            if not (math.isfinite(low) and math.isfinite(high) and low < high):
-                raise OptionsError(
-                    f"bounds must be finite (low, high) with low < high, got {self.bounds!r}"
+                    f"bounds must be finite (low, high) with low < high, got {bounds!r}"
                 )
-            self.bounds = (low, high)
+            object.__setattr__(self, "bounds", (low, high))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PathOptions:
+        """Options from keyword values; an unknown name is an :class:`OptionsError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise OptionsError(
+                f"unknown path option {unknown[0]!r}; the options are {', '.join(sorted(known))}"
+            )
+        return cls(**values)
 
     def band_options(self) -> dict[str, Any]:
         """The options an :class:`~connectivity.neb.ElasticBand` (and ``find_paths``) takes."""
@@ -124,18 +140,21 @@ class PathOptions:
         return max(0, math.ceil((self.line_points - 1) / (self.num_pivots + 1)) - 1)
 
 
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _checked_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise OptionsError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def _check_number(value: Any, name: str, positive: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > 0 if positive else value >= 0)
+def _checked_number(value: Any, name: str, positive: bool | None) -> float:
+    """``value`` as a finite float; ``positive``: > 0 (True), >= 0 (False), any sign (None)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    ok = ok and (positive is None or (value > 0 if positive else value >= 0))
     if not ok:
-        raise OptionsError(
-            f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}"
-        )
+        bound = {True: " > 0", False: " >= 0", None: ""}[positive]
+        raise OptionsError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
 
 
 def classifier_energy(tail: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
@@ -310,21 +329,24 @@ def working_precision(starts: Tensor, ends: Tensor) -> tuple[Tensor, Tensor]:
     return starts.to(dtype), ends.to(dtype)
 
 
-def check_ends_in_bounds(starts: Tensor, ends: Tensor, bounds: tuple[float, float] | None) -> None:
-    """Raise :class:`InputError` when an end lies outside the box the pivots are kept in.
+def check_range(
+    starts: Tensor, ends: Tensor, box: tuple[float, float] | None, name: str = "bounds"
+) -> None:
+    """Raise :class:`InputError` when an end lies outside ``box`` (no check for None).
 
     Pivots clamped to ``[0, 1]`` between ends at 255 could never form a path between them, and
-    the verdict would be a silent ``none``.
+    the verdict would be a silent ``none``; images in 0..255 given to a hidden layer would be
+    misread by the classifier just as silently.
     """
-    if bounds is None:
+    if box is None:
         return
     low = float(torch.minimum(starts.min(), ends.min()))
     high = float(torch.maximum(starts.max(), ends.max()))
-    if low < bounds[0] or high > bounds[1]:
+    if low < box[0] or high > box[1]:
         raise InputError(
-            f"the ends have values in [{low:g}, {high:g}], outside bounds {bounds}: images must "
-            "be floats in [0, 1] (divide 0..255 values by 255); for points that are not "
-            "images give bounds=None (or a box that holds them)"
+            f"the ends have values in [{low:g}, {high:g}], outside {name} {tuple(box)}: images "
+            "must be floats in [0, 1] (divide 0..255 values by 255); for points that are not "
+            f"images give {name}=None (or a range that holds them)"
         )
 
 
@@ -361,7 +383,7 @@ def connect_points(
     options = options or PathOptions()
     starts, ends = working_precision(starts, ends)
     targets = targets.to(device=starts.device, dtype=torch.long)
-    check_ends_in_bounds(starts, ends, options.bounds)
+    check_range(starts, ends, options.bounds)
     # Our own frozen, eval-mode copy: the caller's module is never changed, and points of the
     # working precision are cast to the network's dtype inside.
     if not isinstance(tail, FrozenTail):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 import connectivity
 from connectivity.classifier import ClassifierModule
 from connectivity.data import DigitsDataModule
-from connectivity.errors import InputError
+from connectivity.errors import InputError, OptionsError
 from connectivity.split import LayerError
 from tests.toy import Annulus, RingNet, ring_images
 
@@ -77,12 +78,18 @@ def test_uint8_images_are_read_as_pixels_in_0_1(ring: RingNet) -> None:
     assert torch.equal(record.line[0], as_bytes[0].float() / 255)
 
 
-def test_float_images_in_0_255_are_refused_before_any_work(ring: RingNet) -> None:
+@pytest.mark.parametrize("layer", ["input", "scale"])
+def test_float_images_in_0_255_are_refused_in_every_space(ring: RingNet, layer: str) -> None:
     start, end = ring_images()
-    with pytest.raises(
-        InputError, match=r"values in \[31\.875, 223\.125\], outside bounds \(0\.0, 1\.0\)"
-    ):
-        connectivity.connect(ring, "input", start * 255, end * 255, 0)
+    words = r"values in \[31\.875, 223\.125\], outside pixel_range \(0\.0, 1\.0\)"
+    with pytest.raises(InputError, match=words):
+        connectivity.connect(ring, layer, start * 255, end * 255, 0)
+    # inputs on another scale on purpose (already normalised): say so, and they are taken
+    (record,) = connectivity.connect(
+        ring, layer, start - 0.5, end - 0.5, 0, pixel_range=None, steps=1
+    )
+    if layer == "input":  # taken as given: no box, no clamping
+        assert torch.equal(record.line[0], start - 0.5) and record.path.min() < 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -161,3 +168,34 @@ def test_the_callers_model_keeps_its_mode_and_statistics() -> None:
     assert [m.training for m in model.modules()] == modes
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_wrong_shape_is_one_clear_error_in_every_space() -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    one_channel = torch.rand(2, 1, 32, 32)
+    for layer in ("input", "layer1"):
+        with pytest.raises(LayerError, match=r"cannot take inputs of shape \(1, 32, 32\)"):
+            connectivity.connect(model, layer, one_channel, one_channel, 0)
+    with pytest.raises(InputError, match="empty batch"):
+        connectivity.connect(model, "input", one_channel[:0], one_channel[:0], 0)
+    with pytest.raises(LayerError, match="layer must be a name"):
+        connectivity.connect(model, 3, one_channel, one_channel, 0)  # type: ignore[arg-type]
+    with pytest.raises(OptionsError, match="unknown path option 'foo'"):
+        connectivity.connect(model, "input", one_channel, one_channel, 0, foo=1)
+
+
+def test_input_space_ends_are_exactly_the_inputs_whatever_the_model_dtype(ring) -> None:
+    start, end = ring_images(torch.float64)
+    (record,) = connectivity.connect(ring.to(torch.bfloat16), "input", start, end, 0, steps=1)
+    assert record.line.dtype == torch.float64 and torch.equal(record.line[0], start)
+
+
+def test_numpy_target_arrays_are_taken(ring) -> None:
+    import numpy as np
+
+    start, end = ring_images()
+    records = connectivity.connect(
+        ring, "input", torch.stack([start, start]), torch.stack([end, start]), np.array([0, 0])
+    )
+    assert [r.target for r in records] == [0, 0]
+    assert records[1].verdict == "linear"

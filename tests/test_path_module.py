@@ -119,3 +119,26 @@ def test_every_trainer_precision_gives_the_32_bit_verdicts(tmp_path, precision: 
     if precision == "32-true":
         assert got[0].steps == expected[0].steps
         assert torch.allclose(got[0].path, expected[0].path, atol=1e-6)
+
+
+def test_64_true_follows_the_float64_search_step_by_step(tmp_path) -> None:
+    # A band built in float32 and cast to float64 carried rounding noise across the band, which
+    # Adam's first step turned into a visible move. On this symmetric pair the tangential force
+    # is exactly 0, so the float64 search is steered by rounding alone: the module must follow
+    # the very same float64 trajectory, not only reach the same kind of verdict.
+    start, end = ring_images(torch.float64)
+    starts, ends, targets = start[None], end[None], torch.tensor([0])
+    options = PathOptions(steps=100, num_pivots=1, bounds=(0.0, 1.0))
+    (expected,) = connect_points(RingNet().double(), starts, ends, targets, options)
+    module = PathModule(RingNet(), starts, ends, targets, options)
+    L.Trainer(
+        max_epochs=1,
+        precision="64-true",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    ).fit(module)
+    (got,) = module.records()
+    assert got.verdict == expected.verdict and got.steps == expected.steps
+    assert torch.allclose(got.path, expected.path, atol=1e-12)

@@ -193,3 +193,30 @@ def test_probe_names_shapes_the_model_cannot_take() -> None:
     head, tail = split(model, "layer1")
     with pytest.raises(LayerError, match=r"cannot take inputs of shape \(1, 32, 32\)"):
         probe_split(head, tail, torch.rand(2, 1, 32, 32))
+
+
+class _UnassignedInPlace(torch.nn.Module):
+    """In-place calls whose result is not assigned: they still change what follows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor):
+        x = self.c(x)
+        x.relu_()
+        torch.nn.functional.relu(x, inplace=True)
+        x = x * 2
+        x.add_(1)
+        return {"logits": self.fc(x.mean(dim=(2, 3)))}
+
+
+def test_in_place_calls_whose_result_is_unused_are_kept() -> None:
+    torch.manual_seed(0)
+    model = _UnassignedInPlace().eval()
+    x = torch.rand(2, 3, 8, 8) - 0.5
+    expected = model(x)["logits"]
+    for layer in layer_names(model, output="logits"):
+        head, tail = split(model, layer, output="logits")
+        assert torch.allclose(tail(head(x)), expected, atol=1e-6), layer

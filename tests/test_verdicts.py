@@ -157,8 +157,11 @@ def test_a_pair_with_a_non_finite_end_is_diverged_not_a_crash() -> None:
     [
         ({"method": "string", "climbing": True}, "climbing works with method='neb' only"),
         ({"bounds": (1, 0)}, r"low < high, got \(1, 0\)"),
-        ({"bounds": (0, float("inf"))}, "bounds must be finite"),
-        ({"bounds": "0,1"}, "bounds must be"),
+        ({"bounds": (0, float("inf"))}, "bounds must be a finite number, got inf"),
+        ({"bounds": "01"}, "bounds must be"),
+        ({"bounds": ("0", "1")}, "bounds must be a finite number, got '0'"),
+        ({"bounds": (True, 2)}, "bounds must be a finite number, got True"),
+        ({"bounds": {0: 1, 1: 2}}, "bounds must be"),
         ({"lr": -0.1}, "lr must be a finite number > 0, got -0.1"),
         ({"lr": 0}, "lr must be a finite number > 0"),
         ({"lr": float("nan")}, "lr must be a finite number > 0"),
@@ -194,3 +197,30 @@ def test_a_tie_with_another_class_is_not_on_target() -> None:
     assert on_target(log_p, torch.tensor([1])).tolist() == [[False, False, True]]
     nan = torch.full((1, 1, 2), float("nan"))
     assert on_target(nan, torch.tensor([0])).tolist() == [[False]]
+
+
+def test_options_are_frozen_and_take_numpy_integers() -> None:
+    import dataclasses
+
+    import numpy as np
+
+    options = PathOptions(num_pivots=np.int64(3), lr=np.float32(0.5))
+    assert options.num_pivots == 3 and type(options.num_pivots) is int
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.lr = -1.0  # type: ignore[misc]
+    with pytest.raises(OptionsError, match="lr must be"):
+        dataclasses.replace(options, lr=-1.0)
+    with pytest.raises(OptionsError, match="unknown path option 'foo'"):
+        PathOptions.from_dict({"foo": 1})
+
+
+def test_a_user_tail_starting_in_place_keeps_the_points_and_takes_steps() -> None:
+    tail = torch.nn.Sequential(torch.nn.ReLU(inplace=True), torch.nn.Linear(4, 3))
+    torch.manual_seed(0)
+    starts = torch.tensor([[-1.0, 2.0, -3.0, 0.5]])
+    before = starts.clone()
+    target = int(tail(starts.clone()).argmax()) + 1
+    options = PathOptions(steps=2, num_pivots=2, line_points=4, tol=0.0)
+    (record,) = connect_points(tail, starts, starts * 1.01, torch.tensor([target % 3]), options)
+    assert torch.equal(record.line[0], before[0]) and torch.equal(starts, before)
+    assert record.steps == 2
