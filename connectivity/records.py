@@ -86,6 +86,17 @@ def _pair_id(file: Path) -> int:
     return int(file.stem.split("_")[1])
 
 
+def _read_json(path: Path) -> Any:
+    """A run folder's JSON file; a damaged one is a :class:`RunFolderError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(
+            f"{path} is damaged ({type(error).__name__}: {error}); restore it, or delete the "
+            "run folder to start the experiment over"
+        ) from error
+
+
 class RunStore:
     """The folder of one path experiment.
 
@@ -124,11 +135,16 @@ class RunStore:
             leftover.unlink(missing_ok=True)
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
         if path.is_file():
-            old = json.loads(path.read_text())
             new = json.loads(text)
+            try:
+                old = _read_json(path)
+            except RunFolderError:
+                if self._has_records():
+                    raise
+                old = None  # damaged, but nothing was decided under it: claim anew
             if old == new:
                 return
-            if self._has_records():
+            if old is not None and self._has_records():
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise RunFolderError(
                     f"{self.folder} holds results of a different experiment (differs in: "
@@ -141,7 +157,7 @@ class RunStore:
         path = self.folder / "run.json"
         if not path.is_file():
             raise RunFolderError(f"{self.folder} is not a path-experiment folder (no run.json)")
-        return json.loads(path.read_text())
+        return _read_json(path)
 
     def save_decoders(self, decoders: dict[str, str]) -> None:
         """Remember which decoders show this run's latent points (they do not change results)."""
@@ -149,7 +165,7 @@ class RunStore:
 
     def decoders(self) -> dict[str, str]:
         path = self.folder / "decoders.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return _read_json(path) if path.is_file() else {}
 
     def _files(self, space: str) -> list[Path]:
         """Record files of ``space`` in pair-id order (numeric, not by name)."""

@@ -85,3 +85,13 @@ def test_a_damaged_record_is_named_when_loaded_and_moved_aside_on_resume(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing left to move aside
         assert [r["pair"]["id"] for r in store.load("input")] == [0, 2]
+
+
+def test_a_damaged_run_json_is_named(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    store.start({"spaces": ["input"]})
+    (store.folder / "run.json").write_text('{"spaces": [')
+    with pytest.raises(RunFolderError, match=r"run\.json is damaged.*delete the run folder"):
+        store.manifest()
+    store.start({"spaces": ["input"]})  # nothing decided yet: the rerun claims it anew
+    assert store.manifest() == {"spaces": ["input"]}
