@@ -141,6 +141,36 @@ def connect(
     return connect_in_layer(classifier, layer, starts, ends, targets, options, output=output)
 
 
+@torch.no_grad()
+def encode_pairs(
+    head: nn.Module, tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The pairs' ends in the layer's space, after one probe forward checks the split.
+
+    The head runs in the model's own dtype (the input space's head is the identity: its points
+    stay exactly as given); float64 inputs or a float64 model give float64 points, so the band
+    runs in float64.
+
+    Args:
+        head: As :func:`connectivity.split.split` returns it, on the inputs' device.
+        tail: Likewise.
+        starts: ``(pairs, *input_shape)`` floating inputs.
+        ends: Same shape.
+        targets: ``(pairs,)`` target classes.
+
+    Raises:
+        InputError: a target that is not a class of the classifier.
+        LayerError: see :func:`connectivity.split.probe_split`.
+    """
+    dtype = floating_dtype(head) or starts.dtype
+    probe = probe_split(head, tail, starts[:1].to(dtype))
+    check_targets(targets, probe.num_classes)
+    z_start, z_end = head(starts.to(dtype)), head(ends.to(dtype))
+    if torch.float64 in (starts.dtype, z_start.dtype):
+        z_start, z_end = z_start.double(), z_end.double()
+    return z_start, z_end
+
+
 def connect_in_layer(
     classifier: nn.Module,
     layer: str,
@@ -176,13 +206,5 @@ def connect_in_layer(
     """
     head, tail = split(classifier, layer, output=output)
     head, tail = head.to(starts.device), tail.to(starts.device)
-    # The head runs in the model's own dtype; the band in its working precision. The input
-    # space's head is the identity: its points stay exactly as given.
-    dtype = floating_dtype(head) or starts.dtype
-    with torch.no_grad():
-        probe = probe_split(head, tail, starts[:1].to(dtype))
-        check_targets(targets, probe.num_classes)
-        z_start, z_end = head(starts.to(dtype)), head(ends.to(dtype))
-    if torch.float64 in (starts.dtype, z_start.dtype):  # asked for: the band runs in float64
-        z_start, z_end = z_start.double(), z_end.double()
+    z_start, z_end = encode_pairs(head, tail, starts, ends, targets)
     return connect_points(tail, z_start, z_end, targets, options, on_record, on_progress)

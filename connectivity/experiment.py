@@ -17,18 +17,19 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy, StrategyRegistry
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
-from connectivity.api import connect_in_layer
+from connectivity.api import encode_pairs
 from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError
+from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
 from connectivity.report import WandbOptions, write_report
-from connectivity.split import INPUT, split
+from connectivity.split import INPUT, Frozen, split
 from connectivity.verdicts import PathOptions
 
 
@@ -187,86 +188,141 @@ def options_in_space(options: PathOptions, space: str) -> PathOptions:
     return dataclasses.replace(options, bounds=bounds)
 
 
-class PathExperiment(L.LightningModule):
-    """Predict-mode module: each rank decides its share of the pairs in every space.
+class PairsDDPStrategy(DDPStrategy):
+    """DDP's launcher, process group and collectives, without wrapping the module.
+
+    Each rank optimises its own pairs: plain DDP would broadcast rank zero's parameters (the
+    pivots) to every rank when it wraps the module, silently replacing every other rank's
+    pairs, and would average the pivots' gradients across ranks. Registered as ``ddp_pairs``
+    (processes started as scripts, as ``ddp``) and ``ddp_pairs_spawn`` (as ``ddp_spawn``).
+    """
+
+    def configure_ddp(self) -> None:
+        pass  # the module stays as it is: no broadcast, no gradient averaging
+
+
+for _name, _start in (("ddp_pairs", "popen"), ("ddp_pairs_spawn", "spawn")):
+    if _name not in StrategyRegistry:
+        StrategyRegistry.register(
+            _name,
+            PairsDDPStrategy,
+            description=f"DDP without wrapping: each rank its own pairs ({_start})",
+            start_method=_start,
+        )
+
+
+class SpacePathModule(PathModule):
+    """The pairs of one space that one rank decides, as a :class:`PathModule`.
+
+    The rank's share (every ``world_size``-th pair from its rank on, minus pairs already
+    decided) is built in ``setup``, which every launcher runs in every process (spawned ones
+    too), from rank zero's draw of the pairs. A band checkpoint of this rank that covers the
+    share is continued instead of starting again from the straight line.
 
     Args:
-        network: The classifier (logits of images in [0, 1]).
-        pairs: All pairs of the experiment (rank zero's draw is shared with every rank).
+        network: The classifier (logits of images in [0, 1]); split at ``space`` here.
+        space: ``input`` or a layer name.
+        pairs: All pairs of the experiment.
         dataset: The dataset the pairs index.
-        spaces: ``input`` and/or layer names.
-        options: Path options; each space gets :func:`options_in_space`.
-        store: Where each decided pair is saved.
+        options: Path options (:func:`options_in_space` is applied).
+        store: The run folder: records already there are not decided again.
+        checkpoints: The folder of this space's band checkpoints (one file per rank).
     """
 
     def __init__(
         self,
         network: nn.Module,
+        space: str,
         pairs: list[Pair],
         dataset: Dataset,
-        spaces: list[str],
         options: PathOptions,
         store: RunStore,
+        checkpoints: Path,
     ) -> None:
-        super().__init__()
-        self.network = network
-        self.pairs = pairs
+        head, tail = split(network, space)
+        super().__init__(tail, options=options_in_space(options, space), space=space)
+        self.head = Frozen(head)
+        self.all_pairs = pairs
         self.dataset = dataset
-        self.images: dict[int, Tensor] = {}
-        self.spaces = spaces
-        self.options = options
         self.store = store
+        self.checkpoints = checkpoints
+        self.rows: list[Pair] = []  # the pair of each row of the band
+        self.resumed_at = 0
 
     def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
         # Each process drew the pairs itself; a borderline prediction could differ between
         # devices, so every rank takes rank zero's draw (the one run.json records).
-        self.pairs = self.trainer.strategy.broadcast(self.pairs, src=0)
-        used = sorted({p.start_index for p in self.pairs} | {p.end_index for p in self.pairs})
-        self.images = dict(zip(used, stack_images(self.dataset, used)[0], strict=True))
-
-    def predict_dataloader(self) -> DataLoader:
-        # One batch per rank: all of that rank's pairs are optimised together.
+        pairs = strategy.broadcast(self.all_pairs, src=0)
         rank, world = self.trainer.global_rank, self.trainer.world_size
-        share = [pair.id for pair in self.pairs[rank::world]]
-        return DataLoader([share], batch_size=None)
-
-    def predict_step(self, batch: list[int], batch_idx: int) -> None:
-        by_id = {pair.id: pair for pair in self.pairs}
-        for space in self.spaces:
-            done = self.store.done(space)
-            pending = [by_id[k] for k in batch if k not in done]
-            if pending:
-                self._decide(space, pending)
-
-    def _decide(self, space: str, pending: list[Pair]) -> None:
-        starts = torch.stack([self.images[p.start_index] for p in pending]).to(self.device)
-        ends = torch.stack([self.images[p.end_index] for p in pending]).to(self.device)
-        targets = torch.tensor([p.label for p in pending], device=self.device)
-        options = options_in_space(self.options, space)
-        bar = tqdm(
-            total=options.steps,
-            desc=f"{space} (rank {self.trainer.global_rank})",
-            disable=not self.trainer.is_global_zero,
-            leave=True,
-            dynamic_ncols=True,
+        done = self.store.done(self.space)
+        pending = [p for p in pairs[rank::world] if p.id not in done]
+        by_id = {p.id: p for p in pairs}
+        checkpoint = self._checkpoint(rank)
+        if checkpoint is not None and {p.id for p in pending} <= set(checkpoint["pair_ids"]):
+            self.rows = [by_id[i] for i in checkpoint["pair_ids"]]
+        else:
+            checkpoint, self.rows = None, pending
+        targets = torch.tensor([p.label for p in self.rows], dtype=torch.long)
+        if not self.rows:  # this rank has nothing left here, but takes part in the fit
+            nothing = self.dataset[0][0].new_zeros(0, 1)
+            self.set_pairs(nothing, nothing, targets)
+            return
+        device = strategy.root_device
+        images, _ = stack_images(self.dataset, [p.start_index for p in self.rows])
+        others, _ = stack_images(self.dataset, [p.end_index for p in self.rows])
+        self.head.to(device)
+        self.tail.to(device)
+        z_start, z_end = encode_pairs(
+            self.head, self.tail, images.to(device), others.to(device), targets.to(device)
         )
+        self.set_pairs(z_start, z_end, targets.to(device))
+        if checkpoint is not None:
+            self.resume_from(checkpoint)
+            self.resumed_at = int(checkpoint["steps"])
 
-        def progress(step: int, decided: int) -> None:
-            bar.n = step
-            bar.set_postfix_str(f"decided {decided}/{len(pending)}")
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"pair_ids": [p.id for p in self.rows]}
 
-        with torch.inference_mode(False), torch.enable_grad():
-            connect_in_layer(
-                self.network,
-                space,
-                starts,
-                ends,
-                targets,
-                options,
-                on_record=lambda i, record: self.store.save(space, pending[i], record),
-                on_progress=progress,
+    def _checkpoint(self, rank: int) -> dict[str, Any] | None:
+        path = self.checkpoints / f"rank{rank}.pt"
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a damaged file: start the band again from the line
+            warnings.warn(f"ignoring the damaged band checkpoint {path} ({error})", stacklevel=2)
+            return None
+
+
+class RecordWriter(L.Callback):
+    """Saves each pair's record the moment the module decides it (atomically, one file each)."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    def _flush(self, module: SpacePathModule) -> None:
+        for row, record in module.decided:
+            self.store.save(module.space, module.rows[row], record)
+        module.decided.clear()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, SpacePathModule)
+        if pl_module.resumed_at:
+            print(
+                f"{pl_module.space}: rank {trainer.global_rank} continues its band of "
+                f"{len(pl_module.rows)} pairs from step {pl_module.resumed_at}",
+                flush=True,
             )
-        bar.close()
+        self._flush(pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        assert isinstance(pl_module, SpacePathModule)
+        self._flush(pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, SpacePathModule)
+        self._flush(pl_module)
 
 
 @dataclass
@@ -284,6 +340,8 @@ class Experiment:
             in the input space only (``(0, 1)`` when not given); layer spaces are unbounded.
         decoders: ``{layer: decoder checkpoint}`` to show latent points as images.
         output_dir: Folder of all path runs.
+        checkpoint_every: Steps between band checkpoints (``<run>/bands/<space>/rank<k>.pt``):
+            a run killed in the middle of a band continues from the last one.
     """
 
     classifier: str
@@ -293,6 +351,16 @@ class Experiment:
     path: PathOptions = field(default_factory=PathOptions)
     decoders: dict[str, str] = field(default_factory=dict)
     output_dir: str = "lightning_logs/paths"
+    checkpoint_every: int = 20
+
+    def __post_init__(self) -> None:
+        if isinstance(self.checkpoint_every, bool) or not (
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1
+        ):
+            raise ConnectivityError(
+                f"checkpoint_every must be a whole number of steps >= 1, got "
+                f"{self.checkpoint_every!r}"
+            )
 
 
 def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -> dict[str, Any]:
@@ -314,6 +382,51 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
         "sampling": asdict(experiment.pairs),
         "path": asdict(experiment.path),
     }
+
+
+# The experiment's own: one epoch of steps per space, records instead of Lightning checkpoints,
+# each rank its own pairs.
+_OWN_SETTINGS = {
+    "max_epochs": 1,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+    "use_distributed_sampler": False,
+}
+
+
+def _trainer_settings(given: dict[str, Any] | None) -> tuple[dict[str, Any], L.Trainer]:
+    """The Trainer settings of every fit of an experiment, and a Trainer built with them.
+
+    Raises:
+        ConnectivityError: a parallel strategy other than ``ddp_pairs``: plain DDP (and its
+            spawn, fork and sharded relatives) would replace every rank's pivots with rank
+            zero's. ``auto`` on several devices becomes ``ddp_pairs``.
+    """
+    settings = {
+        "accelerator": "auto",
+        "devices": "auto",
+        "strategy": "auto",
+        "num_nodes": 1,
+        "logger": False,
+        **(given or {}),
+        **_OWN_SETTINGS,
+    }
+    settings["callbacks"] = list(settings.get("callbacks") or [])
+    probe = L.Trainer(**{**settings, "callbacks": None, "logger": False})
+    unsafe = isinstance(probe.strategy, ParallelStrategy) and not isinstance(
+        probe.strategy, PairsDDPStrategy
+    )
+    if unsafe and settings["strategy"] == "auto":
+        settings["strategy"] = "ddp_pairs"
+        probe = L.Trainer(**{**settings, "callbacks": None, "logger": False})
+    elif unsafe:
+        raise ConnectivityError(
+            f"strategy {settings['strategy']!r} would overwrite every rank's pivots with rank "
+            "zero's (DDP broadcasts parameters and averages gradients); use "
+            "--trainer.strategy ddp_pairs (or ddp_pairs_spawn): each rank then decides its own "
+            "pairs"
+        )
+    return settings, probe
 
 
 def run_paths(
@@ -353,35 +466,33 @@ def run_paths(
                 f"with `connectivity fit -c configs/decoder/...`, or leave it out of `decoders`."
             )
     dataset = data.dataset(experiment.pairs.split)
-    trainer = L.Trainer(
-        **{
-            "accelerator": "auto",
-            "devices": "auto",
-            "strategy": "auto",
-            "num_nodes": 1,
-            **(trainer or {}),
-        },
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        inference_mode=False,
-        use_distributed_sampler=False,
-    )
-    device = str(trainer.strategy.root_device)
-    network = network.to(device)
-    pairs = select_pairs(network, dataset, experiment.pairs, data.class_names, device)
+    settings, probe = _trainer_settings(trainer)
+    device = str(probe.strategy.root_device)
+    pairs = select_pairs(network.to(device), dataset, experiment.pairs, data.class_names, device)
     store = RunStore(Path(experiment.output_dir) / experiment.name)
-    if trainer.is_global_zero:
+    if probe.is_global_zero:
         store.start(manifest(experiment, data, pairs))
-        store.save_decoders(experiment.decoders)
-    # No barrier needed here: ranks first meet when predict sets up the process group.
-    module = PathExperiment(network, pairs, dataset, experiment.spaces, experiment.path, store)
-    with warnings.catch_warnings():
-        # predict_step saves records instead of returning them, on purpose.
-        warnings.filterwarnings("ignore", message="predict returned None")
-        trainer.predict(module, return_predictions=False)
-    trainer.strategy.barrier()
-    if not trainer.is_global_zero:
+        if experiment.decoders:  # a rerun without decoders keeps those the run was made with
+            store.save_decoders(experiment.decoders)
+    fit: L.Trainer | None = None
+    for space in experiment.spaces:
+        checkpoints = store.folder / "bands" / space
+        module = SpacePathModule(
+            network, space, pairs, dataset, experiment.path, store, checkpoints
+        )
+        callbacks = [
+            *settings["callbacks"],
+            RecordWriter(store),
+            BandCheckpoint(checkpoints, experiment.checkpoint_every),
+        ]
+        fit = L.Trainer(**{**settings, "callbacks": callbacks})
+        with warnings.catch_warnings():
+            # Our frozen head and tail stay in eval mode on purpose.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+            fit.fit(module)
+    assert fit is not None
+    fit.strategy.barrier()
+    if not fit.is_global_zero:
         return None
     write_report(store, decoders=experiment.decoders, wandb=wandb or WandbOptions())
     return store

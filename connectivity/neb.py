@@ -290,8 +290,14 @@ def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Op
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-class ElasticBand:
+class ElasticBand(torch.nn.Module):
     """Per-step state of a batch of bands; drive it with any optimiser over ``self.pivots``.
+
+    An ``nn.Module``: the pivots are its one parameter and the per-pair state (ends, energies,
+    forces, step counts, flags, labels) its buffers, so ``.to(device)``, ``state_dict()`` and a
+    Lightning checkpoint move and save the whole band. Its floating state keeps a working
+    precision of float32 (float64 when converted to it): a conversion to float16 or bfloat16
+    (a precision plugin's ``bf16-true``) leaves the band as it was.
 
     One step of a driver (see ``find_paths``)::
 
@@ -367,6 +373,7 @@ class ElasticBand:
             raise ValueError(f"bounds must be (lo, hi) with lo <= hi, got {bounds}")
         if max_steps < 0 or climb_after < 0:
             raise ValueError("max_steps and climb_after must be >= 0")
+        super().__init__()
         self.num_pivots = num_pivots
         self.spring_constant = spring_constant
         self.method = method
@@ -378,18 +385,23 @@ class ElasticBand:
         self.point_shape = tuple(starts.shape[1:])
         if labels is not None and labels.shape != (starts.shape[0],):
             raise ValueError(f"labels must be (pairs,) = ({starts.shape[0]},)")
-        self.labels = None if labels is None else labels.detach().to(starts.device).clone()
-        self.starts = starts.detach().clone()
-        self.ends = ends.detach().clone()
+        labels = None if labels is None else labels.detach().to(starts.device).clone()
+        self.register_buffer("labels", labels)
+        self.register_buffer("starts", starts.detach().clone())
+        self.register_buffer("ends", ends.detach().clone())
         self.pivots = torch.nn.Parameter(self.initial_pivots())
         pairs, device, dtype = starts.shape[0], starts.device, starts.dtype
-        self.energy = torch.full((pairs, num_pivots + 2), float("nan"), dtype=dtype, device=device)
-        self.max_force = torch.full((pairs,), float("inf"), dtype=dtype, device=device)
-        self.steps = torch.zeros(pairs, dtype=torch.long, device=device)
-        self.active = torch.ones(pairs, dtype=torch.bool, device=device)
-        self.converged = torch.zeros_like(self.active)
-        self.stopped = torch.zeros_like(self.active)
-        self.diverged = torch.zeros_like(self.active)
+        energy = torch.full((pairs, num_pivots + 2), float("nan"), dtype=dtype, device=device)
+        self.register_buffer("energy", energy)
+        self.register_buffer(
+            "max_force", torch.full((pairs,), float("inf"), dtype=dtype, device=device)
+        )
+        active = torch.ones(pairs, dtype=torch.bool, device=device)
+        self.register_buffer("steps", torch.zeros(pairs, dtype=torch.long, device=device))
+        self.register_buffer("active", active)
+        self.register_buffer("converged", torch.zeros_like(active))
+        self.register_buffer("stopped", torch.zeros_like(active))
+        self.register_buffer("diverged", torch.zeros_like(active))
         # Pivots before the pending optimiser step: used to undo the optimiser's moves of
         # frozen pairs (Adam momentum moves them even with zero grad) and to roll back pairs
         # that diverge.
@@ -446,17 +458,20 @@ class ElasticBand:
             return None
         return self.labels[self.active].repeat_interleave(self.num_pivots)
 
-    def to_(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ElasticBand:
-        """Move every tensor to ``device`` (floating ones to ``dtype`` too, if given);
-        ``pivots`` keeps its identity (data moved in place)."""
-        for name, value in vars(self).items():
-            if not isinstance(value, Tensor):
-                continue
-            moved = value.to(device, dtype=dtype if value.is_floating_point() else None)
-            if isinstance(value, torch.nn.Parameter):
-                value.data = moved
-            else:
-                setattr(self, name, moved)
+    _WORKING = ("pivots", "starts", "ends", "energy", "max_force")
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        # Precision plugins convert every floating tensor of a module (bf16-true: to
+        # bfloat16). The band keeps its working precision so its steps stay exact: float32,
+        # or float64 when converted to float64 (64-true).
+        before = {name: getattr(self, name) for name in self._WORKING}
+        before = {name: t.detach().clone() for name, t in before.items() if t is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self, name)
+            dtype = torch.float64 if torch.float64 in (old.dtype, new.dtype) else old.dtype
+            if new.dtype != dtype:
+                new.data = old.to(device=new.device, dtype=dtype)
         return self
 
     def retire_(self, pairs: Tensor) -> None:

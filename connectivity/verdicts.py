@@ -24,6 +24,7 @@ from connectivity.neb import (
     METHODS,
     OPTIMIZERS,
     ElasticBand,
+    PathResult,
     StopFn,
     find_paths,
     straight_line,
@@ -338,7 +339,7 @@ def check_range(
     the verdict would be a silent ``none``; images in 0..255 given to a hidden layer would be
     misread by the classifier just as silently.
     """
-    if box is None:
+    if box is None or starts.numel() == 0:
         return
     low = float(torch.minimum(starts.min(), ends.min()))
     high = float(torch.maximum(starts.max(), ends.max()))
@@ -389,33 +390,16 @@ def connect_points(
     if not isinstance(tail, FrozenTail):
         tail = FrozenTail(copy.deepcopy(tail)).to(starts.device)
     check = check_lines(tail, starts, ends, targets, options)
-    pairs = len(targets)
-    records: dict[int, PairRecord] = {}
-
-    def finish(index: Tensor, outcome: BandOutcome) -> None:
-        new = make_records(tail, targets[index], check.subset(index), outcome, options)
-        for i, record in zip(index.tolist(), new, strict=True):
-            records[i] = record
-            if on_record is not None:
-                on_record(i, record)
-
-    linear = check.ok.nonzero().squeeze(1)
-    if linear.numel():
-        finish(linear, BandOutcome.unmoved(check.line[linear]))
+    decisions = Decisions(tail, targets, check, options, on_record)
+    decisions.decide_lines()
     need = (~check.ok).nonzero().squeeze(1)
     if on_progress is not None:
-        on_progress(0, pairs - need.numel())
+        on_progress(0, len(decisions.records))
 
     def on_step(band: ElasticBand) -> None:
-        done = (~band.active).nonzero().squeeze(1)
-        fresh = done[[need[i].item() not in records for i in done.tolist()]]
-        if fresh.numel():
-            outcome = BandOutcome(
-                band.path[fresh], band.steps[fresh], band.max_force[fresh], band.diverged[fresh]
-            )
-            finish(need[fresh], outcome)
+        decisions.decide_band(band, need)
         if on_progress is not None:
-            on_progress(int(band.steps.max()), len(records))
+            on_progress(int(band.steps.max()), len(decisions.records))
 
     if need.numel():
         result = find_paths(
@@ -431,18 +415,84 @@ def connect_points(
             on_step=on_step,
         )
         # Pairs that never took a step (e.g. a non-finite end) are finished here.
-        leftover = torch.tensor([i not in records for i in need.tolist()], device=need.device)
-        if leftover.any():
-            finish(
-                need[leftover],
-                BandOutcome(
-                    result.path[leftover],
-                    result.steps[leftover],
-                    result.max_force[leftover].to(check.line.dtype),
-                    result.diverged[leftover],
-                ),
-            )
-    return [records[i] for i in range(pairs)]
+        decisions.decide_band(result, need, done=torch.ones_like(need, dtype=torch.bool))
+    return decisions.in_order()
+
+
+class Decisions:
+    """The records of a batch of pairs, each made the moment its pair is decided.
+
+    One code path for both drivers of the search, the plain loop of :func:`connect_points` and
+    the Lightning :class:`~connectivity.path_module.PathModule`: pairs whose line passes are
+    decided by the line check, the others when they leave their band; each gets its verdicts
+    and metrics from :func:`make_records`, once.
+
+    Args:
+        tail: The frozen tail the pairs are decided with.
+        targets: ``(pairs,)`` target classes.
+        check: The line check of all pairs.
+        options: The path options.
+        on_record: Called as ``on_record(pair_index, record)`` for each new record.
+
+    Attributes:
+        records: ``{pair_index: PairRecord}`` of the pairs decided so far.
+    """
+
+    def __init__(
+        self,
+        tail: nn.Module,
+        targets: Tensor,
+        check: LineCheck,
+        options: PathOptions,
+        on_record: Callable[[int, PairRecord], None] | None = None,
+    ) -> None:
+        self.tail, self.targets, self.check, self.options = tail, targets, check, options
+        self.on_record = on_record
+        self.records: dict[int, PairRecord] = {}
+
+    def _finish(self, index: Tensor, outcome: BandOutcome) -> None:
+        new = make_records(
+            self.tail, self.targets[index], self.check.subset(index), outcome, self.options
+        )
+        for i, record in zip(index.tolist(), new, strict=True):
+            self.records[i] = record
+            if self.on_record is not None:
+                self.on_record(i, record)
+
+    def decide_lines(self) -> None:
+        """Record every pair whose straight line passes the check (no band needed)."""
+        linear = self.check.ok.nonzero().squeeze(1)
+        linear = linear[[i not in self.records for i in linear.tolist()]]
+        if linear.numel():
+            self._finish(linear, BandOutcome.unmoved(self.check.line[linear]))
+
+    def decide_band(
+        self, band: ElasticBand | PathResult, pairs: Tensor, done: Tensor | None = None
+    ) -> None:
+        """Record the pairs whose band has finished and that have no record yet.
+
+        Args:
+            band: The band (or its final result) of the pairs ``pairs``.
+            pairs: ``(band pairs,)`` long: the pair index of each row of the band.
+            done: ``(band pairs,)`` bool rows that are finished; default: the inactive rows.
+        """
+        finished = ~band.active if done is None else done  # type: ignore[union-attr]
+        rows = finished.nonzero().squeeze(1).tolist()
+        rows = [r for r in rows if int(pairs[r]) not in self.records]
+        if not rows:
+            return
+        fresh = torch.tensor(rows, device=pairs.device)
+        outcome = BandOutcome(
+            band.path[fresh],
+            band.steps[fresh],
+            band.max_force[fresh].to(self.check.line.dtype),
+            band.diverged[fresh],
+        )
+        self._finish(pairs[fresh], outcome)
+
+    def in_order(self) -> list[PairRecord]:
+        """Every pair's record, in pair order (all pairs must be decided)."""
+        return [self.records[i] for i in range(len(self.targets))]
 
 
 @dataclass

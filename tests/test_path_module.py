@@ -114,7 +114,7 @@ def test_every_trainer_precision_gives_the_32_bit_verdicts(tmp_path, precision: 
     assert [r.verdict for r in got] == [r.verdict for r in expected] == ["nonlinear", "linear"]
     # the band keeps its working precision whatever the tail runs in
     working = torch.float64 if precision == "64-true" else torch.float32
-    assert module.pivots.dtype == working and got[0].path.dtype == working
+    assert module.band.pivots.dtype == working and got[0].path.dtype == working
     assert torch.equal(got[0].path[0], starts[0].to(working))  # the ends stay exact
     if precision == "32-true":
         assert got[0].steps == expected[0].steps
