@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from connectivity.figures import bar_image, image_array, pair_figure, save_figure
@@ -46,7 +48,6 @@ from connectivity.records import (
 from connectivity.split import INPUT
 
 if TYPE_CHECKING:
-    from lightning.pytorch.loggers import WandbLogger
     from wandb.proto.wandb_internal_pb2 import Record
 
 
@@ -193,7 +194,26 @@ def _init_arguments(store: RunStore, options: WandbOptions, run_id: str) -> dict
     }
 
 
-def paths_logger(store: RunStore, options: WandbOptions | None) -> WandbLogger | None:
+class RunFolderWandbLogger(WandbLogger):
+    """A WandbLogger whose run starts with W&B's directories inside the run folder.
+
+    Args:
+        folder: The run folder.
+        **kwargs: Arguments of :class:`~lightning.pytorch.loggers.WandbLogger`.
+    """
+
+    def __init__(self, folder: str | Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = Path(folder)
+
+    @property
+    def experiment(self) -> Any:
+        # The run (and W&B's service, on its first start) read the directories at start.
+        with run_folder_environment(self.folder):
+            return WandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
+
+
+def paths_logger(store: RunStore, options: WandbOptions | None) -> RunFolderWandbLogger | None:
     """The Lightning logger of a path run: its W&B run is the one the report logs into.
 
     Give it to the ``Trainer`` of the experiment; the path module logs its per-step metrics
@@ -207,27 +227,26 @@ def paths_logger(store: RunStore, options: WandbOptions | None) -> WandbLogger |
         store: The run folder (its ``run.json`` must exist: it becomes the run's config).
         options: W&B settings; None or ``enabled=False`` means no logger.
 
+    Call it on every rank before the Trainer is built: only rank zero (by Lightning's
+    ``rank_zero_only.rank``, read from the launcher's environment) reads or writes the
+    folder's id; the other ranks get a logger that never starts a run.
+
     Returns:
-        The logger, or None when W&B is off, or when this folder's report was logged
-        already and ``options.relog`` is false (a rerun of a finished run adds no run).
+        The logger, or None when W&B is off, or (on rank zero) when this folder's report was
+        logged already and ``options.relog`` is false (a rerun of a finished run adds no run).
     """
     if options is None or not options.enabled:
         return None
+    if rank_zero_only.rank != 0:
+        # Other ranks never start the run (Lightning's logger is rank-zero only); they must
+        # not race rank zero for the id file either.
+        return RunFolderWandbLogger(store.folder, project=options.project, offline=False)
     run_id = _run_id_to_log(store, options)
     if run_id is None:
         return None
-    from lightning.pytorch.loggers import WandbLogger
-
-    class RunFolderWandbLogger(WandbLogger):
-        """A WandbLogger whose run starts with W&B's directories inside the run folder."""
-
-        @property
-        def experiment(self) -> Any:
-            with run_folder_environment(store.folder):
-                return WandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
-
     arguments = _init_arguments(store, options, run_id)
     return RunFolderWandbLogger(
+        store.folder,
         name=arguments.pop("name"),
         save_dir=arguments.pop("dir"),
         id=arguments.pop("id"),
