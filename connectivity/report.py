@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -549,6 +550,8 @@ def read_transaction_log(path: str | Path) -> list[bytes]:
         if kind == 0:  # zero padding to the end of the block
             position += left
             continue
+        if position + 7 + length > len(data):
+            break  # a record cut short: the run is still writing, or was killed mid-record
         chunk = data[position + 7 : position + 7 + length]
         if zlib.crc32(bytes([kind]) + chunk) != checksum:
             raise ValueError(f"{path}: damaged record at byte {position}")
@@ -628,7 +631,11 @@ def relocate_offline_runs(folder: str | Path) -> list[Path]:
     runs = offline_runs(folder)
     for run_dir in runs:
         for file in run_dir.glob("run-*.wandb"):
-            raws = read_transaction_log(file)
+            try:
+                raws = read_transaction_log(file)
+            except ValueError as error:
+                warnings.warn(f"left as it is: {error}", RuntimeWarning, stacklevel=2)
+                continue
             changed = False
             for i, raw in enumerate(raws):
                 record = Record()
