@@ -181,8 +181,14 @@ def _run_id_to_log(store: RunStore, options: WandbOptions) -> str | None:
     return wandb_run_id(store, fresh=True)
 
 
+def _config(store: RunStore) -> dict[str, Any]:
+    """The run's config: ``run.json`` without the pair list (empty before the run starts)."""
+    if not (store.folder / "run.json").is_file():
+        return {}
+    return {k: v for k, v in store.manifest().items() if k != "pairs"}
+
+
 def _init_arguments(store: RunStore, options: WandbOptions, run_id: str) -> dict[str, Any]:
-    manifest = store.manifest()
     return {
         "project": options.project,
         "name": store.folder.name,
@@ -191,7 +197,7 @@ def _init_arguments(store: RunStore, options: WandbOptions, run_id: str) -> dict
         "dir": str(store.folder.resolve()),
         "mode": _mode(options),
         "job_type": "paths",
-        "config": {k: v for k, v in manifest.items() if k != "pairs"},
+        "config": _config(store),
     }
 
 
@@ -225,7 +231,8 @@ def paths_logger(store: RunStore, options: WandbOptions | None) -> RunFolderWand
     (while it is still active) and finishes it.
 
     Args:
-        store: The run folder (its ``run.json`` must exist: it becomes the run's config).
+        store: The run folder (its ``run.json`` becomes the run's config; when it is not
+            written yet, the report adds it to the config later).
         options: W&B settings; None or ``enabled=False`` means no logger.
 
     Call it on every rank before the Trainer is built: only rank zero (by Lightning's
@@ -372,6 +379,9 @@ def _log_wandb(
     if run is None or run.id != run_id:
         # A run of another folder or of the caller is left alone: "create_new" runs beside it.
         run = wandb.init(**_init_arguments(store, options, run_id), reinit="create_new")
+    else:
+        # The Trainer's run may have started before run.json was written.
+        run.config.update(_config(store), allow_val_change=True)
     class_names = manifest["class_names"]
 
     counts = wandb.Table(columns=["space", "check", *VERDICTS])
