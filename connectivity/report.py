@@ -1,23 +1,46 @@
 """The report of a path experiment, rebuilt from its saved records alone.
 
 ``connectivity report <run folder>`` calls :func:`write_report`: the verdict table (Markdown and
-CSV), one figure per pair and space, and the W&B run with the table, the figures and a
-per-point table. No optimisation is rerun.
+CSV), one figure per pair and space, and the W&B run of the folder. No optimisation is rerun.
+
+The W&B run (one per run folder, see :class:`WandbOptions`) holds:
+
+* per step, from the Trainer's logger (:func:`paths_logger`): ``<space>/max_energy``,
+  ``<space>/max_force``, ``<space>/on_target`` and ``<space>/active_pairs``;
+* ``points``: one row per point of every line and path, with the softmax as numeric
+  ``p_<class>`` columns, the predicted and target class, the target probability, the energy
+  ``-log p(target)``, the position along the path (0..1), the point's image (input space, or
+  decoded) and its softmax bar chart;
+* ``energy_profiles`` (pair, space, along, position, energy) and one line plot per space,
+  ``energy/<space>``;
+* ``table1`` (the verdict counts per space) and its bar chart ``table1_chart``;
+* ``pairs`` (one row per pair and space, with its figure) and ``verdicts`` (Table 1 wide);
+* the classifier checkpoint as a ``model`` artifact (a ``file://`` reference, not a copy).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from connectivity.figures import bar_image, image_array, pair_figure, save_figure
 from connectivity.records import (
+    ROW_NAMES,
     VERDICTS,
     RunStore,
+    atomic_write_bytes,
     atomic_write_text,
     table_csv,
     table_markdown,
@@ -25,20 +48,35 @@ from connectivity.records import (
 )
 from connectivity.split import INPUT
 
+if TYPE_CHECKING:
+    from wandb.proto.wandb_internal_pb2 import Record
+
 
 @dataclass
 class WandbOptions:
-    """Weights & Biases logging of the table, figures and per-point table.
+    """Weights & Biases logging of a path run (per-step metrics, tables, figures, checkpoint).
+
+    Each run folder has one W&B run: its id is kept in ``<run folder>/wandb_id``, and
+    everything W&B writes for it (the offline run, staged media and tables, caches, its
+    service's logs) stays under ``<run folder>/wandb``. Offline runs are uploaded later with
+    ``wandb sync <run folder>/wandb/offline-run-*`` (several folders of one id are one run,
+    synced in order of start time); run ``connectivity report <run folder>`` first on a
+    machine the folder was copied to, so the staged files are found where it now lies.
 
     Args:
         enabled: Log to W&B at all.
         project: W&B project.
         offline: Write an offline run under the run folder (``wandb sync`` uploads it later).
+            ``WANDB_MODE`` in the environment wins over this.
+        relog: Log the report again, as a second W&B run with a fresh id, even though this
+            folder's report was logged already (by default a rerun of ``paths`` or ``report``
+            on a logged run adds nothing to W&B).
     """
 
     enabled: bool = True
     project: str = "connectivity"
     offline: bool = True
+    relog: bool = False
 
 
 def _decoders(paths: dict[str, str]) -> dict[str, Any]:
@@ -58,6 +96,175 @@ def _images(space: str, points: Tensor, decoders: dict[str, Any]) -> Tensor | No
     return None
 
 
+# Where W&B writes, inside the run folder: the offline runs (``dir``), the staged copies of
+# logged tables, images and artifacts (WANDB_DATA_DIR; by default in the user's home, which
+# `wandb sync` on another machine would miss), caches and the service's own logs.
+WANDB_SUBDIR = "wandb"
+DATA_SUBDIR = "data"
+WANDB_ID_FILE = "wandb_id"
+REPORTED_FILE = "wandb_reported.json"
+PER_STEP_METRICS = ("max_energy", "max_force", "on_target", "active_pairs")
+
+
+def wandb_environment(folder: Path) -> dict[str, str]:
+    """The environment that keeps every file W&B writes for ``folder`` inside it."""
+    root = Path(folder).resolve() / WANDB_SUBDIR
+    return {
+        "WANDB_DIR": str(root.parent),
+        "WANDB_DATA_DIR": str(root / DATA_SUBDIR),
+        "WANDB_CACHE_DIR": str(root / "cache"),
+        "WANDB_ARTIFACT_DIR": str(root / "artifacts"),
+    }
+
+
+@contextlib.contextmanager
+def run_folder_environment(folder: Path) -> Iterator[None]:
+    """Point W&B's directories inside ``folder`` while the block runs; the caller's values
+    (set or unset) come back afterwards, also when the block raises. ``WANDB_MODE`` is
+    restored too, since Lightning's logger sets it for offline runs."""
+    values = wandb_environment(folder)
+    saved = {k: os.environ.get(k) for k in (*values, "WANDB_MODE")}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _mode(options: WandbOptions) -> str:
+    return os.environ.get("WANDB_MODE") or ("offline" if options.offline else "online")
+
+
+def _reported(store: RunStore) -> dict[str, Any] | None:
+    """What the marker of a logged report says (id, folder at the time), or None."""
+    path = store.folder / REPORTED_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # a damaged marker: the report is logged again rather than lost
+
+
+def wandb_run_id(store: RunStore, fresh: bool = False) -> str:
+    """The W&B run id of a run folder, created (and kept in ``wandb_id``) on first use.
+
+    Args:
+        store: The run folder.
+        fresh: Replace the kept id by a new one (a second W&B run, asked for by ``relog``).
+    """
+    from wandb.sdk.lib.runid import generate_id
+
+    path = store.folder / WANDB_ID_FILE
+    if not fresh and path.is_file():
+        run_id = path.read_text().strip()
+        if run_id:
+            return run_id
+    run_id = generate_id()
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+def _run_id_to_log(store: RunStore, options: WandbOptions) -> str | None:
+    """The id the report goes to, or None when it was logged under the current id already
+    and no ``relog`` is asked."""
+    run_id = wandb_run_id(store)
+    marker = _reported(store)
+    if marker is None or marker.get("id") != run_id:
+        return run_id
+    if not options.relog:
+        return None
+    return wandb_run_id(store, fresh=True)
+
+
+def _config(store: RunStore) -> dict[str, Any]:
+    """The run's config: ``run.json`` without the pair list (empty before the run starts)."""
+    if not (store.folder / "run.json").is_file():
+        return {}
+    return {k: v for k, v in store.manifest().items() if k != "pairs"}
+
+
+def _init_arguments(store: RunStore, options: WandbOptions, run_id: str) -> dict[str, Any]:
+    return {
+        "project": options.project,
+        "name": store.folder.name,
+        "id": run_id,
+        "resume": "allow",
+        "dir": str(store.folder.resolve()),
+        "mode": _mode(options),
+        "job_type": "paths",
+        "config": _config(store),
+    }
+
+
+class RunFolderWandbLogger(WandbLogger):
+    """A WandbLogger whose run starts with W&B's directories inside the run folder.
+
+    Args:
+        folder: The run folder.
+        **kwargs: Arguments of :class:`~lightning.pytorch.loggers.WandbLogger`.
+    """
+
+    def __init__(self, folder: str | Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = Path(folder)
+
+    @property
+    def experiment(self) -> Any:
+        # The run (and W&B's service, on its first start) read the directories at start.
+        with run_folder_environment(self.folder):
+            return WandbLogger.experiment.fget(self)  # type: ignore[attr-defined]
+
+
+def paths_logger(store: RunStore, options: WandbOptions | None) -> RunFolderWandbLogger | None:
+    """The Lightning logger of a path run: its W&B run is the one the report logs into.
+
+    Give it to the ``Trainer`` of the experiment; the path module logs its per-step metrics
+    ``<space>/max_energy``, ``<space>/max_force``, ``<space>/on_target`` and
+    ``<space>/active_pairs`` through it. The run starts lazily (on first use, on rank zero
+    only), with the folder's persistent id and ``resume="allow"``, so a resumed experiment
+    continues the same W&B run; :func:`write_report` then logs the report into that run
+    (while it is still active) and finishes it.
+
+    Args:
+        store: The run folder (its ``run.json`` becomes the run's config; when it is not
+            written yet, the report adds it to the config later).
+        options: W&B settings; None or ``enabled=False`` means no logger.
+
+    Call it on every rank before the Trainer is built: only rank zero (by Lightning's
+    ``rank_zero_only.rank``, read from the launcher's environment) reads or writes the
+    folder's id; the other ranks get a logger that never starts a run.
+
+    Returns:
+        The logger, or None when W&B is off, or (on rank zero) when this folder's report was
+        logged already and ``options.relog`` is false (a rerun of a finished run adds no run).
+    """
+    if options is None or not options.enabled:
+        return None
+    if rank_zero_only.rank != 0:
+        # Other ranks never start the run (Lightning's logger is rank-zero only); they must
+        # not race rank zero for the id file either.
+        return RunFolderWandbLogger(store.folder, project=options.project, offline=False)
+    run_id = _run_id_to_log(store, options)
+    if run_id is None:
+        return None
+    arguments = _init_arguments(store, options, run_id)
+    return RunFolderWandbLogger(
+        store.folder,
+        name=arguments.pop("name"),
+        save_dir=arguments.pop("dir"),
+        id=arguments.pop("id"),
+        project=arguments.pop("project"),
+        # `offline=True` would set WANDB_MODE for the whole process; `mode` does not.
+        offline=False,
+        **arguments,
+    )
+
+
 def write_report(
     store: RunStore,
     decoders: dict[str, str] | None = None,
@@ -65,6 +272,12 @@ def write_report(
     figures: bool = True,
 ) -> str:
     """Write the table and figures of a run from its records; log them to W&B if asked.
+
+    W&B gets the report once per run folder (see :class:`WandbOptions`): into the run of
+    :func:`paths_logger` when it is still active, else into the folder's run id (resumed);
+    a folder whose report is logged already is skipped unless ``wandb.relog``. Offline runs
+    found in the folder are then made to point at the folder where it lies now
+    (:func:`relocate_offline_runs`).
 
     Args:
         store: The run folder.
@@ -74,6 +287,9 @@ def write_report(
 
     Returns:
         The table as Markdown (also printed).
+
+    Raises:
+        RunFolderError: The folder has no ``run.json``, or a record cannot be read.
     """
     manifest = store.manifest()
     class_names = manifest["class_names"]
@@ -91,35 +307,61 @@ def write_report(
     atomic_write_text(store.folder / "table.csv", table_csv(table))
     print(f"\n{markdown}\nRun folder: {store.folder}")
 
-    log_to_wandb = wandb is not None and wandb.enabled
-    if not (figures or log_to_wandb):
-        return markdown
-    decoder_modules = _decoders(decoders or {})
-    figure_files: dict[tuple[str, int], Path] = {}
-    shown: dict[tuple[str, int], tuple[Tensor | None, Tensor | None]] = {}
-    for space, records in by_space.items():
-        for record in records:
-            pair = record["pair"]
-            line_images = _images(space, record["line"], decoder_modules)
-            path_images = _images(space, record["path"], decoder_modules)
-            shown[(space, pair["id"])] = (line_images, path_images)
-            if not figures:
-                continue
-            title = (
-                f"{space}: pair {pair['id']} (items {pair['start_index']} -> {pair['end_index']}), "
-                f"class {class_names[record['target']]!r}, verdict {record['verdict']} "
-                f"(pivots only: {record['pivot_verdict']})"
+    run_id = None
+    if wandb is not None and wandb.enabled:
+        run_id = _run_id_to_log(store, wandb)
+        if run_id is None:
+            print(
+                f"W&B already holds this folder's report (run {wandb_run_id(store)}); pass "
+                "--wandb.relog true to log it again as a new run."
             )
-            file = store.folder / "figures" / space / f"pair_{pair['id']:04d}.png"
-            save_figure(pair_figure(record, title, line_images, path_images), file)
-            figure_files[(space, pair["id"])] = file
-    if log_to_wandb:
-        _log_wandb(store, manifest, table, by_space, figure_files, shown, wandb)
+    if figures or run_id is not None:
+        decoder_modules = _decoders(decoders or {})
+        figure_files: dict[tuple[str, int], Path] = {}
+        shown: dict[tuple[str, int], tuple[Tensor | None, Tensor | None]] = {}
+        for space, records in by_space.items():
+            for record in records:
+                pair = record["pair"]
+                line_images = _images(space, record["line"], decoder_modules)
+                path_images = _images(space, record["path"], decoder_modules)
+                shown[(space, pair["id"])] = (line_images, path_images)
+                if not figures:
+                    continue
+                title = (
+                    f"{space}: pair {pair['id']} (items {pair['start_index']} -> "
+                    f"{pair['end_index']}), class {class_names[record['target']]!r}, verdict "
+                    f"{record['verdict']} (pivots only: {record['pivot_verdict']})"
+                )
+                file = store.folder / "figures" / space / f"pair_{pair['id']:04d}.png"
+                save_figure(pair_figure(record, title, line_images, path_images), file)
+                figure_files[(space, pair["id"])] = file
+        if run_id is not None:
+            assert wandb is not None
+            with run_folder_environment(store.folder):
+                _log_wandb(store, run_id, manifest, table, by_space, figure_files, shown, wandb)
+    relocate_offline_runs(store.folder)
     return markdown
+
+
+def _position(count: int) -> list[float]:
+    """Positions ``0..1`` of ``count`` evenly indexed points (the figures' x axis)."""
+    return [k / (count - 1) if count > 1 else 0.0 for k in range(count)]
+
+
+def _walks(
+    record: dict[str, Any], images: tuple[Tensor | None, Tensor | None]
+) -> list[tuple[str, Tensor | None, Tensor, Tensor]]:
+    """``(along, images, probabilities, energy)`` of the line and, unless the line is the
+    path, of the optimised path."""
+    walks = [("line", images[0], record["line_probabilities"], record["line_energy"])]
+    if record["verdict"] != "linear":
+        walks.append(("path", images[1], record["path_probabilities"], record["path_energy"]))
+    return walks
 
 
 def _log_wandb(
     store: RunStore,
+    run_id: str,
     manifest: dict[str, Any],
     table: dict[str, dict[str, dict]],
     by_space: dict[str, list[dict]],
@@ -127,23 +369,37 @@ def _log_wandb(
     shown: dict[tuple[str, int], tuple[Tensor | None, Tensor | None]],
     options: WandbOptions,
 ) -> None:
+    """Log the report into run ``run_id`` and finish it; mark the folder as reported.
+
+    Call inside :func:`run_folder_environment`, so the staged files land in the folder.
+    """
     import wandb
 
-    mode = os.environ.get("WANDB_MODE") or ("offline" if options.offline else "online")
-    run = wandb.init(
-        project=options.project,
-        name=store.folder.name,
-        dir=str(store.folder),
-        mode=mode,
-        config={k: v for k, v in manifest.items() if k != "pairs"},
-        job_type="paths",
-        reinit="finish_previous",
-    )
+    run = wandb.run
+    if run is None or run.id != run_id:
+        # A run of another folder or of the caller is left alone: "create_new" runs beside it.
+        run = wandb.init(**_init_arguments(store, options, run_id), reinit="create_new")
+    else:
+        # The Trainer's run may have started before run.json was written.
+        run.config.update(_config(store), allow_val_change=True)
     class_names = manifest["class_names"]
+
     counts = wandb.Table(columns=["space", "check", *VERDICTS])
+    table1 = wandb.Table(columns=["space", "verdict", "row", "label", "dense", "pivots"])
     for space, checks in table.items():
         for check, values in checks.items():
             counts.add_data(space, check, *(values[v] for v in VERDICTS))
+        for verdict in VERDICTS:
+            table1.add_data(
+                space,
+                verdict,
+                ROW_NAMES[verdict],
+                f"{space}: {ROW_NAMES[verdict]}",
+                checks["dense"][verdict],
+                checks["pivots"][verdict],
+            )
+
+    probability_columns = [f"p_{name}" for name in class_names]
     pairs = wandb.Table(
         columns=[
             "space",
@@ -163,17 +419,23 @@ def _log_wandb(
             "pair",
             "verdict",
             "along",
+            "index",
             "position",
             "image",
+            "softmax",
             "predicted",
             "target",
             "target_probability",
-            "softmax",
+            "energy",
+            *probability_columns,
         ]
     )
+    profile_columns = ["pair", "space", "along", "curve", "position", "energy"]
+    profiles = wandb.Table(columns=profile_columns)
+    profiles_by_space: dict[str, list[list[Any]]] = {space: [] for space in by_space}
     for space, records in by_space.items():
         for record in records:
-            pair_id, target = record["pair"]["id"], record["target"]
+            pair_id, target = record["pair"]["id"], int(record["target"])
             file = figure_files.get((space, pair_id))
             pairs.add_data(
                 space,
@@ -186,26 +448,48 @@ def _log_wandb(
                 record["length_ratio"],
                 wandb.Image(str(file)) if file else None,
             )
-            line_images, path_images = shown[(space, pair_id)]
-            walks = [("line", line_images, record["line_probabilities"])]
-            if record["verdict"] != "linear":
-                walks.append(("path", path_images, record["path_probabilities"]))
-            for along, images, probs in walks:
-                for k, p in enumerate(probs):
-                    predicted = int(p.argmax())
+            for along, images, probs, energy in _walks(record, shown[(space, pair_id)]):
+                positions = _position(len(probs))
+                for k, (p, position) in enumerate(zip(probs.float(), positions, strict=True)):
+                    values = [float(v) for v in p.tolist()]
                     points.add_data(
                         space,
                         pair_id,
                         record["verdict"],
                         along,
                         k,
+                        position,
                         wandb.Image(image_array(images[k])) if images is not None else None,
-                        class_names[predicted],
-                        class_names[target],
-                        float(p[target]),
                         wandb.Image(bar_image(p, target)),
+                        class_names[int(p.argmax())],
+                        class_names[target],
+                        values[target],
+                        float(energy[k]),
+                        *values,
                     )
-    run.log({"verdicts": counts, "pairs": pairs, "points": points})
+                    row = [pair_id, space, along, f"pair {pair_id} {along}", position]
+                    profiles.add_data(*row, float(energy[k]))
+                    profiles_by_space[space].append([*row, float(energy[k])])
+
+    logged: dict[str, Any] = {
+        "verdicts": counts,
+        "table1": table1,
+        "table1_chart": wandb.plot.bar(
+            table1, "label", "dense", title="Table 1: pairs per verdict and space"
+        ),
+        "pairs": pairs,
+        "points": points,
+        "energy_profiles": profiles,
+    }
+    for space, rows in profiles_by_space.items():
+        logged[f"energy/{space}"] = wandb.plot.line(
+            wandb.Table(columns=profile_columns, data=rows),
+            "position",
+            "energy",
+            stroke="curve",
+            title=f"{space}: energy -log p(target) along the line and the path",
+        )
+    run.log(logged)
     run.summary.update(
         {
             f"{space}/{check}/{v}": values[v]
@@ -214,7 +498,181 @@ def _log_wandb(
             for v in VERDICTS
         }
     )
+    _log_classifier(run, manifest)
     run.finish()
+    atomic_write_text(
+        store.folder / REPORTED_FILE,
+        json.dumps({"id": run_id, "folder": str(store.folder.resolve())}, indent=2) + "\n",
+    )
+
+
+def _log_classifier(run: Any, manifest: dict[str, Any]) -> None:
+    """The classifier checkpoint as a ``model`` artifact, logged by the run (W&B refuses
+    ``use_artifact`` offline, so the run is its producer rather than its consumer).
+
+    A ``file://`` reference, not a copy: checkpoints can be large and already lie on disk. Its
+    digest is the file's MD5 (W&B's own check of a reference), so other weights at the same
+    path make a new artifact version; the run manifest's SHA-256 is in the metadata. A run
+    whose classifier was a module in memory (no checkpoint file) logs none.
+    """
+    import wandb
+
+    path = Path(manifest.get("classifier") or "")
+    if not path.is_file():
+        return
+    sha = manifest.get("classifier_sha256")
+    artifact = wandb.Artifact(
+        "classifier",
+        type="model",
+        description="Classifier checkpoint the paths were searched with (file reference).",
+        metadata={"path": str(path.resolve()), "sha256": sha},
+    )
+    artifact.add_reference(path.resolve().as_uri(), name=path.name)
+    run.log_artifact(artifact, aliases=["latest", f"sha256-{sha[:12]}"] if sha else None)
+
+
+# W&B's transaction log (``run-<id>.wandb``): LevelDB's log format with W&B's own header.
+# A file is 32 KiB blocks of records ``crc32(type + data) (4, LE) | length (2, LE) | type (1)
+# | data``; a record too long for its block continues in the next (first/middle/last parts);
+# a block tail shorter than a record header is zeros. Each whole record is a protobuf
+# ``wandb_internal.Record``.
+_LOG_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+_BLOCK = 32 * 1024
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_transaction_log(path: str | Path) -> list[bytes]:
+    """The raw records of a W&B transaction log, in order.
+
+    Raises:
+        ValueError: The file is no W&B transaction log, or a record's checksum is wrong.
+    """
+    data = Path(path).read_bytes()
+    if not data.startswith(_LOG_HEADER[:4]):
+        raise ValueError(f"{path} is not a W&B transaction log (header {data[:7]!r})")
+    records, parts, position = [], [], len(_LOG_HEADER)
+    while position + 7 <= len(data):
+        left = _BLOCK - position % _BLOCK
+        if left < 7:
+            position += left
+            continue
+        checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if kind == 0:  # zero padding to the end of the block
+            position += left
+            continue
+        if position + 7 + length > len(data):
+            break  # a record cut short: the run is still writing, or was killed mid-record
+        chunk = data[position + 7 : position + 7 + length]
+        if zlib.crc32(bytes([kind]) + chunk) != checksum:
+            raise ValueError(f"{path}: damaged record at byte {position}")
+        position += 7 + length
+        parts.append(chunk)
+        if kind in (_FULL, _LAST):
+            records.append(b"".join(parts))
+            parts = []
+    return records
+
+
+def write_transaction_log(path: str | Path, records: list[bytes]) -> None:
+    """Write ``records`` as a W&B transaction log (atomically), as W&B itself lays them out."""
+    out = bytearray(_LOG_HEADER)
+    for record in records:
+        rest, first = record, True
+        while True:
+            left = _BLOCK - len(out) % _BLOCK
+            if left < 7:
+                out += bytes(left)
+                continue
+            chunk, rest = rest[: left - 7], rest[left - 7 :]
+            last = not rest
+            kind = (_FULL if last else _FIRST) if first else (_LAST if last else _MIDDLE)
+            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + chunk), len(chunk), kind)
+            out += chunk
+            first = False
+            if last:
+                break
+    atomic_write_bytes(Path(path), bytes(out))
+
+
+def offline_run_records(run_dir: str | Path) -> list[Record]:
+    """The records of an offline run folder (``.../wandb/offline-run-*``), parsed."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    records = []
+    for file in sorted(Path(run_dir).glob("run-*.wandb")):
+        for raw in read_transaction_log(file):
+            record = Record()
+            record.ParseFromString(raw)
+            records.append(record)
+    return records
+
+
+def offline_runs(folder: str | Path) -> list[Path]:
+    """The offline W&B runs of a run folder, oldest first (what ``wandb sync`` is given)."""
+    return sorted((Path(folder) / WANDB_SUBDIR).glob("offline-run-*"))
+
+
+def _moved(path: str, data_dir: Path) -> str:
+    """``path`` of a file staged under some earlier location of the folder, as it lies in
+    ``data_dir`` now; unchanged when it is not a staged file or lies there already."""
+    marker = f"{os.sep}{WANDB_SUBDIR}{os.sep}{DATA_SUBDIR}{os.sep}"
+    before, found, tail = path.rpartition(marker)
+    if not found or not before:
+        return path
+    moved = data_dir / tail
+    return str(moved) if str(moved) != path and moved.exists() else path
+
+
+def relocate_offline_runs(folder: str | Path) -> list[Path]:
+    """Point the staged files of a folder's offline runs at where the folder lies now.
+
+    W&B records each staged table, image and artifact file by absolute path; after the run
+    folder was copied or moved (another machine, another disk), ``wandb sync`` would look
+    for them at the old place. Records that name such files under an earlier location of
+    ``<folder>/wandb/data`` are rewritten to the same file in the folder; nothing else
+    changes, and a folder where it was logged is left as it is.
+
+    Returns:
+        The offline run folders to give ``wandb sync`` (oldest first).
+    """
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data_dir = Path(folder).resolve() / WANDB_SUBDIR / DATA_SUBDIR
+    runs = offline_runs(folder)
+    for run_dir in runs:
+        for file in run_dir.glob("run-*.wandb"):
+            try:
+                raws = read_transaction_log(file)
+            except ValueError as error:
+                warnings.warn(f"left as it is: {error}", RuntimeWarning, stacklevel=2)
+                continue
+            changed = False
+            for i, raw in enumerate(raws):
+                record = Record()
+                record.ParseFromString(raw)
+                kind = record.WhichOneof("record_type")
+                if kind == "artifact":
+                    manifest = record.artifact.manifest
+                elif kind == "request" and record.request.HasField("log_artifact"):
+                    manifest = record.request.log_artifact.artifact.manifest
+                else:
+                    continue
+                touched = False
+                for entry in manifest.contents:
+                    if entry.local_path:
+                        moved = _moved(entry.local_path, data_dir)
+                        touched |= moved != entry.local_path
+                        entry.local_path = moved
+                if manifest.manifest_file_path:
+                    moved = _moved(manifest.manifest_file_path, data_dir)
+                    touched |= moved != manifest.manifest_file_path
+                    manifest.manifest_file_path = moved
+                if touched:
+                    raws[i] = record.SerializeToString()
+                    changed = True
+            if changed:
+                write_transaction_log(file, raws)
+    return runs
 
 
 def load_records(folder: str | Path) -> dict[str, list[dict]]:

@@ -28,7 +28,7 @@ from connectivity.experiment import (
     select_pairs,
 )
 from connectivity.records import RunFolderError, RunStore
-from connectivity.report import WandbOptions, write_report
+from connectivity.report import WandbOptions, offline_run_records, write_report
 from connectivity.verdicts import PathOptions
 
 NO_WANDB = WandbOptions(enabled=False)
@@ -272,6 +272,17 @@ def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
     )
     runs = list((store.folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    run_id = (store.folder / "wandb_id").read_text().strip()
+    assert runs[0].name.endswith(run_id) and (store.folder / "wandb_reported.json").is_file()
+    names = {
+        r.artifact.name
+        for r in offline_run_records(runs[0])
+        if r.WhichOneof("record_type") == "artifact"
+    }
+    assert {f"run-{run_id}-points", f"run-{run_id}-table1", "classifier"} <= names
+    # A rerun of the finished run adds no second W&B run.
+    run_paths(experiment, data, trainer={"accelerator": "cpu"}, wandb=WandbOptions(offline=True))
+    assert len(list((store.folder / "wandb").glob("offline-run-*"))) == 1
 
 
 @pytest.mark.parametrize(

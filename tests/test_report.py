@@ -1,0 +1,301 @@
+"""The W&B run of a path run folder, read back from its offline files: what it holds, that
+it stays inside the folder (and travels with it), and that reruns add no second run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from connectivity.records import Pair, RunStore
+from connectivity.report import (
+    REPORTED_FILE,
+    WANDB_ID_FILE,
+    WandbOptions,
+    offline_run_records,
+    offline_runs,
+    paths_logger,
+    read_transaction_log,
+    relocate_offline_runs,
+    write_report,
+    write_transaction_log,
+)
+from connectivity.verdicts import PathOptions, connect_points
+from tests.toy import RingNet, Stripes, ring_images
+
+CLASSES = ["ring", "rest"]
+ENVIRONMENT = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR")
+
+
+def _run_folder(folder: Path) -> RunStore:
+    """A finished two-space run: ``input`` (1x2x2 images on RingNet's ring, one pair whose
+    line crosses the hole) and ``hidden`` (8-dim points, Stripes, no images)."""
+    store = RunStore(folder)
+    checkpoint = folder.parent / f"{folder.name}-classifier.ckpt"
+    checkpoint.write_bytes(b"weights of the toy classifier")
+    pairs = [Pair(0, 0, 1, 0), Pair(1, 2, 3, 0)]
+    store.start(
+        {
+            "classifier": str(checkpoint),
+            "classifier_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+            "class_names": CLASSES,
+            "spaces": ["input", "hidden"],
+            "pairs": [asdict(p) for p in pairs],
+            "path": {"num_pivots": 4, "steps": 150},
+        }
+    )
+    options = PathOptions(num_pivots=4, steps=150, lr=0.05, bounds=(0.0, 1.0))
+    start, end = ring_images()
+    near = start.clone()
+    near[0, 0] = torch.tensor([0.8, 0.7])  # on the ring beside `start`: a straight line joins
+    starts, ends = torch.stack([start, start]), torch.stack([end, near])
+    targets = torch.zeros(2, dtype=torch.long)
+    for k, record in enumerate(connect_points(RingNet(), starts, ends, targets, options)):
+        store.save("input", pairs[k], record)
+    points = torch.rand(2, 2, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    hidden = connect_points(
+        Stripes(), points[:, 0], points[:, 1], targets, PathOptions(num_pivots=4, steps=5)
+    )
+    for k, record in enumerate(hidden):
+        store.save("hidden", pairs[k], record)
+    return store
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh HOME with no W&B directories set: anything W&B leaks outside the run folder
+    lands here."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    for key in ENVIRONMENT:
+        monkeypatch.delenv(key, raising=False)
+    return home
+
+
+def _summary(records: list) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "summary":
+            for item in record.summary.update:
+                keys = list(item.nested_key) or [item.key]
+                summary.setdefault(keys[0], {})
+                if len(keys) == 1:
+                    summary[keys[0]] = json.loads(item.value_json)
+                else:
+                    summary[keys[0]][keys[1]] = json.loads(item.value_json)
+    return summary
+
+
+def _artifacts(records: list) -> dict[str, Any]:
+    """Logged artifacts by name (the last version of each)."""
+    return {
+        r.artifact.name: r.artifact for r in records if r.WhichOneof("record_type") == "artifact"
+    }
+
+
+def _table(artifact: Any, key: str) -> dict[str, Any]:
+    """The table a run_table artifact holds, read from its staged file."""
+    entry = next(e for e in artifact.manifest.contents if e.path == f"{key}.table.json")
+    return json.loads(Path(entry.local_path).read_text())
+
+
+def _visualized(records: list) -> dict[str, dict[str, Any]]:
+    """The custom charts of a run: ``{key: panel spec}``."""
+    charts = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                keys = list(item.nested_key)
+                if keys[:2] == ["_wandb", "visualize"]:
+                    charts[keys[2]] = json.loads(item.value_json)
+    return charts
+
+
+def _history_keys(records: list) -> set[str]:
+    return {
+        (list(item.nested_key) or [item.key])[0]
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for item in r.history.item
+    }
+
+
+def _leaked(home: Path) -> list[Path]:
+    return [p for p in home.rglob("*") if p.is_file()]
+
+
+def test_the_offline_run_holds_points_profiles_table1_and_the_checkpoint(
+    tmp_path: Path, home: Path
+) -> None:
+    store = _run_folder(tmp_path / "run")
+    write_report(store, wandb=WandbOptions())
+    (run,) = offline_runs(store.folder)
+    run_id = (store.folder / WANDB_ID_FILE).read_text().strip()
+    assert run.name.endswith(f"-{run_id}")
+    assert json.loads((store.folder / REPORTED_FILE).read_text())["id"] == run_id
+    records = offline_run_records(run)
+    artifacts = _artifacts(records)
+
+    points = _table(artifacts[f"run-{run_id}-points"], "points")
+    columns = points["columns"]
+    assert {"p_ring", "p_rest", "predicted", "target", "energy", "position"} <= set(columns)
+    rows = [dict(zip(columns, row, strict=True)) for row in points["data"]]
+    # input: pair 0 crosses the hole (line and path), pair 1 is linear; hidden: two lines.
+    assert len(rows) == 6 * (3 + 2)
+    for row in rows:
+        assert isinstance(row["p_ring"], float) and isinstance(row["p_rest"], float)
+        assert row["p_ring"] + row["p_rest"] == pytest.approx(1.0, abs=1e-5)
+        assert row["target_probability"] == row["p_ring"]
+        assert row["energy"] == pytest.approx(-torch.tensor(row["p_ring"]).log().item(), 1e-3)
+        assert row["predicted"] == ("ring" if row["p_ring"] > row["p_rest"] else "rest")
+        assert 0.0 <= row["position"] <= 1.0
+        assert row["softmax"]["_type"] == "image-file"
+        assert (row["image"] is None) == (row["space"] == "hidden")
+    assert {(r["space"], r["along"]) for r in rows} == {
+        ("input", "line"),
+        ("input", "path"),
+        ("hidden", "line"),
+    }
+
+    charts = _visualized(records)
+    assert charts["table1_chart"]["panel_config"]["panelDefId"] == "wandb/bar/v0"
+    assert {"energy/input", "energy/hidden"} <= set(charts)
+    table1 = _table(artifacts[f"run-{run_id}-table1"], "table1")
+    dense = {(r[0], r[1]): r[4] for r in table1["data"]}
+    assert dense[("input", "nonlinear")] == 1 and dense[("hidden", "linear")] == 2
+    profiles = _table(artifacts[f"run-{run_id}-energy_profiles"], "energy_profiles")
+    assert profiles["columns"][:3] == ["pair", "space", "along"] and len(profiles["data"]) == 30
+
+    classifier = artifacts["classifier"]
+    (entry,) = classifier.manifest.contents
+    manifest = store.manifest()
+    assert classifier.type == "model"
+    assert entry.ref == Path(manifest["classifier"]).resolve().as_uri() and not entry.local_path
+    assert json.loads(classifier.metadata)["sha256"] == manifest["classifier_sha256"]
+
+    assert not _leaked(home)
+    assert not any(key in os.environ for key in ENVIRONMENT)  # the caller's environment
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_step_metrics_of_the_trainer_and_the_report_share_one_run(
+    tmp_path: Path, home: Path
+) -> None:
+    store = _run_folder(tmp_path / "run")
+    logger = paths_logger(store, WandbOptions())
+    assert logger is not None
+    for step in range(3):
+        logger.log_metrics(
+            {
+                "input/max_energy": 2.0 - step,
+                "input/max_force": 0.5,
+                "input/on_target": step / 2,
+                "input/active_pairs": 2 - step,
+            },
+            step=step,
+        )
+    assert not any(key in os.environ for key in ENVIRONMENT)
+    write_report(store, wandb=WandbOptions())
+    (run,) = offline_runs(store.folder)  # the logger's run, reused and finished
+    records = offline_run_records(run)
+    keys = _history_keys(records)
+    assert {f"input/{m}" for m in ("max_energy", "max_force", "on_target", "active_pairs")} <= keys
+    assert {"points", "table1", "energy_profiles"} <= keys
+    assert {r.run.run_id for r in records if r.WhichOneof("record_type") == "run"} == {
+        (store.folder / WANDB_ID_FILE).read_text().strip()
+    }
+    assert not _leaked(home)
+
+
+def test_a_copied_run_folder_keeps_every_logged_file(tmp_path: Path, home: Path) -> None:
+    original = _run_folder(tmp_path / "run")
+    write_report(original, wandb=WandbOptions())
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(original.folder, copy)
+    shutil.rmtree(original.folder)
+    before = offline_run_records(next((copy / "wandb").glob("offline-run-*")))
+    # W&B records staged files by absolute path: as logged, they name the deleted folder.
+    assert not any(
+        Path(e.local_path).exists()
+        for a in _artifacts(before).values()
+        for e in a.manifest.contents
+        if e.local_path
+    )
+
+    runs = relocate_offline_runs(copy)
+    assert len(runs) == 1
+    records = offline_run_records(runs[0])
+    files = runs[0] / "files"
+    staged = 0
+    for artifact in _artifacts(records).values():
+        entries = {e.path: e for e in artifact.manifest.contents}
+        for entry in entries.values():
+            if entry.ref:  # the classifier: a reference by design, never copied
+                continue
+            assert Path(entry.local_path).is_file() and copy in Path(entry.local_path).parents
+            staged += 1
+            if entry.path.endswith(".table.json"):
+                table = json.loads(Path(entry.local_path).read_text())
+                for row in table["data"]:
+                    for cell in row:
+                        if isinstance(cell, dict) and "path" in cell:
+                            assert cell["path"] in entries  # images travel with their table
+    assert staged > 20
+    media = [
+        json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        for item in r.history.item
+        if list(item.nested_key)[-1:] == ["path"]
+    ]
+    assert media and all((files / path).is_file() for path in media)
+    assert not _leaked(home)
+
+
+def test_reports_of_a_logged_run_add_no_second_run_unless_asked(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = _run_folder(tmp_path / "run")
+    write_report(store, wandb=WandbOptions())
+    first = (store.folder / WANDB_ID_FILE).read_text().strip()
+    capsys.readouterr()
+    write_report(store, wandb=WandbOptions())
+    assert "W&B already holds this folder's report" in capsys.readouterr().out
+    assert paths_logger(store, WandbOptions()) is None
+    assert len(offline_runs(store.folder)) == 1
+
+    write_report(store, wandb=WandbOptions(relog=True))
+    second = (store.folder / WANDB_ID_FILE).read_text().strip()
+    runs = offline_runs(store.folder)
+    assert second != first and len(runs) == 2 and runs[1].name.endswith(f"-{second}")
+    assert json.loads((store.folder / REPORTED_FILE).read_text())["id"] == second
+
+
+def test_the_transaction_log_is_rewritten_as_wandb_writes_it(tmp_path: Path, home: Path) -> None:
+    import wandb
+
+    from connectivity.report import run_folder_environment
+
+    # A config record of 100 kB spans four 32 KiB blocks of W&B's own writer.
+    with run_folder_environment(tmp_path):
+        run = wandb.init(dir=tmp_path, mode="offline", config={"long": "x" * 100_000})
+        run.finish()
+    (file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    written = file.read_bytes()
+    records = read_transaction_log(file)
+    assert len(written) > 3 * 32 * 1024 and any(len(r) > 100_000 for r in records)
+    write_transaction_log(file, records)
+    assert file.read_bytes() == written
+    synthetic = [b"a" * 40_000, b"", b"b" * (32 * 1024 - 14), b"c" * 7, b"d"]
+    write_transaction_log(tmp_path / "x.wandb", synthetic)
+    assert read_transaction_log(tmp_path / "x.wandb") == synthetic
