@@ -28,7 +28,7 @@ from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError
 from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
-from connectivity.report import WandbOptions, write_report
+from connectivity.report import WandbOptions, paths_logger, write_report
 from connectivity.split import INPUT, Frozen, split
 from connectivity.verdicts import PathOptions
 
@@ -407,7 +407,7 @@ def _trainer_settings(given: dict[str, Any] | None) -> tuple[dict[str, Any], L.T
         "devices": "auto",
         "strategy": "auto",
         "num_nodes": 1,
-        "logger": False,
+        "logger": None,
         **(given or {}),
         **_OWN_SETTINGS,
     }
@@ -442,8 +442,10 @@ def run_paths(
         experiment: Classifier checkpoint, spaces, pairs, path options, decoders, run name.
         data: The datamodule the pairs are drawn from.
         trainer: Keyword arguments of the Lightning ``Trainer`` (accelerator, devices, strategy,
-            num_nodes, precision...); logging and progress settings are the experiment's own.
-        wandb: W&B settings for the report.
+            num_nodes, precision, callbacks, logger...). ``max_epochs``, checkpointing, the
+            model summary and the distributed sampler are the experiment's own; without a
+            logger of the user's, the per-step metrics go to the run's W&B run.
+        wandb: W&B settings of the run (per-step metrics and the report).
         network: A classifier module to use instead of loading ``experiment.classifier``;
             the run works on a copy of it in eval mode and leaves it as it is.
 
@@ -474,6 +476,8 @@ def run_paths(
         store.start(manifest(experiment, data, pairs))
         if experiment.decoders:  # a rerun without decoders keeps those the run was made with
             store.save_decoders(experiment.decoders)
+    if settings["logger"] in (None, True):  # no logger of the user's: the run's W&B run
+        settings["logger"] = paths_logger(store, wandb or WandbOptions()) or False
     fit: L.Trainer | None = None
     for space in experiment.spaces:
         checkpoints = store.folder / "bands" / space

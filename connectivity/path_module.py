@@ -230,6 +230,7 @@ class BandCheckpoint(L.Callback):
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.folder = Path(folder)
         self.every_n_steps = every_n_steps
+        self._saved_at = -1
 
     def path(self, rank: int) -> Path:
         return self.folder / f"rank{rank}.pt"
@@ -237,12 +238,16 @@ class BandCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         assert isinstance(pl_module, PathModule)
         band = pl_module._band()
-        if band.done or trainer.global_step == 0 or trainer.global_step % self.every_n_steps:
+        # The band's own step count: the Trainer's global_step does not count steps of the
+        # torch optimizer that the module takes itself.
+        steps = _steps_taken(band)
+        if band.done or steps == 0 or steps % self.every_n_steps or steps == self._saved_at:
             return
+        self._saved_at = steps
         state = {
             "band": band.state_dict(),
             "optimizer": pl_module.optimizers().optimizer.state_dict(),
-            "steps": _steps_taken(band),
+            "steps": steps,
             **pl_module.checkpoint_extra(),
         }
         path = self.path(trainer.global_rank)

@@ -17,6 +17,7 @@ from connectivity.checkpoints import CheckpointError
 from connectivity.classifier import ClassifierModule
 from connectivity.cli import main
 from connectivity.data import CIFAR10DataModule, DigitsDataModule
+from connectivity.errors import ConnectivityError
 from connectivity.experiment import (
     Experiment,
     PairError,
@@ -229,7 +230,7 @@ def test_missing_checkpoint_error_type(tmp_path: Path) -> None:
         ClassifierModule.from_checkpoint(tmp_path / "x.ckpt")
 
 
-def test_two_process_ddp_gives_the_single_process_table(
+def test_two_process_ddp_pairs_gives_the_single_process_records(
     digits_classifier: Path, tmp_path: Path
 ) -> None:
     spaces = ["input", "flatten"]
@@ -237,18 +238,9 @@ def test_two_process_ddp_gives_the_single_process_table(
     double = _config(tmp_path / "two.yaml", digits_classifier, tmp_path, "two", 8, spaces)
     run_paths_cli = [sys.executable, "-m", "connectivity.cli", "paths"]
     subprocess.run([*run_paths_cli, "-c", str(single)], check=True, capture_output=True)
+    two_ranks = ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
     done = subprocess.run(
-        [
-            *run_paths_cli,
-            "-c",
-            str(double),
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.devices",
-            "2",
-            "--trainer.strategy",
-            "ddp",
-        ],
+        [*run_paths_cli, "-c", str(double), *two_ranks, "--trainer.strategy", "ddp_pairs"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -259,7 +251,81 @@ def test_two_process_ddp_gives_the_single_process_table(
     ).read_text()
     one, two = RunStore(tmp_path / "one"), RunStore(tmp_path / "two")
     for space in spaces:
-        assert [r["verdict"] for r in one.load(space)] == [r["verdict"] for r in two.load(space)]
+        for a, b in zip(one.load(space), two.load(space), strict=True):
+            assert (a["pair"], a["verdict"], a["steps"]) == (b["pair"], b["verdict"], b["steps"])
+            assert torch.allclose(a["path"], b["path"], atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_find_unused_parameters_true"])
+def test_plain_ddp_is_refused_before_any_work(
+    digits_classifier: Path, tmp_path: Path, strategy: str
+) -> None:
+    trainer = {"accelerator": "cpu", "devices": 2, "strategy": strategy}
+    with pytest.raises(ConnectivityError, match=r"overwrite every rank's pivots.*ddp_pairs"):
+        run_paths(
+            _experiment(digits_classifier, tmp_path, "x"),
+            DigitsDataModule(),
+            trainer=trainer,
+            wandb=NO_WANDB,
+        )
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_band_killed_mid_way_continues_from_its_checkpoint(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    # A pair with a misclassified end never passes the check: its band runs all its steps.
+    dataset = DigitsDataModule().dataset("test")
+    network = load_network(str(digits_classifier))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    with torch.no_grad():
+        wrong = (network(images).argmax(dim=1) != labels).nonzero().squeeze(1).tolist()
+    if not wrong:
+        pytest.skip("the digits classifier classifies every test image correctly")
+    bad = wrong[0]
+    same = [i for i in range(len(dataset)) if labels[i] == labels[bad] and i != bad][:3]
+    indices = [[bad, same[0]], [same[1], same[2]]]
+
+    def config(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            f"name: {name}\nclassifier: {digits_classifier}\noutput_dir: {tmp_path}\n"
+            f"spaces: [input]\npairs: {{indices: {indices}}}\ncheckpoint_every: 10\n"
+            "path: {num_pivots: 4, steps: 1000, converge: true, tol: 0.0}\n"
+            "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
+        )
+        return path
+
+    command = [sys.executable, "-m", "connectivity.cli", "paths", "-c", str(config("k"))]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = tmp_path / "k" / "bands" / "input" / "rank0.pt"
+    deadline, before = time.monotonic() + 300, 0
+    while before < 50 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        if checkpoint.is_file():
+            before = torch.load(checkpoint, weights_only=True)["steps"]
+    assert process.poll() is None, process.stderr.read().decode()[-3000:]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 50 <= before < 1000, "the kill should land in the middle of the band"
+    band_pair = 0  # the pair with the misclassified end
+    assert not RunStore(tmp_path / "k").record_path("input", band_pair).exists()
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["paths", "-c", str(config("k"))])
+    assert f"continues its band of 2 pairs from step {before}" in out.getvalue()
+    assert not checkpoint.exists()  # the band is done: its checkpoint is gone
+    main(["paths", "-c", str(config("w"))])
+    resumed, whole = RunStore(tmp_path / "k").load("input"), RunStore(tmp_path / "w").load("input")
+    for a, b in zip(resumed, whole, strict=True):
+        assert (a["verdict"], a["steps"]) == (b["verdict"], b["steps"])
+        assert torch.equal(a["path"], b["path"])
+    assert resumed[band_pair]["steps"] == 1000 and resumed[band_pair]["verdict"] == "none"
 
 
 def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
