@@ -1,159 +1,177 @@
-"""The ``connectivity`` command: LightningCLI for training, plus the path experiments."""
+"""The ``connectivity`` command: one LightningCLI parser for training and the path experiments.
+
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's own; ``paths``, ``report``
+and ``quickstart`` are subcommands of the same parser (so ``connectivity --help`` lists all
+seven), dispatched without building a model or a trainer for them.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
-import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from jsonargparse import ArgumentError as JsonArgparseError
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.cli import LightningArgumentParser
 
-from connectivity.data import ImageDataModule
+from connectivity import __version__
+from connectivity.commands import (
+    PATHS_HELP,
+    REPORT_HELP,
+    PathsCommand,
+    paths_parser,
+    report,
+    report_parser,
+)
 from connectivity.errors import ConnectivityError
-from connectivity.experiment import Experiment, run_paths
-from connectivity.records import RunStore
-from connectivity.report import WandbOptions, write_report
-from connectivity.runs import new_version_folder, run_folder
+from connectivity.quickstart import quickstart
+from connectivity.training import RunFolderConfigCallback, TrainingCLI
+
+__all__ = ["ConnectivityCLI", "RunFolderConfigCallback", "main"]
+
+DESCRIPTION = (
+    "Original and latent space connectivity of image classifiers: train with LightningCLI, "
+    "then decide same-class pairs of inputs in the input space and in layers."
+)
+# One line each for `connectivity --help` (Lightning's docstrings run on for several lines).
+TRAINING_HELP = {
+    "fit": "Train a model (LightningCLI; e.g. -c configs/classifier/quick.yaml).",
+    "validate": "Evaluate a model on the validation set.",
+    "test": "Evaluate a model on the test set.",
+    "predict": "Run a model's predict_step over the data.",
+}
+QUICKSTART_HELP = (
+    "Train the digits classifier and its decoders, then decide 25 pairs in three spaces "
+    "(finished stages are reused)."
+)
 
 
-class RunFolderConfigCallback(SaveConfigCallback):
-    """Give each run its own folder and save the resolved config there (and to W&B).
-
-    Lightning's default writes ``config.yaml`` into the logger's save dir, which W&B shares
-    between runs, so a second run would refuse to start. Without any logger every run would
-    share ``default_root_dir`` (one ``config.yaml`` overwritten, both runs' checkpoints in one
-    ``checkpoints/``); such a run gets a fresh ``<default_root_dir>/lightning_logs/version_N``
-    instead, the layout Lightning's own loggers use.
-    """
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.already_saved or stage != "fit":
-            return
-        if not trainer.loggers:
-            # Rank zero takes the folder; every rank uses that one. Callbacks are set up before
-            # ModelCheckpoint (Lightning orders it last), so checkpoints follow the new root.
-            folder = (
-                new_version_folder(trainer.default_root_dir) if trainer.is_global_zero else None
-            )
-            # No public setter: default_root_dir reads this attribute.
-            trainer._default_root_dir = str(trainer.strategy.broadcast(folder))
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_hyperparams({"cli_config": self.config.as_dict()})
-        folder = run_folder(trainer)
-        if trainer.is_global_zero:
-            folder.mkdir(parents=True, exist_ok=True)
-            self.parser.save(
-                self.config,
-                folder / self.config_filename,
-                overwrite=True,
-                multifile=False,
-            )
-        self.already_saved = True
-        trainer.strategy.barrier()
-
-
-class ConnectivityCLI(LightningCLI):
-    """LightningCLI in subclass mode for any LightningModule and LightningDataModule."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(
-            L.LightningModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=RunFolderConfigCallback,
-            auto_configure_optimizers=False,
-            **kwargs,
-        )
-
-
-@dataclasses.dataclass
-class Launch:
-    """Where the experiment runs (Lightning Trainer settings).
-
-    Args:
-        accelerator: ``auto``, ``cpu``, ``gpu``...
-        devices: Number of devices (or ``auto``); pairs are shared out across them.
-        strategy: ``auto``, or ``ddp`` for several processes.
-        num_nodes: Machines (the run folder must be on a file system they share).
-    """
-
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-
-
-def paths_parser() -> ArgumentParser:
-    """``connectivity paths``: the options of a path experiment (YAML config or flags)."""
-    parser = ArgumentParser(
-        prog="connectivity paths",
-        description="Decide same-class pairs in the input space and in layers of a classifier.",
-    )
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
-    parser.add_class_arguments(Experiment, None, fail_untyped=True)
-    parser.add_subclass_arguments(ImageDataModule, "data", required=True)
-    parser.add_class_arguments(Launch, "trainer")  # replaced by full Trainer arguments (issue 9)
-    parser.add_class_arguments(WandbOptions, "wandb")
+def _quickstart_parser(**kwargs: Any) -> ArgumentParser:
+    kwargs.setdefault("description", QUICKSTART_HELP)
+    parser = ArgumentParser(**kwargs)
+    parser.add_function_arguments(quickstart, fail_untyped=True)
     return parser
 
 
-def run_paths_command(args: list[str]) -> None:
-    parser = paths_parser()
-    config = parser.parse_args(args)
+def _run_paths(parser: ArgumentParser, config: Namespace) -> None:
+    PathsCommand.from_config(parser, config).run()
+
+
+def _run_report(parser: ArgumentParser, config: Namespace) -> None:
     objects = parser.instantiate(config)
-    fields = {f.name for f in dataclasses.fields(Experiment)}
-    experiment = Experiment(**{k: objects[k] for k in fields})
-    run_paths(experiment, objects.data, dataclasses.asdict(objects.trainer), objects.wandb)
+    report(objects.folder, decoders=objects.decoders, wandb=objects.wandb)
 
 
-def report_command(args: list[str]) -> None:
-    parser = ArgumentParser(
-        prog="connectivity report",
-        description="Rebuild the table and figures of a path experiment from its saved records.",
-    )
-    parser.add_argument("folder", type=str, help="the run folder (lightning_logs/paths/<name>)")
-    parser.add_argument(
-        "--decoders",
-        type=dict[str, str],
-        default={},
-        help="{space: decoder checkpoint} to show latent points as images",
-    )
-    parser.add_class_arguments(WandbOptions, "wandb")
-    config = parser.parse_args(args)
-    objects = parser.instantiate(config)
-    store = RunStore(config.folder)
-    decoders = config.decoders or store.decoders()
-    write_report(store, decoders=decoders, wandb=objects.wandb)
-
-
-def quickstart_command(args: list[str]) -> None:
-    parser = ArgumentParser(
-        prog="connectivity quickstart",
-        description="Train the digits classifier and its decoders, then decide 25 pairs in three "
-        "spaces; finished stages are reused.",
-    )
-    parser.add_argument("--output", type=str, default="lightning_logs/quickstart")
-    config = parser.parse_args(args)
-    from connectivity.quickstart import quickstart
-
+def _run_quickstart(parser: ArgumentParser, config: Namespace) -> None:
     quickstart(config.output)
 
 
-COMMANDS = {"paths": run_paths_command, "report": report_command, "quickstart": quickstart_command}
+# name: (parser builder, one-line help, runner given the subcommand's parser and config)
+EXPERIMENT_COMMANDS: dict[
+    str, tuple[Callable[..., ArgumentParser], str, Callable[[ArgumentParser, Namespace], None]]
+] = {
+    "paths": (paths_parser, PATHS_HELP, _run_paths),
+    "report": (report_parser, REPORT_HELP, _run_report),
+    "quickstart": (_quickstart_parser, QUICKSTART_HELP, _run_quickstart),
+}
+
+
+class ConnectivityCLI(TrainingCLI):
+    """LightningCLI's training commands plus ``paths``, ``report`` and ``quickstart``.
+
+    The experiment commands take no model, data or trainer of LightningCLI's: for them no seed
+    is set, nothing is instantiated up front, and their own runner is called instead.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        parser_kwargs = {"prog": "connectivity", "description": DESCRIPTION}
+        kwargs["parser_kwargs"] = {**parser_kwargs, **kwargs.get("parser_kwargs", {})}
+        super().__init__(**kwargs)
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.parser.add_argument(
+            "--version", action="version", version=f"connectivity {__version__}"
+        )
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        # LightningCLI's own loop, with one-line help, then ours: one parser parses, checks and
+        # documents all seven commands.
+        self._subcommand_parsers: dict[str, ArgumentParser] = {}
+        subcommands = parser.add_subcommands()
+        for name in self.subcommands():
+            subparser_kwargs = {"description": TRAINING_HELP[name], **kwargs.get(name, {})}
+            subparser = self._prepare_subcommand_parser(
+                self.trainer_class, name, **subparser_kwargs
+            )
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=TRAINING_HELP[name])
+        for name, (build, help_line, _) in EXPERIMENT_COMMANDS.items():
+            subparser = build(**kwargs.get(name, {}))
+            self._subcommand_parsers[name] = subparser
+            subcommands.add_subcommand(name, subparser, help=help_line)
+
+    def _experiment_command(self) -> bool:
+        return self.subcommand in EXPERIMENT_COMMANDS
+
+    def _set_seed(self) -> None:
+        if not self._experiment_command():  # paths seeds its own draw (pairs.seed)
+            super()._set_seed()
+
+    def _add_instantiators(self) -> None:
+        if not self._experiment_command():
+            super()._add_instantiators()
+
+    def instantiate_classes(self) -> None:
+        if not self._experiment_command():  # the runner builds what its command needs
+            super().instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand not in EXPERIMENT_COMMANDS:
+            super()._run_subcommand(subcommand)
+            return
+        run = EXPERIMENT_COMMANDS[subcommand][2]
+        run(self._subcommand_parsers[subcommand], self.config[subcommand])
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's multi-line type error as one line.
+
+    ``Parser key "path.lr": Expected a <class 'float'>. Got value: abc`` becomes
+    ``--path.lr: Expected a float. Got value: abc``; a Union's report of every subtype becomes
+    ``--path.bounds: expected tuple[float, float] or None, got [0, 'nan'] (... nan)``.
+    """
+    message = re.sub(r'Parser key "([^"]+)":', r"--\1:", message)
+    message = re.sub(r"<class '([\w.]+)'>", r"\1", message).replace("NoneType", "None")
+    message = message.replace("Expected a int", "Expected an int")
+    union = re.search(
+        r"^(.*?)\s*Does not validate against any of the Union subtypes\s*Subtypes: \[(.*)\]"
+        r"\s*Errors:(.*?)Given value type:.*?Given value: (.*)$",
+        message,
+        re.DOTALL,
+    )
+    if union:
+        key, types, errors, given = union.groups()
+        reason = next((e.strip(" -") for e in errors.splitlines() if "Got value" in e), "")
+        # Split "tuple[float, float], None" at the commas outside brackets.
+        alternatives = " or ".join(re.split(r", (?![^\[]*\])", types))
+        message = f"{key} expected {alternatives}, got {given}"
+        message += f" ({reason})" if reason else ""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``connectivity`` console script."""
-    argv = sys.argv[1:] if args is None else args
     try:
-        if argv and argv[0] in COMMANDS:
-            COMMANDS[argv[0]](argv[1:])
-            return
-        ConnectivityCLI(args=args)
+        ConnectivityCLI(args=args, parser_kwargs={"exit_on_error": False})
+    except JsonArgparseError as error:
+        # A wrong option or value: one line, not a usage block (`--help` shows the options).
+        print(f"connectivity: error: {_one_line(str(error))}", file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as error:
         # jsonargparse wraps errors raised while it builds the model or data; find ours.
         cause: BaseException | None = error

@@ -9,15 +9,19 @@ user would run by hand (``configs/classifier/quick.yaml``, ``configs/decoder/qui
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from connectivity.checkpoints import file_digest
+from connectivity.commands import PathsCommand, quiet_library_output
 from connectivity.errors import ConnectivityError
 from connectivity.records import RunStore, atomic_write_text
+from connectivity.training import TrainingCLI
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DECODED_LAYERS = {"layer1": "quick_layer1.yaml", "flatten": "quick_last.yaml"}
@@ -37,11 +41,15 @@ def _config(relative: str) -> Path:
     return path
 
 
-def _fit(config: Path, extra: list[str], target: Path) -> dict[str, Any]:
-    """Train with ``connectivity fit -c config``; copy the best checkpoint to ``target``."""
-    from connectivity.cli import ConnectivityCLI
+def _fit(config: Path, target: Path, classifier: Path | None = None) -> dict[str, Any]:
+    """Train as ``connectivity fit -c config`` does; copy the best checkpoint to ``target``.
 
-    cli = ConnectivityCLI(args=["fit", "-c", str(config), *extra])
+    ``classifier``: the checkpoint a decoder is trained on (its config names a fixed path).
+    """
+    args = ["fit", "-c", str(config)]
+    if classifier is not None:
+        args += ["--model.init_args.classifier", str(classifier)]
+    cli = TrainingCLI(args=args)
     best = cli.trainer.checkpoint_callback.best_model_path
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
     import wandb
@@ -54,20 +62,44 @@ def _fit(config: Path, extra: list[str], target: Path) -> dict[str, Any]:
     return {"checkpoint": str(best), "test": results[0] if results else {}}
 
 
+def _run_paths(config: Path, classifier: Path, decoders: dict[str, str], run: Path) -> None:
+    """Run ``connectivity paths -c config`` on this quickstart's classifier and decoders."""
+    command = PathsCommand.from_file(config)
+    command.experiment = dataclasses.replace(
+        command.experiment,
+        classifier=str(classifier),
+        decoders=decoders,
+        output_dir=str(run.parent),
+        name=run.name,
+    )
+    command.run()
+
+
 def _paths_done(folder: Path) -> bool:
     table = folder / "table.md"
     return table.is_file() and "Not yet decided" not in table.read_text()
 
 
 def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
-    """Run (or finish) every stage; returns and saves the summary with wall times per stage."""
-    from connectivity.cli import run_paths_command
+    """Train the digits classifier and its decoders, then decide 25 pairs in three spaces.
 
-    folder = Path(output)
+    Finished stages are reused; a retrained classifier makes every later stage run again.
+
+    Args:
+        output: Folder of the quickstart's checkpoints, path run and ``summary.json``.
+
+    Returns:
+        The summary (also saved), with the wall time of each stage run.
+    """
+    with quiet_library_output():
+        return _quickstart(Path(output))
+
+
+def _quickstart(folder: Path) -> dict[str, Any]:
     summary_file = folder / "summary.json"
     summary: dict[str, Any] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
 
-    def stage(name: str, done: bool, work, **details: Any) -> None:
+    def stage(name: str, done: bool, work: Callable[[], dict[str, Any] | None], **details: Any):
         if done:
             _say(f"{name}: done before, reused")
             return
@@ -83,7 +115,7 @@ def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
     stage(
         "classifier",
         classifier.is_file(),
-        lambda: _fit(_config("classifier/quick.yaml"), [], classifier),
+        lambda: _fit(_config("classifier/quick.yaml"), classifier),
     )
     # Later stages are built on one classifier; a retrained one makes them stale.
     digest = file_digest(classifier)
@@ -99,9 +131,7 @@ def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
             f"decoder {layer}",
             decoder.is_file() and fresh(f"decoder {layer}"),
             lambda config=config, decoder=decoder: _fit(
-                _config(f"decoder/{config}"),
-                ["--model.init_args.classifier", str(classifier)],
-                decoder,
+                _config(f"decoder/{config}"), decoder, classifier=classifier
             ),
             classifier_sha256=digest,
         )
@@ -111,13 +141,10 @@ def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
         aside = folder / f"paths.stale-{time.strftime('%Y%m%d-%H%M%S')}"
         run_folder.rename(aside)
         _say(f"paths: results of an earlier classifier moved to {aside}")
-    args = ["-c", str(_config("paths/quick.yaml")), "--classifier", str(classifier)]
-    args += ["--decoders", json.dumps(decoders)]
-    args += ["--output_dir", str(folder), "--name", run_folder.name]
     stage(
         "paths",
         _paths_done(run_folder),
-        lambda: run_paths_command(args),
+        lambda: _run_paths(_config("paths/quick.yaml"), classifier, decoders, run_folder),
         classifier_sha256=digest,
     )
 

@@ -1,20 +1,108 @@
-"""`connectivity fit` through the CLI, as a user runs it."""
+"""The ``connectivity`` command as a user runs it, in-process (``main`` is the console script)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import wandb
 import yaml
+from lightning.pytorch.callbacks import Timer
 
+import connectivity
 from connectivity.classifier import ClassifierModule
 from connectivity.cli import main
+from connectivity.data import DigitsDataModule
+from connectivity.experiment import Experiment
+from connectivity.report import WandbOptions
 from tests.conftest import CONFIGS
 
 QUICK = str(CONFIGS / "classifier" / "quick.yaml")
+PATHS_QUICK = str(CONFIGS / "paths" / "quick.yaml")
+COMMANDS = ("fit", "validate", "test", "predict", "paths", "report", "quickstart")
+
+
+def test_help_names_all_seven_commands_one_line_each(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for command in COMMANDS:
+        # "    paths               Decide same-class pairs..." (help text on the same line)
+        assert any(line.split()[:1] == [command] and len(line.split()) > 1 for line in lines), (
+            command
+        )
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"connectivity {connectivity.__version__}"
+
+
+@pytest.fixture
+def ran_paths(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Record what ``connectivity paths`` hands to ``run_paths`` instead of running it."""
+    calls: list[dict[str, Any]] = []
+
+    def record(experiment, data, trainer=None, wandb=None, network=None) -> None:
+        calls.append({"experiment": experiment, "data": data, "trainer": trainer, "wandb": wandb})
+
+    monkeypatch.setattr("connectivity.commands.run_paths", record)
+    return calls
+
+
+def test_paths_takes_the_full_trainer_arguments(ran_paths: list[dict[str, Any]]) -> None:
+    main(
+        [
+            "paths",
+            "-c",
+            PATHS_QUICK,
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.devices",
+            "[0]",
+            "--trainer.num_nodes",
+            "2",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.Timer",
+            "--trainer.callbacks.duration",
+            "00:00:01:00",
+            "--wandb.enabled",
+            "false",
+            "--pairs.count",
+            "3",
+        ]
+    )
+    (call,) = ran_paths
+    assert isinstance(call["experiment"], Experiment)
+    assert call["experiment"].pairs.count == 3 and call["experiment"].name == "paths"
+    assert isinstance(call["data"], DigitsDataModule)
+    assert call["wandb"] == WandbOptions(enabled=False)
+    trainer = call["trainer"]
+    # Only what was given: run_paths keeps its own defaults and logging settings.
+    assert set(trainer) == {"precision", "devices", "num_nodes", "callbacks"}
+    assert trainer["precision"] == "bf16-mixed" and trainer["devices"] == [0]
+    assert trainer["num_nodes"] == 2
+    (timer,) = trainer["callbacks"]
+    assert isinstance(timer, Timer)  # instantiated, as LightningCLI does for fit
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--path.lr", "abc"), ("--pairs.count", "2.5"), ("--path.bounds", "[0,nan]")],
+)
+def test_a_wrong_value_is_one_line(
+    flag: str, value: str, ran_paths: list, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["paths", "-c", PATHS_QUICK, flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"connectivity: error: {flag}:"), err
+    assert value.strip("[]").split(",")[-1] in err
+    assert not ran_paths
 
 
 def test_quick_classifier_fast_dev_run(in_tmp: Path) -> None:
@@ -33,16 +121,9 @@ def test_fit_with_offline_wandb_leaves_a_checkpoint_and_a_run(in_tmp: Path) -> N
         "--trainer.enable_progress_bar",
         "false",
     ]
-    env = {**os.environ, "WANDB_MODE": "offline"}
     for _ in range(2):  # a second run must not trip over the first run's saved config
-        done = subprocess.run(
-            [sys.executable, "-m", "connectivity.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        main(args)
+        wandb.finish()  # as the end of a process does: the next run is a new W&B run
     runs = sorted((in_tmp / "lightning_logs" / "connectivity").iterdir())
     assert len(runs) == 2
     for run in runs:

@@ -1,4 +1,4 @@
-"""`connectivity quickstart` end to end, as a new user runs it.
+"""`connectivity quickstart`: its stage logic (fast, stage runners replaced) and one real run.
 
 No wall-clock assertions (machines are shared and noisy): the README reports measured times.
 """
@@ -8,8 +8,67 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from connectivity import quickstart as quickstart_module
 from connectivity.cli import main
 from connectivity.records import RunStore
+
+
+class FakeStages:
+    """Stand-ins for the quickstart's two stage runners: they record each call and write the
+    files a real stage leaves (a checkpoint; a decided table), nothing else."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        self.weights = b"classifier v1"
+        monkeypatch.setattr(quickstart_module, "_fit", self.fit)
+        monkeypatch.setattr(quickstart_module, "_run_paths", self.run_paths)
+
+    def fit(self, config: Path, target: Path, classifier: Path | None = None) -> dict:
+        self.calls.append(target.stem)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(self.weights if classifier is None else b"decoder")
+        return {"checkpoint": str(target)}
+
+    def run_paths(self, config: Path, classifier: Path, decoders: dict, run: Path) -> None:
+        self.calls.append("paths")
+        assert config.name == "quick.yaml" and set(decoders) == {"layer1", "flatten"}
+        assert all(Path(d).is_file() for d in decoders.values()) and classifier.is_file()
+        run.mkdir(parents=True)
+        (run / "table.md").write_text("| | input |\n")
+
+
+STAGES = ["classifier", "decoder_layer1", "decoder_flatten", "paths"]
+
+
+def test_stages_done_are_reused_and_a_new_classifier_redoes_the_rest(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    stages = FakeStages(monkeypatch)
+    folder = in_tmp / "qs"
+    summary = quickstart_module.quickstart(str(folder))
+    assert stages.calls == STAGES
+    assert set(summary) == {"classifier", "decoder layer1", "decoder flatten", "paths"}
+    assert json.loads((folder / "summary.json").read_text()) == summary
+
+    stages.calls.clear()
+    quickstart_module.quickstart(str(folder))
+    assert stages.calls == []  # every stage found done
+    assert capsys.readouterr().out.count("done before, reused") == 4
+
+    # Another classifier (retrained by hand, say): its decoders and pairs are stale.
+    (folder / "classifier.ckpt").write_bytes(b"classifier v2")
+    quickstart_module.quickstart(str(folder))
+    assert stages.calls == STAGES[1:]
+    assert len(list(folder.glob("paths.stale-*"))) == 1  # old results kept aside
+    assert "moved to" in capsys.readouterr().out
+
+    # An interrupted decoder stage (no checkpoint) runs again, and only it.
+    stages.calls.clear()
+    (folder / "decoder_flatten.ckpt").unlink()
+    quickstart_module.quickstart(str(folder))
+    assert stages.calls == ["decoder_flatten"]
 
 
 def test_quickstart_runs_every_stage_then_reuses_them(in_tmp: Path) -> None:
