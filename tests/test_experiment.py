@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -31,6 +33,7 @@ from connectivity.experiment import (
 from connectivity.records import RunFolderError, RunStore
 from connectivity.report import WandbOptions, offline_run_records, write_report
 from connectivity.verdicts import PathOptions
+from tests.conftest import REPO
 
 NO_WANDB = WandbOptions(enabled=False)
 SPACES = ["input", "layer1", "flatten"]
@@ -292,28 +295,23 @@ def test_a_band_killed_mid_way_continues_from_its_checkpoint(
         path.write_text(
             f"name: {name}\nclassifier: {digits_classifier}\noutput_dir: {tmp_path}\n"
             f"spaces: [input]\npairs: {{indices: {indices}}}\ncheckpoint_every: 10\n"
-            "path: {num_pivots: 4, steps: 1000, converge: true, tol: 0.0}\n"
+            "path: {num_pivots: 4, steps: 60, converge: true, tol: 0.0}\n"
             "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
         )
         return path
 
+    # Killed for real (SIGKILL) after band step 35; checkpoints every 10: the last at 30.
+    kill = "[{class_path: tests.toy.KillAfterBandStep, init_args: {step: 35}}]"
     command = [sys.executable, "-m", "connectivity.cli", "paths", "-c", str(config("k"))]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = subprocess.run(
+        [*command, "--trainer.callbacks", kill], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     checkpoint = tmp_path / "k" / "bands" / "input" / "rank0.pt"
-    deadline, before = time.monotonic() + 300, 0
-    while before < 50 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-        if checkpoint.is_file():
-            before = torch.load(checkpoint, weights_only=True)["steps"]
-    assert process.poll() is None, process.stderr.read().decode()[-3000:]
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 50 <= before < 1000, "the kill should land in the middle of the band"
+    before = torch.load(checkpoint, weights_only=True)["steps"]
+    assert before == 30
     band_pair = 0  # the pair with the misclassified end
     assert not RunStore(tmp_path / "k").record_path("input", band_pair).exists()
-
-    import contextlib
-    import io
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -325,7 +323,7 @@ def test_a_band_killed_mid_way_continues_from_its_checkpoint(
     for a, b in zip(resumed, whole, strict=True):
         assert (a["verdict"], a["steps"]) == (b["verdict"], b["steps"])
         assert torch.equal(a["path"], b["path"])
-    assert resumed[band_pair]["steps"] == 1000 and resumed[band_pair]["verdict"] == "none"
+    assert resumed[band_pair]["steps"] == 60 and resumed[band_pair]["verdict"] == "none"
 
 
 def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ def test_stages_done_are_reused_and_a_new_classifier_redoes_the_rest(
     assert stages.calls == ["decoder_flatten"]
 
 
+@pytest.mark.slow  # ~90 s on 2 cores; the stage logic is tested fast above, the pieces elsewhere
 def test_quickstart_runs_every_stage_then_reuses_them(in_tmp: Path) -> None:
     main(["quickstart"])
     folder = in_tmp / "lightning_logs" / "quickstart"

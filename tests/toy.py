@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
+import lightning as L
 import torch
 from torch import Tensor, nn
 
@@ -56,3 +60,20 @@ def ring_images(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     start = torch.tensor([[[0.875, 0.55], [0.3, 0.7]]], dtype=dtype)
     end = torch.tensor([[[0.125, 0.55], [0.6, 0.2]]], dtype=dtype)
     return start, end
+
+
+class KillAfterBandStep(L.Callback):
+    """SIGKILLs its own process once the band has taken ``step`` steps: a real kill (no
+    clean-up runs) at a known point in the middle of a band, for resume tests.
+
+    Args:
+        step: Band steps after which the process dies.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+        band = getattr(pl_module, "band", None)
+        if band is not None and band.pairs and int(band.steps.max()) >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
