@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy, StrategyRegistry
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -247,6 +250,7 @@ class SpacePathModule(PathModule):
         self.store = store
         self.checkpoints = checkpoints
         self.rows: list[Pair] = []  # the pair of each row of the band
+        self.reused: list[Pair] = []  # this rank's pairs decided in an earlier run
         self.resumed_at = 0
 
     def setup(self, stage: str) -> None:
@@ -256,7 +260,9 @@ class SpacePathModule(PathModule):
         pairs = strategy.broadcast(self.all_pairs, src=0)
         rank, world = self.trainer.global_rank, self.trainer.world_size
         done = self.store.done(self.space)
-        pending = [p for p in pairs[rank::world] if p.id not in done]
+        share = pairs[rank::world]
+        pending = [p for p in share if p.id not in done]
+        self.reused = [p for p in share if p.id in done]
         by_id = {p.id: p for p in pairs}
         checkpoint = self._checkpoint(rank)
         if checkpoint is not None and {p.id for p in pending} <= set(checkpoint["pair_ids"]):
@@ -295,6 +301,67 @@ class SpacePathModule(PathModule):
             return None
 
 
+class BandProgressBar(TQDMProgressBar):
+    """Progress of one space's band, as a person follows it.
+
+    Before the band: one line for the straight-line check (pairs decided by it, pairs reused
+    from an earlier run, a band continued from its checkpoint). During the band: steps out of
+    ``path.steps`` and pairs decided so far, with no ETA (pairs leave the band as they are
+    decided, so most runs stop long before the last step).
+    """
+
+    BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, SpacePathModule)
+        if trainer.is_global_zero:
+            decisions = pl_module.decisions
+            linear = len(decisions.records) if decisions is not None else 0
+            words = f"{pl_module.space}: line check: {linear} of {len(pl_module.rows)} pairs linear"
+            reused = len(pl_module.reused)
+            if reused:
+                words += f"; {reused} decided in an earlier run (kept)"
+            if pl_module.resumed_at:
+                words += f"; band continued from its checkpoint at step {pl_module.resumed_at}"
+            print(words, flush=True)
+        self._module = pl_module
+        super().on_train_start(trainer, pl_module)
+
+    def init_train_tqdm(self) -> Tqdm:
+        # Made with its own description, total and start, so no generic "Training" or
+        # "Epoch 0" bar shows first.
+        module = self._module
+        return Tqdm(
+            desc=f"{module.space} band",
+            total=module.options.steps,
+            initial=module.resumed_at,
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # one epoch, one bar: the one made at the start of training
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        assert isinstance(pl_module, SpacePathModule)
+        band, bar = pl_module.band, self.train_progress_bar
+        if band is None or bar is None or bar.disable or not band.pairs:
+            return
+        bar.n = int(band.steps.max())
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.refresh()
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        assert isinstance(pl_module, SpacePathModule)
+        decided = len(pl_module.decisions.records) if pl_module.decisions is not None else 0
+        return {"decided": f"{decided}/{len(pl_module.rows)}"}
+
+
 class RecordWriter(L.Callback):
     """Saves each pair's record the moment the module decides it (atomically, one file each)."""
 
@@ -308,12 +375,6 @@ class RecordWriter(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, SpacePathModule)
-        if pl_module.resumed_at:
-            print(
-                f"{pl_module.space}: rank {trainer.global_rank} continues its band of "
-                f"{len(pl_module.rows)} pairs from step {pl_module.resumed_at}",
-                flush=True,
-            )
         self._flush(pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
@@ -323,6 +384,21 @@ class RecordWriter(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, SpacePathModule)
         self._flush(pl_module)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning ends the process after an interrupt: say what is kept, and how to go on.
+        assert isinstance(pl_module, SpacePathModule)
+        self._flush(pl_module)
+        if isinstance(exception, KeyboardInterrupt):
+            done = len(self.store.done(pl_module.space))
+            print(
+                f"\n{pl_module.space}: interrupted. {done} decided pairs of this space are saved "
+                f"in {self.store.records_dir / pl_module.space}, and the band was checkpointed; "
+                "rerun the same command to continue where it stopped.",
+                flush=True,
+            )
 
 
 @dataclass
@@ -489,6 +565,10 @@ def run_paths(
             RecordWriter(store),
             BandCheckpoint(checkpoints, experiment.checkpoint_every),
         ]
+        if settings.get("enable_progress_bar", True) and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(BandProgressBar())
         fit = L.Trainer(**{**settings, "callbacks": callbacks})
         with warnings.catch_warnings():
             # Our frozen head and tail stay in eval mode on purpose.

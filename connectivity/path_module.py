@@ -236,12 +236,24 @@ class BandCheckpoint(L.Callback):
         return self.folder / f"rank{rank}.pt"
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        self._save(trainer, pl_module, every=self.every_n_steps)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # An interrupted band (Ctrl-C) keeps every step it took, not only the last multiple.
+        if isinstance(exception, KeyboardInterrupt):
+            self._save(trainer, pl_module, every=1)
+
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, every: int) -> None:
         assert isinstance(pl_module, PathModule)
+        if pl_module.band is None or pl_module.decisions is None:
+            return
         band = pl_module._band()
         # The band's own step count: the Trainer's global_step does not count steps of the
         # torch optimizer that the module takes itself.
         steps = _steps_taken(band)
-        if band.done or steps == 0 or steps % self.every_n_steps or steps == self._saved_at:
+        if band.done or steps == 0 or steps % every or steps == self._saved_at:
             return
         self._saved_at = steps
         state = {

@@ -316,7 +316,7 @@ def test_a_band_killed_mid_way_continues_from_its_checkpoint(
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         main(["paths", "-c", str(config("k"))])
-    assert f"continues its band of 2 pairs from step {before}" in out.getvalue()
+    assert f"band continued from its checkpoint at step {before}" in out.getvalue()
     assert not checkpoint.exists()  # the band is done: its checkpoint is gone
     main(["paths", "-c", str(config("w"))])
     resumed, whole = RunStore(tmp_path / "k").load("input"), RunStore(tmp_path / "w").load("input")
