@@ -484,6 +484,7 @@ def _trainer_settings(given: dict[str, Any] | None) -> tuple[dict[str, Any], L.T
         "strategy": "auto",
         "num_nodes": 1,
         "logger": None,
+        "log_every_n_steps": 1,  # a band step is cheap to log and the metrics are per step
         **(given or {}),
         **_OWN_SETTINGS,
     }
