@@ -127,7 +127,7 @@ def test_a_changed_experiment_does_not_reuse_a_folder(
 def test_killed_run_keeps_intact_records_and_resumes(
     digits_classifier: Path, tmp_path: Path
 ) -> None:
-    spaces = ["input", "layer1", "layer2", "layer3", "layer4", "flatten"]
+    spaces = ["input", "layer2", "flatten"]
     config = _config(tmp_path / "kill.yaml", digits_classifier, tmp_path, "k", 12, spaces)
     command = [sys.executable, "-m", "connectivity.cli", "paths", "-c", str(config)]
     records = tmp_path / "k" / "records"
