@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from connectivity import connect
-from connectivity.split import INPUT, _can_cut, _refusal, _resolve, _trace
+from connectivity.split import _can_cut, _named_places, _refusal, _resolve, _trace
 
 MODELS = {
     "resnet18": ({}, 32),
@@ -38,25 +38,13 @@ MODELS = {
 REASONS = {"skip connection": "skip", "reads sizes": "sizes", "its value is": "not one tensor"}
 
 
-def _candidates(trace) -> list[str]:
-    names: dict[str, None] = {INPUT: None}
-    for node in trace.nodes:
-        name = trace.names.get(node)
-        if name is None or node.op == "placeholder":
-            continue
-        parts = name.split(".")
-        for depth in range(1, len(parts) + 1):
-            names[".".join(parts[:depth])] = None
-    return list(names)
-
-
 def _row(name: str, kwargs: dict, side: int, run: bool) -> str:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
     torch.nn.init.normal_(last.weight, std=1.0 / last.weight[0].numel() ** 0.5)
     trace = _trace(model)
-    names = _candidates(trace)
+    names = _named_places(trace)
     listed, refused = [], Counter()
     for layer in names:
         index = _resolve(trace, layer)

@@ -256,7 +256,8 @@ def _can_cut(trace: _Trace, index: int | None) -> bool:
     return index is not None and index in trace.cuts and trace.kinds[trace.nodes[index]] == TENSOR
 
 
-def _valid_names(trace: _Trace) -> list[str]:
+def _named_places(trace: _Trace) -> list[str]:
+    """Every name a layer can be given: ``input``, node names and their module prefixes."""
     candidates: dict[str, None] = {INPUT: None}
     for node in trace.nodes:
         name = trace.names.get(node)
@@ -265,7 +266,11 @@ def _valid_names(trace: _Trace) -> list[str]:
         parts = name.split(".")
         for depth in range(1, len(parts) + 1):
             candidates[".".join(parts[:depth])] = None
-    return [name for name in candidates if _can_cut(trace, _resolve(trace, name))]
+    return list(candidates)
+
+
+def _valid_names(trace: _Trace) -> list[str]:
+    return [name for name in _named_places(trace) if _can_cut(trace, _resolve(trace, name))]
 
 
 def _refusal(trace: _Trace, layer: str, index: int | None) -> str:
