@@ -274,12 +274,11 @@ def test_plain_ddp_is_refused_before_any_work(
     assert not (tmp_path / "x").exists()
 
 
-def test_a_band_killed_mid_way_continues_from_its_checkpoint(
-    digits_classifier: Path, tmp_path: Path
-) -> None:
-    # A pair with a misclassified end never passes the check: its band runs all its steps.
+def _band_and_line_pairs(classifier: Path) -> list[list[int]]:
+    """Two same-class test pairs: the first has a misclassified end, so its line never passes
+    the check and its band runs every step; the second joins two correct images."""
     dataset = DigitsDataModule().dataset("test")
-    network = load_network(str(digits_classifier))
+    network = load_network(str(classifier))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
     with torch.no_grad():
@@ -288,7 +287,14 @@ def test_a_band_killed_mid_way_continues_from_its_checkpoint(
         pytest.skip("the digits classifier classifies every test image correctly")
     bad = wrong[0]
     same = [i for i in range(len(dataset)) if labels[i] == labels[bad] and i != bad][:3]
-    indices = [[bad, same[0]], [same[1], same[2]]]
+    return [[bad, same[0]], [same[1], same[2]]]
+
+
+def test_a_band_killed_mid_way_continues_from_its_checkpoint(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    # A pair with a misclassified end never passes the check: its band runs all its steps.
+    indices = _band_and_line_pairs(digits_classifier)
 
     def config(name: str) -> Path:
         path = tmp_path / f"{name}.yaml"
@@ -328,8 +334,14 @@ def test_a_band_killed_mid_way_continues_from_its_checkpoint(
 
 def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
     data = DigitsDataModule()
+    indices = _band_and_line_pairs(digits_classifier)
     experiment = _experiment(
-        digits_classifier, tmp_path, "w", spaces=["input"], pairs=PairSampling(count=2, seed=0)
+        digits_classifier,
+        tmp_path,
+        "w",
+        spaces=["input"],
+        pairs=PairSampling(indices=indices),
+        path=PathOptions(num_pivots=4, steps=5, tol=0.0),
     )
     store = run_paths(
         experiment, data, trainer={"accelerator": "cpu"}, wandb=WandbOptions(offline=True)
@@ -344,6 +356,14 @@ def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
         if r.WhichOneof("record_type") == "artifact"
     }
     assert {f"run-{run_id}-points", f"run-{run_id}-table1", "classifier"} <= names
+    # The band's per-step metrics, from the Trainer's logger, in the same run: one per step.
+    steps = [
+        {item.key or "/".join(item.nested_key) for item in r.history.item}
+        for r in offline_run_records(runs[0])
+        if r.WhichOneof("record_type") == "history"
+    ]
+    metrics = ("input/max_energy", "input/max_force", "input/on_target", "input/active_pairs")
+    assert sum(set(metrics) <= keys for keys in steps) == 6  # the line, then 5 steps
     # A rerun of the finished run adds no second W&B run.
     run_paths(experiment, data, trainer={"accelerator": "cpu"}, wandb=WandbOptions(offline=True))
     assert len(list((store.folder / "wandb").glob("offline-run-*"))) == 1
