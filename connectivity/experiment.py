@@ -554,7 +554,9 @@ def run_paths(
         if experiment.decoders:  # a rerun without decoders keeps those the run was made with
             store.save_decoders(experiment.decoders)
     if settings["logger"] in (None, True):  # no logger of the user's: the run's W&B run
-        settings["logger"] = paths_logger(store, wandb or WandbOptions()) or False
+        # Rank zero alone logs (Lightning's loggers do); other ranks get no W&B logger at all.
+        ours = paths_logger(store, wandb or WandbOptions()) if probe.is_global_zero else None
+        settings["logger"] = ours or False
     fit: L.Trainer | None = None
     for space in experiment.spaces:
         checkpoints = store.folder / "bands" / space

@@ -171,9 +171,15 @@ class PathModule(L.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         band = self._band()
-        if band.done:
-            self.trainer.should_stop = True
-            return
+        if not band.done:
+            self._step(band)
+        # Stop only when every rank's band is done: under DDP, Lightning runs a collective in
+        # every training step, so a rank that stopped alone would leave the others waiting.
+        strategy = self.trainer.strategy
+        self.trainer.should_stop = bool(strategy.reduce_boolean_decision(band.done, all=True))
+
+    def _step(self, band: ElasticBand) -> None:
+        """One evaluation of the active pivots and, for pairs still active, one update."""
         x = band.active_points().requires_grad_(True)
         labels = band.active_labels()
         with torch.enable_grad():
@@ -199,8 +205,6 @@ class PathModule(L.LightningModule):
             band.after_step_()
         assert self.decisions is not None
         self.decisions.decide_band(band, self._rows(band))
-        if band.done:
-            self.trainer.should_stop = True
 
     def records(self) -> list[PairRecord]:
         """Verdicts and metrics of every pair, after ``trainer.fit``."""
