@@ -581,5 +581,7 @@ def run_paths(
     fit.strategy.barrier()
     if not fit.is_global_zero:
         return None
-    write_report(store, decoders=experiment.decoders, wandb=wandb or WandbOptions())
+    # A rerun without decoders draws with those the run was made with.
+    decoders = experiment.decoders or store.decoders()
+    write_report(store, decoders=decoders, wandb=wandb or WandbOptions())
     return store
