@@ -243,18 +243,13 @@ def test_two_process_ddp_pairs_gives_the_single_process_records(
     spaces = ["input", "flatten"]
     indices = _band_and_line_pairs(digits_classifier)
 
+    # SGD: a step proportional to the force, so rounding differences of another batch
+    # composition stay rounding-sized (Adam divides near-zero force components by their own
+    # size and can turn them into whole steps).
+    path = "{num_pivots: 4, steps: 20, tol: 0.0, optimizer: sgd, lr: 0.01}"
+
     def config(name: str) -> Path:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(
-            f"name: {name}\nclassifier: {digits_classifier}\noutput_dir: {tmp_path}\n"
-            f"spaces: [{', '.join(spaces)}]\npairs: {{indices: {indices}}}\n"
-            # SGD: a step proportional to the force, so rounding differences of another batch
-            # composition stay rounding-sized (Adam divides near-zero force components by
-            # their own size and can turn them into whole steps).
-            "path: {num_pivots: 4, steps: 20, tol: 0.0, optimizer: sgd, lr: 0.01}\n"
-            "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
-        )
-        return path
+        return _pairs_config(tmp_path, digits_classifier, name, spaces, indices, path)
 
     single, double = config("one"), config("two")
     run_paths_cli = [sys.executable, "-m", "connectivity.cli", "paths"]
@@ -295,6 +290,25 @@ def test_plain_ddp_is_refused_before_any_work(
     assert not (tmp_path / "x").exists()
 
 
+def _pairs_config(
+    folder: Path,
+    classifier: Path,
+    name: str,
+    spaces: list[str],
+    indices: list[list[int]],
+    path: str,
+    extra: str = "",
+) -> Path:
+    """A `paths` config of explicit pairs of the digits, without W&B."""
+    config = folder / f"{name}.yaml"
+    config.write_text(
+        f"name: {name}\nclassifier: {classifier}\noutput_dir: {folder}\n"
+        f"spaces: [{', '.join(spaces)}]\npairs: {{indices: {indices}}}\npath: {path}\n{extra}"
+        "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
+    )
+    return config
+
+
 def _band_and_line_pairs(classifier: Path) -> list[list[int]]:
     """Two same-class test pairs: the first has a misclassified end, so its line never passes
     the check and its band runs every step; the second joins two correct images."""
@@ -317,15 +331,12 @@ def test_a_band_killed_mid_way_continues_from_its_checkpoint(
     # A pair with a misclassified end never passes the check: its band runs all its steps.
     indices = _band_and_line_pairs(digits_classifier)
 
+    path = "{num_pivots: 4, steps: 60, converge: true, tol: 0.0}"
+
     def config(name: str) -> Path:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(
-            f"name: {name}\nclassifier: {digits_classifier}\noutput_dir: {tmp_path}\n"
-            f"spaces: [input]\npairs: {{indices: {indices}}}\ncheckpoint_every: 10\n"
-            "path: {num_pivots: 4, steps: 60, converge: true, tol: 0.0}\n"
-            "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
+        return _pairs_config(
+            tmp_path, digits_classifier, name, ["input"], indices, path, "checkpoint_every: 10\n"
         )
-        return path
 
     # Killed for real (SIGKILL) after band step 35; checkpoints every 10: the last at 30.
     kill = "[{class_path: tests.toy.KillAfterBandStep, init_args: {step: 35}}]"
