@@ -21,6 +21,8 @@ The W&B run (one per run folder, see :class:`WandbOptions`) holds:
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import struct
@@ -47,6 +49,7 @@ from connectivity.records import (
     verdict_table,
 )
 from connectivity.split import INPUT
+from connectivity.verdicts import distances_from_line
 
 if TYPE_CHECKING:
     from wandb.proto.wandb_internal_pb2 import Record
@@ -265,6 +268,56 @@ def paths_logger(store: RunStore, options: WandbOptions | None) -> RunFolderWand
     )
 
 
+PAIR_COLUMNS = [
+    "space",
+    "pair",
+    "start_index",
+    "end_index",
+    "class",
+    "verdict",
+    "pivot_verdict",
+    "steps",
+    "max_energy",
+    "min_target_probability",
+    "length_ratio",
+    "max_distance_l2",
+    "max_distance_linf",
+    "figure",
+]
+
+
+def pairs_csv(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> str:
+    """One row per pair and space: its indices, class, verdicts, metrics and how far its path
+    moved from the straight line (largest L2 and L-infinity distance of a point, in the space's
+    units: pixels in [0, 1] in the input space), and the file of its figure."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(PAIR_COLUMNS)
+    for space, records in by_space.items():
+        for record in records:
+            pair = record["pair"]
+            l2, linf = distances_from_line(record["path"], record["line"])
+            writer.writerow(
+                [
+                    space,
+                    pair["id"],
+                    pair["start_index"],
+                    pair["end_index"],
+                    class_names[record["target"]],
+                    record["verdict"],
+                    record["pivot_verdict"],
+                    record["steps"],
+                    record["max_energy"],
+                    record["min_target_probability"],
+                    record["length_ratio"],
+                    float(l2.max()),
+                    float(linf.max()),
+                    f"figures/{space}/pair_{pair['id']:04d}.png",
+                ]
+            )
+    return out.getvalue()
+
+
 def write_report(
     store: RunStore,
     decoders: dict[str, str] | None = None,
@@ -305,6 +358,7 @@ def write_report(
         )
     atomic_write_text(store.folder / "table.md", markdown)
     atomic_write_text(store.folder / "table.csv", table_csv(table))
+    atomic_write_text(store.folder / "pairs.csv", pairs_csv(by_space, class_names))
     print(f"\n{markdown}\nRun folder: {store.folder}")
 
     run_id = None

@@ -258,10 +258,28 @@ class PairRecord:
     path_probabilities: Tensor  # (num_pivots + 2, classes) at the path's points
     line_energy: Tensor  # (num_pivots + 2,)
     path_energy: Tensor  # (num_pivots + 2,)
+    # How far each point of the path moved from its point on the line, (num_pivots + 2,) (0 at
+    # the ends and for linear pairs), in the space's own units (pixels in [0, 1] for images).
+    distance_l2: Tensor | None = None
+    distance_linf: Tensor | None = None
 
     def metrics(self) -> dict[str, float | int | str]:
         """The scalar part, for tables."""
         return {k: v for k, v in asdict(self).items() if not isinstance(v, Tensor)}
+
+
+def distances_from_line(path: Tensor, line: Tensor) -> tuple[Tensor, Tensor]:
+    """L2 and L-infinity distance of each point of one path from its point on the straight line.
+
+    Args:
+        path: ``(N, *point_shape)``.
+        line: The same shape.
+
+    Returns:
+        Two ``(N,)`` tensors, in the units of the points (pixels in [0, 1] for images).
+    """
+    difference = (path - line).flatten(1)
+    return difference.norm(dim=-1), difference.abs().amax(dim=-1)
 
 
 def _pivot_rows(dense: Tensor, per_segment: int) -> Tensor:
@@ -540,6 +558,10 @@ def make_records(
     ratio = polyline_length_ratio(path)
     diverged = outcome.diverged
 
+    distances = [
+        tuple(d.cpu() for d in distances_from_line(path[i].detach(), line[i].detach()))
+        for i in range(len(targets))
+    ]
     records = []
     for i in range(len(targets)):
         verdict = _verdict(bool(check.ok[i]), bool(diverged[i]), bool(path_ok[i]))
@@ -560,6 +582,8 @@ def make_records(
                 max_force=float(outcome.max_force[i]),
                 line=line[i].detach().cpu(),
                 path=path[i].detach().cpu(),
+                distance_l2=distances[i][0],
+                distance_linf=distances[i][1],
                 line_probabilities=line_pivots[i].exp().cpu(),
                 path_probabilities=path_pivots[i].exp().cpu(),
                 line_energy=_pivot_rows(line_energy, per_segment)[i].cpu(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import os
 import signal
@@ -396,6 +397,18 @@ def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
     ]
     metrics = ("input/max_energy", "input/max_force", "input/on_target", "input/active_pairs")
     assert sum(set(metrics) <= keys for keys in steps) == 6  # the line, then 5 steps
+    # pairs.csv: one row per pair and space, distances as the saved paths give them
+    with open(store.folder / "pairs.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    records = store.load("input")
+    assert [(r["space"], int(r["pair"])) for r in rows] == [("input", 0), ("input", 1)]
+    for row, record in zip(rows, records, strict=True):
+        moved = (record["path"] - record["line"]).reshape(len(record["path"]), -1)
+        assert float(row["max_distance_l2"]) == pytest.approx(float(moved.norm(dim=1).max()))
+        assert float(row["max_distance_linf"]) == pytest.approx(float(moved.abs().max()))
+        assert torch.allclose(record["distance_l2"], moved.norm(dim=1))
+        assert row["verdict"] == record["verdict"] and int(row["steps"]) == record["steps"]
+    assert float(rows[0]["max_distance_l2"]) > 0 and float(rows[1]["max_distance_l2"]) == 0
     # A rerun of the finished run adds no second W&B run.
     run_paths(experiment, data, trainer={"accelerator": "cpu"}, wandb=WandbOptions(offline=True))
     assert len(list((store.folder / "wandb").glob("offline-run-*"))) == 1
