@@ -430,9 +430,7 @@ class Experiment:
     checkpoint_every: int = 20
 
     def __post_init__(self) -> None:
-        if isinstance(self.checkpoint_every, bool) or not (
-            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1
-        ):
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 1:
             raise ConnectivityError(
                 f"checkpoint_every must be a whole number of steps >= 1, got "
                 f"{self.checkpoint_every!r}"

@@ -390,12 +390,10 @@ class SplitProbe:
 
     Attributes:
         point_shape: Shape of one point of the layer's space (no batch dimension).
-        point_dtype: dtype of the head's output.
         num_classes: Number of logits the tail gives.
     """
 
     point_shape: tuple[int, ...]
-    point_dtype: torch.dtype
     num_classes: int
 
 
@@ -436,7 +434,7 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
             "the classifier gives 1 logit; the path energy is a cross-entropy over classes, so "
             "give a binary classifier two logits (e.g. torch.cat([-z, z], dim=1))"
         )
-    return SplitProbe(tuple(point.shape[1:]), point.dtype, int(logits.shape[1]))
+    return SplitProbe(tuple(point.shape[1:]), int(logits.shape[1]))
 
 
 @torch.no_grad()
