@@ -24,6 +24,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import struct
 import warnings
@@ -276,9 +277,12 @@ PAIR_COLUMNS = [
     "class",
     "verdict",
     "pivot_verdict",
+    "certificate",
     "steps",
     "max_energy",
     "min_target_probability",
+    "min_margin",
+    "line_min_margin",
     "length_ratio",
     "max_distance_l2",
     "max_distance_linf",
@@ -306,9 +310,12 @@ def pairs_csv(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
                     class_names[record["target"]],
                     record["verdict"],
                     record["pivot_verdict"],
+                    record.get("certificate", "sampled"),
                     record["steps"],
                     record["max_energy"],
                     record["min_target_probability"],
+                    record.get("min_margin", math.nan),
+                    record.get("line_min_margin", math.nan),
                     record["length_ratio"],
                     float(l2.max()),
                     float(linf.max()),

@@ -210,6 +210,18 @@ def path_log_probabilities(
     return torch.cat(out)
 
 
+def target_margin(log_probabilities: Tensor, targets: Tensor) -> Tensor:
+    """``(pairs, M)``: the target's log-probability minus the best other class's at each point.
+
+    Equal to the logit margin ``logit[target] - max_{k != target} logit[k]`` (the softmax's
+    normaliser cancels): positive on target, zero on the decision boundary, negative off it.
+    """
+    index = targets.view(-1, 1, 1).expand(-1, log_probabilities.shape[1], 1)
+    target = log_probabilities.gather(2, index)
+    others = log_probabilities.scatter(2, index, float("-inf")).amax(dim=-1, keepdim=True)
+    return (target - others).squeeze(2)
+
+
 def on_target(log_probabilities: Tensor, targets: Tensor) -> Tensor:
     """``(pairs, M)`` bool: each point's target scores strictly above every other class.
 
@@ -218,10 +230,7 @@ def on_target(log_probabilities: Tensor, targets: Tensor) -> Tensor:
     whose network output is not finite never is (argmax of NaNs says 0).
     """
     finite = torch.isfinite(log_probabilities).all(dim=-1)
-    index = targets.view(-1, 1, 1).expand(-1, log_probabilities.shape[1], 1)
-    target = log_probabilities.gather(2, index)
-    others = log_probabilities.scatter(2, index, float("-inf")).amax(dim=-1, keepdim=True)
-    return (target > others).squeeze(2) & finite
+    return (target_margin(log_probabilities, targets) > 0) & finite
 
 
 def polyline_length_ratio(path: Tensor) -> Tensor:
@@ -262,6 +271,20 @@ class PairRecord:
     # the ends and for linear pairs), in the space's own units (pixels in [0, 1] for images).
     distance_l2: Tensor | None = None
     distance_linf: Tensor | None = None
+    # The check the verdict rests on: which one ran ("sampled": the points below only), and the
+    # lowest margin of the target's logit over the best other class (< 0: off target; 0 is the
+    # decision boundary) over the checked points of the path and of the line.
+    certificate: str = "sampled"
+    min_margin: float = math.nan
+    line_min_margin: float = math.nan
+    # The checked points themselves, (M,) each: position along the path in [0, 1] (pivot k of
+    # N points sits at k / (N - 1)), the target's margin there and the class predicted there.
+    check_position: Tensor | None = None
+    check_margin: Tensor | None = None
+    check_predicted: Tensor | None = None
+    line_check_position: Tensor | None = None
+    line_check_margin: Tensor | None = None
+    line_check_predicted: Tensor | None = None
 
     def metrics(self) -> dict[str, float | int | str]:
         """The scalar part, for tables."""
@@ -562,6 +585,11 @@ def make_records(
         tuple(d.cpu() for d in distances_from_line(path[i].detach(), line[i].detach()))
         for i in range(len(targets))
     ]
+    # NaN (a non-finite network output) counts as the lowest margin: such a point is off target.
+    margin = target_margin(dense, targets).nan_to_num(nan=-math.inf).cpu()
+    line_margin = target_margin(line_dense, targets).nan_to_num(nan=-math.inf).cpu()
+    predicted, line_predicted = dense.argmax(dim=-1).cpu(), line_dense.argmax(dim=-1).cpu()
+    position = torch.linspace(0.0, 1.0, dense.shape[1])
     records = []
     for i in range(len(targets)):
         verdict = _verdict(bool(check.ok[i]), bool(diverged[i]), bool(path_ok[i]))
@@ -584,6 +612,15 @@ def make_records(
                 path=path[i].detach().cpu(),
                 distance_l2=distances[i][0],
                 distance_linf=distances[i][1],
+                certificate="sampled",
+                min_margin=float(margin[i].min()),
+                line_min_margin=float(line_margin[i].min()),
+                check_position=position,
+                check_margin=margin[i].float(),
+                check_predicted=predicted[i],
+                line_check_position=position,
+                line_check_margin=line_margin[i].float(),
+                line_check_predicted=line_predicted[i],
                 line_probabilities=line_pivots[i].exp().cpu(),
                 path_probabilities=path_pivots[i].exp().cpu(),
                 line_energy=_pivot_rows(line_energy, per_segment)[i].cpu(),

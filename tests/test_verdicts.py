@@ -224,3 +224,23 @@ def test_a_user_tail_starting_in_place_keeps_the_points_and_takes_steps() -> Non
     (record,) = connect_points(tail, starts, starts * 1.01, torch.tensor([target % 3]), options)
     assert torch.equal(record.line[0], before[0]) and torch.equal(starts, before)
     assert record.steps == 2
+
+
+def test_records_carry_the_checked_points_their_margins_and_predicted_classes() -> None:
+    # Logits = the point itself (2 classes): the target-0 margin is z0 - z1, affine along a line.
+    # Line (3, 0) -> (1, 0) stays in class 0 with margin 3 - 2 s at position s; the second
+    # pair's line (2, 0) -> (0, 2) has margin 2 - 4 s: class 1 from s > 1/2 on.
+    starts = torch.tensor([[3.0, 0.0], [2.0, 0.0]])
+    ends = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    options = PathOptions(num_pivots=3, steps=0, line_points=9)
+    first, second = connect_points(torch.nn.Identity(), starts, ends, torch.tensor([0, 0]), options)
+    assert first.certificate == "sampled"
+    assert torch.allclose(first.check_position, torch.linspace(0, 1, 9))
+    assert torch.allclose(first.check_margin, 3 - 2 * first.check_position)
+    assert first.min_margin == pytest.approx(1.0) and first.line_min_margin == pytest.approx(1.0)
+    assert (first.check_predicted == 0).all()
+    assert torch.allclose(second.line_check_margin, 2 - 4 * second.line_check_position)
+    assert second.line_min_margin == pytest.approx(-2.0)
+    expected = (second.line_check_position > 0.5).long()
+    assert torch.equal(second.line_check_predicted, expected)
+    assert second.verdict == Verdict.NONE  # no steps allowed
