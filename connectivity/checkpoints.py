@@ -30,14 +30,27 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _how_to_make(path: Path) -> str:
+    """The command that writes a checkpoint at ``path``, for the error that it is missing."""
+    if path.parent.name == "quickstart" and (
+        path.name == "classifier.ckpt" or path.name.startswith("decoder_")
+    ):
+        return "`connectivity quickstart` writes it (run it from the folder above lightning_logs)."
+    config = f"configs/classifier/{path.stem}.yaml"
+    if not (Path(__file__).resolve().parents[1] / config).is_file():
+        config = "configs/classifier/<config>.yaml"
+    return (
+        f"`connectivity fit -c {config}` trains one and prints where it saved its best "
+        "checkpoint (lightning_logs/connectivity/<run id>/checkpoints/best-*.ckpt): give that "
+        f"file instead (e.g. --classifier <file>), or copy it to {path}."
+    )
+
+
 def load_file(path: str | Path) -> Any:
     """``torch.load`` a user-given file on the CPU with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(
-            f"No file at {path.resolve()}. Train one first (for example "
-            "`connectivity fit -c configs/classifier/quick.yaml`) or fix the path."
-        )
+        raise CheckpointError(f"No file at {path.resolve()}. {_how_to_make(path)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and unpickler errors all mean "not loadable"
@@ -109,6 +122,8 @@ def load_lightning_module(
             f"{path} was saved by another kind of module, not a {cls.__name__} ({error})"
         ) from error
     load_state(module, checkpoint["state_dict"], path)
+    # The module's own hook reads what it saved beside its weights, as Lightning's loading does.
+    module.on_load_checkpoint(checkpoint)
     return module.eval(), hparams
 
 

@@ -43,7 +43,7 @@ TRAINING_HELP = {
     "predict": "Run a model's predict_step over the data.",
 }
 QUICKSTART_HELP = (
-    "Train the digits classifier and its decoders, then decide 25 pairs in three spaces "
+    "Train the digits classifier and its decoders, then decide 150 pairs in three spaces "
     "(finished stages are reused)."
 )
 

@@ -20,11 +20,11 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
-from torchvision.utils import make_grid, save_image
 
 from connectivity.checkpoints import CheckpointError, best_and_last, load_lightning_module
 from connectivity.classifier import ClassifierModule
 from connectivity.errors import ConnectivityError
+from connectivity.figures import figure_array, reconstruction_figure, save_figure
 from connectivity.runs import run_folder
 from connectivity.split import Frozen, layer_shape, split
 
@@ -218,10 +218,11 @@ def mean_image_baseline(train: Iterable[Any], evaluate: Iterable[Any]) -> float:
     return squared / elements
 
 
-def reconstruction_grid(originals: Tensor, reconstructions: Tensor) -> Tensor:
-    """One image: ``originals`` in the top row, their ``reconstructions`` below."""
-    both = torch.cat([originals, reconstructions]).detach().float().cpu().clamp(0, 1)
-    return make_grid(both, nrow=len(originals), padding=2, pad_value=0.5)
+def validation_note(validation: dict[str, float]) -> str:
+    """``"epoch 4, validation PSNR 21.3 dB"`` from a decoder's saved validation summary."""
+    if "psnr" not in validation:
+        return "validation PSNR not recorded"
+    return f"epoch {int(validation['epoch'])}, validation PSNR {validation['psnr']:.1f} dB"
 
 
 class DecoderModule(L.LightningModule):
@@ -287,6 +288,9 @@ class DecoderModule(L.LightningModule):
             }
         )
         self._grid_images: tuple[Tensor, Tensor] | None = None
+        # The last validation's epoch, MSE and PSNR (dB), saved in checkpoints so that figures
+        # of decoded points can say how faithful the decoder is.
+        self.validation: dict[str, float] = {}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, classifier: str | None = None) -> DecoderModule:
@@ -391,23 +395,34 @@ class DecoderModule(L.LightningModule):
         pair, self._grid_images = self._grid_images, None
         if pair is None or self.trainer.sanity_checking:
             return
-        grid = reconstruction_grid(*pair)
+        epoch = self.current_epoch
+        # The metrics still hold the whole epoch here (they are reset after this hook).
+        self.validation = {
+            "epoch": epoch,
+            "mse": float(self.metrics["val_mse"].compute()),
+            "psnr": float(self.metrics["val_psnr"].compute()),
+        }
         if self.trainer.fast_dev_run:  # like checkpoints: a smoke run leaves no files
             return
+        title = f"{self.hparams.layer} decoder, {validation_note(self.validation)}"
+        figure = reconstruction_figure(*pair, title=title)
         folder = run_folder(self.trainer)
-        epoch = self.current_epoch
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(
                     key="val/reconstructions",
-                    images=[grid],
+                    images=[figure_array(figure)],
                     step=self.global_step,
-                    caption=[f"epoch {epoch}: originals (top), reconstructions (bottom)"],
+                    caption=[f"{title}: originals (top), decoded (bottom)"],
                 )
         if self.trainer.is_global_zero:
-            path = folder / "reconstructions" / f"epoch={epoch:03d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(grid, path)
+            save_figure(figure, folder / "reconstructions" / f"epoch={epoch:03d}.png")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["validation"] = dict(self.validation)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.validation = dict(checkpoint.get("validation") or {})
 
     def configure_callbacks(self) -> list[L.Callback]:
         # The module knows which metric makes a decoder "best".

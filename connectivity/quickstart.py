@@ -1,7 +1,7 @@
 """``connectivity quickstart``: the whole study on the embedded digits, offline, on a CPU.
 
 Stages, each skipped when its result is already there: the quick classifier, a decoder for its
-first hidden layer and one for its last layer, then 25 pairs decided in the input space and in
+first hidden layer and one for its last layer, then 150 pairs decided in the input space and in
 both layers with table, figures and an offline W&B run. Every stage is the same YAML config a
 user would run by hand (``configs/classifier/quick.yaml``, ``configs/decoder/quick_*.yaml``,
 ``configs/paths/quick.yaml``).
@@ -81,7 +81,7 @@ def _paths_done(folder: Path) -> bool:
 
 
 def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
-    """Train the digits classifier and its decoders, then decide 25 pairs in three spaces.
+    """Train the digits classifier and its decoders, then decide 150 pairs in three spaces.
 
     Finished stages are reused; a retrained classifier makes every later stage run again.
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import html
 import io
 import json
 import math
@@ -98,6 +99,67 @@ def _images(space: str, points: Tensor, decoders: dict[str, Any]) -> Tensor | No
     if space in decoders:
         return decoders[space].decode(points).cpu()
     return None
+
+
+def _decided(record: dict[str, Any]) -> str:
+    """``"verdict nonlinear (sampled check, min margin 2.04; pivots only: linear)"``."""
+    margin = record.get("min_margin", math.nan)
+    return (
+        f"verdict {record['verdict']} ({record.get('certificate', 'sampled')} check, min margin "
+        f"{margin:.3g}; pivots only: {record['pivot_verdict']})"
+    )
+
+
+# The gallery shows what needs a look first: no path, diverged, bent paths, then straight ones.
+GALLERY_ORDER = ("none", "diverged", "nonlinear", "linear")
+
+
+def gallery_html(by_space: dict[str, list[dict[str, Any]]], manifest: dict[str, Any]) -> str:
+    """``index.html`` of a run folder: every pair's figure, by space, then by verdict (no path
+    found and diverged first, then nonlinear, then linear), each captioned with its pair, class,
+    verdict, the check it rests on and its lowest target margin."""
+    class_names = manifest["class_names"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>connectivity run</title>",
+        "<style>body{font-family:sans-serif} figure{display:inline-block;margin:6px;"
+        "width:420px;vertical-align:top} img{width:100%} figcaption{font-size:12px}</style>",
+        f"<h1>{html.escape(str(manifest.get('name', 'paths')))}: "
+        f"{len(manifest['pairs'])} pairs</h1>",
+        "<p>Verdicts rest on the check named in each caption: <em>sampled</em> checks a fixed "
+        "number of points along the path; between them the class can change. <em>No path "
+        "found</em> is not <em>no path exists</em>.</p>",
+    ]
+    for space, records in by_space.items():
+        parts.append(f"<h2>{html.escape(space)}</h2>")
+        for verdict in GALLERY_ORDER:
+            chosen = [r for r in records if r["verdict"] == verdict]
+            if not chosen:
+                continue
+            parts.append(f"<h3>{html.escape(ROW_NAMES[verdict])}: {len(chosen)}</h3>")
+            # Closest calls (lowest margin) first; records without a margin last.
+            chosen.sort(key=lambda r: (math.isnan(m := r.get("min_margin", math.nan)), m))
+            for record in chosen:
+                pair = record["pair"]
+                file = f"figures/{space}/pair_{pair['id']:04d}.png"
+                caption = (
+                    f"pair {pair['id']} (items {pair['start_index']} &rarr; "
+                    f"{pair['end_index']}), class {html.escape(str(class_names[record['target']]))}"
+                    f": {html.escape(_decided(record))}"
+                )
+                parts.append(
+                    f"<figure><a href='{file}'><img src='{file}' loading='lazy'></a>"
+                    f"<figcaption>{caption}</figcaption></figure>"
+                )
+    return "\n".join(parts) + "\n"
+
+
+def _images_note(space: str, decoders: dict[str, Any]) -> str | None:
+    """How the images of a latent space's figures were made (None: the points are images)."""
+    if space == INPUT or space not in decoders:
+        return None
+    from connectivity.decoder import validation_note
+
+    return f"decoded by the {space} decoder ({validation_note(decoders[space].validation)})"
 
 
 # Where W&B writes, inside the run folder: the offline runs (``dir``), the staged copies of
@@ -390,12 +452,23 @@ def write_report(
                     continue
                 title = (
                     f"{space}: pair {pair['id']} (items {pair['start_index']} -> "
-                    f"{pair['end_index']}), class {class_names[record['target']]!r}, verdict "
-                    f"{record['verdict']} (pivots only: {record['pivot_verdict']})"
+                    f"{pair['end_index']}), class {class_names[record['target']]!r}: "
+                    f"{_decided(record)}"
                 )
                 file = store.folder / "figures" / space / f"pair_{pair['id']:04d}.png"
-                save_figure(pair_figure(record, title, line_images, path_images), file)
+                figure = pair_figure(
+                    record,
+                    title,
+                    line_images,
+                    path_images,
+                    class_names=class_names,
+                    images_note=_images_note(space, decoder_modules),
+                    difference=space == INPUT,
+                )
+                save_figure(figure, file)
                 figure_files[(space, pair["id"])] = file
+        if figures:
+            atomic_write_text(store.folder / "index.html", gallery_html(by_space, manifest))
         if run_id is not None:
             assert wandb is not None
             with run_folder_environment(store.folder):

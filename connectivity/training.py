@@ -69,3 +69,9 @@ class TrainingCLI(LightningCLI):
             auto_configure_optimizers=False,
             **kwargs,
         )
+
+    def after_fit(self) -> None:
+        # Later commands (decoders, paths) take this file: say where it is.
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        if best and self.trainer.is_global_zero:
+            print(f"Best checkpoint: {best}")

@@ -204,7 +204,8 @@ def test_decoder_learns_while_the_head_stays_frozen(
     # originals above reconstructions, one PNG per validation epoch (none for the sanity check)
     pngs = sorted((Path(trainer.log_dir) / "reconstructions").glob("*.png"))
     assert [p.name for p in pngs] == ["epoch=000.png", "epoch=001.png"]
-    assert Image.open(pngs[-1]).size == (8 * 34 + 2, 2 * 34 + 2)
+    width, height = Image.open(pngs[-1]).size
+    assert width >= 8 * 96 and height >= 2 * 96  # at least 96 pixels per image
 
     # the last checkpoint loads back in one call, knows its layer and decodes as trained
     last = trainer.checkpoint_callback.last_model_path
@@ -212,6 +213,9 @@ def test_decoder_learns_while_the_head_stays_frozen(
     loaded = DecoderModule.from_checkpoint(last)
     assert loaded.hparams.layer == "layer1"
     assert loaded.hparams.classifier == str(digits_classifier)
+    # it says how faithful it is: the PSNR of its last validation, for figures of decoded points
+    assert loaded.validation["epoch"] == 1
+    assert loaded.validation["psnr"] == pytest.approx(psnr, abs=1e-4)
     images, _ = next(iter(data.val_dataloader()))
     points = module.encode(images[:4])
     assert torch.equal(loaded.encode(images[:4]), points)

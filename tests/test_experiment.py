@@ -231,9 +231,16 @@ def test_cli_errors_are_clear(
     assert "no run.json" in capsys.readouterr().err
 
 
-def test_missing_checkpoint_error_type(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError):
+def test_missing_checkpoint_error_names_a_command_that_makes_that_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"configs/classifier/<config>\.yaml.*--classifier"):
         ClassifierModule.from_checkpoint(tmp_path / "x.ckpt")
+    # The configs' fixed paths name the command that writes exactly that file.
+    quick = tmp_path / "lightning_logs" / "quickstart" / "classifier.ckpt"
+    with pytest.raises(CheckpointError, match="`connectivity quickstart` writes it"):
+        ClassifierModule.from_checkpoint(quick)
+    cifar = tmp_path / "cifar10_jpeg_resnet18.ckpt"
+    with pytest.raises(CheckpointError, match=r"fit -c configs/classifier/cifar10_jpeg_resnet18"):
+        ClassifierModule.from_checkpoint(cifar)
 
 
 def test_two_process_ddp_pairs_gives_the_single_process_records(
