@@ -140,7 +140,7 @@ def gallery_html(by_space: dict[str, list[dict[str, Any]]], manifest: dict[str, 
             chosen.sort(key=lambda r: (math.isnan(m := r.get("min_margin", math.nan)), m))
             for record in chosen:
                 pair = record["pair"]
-                file = f"figures/{space}/pair_{pair['id']:04d}.png"
+                file = figure_name(space, pair["id"])
                 caption = (
                     f"pair {pair['id']} (items {pair['start_index']} &rarr; "
                     f"{pair['end_index']}), class {html.escape(str(class_names[record['target']]))}"
@@ -352,18 +352,17 @@ PAIR_COLUMNS = [
 ]
 
 
-def pairs_csv(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> str:
-    """One row per pair and space: its indices, class, verdicts, metrics and how far its path
-    moved from the straight line (largest L2 and L-infinity distance of a point, in the space's
-    units: pixels in [0, 1] in the input space), and the file of its figure."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(PAIR_COLUMNS)
+def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> list[list[Any]]:
+    """One row of :data:`PAIR_COLUMNS` per pair and space (``pairs.csv`` and W&B's ``pairs``):
+    its indices, class, verdicts, the check they rest on, metrics, how far its path moved from
+    the straight line (largest L2 and L-infinity distance of a point, in the space's units:
+    pixels in [0, 1] in the input space), and the file of its figure."""
+    rows = []
     for space, records in by_space.items():
         for record in records:
             pair = record["pair"]
             l2, linf = distances_from_line(record["path"], record["line"])
-            writer.writerow(
+            rows.append(
                 [
                     space,
                     pair["id"],
@@ -381,9 +380,23 @@ def pairs_csv(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
                     record["length_ratio"],
                     float(l2.max()),
                     float(linf.max()),
-                    f"figures/{space}/pair_{pair['id']:04d}.png",
+                    figure_name(space, pair["id"]),
                 ]
             )
+    return rows
+
+
+def figure_name(space: str, pair_id: int) -> str:
+    """Where a pair's figure lies in its run folder."""
+    return f"figures/{space}/pair_{pair_id:04d}.png"
+
+
+def pairs_csv(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> str:
+    """``pairs.csv``: :func:`pair_rows` under a header of :data:`PAIR_COLUMNS`."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(PAIR_COLUMNS)
+    writer.writerows(pair_rows(by_space, class_names))
     return out.getvalue()
 
 
@@ -455,7 +468,7 @@ def write_report(
                     f"{pair['end_index']}), class {class_names[record['target']]!r}: "
                     f"{_decided(record)}"
                 )
-                file = store.folder / "figures" / space / f"pair_{pair['id']:04d}.png"
+                file = store.folder / figure_name(space, pair["id"])
                 figure = pair_figure(
                     record,
                     title,
@@ -534,19 +547,10 @@ def _log_wandb(
             )
 
     probability_columns = [f"p_{name}" for name in class_names]
-    pairs = wandb.Table(
-        columns=[
-            "space",
-            "pair",
-            "class",
-            "verdict",
-            "pivot_verdict",
-            "steps",
-            "min_target_probability",
-            "length_ratio",
-            "figure",
-        ]
-    )
+    pairs = wandb.Table(columns=PAIR_COLUMNS)
+    for row in pair_rows(by_space, class_names):
+        file = figure_files.get((row[0], row[1]))
+        pairs.add_data(*row[:-1], wandb.Image(str(file)) if file else None)
     points = wandb.Table(
         columns=[
             "space",
@@ -570,18 +574,6 @@ def _log_wandb(
     for space, records in by_space.items():
         for record in records:
             pair_id, target = record["pair"]["id"], int(record["target"])
-            file = figure_files.get((space, pair_id))
-            pairs.add_data(
-                space,
-                pair_id,
-                class_names[target],
-                record["verdict"],
-                record["pivot_verdict"],
-                record["steps"],
-                record["min_target_probability"],
-                record["length_ratio"],
-                wandb.Image(str(file)) if file else None,
-            )
             for along, images, probs, energy in _walks(record, shown[(space, pair_id)]):
                 positions = _position(len(probs))
                 for k, (p, position) in enumerate(zip(probs.float(), positions, strict=True)):
