@@ -7,6 +7,7 @@ freed with their last reference rather than kept in pyplot's global list.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,16 @@ def checked_points(record: dict[str, Any], which: str) -> tuple[np.ndarray, np.n
         _margin_from_probabilities(probabilities, target),
         probabilities.argmax(dim=-1).numpy(),
     )
+
+
+def lowest_margin(record: dict[str, Any], which: str | None = None) -> float:
+    """The lowest target margin along the path (``which="line"``: along the line) of a record;
+    from its checked points when the record predates the saved margins."""
+    which = which or ("line" if record["verdict"] == "linear" else "path")
+    saved = record.get("line_min_margin" if which == "line" else "min_margin")
+    if saved is not None and not math.isnan(saved):
+        return float(saved)
+    return float(np.nanmin(checked_points(record, which)[1]))
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -305,7 +316,7 @@ def pair_figure(
         heights.append(1.0 if difference and line_images is not None else 0.35)
     heights += [1.5, 1.0]
     fig = Figure(figsize=(max(7.0, 0.95 * points), 0.95 * sum(heights) + 1.0))
-    grid = fig.add_gridspec(len(heights), points, height_ratios=heights, hspace=0.45, wspace=0.08)
+    grid = fig.add_gridspec(len(heights), points, height_ratios=heights, hspace=0.6, wspace=0.08)
     for s, (name, images, probs) in enumerate(walks):
         label = name if images is None or not images_note else f"{name}\n(decoded)"
         _draw_strip(fig, grid, 3 * s, images, probs, target, class_names, label)

@@ -25,7 +25,6 @@ import csv
 import html
 import io
 import json
-import math
 import os
 import struct
 import warnings
@@ -39,7 +38,13 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from connectivity.figures import bar_image, image_array, pair_figure, save_figure
+from connectivity.figures import (
+    bar_image,
+    image_array,
+    lowest_margin,
+    pair_figure,
+    save_figure,
+)
 from connectivity.records import (
     ROW_NAMES,
     VERDICTS,
@@ -103,7 +108,7 @@ def _images(space: str, points: Tensor, decoders: dict[str, Any]) -> Tensor | No
 
 def _decided(record: dict[str, Any]) -> str:
     """``"verdict nonlinear (sampled check, min margin 2.04; pivots only: linear)"``."""
-    margin = record.get("min_margin", math.nan)
+    margin = lowest_margin(record)
     return (
         f"verdict {record['verdict']} ({record.get('certificate', 'sampled')} check, min margin "
         f"{margin:.3g}; pivots only: {record['pivot_verdict']})"
@@ -136,8 +141,8 @@ def gallery_html(by_space: dict[str, list[dict[str, Any]]], manifest: dict[str, 
             if not chosen:
                 continue
             parts.append(f"<h3>{html.escape(ROW_NAMES[verdict])}: {len(chosen)}</h3>")
-            # Closest calls (lowest margin) first; records without a margin last.
-            chosen.sort(key=lambda r: (math.isnan(m := r.get("min_margin", math.nan)), m))
+            # Closest calls (lowest margin) first.
+            chosen.sort(key=lowest_margin)
             for record in chosen:
                 pair = record["pair"]
                 file = figure_name(space, pair["id"])
@@ -375,8 +380,8 @@ def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
                     record["steps"],
                     record["max_energy"],
                     record["min_target_probability"],
-                    record.get("min_margin", math.nan),
-                    record.get("line_min_margin", math.nan),
+                    lowest_margin(record, "path"),
+                    lowest_margin(record, "line"),
                     record["length_ratio"],
                     float(l2.max()),
                     float(linf.max()),
