@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from connectivity.errors import InputError
+from connectivity.graph import ClassComponents, Pair, check_graph_options, search_components
 from connectivity.split import INPUT, floating_dtype, probe_split, split
 from connectivity.verdicts import PairRecord, PathOptions, check_range, connect_points
 
@@ -208,3 +209,100 @@ def connect_in_layer(
     head, tail = head.to(starts.device), tail.to(starts.device)
     z_start, z_end = encode_pairs(head, tail, starts, ends, targets)
     return connect_points(tail, z_start, z_end, targets, options, on_record, on_progress)
+
+
+def as_class(target: Any) -> int:
+    """One class index (Python, numpy or 0-d integer tensor) as an ``int``.
+
+    Raises:
+        InputError: anything else (a float, a bool, a list or a tensor of several classes).
+    """
+    if isinstance(target, Tensor) and target.numel() == 1 and not target.is_floating_point():
+        target = target.item()
+    if isinstance(target, bool) or not isinstance(target, numbers.Integral):
+        raise InputError(
+            f"target must be one integer class (all inputs are of that class), got {target!r}"
+        )
+    return int(target)
+
+
+def pairwise_distances(points: Tensor) -> list[list[float]]:
+    """``(N, N)`` Euclidean distances between ``(N, *point_shape)`` points (flattened), in the
+    points' own units, computed in float64 so that near ties order the same on every device."""
+    flat = points.detach().flatten(1).double()
+    return torch.cdist(flat, flat).cpu().tolist()
+
+
+def connect_all(
+    classifier: nn.Module,
+    layer: str,
+    inputs: Tensor,
+    target: int,
+    *,
+    output: Hashable | None = None,
+    pixel_range: tuple[float, float] | None = (0.0, 1.0),
+    round_size: int | None = None,
+    max_tries: int | None = None,
+    known: dict[Pair, PairRecord] | None = None,
+    on_record: Callable[[Pair, PairRecord], None] | None = None,
+    **path_options: Any,
+) -> ClassComponents[PairRecord]:
+    """The connected components of ``N`` inputs of one class, in ``layer``'s space.
+
+    Two inputs are joined when :func:`connect` finds a path between them that keeps the class;
+    components are the transitive closure of the joined pairs. Not every pair is decided:
+    candidate pairs go from near to far (Euclidean distance in ``layer``'s space), a pair whose
+    ends already share a component is skipped, and the pairs of each round are decided in one
+    batched band call (see :mod:`connectivity.graph`). With ``max_tries=None`` the components
+    are those that deciding all ``N (N - 1) / 2`` pairs would give, for far fewer pairs when
+    the class holds together.
+
+    Args:
+        classifier: As in :func:`connect` (copied, never changed).
+        layer: ``"input"`` or a layer name.
+        inputs: ``(N, *input_shape)`` inputs of the class (images in [0, 1], or ``uint8``).
+        target: Their class (one integer).
+        output: As in :func:`connect`.
+        pixel_range: As in :func:`connect`.
+        round_size: Most pairs per round (None: no limit; bounds the band's memory).
+        max_tries: Most failed pairs between two components before they are left apart
+            (None: no limit).
+        known: ``{(i, j): record}`` decided earlier (e.g. by a run that stopped); not decided
+            again.
+        on_record: Called as ``on_record((i, j), record)`` the moment a pair is decided.
+        **path_options: Fields of :class:`connectivity.verdicts.PathOptions`.
+
+    Returns:
+        :class:`connectivity.graph.ClassComponents` with ``components`` (lists of input
+        indices, largest first), ``edges`` and ``failed`` (``{(i, j): PairRecord}``) and the
+        ``rounds``. Inputs in different components are not connected by the paths tried.
+
+    Raises:
+        InputError: inputs that :func:`connect` refuses, or a target that is not one class of
+            the classifier.
+        OptionsError: an invalid path option, ``round_size`` or ``max_tries``.
+        LayerError: as in :func:`connect`.
+    """
+    points = as_inputs(inputs, "inputs")
+    target = as_class(target)
+    check_graph_options(round_size, max_tries)
+    if points.dim() == 4 and pixel_range is not None:
+        check_range(points, points, pixel_range, "pixel_range")
+    if layer == INPUT and points.dim() == 4 and pixel_range is not None:
+        path_options.setdefault("bounds", pixel_range)
+    options = PathOptions.from_dict(path_options)
+    head, tail = split(classifier, layer, output=output)
+    head, tail = head.to(points.device), tail.to(points.device)
+    targets = torch.full((points.shape[0],), target, dtype=torch.long, device=points.device)
+    z, _ = encode_pairs(head, tail, points, points[:1], targets)
+
+    def decide(pairs: list[Pair]) -> list[PairRecord]:
+        first = torch.tensor([i for i, _ in pairs], device=z.device)
+        second = torch.tensor([j for _, j in pairs], device=z.device)
+        report = None if on_record is None else (lambda k, r: on_record(pairs[k], r))
+        same = torch.full((len(pairs),), target, dtype=torch.long, device=z.device)
+        return connect_points(tail, z[first], z[second], same, options, report)
+
+    return search_components(
+        pairwise_distances(z), decide, known=known, round_size=round_size, max_tries=max_tries
+    )

@@ -29,6 +29,30 @@ class TwoDisks(nn.Module):
         return torch.stack([inside, torch.zeros_like(inside)], dim=-1)
 
 
+class DisksAndRing(nn.Module):
+    """Class 0 in three separate regions: the ring 1 < r < 2 around the origin and the unit
+    disks around (-5, 0) and (5, 0); class 1 elsewhere. No path of class 0 joins two regions."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        r = z.norm(dim=-1)
+        ring = 4.0 * (r - 1.0) * (2.0 - r)
+        left = 4.0 * (1.0 - (z - z.new_tensor([-5.0, 0.0])).norm(dim=-1))
+        right = 4.0 * (1.0 - (z - z.new_tensor([5.0, 0.0])).norm(dim=-1))
+        inside = torch.maximum(ring, torch.maximum(left, right))
+        return torch.stack([inside, torch.zeros_like(inside)], dim=-1)
+
+
+def disks_and_ring_points() -> tuple[Tensor, list[list[int]]]:
+    """Inputs of class 0 of :class:`DisksAndRing`: 5 spread round the ring (radius 1.5), 3 in
+    each disk, interleaved; and the true components (index lists, largest first)."""
+    angles = torch.arange(5) * (2 * torch.pi / 5)
+    ring = 1.5 * torch.stack([angles.cos(), angles.sin()], dim=-1)
+    offsets = torch.tensor([[0.0, 0.0], [0.4, 0.3], [-0.3, -0.5]])
+    left, right = offsets + torch.tensor([-5.0, 0.0]), offsets + torch.tensor([5.0, 0.0])
+    points = torch.cat([ring[:2], left[:1], right[:1], ring[2:], left[1:], right[1:]])
+    return points, [[0, 1, 4, 5, 6], [2, 7, 8], [3, 9, 10]]
+
+
 class Stripes(nn.Module):
     """Class 0 where x < 1, class 1 where x > 1; a straight line inside x < 1 is fine."""
 
