@@ -1,8 +1,8 @@
 """The ``connectivity`` command: one LightningCLI parser for training and the path experiments.
 
-``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's own; ``paths``, ``report``
-and ``quickstart`` are subcommands of the same parser (so ``connectivity --help`` lists all
-seven), dispatched without building a model or a trainer for them.
+``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's own; ``paths``, ``graph``,
+``report`` and ``quickstart`` are subcommands of the same parser (so ``connectivity --help``
+lists all eight), dispatched without building a model or a trainer for them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from connectivity import __version__
 from connectivity.commands import (
+    GRAPH_HELP,
     PATHS_HELP,
     REPORT_HELP,
+    GraphCommand,
     PathsCommand,
+    graph_parser,
     paths_parser,
     report,
     report_parser,
@@ -59,6 +62,10 @@ def _run_paths(parser: ArgumentParser, config: Namespace) -> None:
     PathsCommand.from_config(parser, config).run()
 
 
+def _run_graph(parser: ArgumentParser, config: Namespace) -> None:
+    GraphCommand.from_config(parser, config).run()
+
+
 def _run_report(parser: ArgumentParser, config: Namespace) -> None:
     objects = parser.instantiate(config)
     report(objects.folder, decoders=objects.decoders, wandb=objects.wandb)
@@ -73,13 +80,14 @@ EXPERIMENT_COMMANDS: dict[
     str, tuple[Callable[..., ArgumentParser], str, Callable[[ArgumentParser, Namespace], None]]
 ] = {
     "paths": (paths_parser, PATHS_HELP, _run_paths),
+    "graph": (graph_parser, GRAPH_HELP, _run_graph),
     "report": (report_parser, REPORT_HELP, _run_report),
     "quickstart": (_quickstart_parser, QUICKSTART_HELP, _run_quickstart),
 }
 
 
 class ConnectivityCLI(TrainingCLI):
-    """LightningCLI's training commands plus ``paths``, ``report`` and ``quickstart``.
+    """LightningCLI's training commands plus ``paths``, ``graph``, ``report`` and ``quickstart``.
 
     The experiment commands take no model, data or trainer of LightningCLI's: for them no seed
     is set, nothing is instantiated up front, and their own runner is called instead.
@@ -100,7 +108,7 @@ class ConnectivityCLI(TrainingCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         # LightningCLI's own loop, with one-line help, then ours: one parser parses, checks and
-        # documents all seven commands.
+        # documents all eight commands.
         self._subcommand_parsers: dict[str, ArgumentParser] = {}
         subcommands = parser.add_subcommands()
         for name in self.subcommands():

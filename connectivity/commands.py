@@ -21,11 +21,18 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from connectivity.data import ImageDataModule
 from connectivity.experiment import Experiment, run_paths
+from connectivity.graph_report import write_graph_report
+from connectivity.graph_run import GraphExperiment, run_graph
+from connectivity.graph_store import GraphStore
 from connectivity.records import RunStore
 from connectivity.report import WandbOptions, write_report
 
 PATHS_HELP = "Decide same-class pairs in the input space and in layers of a classifier."
-REPORT_HELP = "Rebuild the table and figures of a path experiment from its saved records."
+REPORT_HELP = "Rebuild the tables and figures of a paths or graph run from its saved records."
+GRAPH_HELP = (
+    "Find the connected components of whole classes (union-find over pairs, near to far), "
+    "for one or more classifiers."
+)
 
 # Library output that our own design causes on purpose and that would bury the lines a person
 # follows. Errors, real warnings and the progress bars are kept.
@@ -174,5 +181,47 @@ def report(
 ) -> None:
     """Rebuild the table and figures of the run in ``folder`` (by default with its decoders)."""
     store = RunStore(folder)
+    if store.manifest().get("kind") == "graph":
+        with quiet_library_output():
+            write_graph_report(GraphStore(folder), wandb=wandb or WandbOptions())
+        return
     with quiet_library_output():
         write_report(store, decoders=decoders or store.decoders(), wandb=wandb or WandbOptions())
+
+
+def graph_parser(**kwargs: Any) -> LightningArgumentParser:
+    """A parser of ``connectivity graph`` options: the experiment, its data, Trainer and W&B."""
+    kwargs.setdefault("description", GRAPH_HELP)
+    parser = LightningArgumentParser(**kwargs)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
+    parser.add_class_arguments(GraphExperiment, None, fail_untyped=True)
+    parser.add_subclass_arguments(ImageDataModule, "data", required=True)
+    parser.add_lightning_class_args(L.Trainer, "trainer")
+    parser.add_class_arguments(WandbOptions, "wandb")
+    return parser
+
+
+@dataclasses.dataclass
+class GraphCommand:
+    """A graph experiment with its objects built, ready to run (see :class:`PathsCommand`)."""
+
+    experiment: GraphExperiment
+    data: ImageDataModule
+    trainer: dict[str, Any]
+    wandb: WandbOptions
+
+    @classmethod
+    def from_config(cls, parser: ArgumentParser, config: Namespace) -> GraphCommand:
+        """Instantiate a parsed ``graph`` config (from :func:`graph_parser`)."""
+        objects = parser.instantiate(config)
+        fields = {f.name for f in dataclasses.fields(GraphExperiment)}
+        experiment = GraphExperiment(**{name: objects[name] for name in fields})
+        defaults = vars(parser.get_defaults().trainer)
+        given = vars(config.trainer)
+        trainer = {k: objects.trainer[k] for k, v in given.items() if v != defaults.get(k)}
+        return cls(experiment, objects.data, trainer, objects.wandb)
+
+    def run(self) -> GraphStore | None:
+        """Run (or resume) the experiment; the store on rank zero, None elsewhere."""
+        with quiet_library_output():
+            return run_graph(self.experiment, self.data, self.trainer, self.wandb)

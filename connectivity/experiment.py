@@ -271,21 +271,24 @@ class SpacePathModule(PathModule):
             checkpoint, self.rows = None, pending
         targets = torch.tensor([p.label for p in self.rows], dtype=torch.long)
         if not self.rows:  # this rank has nothing left here, but takes part in the fit
-            nothing = self.dataset[0][0].new_zeros(0, 1)
+            nothing = torch.zeros(0, 1)
             self.set_pairs(nothing, nothing, targets)
             return
         device = strategy.root_device
-        images, _ = stack_images(self.dataset, [p.start_index for p in self.rows])
-        others, _ = stack_images(self.dataset, [p.end_index for p in self.rows])
-        self.head.to(device)
-        self.tail.to(device)
-        z_start, z_end = encode_pairs(
-            self.head, self.tail, images.to(device), others.to(device), targets.to(device)
-        )
+        z_start, z_end = self.encode_rows(targets.to(device), device)
         self.set_pairs(z_start, z_end, targets.to(device))
         if checkpoint is not None:
             self.resume_from(checkpoint)
             self.resumed_at = int(checkpoint["steps"])
+
+    def encode_rows(self, targets: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The ends of this rank's pairs (``self.rows``) in the space: the dataset images
+        through the head. ``targets``: ``(rows,)`` on ``device``."""
+        images, _ = stack_images(self.dataset, [p.start_index for p in self.rows])
+        others, _ = stack_images(self.dataset, [p.end_index for p in self.rows])
+        self.head.to(device)
+        self.tail.to(device)
+        return encode_pairs(self.head, self.tail, images.to(device), others.to(device), targets)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"pair_ids": [p.id for p in self.rows]}

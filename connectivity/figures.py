@@ -418,3 +418,77 @@ def bar_image(probabilities: Tensor, target: int, height: int = 32, width: int =
 def image_array(point: Tensor) -> np.ndarray:
     """A point shown as an image (uint8 HWC)."""
     return (torch.as_tensor(_as_image(point)) * 255).round().to(torch.uint8).numpy()
+
+
+EDGE_COLOURS = {"linear": "tab:blue", "nonlinear": "tab:orange"}
+
+
+def graph_figure(
+    coords: Tensor,
+    components: list[list[int]],
+    edges: dict[tuple[int, int], str],
+    failed: list[tuple[int, int]],
+    title: str,
+    images: Tensor | None = None,
+) -> Figure:
+    """One class in one space: its inputs placed by a 2-D embedding, joined by the pairs decided.
+
+    Args:
+        coords: ``(N, 2)`` positions (e.g. the first two principal components of the points).
+        components: Lists of input indices, largest first; each component's thumbnails get a
+            frame of its own colour (the largest blue, then orange, ... as in ``tab10``).
+        edges: ``{(i, j): verdict}`` of the pairs found connected: solid, blue for ``linear``,
+            orange for ``nonlinear``.
+        failed: Pairs decided not connected by the paths tried: dashed grey.
+        title: Figure title.
+        images: ``(N, C, H, W)`` thumbnails (uint8 0..255 or floats in [0, 1]), or None for
+            dots.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    xy = coords.detach().float().cpu().numpy()
+    fig = Figure(figsize=(8.0, 7.0))
+    ax = fig.add_subplot()
+    for i, j in failed:
+        ax.plot(*xy[[i, j]].T, ls="--", lw=0.6, color="tab:grey", alpha=0.6, zorder=1)
+    for (i, j), verdict in edges.items():
+        ax.plot(*xy[[i, j]].T, lw=1.6, color=EDGE_COLOURS.get(verdict, "black"), zorder=2)
+    palette = [f"C{k % 10}" for k in range(len(components))]
+    span = float(max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1e-9))
+    for k, members in enumerate(components):
+        for i in members:
+            if images is None:
+                ax.scatter(*xy[i], s=40, color=palette[k], zorder=3)
+                continue
+            image = images[i]
+            picture = image.float() / 255.0 if image.dtype == torch.uint8 else image
+            box = OffsetImage(_as_image(picture), zoom=max(0.6, 24.0 / picture.shape[-1]))
+            ax.add_artist(
+                AnnotationBbox(
+                    box,
+                    tuple(xy[i]),
+                    frameon=True,
+                    pad=0.1,
+                    zorder=3,
+                    bboxprops={"edgecolor": palette[k], "linewidth": 1.5},
+                )
+            )
+    margin = 0.08 * span
+    ax.set_xlim(xy[:, 0].min() - margin, xy[:, 0].max() + margin)
+    ax.set_ylim(xy[:, 1].min() - margin, xy[:, 1].max() + margin)
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    ax.legend(
+        handles=[
+            Line2D([], [], color=EDGE_COLOURS["linear"], lw=1.6, label="linear path"),
+            Line2D([], [], color=EDGE_COLOURS["nonlinear"], lw=1.6, label="nonlinear path"),
+            Line2D(
+                [], [], color="tab:grey", ls="--", lw=0.8, label="not connected by the paths tried"
+            ),
+        ],
+        fontsize=7,
+        loc="best",
+    )
+    fig.suptitle(title, fontsize=10)
+    return fig

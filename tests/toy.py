@@ -101,3 +101,20 @@ class KillAfterBandStep(L.Callback):
         band = getattr(pl_module, "band", None)
         if band is not None and band.pairs and int(band.steps.max()) >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RaiseAfterBandStep(L.Callback):
+    """Raises ``RuntimeError`` once a band has taken ``step`` steps: a run stopped in the
+    middle of a band, in-process (Lightning's own exception handling runs, as on a crash).
+
+    Args:
+        step: Band steps after which it raises.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+        band = getattr(pl_module, "band", None)
+        if band is not None and band.pairs and int(band.steps.max()) >= self.step:
+            raise RuntimeError(f"stopped on purpose after band step {self.step}")
