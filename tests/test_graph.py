@@ -19,7 +19,7 @@ from connectivity.graph import (
 from connectivity.verdicts import PathOptions, connect_points
 from tests.toy import Annulus, DisksAndRing, disks_and_ring_points
 
-OPTIONS = {"num_pivots": 10, "steps": 40, "lr": 0.05}
+OPTIONS = {"num_pivots": 10, "steps": 20, "lr": 0.05}
 
 
 def _line_distances(positions: list[float]) -> list[list[float]]:
