@@ -389,11 +389,16 @@ class _Driver:
         return self.store.folder / "bands" / f"model{self.k}" / key
 
     def _outcomes(self, space_key: str, ids: set[int]) -> dict[int, bool]:
+        """Whether each decided pair of ``ids`` is connected; pairs without a readable record
+        are left out (a damaged record is moved aside and decided again by the next fit)."""
         out = {}
         for pair_id in ids:
             path = self.scoped.record_path(space_key, pair_id)
-            if path.is_file():
-                out[pair_id] = is_connected(torch.load(path, map_location="cpu", weights_only=True))
+            try:
+                record = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # absent, or damaged (pickle, zip...): the next fit decides it
+                continue
+            out[pair_id] = is_connected(record)
         return out
 
     def run(self) -> None:
@@ -430,9 +435,8 @@ class _Driver:
                 if self.is_zero:
                     atomic_write_text(file, json.dumps({"pairs": planned}) + "\n")
             ids = {self.layout.pair_id(k, (i, j)): (k, i, j) for k, i, j in planned}
-            # A file that exists was written whole (atomically); a damaged one is moved aside
-            # and decided again by the fit's own check.
-            if any(not self.scoped.record_path(self.space, i).is_file() for i in ids):
+            outcomes = self._outcomes(self.space, set(ids))
+            if set(ids) - set(outcomes):
                 pairs = [
                     DatasetPair(
                         pair_id,
@@ -444,7 +448,7 @@ class _Driver:
                 ]
                 ends = {pair_id: (points[k][i], points[k][j]) for pair_id, (k, i, j) in ids.items()}
                 self._fit(pairs, self.space, ends)
-            outcomes = self._outcomes(self.space, set(ids))
+                outcomes = self._outcomes(self.space, set(ids))
             missing = set(ids) - set(outcomes)
             if missing:
                 raise ConnectivityError(
@@ -508,7 +512,7 @@ class _Driver:
                         row["tries"].append({"component": c, "member": nearest, "pair": pair_id})
                 rows.append(row)
         key = f"{MISCLASSIFIED}-{self.space}"
-        if any(not self.scoped.record_path(key, p.id).is_file() for p in pairs):
+        if set(ends) - set(self._outcomes(key, set(ends))):
             self._fit(pairs, key, ends)
         if self.is_zero:
             file = self.store.rounds_dir(self.k, self.space) / f"{MISCLASSIFIED}.json"

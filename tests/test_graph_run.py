@@ -17,6 +17,7 @@ import connectivity
 from connectivity.cli import main
 from connectivity.data import DigitsDataModule
 from connectivity.experiment import load_network
+from connectivity.report import offline_run_records
 from tests.conftest import REPO
 
 
@@ -124,10 +125,24 @@ def test_graph_killed_for_real_resumes_to_the_same_components(
     )
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     assert list((tmp_path / "k" / "bands").rglob("rank0.pt"))  # killed mid-band
-    main(["graph", "-c", str(config)])
+    main(["graph", "-c", str(config), "--wandb.enabled", "true"])
     main(["graph", "-c", str(_config(tmp_path, "w", [digits_classifier], indices))])
     for name in ("components.csv", "edges.csv"):
         assert _rows(tmp_path / "k" / name) == _rows(tmp_path / "w" / name), name
+    # The report went to the folder's offline W&B run: tables and one figure per class.
+    (run,) = (tmp_path / "k" / "wandb").glob("offline-run-*")
+    keys = {
+        item.key
+        for record in offline_run_records(run)
+        if record.WhichOneof("record_type") == "history"
+        for item in record.history.item
+    }
+    assert {"components", "edges"} <= {key.split("/")[0] for key in keys}
+    assert any(key.startswith("graph/model0/flatten/") for key in keys)
+    # `connectivity report` rebuilds a graph run's report from its records.
+    (tmp_path / "k" / "components.md").unlink()
+    main(["report", str(tmp_path / "k")])
+    assert "| components |" in (tmp_path / "k" / "components.md").read_text()
 
 
 @pytest.mark.parametrize(
