@@ -169,3 +169,30 @@ def test_graph_errors_are_one_line_before_any_folder(
     assert line.startswith("connectivity: error:")
     assert re.search(words, line), line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_pairs_gives_the_single_process_components(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    # Each round's pairs are shared out across the two ranks (rank k takes every second pair).
+    indices = _misclassified_and_others(digits_classifier)
+    command = [sys.executable, "-m", "connectivity.cli", "graph", "-c"]
+    one = _config(tmp_path, "one", [digits_classifier], indices)
+    subprocess.run([*command, str(one)], check=True, capture_output=True, cwd=REPO)
+    two = _config(tmp_path, "two", [digits_classifier], indices)
+    ranks = ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+    done = subprocess.run(
+        [*command, str(two), *ranks, "--trainer.strategy", "ddp_pairs"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _rows(tmp_path / "one" / "components.csv") == _rows(tmp_path / "two" / "components.csv")
+    edges = [_rows(tmp_path / name / "edges.csv") for name in ("one", "two")]
+    columns = ("i", "j", "verdict", "steps")
+    assert [[r[c] for c in columns] for r in edges[0]] == [
+        [r[c] for c in columns] for r in edges[1]
+    ]
