@@ -2,8 +2,9 @@
 
 For each classifier, space and class, the class's inputs are joined by the union-find search of
 :mod:`connectivity.graph`. Each round of every class of a space is decided in one Lightning fit
-of :class:`~connectivity.experiment.SpacePathModule` (so ``ddp_pairs`` shares the round's pairs
-out across ranks, as ``paths`` shares its pairs), and every decided pair is written at once.
+of :class:`RoundModule`, a :class:`~connectivity.experiment.SpacePathModule` (so ``ddp_pairs``
+shares the round's pairs out across ranks, as ``paths`` shares its pairs), and every decided
+pair is written at once.
 
 Run folder (``<output_dir>/<name>``):
 
@@ -14,9 +15,10 @@ Run folder (``<output_dir>/<name>``):
   pairs of misclassified inputs;
 * ``rounds/model<k>/<space>/round_<r>.json``: the pairs of each round, written before the
   round is decided, so that a resumed run decides exactly the pairs the stopped one would have;
+  ``misclassified.json`` (what each misclassified input was tried against, its distances);
   ``settled`` once no candidate is left;
-* ``embeddings/model<k>/<space>/class_<c>.pt``: each class's points in the space, reduced to
-  2-D by PCA (for the figures) and the distances to the nearest input of each class;
+* ``embeddings/model<k>/<space>/class_<c>.pt``: each class's points in the space reduced to
+  2-D by PCA (for the figures);
 * the report (:mod:`connectivity.graph_report`).
 
 Resume: rerunning the same config replays the saved rounds, decides what is missing and goes

@@ -30,15 +30,7 @@ class ScopedStore(RunStore):
 
 
 class GraphStore(RunStore):
-    """A graph run folder: its records lie one level deeper (per model) than a paths run's."""
-
-    def _has_records(self) -> bool:
-        return any(self.records_dir.glob("*/*/pair_*.pt"))
-
-    def start(self, manifest: dict[str, Any]) -> None:
-        for leftover in self.records_dir.glob("*/*/.pair_*.tmp"):
-            leftover.unlink(missing_ok=True)
-        super().start(manifest)
+    """A graph run folder (see :mod:`connectivity.graph_run` for its layout)."""
 
     def model(self, k: int) -> ScopedStore:
         return ScopedStore(self.folder, f"model{k}")

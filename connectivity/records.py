@@ -116,7 +116,9 @@ class RunStore:
         return self.records_dir / space / f"pair_{pair_id:04d}.pt"
 
     def _has_records(self) -> bool:
-        return any(self.records_dir.glob("*/pair_*.pt"))
+        # Any depth: a graph run keeps its records one level deeper (records/<model>/<space>/),
+        # and a paths run must never claim a graph run's folder, nor the reverse.
+        return any(self.records_dir.rglob("pair_*.pt"))
 
     def start(self, manifest: dict[str, Any]) -> None:
         """Claim the folder for ``manifest``; refuse one that holds a different experiment.
@@ -131,7 +133,7 @@ class RunStore:
         path = self.folder / "run.json"
         # Leftovers of writes a crash interrupted; the records they were meant to replace are
         # intact (or absent, and will be redone).
-        for leftover in self.records_dir.glob("*/.pair_*.tmp"):
+        for leftover in self.records_dir.rglob(".pair_*.tmp"):
             leftover.unlink(missing_ok=True)
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
         if path.is_file():

@@ -17,6 +17,8 @@ import connectivity
 from connectivity.cli import main
 from connectivity.data import DigitsDataModule
 from connectivity.experiment import load_network
+from connectivity.graph_store import GraphStore
+from connectivity.records import RunFolderError, RunStore
 from connectivity.report import offline_run_records
 from tests.conftest import REPO
 
@@ -196,3 +198,12 @@ def test_two_process_ddp_pairs_gives_the_single_process_components(
     assert [[r[c] for c in columns] for r in edges[0]] == [
         [r[c] for c in columns] for r in edges[1]
     ]
+
+
+def test_paths_and_graph_runs_never_claim_each_others_folders(tmp_path: Path) -> None:
+    graph = GraphStore(tmp_path / "run")
+    graph.start({"kind": "graph", "spaces": ["input"]})
+    graph.model(0).record_path("input", 3).parent.mkdir(parents=True)
+    graph.model(0).record_path("input", 3).write_bytes(b"")  # a decided pair, as start sees
+    with pytest.raises(RunFolderError, match=r"different experiment \(differs in: kind"):
+        RunStore(tmp_path / "run").start({"spaces": ["input"]})
