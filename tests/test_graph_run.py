@@ -134,7 +134,7 @@ def test_graph_killed_for_real_resumes_to_the_same_components(
     # The report went to the folder's offline W&B run: tables and one figure per class.
     (run,) = (tmp_path / "k" / "wandb").glob("offline-run-*")
     keys = {
-        item.key
+        item.key or "/".join(item.nested_key)
         for record in offline_run_records(run)
         if record.WhichOneof("record_type") == "history"
         for item in record.history.item
