@@ -394,6 +394,7 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
     nodes = list(module.graph.nodes)
     position = {node: i for i, node in enumerate(nodes)}
     depends: dict[fx.Node, bool] = {}
+    sizes: set[fx.Node] = set()  # point-dependent values that are sizes, not tensors
     steps: list[_Step] = []
     for node in nodes:
         inputs = node.all_input_nodes
@@ -410,7 +411,16 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
         if not dependent:
             steps.append(_Step(node, FIXED))  # parameters, constants: any operation is fine
             continue
-        steps.append(_classify(node, module, depends))
+        if node.op == "call_function" and all(n in sizes for n in inputs if depends[n]):
+            # Arithmetic on sizes (``x.size(1) // groups``, ``x.shape[0]``): a size again.
+            if getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins"):
+                steps.append(_Step(node, SIZE))
+                sizes.add(node)
+                continue
+        step = _classify(node, module, depends)
+        if step.kind == SIZE:
+            sizes.add(node)
+        steps.append(step)
     # A value is kept until its last use; a size read off a point-dependent tensor is read
     # again whenever points are added, so the tensor it reads lives as long as the size.
     for i in range(len(steps) - 1, -1, -1):
@@ -467,8 +477,6 @@ def _classify(node: fx.Node, root: nn.Module, depends: dict[fx.Node, bool]) -> _
         if target is getattr:
             kind = SIZE if node.args[1] in _SIZE_ATTRIBUTES else AFFINE
             return _Step(node, kind)
-        if target is operator.getitem and not depends.get(node.args[0], False):  # type: ignore[arg-type]
-            return _Step(node, SIZE)
         if target in _AFFINE_FUNCTIONS:
             return _Step(node, AFFINE)
         if (

@@ -64,7 +64,12 @@ def pair_figure(
         path_images: Images of the optimised path's points, or None.
     """
     target = int(record["target"])
-    points = record["line_probabilities"].shape[0]
+    # A path may have more points than the line (pivots inserted by the exact check): the
+    # grid is as wide as the longer strip, the shorter one leaves its last columns empty.
+    line_points = record["line_probabilities"].shape[0]
+    path_points = record["path_probabilities"].shape[0]
+    shows_path = record["verdict"] != "linear"
+    points = max(line_points, path_points) if shows_path else line_points
     strips = [] if line_images is None else [("line", line_images, record["line_probabilities"])]
     if line_images is not None and record["verdict"] != "linear" and path_images is not None:
         strips.append(("path", path_images, record["path_probabilities"]))
@@ -73,8 +78,9 @@ def pair_figure(
     fig = Figure(figsize=(max(6.0, 0.9 * points), 0.9 * sum(heights) + 0.8))
     grid = fig.add_gridspec(rows, points, height_ratios=heights, hspace=0.35, wspace=0.08)
     for s, (name, images, probs) in enumerate(strips):
-        axes_images = [fig.add_subplot(grid[2 * s, k]) for k in range(points)]
-        axes_bars = [fig.add_subplot(grid[2 * s + 1, k]) for k in range(points)]
+        count = probs.shape[0]
+        axes_images = [fig.add_subplot(grid[2 * s, k]) for k in range(count)]
+        axes_bars = [fig.add_subplot(grid[2 * s + 1, k]) for k in range(count)]
         _draw_strip(axes_images, axes_bars, images, probs, target)
         axes_images[0].text(
             -0.3,
@@ -87,10 +93,11 @@ def pair_figure(
             fontsize=9,
         )
     ax = fig.add_subplot(grid[rows - 1, :])
-    position = np.linspace(0, 1, points)
-    ax.plot(position, record["line_energy"].float().numpy(), "o-", label="straight line")
-    if record["verdict"] != "linear":
-        ax.plot(position, record["path_energy"].float().numpy(), "s-", label="optimised path")
+    line_position = np.linspace(0, 1, line_points)
+    ax.plot(line_position, record["line_energy"].float().numpy(), "o-", label="straight line")
+    if shows_path:
+        path_position = np.linspace(0, 1, path_points)
+        ax.plot(path_position, record["path_energy"].float().numpy(), "s-", label="optimised path")
     ax.axhline(np.log(2), color="grey", lw=0.8, ls="--", label="p(target) = 1/2")
     ax.set_xlabel("position along the path (pivot index / (pivots + 1))")
     ax.set_ylabel("cross-entropy")
