@@ -411,12 +411,13 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
         if not dependent:
             steps.append(_Step(node, FIXED))  # parameters, constants: any operation is fine
             continue
-        if node.op == "call_function" and all(n in sizes for n in inputs if depends[n]):
-            # Arithmetic on sizes (``x.size(1) // groups``, ``x.shape[0]``): a size again.
-            if getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins"):
-                steps.append(_Step(node, SIZE))
-                sizes.add(node)
-                continue
+        # Arithmetic on sizes (``x.size(1) // groups``, ``x.shape[0]``): a size again.
+        on_sizes = all(n in sizes for n in inputs if depends[n])
+        python = getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins")
+        if node.op == "call_function" and on_sizes and python:
+            steps.append(_Step(node, SIZE))
+            sizes.add(node)
+            continue
         step = _classify(node, module, depends)
         if step.kind == SIZE:
             sizes.add(node)
