@@ -274,3 +274,31 @@ def test_exact_verdicts_of_a_trained_classifier_survive_2000_points_per_segment(
         with torch.no_grad():
             logits = torch.cat([tail(chunk) for chunk in dense.split(1024)])
         assert bool((logits.argmax(dim=1) == record.target).all())
+
+
+def test_the_table_says_which_check_each_count_rests_on() -> None:
+    from connectivity.records import table_markdown, verdict_table
+
+    def record(verdict: str, certificate: str) -> dict:
+        return {"verdict": verdict, "pivot_verdict": verdict, "certificate": certificate}
+
+    rows = [record("linear", "exact"), record("linear", "sampled"), record("none", "exact")]
+    markdown = table_markdown(verdict_table({"input": rows}), 3)
+    assert "| Linear path exists | 2 (2): 1 exact, 1 sampled |" in markdown
+    assert "| No path found | 1 (1) exact |" in markdown
+    assert "| Nonlinear path exists | 0 (0) |" in markdown
+
+
+def test_figures_take_a_path_with_inserted_pivots() -> None:
+    from dataclasses import asdict
+
+    from connectivity.figures import pair_figure
+
+    starts, ends = SLIVER_ENDS
+    options = PathOptions(num_pivots=8, steps=300, lr=0.05, spring_constant=0.0, certify="exact")
+    (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), options)
+    assert record.path.shape[0] > record.line.shape[0]
+    figure = pair_figure(asdict(record), "sliver")
+    (profile,) = figure.axes
+    lengths = sorted(len(line.get_xdata()) for line in profile.get_lines()[:2])
+    assert lengths == [record.line.shape[0], record.path.shape[0]]
