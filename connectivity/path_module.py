@@ -80,9 +80,11 @@ class PathModule(L.LightningModule):
         self.space = space
         # A copy: freezing must not touch the caller's module.
         self.tail = FrozenTail(copy.deepcopy(tail))
-        # Which check decides paths; certify="exact" on a tail that is not piecewise linear is
-        # refused here, before any work.
-        self.certifier = Certifier.for_tail(self.tail, self.options)
+        # certify="exact" on a tail that is not piecewise linear is refused here, before any
+        # work; the certifier itself is built where the fit starts, with the tail on its device
+        # (its traced copy is no submodule, so it would not move, nor need pickling).
+        Certifier.for_tail(self.tail, self.options)
+        self.certifier: Certifier | None = None
         self.band: ElasticBand | None = None
         self.decisions: Decisions | None = None
         self.decided: list[tuple[int, PairRecord]] = []
@@ -141,6 +143,7 @@ class PathModule(L.LightningModule):
             # that precision, as connect_points does, not from a rounded float32 line.
             band.pivots.data = band.initial_pivots()
         targets = band.labels
+        self.certifier = Certifier.for_tail(self.tail, self.options)
         self.decisions = Decisions(
             self.tail, targets, self._check(band), self.options, self._queue, self.certifier
         )

@@ -302,3 +302,20 @@ def test_figures_take_a_path_with_inserted_pivots() -> None:
     (profile,) = figure.axes
     lengths = sorted(len(line.get_xdata()) for line in profile.get_lines()[:2])
     assert lengths == [record.line.shape[0], record.path.shape[0]]
+
+
+def test_the_lightning_driver_checks_exactly_without_inserting_pivots(tmp_path) -> None:
+    from connectivity.path_module import PathModule
+    from tests.test_path_module import _fit
+
+    starts, ends = SLIVER_ENDS
+    options = PathOptions(num_pivots=8, steps=5, lr=0.05, certify="exact")
+    module = PathModule(Sliver(), starts, ends, torch.tensor([0]), options)
+    _fit(module, tmp_path)
+    (record,) = module.records()
+    # the sampled check would call the line linear; the exact one sends it to the band, which
+    # keeps its 8 pivots (no insertion here) and does not get around the strip in 5 steps
+    assert record.verdict == Verdict.NONE and record.certificate == "exact"
+    assert record.path.shape[0] == 10 and record.line_off_target_intervals.shape == (1, 2)
+    with pytest.raises(NotPiecewiseLinearError, match="GELU"):
+        PathModule(nn.Sequential(nn.Linear(2, 2), nn.GELU()), options=options)
