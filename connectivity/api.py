@@ -119,9 +119,10 @@ def connect(
             image; other inputs get no box unless one is given.
 
     Returns:
-        One :class:`connectivity.verdicts.PairRecord` per pair: the verdicts (``verdict``
-        certified densely, ``pivot_verdict`` as the paper checks), the path in the layer's
-        space, the softmax at every path point and the path metrics.
+        One :class:`connectivity.verdicts.PairRecord` per pair: the verdicts (``verdict`` by
+        the check ``certificate`` names, ``exact`` or ``sampled``; ``pivot_verdict`` as the
+        paper checks), the path in the layer's space, the softmax at every path point and the
+        path metrics.
 
     Raises:
         InputError: inputs of another dtype, shape or range (e.g. float images in 0..255),

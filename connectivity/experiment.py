@@ -33,7 +33,7 @@ from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
 from connectivity.report import WandbOptions, paths_logger, write_report
 from connectivity.split import INPUT, Frozen, split
-from connectivity.verdicts import PathOptions
+from connectivity.verdicts import Certifier, PathOptions
 
 
 class PairError(ConnectivityError, ValueError):
@@ -533,7 +533,9 @@ def run_paths(
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
-        split(network, space)  # a wrong layer name fails here, before any work
+        _, tail = split(network, space)  # a wrong layer name fails here, before any work
+        # certify="exact" on a space whose tail is not piecewise linear fails here too.
+        Certifier.for_tail(tail, experiment.path)
     for space, decoder in experiment.decoders.items():
         if space not in experiment.spaces:
             raise ConnectivityError(

@@ -207,16 +207,18 @@ def _draw_track(
             fontsize=6,
             color=OFF_COLOUR,
         )
-    certificate = record.get("certificate", "sampled")
-    ax.text(
-        -0.01,
-        0.5,
-        f"{certificate} check\n{len(position)} pts, {int(off.sum())} off",
-        transform=ax.transAxes,
-        ha="right",
-        va="center",
-        fontsize=5,
-    )
+    # Where the exact check decided, its off-target stretches are drawn too (hatched): they
+    # can be far narrower than the spacing of the sampled points.
+    prefix = "line_" if which == "line" else ""
+    stretches = record.get(f"{prefix}off_target_intervals")
+    if stretches is not None:
+        for low, high in stretches.tolist():
+            ax.axvspan(low, high, color=OFF_COLOUR, alpha=0.7, hatch="////", lw=0.5)
+        pieces = record.get(f"{prefix}pieces", 0)
+        label = f"exact check\n{pieces} pieces, {len(stretches)} off"
+    else:
+        label = f"sampled check\n{len(position)} pts, {int(off.sum())} off"
+    ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=5)
 
 
 def _draw_difference(
@@ -303,8 +305,12 @@ def pair_figure(
         difference: Draw path minus line (the images are the points themselves).
     """
     target = int(record["target"])
-    points = record["line_probabilities"].shape[0]
     banded = record["verdict"] != "linear"
+    # A path may have more points than the line (pivots inserted by the exact check): the
+    # grid is as wide as the longer strip, the shorter one leaves its last columns empty.
+    line_points = record["line_probabilities"].shape[0]
+    path_points = record["path_probabilities"].shape[0]
+    points = max(line_points, path_points) if banded else line_points
     walks = [("line", line_images, record["line_probabilities"])]
     if banded:
         walks.append(("path", path_images, record["path_probabilities"]))
@@ -322,7 +328,8 @@ def pair_figure(
         _draw_strip(fig, grid, 3 * s, images, probs, target, class_names, label)
         _draw_track(fig.add_subplot(grid[3 * s + 2, :]), record, name, points, class_names)
     if moved_row is not None:
-        if difference and line_images is not None and path_images is not None:
+        same = line_images is not None and path_images is not None
+        if difference and same and line_images.shape == path_images.shape:
             _draw_difference(fig, grid, moved_row, line_images, path_images, record)
         else:
             _draw_distances(fig, grid, moved_row, record)
@@ -341,7 +348,7 @@ def pair_figure(
             lw=1,
             label=f"{shown} (min {np.nanmin(finite):.3g})" if np.isfinite(finite).any() else shown,
         )
-        pivots = np.linspace(0.0, 1.0, points)
+        pivots = np.linspace(0.0, 1.0, line_points if which == "line" else path_points)
         at = [int(np.abs(position - x).argmin()) for x in pivots]
         ax.plot(position[at], finite[at], style[0], color=ax.lines[-1].get_color(), ms=4)
     ax.axhline(0.0, color="black", lw=0.8, ls="--", label="decision boundary (margin 0)")
@@ -351,10 +358,22 @@ def pair_figure(
     ax.tick_params(labelsize=6)
 
     ax = fig.add_subplot(grid[len(heights) - 1, :])
-    position = np.linspace(0, 1, points)
-    ax.plot(position, record["line_energy"].float().numpy(), "o-", ms=4, label="straight line")
+    line_energy, path_energy = record["line_energy"], record["path_energy"]
+    ax.plot(
+        np.linspace(0, 1, line_points),
+        line_energy.float().numpy(),
+        "o-",
+        ms=4,
+        label="straight line",
+    )
     if banded:
-        ax.plot(position, record["path_energy"].float().numpy(), "s-", ms=4, label="optimised path")
+        ax.plot(
+            np.linspace(0, 1, path_points),
+            path_energy.float().numpy(),
+            "s-",
+            ms=4,
+            label="optimised path",
+        )
     ax.set_xlim(*_axis_limits(points))
     ax.set_xlabel("position along the path (pivot k of N at k / (N - 1))", fontsize=7)
     ax.set_ylabel("energy at pivots\n(cross-entropy)", fontsize=7)

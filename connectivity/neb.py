@@ -656,6 +656,8 @@ def find_paths(
     stop: StopFn | None = None,
     labels: Tensor | None = None,
     on_step: Callable[[ElasticBand], None] | None = None,
+    initial: Tensor | None = None,
+    steps_taken: Tensor | None = None,
 ) -> PathResult:
     """Optimise one band per (start, end) pair towards a minimum energy path.
 
@@ -687,6 +689,11 @@ def find_paths(
             ``stop(path, energy, labels)``, e.g. a classifier's loss for each pair's target.
         on_step: optional ``on_step(band)`` called after every evaluation (and update), e.g. to
             report progress or to save pairs as soon as they leave the batch.
+        initial: optional ``(pairs, num_pivots + 2, *point_shape)`` paths to start from instead
+            of the straight line (their ends must be ``starts`` and ``ends``), e.g. a band that
+            got more pivots where it was poorly resolved.
+        steps_taken: optional ``(pairs,)`` long steps these paths already took; they count
+            towards ``steps``.
 
     Returns:
         ``PathResult`` whose energies and forces belong to the returned paths.
@@ -710,6 +717,10 @@ def find_paths(
             -1
         )
 
+    if initial is not None:
+        band.pivots.data = initial[:, 1:-1].to(band.pivots.dtype).clone()
+    if steps_taken is not None:
+        band.steps.copy_(steps_taken)
     opt = make_optimizer(optimizer, [band.pivots], lr)
     with torch.no_grad():
         band.set_end_energies_(evaluate(band.end_points(), band.end_labels()))

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from connectivity.neb import ElasticBand, make_optimizer
 from connectivity.split import FrozenTail
 from connectivity.verdicts import (
+    Certifier,
     Decisions,
     LineCheck,
     PairRecord,
@@ -79,6 +80,11 @@ class PathModule(L.LightningModule):
         self.space = space
         # A copy: freezing must not touch the caller's module.
         self.tail = FrozenTail(copy.deepcopy(tail))
+        # certify="exact" on a tail that is not piecewise linear is refused here, before any
+        # work; the certifier itself is built where the fit starts, with the tail on its device
+        # (its traced copy is no submodule, so it would not move, nor need pickling).
+        Certifier.for_tail(self.tail, self.options)
+        self.certifier: Certifier | None = None
         self.band: ElasticBand | None = None
         self.decisions: Decisions | None = None
         self.decided: list[tuple[int, PairRecord]] = []
@@ -137,7 +143,10 @@ class PathModule(L.LightningModule):
             # that precision, as connect_points does, not from a rounded float32 line.
             band.pivots.data = band.initial_pivots()
         targets = band.labels
-        self.decisions = Decisions(self.tail, targets, self._check(band), self.options, self._queue)
+        self.certifier = Certifier.for_tail(self.tail, self.options)
+        self.decisions = Decisions(
+            self.tail, targets, self._check(band), self.options, self._queue, self.certifier
+        )
         self.decisions.decide_lines()
         band.retire_(self.decisions.check.ok)  # the line already answers for these pairs
         if band.pairs:
@@ -146,8 +155,13 @@ class PathModule(L.LightningModule):
             )
             band.set_end_energies_(energies)
         self.decisions.decide_band(band, self._rows(band))
+        # No pivots are inserted here (the band's shape is fixed for the fit): a band found off
+        # the target between pivots goes on until it passes or runs out of steps.
         self._stop = certification_stop(
-            self.tail, self.options, self.decisions.check.log_probabilities.shape[-1]
+            self.tail,
+            self.options,
+            self.decisions.check.log_probabilities.shape[-1],
+            self.certifier,
         )
 
     def _check(self, band: ElasticBand) -> LineCheck:
@@ -155,7 +169,9 @@ class PathModule(L.LightningModule):
             path = band.path
             ok = torch.zeros(0, dtype=torch.bool, device=path.device)
             return LineCheck(path, path.new_zeros(0, 0, 2), ok)
-        return check_lines(self.tail, band.starts, band.ends, band.labels, self.options)
+        return check_lines(
+            self.tail, band.starts, band.ends, band.labels, self.options, self.certifier
+        )
 
     @staticmethod
     def _rows(band: ElasticBand) -> Tensor:

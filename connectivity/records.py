@@ -242,26 +242,52 @@ def count_verdicts(records: list[dict[str, Any]], key: str = "verdict") -> dict[
     return {v: counts.get(v, 0) for v in VERDICTS}
 
 
+CERTIFICATES = ("exact", "sampled")
+
+
 def verdict_table(by_space: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict]]:
-    """``{space: {"dense": counts, "pivots": counts}}``."""
-    return {
-        space: {"dense": count_verdicts(rs), "pivots": count_verdicts(rs, "pivot_verdict")}
-        for space, rs in by_space.items()
-    }
+    """``{space: {"dense": counts, "pivots": counts, "exact": counts, "sampled": counts}}``:
+    the verdicts, the pivots-only verdicts, and the verdicts that rest on each certificate
+    (``exact + sampled = dense``; records from before certificates count as sampled)."""
+    table = {}
+    for space, rs in by_space.items():
+        table[space] = {"dense": count_verdicts(rs), "pivots": count_verdicts(rs, "pivot_verdict")}
+        for certificate in CERTIFICATES:
+            kept = [r for r in rs if r.get("certificate", "sampled") == certificate]
+            table[space][certificate] = count_verdicts(kept)
+    return table
+
+
+def _cell(checks: dict[str, dict], verdict: str) -> str:
+    """``count (pivots-only count)`` and the certificate the count rests on."""
+    count = checks["dense"][verdict]
+    cell = f"{count} ({checks['pivots'][verdict]})"
+    by_certificate = {c: checks.get(c, {}).get(verdict, 0) for c in CERTIFICATES}
+    if count == 0:
+        return cell
+    if "exact" not in checks:  # a table of records from before certificates: all sampled
+        return f"{cell} sampled"
+    parts = [c for c in CERTIFICATES if by_certificate[c]]
+    if len(parts) == 1:
+        return f"{cell} {parts[0]}"
+    return f"{cell}: " + ", ".join(f"{by_certificate[c]} {c}" for c in parts)
 
 
 def table_markdown(table: dict[str, dict[str, dict]], pairs: int) -> str:
-    """The paper's Table 1 layout, with the pivot-only count in brackets beside each count."""
+    """The paper's Table 1 layout, with the pivot-only count in brackets beside each count and
+    the check each count rests on: ``exact`` (every point of the line or path proven in the
+    class, or proven to leave it) or ``sampled`` (evenly spaced points only)."""
     spaces = list(table)
     lines = [
-        f"Pairs: {pairs}. Each cell: verdict certified densely (pivots-only verdict as in the "
-        "paper).",
+        f"Pairs: {pairs}. Each cell: pairs with that verdict (pivots-only verdict as in the "
+        "paper, in brackets), and the check the verdicts rest on: exact (every point of the "
+        "path) or sampled (evenly spaced points).",
         "",
         "| | " + " | ".join(spaces) + " |",
         "|---|" + "---|" * len(spaces),
     ]
     for verdict in VERDICTS:
-        cells = [f"{table[s]['dense'][verdict]} ({table[s]['pivots'][verdict]})" for s in spaces]
+        cells = [_cell(table[s], verdict) for s in spaces]
         lines.append(f"| {ROW_NAMES[verdict]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

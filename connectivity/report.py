@@ -348,8 +348,13 @@ PAIR_COLUMNS = [
     "steps",
     "max_energy",
     "min_target_probability",
+    "certificate_note",
     "min_margin",
     "line_min_margin",
+    "pieces",
+    "line_pieces",
+    "off_target",
+    "line_off_target",
     "length_ratio",
     "max_distance_l2",
     "max_distance_linf",
@@ -357,11 +362,21 @@ PAIR_COLUMNS = [
 ]
 
 
+def _stretches_text(stretches: Tensor | None) -> str:
+    """Off-target stretches ``(K, 2)`` as ``"0.5012-0.5031 0.71-0.72"`` (positions along the
+    path in [0, 1]); empty where none were found or the exact check did not decide."""
+    if stretches is None:
+        return ""
+    return " ".join(f"{low:.6g}-{high:.6g}" for low, high in stretches.tolist())
+
+
 def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> list[list[Any]]:
     """One row of :data:`PAIR_COLUMNS` per pair and space (``pairs.csv`` and W&B's ``pairs``):
-    its indices, class, verdicts, the check they rest on, metrics, how far its path moved from
-    the straight line (largest L2 and L-infinity distance of a point, in the space's units:
-    pixels in [0, 1] in the input space), and the file of its figure."""
+    its indices, class, verdicts, the check they rest on (``certificate``: exact or sampled, and
+    why sampled where ``auto`` or the exact check's tolerance chose it), the lowest margins, the
+    linear pieces the exact check went through and the stretches it found off the target, how
+    far its path moved from the straight line (largest L2 and L-infinity distance of a point, in
+    the space's units: pixels in [0, 1] in the input space), and the file of its figure."""
     rows = []
     for space, records in by_space.items():
         for record in records:
@@ -380,8 +395,13 @@ def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
                     record["steps"],
                     record["max_energy"],
                     record["min_target_probability"],
+                    record.get("certificate_note", ""),
                     lowest_margin(record, "path"),
                     lowest_margin(record, "line"),
+                    record.get("pieces", 0),
+                    record.get("line_pieces", 0),
+                    _stretches_text(record.get("off_target_intervals")),
+                    _stretches_text(record.get("line_off_target_intervals")),
                     record["length_ratio"],
                     float(l2.max()),
                     float(linf.max()),

@@ -1,8 +1,9 @@
 """Is there a path between two same-class points on which every point keeps the class?
 
-Pure PyTorch on top of :mod:`connectivity.neb`: the classifier energy
-``L(z) = cross_entropy(tail(z), target)``, the dense check that certifies a piecewise-linear
-path, and the verdict of each pair (linear, nonlinear, none, diverged).
+Pure PyTorch on top of :mod:`connectivity.neb` and :mod:`connectivity.exact`: the classifier
+energy ``L(z) = cross_entropy(tail(z), target)``, the checks of a polyline path (``sampled``:
+evenly spaced points; ``exact``: every point, for piecewise-linear tails), and the verdict of each
+pair (linear, nonlinear, none, diverged).
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from connectivity.errors import InputError, OptionsError
+from connectivity.exact import (
+    NotPiecewiseLinearError,
+    PathCheck,
+    Program,
+    check_paths,
+    piecewise_linear_program,
+)
 from connectivity.neb import (
     METHODS,
     OPTIMIZERS,
@@ -30,6 +38,8 @@ from connectivity.neb import (
     straight_line,
 )
 from connectivity.split import FrozenTail
+
+CERTIFY = ("exact", "sampled", "auto")
 
 
 class Verdict(str, Enum):
@@ -60,6 +70,15 @@ class PathOptions:
         converge: Keep optimising a pair after its path is certified, to the minimum energy
             path (by default a pair stops as soon as a path is found: the question is existence).
         chunk_size: Most points per network call in the dense check (bounds memory).
+        certify: Which check a verdict rests on. ``"exact"``: every point of the line and the
+            path (:mod:`connectivity.exact`, ExactLine); refused for a tail that is not
+            piecewise linear. ``"sampled"``: ``line_points`` evenly spaced points only.
+            ``"auto"``: exact where the tail is piecewise linear, sampled otherwise (the record
+            says which, and why).
+        max_pivots: Most pivots a band may grow to when the exact check finds stretches of it
+            off the target between pivots: a pivot is inserted in each (as AutoNEB does) and
+            the band goes on. None: ``4 * num_pivots``. Only the plain driver
+            (:func:`connect_points`) inserts pivots.
 
     Raises:
         OptionsError: when built with a value outside the above (options are frozen: use
@@ -78,6 +97,8 @@ class PathOptions:
     line_points: int = 64
     converge: bool = False
     chunk_size: int = 512
+    certify: str = "sampled"
+    max_pivots: int | None = None
 
     def __post_init__(self) -> None:
         for name, minimum in (
@@ -91,6 +112,11 @@ class PathOptions:
             object.__setattr__(self, name, _checked_number(getattr(self, name), name, positive))
         if self.method not in METHODS:
             raise OptionsError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.certify not in CERTIFY:
+            raise OptionsError(f"certify must be one of {CERTIFY}, got {self.certify!r}")
+        if self.max_pivots is not None:
+            most = _checked_int(self.max_pivots, "max_pivots", self.num_pivots)
+            object.__setattr__(self, "max_pivots", most)
         if self.optimizer not in OPTIMIZERS:
             raise OptionsError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("climbing", "converge"):
@@ -134,6 +160,11 @@ class PathOptions:
             "bounds": self.bounds,
             "tol": self.tol,
         }
+
+    @property
+    def most_pivots(self) -> int:
+        """The most pivots a band may grow to (``max_pivots``, default ``4 * num_pivots``)."""
+        return self.max_pivots if self.max_pivots is not None else 4 * self.num_pivots
 
     @property
     def points_per_segment(self) -> int:
@@ -262,13 +293,16 @@ class PairRecord:
     line_min_target_probability: float
     max_force: float
     line: Tensor  # (num_pivots + 2, *point_shape) straight line, ends included
-    path: Tensor  # (num_pivots + 2, *point_shape) optimised band (the line for linear pairs)
+    # (N, *point_shape) optimised band (the line for linear pairs); N = num_pivots + 2 unless
+    # the exact check inserted pivots (N <= max_pivots + 2)
+    path: Tensor
     line_probabilities: Tensor  # (num_pivots + 2, classes) at the line's points
-    path_probabilities: Tensor  # (num_pivots + 2, classes) at the path's points
+    path_probabilities: Tensor  # (N, classes) at the path's points
     line_energy: Tensor  # (num_pivots + 2,)
-    path_energy: Tensor  # (num_pivots + 2,)
-    # How far each point of the path moved from its point on the line, (num_pivots + 2,) (0 at
-    # the ends and for linear pairs), in the space's own units (pixels in [0, 1] for images).
+    path_energy: Tensor  # (N,)
+    # How far each point of the path moved from the line's point at the same position, (N,)
+    # (0 at the ends and for linear pairs), in the space's own units (pixels in [0, 1] for
+    # images).
     distance_l2: Tensor | None = None
     distance_linf: Tensor | None = None
     # The check the verdict rests on: which one ran ("sampled": the points below only), and the
@@ -285,6 +319,16 @@ class PairRecord:
     line_check_position: Tensor | None = None
     line_check_margin: Tensor | None = None
     line_check_predicted: Tensor | None = None
+    # With certificate "exact": the closed stretches of positions along the path (and the line)
+    # where it is off the target, (K, 2) float64, merged and in order (empty: none), and how
+    # many linear pieces the exact check went through. None / 0 where the exact check did not
+    # decide that path.
+    off_target_intervals: Tensor | None = None
+    line_off_target_intervals: Tensor | None = None
+    pieces: int = 0
+    line_pieces: int = 0
+    # Why the certificate is what it is where "auto" or the tolerance chose "sampled".
+    certificate_note: str = ""
 
     def metrics(self) -> dict[str, float | int | str]:
         """The scalar part, for tables."""
@@ -292,15 +336,21 @@ class PairRecord:
 
 
 def distances_from_line(path: Tensor, line: Tensor) -> tuple[Tensor, Tensor]:
-    """L2 and L-infinity distance of each point of one path from its point on the straight line.
+    """L2 and L-infinity distance of each point of one path from the straight line's point at
+    the same position (point ``k`` of ``N`` sits at ``k / (N - 1)``).
 
     Args:
         path: ``(N, *point_shape)``.
-        line: The same shape.
+        line: ``(N', *point_shape)`` evenly spaced points from the path's first end to its last
+            (``N' = N`` unless pivots were inserted into the path).
 
     Returns:
         Two ``(N,)`` tensors, in the units of the points (pixels in [0, 1] for images).
     """
+    if line.shape[0] != path.shape[0]:
+        weight = torch.linspace(0.0, 1.0, path.shape[0], dtype=line.dtype, device=line.device)
+        weight = weight.view(-1, *([1] * (line.dim() - 1)))
+        line = torch.lerp(line[:1], line[-1:], weight)
     difference = (path - line).flatten(1)
     return difference.norm(dim=-1), difference.abs().amax(dim=-1)
 
@@ -309,34 +359,140 @@ def _pivot_rows(dense: Tensor, per_segment: int) -> Tensor:
     return dense[:, :: per_segment + 1]
 
 
+class Certifier:
+    """Which check decides a tail's paths, and the exact check itself (one per tail).
+
+    Built once per tail with :meth:`for_tail`, before any work: ``certify="exact"`` with a tail
+    that is not piecewise linear is refused there.
+
+    Attributes:
+        kind: ``"exact"`` or ``"sampled"``.
+        note: Why ``"auto"`` chose the sampled check (the operation that is not piecewise
+            linear), else empty.
+    """
+
+    def __init__(self, kind: str, note: str = "", program: Program | None = None) -> None:
+        self.kind, self.note, self.program = kind, note, program
+        self._cache: dict[tuple[bytes, int], PathCheck] = {}
+
+    @staticmethod
+    def for_tail(tail: nn.Module, options: PathOptions) -> Certifier:
+        """The certifier of ``tail`` under ``options.certify``.
+
+        Raises:
+            NotPiecewiseLinearError: ``certify="exact"`` and the tail holds an operation that is
+                not piecewise linear (named in the message).
+        """
+        if options.certify == "sampled":
+            return Certifier("sampled")
+        try:
+            program = piecewise_linear_program(tail)
+        except NotPiecewiseLinearError as error:
+            if options.certify == "exact":
+                raise NotPiecewiseLinearError(
+                    f"certify='exact' is impossible here: {error}; use certify='auto' or 'sampled'"
+                ) from error
+            return Certifier("sampled", f"auto chose sampled: {error}")
+        return Certifier("exact", program=program)
+
+    @property
+    def exact(self) -> bool:
+        return self.kind == "exact"
+
+    def check(self, paths: Tensor, targets: Tensor) -> list[PathCheck]:
+        """The exact check of each path ``(pairs, N, *point_shape)``, one :class:`PathCheck` of
+        one pair each; paths checked before (the band's stop, then its record) are reused."""
+        assert self.program is not None
+        keys = [
+            (paths[i].detach().cpu().contiguous().numpy().tobytes(), int(targets[i]))
+            for i in range(paths.shape[0])
+        ]
+        todo = [i for i, key in enumerate(keys) if key not in self._cache]
+        if todo:
+            index = torch.tensor(todo, device=paths.device)
+            result = check_paths(self.program, paths[index].detach(), targets[index])
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            for row, i in enumerate(todo):
+                self._cache[keys[i]] = _pick(result, row)
+        return [self._cache[key] for key in keys]
+
+
+def _pick(check: PathCheck, row: int) -> PathCheck:
+    """The :class:`PathCheck` of one pair of a batch."""
+    return PathCheck(
+        min_margin=check.min_margin[row : row + 1],
+        tolerance=check.tolerance[row : row + 1],
+        passed=check.passed[row : row + 1],
+        decided=check.decided[row : row + 1],
+        pieces=check.pieces[row : row + 1],
+        off_target=[check.off_target[row]],
+        positions=[check.positions[row]],
+        margins=[check.margins[row]],
+    )
+
+
+def _exact_ok(checks: list[PathCheck], sampled_ok: Tensor) -> tuple[Tensor, Tensor]:
+    """``(ok, decided)`` per path: the exact verdict where decided, the sampled one where a
+    margin within the tolerance of zero leaves the exact check undecided."""
+    decided = torch.tensor([bool(c.decided[0]) for c in checks], dtype=torch.bool)
+    passed = torch.tensor([bool(c.passed[0]) for c in checks], dtype=torch.bool)
+    decided, passed = decided.to(sampled_ok.device), passed.to(sampled_ok.device)
+    return torch.where(decided, passed, sampled_ok), decided
+
+
 @dataclass
 class LineCheck:
-    """The straight line between each pair's ends and its dense check."""
+    """The straight line between each pair's ends and its checks."""
 
     line: Tensor  # (pairs, num_pivots + 2, *point_shape)
     log_probabilities: Tensor  # (pairs, M, classes) at the refined line's points
-    ok: Tensor  # (pairs,) bool: every checked point is on target
+    ok: Tensor  # (pairs,) bool: the line stays in the class (by the check that decided it)
+    exact: list[PathCheck] | None = None  # the exact check of each line (one segment)
 
     def subset(self, index: Tensor) -> LineCheck:
         """The check of the pairs at ``index``."""
-        return LineCheck(self.line[index], self.log_probabilities[index], self.ok[index])
+        exact = None if self.exact is None else [self.exact[i] for i in index.tolist()]
+        return LineCheck(self.line[index], self.log_probabilities[index], self.ok[index], exact)
 
 
 def check_lines(
-    tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor, options: PathOptions
+    tail: nn.Module,
+    starts: Tensor,
+    ends: Tensor,
+    targets: Tensor,
+    options: PathOptions,
+    certifier: Certifier | None = None,
 ) -> LineCheck:
-    """Check the straight line of each pair densely (pivots and points between them)."""
+    """Check the straight line of each pair: at evenly spaced points (pivots and points between
+    them), and exactly (the whole segment from start to end) with an exact ``certifier``."""
     if starts.shape != ends.shape or targets.shape != (starts.shape[0],):
         raise ValueError("starts and ends must be (pairs, *point_shape) and targets (pairs,)")
     line = straight_line(starts, ends, options.num_pivots)
     log_p = path_log_probabilities(tail, line, options.points_per_segment, options.chunk_size)
-    return LineCheck(line, log_p, on_target(log_p, targets).all(dim=1))
+    ok = on_target(log_p, targets).all(dim=1)
+    exact = None
+    if certifier is not None and certifier.exact and starts.shape[0]:
+        # The line is one segment: its exact check needs no pivots.
+        exact = certifier.check(torch.stack([starts, ends], dim=1), targets)
+        ok, _ = _exact_ok(exact, ok)
+    return LineCheck(line, log_p, ok, exact)
 
 
-def certification_stop(tail: nn.Module, options: PathOptions, num_classes: int) -> StopFn:
+def certification_stop(
+    tail: nn.Module,
+    options: PathOptions,
+    num_classes: int,
+    certifier: Certifier | None = None,
+    grows: bool = False,
+) -> StopFn:
     """The ``stop`` callback of the path search: a pair is done once its band is certified.
 
-    With ``options.converge`` it never stops a pair (the band runs to the minimum energy path).
+    With an exact ``certifier``, a band whose sampled points all pass is checked exactly; it
+    is done when every point passes, and also, when ``grows`` (the driver inserts pivots, see
+    :class:`Decisions`) and it has fewer than ``options.most_pivots`` pivots, when stretches of
+    it are off target between pivots (the band would not see them). With
+    ``options.converge`` it never stops a pair (the band runs to the minimum energy path).
     """
     log_classes = math.log(num_classes)
 
@@ -351,6 +507,13 @@ def certification_stop(tail: nn.Module, options: PathOptions, num_classes: int) 
                 tail, band[maybe], options.points_per_segment, options.chunk_size
             )
             done[maybe] = on_target(dense, labels[maybe]).all(dim=1)
+        if certifier is not None and certifier.exact:
+            sampled = done.nonzero().squeeze(1)
+            if sampled.numel():
+                checks = certifier.check(band[sampled], labels[sampled])
+                ok, decided = _exact_ok(checks, done[sampled])
+                can_grow = grows and band.shape[1] - 2 < options.most_pivots
+                done[sampled] = ok | (decided & can_grow)
         return done
 
     return certified
@@ -403,10 +566,13 @@ def connect_points(
 ) -> list[PairRecord]:
     """Decide for each pair whether a path inside the target class joins its ends.
 
-    The straight line is checked densely first; pairs whose line leaves the class get a NEB
-    band (:func:`connectivity.neb.find_paths`), which stops as soon as its own dense check
-    passes (unless ``options.converge``). All pairs and all pivots go through the network
-    together.
+    The straight line is checked first; pairs whose line leaves the class get a NEB band
+    (:func:`connectivity.neb.find_paths`), which stops as soon as its own check passes (unless
+    ``options.converge``). All pairs and all pivots go through the network together. With the
+    exact check (``options.certify``), a band (or a line) found off the target between its
+    points gets a pivot inserted in each such stretch and goes on in a new round, up to
+    ``options.max_pivots`` pivots (AutoNEB: Kolsbjerg, Groves and Hammer, J. Chem. Phys. 145,
+    094107 (2016)); pairs of a round that have the same number of pivots run as one band.
 
     Args:
         tail: Maps points ``(B, *point_shape)`` to logits ``(B, classes)``.
@@ -421,6 +587,10 @@ def connect_points(
 
     Returns:
         One :class:`PairRecord` per pair, in order.
+
+    Raises:
+        NotPiecewiseLinearError: ``options.certify == "exact"`` with a tail that is not
+            piecewise linear (before any work).
     """
     options = options or PathOptions()
     starts, ends = working_precision(starts, ends)
@@ -430,19 +600,25 @@ def connect_points(
     # working precision are cast to the network's dtype inside.
     if not isinstance(tail, FrozenTail):
         tail = FrozenTail(copy.deepcopy(tail)).to(starts.device)
-    check = check_lines(tail, starts, ends, targets, options)
-    decisions = Decisions(tail, targets, check, options, on_record)
+    certifier = Certifier.for_tail(tail, options)
+    check = check_lines(tail, starts, ends, targets, options, certifier)
+    decisions = Decisions(tail, targets, check, options, on_record, certifier, grows=True)
     decisions.decide_lines()
-    need = (~check.ok).nonzero().squeeze(1)
     if on_progress is not None:
         on_progress(0, len(decisions.records))
+    rounds = decisions.first_rounds()
+    stop = certification_stop(
+        tail, options, check.log_probabilities.shape[-1], certifier, grows=True
+    )
+    while rounds:
+        need, initial, taken = rounds.pop(0)
 
-    def on_step(band: ElasticBand) -> None:
-        decisions.decide_band(band, need)
-        if on_progress is not None:
-            on_progress(int(band.steps.max()), len(decisions.records))
+        def on_step(band: ElasticBand, need: Tensor = need) -> None:
+            decisions.decide_band(band, need)
+            if on_progress is not None:
+                on_progress(int(band.steps.max()), len(decisions.records))
 
-    if need.numel():
+        band_options = {**options.band_options(), "num_pivots": initial.shape[1] - 2}
         result = find_paths(
             classifier_energy(tail),
             starts[need],
@@ -450,14 +626,72 @@ def connect_points(
             steps=options.steps,
             optimizer=options.optimizer,
             lr=options.lr,
-            **options.band_options(),
-            stop=certification_stop(tail, options, check.log_probabilities.shape[-1]),
+            **band_options,
+            stop=stop,
             labels=targets[need],
             on_step=on_step,
+            initial=initial,
+            steps_taken=taken,
         )
         # Pairs that never took a step (e.g. a non-finite end) are finished here.
         decisions.decide_band(result, need, done=torch.ones_like(need, dtype=torch.bool))
+        rounds += decisions.take_rounds()
     return decisions.in_order()
+
+
+Round = tuple[Tensor, Tensor, Tensor]  # pair indices, their paths, the steps they took
+
+
+def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
+    """Insert a point in the middle of each off-target stretch that holds no point of the path.
+
+    Args:
+        path: ``(N, *point_shape)`` polyline.
+        off_target: ``(K, 2)`` closed stretches of positions along it (point ``k`` sits at
+            ``k / (N - 1)``).
+        room: Most points to insert; the longest stretches go first.
+
+    Returns:
+        ``(N + inserted, *point_shape)``: the same polyline with the new points in order (the
+        path itself when none fit).
+    """
+    segments = path.shape[0] - 1
+    stretches = off_target.to(torch.float64).cpu()
+    if room <= 0 or stretches.shape[0] == 0:
+        return path
+    # A stretch that holds a point of the path is seen by the band already.
+    grid = torch.arange(segments + 1, dtype=torch.float64) / segments
+    holds = (grid.view(1, -1) >= stretches[:, :1]) & (grid.view(1, -1) <= stretches[:, 1:])
+    free = stretches[~holds.any(dim=1)]
+    if free.shape[0] == 0:
+        return path
+    widest = torch.argsort(free[:, 1] - free[:, 0], descending=True, stable=True)[:room]
+    middle = free[widest].mean(dim=1).sort().values
+    scaled = middle * segments
+    segment = scaled.floor().long().clamp(0, segments - 1)
+    weight = (scaled - segment).to(path.dtype).to(path.device)
+    segment = segment.to(path.device)
+    new = torch.lerp(path[segment], path[segment + 1], weight.view(-1, *([1] * (path.dim() - 1))))
+    positions = torch.cat([grid.to(path.device), middle.to(path.device)])
+    order = torch.argsort(positions, stable=True)
+    return torch.cat([path, new])[order]
+
+
+def _group_by_size(pairs: list[int], paths: list[Tensor], steps: list[int]) -> list[Round]:
+    """Rounds of pairs whose paths have the same number of points (one band each)."""
+    sizes = sorted({p.shape[0] for p in paths})
+    rounds = []
+    for size in sizes:
+        rows = [i for i, p in enumerate(paths) if p.shape[0] == size]
+        device = paths[rows[0]].device
+        rounds.append(
+            (
+                torch.tensor([pairs[i] for i in rows], device=device),
+                torch.stack([paths[i] for i in rows]),
+                torch.tensor([steps[i] for i in rows], device=device),
+            )
+        )
+    return rounds
 
 
 class Decisions:
@@ -466,7 +700,10 @@ class Decisions:
     One code path for both drivers of the search, the plain loop of :func:`connect_points` and
     the Lightning :class:`~connectivity.path_module.PathModule`: pairs whose line passes are
     decided by the line check, the others when they leave their band; each gets its verdicts
-    and metrics from :func:`make_records`, once.
+    and metrics from :func:`make_records`, once. With an exact certifier and ``grows``, a band
+    that leaves its band off the target between pivots (with steps and pivots to spare) gets
+    no record yet: it is queued for another round with pivots inserted there
+    (:meth:`take_rounds`).
 
     Args:
         tail: The frozen tail the pairs are decided with.
@@ -474,6 +711,8 @@ class Decisions:
         check: The line check of all pairs.
         options: The path options.
         on_record: Called as ``on_record(pair_index, record)`` for each new record.
+        certifier: The check that decides paths (default: sampled).
+        grows: The driver runs further rounds with inserted pivots (:meth:`take_rounds`).
 
     Attributes:
         records: ``{pair_index: PairRecord}`` of the pairs decided so far.
@@ -486,14 +725,24 @@ class Decisions:
         check: LineCheck,
         options: PathOptions,
         on_record: Callable[[int, PairRecord], None] | None = None,
+        certifier: Certifier | None = None,
+        grows: bool = False,
     ) -> None:
         self.tail, self.targets, self.check, self.options = tail, targets, check, options
         self.on_record = on_record
+        self.certifier = certifier or Certifier("sampled")
+        self.grows = grows
         self.records: dict[int, PairRecord] = {}
+        self._queued: dict[int, tuple[Tensor, int]] = {}
 
     def _finish(self, index: Tensor, outcome: BandOutcome) -> None:
         new = make_records(
-            self.tail, self.targets[index], self.check.subset(index), outcome, self.options
+            self.tail,
+            self.targets[index],
+            self.check.subset(index),
+            outcome,
+            self.options,
+            self.certifier,
         )
         for i, record in zip(index.tolist(), new, strict=True):
             self.records[i] = record
@@ -507,6 +756,27 @@ class Decisions:
         if linear.numel():
             self._finish(linear, BandOutcome.unmoved(self.check.line[linear]))
 
+    def first_rounds(self) -> list[Round]:
+        """The bands of the pairs whose line fails: the line's pivots, plus (exact check,
+        ``grows``) a pivot in each stretch where the line leaves the class between them."""
+        need = [i for i in (~self.check.ok).nonzero().squeeze(1).tolist() if i not in self.records]
+        paths = [self.check.line[i] for i in need]
+        if self.grows and self.check.exact is not None:
+            room = self.options.most_pivots - self.options.num_pivots
+            paths = [
+                insert_pivots(path, self.check.exact[i].off_target[0], room)
+                for i, path in zip(need, paths, strict=True)
+            ]
+        return _group_by_size(need, paths, [0] * len(need)) if need else []
+
+    def take_rounds(self) -> list[Round]:
+        """The rounds queued since the last call (bands that grew), emptied."""
+        queued, self._queued = self._queued, {}
+        if not queued:
+            return []
+        pairs = list(queued)
+        return _group_by_size(pairs, [queued[i][0] for i in pairs], [queued[i][1] for i in pairs])
+
     def decide_band(
         self, band: ElasticBand | PathResult, pairs: Tensor, done: Tensor | None = None
     ) -> None:
@@ -519,9 +789,17 @@ class Decisions:
         """
         finished = ~band.active if done is None else done  # type: ignore[union-attr]
         rows = finished.nonzero().squeeze(1).tolist()
-        rows = [r for r in rows if int(pairs[r]) not in self.records]
+        rows = [
+            r
+            for r in rows
+            if int(pairs[r]) not in self.records and int(pairs[r]) not in self._queued
+        ]
         if not rows:
             return
+        if self.grows and self.certifier.exact:
+            rows = self._grow(band, pairs, rows)
+            if not rows:
+                return
         fresh = torch.tensor(rows, device=pairs.device)
         outcome = BandOutcome(
             band.path[fresh],
@@ -530,6 +808,30 @@ class Decisions:
             band.diverged[fresh],
         )
         self._finish(pairs[fresh], outcome)
+
+    def _grow(self, band: ElasticBand | PathResult, pairs: Tensor, rows: list[int]) -> list[int]:
+        """Queue the finished rows that leave the class between pivots and can still grow;
+        return the others."""
+        room = self.options.most_pivots - (band.path.shape[1] - 2)
+        candidates = [
+            r
+            for r in rows
+            if not bool(band.diverged[r]) and int(band.steps[r]) < self.options.steps and room > 0
+        ]
+        if not candidates:
+            return rows
+        index = torch.tensor(candidates, device=pairs.device)
+        paths = band.path[index]
+        checks = self.certifier.check(paths, self.targets[pairs[index]])
+        left = set(rows)
+        for k, (r, c) in enumerate(zip(candidates, checks, strict=True)):
+            if bool(c.passed[0]) or not bool(c.decided[0]):
+                continue
+            grown = insert_pivots(paths[k], c.off_target[0], room)
+            if grown.shape[0] > paths[k].shape[0]:
+                self._queued[int(pairs[r])] = (grown, int(band.steps[r]))
+                left.discard(r)
+        return [r for r in rows if r in left]
 
     def in_order(self) -> list[PairRecord]:
         """Every pair's record, in pair order (all pairs must be decided)."""
@@ -540,7 +842,7 @@ class Decisions:
 class BandOutcome:
     """Where the band of each pair ended (the line itself for pairs that needed no band)."""
 
-    path: Tensor  # (pairs, num_pivots + 2, *point_shape)
+    path: Tensor  # (pairs, N, *point_shape)
     steps: Tensor  # (pairs,) long
     max_force: Tensor  # (pairs,)
     diverged: Tensor  # (pairs,) bool
@@ -563,15 +865,34 @@ def make_records(
     check: LineCheck,
     outcome: BandOutcome,
     options: PathOptions,
+    certifier: Certifier | None = None,
 ) -> list[PairRecord]:
-    """Check the final bands densely and give each pair its verdicts and metrics."""
+    """Check the final bands and give each pair its verdicts and metrics.
+
+    The sampled check (``line_points`` evenly spaced points) always runs: its points are kept
+    for figures, and it decides wherever the exact check did not (a sampled certifier, or a
+    margin within the exact check's tolerance of zero).
+    """
+    certifier = certifier or Certifier("sampled")
     per_segment = options.points_per_segment
     line, line_dense, path = check.line, check.log_probabilities, outcome.path
-    dense = line_dense.clone()
     need = (~check.ok).nonzero().squeeze(1)
-    if need.numel():
-        dense[need] = path_log_probabilities(tail, path[need], per_segment, options.chunk_size)
+    if path.shape[1] == line.shape[1]:
+        dense = line_dense.clone()
+        if need.numel():
+            dense[need] = path_log_probabilities(tail, path[need], per_segment, options.chunk_size)
+    else:  # bands with inserted pivots: every pair here needed its band
+        dense = path_log_probabilities(tail, path, per_segment, options.chunk_size)
     path_ok = on_target(dense, targets).all(dim=1)
+    path_exact: list[PathCheck | None] = [None] * len(targets)
+    path_decided = torch.zeros_like(path_ok)
+    if certifier.exact and need.numel():
+        checks = certifier.check(path[need], targets[need])
+        ok, decided = _exact_ok(checks, path_ok[need])
+        path_ok[need], path_decided[need] = ok, decided
+        for k, i in enumerate(need.tolist()):
+            path_exact[i] = checks[k]
+    line_exact = check.exact if check.exact is not None else [None] * len(targets)
     line_pivots, path_pivots = _pivot_rows(line_dense, per_segment), _pivot_rows(dense, per_segment)
     line_pivots_ok = on_target(line_pivots, targets).all(dim=1)
     path_pivots_ok = on_target(path_pivots, targets).all(dim=1)
@@ -590,11 +911,25 @@ def make_records(
     line_margin = target_margin(line_dense, targets).nan_to_num(nan=-math.inf).cpu()
     predicted, line_predicted = dense.argmax(dim=-1).cpu(), line_dense.argmax(dim=-1).cpu()
     position = torch.linspace(0.0, 1.0, dense.shape[1])
+    line_position = torch.linspace(0.0, 1.0, line_dense.shape[1])
     records = []
     for i in range(len(targets)):
-        verdict = _verdict(bool(check.ok[i]), bool(diverged[i]), bool(path_ok[i]))
+        line_ok = bool(check.ok[i])
+        verdict = _verdict(line_ok, bool(diverged[i]), bool(path_ok[i]))
         pivot_verdict = _verdict(
             bool(line_pivots_ok[i]), bool(diverged[i]), bool(path_pivots_ok[i])
+        )
+        exact_line, exact_path = line_exact[i], path_exact[i]
+        if line_ok:
+            exact_path = exact_line  # the path is the line
+        line_min = float(line_margin[i].min())
+        path_min = float(margin[i].min())
+        if exact_line is not None and bool(exact_line.decided[0]):
+            line_min = float(exact_line.min_margin[0])
+        if exact_path is not None and bool(exact_path.decided[0]):
+            path_min = float(exact_path.min_margin[0])
+        certificate, note = _certificate(
+            certifier, verdict, exact_line, exact_path, bool(path_decided[i]) or line_ok
         )
         records.append(
             PairRecord(
@@ -612,15 +947,20 @@ def make_records(
                 path=path[i].detach().cpu(),
                 distance_l2=distances[i][0],
                 distance_linf=distances[i][1],
-                certificate="sampled",
-                min_margin=float(margin[i].min()),
-                line_min_margin=float(line_margin[i].min()),
+                certificate=certificate,
+                min_margin=path_min,
+                line_min_margin=line_min,
                 check_position=position,
                 check_margin=margin[i].float(),
                 check_predicted=predicted[i],
-                line_check_position=position,
+                line_check_position=line_position,
                 line_check_margin=line_margin[i].float(),
                 line_check_predicted=line_predicted[i],
+                off_target_intervals=_stretches(exact_path),
+                line_off_target_intervals=_stretches(exact_line),
+                pieces=_pieces(exact_path),
+                line_pieces=_pieces(exact_line),
+                certificate_note=note,
                 line_probabilities=line_pivots[i].exp().cpu(),
                 path_probabilities=path_pivots[i].exp().cpu(),
                 line_energy=_pivot_rows(line_energy, per_segment)[i].cpu(),
@@ -628,6 +968,40 @@ def make_records(
             )
         )
     return records
+
+
+def _decided(check: PathCheck | None) -> bool:
+    return check is not None and bool(check.decided[0])
+
+
+def _stretches(check: PathCheck | None) -> Tensor | None:
+    return check.off_target[0].clone() if _decided(check) else None  # type: ignore[union-attr]
+
+
+def _pieces(check: PathCheck | None) -> int:
+    return int(check.pieces[0]) if _decided(check) else 0  # type: ignore[union-attr]
+
+
+def _certificate(
+    certifier: Certifier,
+    verdict: Verdict,
+    line: PathCheck | None,
+    path: PathCheck | None,
+    path_decided: bool,
+) -> tuple[str, str]:
+    """``("exact" | "sampled", note)``: exact when every check the verdict rests on (the line;
+    for a band also its path) was decided by the exact check."""
+    if not certifier.exact:
+        return "sampled", certifier.note
+    if verdict == Verdict.DIVERGED:
+        return "sampled", "diverged: nothing to certify"
+    rests_on = [line] if verdict == Verdict.LINEAR else [line, path]
+    if all(_decided(c) for c in rests_on) and path_decided:
+        return "exact", ""
+    return "sampled", (
+        "a margin within the exact check's floating-point tolerance of zero: decided at the "
+        "sampled points"
+    )
 
 
 def _verdict(line_ok: bool, diverged: bool, path_ok: bool) -> Verdict:

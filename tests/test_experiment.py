@@ -94,8 +94,15 @@ def test_run_writes_records_table_and_figures_and_resumes(
     assert "| Linear path exists |" in table and "input" in table
     csv_rows = (store.folder / "table.csv").read_text().splitlines()
     assert csv_rows[0] == "space,check,linear,nonlinear,none,diverged"
-    assert len(csv_rows) == 1 + 2 * len(SPACES)
-    assert all(sum(map(int, row.split(",")[2:])) == 6 for row in csv_rows[1:])
+    # per space: all verdicts, pivots-only verdicts, and the verdicts per certificate
+    assert len(csv_rows) == 1 + 4 * len(SPACES)
+    totals: dict[tuple[str, str], int] = {}
+    for row in csv_rows[1:]:
+        space, check, *counts = row.split(",")
+        totals[space, check] = sum(map(int, counts))
+    for space in SPACES:
+        assert totals[space, "dense"] == totals[space, "pivots"] == 6
+        assert totals[space, "exact"] + totals[space, "sampled"] == 6
 
     stamps = {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")}
     run_paths(_experiment(digits_classifier, tmp_path, "a"), data, wandb=NO_WANDB)

@@ -97,3 +97,24 @@ def test_the_gallery_lists_pairs_without_a_path_first() -> None:
     assert page.index("pair_0001.png") < page.index("pair_0000.png")
     assert "No path found: 1" in page and "Linear path exists: 1" in page
     assert "sampled check" in page
+
+
+def test_an_exact_check_draws_its_off_target_stretch() -> None:
+    # Margin 2 - 5 s along (2, 0) -> (0, 3): exactly off target on (0.4, 1], no step allowed.
+    options = PathOptions(num_pivots=3, steps=0, line_points=9, certify="exact")
+    (record,) = connect_points(
+        torch.nn.Identity(),
+        torch.tensor([[2.0, 0.0]]),
+        torch.tensor([[0.0, 3.0]]),
+        torch.tensor([0]),
+        options,
+    )
+    assert record.certificate == "exact"
+    assert torch.allclose(record.line_off_target_intervals, torch.tensor([[0.4, 1.0]]).double())
+    saved = {
+        "space": "input",
+        "pair": {"id": 0, "start_index": 0, "end_index": 1},
+        **asdict(record),
+    }
+    texts = _texts(pair_figure(saved, "t", class_names=NAMES))
+    assert any(t.startswith("exact check\n") and t.endswith(" 1 off") for t in texts)

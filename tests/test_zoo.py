@@ -10,13 +10,17 @@ forward, attention) in the default run.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torchvision
 from torch import fx
 
 from connectivity import connect, layer_names
-from connectivity.split import _resolve, _trace
+from connectivity.exact import NotPiecewiseLinearError, check_segments
+from connectivity.split import _resolve, _trace, split
+from connectivity.verdicts import Certifier, PathOptions
 
 # (model, builder kwargs, input side): inputs as small as each model allows
 # The fast set holds every mechanism the slow set needs: in-place ReLUs right after cuts and
@@ -61,7 +65,7 @@ def _values_at_cuts(model: torch.nn.Module, names: list[str], x: torch.Tensor) -
     return {name: recorder.values[trace.nodes[_resolve(trace, name)]] for name in names}
 
 
-def _check_every_cut(name: str, kwargs: dict, side: int) -> None:
+def _model(name: str, kwargs: dict, side: int) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "vit_small":
         model = torchvision.models.VisionTransformer(
@@ -78,6 +82,11 @@ def _check_every_cut(name: str, kwargs: dict, side: int) -> None:
     # Some builders start the classifier at zero (ViT) or near it: every class would tie.
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
     torch.nn.init.normal_(last.weight, std=1.0 / last.weight[0].numel() ** 0.5)
+    return model
+
+
+def _check_every_cut(name: str, kwargs: dict, side: int) -> None:
+    model = _model(name, kwargs, side)
     x = torch.rand(2, 3, side, side)
     with torch.no_grad():
         predicted = model(x).argmax(dim=1)
@@ -106,3 +115,52 @@ def test_every_listed_cut_runs_a_band(name: str, kwargs: dict, side: int) -> Non
 @pytest.mark.parametrize(("name", "kwargs", "side"), SLOW, ids=[m[0] for m in SLOW])
 def test_every_listed_cut_runs_a_band_on_large_models(name: str, kwargs: dict, side: int) -> None:
     _check_every_cut(name, kwargs, side)
+
+
+# Piecewise-linear models (every cut checked exactly) and the ViT (LayerNorm, GELU and softmax
+# attention: refused, the operation named, except after its encoder, where the tail is affine):
+# resnet18 and squeezenet are ReLU networks; shufflenet's channel shuffle and chunk are affine.
+EXACT = {"resnet18": True, "squeezenet1_1": True, "shufflenet_v2_x0_5": True, "vit_small": False}
+
+
+def _check_certify_at_cuts(name: str, kwargs: dict, side: int, every: int) -> None:
+    # A short stretch of the segment between two images' points at each cut keeps it cheap; the
+    # exact check compares its traced tail with the network at the stretch's ends.
+    model = _model(name, kwargs, side)
+    x = torch.rand(2, 3, side, side)
+    auto, exact = PathOptions(certify="auto"), PathOptions(certify="exact")
+    names = layer_names(model)
+    for layer in [*names[:-1:every], names[-1]]:
+        head, tail = split(model, layer)
+        certifier = Certifier.for_tail(tail, auto)
+        if EXACT[name]:
+            assert certifier.exact, (layer, certifier.note)
+        if not certifier.exact:
+            words = "not piecewise linear|cannot be traced"
+            assert re.search(words, certifier.note), layer
+            with pytest.raises(NotPiecewiseLinearError, match=words):
+                Certifier.for_tail(tail, exact)
+            continue
+        with torch.no_grad():
+            points = head(x)
+        end = torch.lerp(points[:1], points[1:], 0.01)
+        check = check_segments(certifier.program, points[:1], end, torch.tensor([0]))
+        assert check.pieces().item() >= 1, layer
+
+
+# The default run checks every 8th (shufflenet: 16th) cut of the ReLU networks and the last,
+# every cut of the ViT; the slow run every cut of the three.
+EVERY = {"resnet18": 8, "squeezenet1_1": 8, "shufflenet_v2_x0_5": 16, "vit_small": 1}
+
+
+@pytest.mark.parametrize(("name", "kwargs", "side"), FAST, ids=[m[0] for m in FAST])
+def test_listed_cuts_are_certified_exactly_or_refused_clearly(
+    name: str, kwargs: dict, side: int
+) -> None:
+    _check_certify_at_cuts(name, kwargs, side, EVERY[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "squeezenet1_1", "shufflenet_v2_x0_5"])
+def test_every_listed_cut_is_certified_exactly(name: str) -> None:
+    _check_certify_at_cuts(name, {}, 32, 1)

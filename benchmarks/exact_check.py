@@ -1,0 +1,159 @@
+"""Cost of the exact check (``connectivity.exact``, ExactLine) against a plain forward pass.
+
+Setting: a CIFAR ResNet-20 (He et al. 2016, Section 4.2: 3 stages of 3 basic blocks at 16, 32,
+64 channels, written here; random weights) and torchvision's ResNet18 (random weights), both
+10 classes, eval mode, 32x32 inputs; each split with ``connectivity.split.split`` in the input
+space and at two hidden layers. Segments join the points of random images (uniform in [0, 1]).
+
+Printed per model and space:
+
+* ``pieces/seg``: linear pieces per segment found by the exact check (median and range);
+* ``s/seg``: wall time of the exact check per segment (``check_segments`` on ``--segments``
+  segments at once, the end check included);
+* ``fwd ms/pt``: one point's share of a plain forward of the same tail on a batch of 1,024
+  points (no gradients; timed in the same run, median of ``--repeats``);
+* ``fwd/piece``: the exact check's time per linear piece in units of that forward share (goal:
+  at most 2 on CPU).
+
+Usage::
+
+    python benchmarks/exact_check.py [--device cpu|cuda] [--segments 2] [--repeats 3]
+                                     [--models resnet20,resnet18] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from connectivity.exact import check_segments, piecewise_linear_program
+from connectivity.split import split
+
+SPACES = {"resnet20": ["input", "layer1", "layer2"], "resnet18": ["input", "layer2", "layer3"]}
+
+
+class BasicBlock(nn.Module):
+    """The CIFAR ResNet's block: two 3x3 convolutions, a 1x1 projection when the shape changes."""
+
+    def __init__(self, channels_in: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 for 32x32 images (0.27 M parameters)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        stages, channels_in = [], 16
+        for channels, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = [BasicBlock(channels_in, channels, stride)]
+            blocks += [BasicBlock(channels, channels, 1) for _ in range(2)]
+            stages.append(nn.Sequential(*blocks))
+            channels_in = channels
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = ResNet20() if name == "resnet20" else torchvision.models.resnet18(num_classes=10)
+    # Random batch-norm statistics, so the random network is not a near-identity map.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _forward_per_point(tail: nn.Module, point: Tensor, repeats: int) -> float:
+    batch = point.expand(1024, *point.shape[1:]).contiguous()
+    times = []
+    with torch.no_grad():
+        tail(batch)
+        for _ in range(repeats):
+            _sync(point.device)
+            start = time.perf_counter()
+            tail(batch)
+            _sync(point.device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) / 1024
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--segments", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="resnet20,resnet18")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    header = "| model | space | point | pieces/seg | s/seg | fwd ms/pt | fwd/piece |"
+    print(header)
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        model = _model(name).to(device)
+        torch.manual_seed(1)
+        images = torch.rand(2 * args.segments, 3, 32, 32, device=device)
+        for space in SPACES[name]:
+            head, tail = split(model, space)
+            head, tail = head.to(device), tail.to(device)
+            with torch.no_grad():
+                points = head(images)
+            starts, ends = points[: args.segments], points[args.segments :]
+            targets = torch.zeros(args.segments, dtype=torch.long, device=device)
+            program = piecewise_linear_program(tail)
+            forward = _forward_per_point(tail, starts[:1], args.repeats)
+            _sync(device)
+            began = time.perf_counter()
+            check = check_segments(program, starts, ends, targets)
+            _sync(device)
+            elapsed = time.perf_counter() - began
+            pieces = check.pieces().tolist()
+            per_piece = elapsed / max(1, sum(pieces)) / forward
+            shape = "x".join(str(s) for s in points.shape[1:])
+            spread = f"{statistics.median(pieces):.0f} ({min(pieces)}-{max(pieces)})"
+            print(
+                f"| {name} | {space} | {shape} | {spread} | {elapsed / args.segments:.2f} | "
+                f"{forward * 1e3:.3f} | {per_piece:.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

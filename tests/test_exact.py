@@ -1,0 +1,324 @@
+"""Exact verdicts (issue 11): ExactLine on hand-built networks with known breakpoints, against
+brute force, on torchvision's ResNet18, and the band that inserts pivots where the exact check
+finds the path off the target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from connectivity import connect
+from connectivity.errors import OptionsError
+from connectivity.exact import (
+    NotPiecewiseLinearError,
+    check_paths,
+    check_segments,
+    why_not_piecewise_linear,
+)
+from connectivity.split import split
+from connectivity.verdicts import PathOptions, Verdict, connect_points, refine
+
+
+class Kinks(nn.Module):
+    """Two classes on the plane; the ReLU inputs along x are x - 0.25, x - 0.5 and 0.75 - x, so
+    on the segment (0, 0) -> (1, 0) the activation pattern changes at t = 1/4, 1/2 and 3/4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(2, 3)
+        self.out = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]))
+            self.hidden.bias.copy_(torch.tensor([-0.25, -0.5, 0.75]))
+            self.out.weight.copy_(torch.tensor([[1.0, -2.0, 1.0], [0.0, 0.0, 0.0]]))
+            self.out.bias.copy_(torch.tensor([0.125, 0.0]))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.out(F.relu(self.hidden(z)))
+
+
+def test_breakpoints_of_a_hand_built_network_are_found_exactly() -> None:
+    net = Kinks().double()
+    starts, ends = torch.tensor([[0.0, 0.0]]).double(), torch.tensor([[1.0, 0.0]]).double()
+    check = check_segments(net, starts, ends, torch.tensor([0]))
+    assert check.t.tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0], abs=1e-12)
+    assert check.pieces().tolist() == [4]
+    # class-0 margin 1/8 + relu(x - 1/4) - 2 relu(x - 1/2) + relu(3/4 - x) at the piece ends
+    assert check.margin.tolist() == pytest.approx([0.875, 0.625, 0.625, 0.125, -0.125], abs=1e-12)
+
+
+def test_max_pool_winner_changes_and_average_pool_has_none() -> None:
+    # z(t) = (t, 1 - t): the max of the window changes winner at t = 1/2, where it is 1/2;
+    # logits (max - 0.6, 0): the class-0 margin is off target on [0.4, 0.6].
+    max_tail = nn.Sequential(nn.Unflatten(1, (1, 2)), nn.MaxPool1d(2), nn.Flatten())
+    average = nn.Sequential(nn.Unflatten(1, (1, 2)), nn.AvgPool1d(2), nn.Flatten())
+
+    class Logits(nn.Module):
+        def __init__(self, pool: nn.Module) -> None:
+            super().__init__()
+            self.pool = pool
+
+        def forward(self, z: Tensor) -> Tensor:
+            value = self.pool(z)
+            return torch.cat([value - 0.6, torch.zeros_like(value)], dim=1)
+
+    start, end = torch.tensor([[0.0, 1.0]]).double(), torch.tensor([[1.0, 0.0]]).double()
+    check = check_paths(Logits(max_tail), torch.stack([start, end], dim=1), torch.tensor([0]))
+    assert check.positions[0].tolist() == pytest.approx([0.0, 0.5, 1.0])
+    assert float(check.min_margin[0]) == pytest.approx(-0.1)
+    assert check.off_target[0].tolist() == [pytest.approx([0.4, 0.6])]
+    assert not bool(check.passed[0]) and bool(check.decided[0])
+    flat = check_paths(Logits(average), torch.stack([start, end], dim=1), torch.tensor([1]))
+    assert flat.pieces.tolist() == [1] and bool(flat.passed[0])  # 0.5 - 0.6 < 0: class 1
+
+
+class Sliver(nn.Module):
+    """Class 1 on a strip ``|x - c| < w`` (w = 0.001) of the plane, limited to ``|y| < 0.3``
+    unless ``cut`` (then the strip cuts the plane in two); class 0 elsewhere. Piecewise
+    linear: ``min(a, b) = a - relu(a - b)``."""
+
+    def __init__(self, cut: bool = False, c: float = 0.0123) -> None:
+        super().__init__()
+        self.cut, self.c = cut, c
+        self.scale = nn.Parameter(torch.tensor(1.0), requires_grad=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x, y = z[:, 0] * self.scale, z[:, 1]
+        a = 10_000.0 * (0.001 - (x - self.c).abs())
+        strip = a if self.cut else a - F.relu(a - 4.0 * (0.3 - y.abs()))
+        return torch.stack([torch.zeros_like(strip), strip], dim=1)
+
+
+SLIVER_ENDS = torch.tensor([[-1.0, 0.1]]), torch.tensor([[1.0, 0.1]])
+
+
+def test_a_sliver_between_samples_fools_the_sampled_check_only() -> None:
+    starts, ends = SLIVER_ENDS
+    sampled = PathOptions(num_pivots=8, steps=50, lr=0.05, certify="sampled")
+    (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), sampled)
+    assert record.verdict == Verdict.LINEAR and record.certificate == "sampled"  # wrong
+    exact = PathOptions(num_pivots=8, steps=0, certify="exact")
+    (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), exact)
+    assert record.verdict == Verdict.NONE and record.certificate == "exact"
+    # the line leaves the class on |x - c| <= w, i.e. t in [(1 + c - w) / 2, (1 + c + w) / 2]
+    (stretch,) = record.line_off_target_intervals.tolist()
+    assert stretch == pytest.approx([(1 + 0.0123 - 0.001) / 2, (1 + 0.0123 + 0.001) / 2])
+    assert record.line_min_margin == pytest.approx(-4.0 * 0.2, abs=1e-3)  # float32 points
+    assert record.line_pieces >= 3
+
+
+def test_the_band_inserts_a_pivot_in_the_sliver_and_goes_around_it() -> None:
+    starts, ends = SLIVER_ENDS
+    # No springs: an inserted pivot moves across the band only (a spring would pull it out of
+    # the 0.002-wide strip along the band, and the band would never see the strip).
+    options = PathOptions(num_pivots=8, steps=300, lr=0.05, spring_constant=0.0, certify="exact")
+    (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), options)
+    assert record.verdict == Verdict.NONLINEAR and record.certificate == "exact"
+    assert record.path.shape[0] > 10  # a pivot was inserted
+    assert record.min_margin > 0 and record.off_target_intervals.shape == (0, 2)
+    # independent check: 20,000 points per segment
+    dense = refine(record.path.unsqueeze(0), 20_000)[0]
+    logits = Sliver()(dense)
+    assert bool((logits[:, 0] > logits[:, 1]).all())
+    # the records' other tensors follow the longer path
+    assert record.path_probabilities.shape[0] == record.path.shape[0]
+    assert record.distance_l2.shape[0] == record.path.shape[0]
+
+
+def test_a_sliver_that_cuts_the_plane_gives_no_path_with_an_exact_certificate() -> None:
+    starts, ends = SLIVER_ENDS
+    options = PathOptions(num_pivots=8, steps=60, lr=0.05, certify="exact", max_pivots=12)
+    (record,) = connect_points(Sliver(cut=True), starts, ends, torch.tensor([0]), options)
+    assert record.verdict == Verdict.NONE and record.certificate == "exact"
+    assert record.min_margin < 0 and record.off_target_intervals.shape[0] >= 1
+    assert record.path.shape[0] <= 12 + 2
+
+
+def test_a_line_that_touches_the_boundary_is_not_certified_exactly() -> None:
+    class Touch(nn.Module):
+        """Margin |x - 0.25| along the x axis: zero at one point only."""
+
+        def forward(self, z: Tensor) -> Tensor:
+            margin = (z[:, 0] - 0.25).abs() + 0.0 * z[:, 1]
+            return torch.stack([margin, torch.zeros_like(margin)], dim=1)
+
+    starts, ends = torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    check = check_segments(Touch(), starts, ends, torch.tensor([0]))
+    assert 0.625 in check.t.tolist() and float(check.margin.min()) == 0.0
+    options = PathOptions(num_pivots=4, steps=0, certify="exact", line_points=20)
+    (record,) = connect_points(Touch(), starts, ends, torch.tensor([0]), options)
+    # a margin of exactly 0 (a tie) is within the tolerance: undecided, left to the samples
+    assert record.certificate == "sampled" and "tolerance" in record.certificate_note
+    assert record.verdict == Verdict.LINEAR and record.line_off_target_intervals is None
+
+
+def _brute_force_margin(net: nn.Module, start: Tensor, end: Tensor, target: int, n: int) -> Tensor:
+    t = torch.linspace(0, 1, n, dtype=torch.float64).unsqueeze(1)
+    with torch.no_grad():
+        logits = net(start + t * (end - start))
+    others = logits.clone()
+    others[:, target] = -torch.inf
+    return logits[:, target] - others.amax(dim=1)
+
+
+@pytest.mark.parametrize("dimension", [2, 3])
+def test_exact_check_agrees_with_a_million_points(dimension: int) -> None:
+    torch.manual_seed(dimension)
+    net = nn.Sequential(
+        nn.Linear(dimension, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    ).double()
+    starts, ends = torch.randn(4, dimension).double(), torch.randn(4, dimension).double()
+    targets = torch.tensor([0, 1, 2, 0])
+    paths = torch.stack([starts, ends], dim=1)
+    check = check_paths(net, paths, targets)
+    n = 1_000_000
+    grid = torch.linspace(0, 1, n, dtype=torch.float64)
+    for i in range(4):
+        brute = _brute_force_margin(net, starts[i], ends[i], int(targets[i]), n)
+        assert bool(check.passed[i]) == bool((brute > 0).all())
+        assert float(check.min_margin[i]) == pytest.approx(float(brute.min()), abs=1e-5)
+        # every brute-force point off target lies in a reported stretch, and none on target
+        inside = torch.zeros(n, dtype=torch.bool)
+        for low, high in check.off_target[i].tolist():
+            inside |= (grid >= low) & (grid <= high)
+        assert bool((inside == (brute <= 0)).all())
+
+
+def test_resnet18_tail_is_affine_between_breakpoints_and_no_relu_sign_change_is_missed() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    head, tail = split(model, "layer3")
+    with torch.no_grad():
+        points = head(torch.rand(2, 3, 32, 32))
+    check = check_segments(tail, points[:1], points[1:], torch.tensor([3]))
+    t = check.t
+    assert check.pieces().item() == t.numel() - 1 > 20
+    # logits at a quarter, the middle and three quarters of every piece, by a plain forward
+    inputs: list[Tensor] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach().clone()))
+        for m in tail.modules()
+        if isinstance(m, nn.ReLU)
+    ]
+    inner = torch.cat([t[:-1] + f * (t[1:] - t[:-1]) for f in (0.25, 0.5, 0.75)])
+    weight = inner.float().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        logits = tail(torch.lerp(points[:1], points[1:], weight))
+    for hook in hooks:
+        hook.remove()
+    pieces = t.numel() - 1
+    found = [
+        check.logits[:-1] + f * (check.logits[1:] - check.logits[:-1]) for f in (0.25, 0.5, 0.75)
+    ]
+    assert torch.allclose(logits, torch.cat(found), atol=1e-5)
+    # each ReLU input keeps its sign inside a piece (values within rounding of 0 aside)
+    for value in inputs:
+        quarters = value.reshape(3, pieces, -1)
+        sign = torch.where(quarters.abs() > 1e-5, quarters.sign(), torch.zeros_like(quarters))
+        assert not bool(((sign[0] * sign[2]) < 0).any())
+        assert not bool(((sign[0] * sign[1]) < 0).any())
+
+
+def test_non_piecewise_linear_tails_are_refused_with_the_operation_named() -> None:
+    tail = nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2))
+    starts, ends = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    with pytest.raises(NotPiecewiseLinearError, match="GELU"):
+        connect_points(tail, starts, ends, torch.tensor([0]), PathOptions(certify="exact"))
+    (record,) = connect_points(
+        tail, starts, ends, torch.tensor([0]), PathOptions(certify="auto", steps=2)
+    )
+    assert record.certificate == "sampled" and "GELU" in record.certificate_note
+    assert "softmax" in why_not_piecewise_linear(nn.Softmax(dim=1)).lower()
+    for bad in (nn.LayerNorm(2), nn.SiLU(), nn.Sigmoid()):
+        assert why_not_piecewise_linear(nn.Sequential(nn.Linear(2, 2), bad)) is not None
+
+
+def test_certify_options_are_checked() -> None:
+    with pytest.raises(OptionsError, match="certify must be one of"):
+        PathOptions(certify="proven")
+    with pytest.raises(OptionsError, match="max_pivots must be an integer >= 8"):
+        PathOptions(max_pivots=4)
+    assert PathOptions(num_pivots=5).most_pivots == 20
+
+
+@pytest.mark.slow  # about 6 s: bands of a trained ResNet18 checked exactly at every step
+def test_exact_verdicts_of_a_trained_classifier_survive_2000_points_per_segment(
+    digits_classifier,
+) -> None:
+    from connectivity.classifier import ClassifierModule
+    from connectivity.data import DigitsDataModule
+
+    network = ClassifierModule.from_checkpoint(digits_classifier).network
+    dataset = DigitsDataModule().dataset("test")
+    images = torch.stack([dataset[i][0] for i in range(40)])
+    labels = torch.tensor([int(dataset[i][1]) for i in range(40)])
+    starts, ends, targets = [], [], []
+    for label in labels.unique()[:2].tolist():
+        index = (labels == label).nonzero().squeeze(1)[:2]
+        if index.numel() == 2:
+            starts.append(images[index[0]])
+            ends.append(images[index[1]])
+            targets.append(label)
+    starts_t, ends_t = torch.stack(starts), torch.stack(ends)
+    records = connect(
+        network, "layer3", starts_t, ends_t, torch.tensor(targets), steps=10, certify="exact"
+    )
+    _, tail = split(network, "layer3")
+    exact = [r for r in records if r.certificate == "exact" and r.verdict != "none"]
+    assert exact
+    for record in exact:
+        dense = refine(record.path.unsqueeze(0), 2000)[0]
+        with torch.no_grad():
+            logits = torch.cat([tail(chunk) for chunk in dense.split(1024)])
+        assert bool((logits.argmax(dim=1) == record.target).all())
+
+
+def test_the_table_says_which_check_each_count_rests_on() -> None:
+    from connectivity.records import table_markdown, verdict_table
+
+    def record(verdict: str, certificate: str) -> dict:
+        return {"verdict": verdict, "pivot_verdict": verdict, "certificate": certificate}
+
+    rows = [record("linear", "exact"), record("linear", "sampled"), record("none", "exact")]
+    markdown = table_markdown(verdict_table({"input": rows}), 3)
+    assert "| Linear path exists | 2 (2): 1 exact, 1 sampled |" in markdown
+    assert "| No path found | 1 (1) exact |" in markdown
+    assert "| Nonlinear path exists | 0 (0) |" in markdown
+
+
+def test_figures_take_a_path_with_inserted_pivots() -> None:
+    from dataclasses import asdict
+
+    from connectivity.figures import pair_figure
+
+    starts, ends = SLIVER_ENDS
+    options = PathOptions(num_pivots=8, steps=300, lr=0.05, spring_constant=0.0, certify="exact")
+    (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), options)
+    assert record.path.shape[0] > record.line.shape[0]
+    figure = pair_figure(asdict(record), "sliver")
+    energy = figure.axes[-1]  # the energy at the pivots of line and path
+    lengths = sorted(len(line.get_xdata()) for line in energy.get_lines()[:2])
+    assert lengths == [record.line.shape[0], record.path.shape[0]]
+    # one bar chart per point of each strip: the path's strip is as long as the path
+    bars = [ax for ax in figure.axes if ax.patches and len(ax.patches) == 2]
+    assert len(bars) == record.line.shape[0] + record.path.shape[0]
+
+
+def test_the_lightning_driver_checks_exactly_without_inserting_pivots(tmp_path) -> None:
+    from connectivity.path_module import PathModule
+    from tests.test_path_module import _fit
+
+    starts, ends = SLIVER_ENDS
+    options = PathOptions(num_pivots=8, steps=5, lr=0.05, certify="exact")
+    module = PathModule(Sliver(), starts, ends, torch.tensor([0]), options)
+    _fit(module, tmp_path)
+    (record,) = module.records()
+    # the sampled check would call the line linear; the exact one sends it to the band, which
+    # keeps its 8 pivots (no insertion here) and does not get around the strip in 5 steps
+    assert record.verdict == Verdict.NONE and record.certificate == "exact"
+    assert record.path.shape[0] == 10 and record.line_off_target_intervals.shape == (1, 2)
+    with pytest.raises(NotPiecewiseLinearError, match="GELU"):
+        PathModule(nn.Sequential(nn.Linear(2, 2), nn.GELU()), options=options)
