@@ -11,7 +11,8 @@ Layers, from low to high:
   computed themselves;
 * ``ElasticBand``, the per-step state machine (pivots, flags, bookkeeping) that any driver,
   e.g. a Lightning module, can step with its own optimiser and energy evaluation;
-* ``find_paths``, a short loop over ``ElasticBand`` with a torch.optim optimiser.
+* ``find_paths``, a short loop over ``ElasticBand`` with a torch.optim optimiser
+  (``make_optimizer``: Adam, SGD, or FIRE and L-BFGS from ``connectivity.optimizers``).
 
 Shapes: a path is ``(pairs, num_pivots + 2, *point_shape)`` with the fixed ends at index 0 and -1;
 geometry (lengths, tangents, projections) is done on flattened points of size ``D``.
@@ -20,17 +21,22 @@ References:
     G. Henkelman, H. Jonsson, J. Chem. Phys. 113, 9978 (2000): improved tangent.
     G. Henkelman, B. P. Uberuaga, H. Jonsson, J. Chem. Phys. 113, 9901 (2000): climbing image.
     W. E, W. Ren, E. Vanden-Eijnden, J. Chem. Phys. 126, 164103 (2007): simplified string method.
+    D. Sheppard, R. Terrell, G. Henkelman, J. Chem. Phys. 128, 134106 (2008): optimisers for NEB.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from connectivity.optimizers import FIRE, LBFGS
+
 __all__ = [
+    "DEFAULT_MAX_STEP",
     "METHODS",
     "OPTIMIZERS",
     "ElasticBand",
@@ -45,7 +51,17 @@ __all__ = [
 ]
 
 METHODS = ("neb", "string")
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "fire", "lbfgs")
+# The band's cap on a pivot's move per step (a fraction of its pair's pivot spacing on the
+# straight line) when none is given: fire and lbfgs take steps of their own length, which the
+# cap keeps from jumping across the band, as ASE's ``maxstep`` does; adam and sgd keep the
+# uncapped steps they always took.
+DEFAULT_MAX_STEP = {"adam": math.inf, "sgd": math.inf, "fire": 0.5, "lbfgs": 0.5}
+# Back-offs (halvings of a pair's step) before a blow-up or a non-finite value is divergence.
+DEFAULT_BACKOFFS = 4
+# How far above its straight line's highest energy a band may rise (in units of the line's
+# energy range) before it counts as blown up.
+DEFAULT_MAX_ENERGY_RISE = 10.0
 
 # Plain energies take points; conditional ones (``labels`` given) take points and their labels.
 EnergyFn = Callable[..., Tensor]
@@ -64,8 +80,13 @@ class PathResult:
             (perpendicular force; full climbing force for the climbing pivot), at the returned path.
         converged: ``(pairs,)`` bool, ``max_force <= tol``.
         stopped: ``(pairs,)`` bool, the ``stop`` callback said the pair was done.
-        diverged: ``(pairs,)`` bool, a non-finite energy, gradient or position appeared; the pair
-            was frozen at its last path whose energy and gradient were finite.
+        diverged: ``(pairs,)`` bool, the band blew up (a non-finite energy, gradient or
+            position, or an energy far above its straight line's, see ``ElasticBand``) more
+            often than it may back off; the pair was frozen at its last path whose energy and
+            gradient were finite and not blown up.
+        backoffs: ``(pairs,)`` long, times the pair's step was halved after a blow-up.
+
+    A pair that is none of converged, stopped and diverged ran out of steps.
     """
 
     path: Tensor
@@ -75,6 +96,7 @@ class PathResult:
     converged: Tensor
     stopped: Tensor
     diverged: Tensor
+    backoffs: Tensor
 
 
 def straight_line(starts: Tensor, ends: Tensor, num_pivots: int) -> Tensor:
@@ -282,11 +304,34 @@ def respace_equal_arc(path: Tensor) -> Tensor:
 
 
 def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
-    """The torch.optim optimiser ``find_paths`` uses: ``"adam"`` or plain ``"sgd"``."""
+    """The optimiser of a band's pivots, stepped on the gradient ``ElasticBand.project_`` sets
+    (minus the NEB force).
+
+    * ``"adam"``: ``torch.optim.Adam``, ``lr`` its learning rate. Its per-coordinate scaling
+      bends the projected NEB force: the step is no longer perpendicular to the band (nor the
+      spring step along it), so springs and true force leak into each other; on stiff surfaces
+      it stalls at small ``lr`` and blows up at large ``lr``.
+    * ``"sgd"``: plain gradient descent, step ``lr * force``: keeps the force's direction, but is
+      stable only for ``lr < 2 / (largest curvature)``, so it crawls on stiff surfaces.
+    * ``"fire"``: :class:`~connectivity.optimizers.FIRE` (Bitzek et al., 2006; as ASE and
+      LAMMPS use it for NEB), ``lr`` its initial time step, at most ``10 * lr``.
+    * ``"lbfgs"``: :class:`~connectivity.optimizers.LBFGS` on the NEB force, without line
+      search, ``lr`` the inverse curvature of its first step.
+
+    Both ``fire`` and ``lbfgs`` keep their state per pair (first dimension of the pivots) and
+    rely on the band's ``max_step`` to cap their steps (``DEFAULT_MAX_STEP``).
+
+    Raises:
+        ValueError: an unknown ``name``.
+    """
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
+    if name == "fire":
+        return FIRE(params, lr=lr)
+    if name == "lbfgs":
+        return LBFGS(params, lr=lr)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
@@ -314,6 +359,16 @@ class ElasticBand(torch.nn.Module):
     Every path a pair holds has been evaluated before that pair leaves the batch, so the
     recorded energies and forces always belong to the current path (no extra final call).
 
+    Blow-ups and back-off: a pair blows up when an evaluation gives a non-finite energy or
+    gradient, when a step gives a non-finite position, or when its highest pivot energy exceeds
+    ``energy_limit``: its straight line's highest energy plus ``max_energy_rise`` times the
+    line's energy range (highest minus lowest energy on the line, ends included; 1 where the
+    line is flat). The pair then returns to its path before the step, its steps are halved from
+    then on (``step_scale``), and it sits out one optimiser step with a zero gradient (so
+    ``fire`` and ``lbfgs`` reset its state). After ``max_backoffs`` back-offs the next blow-up
+    marks it diverged. A blow-up of the straight line itself (nothing earlier to return to) is
+    divergence at once.
+
     Attributes:
         pivots: ``torch.nn.Parameter`` ``(pairs, num_pivots, *point_shape)``; the optimiser's
             only parameter. Its ``requires_grad`` is irrelevant: ``.grad`` is set directly.
@@ -323,6 +378,11 @@ class ElasticBand(torch.nn.Module):
         steps: ``(pairs,)`` long, updates applied to the current path.
         active: ``(pairs,)`` bool, still being optimised.
         converged, stopped, diverged: ``(pairs,)`` bool flags, see ``PathResult``.
+        energy_limit: ``(pairs,)`` highest pivot energy before a blow-up (inf until the
+            straight line is evaluated).
+        step_scale: ``(pairs,)`` factor on every step of the pair, ``0.5 ** backoffs``.
+        backoffs: ``(pairs,)`` long, back-offs so far.
+        held: ``(pairs,)`` bool, the pair sits out the next optimiser step.
     """
 
     def __init__(
@@ -339,6 +399,9 @@ class ElasticBand(torch.nn.Module):
         tol: float = 1e-3,
         max_steps: int = 100,
         labels: Tensor | None = None,
+        max_step: float = math.inf,
+        max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE,
+        max_backoffs: int = DEFAULT_BACKOFFS,
     ) -> None:
         """Start every band on the straight line between its ends.
 
@@ -357,6 +420,17 @@ class ElasticBand(torch.nn.Module):
             max_steps: at most this many updates per pair.
             labels: optional ``(pairs,)`` label of each pair (e.g. its target class) for a
                 conditional energy ``E(z | label)``; see ``active_labels`` and ``project_``.
+            max_step: longest move of any pivot in one step, as a fraction of the pair's pivot
+                spacing on the straight line ``|end - start| / (num_pivots + 1)``: a longer
+                step of the optimiser is shortened as a whole (direction kept), as ASE's
+                ``maxstep`` does; ``math.inf`` for no cap. Pairs whose ends coincide do not
+                move under a finite cap.
+            max_energy_rise: blow-up threshold, > 0 (see the class docstring); ``math.inf``
+                turns the energy test off.
+            max_backoffs: back-offs of a pair before a blow-up is divergence, ``>= 0``.
+
+        Raises:
+            ValueError: shapes, dtypes or values outside the above.
         """
         if starts.shape != ends.shape or starts.dim() < 2:
             raise ValueError("starts and ends must both be (pairs, *point_shape)")
@@ -371,8 +445,12 @@ class ElasticBand(torch.nn.Module):
             raise ValueError("climbing is only supported with method='neb'")
         if bounds is not None and bounds[0] > bounds[1]:
             raise ValueError(f"bounds must be (lo, hi) with lo <= hi, got {bounds}")
-        if max_steps < 0 or climb_after < 0:
-            raise ValueError("max_steps and climb_after must be >= 0")
+        if max_steps < 0 or climb_after < 0 or max_backoffs < 0:
+            raise ValueError("max_steps, climb_after and max_backoffs must be >= 0")
+        if not (max_step > 0 and max_energy_rise > 0):
+            raise ValueError(
+                f"max_step and max_energy_rise must be > 0, got {max_step}, {max_energy_rise}"
+            )
         super().__init__()
         self.num_pivots = num_pivots
         self.spring_constant = spring_constant
@@ -382,6 +460,9 @@ class ElasticBand(torch.nn.Module):
         self.bounds = bounds
         self.tol = tol
         self.max_steps = max_steps
+        self.max_step = float(max_step)
+        self.max_energy_rise = float(max_energy_rise)
+        self.max_backoffs = max_backoffs
         self.point_shape = tuple(starts.shape[1:])
         if labels is not None and labels.shape != (starts.shape[0],):
             raise ValueError(f"labels must be (pairs,) = ({starts.shape[0]},)")
@@ -402,6 +483,12 @@ class ElasticBand(torch.nn.Module):
         self.register_buffer("converged", torch.zeros_like(active))
         self.register_buffer("stopped", torch.zeros_like(active))
         self.register_buffer("diverged", torch.zeros_like(active))
+        self.register_buffer(
+            "energy_limit", torch.full((pairs,), math.inf, dtype=dtype, device=device)
+        )
+        self.register_buffer("step_scale", torch.ones(pairs, dtype=dtype, device=device))
+        self.register_buffer("backoffs", torch.zeros(pairs, dtype=torch.long, device=device))
+        self.register_buffer("held", torch.zeros_like(active))
         # Pivots before the pending optimiser step: used to undo the optimiser's moves of
         # frozen pairs (Adam momentum moves them even with zero grad) and to roll back pairs
         # that diverge.
@@ -458,7 +545,7 @@ class ElasticBand(torch.nn.Module):
             return None
         return self.labels[self.active].repeat_interleave(self.num_pivots)
 
-    _WORKING = ("pivots", "starts", "ends", "energy", "max_force")
+    _WORKING = ("pivots", "starts", "ends", "energy", "max_force", "energy_limit", "step_scale")
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         # Precision plugins convert every floating tensor of a module (bf16-true: to
@@ -503,11 +590,13 @@ class ElasticBand(torch.nn.Module):
     def project_(self, grad: Tensor, energies: Tensor, stop: StopFn | None = None) -> Tensor:
         """Take in one evaluation of the active pivots and set ``pivots.grad`` for the next step.
 
-        For each pair that was active, in order: non-finite energy or gradient -> diverged
-        (rolled back to its previous path); otherwise the energies and ``max_force`` are
-        recorded, then ``max_force <= tol`` -> converged, ``stop`` -> stopped, and
-        ``max_steps`` reached -> out of steps; any of these ends the pair. Pairs still active
-        get the NEB effective gradient, all others a zero gradient.
+        For each pair that was active, in order: a blow-up (non-finite energy or gradient, or a
+        pivot energy above ``energy_limit``) -> back-off or diverged (see the class docstring);
+        otherwise the energies and ``max_force`` are recorded, then ``max_force <= tol`` ->
+        converged, ``stop`` -> stopped, and ``max_steps`` reached -> out of steps; any of these
+        ends the pair. Pairs still active get the NEB effective gradient, except those that sit
+        out this step (``held``), which get a zero gradient like all other pairs. A pair's first
+        evaluation (its straight line) sets its ``energy_limit``.
 
         Args:
             grad: ``(active * num_pivots, *point_shape)`` gradient of the energy at
@@ -520,7 +609,11 @@ class ElasticBand(torch.nn.Module):
                 the initial straight line too, so True there means 0 steps.
 
         Returns:
-            ``(pairs,)`` bool, the pairs the next optimiser step moves (= ``self.active``).
+            ``(pairs,)`` bool, the pairs still in the batch (= ``self.active``): the next
+            optimiser step moves them, except the ``held`` ones.
+
+        Raises:
+            ValueError: ``stop`` returned the wrong number of values.
         """
         idx = self.active.nonzero().squeeze(1)
         n, p = idx.numel(), self.num_pivots
@@ -528,12 +621,14 @@ class ElasticBand(torch.nn.Module):
         e = energies.detach().to(dtype).reshape(n, p)
         g = grad.detach().to(dtype).reshape(n, p, -1)
         finite = torch.isfinite(e).all(dim=1) & _rows_finite(g)
-        if bool(finite.all()):
+        self._set_energy_limits_(idx, e, finite)
+        fine = finite & (e.amax(dim=1) <= self.energy_limit[idx])
+        if bool(fine.all()):
             good = idx
         else:
-            self._roll_back_(idx[~finite])
-            good = idx[finite]
-            e, g = e[finite], g[finite]
+            self._back_off_(idx[~fine], evaluated=True)
+            good = idx[fine]
+            e, g = e[fine], g[fine]
         if good.numel() == 0:
             self._set_grad_(good, None)
             return self.active.clone()
@@ -563,12 +658,23 @@ class ElasticBand(torch.nn.Module):
         finished = finished | (self.steps[good] >= self.max_steps)
         self.active[good] = ~finished
 
-        keep = ~finished
+        keep = ~finished & ~self.held[good]
         if bool(keep.all()):
             self._set_grad_(good, effective)
         else:
             self._set_grad_(good[keep], effective[keep] if keep.any() else None)
         return self.active.clone()
+
+    def _set_energy_limits_(self, index: Tensor, pivot_energy: Tensor, finite: Tensor) -> None:
+        """Set ``energy_limit`` of the pairs at ``index`` evaluated on their straight line."""
+        line = torch.cat([self.energy[index, :1], pivot_energy, self.energy[index, -1:]], dim=1)
+        top = line.amax(dim=1)
+        spread = top - line.amin(dim=1)
+        spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+        limit = top + self.max_energy_rise * spread
+        current = self.energy_limit[index]
+        first = finite & (self.steps[index] == 0) & torch.isinf(current)
+        self.energy_limit[index] = torch.where(first, limit, current)
 
     def _set_grad_(self, index: Tensor, effective: Tensor | None) -> None:
         if effective is not None and index.numel() == self.pairs:  # all pairs, in order
@@ -580,40 +686,73 @@ class ElasticBand(torch.nn.Module):
             self.pivots.grad = full
         self._before = self.pivots.detach().clone()
 
-    def _roll_back_(self, index: Tensor) -> None:
+    def _back_off_(self, index: Tensor, evaluated: bool) -> None:
+        """Return blown-up pairs to their path before the last step, halve their steps and hold
+        them for one step; pairs out of back-offs, or on their straight line, diverge.
+
+        Args:
+            index: ``(k,)`` long pairs.
+            evaluated: the blown-up path was evaluated (its step was counted), else it is a
+                non-finite position found right after the step.
+        """
+        can = self.backoffs[index] < self.max_backoffs
+        if evaluated:
+            can &= self.steps[index] > 0  # on the straight line there is nothing to go back to
+        if self._before is None:
+            can &= False  # resumed from a checkpoint: the path before is not kept
+        self._diverge_(index[~can], evaluated)
+        retry = index[can]
+        if retry.numel() == 0:
+            return
+        with torch.no_grad():
+            self.pivots[retry] = self._before[retry]
+        if evaluated:
+            self.steps[retry] -= 1
+        self.backoffs[retry] += 1
+        self.step_scale[retry] *= 0.5
+        self.held[retry] = True
+
+    def _diverge_(self, index: Tensor, evaluated: bool) -> None:
         """Mark pairs diverged and return them to the path before their last step."""
+        if index.numel() == 0:
+            return
         self.diverged[index] = True
         self.active[index] = False
         if self._before is None:
             return  # diverged on the initial path: nothing earlier to return to
         with torch.no_grad():
             self.pivots[index] = self._before[index]
-        self.steps[index] = (self.steps[index] - 1).clamp_min(0)
+        if evaluated:
+            self.steps[index] = (self.steps[index] - 1).clamp_min(0)
 
     @torch.no_grad()
     def after_step_(self) -> None:
-        """Finish an optimiser step: undo moves of frozen pairs, then for the moved pairs catch
-        non-finite positions (diverged, rolled back), clamp to ``bounds``, respace (``string``),
-        and count the step."""
+        """Finish an optimiser step: undo moves of frozen and held pairs, then for the moved
+        pairs catch non-finite positions (back-off or diverged), shorten steps (``max_step``,
+        ``step_scale``), clamp to ``bounds``, respace (``string``), and count the step."""
         if self._before is None:
             raise RuntimeError("after_step_ called before project_")
-        plain = self.method == "neb" and self.bounds is None
-        if plain and bool(self.active.all()) and bool(_rows_finite(self.pivots).all()):
-            self.steps += 1  # nothing to undo, clamp or respace
+        plain = self.method == "neb" and self.bounds is None and math.isinf(self.max_step)
+        if (
+            plain
+            and bool((self.active & ~self.held & (self.step_scale == 1)).all())
+            and bool(_rows_finite(self.pivots).all())
+        ):
+            self.steps += 1  # nothing to undo, shorten, clamp or respace
             self.pivots.grad = None
             return
-        frozen = ~self.active
-        self.pivots[frozen] = self._before[frozen]
-        moved = self.active.nonzero().squeeze(1)
+        still = ~self.active | self.held
+        self.pivots[still] = self._before[still]
+        self.held.zero_()  # the held pairs have sat out their step
+        moved = (~still).nonzero().squeeze(1)
         if moved.numel():
             finite = _rows_finite(self.pivots[moved])
             bad = moved[~finite]
             if bad.numel():
-                self.diverged[bad] = True
-                self.active[bad] = False
-                self.pivots[bad] = self._before[bad]
+                self._back_off_(bad, evaluated=False)
             moved = moved[finite]
         if moved.numel():
+            self._shorten_steps_(moved)
             if self.bounds is not None:
                 self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
             if self.method == "string":
@@ -625,6 +764,32 @@ class ElasticBand(torch.nn.Module):
             self.steps[moved] += 1
         self.pivots.grad = None
 
+    def pivot_spacing(self) -> Tensor:
+        """``(pairs,)`` distance of neighbouring pivots on the straight line,
+        ``|end - start| / (num_pivots + 1)``: the unit of ``max_step``."""
+        chord = (self.ends - self.starts).reshape(self.pairs, -1).norm(dim=1)
+        return chord / (self.num_pivots + 1)
+
+    def _shorten_steps_(self, moved: Tensor) -> None:
+        """Scale the step of each moved pair by its ``step_scale`` and, where a pivot moved
+        farther than ``max_step`` allows, by the cap over that pivot's move (a pair's step keeps
+        its direction). Rows that need no shortening are left bit for bit as they are."""
+        capped = math.isfinite(self.max_step)
+        if not capped and bool((self.step_scale[moved] == 1).all()):
+            return
+        step = self.pivots[moved] - self._before[moved]
+        factor = self.step_scale[moved]
+        if capped:
+            longest = step.reshape(step.shape[0], self.num_pivots, -1).norm(dim=-1).amax(dim=1)
+            cap = self.max_step * self.pivot_spacing()[moved]
+            factor = factor * torch.where(longest > cap, cap / longest, torch.ones_like(cap))
+        shrink = factor < 1
+        if not bool(shrink.any()):
+            return
+        rows = moved[shrink]
+        factor = factor[shrink].reshape(-1, *([1] * (step.dim() - 1)))
+        self.pivots[rows] = self._before[rows] + factor * step[shrink]
+
     def result(self) -> PathResult:
         """Snapshot of the current state as a ``PathResult`` (tensors are copies)."""
         return PathResult(
@@ -635,6 +800,7 @@ class ElasticBand(torch.nn.Module):
             converged=self.converged.clone(),
             stopped=self.stopped.clone(),
             diverged=self.diverged.clone(),
+            backoffs=self.backoffs.clone(),
         )
 
 
@@ -658,6 +824,9 @@ def find_paths(
     on_step: Callable[[ElasticBand], None] | None = None,
     initial: Tensor | None = None,
     steps_taken: Tensor | None = None,
+    max_step: float | None = None,
+    max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE,
+    max_backoffs: int = DEFAULT_BACKOFFS,
 ) -> PathResult:
     """Optimise one band per (start, end) pair towards a minimum energy path.
 
@@ -672,8 +841,9 @@ def find_paths(
         ends: ``(pairs, *point_shape)``.
         num_pivots: movable points per band.
         steps: at most this many optimiser updates per pair.
-        optimizer: ``"adam"`` or ``"sgd"`` over the pivots tensor.
-        lr: learning rate.
+        optimizer: one of ``OPTIMIZERS`` over the pivots tensor (see ``make_optimizer``).
+        lr: learning rate (``fire``: initial time step; ``lbfgs``: inverse curvature of the
+            first step).
         spring_constant: spring ``k`` (``neb`` only).
         method: ``"neb"`` (improved tangent + springs) or ``"string"`` (perpendicular gradient,
             then equal-arc-length respacing every step).
@@ -694,6 +864,10 @@ def find_paths(
             got more pivots where it was poorly resolved.
         steps_taken: optional ``(pairs,)`` long steps these paths already took; they count
             towards ``steps``.
+        max_step: cap on a pivot's move per step, in pivot spacings (see ``ElasticBand``);
+            None: ``DEFAULT_MAX_STEP[optimizer]``.
+        max_energy_rise: blow-up threshold (see ``ElasticBand``).
+        max_backoffs: back-offs before a blow-up is divergence (see ``ElasticBand``).
 
     Returns:
         ``PathResult`` whose energies and forces belong to the returned paths.
@@ -710,6 +884,9 @@ def find_paths(
         tol=tol,
         max_steps=steps,
         labels=labels,
+        max_step=DEFAULT_MAX_STEP.get(optimizer, math.inf) if max_step is None else max_step,
+        max_energy_rise=max_energy_rise,
+        max_backoffs=max_backoffs,
     )
 
     def evaluate(points: Tensor, point_labels: Tensor | None) -> Tensor:
