@@ -44,8 +44,9 @@ class PathModule(L.LightningModule):
     """Optimise one elastic band per pair with a Trainer.
 
     Run it with ``Trainer(max_epochs=1)``: its loader has one item per evaluation
-    (``options.steps + 1``: the straight line, then one after every update), and it stops the
-    trainer itself once every pair is decided.
+    (``options.steps + 1``: the straight line, then one after every update; and two more per
+    allowed back-off, which repeats an evaluation), and it stops the trainer itself once every
+    pair is decided.
 
     Args:
         tail: The part of the classifier from the path's space to logits (a frozen copy is
@@ -128,7 +129,10 @@ class PathModule(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         # One item per step; the first evaluation (the straight line) comes before any update.
-        return DataLoader(range(self.options.steps + 1), batch_size=None)
+        # A back-off costs at most two evaluations that count no step: the blown-up one and
+        # the one of the path it returns to.
+        evaluations = self.options.steps + 1 + 2 * self.options.backoffs
+        return DataLoader(range(evaluations), batch_size=None)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return make_optimizer(self.options.optimizer, [self._band().pivots], self.options.lr)

@@ -345,6 +345,7 @@ PAIR_COLUMNS = [
     "verdict",
     "pivot_verdict",
     "certificate",
+    "status",
     "steps",
     "max_energy",
     "min_target_probability",
@@ -373,7 +374,9 @@ def _stretches_text(stretches: Tensor | None) -> str:
 def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> list[list[Any]]:
     """One row of :data:`PAIR_COLUMNS` per pair and space (``pairs.csv`` and W&B's ``pairs``):
     its indices, class, verdicts, the check they rest on (``certificate``: exact or sampled, and
-    why sampled where ``auto`` or the exact check's tolerance chose it), the lowest margins, the
+    why sampled where ``auto`` or the exact check's tolerance chose it), how its search ended
+    (``status``: linear, converged, certified, out_of_steps or diverged; empty for records
+    saved before there was one), the lowest margins, the
     linear pieces the exact check went through and the stretches it found off the target, how
     far its path moved from the straight line (largest L2 and L-infinity distance of a point, in
     the space's units: pixels in [0, 1] in the input space), and the file of its figure."""
@@ -392,6 +395,7 @@ def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
                     record["verdict"],
                     record["pivot_verdict"],
                     record.get("certificate", "sampled"),
+                    record.get("status", ""),
                     record["steps"],
                     record["max_energy"],
                     record["min_target_probability"],

@@ -29,6 +29,9 @@ from connectivity.exact import (
     piecewise_linear_program,
 )
 from connectivity.neb import (
+    DEFAULT_BACKOFFS,
+    DEFAULT_MAX_ENERGY_RISE,
+    DEFAULT_MAX_STEP,
     METHODS,
     OPTIMIZERS,
     ElasticBand,
@@ -48,7 +51,17 @@ class Verdict(str, Enum):
     LINEAR = "linear"  # the straight line stays in the class
     NONLINEAR = "nonlinear"  # the line leaves the class, the optimised band does not
     NONE = "none"  # neither, within the step budget
-    DIVERGED = "diverged"  # the optimisation hit NaN/inf; nothing can be said
+    DIVERGED = "diverged"  # the optimisation blew up (NaN/inf or energy); nothing can be said
+
+
+class BandStatus(str, Enum):
+    """How the search of a pair ended (``PairRecord.status``)."""
+
+    LINEAR = "linear"  # no band: the straight line passed the check
+    CONVERGED = "converged"  # the band's largest perpendicular force fell to ``tol`` or below
+    CERTIFIED = "certified"  # stopped because the band passed the dense check (not converged)
+    OUT_OF_STEPS = "out_of_steps"  # ``steps`` ran out first
+    DIVERGED = "diverged"  # blew up after every back-off (see ``PathOptions.max_energy_rise``)
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,15 @@ class PathOptions:
     Args:
         num_pivots: Movable points of the band between the fixed ends.
         steps: Most optimisation steps per pair.
-        optimizer: ``adam`` or ``sgd``.
-        lr: Learning rate of the pivots.
+        optimizer: ``adam``, ``sgd``, ``fire`` or ``lbfgs``
+            (:func:`connectivity.neb.make_optimizer`). ``fire`` (Bitzek et al., PRL 97, 170201,
+            2006) and ``lbfgs`` (limited-memory BFGS on the NEB force) are made for elastic
+            bands and converge on stiff surfaces; ``adam`` rescales each coordinate, so its
+            step is not kept perpendicular to the band (the NEB projection is bent), and it
+            stalls or blows up on stiff surfaces; ``sgd`` keeps the direction but needs
+            ``lr`` below 2 / (largest curvature). See the README's "which optimizer when".
+        lr: Learning rate of the pivots (``fire``: initial time step, at most 10 times that
+            later; ``lbfgs``: the first step is ``lr`` times the force).
         spring_constant: Spring ``k`` along the band (``neb``).
         method: ``neb`` (improved tangent and springs) or ``string`` (equal arc length).
         climbing: Let the highest pivot climb to the saddle (``neb``).
@@ -79,6 +99,18 @@ class PathOptions:
             off the target between pivots: a pivot is inserted in each (as AutoNEB does) and
             the band goes on. None: ``4 * num_pivots``. Only the plain driver
             (:func:`connect_points`) inserts pivots.
+        max_step: Longest move of any pivot in one step, in units of the pair's pivot spacing on
+            the straight line (``|end - start| / (num_pivots + 1)``); longer steps are shortened
+            as a whole, as ASE's ``maxstep``. None: 0.5 for ``fire`` and ``lbfgs``, no cap
+            (``.inf``) for ``adam`` and ``sgd`` (``connectivity.neb.DEFAULT_MAX_STEP``).
+        max_energy_rise: Blow-up threshold: a band whose highest pivot energy exceeds its
+            straight line's highest energy by more than ``max_energy_rise`` times the line's
+            energy range (highest minus lowest energy on the line, ends included) has blown up,
+            as has one with a NaN/inf energy, gradient or position. ``.inf`` keeps only the
+            NaN/inf test.
+        backoffs: Times a pair that blows up goes back to its previous path and halves its
+            step (learning rate, or FIRE time step) before the next blow-up marks it
+            ``diverged``.
 
     Raises:
         OptionsError: when built with a value outside the above (options are frozen: use
@@ -99,6 +131,9 @@ class PathOptions:
     chunk_size: int = 512
     certify: str = "sampled"
     max_pivots: int | None = None
+    max_step: float | None = None
+    max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE
+    backoffs: int = DEFAULT_BACKOFFS
 
     def __post_init__(self) -> None:
         for name, minimum in (
@@ -106,10 +141,18 @@ class PathOptions:
             ("steps", 0),
             ("line_points", 2),
             ("chunk_size", 1),
+            ("backoffs", 0),
         ):
             object.__setattr__(self, name, _checked_int(getattr(self, name), name, minimum))
         for name, positive in (("lr", True), ("spring_constant", False), ("tol", False)):
             object.__setattr__(self, name, _checked_number(getattr(self, name), name, positive))
+        for name in ("max_step", "max_energy_rise"):
+            value = getattr(self, name)
+            if value is None and name == "max_step":
+                continue
+            if value != math.inf:
+                value = _checked_number(value, name, True)
+            object.__setattr__(self, name, float(value))
         if self.method not in METHODS:
             raise OptionsError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.certify not in CERTIFY:
@@ -159,12 +202,20 @@ class PathOptions:
             "climbing": self.climbing,
             "bounds": self.bounds,
             "tol": self.tol,
+            "max_step": self.resolved_max_step,
+            "max_energy_rise": self.max_energy_rise,
+            "max_backoffs": self.backoffs,
         }
 
     @property
     def most_pivots(self) -> int:
         """The most pivots a band may grow to (``max_pivots``, default ``4 * num_pivots``)."""
         return self.max_pivots if self.max_pivots is not None else 4 * self.num_pivots
+
+    @property
+    def resolved_max_step(self) -> float:
+        """``max_step``, or the optimizer's default when it is None (``inf``: no cap)."""
+        return DEFAULT_MAX_STEP[self.optimizer] if self.max_step is None else self.max_step
 
     @property
     def points_per_segment(self) -> int:
@@ -280,10 +331,15 @@ def polyline_length_ratio(path: Tensor) -> Tensor:
 
 @dataclass
 class PairRecord:
-    """Everything found for one pair; tensors are on the CPU."""
+    """Everything found for one pair; tensors are on the CPU.
+
+    ``status`` says how the search ended, a :class:`BandStatus` value: ``linear`` (no band),
+    ``converged``, ``certified``, ``out_of_steps`` or ``diverged``.
+    """
 
     verdict: str
     pivot_verdict: str
+    status: str
     target: int
     steps: int
     max_energy: float  # highest -log p(target) over the densely checked path
@@ -806,6 +862,7 @@ class Decisions:
             band.steps[fresh],
             band.max_force[fresh].to(self.check.line.dtype),
             band.diverged[fresh],
+            band_status(band.converged[fresh], band.stopped[fresh], band.diverged[fresh]),
         )
         self._finish(pairs[fresh], outcome)
 
@@ -846,6 +903,7 @@ class BandOutcome:
     steps: Tensor  # (pairs,) long
     max_force: Tensor  # (pairs,)
     diverged: Tensor  # (pairs,) bool
+    status: list[str]  # a BandStatus value per pair
 
     @staticmethod
     def unmoved(line: Tensor) -> BandOutcome:
@@ -856,7 +914,28 @@ class BandOutcome:
             steps=torch.zeros(pairs, dtype=torch.long, device=device),
             max_force=torch.zeros(pairs, device=device),
             diverged=torch.zeros(pairs, dtype=torch.bool, device=device),
+            status=[BandStatus.LINEAR.value] * pairs,
         )
+
+
+def band_status(converged: Tensor, stopped: Tensor, diverged: Tensor) -> list[str]:
+    """How each finished band ended, from its ``(pairs,)`` bool flags (see ``PathResult``).
+
+    Diverged first, then converged (a band certified and converged at the same evaluation is
+    a minimum energy path, the stronger statement), then certified (``stop``); a band with no
+    flag ran out of steps.
+    """
+    out = []
+    for c, s, d in zip(converged.tolist(), stopped.tolist(), diverged.tolist(), strict=True):
+        if d:
+            out.append(BandStatus.DIVERGED.value)
+        elif c:
+            out.append(BandStatus.CONVERGED.value)
+        elif s:
+            out.append(BandStatus.CERTIFIED.value)
+        else:
+            out.append(BandStatus.OUT_OF_STEPS.value)
+    return out
 
 
 def make_records(
@@ -931,10 +1010,16 @@ def make_records(
         certificate, note = _certificate(
             certifier, verdict, exact_line, exact_path, bool(path_decided[i]) or line_ok
         )
+        status = outcome.status[i]
+        if status == BandStatus.CERTIFIED and verdict != Verdict.NONLINEAR:
+            # The stop let the band go to grow pivots in its off-target stretches, but it had
+            # no steps left to do so (see Decisions._grow): it was never certified.
+            status = BandStatus.OUT_OF_STEPS.value
         records.append(
             PairRecord(
                 verdict=verdict.value,
                 pivot_verdict=pivot_verdict.value,
+                status=status,
                 target=int(targets[i]),
                 steps=int(outcome.steps[i]),
                 max_energy=float(path_energy[i].max()),

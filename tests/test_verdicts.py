@@ -118,7 +118,7 @@ def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="method"):
         PathOptions(method="elastic")
     with pytest.raises(ValueError, match="optimizer"):
-        PathOptions(optimizer="lbfgs")
+        PathOptions(optimizer="bfgs")
 
 
 class NaNNearOrigin(torch.nn.Module):
