@@ -49,7 +49,46 @@ def _moving(grad: Tensor) -> Tensor:
     return (grad != 0).any(dim=1)
 
 
-class FIRE(torch.optim.Optimizer):
+class _PairOptimizer(torch.optim.Optimizer):
+    """Shared loop of the per-pair optimisers: ``_step_one(param, group)`` per parameter."""
+
+    # State that is no floating-point number: ``Optimizer.load_state_dict`` casts every state
+    # tensor to the parameter's dtype, so these are cast back.
+    _EXACT_STATE: dict[str, torch.dtype] = {}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step of every pair from the gradients in ``.grad``.
+
+        Args:
+            closure: Optional, re-evaluates the loss (not needed: only gradients are used).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_one(p, group)
+        return loss
+
+    def _step_one(self, p: Tensor, group: dict) -> None:
+        raise NotImplementedError
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a ``state_dict()``; counters and flags keep their integer and bool dtypes."""
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            for key, dtype in self._EXACT_STATE.items():
+                if key in state:
+                    state[key] = state[key].to(dtype)
+
+
+class FIRE(_PairOptimizer):
     """Fast Inertial Relaxation Engine (Bitzek et al., PRL 97, 170201, 2006), one system per
     pair, as ASE's ``FIRE`` does it.
 
@@ -79,6 +118,8 @@ class FIRE(torch.optim.Optimizer):
     ``(pairs,)`` tensors ``dt``, ``alpha`` and ``downhill_steps``.
     """
 
+    _EXACT_STATE = {"downhill_steps": torch.long}
+
     def __init__(
         self,
         params: Iterable[Tensor],
@@ -107,26 +148,6 @@ class FIRE(torch.optim.Optimizer):
             f_alpha=f_alpha,
         )
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One FIRE step of every pair from the gradients in ``.grad``.
-
-        Args:
-            closure: Optional, re-evaluates the loss (not needed: FIRE uses gradients only).
-
-        Returns:
-            The closure's loss, or None.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_one(p, group)
-        return loss
 
     def _step_one(self, p: Tensor, group: dict) -> None:
         state = self.state[p]
@@ -173,7 +194,7 @@ class FIRE(torch.optim.Optimizer):
         p.add_((dt.unsqueeze(1) * v).reshape(p.shape))
 
 
-class LBFGS(torch.optim.Optimizer):
+class LBFGS(_PairOptimizer):
     """Limited-memory BFGS on the band's force, one system per pair, without a line search.
 
     Per pair, the step is ``-H g`` with ``H`` the L-BFGS inverse Hessian from the last
@@ -201,32 +222,14 @@ class LBFGS(torch.optim.Optimizer):
     ``(pairs, n)`` with ``has_previous`` ``(pairs,)``.
     """
 
+    _EXACT_STATE = {"has_previous": torch.bool}
+
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, memory: int = 10) -> None:
         if not lr > 0:
             raise ValueError(f"LBFGS needs lr > 0, got {lr}")
         if memory < 1:
             raise ValueError(f"LBFGS needs memory >= 1, got {memory}")
         super().__init__(params, dict(lr=lr, memory=memory))
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One L-BFGS step of every pair from the gradients in ``.grad``.
-
-        Args:
-            closure: Optional, re-evaluates the loss (not needed: there is no line search).
-
-        Returns:
-            The closure's loss, or None.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_one(p, group)
-        return loss
 
     def _step_one(self, p: Tensor, group: dict) -> None:
         state = self.state[p]

@@ -424,6 +424,7 @@ def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
         assert row["verdict"] == record["verdict"] and int(row["steps"]) == record["steps"]
         assert row["certificate"] == "sampled"
         assert float(row["min_margin"]) == pytest.approx(float(record["check_margin"].min()))
+        assert row["status"] == record["status"]
     assert float(rows[0]["max_distance_l2"]) > 0 and float(rows[1]["max_distance_l2"]) == 0
     # A rerun of the finished run adds no second W&B run.
     run_paths(experiment, data, trainer={"accelerator": "cpu"}, wandb=WandbOptions(offline=True))

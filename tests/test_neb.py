@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -18,16 +19,15 @@ from connectivity.neb import (
     straight_line,
     tangents,
 )
+from tests.surfaces import (
+    MB_MINIMA,
+    MB_SADDLE_ENERGIES,
+    MB_SADDLES,
+    StiffEmbedding,
+    mueller_brown,
+)
 
 DTYPE = torch.float64
-
-# Mueller-Brown parameters.
-MB_A = (-200.0, -100.0, -170.0, 15.0)
-MB_a = (-1.0, -1.0, -6.5, 0.7)
-MB_b = (0.0, 0.0, 11.0, 0.6)
-MB_c = (-10.0, -10.0, -6.5, 0.7)
-MB_X0 = (1.0, 0.0, -0.5, -1.0)
-MB_Y0 = (0.0, 0.5, 1.5, 1.0)
 
 MINIMA = torch.tensor([[-0.5582, 1.4417], [-0.0500, 0.4667], [0.6235, 0.0280]], dtype=DTYPE)
 STARTS = MINIMA[:2]
@@ -41,13 +41,14 @@ SADDLE_ENERGIES = torch.tensor([-40.665, -72.249], dtype=DTYPE)
 MB_OPTIONS = dict(num_pivots=8, steps=600, optimizer="adam", lr=1e-2, spring_constant=100.0)
 
 
-def mueller_brown(points: Tensor) -> Tensor:
-    """Mueller-Brown potential of ``(B, 2)`` points, ``(B,)``."""
-    params = [torch.tensor(v, dtype=points.dtype) for v in (MB_A, MB_a, MB_b, MB_c, MB_X0, MB_Y0)]
-    amp, a, b, c, x0, y0 = params
-    dx = points[:, :1] - x0
-    dy = points[:, 1:] - y0
-    return (amp * torch.exp(a * dx * dx + b * dx * dy + c * dy * dy)).sum(dim=-1)
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Hundreds of steps on a few small points: with several threads on a busy machine every op
+    # waits for a descheduled thread, which costs far more than the work itself.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def highest_pivot(result) -> tuple[Tensor, Tensor, Tensor]:
@@ -375,3 +376,181 @@ def test_image_shaped_points_keep_their_shape() -> None:
     assert result.path.shape == (2, 5, 3, 2, 2)
     assert result.energy.shape == (2, 5)
     assert result.converged.all()
+
+
+# --- Issue 13: band optimizers, blow-ups, back-off --------------------------------------------
+
+
+def test_mueller_brown_reference_points_are_stationary_with_known_index() -> None:
+    # The exact answers the optimizers are held to: zero gradient, and one negative Hessian
+    # eigenvalue at each saddle (none at the minima).
+    for points, negative in ((MB_SADDLES, 1), (MB_MINIMA, 0)):
+        for point in points:
+            x = point.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(mueller_brown(x[None])[0], x)
+            hessian = torch.autograd.functional.hessian(lambda p: mueller_brown(p[None])[0], point)
+            assert g.norm() < 1e-9
+            assert int((torch.linalg.eigvalsh(hessian) < 0).sum()) == negative
+    assert torch.allclose(mueller_brown(MB_SADDLES), MB_SADDLE_ENERGIES, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_band_optimizers_find_both_mueller_brown_saddles_to_1e_4(optimizer: str) -> None:
+    result = find_paths(
+        mueller_brown,
+        STARTS,
+        ENDS,
+        num_pivots=8,
+        steps=2000,
+        optimizer=optimizer,
+        lr=1e-3,
+        spring_constant=100.0,
+        climbing=True,
+        tol=1e-4,
+    )
+    assert result.converged.all() and not result.diverged.any()
+    top, top_energy, _ = highest_pivot(result)
+    assert (top - MB_SADDLES).norm(dim=1).max() < 1e-4
+    assert (top_energy - MB_SADDLE_ENERGIES).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_stiff_embedding_climbing_pivot_converges_to_the_saddle(optimizer: str) -> None:
+    # Mueller-Brown in 64 dimensions, inside rotated walls of stiffness 10 to 10,000.
+    surface = StiffEmbedding(mueller_brown, dim=64, stiffness=(10.0, 1e4))
+    assert surface.stiffness.max() / surface.stiffness.min() >= 1000
+    minima = surface.lift(MB_MINIMA)
+    saddle = surface.lift(MB_SADDLES[:1])[0]
+    result = find_paths(
+        surface,
+        minima[:1],
+        minima[1:2],
+        num_pivots=8,
+        steps=20_000,
+        optimizer=optimizer,
+        lr=1e-3,
+        spring_constant=100.0,
+        climbing=True,
+        tol=1e-3,
+    )
+    assert result.converged[0] and result.steps[0] < 20_000
+    top, top_energy, _ = highest_pivot(result)
+    assert (top[0] - saddle).norm() < 1e-3
+    assert (top_energy[0] - MB_SADDLE_ENERGIES[0]).abs() < 1e-3
+
+
+def _soft_or_stiff(points: Tensor) -> Tensor:
+    """A valley ``y^2 / 2`` for x < 4 and a wall 1000 times stiffer beyond: gradient descent at
+    lr 0.1 settles in the first and overshoots ever further in the second."""
+    stiffness = torch.where(points[:, 0] < 4, 1.0, 1000.0)
+    return 0.5 * stiffness * points[:, 1] ** 2 + 0.01 * points[:, 0] ** 2
+
+
+def test_energy_blow_up_is_divergence_after_back_offs_and_spares_the_other_pairs() -> None:
+    seen: list[float] = []
+
+    def energy(x: Tensor) -> Tensor:
+        e = _soft_or_stiff(x)
+        seen.append(float(e.detach().max()))
+        return e
+
+    starts = torch.tensor([[-1.0, 0.2], [6.0, 0.2]], dtype=DTYPE)
+    ends = torch.tensor([[1.0, -0.2], [8.0, -0.2]], dtype=DTYPE)
+    options = dict(num_pivots=4, optimizer="sgd", lr=0.1, steps=300, max_backoffs=3)
+    result = find_paths(energy, starts, ends, **options)
+    # The stiff pair's energy exploded (far above its line's 20) but never became non-finite.
+    assert max(seen) > 1e3 and all(math.isfinite(e) for e in seen)
+    assert result.diverged.tolist() == [False, True]
+    assert result.backoffs.tolist() == [0, 3]
+    # It is frozen at a path below the limit: the line's top (20) + 10 x its range (20).
+    assert result.energy[1].max() <= 20.0 + 10 * 20.0 + 1e-9
+    assert torch.isfinite(result.path).all()
+    # The soft pair went on as if alone.
+    alone = find_paths(_soft_or_stiff, starts[:1], ends[:1], **options)
+    assert result.converged[0] and torch.equal(result.path[0], alone.path[0])
+    assert result.steps[0] == alone.steps[0]
+
+
+def test_back_off_halves_the_step_and_lets_a_pair_recover() -> None:
+    # SGD on the wall of stiffness 1000 grows by |1 - 2.5| per step at lr 0.0025 and shrinks
+    # by |1 - 1.25| at half that: one back-off, then it converges.
+    starts = torch.tensor([[6.0, 0.2]], dtype=DTYPE)
+    ends = torch.tensor([[8.0, -0.2]], dtype=DTYPE)
+    options = dict(num_pivots=4, optimizer="sgd", lr=0.0025, steps=3000, tol=1e-2)
+    result = find_paths(_soft_or_stiff, starts, ends, **options)
+    assert result.converged[0] and not result.diverged[0]
+    assert result.backoffs[0] == 1
+    never = find_paths(_soft_or_stiff, starts, ends, max_backoffs=0, **options)
+    assert never.diverged[0] and never.backoffs[0] == 0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "fire", "lbfgs"])
+def test_batched_pairs_match_single_pairs_for_each_optimizer(optimizer: str) -> None:
+    # The pairs converge at different steps, so one runs on while the other is frozen.
+    lr = {"sgd": 4e-4, "fire": 1e-3, "lbfgs": 1e-3}[optimizer]
+    options = dict(
+        num_pivots=8, steps=400, optimizer=optimizer, lr=lr, spring_constant=100.0, tol=1e-2
+    )
+    together = find_paths(mueller_brown, STARTS, ENDS, climbing=True, **options)
+    assert together.steps[0] != together.steps[1]
+    for pair in range(2):
+        single = find_paths(
+            mueller_brown, STARTS[pair : pair + 1], ENDS[pair : pair + 1], climbing=True, **options
+        )
+        assert torch.allclose(single.path[0], together.path[pair], rtol=0, atol=1e-12)
+        assert single.steps[0] == together.steps[pair]
+        assert single.converged[0] == together.converged[pair]
+
+
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_band_and_optimizer_state_resume_to_the_same_path(optimizer: str) -> None:
+    options = dict(num_pivots=6, spring_constant=100.0, climbing=True, climb_after=5, tol=1e-3)
+
+    def band_and_optimizer() -> tuple[ElasticBand, torch.optim.Optimizer]:
+        band = ElasticBand(STARTS, ENDS, max_steps=600, max_step=0.5, **options)
+        band.set_end_energies_(mueller_brown(band.end_points()))
+        return band, make_optimizer(optimizer, [band.pivots], lr=1e-3)
+
+    def run(band: ElasticBand, opt: torch.optim.Optimizer, until: int) -> None:
+        while not band.done and int(band.steps.max()) < until:
+            x = band.active_points().requires_grad_(True)
+            e = mueller_brown(x)
+            (g,) = torch.autograd.grad(e.sum(), x)
+            if band.project_(g, e).any():
+                opt.step()
+                band.after_step_()
+
+    whole, whole_opt = band_and_optimizer()
+    run(whole, whole_opt, until=10**9)
+    first, first_opt = band_and_optimizer()
+    run(first, first_opt, until=30)
+    buffer = io.BytesIO()
+    torch.save({"band": first.state_dict(), "optimizer": first_opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    second, second_opt = band_and_optimizer()
+    second.load_state_dict(saved["band"])
+    second_opt.load_state_dict(saved["optimizer"])
+    run(second, second_opt, until=10**9)
+    assert whole.converged.all()
+    assert torch.equal(second.pivots, whole.pivots) and torch.equal(second.steps, whole.steps)
+
+
+def test_max_step_caps_the_longest_pivot_move_per_step() -> None:
+    # A huge SGD step on Mueller-Brown is cut to max_step pivot spacings, direction kept.
+    band = ElasticBand(STARTS, ENDS, num_pivots=4, max_steps=1, max_step=0.25)
+    band.set_end_energies_(mueller_brown(band.end_points()))
+    opt = make_optimizer("sgd", [band.pivots], lr=1.0)
+    before = band.pivots.detach().clone()
+    x = band.active_points().requires_grad_(True)
+    e = mueller_brown(x)
+    (g,) = torch.autograd.grad(e.sum(), x)
+    band.project_(g, e)
+    direction = -band.pivots.grad.clone()
+    opt.step()
+    band.after_step_()
+    move = band.pivots.detach() - before
+    longest = move.norm(dim=-1).amax(dim=1)
+    assert torch.allclose(longest, 0.25 * band.pivot_spacing(), rtol=1e-12)
+    scale = (move / direction)[..., 0]
+    assert torch.allclose(scale, scale[:, :1].expand_as(scale), rtol=1e-9)

@@ -25,11 +25,12 @@ def _fit(module: PathModule, tmp_path) -> L.Trainer:
     return trainer
 
 
-def test_same_result_as_connect_points_on_toy_regions(tmp_path) -> None:
+@pytest.mark.parametrize("optimizer", ["adam", "fire", "lbfgs"])
+def test_same_result_as_connect_points_on_toy_regions(tmp_path, optimizer: str) -> None:
     starts = torch.tensor([[1.5, 0.2], [1.2, -0.3], [1.5, 0.6]])
     ends = torch.tensor([[-1.5, 0.1], [1.4, 0.3], [-1.4, 0.8]])
     targets = torch.tensor([0, 0, 0])
-    options = PathOptions(num_pivots=8, steps=120, lr=0.05)
+    options = PathOptions(num_pivots=8, steps=120, lr=0.05, optimizer=optimizer)
     expected = connect_points(Annulus(), starts, ends, targets, options)
     module = PathModule(Annulus(), starts, ends, targets, options)
     trainer = _fit(module, tmp_path)
@@ -40,6 +41,7 @@ def test_same_result_as_connect_points_on_toy_regions(tmp_path) -> None:
         assert a.steps == b.steps
         assert torch.allclose(a.path, b.path, atol=1e-6)
         assert a.max_force == b.max_force or abs(a.max_force - b.max_force) < 1e-6
+        assert a.status == b.status
     # it stopped by itself once every pair was decided, long before max_steps
     assert trainer.global_step < options.steps
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from connectivity.errors import OptionsError
-from connectivity.verdicts import PathOptions, Verdict, connect_points, on_target, refine
+from connectivity.verdicts import (
+    BandStatus,
+    PathOptions,
+    Verdict,
+    connect_points,
+    on_target,
+    refine,
+)
 from tests.toy import Annulus, Stripes, TwoDisks
 
 
@@ -31,6 +38,7 @@ def test_straight_line_inside_the_class_is_linear() -> None:
     ends = torch.tensor([[0.5, 3.0]])
     (record,) = connect_points(Stripes(), starts, ends, torch.tensor([0]))
     assert record.verdict == Verdict.LINEAR and record.pivot_verdict == Verdict.LINEAR
+    assert record.status == BandStatus.LINEAR
     assert record.steps == 0
     assert record.length_ratio == pytest.approx(1.0)
     assert record.min_target_probability > 0.5
@@ -45,6 +53,7 @@ def test_annulus_needs_a_bent_path_and_neb_certifies_it() -> None:
     assert record.line_min_target_probability < 0.5
     assert record.verdict == Verdict.NONLINEAR
     assert 0 < record.steps < 300  # stopped as soon as the path was certified
+    assert record.status == BandStatus.CERTIFIED and record.max_force > options.tol
     radius = record.path.norm(dim=-1)
     assert ((radius > 1.0) & (radius < 2.0)).all()
     assert record.length_ratio > 1.2
@@ -62,6 +71,8 @@ def test_disconnected_class_gives_no_path() -> None:
     assert record.pivot_verdict == Verdict.NONE
     # it ran to the minimum energy path (converged) or out of steps, and still found no path
     assert record.steps == 150 or record.max_force <= options.tol
+    converged = record.max_force <= options.tol
+    assert record.status == (BandStatus.CONVERGED if converged else BandStatus.OUT_OF_STEPS)
     assert record.max_energy > math.log(2)
 
 
@@ -110,7 +121,7 @@ def test_diverging_pair_is_marked_without_stopping_the_others() -> None:
     ends = torch.tensor([[-1.5, 0.0], [-1.5, 0.6]])
     options = PathOptions(num_pivots=9, steps=300, lr=0.05)
     records = connect_points(HoleOfNaN(), starts, ends, torch.tensor([0, 0]), options)
-    assert records[0].verdict == Verdict.DIVERGED
+    assert records[0].verdict == Verdict.DIVERGED and records[0].status == BandStatus.DIVERGED
     assert records[1].verdict == Verdict.NONLINEAR
 
 
@@ -175,6 +186,13 @@ def test_a_pair_with_a_non_finite_end_is_diverged_not_a_crash() -> None:
         ({"optimizer": "rmsprop"}, "optimizer must be one of"),
         ({"method": "spline"}, "method must be one of"),
         ({"converge": "yes"}, "converge must be true or false"),
+        ({"optimizer": "bfgs"}, "optimizer must be one of .*'fire', 'lbfgs'"),
+        ({"max_step": 0}, "max_step must be a finite number > 0, got 0"),
+        ({"max_step": "1"}, "max_step must be a finite number > 0"),
+        ({"max_energy_rise": -1.0}, "max_energy_rise must be a finite number > 0"),
+        ({"max_energy_rise": None}, "max_energy_rise must be a finite number > 0"),
+        ({"backoffs": -1}, "backoffs must be an integer >= 0, got -1"),
+        ({"backoffs": 1.5}, "backoffs must be an integer >= 0"),
     ],
 )
 def test_invalid_options_are_refused_when_built(options: dict, words: str) -> None:
@@ -244,3 +262,27 @@ def test_records_carry_the_checked_points_their_margins_and_predicted_classes() 
     expected = (second.line_check_position > 0.5).long()
     assert torch.equal(second.line_check_predicted, expected)
     assert second.verdict == Verdict.NONE  # no steps allowed
+
+
+# --- Issue 13: band optimizers in the verdicts, options, how the band ended ---
+
+
+def test_new_options_take_their_defaults_and_infinity() -> None:
+    assert PathOptions().band_options()["max_step"] == math.inf  # adam: no cap, as before
+    assert PathOptions(optimizer="fire").band_options()["max_step"] == 0.5
+    options = PathOptions(optimizer="lbfgs", max_step=math.inf, max_energy_rise=math.inf)
+    assert options.band_options()["max_step"] == math.inf
+    assert options.band_options()["max_energy_rise"] == math.inf
+    assert PathOptions(max_step=2).max_step == 2.0 and PathOptions(backoffs=0).backoffs == 0
+
+
+def test_lbfgs_runs_the_annulus_band_to_its_minimum_energy_path() -> None:
+    # converge: true: no stop at the certificate; the band must reach tol.
+    starts = torch.tensor([[1.5, 0.2]])
+    ends = torch.tensor([[-1.5, 0.1]])
+    options = PathOptions(num_pivots=10, steps=300, optimizer="lbfgs", converge=True)
+    (record,) = connect_points(Annulus(), starts, ends, torch.tensor([0]), options)
+    assert record.status == BandStatus.CONVERGED and record.max_force <= options.tol
+    assert record.verdict == Verdict.NONLINEAR and record.steps < 300
+    # The minimum energy path of the ring's energy runs along its middle circle, r = 1.5.
+    assert torch.allclose(record.path[1:-1].norm(dim=-1), torch.tensor(1.5), atol=0.05)
