@@ -457,8 +457,23 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
         "spaces": experiment.spaces,
         "pairs": [asdict(p) for p in pairs],
         "sampling": asdict(experiment.pairs),
-        "path": asdict(experiment.path),
+        "path": _path_manifest(experiment.path),
     }
+
+
+# Path options that came after run folders were first written (issue 13): left out of the
+# manifest while they hold their defaults, so a folder written before them still counts as the
+# same experiment (its remaining pairs are decided with today's blow-up test).
+_LATER_PATH_OPTIONS = ("max_step", "max_energy_rise", "backoffs")
+
+
+def _path_manifest(options: PathOptions) -> dict[str, Any]:
+    values = asdict(options)
+    defaults = asdict(PathOptions())
+    for name in _LATER_PATH_OPTIONS:
+        if values[name] == defaults[name]:
+            del values[name]
+    return values
 
 
 # The experiment's own: one epoch of steps per space, records instead of Lightning checkpoints,

@@ -561,6 +561,20 @@ class ElasticBand(torch.nn.Module):
                 new.data = old.to(device=new.device, dtype=dtype)
         return self
 
+    # Buffers that band checkpoints written before issue 13 lack: such a checkpoint resumes
+    # with their initial values (no energy limit, no back-offs so far, nothing held).
+    _LATER_BUFFERS = ("energy_limit", "step_scale", "backoffs", "held")
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ):
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        for name in self._LATER_BUFFERS:
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
+
     def retire_(self, pairs: Tensor) -> None:
         """Take pairs out of the optimisation before or between steps (e.g. already decided)."""
         self.active[pairs] = False

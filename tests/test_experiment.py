@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import os
 import signal
@@ -511,6 +512,12 @@ def test_the_manifest_records_the_data_settings_but_not_loading_ones(
     store.record_path("input", 0).write_bytes(b"")  # a decided pair, as far as start sees
     with pytest.raises(RunFolderError, match=r"differs in: data\)"):
         store.start(manifest(experiment, DigitsDataModule(size=32), []))
+    # Path options added later (issue 13) stay out while at their defaults: folders written
+    # before them still match; set, they count.
+    path = manifest(experiment, DigitsDataModule(size=16), [])["path"]
+    assert not {"max_step", "max_energy_rise", "backoffs"} & set(path)
+    experiment.path = dataclasses.replace(experiment.path, backoffs=2)
+    assert manifest(experiment, DigitsDataModule(size=16), [])["path"]["backoffs"] == 2
 
 
 def test_explicit_bounds_box_the_input_space_only() -> None:

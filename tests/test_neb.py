@@ -554,3 +554,15 @@ def test_max_step_caps_the_longest_pivot_move_per_step() -> None:
     assert torch.allclose(longest, 0.25 * band.pivot_spacing(), rtol=1e-12)
     scale = (move / direction)[..., 0]
     assert torch.allclose(scale, scale[:, :1].expand_as(scale), rtol=1e-9)
+
+
+def test_a_band_checkpoint_without_the_back_off_buffers_still_loads() -> None:
+    # Band checkpoints written before issue 13 lack them; unknown keys are still refused.
+    state = ElasticBand(STARTS, ENDS).state_dict()
+    for name in ("energy_limit", "step_scale", "backoffs", "held"):
+        del state[name]
+    band = ElasticBand(STARTS, ENDS)
+    band.load_state_dict(state)
+    assert torch.isinf(band.energy_limit).all() and (band.step_scale == 1).all()
+    with pytest.raises(RuntimeError, match="Unexpected"):
+        band.load_state_dict({**state, "other": torch.zeros(1)})
