@@ -457,7 +457,7 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
         "spaces": experiment.spaces,
         "pairs": [asdict(p) for p in pairs],
         "sampling": asdict(experiment.pairs),
-        "path": _path_manifest(experiment.path),
+        "path": path_manifest(experiment.path),
     }
 
 
@@ -467,7 +467,8 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
 _LATER_PATH_OPTIONS = ("max_step", "max_energy_rise", "backoffs")
 
 
-def _path_manifest(options: PathOptions) -> dict[str, Any]:
+def path_manifest(options: PathOptions) -> dict[str, Any]:
+    """The path options as a run folder's manifest records them (``run.json``)."""
     values = asdict(options)
     defaults = asdict(PathOptions())
     for name in _LATER_PATH_OPTIONS:

@@ -51,6 +51,7 @@ from connectivity.experiment import (
     _trainer_settings,
     load_network,
     options_in_space,
+    path_manifest,
 )
 from connectivity.graph import ComponentSearch, check_graph_options, is_connected
 from connectivity.graph_report import write_graph_report
@@ -269,7 +270,7 @@ def manifest(
         "spaces": experiment.spaces,
         "inputs": [asdict(s) for s in selections],
         "sampling": asdict(experiment.inputs),
-        "path": asdict(experiment.path),
+        "path": path_manifest(experiment.path),
         "round_size": experiment.round_size,
         "max_tries": experiment.max_tries,
     }
