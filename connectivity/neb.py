@@ -362,12 +362,12 @@ class ElasticBand(torch.nn.Module):
     Blow-ups and back-off: a pair blows up when an evaluation gives a non-finite energy or
     gradient, when a step gives a non-finite position, or when its highest pivot energy exceeds
     ``energy_limit``: its straight line's highest energy plus ``max_energy_rise`` times the
-    line's energy range (highest minus lowest energy on the line, ends included; 1 where the
-    line is flat). The pair then returns to its path before the step, its steps are halved from
-    then on (``step_scale``), and it sits out one optimiser step with a zero gradient (so
-    ``fire`` and ``lbfgs`` reset its state). After ``max_backoffs`` back-offs the next blow-up
-    marks it diverged. A blow-up of the straight line itself (nothing earlier to return to) is
-    divergence at once.
+    line's energy scale (the larger of its energy range, highest minus lowest energy on the line
+    with the ends, and its largest absolute energy; 1 where all are 0). The pair then returns
+    to its path before the step, its steps are halved from then on (``step_scale``), and it
+    sits out one optimiser step with a zero gradient (so ``fire`` and ``lbfgs`` reset its
+    state). After ``max_backoffs`` back-offs the next blow-up marks it diverged. A blow-up of
+    the straight line itself (nothing earlier to return to) is divergence at once.
 
     Attributes:
         pivots: ``torch.nn.Parameter`` ``(pairs, num_pivots, *point_shape)``; the optimiser's
@@ -682,10 +682,13 @@ class ElasticBand(torch.nn.Module):
     def _set_energy_limits_(self, index: Tensor, pivot_energy: Tensor, finite: Tensor) -> None:
         """Set ``energy_limit`` of the pairs at ``index`` evaluated on their straight line."""
         line = torch.cat([self.energy[index, :1], pivot_energy, self.energy[index, -1:]], dim=1)
-        top = line.amax(dim=1)
-        spread = top - line.amin(dim=1)
-        spread = torch.where(spread > 0, spread, torch.ones_like(spread))
-        limit = top + self.max_energy_rise * spread
+        top, bottom = line.amax(dim=1), line.amin(dim=1)
+        # The line's energy scale: its range, or its largest magnitude where the range is
+        # small (a line whose ends are as high as its middle would otherwise count rounding
+        # noise as a blow-up).
+        scale = torch.maximum(top - bottom, torch.maximum(top.abs(), bottom.abs()))
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        limit = top + self.max_energy_rise * scale
         current = self.energy_limit[index]
         first = finite & (self.steps[index] == 0) & torch.isinf(current)
         self.energy_limit[index] = torch.where(first, limit, current)

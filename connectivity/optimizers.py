@@ -95,7 +95,7 @@ class FIRE(_PairOptimizer):
     Each step, per pair, with force ``F = -grad`` and velocity ``v``: if ``P = F . v > 0``
     (downhill), ``v <- (1 - a) v + a |v| F / |F|`` and, after more than ``n_min`` downhill steps
     in a row, ``dt <- min(f_inc dt, dt_max)``, ``a <- f_alpha a``; otherwise (uphill) ``v <- 0``,
-    ``dt <- f_dec dt``, ``a <- alpha_start``. Then Euler: ``v <- v + dt F``,
+    ``dt <- f_dec dt``, ``a <- alpha_start``. Then semi-implicit Euler: ``v <- v + dt F``,
     ``x <- x + dt v``. A pair's first step (``v = 0``) only takes the Euler step, as in ASE.
 
     Units: ``dt`` is in the units that make ``dt**2 * force`` a displacement (masses are 1).

@@ -105,9 +105,9 @@ class PathOptions:
             (``.inf``) for ``adam`` and ``sgd`` (``connectivity.neb.DEFAULT_MAX_STEP``).
         max_energy_rise: Blow-up threshold: a band whose highest pivot energy exceeds its
             straight line's highest energy by more than ``max_energy_rise`` times the line's
-            energy range (highest minus lowest energy on the line, ends included) has blown up,
-            as has one with a NaN/inf energy, gradient or position. ``.inf`` keeps only the
-            NaN/inf test.
+            energy scale (the larger of its energy range, highest minus lowest energy on the
+            line with the ends, and its largest absolute energy) has blown up, as has one with
+            a NaN/inf energy, gradient or position. ``.inf`` keeps only the NaN/inf test.
         backoffs: Times a pair that blows up goes back to its previous path and halves its
             step (learning rate, or FIRE time step) before the next blow-up marks it
             ``diverged``.
