@@ -363,7 +363,9 @@ class ElasticBand(torch.nn.Module):
     gradient, when a step gives a non-finite position, or when its highest pivot energy exceeds
     ``energy_limit``: its straight line's highest energy plus ``max_energy_rise`` times the
     line's energy scale (the larger of its energy range, highest minus lowest energy on the line
-    with the ends, and its largest absolute energy; 1 where all are 0). The pair then returns
+    with the ends, and its largest absolute energy; 1 where all are 0). A band started from
+    other pivots (``find_paths(initial=...)``, a resumed checkpoint without a limit) measures
+    from that starting path instead. The pair then returns
     to its path before the step, its steps are halved from then on (``step_scale``), and it
     sits out one optimiser step with a zero gradient (so ``fire`` and ``lbfgs`` reset its
     state). After ``max_backoffs`` back-offs the next blow-up marks it diverged. A blow-up of
@@ -379,7 +381,7 @@ class ElasticBand(torch.nn.Module):
         active: ``(pairs,)`` bool, still being optimised.
         converged, stopped, diverged: ``(pairs,)`` bool flags, see ``PathResult``.
         energy_limit: ``(pairs,)`` highest pivot energy before a blow-up (inf until the
-            straight line is evaluated).
+            starting path, the straight line unless a driver set other pivots, is evaluated).
         step_scale: ``(pairs,)`` factor on every step of the pair, ``0.5 ** backoffs``.
         backoffs: ``(pairs,)`` long, back-offs so far.
         held: ``(pairs,)`` bool, the pair sits out the next optimiser step.
@@ -610,7 +612,8 @@ class ElasticBand(torch.nn.Module):
         converged, ``stop`` -> stopped, and ``max_steps`` reached -> out of steps; any of these
         ends the pair. Pairs still active get the NEB effective gradient, except those that sit
         out this step (``held``), which get a zero gradient like all other pairs. A pair's first
-        evaluation (its straight line) sets its ``energy_limit``.
+        evaluation with finite values (its straight line, or the path a driver started the band
+        from) sets its ``energy_limit``.
 
         Args:
             grad: ``(active * num_pivots, *point_shape)`` gradient of the energy at
@@ -680,7 +683,8 @@ class ElasticBand(torch.nn.Module):
         return self.active.clone()
 
     def _set_energy_limits_(self, index: Tensor, pivot_energy: Tensor, finite: Tensor) -> None:
-        """Set ``energy_limit`` of the pairs at ``index`` evaluated on their straight line."""
+        """Set ``energy_limit`` of the pairs at ``index`` evaluated for the first time (on their
+        starting path) with finite values."""
         line = torch.cat([self.energy[index, :1], pivot_energy, self.energy[index, -1:]], dim=1)
         top, bottom = line.amax(dim=1), line.amin(dim=1)
         # The line's energy scale: its range, or its largest magnitude where the range is
@@ -690,7 +694,7 @@ class ElasticBand(torch.nn.Module):
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         limit = top + self.max_energy_rise * scale
         current = self.energy_limit[index]
-        first = finite & (self.steps[index] == 0) & torch.isinf(current)
+        first = finite & torch.isinf(current)
         self.energy_limit[index] = torch.where(first, limit, current)
 
     def _set_grad_(self, index: Tensor, effective: Tensor | None) -> None:
