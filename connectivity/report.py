@@ -376,10 +376,10 @@ def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
     its indices, class, verdicts, the check they rest on (``certificate``: exact or sampled, and
     why sampled where ``auto`` or the exact check's tolerance chose it), how its search ended
     (``status``: linear, converged, certified, out_of_steps or diverged; empty for records
-    saved before there was one), the lowest margins, the
-    linear pieces the exact check went through and the stretches it found off the target, how
-    far its path moved from the straight line (largest L2 and L-infinity distance of a point, in
-    the space's units: pixels in [0, 1] in the input space), and the file of its figure."""
+    saved before there was one), the lowest margins, the linear pieces the exact check went
+    through and the stretches it found off the target, how far its path moved from the straight
+    line (largest L2 and L-infinity distance of a point, in the space's units: pixels in [0, 1]
+    in the input space), and the file of its figure."""
     rows = []
     for space, records in by_space.items():
         for record in records:

@@ -149,9 +149,11 @@ class PathOptions:
         for name in ("max_step", "max_energy_rise"):
             value = getattr(self, name)
             if value is None and name == "max_step":
-                continue
-            if value != math.inf:
-                value = _checked_number(value, name, True)
+                continue  # the optimizer's default
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (number and value > 0):  # NaN fails here too
+                also = " or null (the optimizer's default)" if name == "max_step" else ""
+                raise OptionsError(f"{name} must be a number > 0 (.inf: none){also}, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.method not in METHODS:
             raise OptionsError(f"method must be one of {METHODS}, got {self.method!r}")
