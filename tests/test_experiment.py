@@ -135,6 +135,7 @@ def test_a_changed_experiment_does_not_reuse_a_folder(
         )
 
 
+@pytest.mark.slow  # ~27 s: two whole runs; a real SIGKILL mid-band is tested fast below
 def test_killed_run_keeps_intact_records_and_resumes(
     digits_classifier: Path, tmp_path: Path
 ) -> None:
