@@ -553,3 +553,26 @@ def test_a_damaged_record_is_named_by_report_and_decided_again_on_resume(
     assert after["pair"] == before["pair"] and after["verdict"] == before["verdict"]
     assert torch.allclose(after["path"], before["path"], atol=1e-5)
     assert len(list(damaged.parent.glob("pair_0001.pt.damaged-*"))) == 1
+
+
+def test_options_added_later_stay_out_of_run_json_at_their_defaults() -> None:
+    from connectivity.experiment import path_manifest
+
+    # The keys run folders were written with before issues 11 and 13: such folders resume.
+    before = {
+        "num_pivots",
+        "steps",
+        "optimizer",
+        "lr",
+        "spring_constant",
+        "method",
+        "climbing",
+        "bounds",
+        "tol",
+        "line_points",
+        "converge",
+        "chunk_size",
+    }
+    assert set(path_manifest(PathOptions())) == before
+    chosen = path_manifest(PathOptions(certify="exact", optimizer="lbfgs", backoffs=2))
+    assert chosen["certify"] == "exact" and chosen["backoffs"] == 2
