@@ -120,6 +120,22 @@ def paths_parser(**kwargs: Any) -> LightningArgumentParser:
     return parser
 
 
+def _instantiate(
+    parser: ArgumentParser, config: Namespace, kind: type
+) -> tuple[Any, ImageDataModule, dict[str, Any], WandbOptions]:
+    """The experiment (a ``kind`` dataclass), data, Trainer arguments and W&B settings of a
+    parsed ``paths`` or ``graph`` config."""
+    objects = parser.instantiate(config)
+    fields = {f.name for f in dataclasses.fields(kind)}
+    experiment = kind(**{name: objects[name] for name in fields})
+    # Only the arguments given (differing from Trainer's defaults) are passed on: the runner
+    # supplies its own defaults and its own logging and progress settings.
+    defaults = vars(parser.get_defaults().trainer)
+    given = vars(config.trainer)
+    trainer = {k: objects.trainer[k] for k, v in given.items() if v != defaults.get(k)}
+    return experiment, objects.data, trainer, objects.wandb
+
+
 @dataclasses.dataclass
 class PathsCommand:
     """A path experiment with its objects built, ready to run.
@@ -139,15 +155,7 @@ class PathsCommand:
     @classmethod
     def from_config(cls, parser: ArgumentParser, config: Namespace) -> PathsCommand:
         """Instantiate a parsed ``paths`` config (from :func:`paths_parser`)."""
-        objects = parser.instantiate(config)
-        fields = {f.name for f in dataclasses.fields(Experiment)}
-        experiment = Experiment(**{name: objects[name] for name in fields})
-        # Only the arguments given (differing from Trainer's defaults) are passed on:
-        # run_paths supplies its own defaults and its own logging and progress settings.
-        defaults = vars(parser.get_defaults().trainer)
-        given = vars(config.trainer)
-        trainer = {k: objects.trainer[k] for k, v in given.items() if v != defaults.get(k)}
-        return cls(experiment, objects.data, trainer, objects.wandb)
+        return cls(*_instantiate(parser, config, Experiment))
 
     @classmethod
     def from_file(cls, path: str | Path) -> PathsCommand:
@@ -213,13 +221,7 @@ class GraphCommand:
     @classmethod
     def from_config(cls, parser: ArgumentParser, config: Namespace) -> GraphCommand:
         """Instantiate a parsed ``graph`` config (from :func:`graph_parser`)."""
-        objects = parser.instantiate(config)
-        fields = {f.name for f in dataclasses.fields(GraphExperiment)}
-        experiment = GraphExperiment(**{name: objects[name] for name in fields})
-        defaults = vars(parser.get_defaults().trainer)
-        given = vars(config.trainer)
-        trainer = {k: objects.trainer[k] for k, v in given.items() if v != defaults.get(k)}
-        return cls(experiment, objects.data, trainer, objects.wandb)
+        return cls(*_instantiate(parser, config, GraphExperiment))
 
     def run(self) -> GraphStore | None:
         """Run (or resume) the experiment; the store on rank zero, None elsewhere."""

@@ -343,7 +343,11 @@ class Program:
 
 
 def _network(tail: nn.Module) -> nn.Module:
-    return tail.network if isinstance(tail, FrozenTail) else tail
+    # Drivers may wrap a split's FrozenTail again (PathModule keeps its own frozen copy); the
+    # wrappers' dtype casts and shape checks are control flow that torch.fx cannot trace.
+    while isinstance(tail, FrozenTail):
+        tail = tail.network
+    return tail
 
 
 def _operation_name(node: fx.Node, root: nn.Module) -> str:

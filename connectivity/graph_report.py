@@ -32,10 +32,9 @@ from connectivity.report import (
     REPORTED_FILE,
     WandbOptions,
     _mode,
-    _run_id_to_log,
     relocate_offline_runs,
+    report_run_id,
     run_folder_environment,
-    wandb_run_id,
 )
 
 NOT_CONNECTED = "not connected by the paths tried"
@@ -413,13 +412,8 @@ def write_graph_report(
             files[(r.model, r.space, r.label)] = _figure_file(store, r)
             save_figure(figure, files[(r.model, r.space, r.label)])
     if wandb is not None and wandb.enabled:
-        run_id = _run_id_to_log(store, wandb)
-        if run_id is None:
-            print(
-                f"W&B already holds this folder's report (run {wandb_run_id(store)}); pass "
-                "--wandb.relog true to log it again as a new run."
-            )
-        else:
+        run_id = report_run_id(store, wandb)
+        if run_id is not None:
             with run_folder_environment(store.folder):
                 _log_wandb(
                     store, run_id, manifest, results, files, comparison, misclassified, wandb

@@ -252,6 +252,17 @@ def _run_id_to_log(store: RunStore, options: WandbOptions) -> str | None:
     return wandb_run_id(store, fresh=True)
 
 
+def report_run_id(store: RunStore, options: WandbOptions) -> str | None:
+    """The W&B run id a folder's report goes to; None (and says so) when W&B holds it already."""
+    run_id = _run_id_to_log(store, options)
+    if run_id is None:
+        print(
+            f"W&B already holds this folder's report (run {wandb_run_id(store)}); pass "
+            "--wandb.relog true to log it again as a new run."
+        )
+    return run_id
+
+
 def _config(store: RunStore) -> dict[str, Any]:
     """The run's config: ``run.json`` without the pair list (empty before the run starts)."""
     if not (store.folder / "run.json").is_file():
@@ -474,12 +485,7 @@ def write_report(
 
     run_id = None
     if wandb is not None and wandb.enabled:
-        run_id = _run_id_to_log(store, wandb)
-        if run_id is None:
-            print(
-                f"W&B already holds this folder's report (run {wandb_run_id(store)}); pass "
-                "--wandb.relog true to log it again as a new run."
-            )
+        run_id = report_run_id(store, wandb)
     if figures or run_id is not None:
         decoder_modules = _decoders(decoders or {})
         figure_files: dict[tuple[str, int], Path] = {}

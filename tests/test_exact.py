@@ -19,7 +19,7 @@ from connectivity.exact import (
     why_not_piecewise_linear,
 )
 from connectivity.split import split
-from connectivity.verdicts import PathOptions, Verdict, connect_points, refine
+from connectivity.verdicts import Certifier, PathOptions, Verdict, connect_points, refine
 
 
 class Kinks(nn.Module):
@@ -322,3 +322,18 @@ def test_the_lightning_driver_checks_exactly_without_inserting_pivots(tmp_path) 
     assert record.path.shape[0] == 10 and record.line_off_target_intervals.shape == (1, 2)
     with pytest.raises(NotPiecewiseLinearError, match="GELU"):
         PathModule(nn.Sequential(nn.Linear(2, 2), nn.GELU()), options=options)
+
+
+def test_a_split_tail_wrapped_again_by_the_lightning_driver_is_checked_exactly() -> None:
+    # PathModule keeps FrozenTail(copy of the split's FrozenTail): found by running
+    # `connectivity paths --path.certify exact` on a ResNet18, refused as untraceable before.
+    import torchvision
+
+    from connectivity.path_module import PathModule
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    _, tail = split(model, "layer4")
+    points = torch.randn(2, 512, 1, 1)
+    options = PathOptions(certify="exact")
+    module = PathModule(tail, points[:1], points[1:], torch.tensor([3]), options)
+    assert Certifier.for_tail(module.tail, module.options).exact
