@@ -358,22 +358,10 @@ def pair_figure(
     ax.tick_params(labelsize=6)
 
     ax = fig.add_subplot(grid[len(heights) - 1, :])
-    line_energy, path_energy = record["line_energy"], record["path_energy"]
-    ax.plot(
-        np.linspace(0, 1, line_points),
-        line_energy.float().numpy(),
-        "o-",
-        ms=4,
-        label="straight line",
-    )
-    if banded:
-        ax.plot(
-            np.linspace(0, 1, path_points),
-            path_energy.float().numpy(),
-            "s-",
-            ms=4,
-            label="optimised path",
-        )
+    walks_energy = [("line", "o-", "straight line"), ("path", "s-", "optimised path")]
+    for which, style, label in walks_energy[: 2 if banded else 1]:
+        energy = record[f"{which}_energy"].float().numpy()
+        ax.plot(np.linspace(0, 1, len(energy)), energy, style, ms=4, label=label)
     ax.set_xlim(*_axis_limits(points))
     ax.set_xlabel("position along the path (pivot k of N at k / (N - 1))", fontsize=7)
     ax.set_ylabel("energy at pivots\n(cross-entropy)", fontsize=7)
