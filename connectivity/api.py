@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -12,7 +13,13 @@ from torch import Tensor, nn
 from connectivity.errors import InputError
 from connectivity.graph import ClassComponents, Pair, check_graph_options, search_components
 from connectivity.split import INPUT, floating_dtype, probe_split, split
-from connectivity.verdicts import PairRecord, PathOptions, check_range, connect_points
+from connectivity.verdicts import (
+    PairRecord,
+    PathOptions,
+    check_range,
+    connect_points,
+    on_target,
+)
 
 
 def as_inputs(x: Tensor, name: str) -> Tensor:
@@ -234,6 +241,31 @@ def pairwise_distances(points: Tensor) -> list[list[float]]:
     return torch.cdist(flat, flat).cpu().tolist()
 
 
+def _warn_outside_the_class(tail: nn.Module, points: Tensor, target: int, chunk_size: int) -> None:
+    """Warn about inputs the classifier does not put in ``target``: no path inside the class
+    reaches them, so each ends up a component of its own that is not part of the class."""
+    with torch.no_grad():
+        log_p = torch.cat(
+            [
+                tail(points[i : i + chunk_size]).log_softmax(dim=-1)
+                for i in range(0, len(points), chunk_size)
+            ]
+        )
+    index = torch.full((len(points),), target, dtype=torch.long, device=log_p.device)
+    outside = (~on_target(log_p.unsqueeze(1), index).squeeze(1)).nonzero().squeeze(1).tolist()
+    if outside:
+        predicted = log_p.argmax(dim=-1)
+        shown = ", ".join(f"{i} (class {int(predicted[i])})" for i in outside[:10])
+        more = f" and {len(outside) - 10} more" if len(outside) > 10 else ""
+        warnings.warn(
+            f"inputs {shown}{more} are not classified as class {target}: no path inside the "
+            "class reaches them, so each will be a component of its own; leave them out for the "
+            "components of the class (`connectivity graph` with include_misclassified reports "
+            "how such inputs connect to the class they are classified as)",
+            stacklevel=3,
+        )
+
+
 def connect_all(
     classifier: nn.Module,
     layer: str,
@@ -281,6 +313,10 @@ def connect_all(
     Raises:
         InputError: inputs that :func:`connect` refuses, or a target that is not one class of
             the classifier.
+
+    Warns:
+        UserWarning: naming the inputs (and their classes) that the classifier does not put in
+            ``target``: each can only be a component of its own.
         OptionsError: an invalid path option, ``round_size`` or ``max_tries``.
         LayerError: as in :func:`connect`.
     """
@@ -296,6 +332,7 @@ def connect_all(
     head, tail = head.to(points.device), tail.to(points.device)
     targets = torch.full((points.shape[0],), target, dtype=torch.long, device=points.device)
     z, _ = encode_pairs(head, tail, points, points[:1], targets)
+    _warn_outside_the_class(tail, z, target, options.chunk_size)
 
     def decide(pairs: list[Pair]) -> list[PairRecord]:
         first = torch.tensor([i for i, _ in pairs], device=z.device)

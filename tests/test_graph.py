@@ -148,3 +148,21 @@ def test_connect_all_refuses_bad_arguments(target, kwargs: dict, error, words: s
     points, _ = disks_and_ring_points()
     with pytest.raises(error, match=words):
         connectivity.connect_all(DisksAndRing(), "input", points, target, **kwargs)
+
+
+def test_connect_all_names_inputs_outside_the_class() -> None:
+    # (0, 0) and (3, 3) lie in class 1 of DisksAndRing: each can only be a component of its own.
+    points, true = disks_and_ring_points()
+    outside = torch.tensor([[0.0, 0.0], [3.0, 3.0]])
+    with pytest.warns(UserWarning, match=r"inputs 11 \(class 1\), 12 \(class 1\) are not"):
+        found = connectivity.connect_all(
+            DisksAndRing(),
+            "input",
+            torch.cat([points, outside]),
+            0,
+            steps=40,
+            num_pivots=10,
+            lr=0.05,
+            max_tries=2,
+        )
+    assert found.components == [*true, [11], [12]]
