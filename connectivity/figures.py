@@ -17,6 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from connectivity.verdicts import target_margin
+
 TARGET_COLOUR = "tab:red"
 OTHER_COLOUR = "tab:grey"
 
@@ -38,12 +40,11 @@ def _class_name(class_names: list[str] | None, k: int) -> str:
 
 
 def _margin_from_probabilities(probabilities: Tensor, target: int) -> np.ndarray:
-    """Target margin ``log p[target] - log max_other p`` at points that only kept softmax bars
-    (records written before the checked points were saved)."""
-    p = probabilities.detach().double().clamp_min(torch.finfo(torch.float64).tiny)
-    others = p.clone()
-    others[:, target] = 0
-    return (p[:, target].log() - others.amax(dim=-1).clamp_min(1e-300).log()).numpy()
+    """Target margin (:func:`~connectivity.verdicts.target_margin`) at points that only kept
+    softmax bars (records written before the checked points were saved)."""
+    tiny = torch.finfo(torch.float64).tiny  # a probability of 0 would give -inf - -inf
+    log_p = probabilities.detach().double().clamp_min(tiny).log().unsqueeze(0)
+    return target_margin(log_p, torch.tensor([target]))[0].numpy()
 
 
 def checked_points(record: dict[str, Any], which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
