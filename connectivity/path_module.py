@@ -8,8 +8,13 @@ Pairs are decided by the same code as in :func:`connectivity.verdicts.connect_po
 (:class:`~connectivity.verdicts.Decisions`), and each new record is queued in ``decided`` for
 callbacks to take (e.g. to save it at once).
 
-:class:`BandCheckpoint` saves the band and its optimiser every few steps (one file per rank),
-and :meth:`PathModule.resume_from` continues a band from such a file.
+The band runs in rounds, as in ``connect_points``: the first holds the pairs whose line fails;
+with the exact check, a pair found off the target between pivots leaves its band, gets a pivot
+inserted in each such stretch and joins the next round's band, which replaces the finished one
+(with an optimiser of its own) within the same fit.
+
+:class:`BandCheckpoint` saves the band, its optimiser and the queued pairs every few steps (one
+file per rank), and :meth:`PathModule.resume_from` continues from such a file.
 """
 
 from __future__ import annotations
@@ -58,9 +63,11 @@ class PathModule(L.LightningModule):
         options: Path options; ``steps`` bounds the optimisation of each pair.
         space: Name of the space, the prefix of the logged metrics
             (``<space>/max_energy``, ``<space>/max_force``, ``<space>/on_target``,
-            ``<space>/active_pairs``).
+            ``<space>/active_pairs``, ``<space>/pivots``: pivots per pair of the current band).
 
     Attributes:
+        band: The band being optimised: every pair before the fit, then each round's band.
+        band_rows: ``(band.pairs,)`` long: the pair (index into ``starts``) of each band row.
         decided: ``[(pair_index, record)]`` decided since a callback last emptied it.
     """
 
@@ -87,6 +94,7 @@ class PathModule(L.LightningModule):
         Certifier.for_tail(self.tail, self.options)
         self.certifier: Certifier | None = None
         self.band: ElasticBand | None = None
+        self.band_rows = torch.zeros(0, dtype=torch.long)
         self.decisions: Decisions | None = None
         self.decided: list[tuple[int, PairRecord]] = []
         self._resume: dict[str, Any] | None = None
@@ -103,6 +111,8 @@ class PathModule(L.LightningModule):
         """
         starts, ends = working_precision(starts.detach(), ends.detach())
         check_range(starts, ends, self.options.bounds)
+        # The band of every pair, on its line: the Trainer's precision plugin converts it with
+        # the module, and each round's band takes its ends and dtype from it.
         self.band = ElasticBand(
             starts,
             ends,
@@ -110,6 +120,7 @@ class PathModule(L.LightningModule):
             labels=targets.detach().to(starts.device).long(),
             **self.options.band_options(),
         )
+        self.band_rows = torch.arange(self.band.pairs, device=starts.device)
 
     def _band(self) -> ElasticBand:
         if self.band is None:
@@ -122,16 +133,20 @@ class PathModule(L.LightningModule):
         return type(state)((k, v) for k, v in state.items() if not k.startswith("tail."))
 
     def resume_from(self, checkpoint: dict[str, Any]) -> None:
-        """Continue the band of a :class:`BandCheckpoint` file (loaded with ``torch.load``):
-        its pivots, per-pair state and optimiser state are restored when the fit starts."""
-        self._band().load_state_dict(checkpoint["band"])
+        """Continue from a :class:`BandCheckpoint` file (loaded with ``torch.load``): its band
+        (pivots, per-pair state, optimiser state) and its queued pairs are restored when the
+        fit starts. The module's pairs must be the ones the file was written for."""
         self._resume = checkpoint
 
     def train_dataloader(self) -> DataLoader:
-        # One item per step; the first evaluation (the straight line) comes before any update.
-        # A back-off costs at most two evaluations that count no step: the blown-up one and
-        # the one of the path it returns to.
-        evaluations = self.options.steps + 1 + 2 * self.options.backoffs
+        # One item per evaluation; the module stops the Trainer once every pair is decided.
+        # A round's last evaluation takes no step, and a back-off costs at most two evaluations
+        # that count no step (the blown-up one and the one of the path it returns to). Each
+        # round's band has more pivots than the last, so there are at most
+        # most_pivots - num_pivots + 1 rounds with the exact check, and one without.
+        options = self.options
+        rounds = 1 if options.certify == "sampled" else options.most_pivots - options.num_pivots + 1
+        evaluations = rounds * (options.steps + 1 + 2 * options.backoffs)
         return DataLoader(range(evaluations), batch_size=None)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -140,33 +155,26 @@ class PathModule(L.LightningModule):
     @torch.no_grad()
     def on_fit_start(self) -> None:
         band = self._band()
-        if self._resume is not None:
-            self.optimizers().optimizer.load_state_dict(self._resume["optimizer"])
-        elif _steps_taken(band) == 0:
-            # A precision plugin may have changed the dtype (64-true): start from the line of
-            # that precision, as connect_points does, not from a rounded float32 line.
-            band.pivots.data = band.initial_pivots()
-        targets = band.labels
+        # The ends after the precision plugin's conversion: a float64 band (64-true) starts
+        # from the line of that precision, as connect_points does, not from a rounded one.
+        self._pairs = (band.starts, band.ends, band.labels)
+        self.band_rows = torch.arange(band.pairs, device=band.starts.device)
         self.certifier = Certifier.for_tail(self.tail, self.options)
         self.decisions = Decisions(
-            self.tail, targets, self._check(band), self.options, self._queue, self.certifier
+            self.tail, band.labels, self._check(band), self.options, self._queue, self.certifier
         )
         self.decisions.decide_lines()
-        band.retire_(self.decisions.check.ok)  # the line already answers for these pairs
-        if band.pairs:
-            energies = F.cross_entropy(
-                self.tail(band.end_points()), band.end_labels(), reduction="none"
-            )
-            band.set_end_energies_(energies)
-        self.decisions.decide_band(band, self._rows(band))
-        # No pivots are inserted here (the band's shape is fixed for the fit): a band found off
-        # the target between pivots goes on until it passes or runs out of steps.
         self._stop = certification_stop(
             self.tail,
             self.options,
             self.decisions.check.log_probabilities.shape[-1],
             self.certifier,
         )
+        if self._resume is not None:
+            self._continue(self._resume)
+        else:
+            self.decisions.queue_lines()
+            self._next_band()
 
     def _check(self, band: ElasticBand) -> LineCheck:
         if band.pairs == 0:  # a rank with no pairs of its own still takes part in the fit
@@ -177,9 +185,72 @@ class PathModule(L.LightningModule):
             self.tail, band.starts, band.ends, band.labels, self.options, self.certifier
         )
 
-    @staticmethod
-    def _rows(band: ElasticBand) -> Tensor:
-        return torch.arange(band.pairs, device=band.steps.device)
+    def _make_band(self, rows: Tensor, num_pivots: int) -> ElasticBand:
+        """A band of the pairs ``rows`` (of this module's pairs) with ``num_pivots`` pivots on
+        their lines, in the working precision and on the device of the pairs' ends."""
+        starts, ends, labels = self._pairs
+        return ElasticBand(
+            starts[rows],
+            ends[rows],
+            max_steps=self.options.steps,
+            labels=labels[rows],
+            **{**self.options.band_options(), "num_pivots": num_pivots},
+        )
+
+    def _use_band(self, band: ElasticBand, rows: Tensor) -> torch.optim.Optimizer:
+        """Make ``band`` (of the pairs ``rows``) the one optimised, with a new optimiser."""
+        self.band, self.band_rows = band, rows
+        optimizer = make_optimizer(self.options.optimizer, [band.pivots], self.options.lr)
+        self.trainer.strategy.optimizers = [optimizer]
+        return optimizer
+
+    def _next_band(self) -> None:
+        """Replace the band by the next round's (see :class:`Decisions`), and again while the
+        new one is done at once; with no pair waiting for a band, an empty band is left."""
+        assert self.decisions is not None
+        while True:
+            next_round = self.decisions.next_round()
+            if next_round is None:
+                rows = self.band_rows[:0]
+                self._use_band(self._make_band(rows, self.options.num_pivots), rows)
+                return
+            rows, initial, taken = next_round
+            band = self._make_band(rows, initial.shape[1] - 2)
+            band.pivots.data = initial[:, 1:-1].to(band.pivots.dtype).clone()
+            band.steps.copy_(taken)
+            self._use_band(band, rows)
+            self._start(band)
+            if not band.done:
+                return
+
+    def _start(self, band: ElasticBand) -> None:
+        """Evaluate the fixed ends of a new band (a pair with a non-finite end is finished
+        at once) and record the pairs it finished."""
+        assert self.decisions is not None
+        if band.pairs:
+            energies = F.cross_entropy(
+                self.tail(band.end_points()), band.end_labels(), reduction="none"
+            )
+            band.set_end_energies_(energies)
+        self.decisions.decide_band(band, self.band_rows)
+
+    def _continue(self, checkpoint: dict[str, Any]) -> None:
+        """Go on from a band checkpoint: its band and optimiser, then its queued pairs.
+
+        A file written before bands ran in rounds holds one band of every pair (no
+        ``band_rows``, no ``queued``)."""
+        assert self.decisions is not None
+        state = checkpoint["band"]
+        pairs = self._pairs[0]
+        rows = torch.as_tensor(checkpoint.get("band_rows", range(len(pairs))), dtype=torch.long)
+        rows = rows.to(pairs.device)
+        band = self._make_band(rows, state["pivots"].shape[1])
+        band.load_state_dict(state)
+        self.decisions.requeue(checkpoint.get("queued", {}))
+        self._use_band(band, rows).load_state_dict(checkpoint["optimizer"])
+        self._start(band)
+        if band.done:
+            self._next_band()
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Saved beside the band in each :class:`BandCheckpoint` (e.g. which pairs its rows
@@ -193,10 +264,13 @@ class PathModule(L.LightningModule):
         band = self._band()
         if not band.done:
             self._step(band)
-        # Stop only when every rank's band is done: under DDP, Lightning runs a collective in
+            if band.done:
+                self._next_band()
+        # Stop only when every rank's bands are done: under DDP, Lightning runs a collective in
         # every training step, so a rank that stopped alone would leave the others waiting.
         strategy = self.trainer.strategy
-        self.trainer.should_stop = bool(strategy.reduce_boolean_decision(band.done, all=True))
+        done = self._band().done
+        self.trainer.should_stop = bool(strategy.reduce_boolean_decision(done, all=True))
 
     def _step(self, band: ElasticBand) -> None:
         """One evaluation of the active pivots and, for pairs still active, one update."""
@@ -214,6 +288,7 @@ class PathModule(L.LightningModule):
                 f"{self.space}/max_force": band.max_force[evaluated].max(),
                 f"{self.space}/on_target": (logits.argmax(dim=-1) == labels).float().mean(),
                 f"{self.space}/active_pairs": float(moved.sum()),
+                f"{self.space}/pivots": float(band.num_pivots),
             },
             prog_bar=True,
             batch_size=1,
@@ -224,7 +299,7 @@ class PathModule(L.LightningModule):
             self.optimizers().optimizer.step()
             band.after_step_()
         assert self.decisions is not None
-        self.decisions.decide_band(band, self._rows(band))
+        self.decisions.decide_band(band, self.band_rows)
 
     def records(self) -> list[PairRecord]:
         """Verdicts and metrics of every pair, after ``trainer.fit``."""
@@ -238,11 +313,13 @@ def _steps_taken(band: ElasticBand) -> int:
 
 
 class BandCheckpoint(L.Callback):
-    """Save the band (pivots, per-pair state, optimiser) every ``every_n_steps`` steps.
+    """Save the band every ``every_n_steps`` steps: its pivots, per-pair state and optimiser,
+    which pairs its rows are (``band_rows``; its size is its pivots' shape), and the pairs
+    queued for later rounds with the paths they go on from (``queued``).
 
     One file per rank (``<folder>/rank<k>.pt``; each rank has its own pairs), written to a
     temporary file and renamed, so a kill leaves the previous checkpoint whole. Continue with
-    :meth:`PathModule.resume_from`. The file is removed once the band is done.
+    :meth:`PathModule.resume_from`. The file is removed once every pair is decided.
 
     Args:
         folder: Where the files go.
@@ -254,7 +331,7 @@ class BandCheckpoint(L.Callback):
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         self.folder = Path(folder)
         self.every_n_steps = every_n_steps
-        self._saved_at = -1
+        self._saved_at: tuple[int, int] | None = None
 
     def path(self, rank: int) -> Path:
         return self.folder / f"rank{rank}.pt"
@@ -277,11 +354,15 @@ class BandCheckpoint(L.Callback):
         # The band's own step count: the Trainer's global_step does not count steps of the
         # torch optimizer that the module takes itself.
         steps = _steps_taken(band)
-        if band.done or steps == 0 or steps % every or steps == self._saved_at:
+        # Each round's band has more pivots than the last: (pivots, steps) names one state.
+        at = (band.num_pivots, steps)
+        if band.done or steps == 0 or steps % every or at == self._saved_at:
             return
-        self._saved_at = steps
+        self._saved_at = at
         state = {
             "band": band.state_dict(),
+            "band_rows": pl_module.band_rows.tolist(),
+            "queued": pl_module.decisions.queued(),
             "optimizer": pl_module.optimizers().optimizer.state_dict(),
             "steps": steps,
             **pl_module.checkpoint_extra(),

@@ -97,8 +97,8 @@ class PathOptions:
             says which, and why).
         max_pivots: Most pivots a band may grow to when the exact check finds stretches of it
             off the target between pivots: a pivot is inserted in each (as AutoNEB does) and
-            the band goes on. None: ``4 * num_pivots``. Only the plain driver
-            (:func:`connect_points`) inserts pivots.
+            the band goes on. None: ``4 * num_pivots``. Both drivers insert pivots
+            (:func:`connect_points` and :class:`~connectivity.path_module.PathModule`).
         max_step: Longest move of any pivot in one step, in units of the pair's pivot spacing on
             the straight line (``|end - start| / (num_pivots + 1)``); longer steps are shortened
             as a whole, as ASE's ``maxstep``. None: 0.5 for ``fire`` and ``lbfgs``, no cap
@@ -542,15 +542,14 @@ def certification_stop(
     options: PathOptions,
     num_classes: int,
     certifier: Certifier | None = None,
-    grows: bool = False,
 ) -> StopFn:
     """The ``stop`` callback of the path search: a pair is done once its band is certified.
 
     With an exact ``certifier``, a band whose sampled points all pass is checked exactly; it
-    is done when every point passes, and also, when ``grows`` (the driver inserts pivots, see
-    :class:`Decisions`) and it has fewer than ``options.most_pivots`` pivots, when stretches of
-    it are off target between pivots (the band would not see them). With
-    ``options.converge`` it never stops a pair (the band runs to the minimum energy path).
+    is done when every point passes, and also, when it has fewer than ``options.most_pivots``
+    pivots, when stretches of it are off target between pivots: the band would not see them,
+    so the driver inserts pivots there and goes on in another round (see :class:`Decisions`).
+    With ``options.converge`` it never stops a pair (the band runs to the minimum energy path).
     """
     log_classes = math.log(num_classes)
 
@@ -570,7 +569,7 @@ def certification_stop(
             if sampled.numel():
                 checks = certifier.check(band[sampled], labels[sampled])
                 ok, decided = _exact_ok(checks, done[sampled])
-                can_grow = grows and band.shape[1] - 2 < options.most_pivots
+                can_grow = band.shape[1] - 2 < options.most_pivots
                 done[sampled] = ok | (decided & can_grow)
         return done
 
@@ -660,16 +659,14 @@ def connect_points(
         tail = FrozenTail(copy.deepcopy(tail)).to(starts.device)
     certifier = Certifier.for_tail(tail, options)
     check = check_lines(tail, starts, ends, targets, options, certifier)
-    decisions = Decisions(tail, targets, check, options, on_record, certifier, grows=True)
+    decisions = Decisions(tail, targets, check, options, on_record, certifier)
     decisions.decide_lines()
     if on_progress is not None:
         on_progress(0, len(decisions.records))
-    rounds = decisions.first_rounds()
-    stop = certification_stop(
-        tail, options, check.log_probabilities.shape[-1], certifier, grows=True
-    )
-    while rounds:
-        need, initial, taken = rounds.pop(0)
+    decisions.queue_lines()
+    stop = certification_stop(tail, options, check.log_probabilities.shape[-1], certifier)
+    while (next_round := decisions.next_round()) is not None:
+        need, initial, taken = next_round
 
         def on_step(band: ElasticBand, need: Tensor = need) -> None:
             decisions.decide_band(band, need)
@@ -693,11 +690,11 @@ def connect_points(
         )
         # Pairs that never took a step (e.g. a non-finite end) are finished here.
         decisions.decide_band(result, need, done=torch.ones_like(need, dtype=torch.bool))
-        rounds += decisions.take_rounds()
     return decisions.in_order()
 
 
 Round = tuple[Tensor, Tensor, Tensor]  # pair indices, their paths, the steps they took
+Queued = dict[int, tuple[Tensor, int]]  # pair index -> (path to go on from, steps taken)
 
 
 def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
@@ -735,33 +732,18 @@ def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
     return torch.cat([path, new])[order]
 
 
-def _group_by_size(pairs: list[int], paths: list[Tensor], steps: list[int]) -> list[Round]:
-    """Rounds of pairs whose paths have the same number of points (one band each)."""
-    sizes = sorted({p.shape[0] for p in paths})
-    rounds = []
-    for size in sizes:
-        rows = [i for i, p in enumerate(paths) if p.shape[0] == size]
-        device = paths[rows[0]].device
-        rounds.append(
-            (
-                torch.tensor([pairs[i] for i in rows], device=device),
-                torch.stack([paths[i] for i in rows]),
-                torch.tensor([steps[i] for i in rows], device=device),
-            )
-        )
-    return rounds
-
-
 class Decisions:
     """The records of a batch of pairs, each made the moment its pair is decided.
 
     One code path for both drivers of the search, the plain loop of :func:`connect_points` and
     the Lightning :class:`~connectivity.path_module.PathModule`: pairs whose line passes are
     decided by the line check, the others when they leave their band; each gets its verdicts
-    and metrics from :func:`make_records`, once. With an exact certifier and ``grows``, a band
-    that leaves its band off the target between pivots (with steps and pivots to spare) gets
-    no record yet: it is queued for another round with pivots inserted there
-    (:meth:`take_rounds`).
+    and metrics from :func:`make_records`, once. Pairs waiting for a band are queued, with the
+    path they go on from: the line (:meth:`queue_lines`), or, with an exact certifier, a band
+    found off the target between pivots with steps and pivots to spare, with a pivot inserted
+    in each such stretch (AutoNEB). :meth:`next_round` hands out the queued pairs with the
+    fewest points as one band; every band a pair joins has more points than its last, so
+    there are at most ``most_pivots - num_pivots + 1`` rounds.
 
     Args:
         tail: The frozen tail the pairs are decided with.
@@ -770,7 +752,6 @@ class Decisions:
         options: The path options.
         on_record: Called as ``on_record(pair_index, record)`` for each new record.
         certifier: The check that decides paths (default: sampled).
-        grows: The driver runs further rounds with inserted pivots (:meth:`take_rounds`).
 
     Attributes:
         records: ``{pair_index: PairRecord}`` of the pairs decided so far.
@@ -784,14 +765,12 @@ class Decisions:
         options: PathOptions,
         on_record: Callable[[int, PairRecord], None] | None = None,
         certifier: Certifier | None = None,
-        grows: bool = False,
     ) -> None:
         self.tail, self.targets, self.check, self.options = tail, targets, check, options
         self.on_record = on_record
         self.certifier = certifier or Certifier("sampled")
-        self.grows = grows
         self.records: dict[int, PairRecord] = {}
-        self._queued: dict[int, tuple[Tensor, int]] = {}
+        self._queued: Queued = {}
 
     def _finish(self, index: Tensor, outcome: BandOutcome) -> None:
         new = make_records(
@@ -814,26 +793,43 @@ class Decisions:
         if linear.numel():
             self._finish(linear, BandOutcome.unmoved(self.check.line[linear]))
 
-    def first_rounds(self) -> list[Round]:
-        """The bands of the pairs whose line fails: the line's pivots, plus (exact check,
-        ``grows``) a pivot in each stretch where the line leaves the class between them."""
-        need = [i for i in (~self.check.ok).nonzero().squeeze(1).tolist() if i not in self.records]
-        paths = [self.check.line[i] for i in need]
-        if self.grows and self.check.exact is not None:
-            room = self.options.most_pivots - self.options.num_pivots
-            paths = [
-                insert_pivots(path, self.check.exact[i].off_target[0], room)
-                for i, path in zip(need, paths, strict=True)
-            ]
-        return _group_by_size(need, paths, [0] * len(need)) if need else []
+    def queue_lines(self) -> None:
+        """Queue the undecided pairs whose line fails for a band: from the line's pivots, plus
+        (exact check) a pivot in each stretch where the line leaves the class between them."""
+        room = self.options.most_pivots - self.options.num_pivots
+        for i in (~self.check.ok).nonzero().squeeze(1).tolist():
+            if i in self.records or i in self._queued:
+                continue
+            path = self.check.line[i]
+            if self.check.exact is not None:
+                path = insert_pivots(path, self.check.exact[i].off_target[0], room)
+            self._queued[i] = (path, 0)
 
-    def take_rounds(self) -> list[Round]:
-        """The rounds queued since the last call (bands that grew), emptied."""
-        queued, self._queued = self._queued, {}
-        if not queued:
-            return []
-        pairs = list(queued)
-        return _group_by_size(pairs, [queued[i][0] for i in pairs], [queued[i][1] for i in pairs])
+    def queued(self) -> Queued:
+        """The pairs waiting for a band (a copy, e.g. for a band checkpoint)."""
+        return dict(self._queued)
+
+    def requeue(self, queued: Queued) -> None:
+        """Queue pairs again (from :meth:`queued` of a band checkpoint)."""
+        device = self.check.line.device
+        for i, (path, steps) in queued.items():
+            if int(i) not in self.records:
+                self._queued[int(i)] = (path.to(device=device), int(steps))
+
+    def next_round(self) -> Round | None:
+        """Take the queued pairs whose paths have the fewest points, as one band; None when no
+        pair is queued."""
+        if not self._queued:
+            return None
+        size = min(path.shape[0] for path, _ in self._queued.values())
+        pairs = sorted(i for i, (path, _) in self._queued.items() if path.shape[0] == size)
+        taken = [self._queued.pop(i) for i in pairs]
+        device = taken[0][0].device
+        return (
+            torch.tensor(pairs, device=device),
+            torch.stack([path for path, _ in taken]),
+            torch.tensor([steps for _, steps in taken], device=device),
+        )
 
     def decide_band(
         self, band: ElasticBand | PathResult, pairs: Tensor, done: Tensor | None = None
@@ -854,7 +850,7 @@ class Decisions:
         ]
         if not rows:
             return
-        if self.grows and self.certifier.exact:
+        if self.certifier.exact:
             rows = self._grow(band, pairs, rows)
             if not rows:
                 return

@@ -307,21 +307,80 @@ def test_figures_take_a_path_with_inserted_pivots() -> None:
     assert len(bars) == record.line.shape[0] + record.path.shape[0]
 
 
-def test_the_lightning_driver_checks_exactly_without_inserting_pivots(tmp_path) -> None:
+# Pair 0 crosses the sliver between pivots (its line gets a pivot inserted there, 11 points);
+# pair 1 has its 5th point in the sliver (10 points, no insertion): two rounds of bands.
+TWO_ROUNDS = (
+    torch.tensor([[-1.0, 0.1], [-0.8766, -0.1]]),
+    torch.tensor([[1.0, 0.1], [1.1234, -0.1]]),
+    torch.tensor([0, 0]),
+)
+TWO_ROUNDS_OPTIONS = PathOptions(
+    num_pivots=8, steps=300, lr=0.05, spring_constant=0.0, certify="exact"
+)
+
+
+def test_the_lightning_driver_inserts_pivots_as_connect_points_does(tmp_path) -> None:
     from connectivity.path_module import PathModule
     from tests.test_path_module import _fit
 
-    starts, ends = SLIVER_ENDS
-    options = PathOptions(num_pivots=8, steps=5, lr=0.05, certify="exact")
-    module = PathModule(Sliver(), starts, ends, torch.tensor([0]), options)
+    starts, ends, targets = TWO_ROUNDS
+    expected = connect_points(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
+    module = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
     _fit(module, tmp_path)
-    (record,) = module.records()
-    # the sampled check would call the line linear; the exact one sends it to the band, which
-    # keeps its 8 pivots (no insertion here) and does not get around the strip in 5 steps
-    assert record.verdict == Verdict.NONE and record.certificate == "exact"
-    assert record.path.shape[0] == 10 and record.line_off_target_intervals.shape == (1, 2)
+    got = module.records()
+    assert [r.path.shape[0] for r in got] == [11, 10]  # one inserted pivot in pair 0
+    for a, b in zip(got, expected, strict=True):
+        assert (a.verdict, a.certificate, a.status) == ("nonlinear", "exact", "certified")
+        assert (b.verdict, b.certificate, b.status) == ("nonlinear", "exact", "certified")
+        assert a.steps == b.steps and torch.equal(a.path, b.path)
+        assert a.min_margin > 0 and a.off_target_intervals.shape == (0, 2)
+    # both rounds' bands were logged, with their sizes
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    header, *rows = metrics.splitlines()
+    column = header.split(",").index("path/pivots")
+    assert {float(r.split(",")[column]) for r in rows if r.split(",")[column]} == {8.0, 9.0}
     with pytest.raises(NotPiecewiseLinearError, match="GELU"):
-        PathModule(nn.Sequential(nn.Linear(2, 2), nn.GELU()), options=options)
+        PathModule(nn.Sequential(nn.Linear(2, 2), nn.GELU()), options=TWO_ROUNDS_OPTIONS)
+
+
+def test_a_lightning_band_killed_with_pairs_queued_for_a_later_round_resumes(tmp_path) -> None:
+    import lightning as L
+
+    from connectivity.path_module import BandCheckpoint, PathModule
+
+    class Kill(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *_) -> None:
+            if int(pl_module.band.steps.max()) == 2:
+                raise RuntimeError("killed")
+
+    def trainer(*callbacks: L.Callback) -> L.Trainer:
+        return L.Trainer(
+            max_epochs=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            callbacks=list(callbacks),
+        )
+
+    starts, ends, targets = TWO_ROUNDS
+    whole = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
+    trainer().fit(whole)
+    killed = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
+    saver = BandCheckpoint(tmp_path, every_n_steps=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer(saver, Kill()).fit(killed)
+    checkpoint = torch.load(saver.path(0), weights_only=True)
+    # killed in the first round (pair 1, 8 pivots) with pair 0 queued on its grown line
+    assert checkpoint["band_rows"] == [1] and checkpoint["band"]["pivots"].shape[1] == 8
+    assert list(checkpoint["queued"]) == [0] and checkpoint["queued"][0][0].shape[0] == 11
+    resumed = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
+    resumed.resume_from(checkpoint)
+    trainer(BandCheckpoint(tmp_path, every_n_steps=1)).fit(resumed)
+    for a, b in zip(resumed.records(), whole.records(), strict=True):
+        assert (a.verdict, a.certificate, a.steps) == (b.verdict, b.certificate, b.steps)
+        assert torch.equal(a.path, b.path)
+    assert not saver.path(0).exists()  # every pair decided: the checkpoint is gone
 
 
 def test_a_split_tail_wrapped_again_by_the_lightning_driver_is_checked_exactly() -> None:
