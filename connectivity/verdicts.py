@@ -9,6 +9,7 @@ pair (linear, nonlinear, none, diverged).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import numbers
 from collections.abc import Callable
@@ -431,7 +432,7 @@ class Certifier:
 
     def __init__(self, kind: str, note: str = "", program: Program | None = None) -> None:
         self.kind, self.note, self.program = kind, note, program
-        self._cache: dict[tuple[bytes, int], PathCheck] = {}
+        self._cache: dict[tuple[bytes, int], PathCheck] = {}  # (path digest, target)
 
     @staticmethod
     def for_tail(tail: nn.Module, options: PathOptions) -> Certifier:
@@ -461,19 +462,30 @@ class Certifier:
         """The exact check of each path ``(pairs, N, *point_shape)``, one :class:`PathCheck` of
         one pair each; paths checked before (the band's stop, then its record) are reused."""
         assert self.program is not None
-        keys = [
-            (paths[i].detach().cpu().contiguous().numpy().tobytes(), int(targets[i]))
-            for i in range(paths.shape[0])
-        ]
+        # A digest, not the bytes: a key of the path itself would keep megabytes per pair of
+        # a large input space alive in the cache.
+        keys = [(_digest(paths[i]), int(targets[i])) for i in range(paths.shape[0])]
         todo = [i for i, key in enumerate(keys) if key not in self._cache]
         if todo:
             index = torch.tensor(todo, device=paths.device)
             result = check_paths(self.program, paths[index].detach(), targets[index])
-            if len(self._cache) > 4096:
+            # The cache bridges the checks of one band evaluation (its stop, its growth, its
+            # record); each entry holds every piece end of its path.
+            if len(self._cache) + len(todo) > _CACHED_CHECKS:
                 self._cache.clear()
             for row, i in enumerate(todo):
                 self._cache[keys[i]] = _pick(result, row)
         return [self._cache[key] for key in keys]
+
+
+_CACHED_CHECKS = 1024
+
+
+def _digest(path: Tensor) -> bytes:
+    """A digest of a path's shape, dtype and values."""
+    values = path.detach().cpu().contiguous().flatten().view(torch.uint8).numpy()
+    header = f"{tuple(path.shape)}{path.dtype}".encode()
+    return hashlib.blake2b(header + values.tobytes(), digest_size=20).digest()
 
 
 def _pick(check: PathCheck, row: int) -> PathCheck:
