@@ -2,8 +2,9 @@
 
 Setting: a CIFAR ResNet-20 (He et al. 2016, Section 4.2: 3 stages of 3 basic blocks at 16, 32,
 64 channels, written here; random weights) and torchvision's ResNet18 (random weights), both
-10 classes, eval mode, 32x32 inputs; each split with ``connectivity.split.split`` in the input
-space and at two hidden layers. Segments join the points of random images (uniform in [0, 1]).
+10 classes, eval mode, 32x32 inputs (``--size``), or torchvision's ResNet50; each split with
+``connectivity.split.split`` in the input space and at two hidden layers. Segments join the
+points of random images (uniform in [0, 1]).
 
 Printed per model and space:
 
@@ -13,17 +14,25 @@ Printed per model and space:
 * ``fwd ms/pt``: one point's share of a plain forward of the same tail on a batch of 1,024
   points (no gradients; timed in the same run, median of ``--repeats``);
 * ``fwd/piece``: the exact check's time per linear piece in units of that forward share (goal:
-  at most 2 on CPU).
+  at most 2 on CPU);
+* ``peak GB``: peak memory: on CUDA of the exact check alone; on CPU of the whole process so
+  far (its resident set), an upper bound of the check's.
 
 Usage::
 
     python benchmarks/exact_check.py [--device cpu|cuda] [--segments 2] [--repeats 3]
-                                     [--models resnet20,resnet18] [--threads N]
+                                     [--models resnet20,resnet18] [--size 32] [--threads N]
+
+The paper's ResNet50 at 224 (memory stays bounded: the exact check cuts its batches at
+``connectivity.exact.MAX_VALUES`` values per activation)::
+
+    python benchmarks/exact_check.py --models resnet50 --size 224 --segments 1 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -35,7 +44,11 @@ from torch import Tensor, nn
 from connectivity.exact import check_segments, piecewise_linear_program
 from connectivity.split import split
 
-SPACES = {"resnet20": ["input", "layer1", "layer2"], "resnet18": ["input", "layer2", "layer3"]}
+SPACES = {
+    "resnet20": ["input", "layer1", "layer2"],
+    "resnet18": ["input", "layer2", "layer3"],
+    "resnet50": ["layer3", "layer4"],  # the paper's network; meant for --size 224
+}
 
 
 class BasicBlock(nn.Module):
@@ -83,7 +96,10 @@ class ResNet20(nn.Module):
 
 def _model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    model = ResNet20() if name == "resnet20" else torchvision.models.resnet18(num_classes=10)
+    if name == "resnet20":
+        model: nn.Module = ResNet20()
+    else:
+        model = getattr(torchvision.models, name)(num_classes=10)
     # Random batch-norm statistics, so the random network is not a near-identity map.
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
@@ -111,25 +127,32 @@ def _forward_per_point(tail: nn.Module, point: Tensor, repeats: int) -> float:
     return statistics.median(times) / 1024
 
 
+def _peak_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--segments", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", default="resnet20,resnet18")
+    parser.add_argument("--models", default="resnet20,resnet18", help="also: resnet50")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    header = "| model | space | point | pieces/seg | s/seg | fwd ms/pt | fwd/piece |"
+    header = "| model | space | point | pieces/seg | s/seg | fwd ms/pt | fwd/piece | peak GB |"
     print(header)
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         model = _model(name).to(device)
         torch.manual_seed(1)
-        images = torch.rand(2 * args.segments, 3, 32, 32, device=device)
+        images = torch.rand(2 * args.segments, 3, args.size, args.size, device=device)
         for space in SPACES[name]:
             head, tail = split(model, space)
             head, tail = head.to(device), tail.to(device)
@@ -144,17 +167,20 @@ def main(argv: list[str] | None = None) -> None:
             near = torch.lerp(starts[:1], ends[:1], 0.01)
             check_segments(program, starts[:1], near, targets[:1])
             _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             began = time.perf_counter()
             check = check_segments(program, starts, ends, targets)
             _sync(device)
             elapsed = time.perf_counter() - began
+            peak = _peak_gb(device)
             pieces = check.pieces().tolist()
             per_piece = elapsed / max(1, sum(pieces)) / forward
             shape = "x".join(str(s) for s in points.shape[1:])
             spread = f"{statistics.median(pieces):.0f} ({min(pieces)}-{max(pieces)})"
             print(
                 f"| {name} | {space} | {shape} | {spread} | {elapsed / args.segments:.2f} | "
-                f"{forward * 1e3:.3f} | {per_piece:.2f} |",
+                f"{forward * 1e3:.3f} | {per_piece:.2f} | {peak:.1f} |",
                 flush=True,
             )
 
