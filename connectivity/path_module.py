@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from connectivity.neb import ElasticBand, make_optimizer
+from connectivity.records import compact
 from connectivity.split import FrozenTail
 from connectivity.verdicts import (
     Certifier,
@@ -237,8 +239,9 @@ class PathModule(L.LightningModule):
     def _continue(self, checkpoint: dict[str, Any]) -> None:
         """Go on from a band checkpoint: its band and optimiser, then its queued pairs.
 
-        A file written before bands ran in rounds holds one band of every pair (no
-        ``band_rows``, no ``queued``)."""
+        The pairs a band decided in earlier rounds get their saved records (``decided``). A
+        file written before bands ran in rounds holds one band of every pair (no
+        ``band_rows``, ``queued`` or ``decided``)."""
         assert self.decisions is not None
         state = checkpoint["band"]
         pairs = self._pairs[0]
@@ -246,6 +249,8 @@ class PathModule(L.LightningModule):
         rows = rows.to(pairs.device)
         band = self._make_band(rows, state["pivots"].shape[1])
         band.load_state_dict(state)
+        decided = checkpoint.get("decided", {})
+        self.decisions.restore({int(i): PairRecord(**r) for i, r in decided.items()})
         self.decisions.requeue(checkpoint.get("queued", {}))
         self._use_band(band, rows).load_state_dict(checkpoint["optimizer"])
         self._start(band)
@@ -309,13 +314,20 @@ class PathModule(L.LightningModule):
 
 
 def _steps_taken(band: ElasticBand) -> int:
-    return int(band.steps.max()) if band.pairs else 0
+    """The most steps of a pair still in the band (of any pair once none is): the pairs of a
+    later round bring the steps of their earlier rounds, and one that leaves the band must not
+    hold the count still."""
+    if band.pairs == 0:
+        return 0
+    active = band.steps[band.active]
+    return int(active.max()) if active.numel() else int(band.steps.max())
 
 
 class BandCheckpoint(L.Callback):
     """Save the band every ``every_n_steps`` steps: its pivots, per-pair state and optimiser,
-    which pairs its rows are (``band_rows``; its size is its pivots' shape), and the pairs
-    queued for later rounds with the paths they go on from (``queued``).
+    which pairs its rows are (``band_rows``; its size is its pivots' shape), the pairs queued
+    for later rounds with the paths they go on from (``queued``), and the records of the pairs
+    bands decided so far (``decided``).
 
     One file per rank (``<folder>/rank<k>.pt``; each rank has its own pairs), written to a
     temporary file and renamed, so a kill leaves the previous checkpoint whole. Continue with
@@ -354,8 +366,9 @@ class BandCheckpoint(L.Callback):
         # The band's own step count: the Trainer's global_step does not count steps of the
         # torch optimizer that the module takes itself.
         steps = _steps_taken(band)
-        # Each round's band has more pivots than the last: (pivots, steps) names one state.
-        at = (band.num_pivots, steps)
+        # Each round's band has more pivots than the last, and its steps only add up: the
+        # band's size and total steps name one state (saved once, e.g. again on Ctrl-C).
+        at = (band.num_pivots, int(band.steps.sum()))
         if band.done or steps == 0 or steps % every or at == self._saved_at:
             return
         self._saved_at = at
@@ -363,6 +376,9 @@ class BandCheckpoint(L.Callback):
             "band": band.state_dict(),
             "band_rows": pl_module.band_rows.tolist(),
             "queued": pl_module.decisions.queued(),
+            "decided": {
+                i: compact(asdict(r)) for i, r in pl_module.decisions.band_records().items()
+            },
             "optimizer": pl_module.optimizers().optimizer.state_dict(),
             "steps": steps,
             **pl_module.checkpoint_extra(),

@@ -66,7 +66,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _compact(value: Any) -> Any:
+def compact(value: Any) -> Any:
     """``value`` with every tensor replaced by a compact CPU copy of its own.
 
     A record's tensors are often views into a whole batch; ``torch.save`` of a view writes its
@@ -75,9 +75,9 @@ def _compact(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().clone(memory_format=torch.contiguous_format)
     if isinstance(value, dict):
-        return {k: _compact(v) for k, v in value.items()}
+        return {k: compact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_compact(v) for v in value)
+        return type(value)(compact(v) for v in value)
     return value
 
 
@@ -208,7 +208,7 @@ class RunStore:
     def save(self, space: str, pair: Pair, record: PairRecord) -> None:
         """Write one pair's record; its tensors are compact copies, so its size depends on the
         pair alone, not on the batch it was decided in."""
-        payload = _compact({"space": space, "pair": asdict(pair), **asdict(record)})
+        payload = compact({"space": space, "pair": asdict(pair), **asdict(record)})
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.record_path(space, pair.id), buffer.getvalue())

@@ -465,17 +465,18 @@ class Certifier:
         # A digest, not the bytes: a key of the path itself would keep megabytes per pair of
         # a large input space alive in the cache.
         keys = [(_digest(paths[i]), int(targets[i])) for i in range(paths.shape[0])]
-        todo = [i for i, key in enumerate(keys) if key not in self._cache]
+        found = {key: self._cache[key] for key in keys if key in self._cache}
+        todo = [i for i, key in enumerate(keys) if key not in found]
         if todo:
             index = torch.tensor(todo, device=paths.device)
             result = check_paths(self.program, paths[index].detach(), targets[index])
+            found.update((keys[i], _pick(result, row)) for row, i in enumerate(todo))
             # The cache bridges the checks of one band evaluation (its stop, its growth, its
             # record); each entry holds every piece end of its path.
             if len(self._cache) + len(todo) > _CACHED_CHECKS:
                 self._cache.clear()
-            for row, i in enumerate(todo):
-                self._cache[keys[i]] = _pick(result, row)
-        return [self._cache[key] for key in keys]
+            self._cache.update((keys[i], found[keys[i]]) for i in todo)
+        return [found[key] for key in keys]
 
 
 _CACHED_CHECKS = 1024
@@ -827,6 +828,19 @@ class Decisions:
         for i, (path, steps) in queued.items():
             if int(i) not in self.records:
                 self._queued[int(i)] = (path.to(device=device), int(steps))
+
+    def band_records(self) -> dict[int, PairRecord]:
+        """The records of the pairs decided by a band (not by their line), e.g. for a band
+        checkpoint: a run resumed in a later round cannot decide them again."""
+        line = self.check.ok.tolist()
+        return {i: r for i, r in self.records.items() if not line[i]}
+
+    def restore(self, records: dict[int, PairRecord]) -> None:
+        """Take the records of pairs decided before a resume (:meth:`band_records`), without
+        announcing them to ``on_record`` again."""
+        for i, record in records.items():
+            self.records[int(i)] = record
+            self._queued.pop(int(i), None)
 
     def next_round(self) -> Round | None:
         """Take the queued pairs whose paths have the fewest points, as one band; None when no

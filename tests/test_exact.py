@@ -78,14 +78,17 @@ def test_max_pool_winner_changes_and_average_pool_has_none() -> None:
 class Sliver(nn.Module):
     """Class 1 on a strip ``|x - c| < w`` (w = 0.001) of the plane, limited to ``|y| < 0.3``
     unless ``cut`` (then the strip cuts the plane in two); class 0 elsewhere. Piecewise
-    linear: ``min(a, b) = a - relu(a - b)``."""
+    linear: ``min(a, b) = a - relu(a - b)``. In float64: its logits reach 10^4, so in float32
+    the exact check's tolerance (1,000 epsilons of the path's largest logit) would be 1.2 and
+    leave the strip's margins of 0.8 undecided."""
 
     def __init__(self, cut: bool = False, c: float = 0.0123) -> None:
         super().__init__()
         self.cut, self.c = cut, c
-        self.scale = nn.Parameter(torch.tensor(1.0), requires_grad=False)
+        self.scale = nn.Parameter(torch.tensor(1.0, dtype=torch.float64), requires_grad=False)
 
     def forward(self, z: Tensor) -> Tensor:
+        z = z.to(self.scale.dtype)
         x, y = z[:, 0] * self.scale, z[:, 1]
         a = 10_000.0 * (0.001 - (x - self.c).abs())
         strip = a if self.cut else a - F.relu(a - 4.0 * (0.3 - y.abs()))
