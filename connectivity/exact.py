@@ -47,6 +47,7 @@ from connectivity.split import FrozenTail, LayerError
 
 __all__ = [
     "MAX_VALUES",
+    "MAX_VALUES_CPU",
     "NotPiecewiseLinearError",
     "PathCheck",
     "SegmentCheck",
@@ -57,11 +58,16 @@ __all__ = [
     "why_not_piecewise_linear",
 ]
 
-# Most values one activation of the check may hold at once (points x values per point), and so
-# its memory: 2**27 float32 values are 512 MB. A batch of points that would grow past it is cut
-# into shorter stretches of its segments, each checked on its own (ResNet50 at 224x224, whose
-# widest activation has 802,816 values per point, gets about 160 points at a time).
+# Most values the live activations of the check may hold at once (points x values per point),
+# and so its memory: 2**27 float32 values are 512 MB. A batch of points that would grow past it
+# is cut into shorter stretches of its segments, each checked on its own (ResNet50 at 224x224,
+# whose widest activation has 802,816 values per point, gets at most 160 points at a time on a
+# GPU). On a CPU the bound is 2**24 (64 MB in float32): blocks that large come from the system
+# afresh at every allocation, and the page faults of 512 MB blocks took as long as the
+# arithmetic (benchmarks/exact_check.py, ResNet18 input space: 11.6 s at 2**27, 6.3 s at 2**24,
+# 7.6 s at 2**22 for two segments; peak memory 3.9, 2.0 and 1.2 GB).
 MAX_VALUES = 2**27
+MAX_VALUES_CPU = 2**24
 
 # Piece ends whose margin is within this many machine epsilons of the largest logit of the path
 # are undecided (float32: 1.2e-4 relative; float64: 2.2e-13): the rounding of a deep network's
@@ -833,7 +839,7 @@ def check_segments(
     ends: Tensor,
     targets: Tensor,
     *,
-    max_values: int = MAX_VALUES,
+    max_values: int | None = None,
     verify_ends: bool = True,
 ) -> SegmentCheck:
     """Every point where the tail's logits stop being affine on each segment, and the logits.
@@ -843,8 +849,9 @@ def check_segments(
         starts: ``(S, *point_shape)`` first end of each segment (``t = 0``).
         ends: ``(S, *point_shape)`` second end (``t = 1``).
         targets: ``(S,)`` long target class of each segment (for the margins).
-        max_values: Most values one activation holds at once (bounds memory; see
-            :data:`MAX_VALUES`); longer batches are cut into shorter stretches of segments.
+        max_values: Most values the live activations hold at once (bounds memory); longer
+            batches are cut into shorter stretches of segments. None: :data:`MAX_VALUES`, or
+            :data:`MAX_VALUES_CPU` for points on a CPU.
         verify_ends: Compare the logits at the segments' ends with a plain forward of the
             tail (one batch of ``2 S`` points): a traced program that does not compute what the
             network computes is an error, not a wrong verdict.
@@ -859,6 +866,8 @@ def check_segments(
     program = tail if isinstance(tail, Program) else piecewise_linear_program(tail)
     count = starts.shape[0]
     device = starts.device
+    if max_values is None:
+        max_values = MAX_VALUES_CPU if device.type == "cpu" else MAX_VALUES
     # Work units: stretches [t0, t1] of segments, each run from the network's input, as
     # (segment, the sorted t's of the unit's points known so far): a unit starts from its two
     # ends only; the inner points found before tell how many points it will need.
@@ -1073,7 +1082,7 @@ def check_paths(
     paths: Tensor,
     targets: Tensor,
     *,
-    max_values: int = MAX_VALUES,
+    max_values: int | None = None,
     verify_ends: bool = True,
 ) -> PathCheck:
     """Check exactly whether every point of each polyline path is classified as its target.
