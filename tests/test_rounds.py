@@ -51,12 +51,15 @@ def test_a_band_resumed_in_a_later_round_still_gives_every_record(tmp_path) -> N
         assert (a.verdict, a.steps) == (b.verdict, b.steps) and torch.equal(a.path, b.path)
 
 
-def test_the_exact_check_cache_overflowing_on_a_call_with_hits_and_misses() -> None:
+def test_the_exact_check_cache_overflowing_on_a_call_with_hits_and_misses(monkeypatch) -> None:
+    from connectivity import verdicts
+
+    monkeypatch.setattr(verdicts, "_CACHED_CHECKS", 8)  # the logic of 1,024, in 8 checks
     certifier = Certifier.for_tail(Sliver(), PathOptions(certify="exact"))
     target = torch.zeros(1, dtype=torch.long)
     cached = torch.tensor([[[-1.0, 0.5], [1.0, 0.5]]])
     certifier.check(cached, target)
-    for k in range(1023):  # 1,024 entries
+    for k in range(7):  # a full cache
         certifier.check(torch.tensor([[[-1.0, 0.6 + k * 1e-3], [1.0, 0.5]]]), target)
     new = torch.tensor([[[-1.0, -0.5], [1.0, -0.5]]])
     # the miss overflows the cache; the hit must still be answered (it raised KeyError)
