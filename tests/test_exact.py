@@ -363,46 +363,6 @@ def test_the_lightning_driver_inserts_pivots_as_connect_points_does(tmp_path) ->
         PathModule(nn.Sequential(nn.Linear(2, 2), nn.GELU()), options=TWO_ROUNDS_OPTIONS)
 
 
-def test_a_lightning_band_killed_with_pairs_queued_for_a_later_round_resumes(tmp_path) -> None:
-    import lightning as L
-
-    from connectivity.path_module import BandCheckpoint, PathModule
-
-    class Kill(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, *_) -> None:
-            if int(pl_module.band.steps.max()) == 2:
-                raise RuntimeError("killed")
-
-    def trainer(*callbacks: L.Callback) -> L.Trainer:
-        return L.Trainer(
-            max_epochs=1,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            callbacks=list(callbacks),
-        )
-
-    starts, ends, targets = TWO_ROUNDS
-    whole = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
-    trainer().fit(whole)
-    killed = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
-    saver = BandCheckpoint(tmp_path, every_n_steps=1)
-    with pytest.raises(RuntimeError, match="killed"):
-        trainer(saver, Kill()).fit(killed)
-    checkpoint = torch.load(saver.path(0), weights_only=True)
-    # killed in the first round (pair 1, 8 pivots) with pair 0 queued on its grown line
-    assert checkpoint["band_rows"] == [1] and checkpoint["band"]["pivots"].shape[1] == 8
-    assert list(checkpoint["queued"]) == [0] and checkpoint["queued"][0][0].shape[0] == 11
-    resumed = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
-    resumed.resume_from(checkpoint)
-    trainer(BandCheckpoint(tmp_path, every_n_steps=1)).fit(resumed)
-    for a, b in zip(resumed.records(), whole.records(), strict=True):
-        assert (a.verdict, a.certificate, a.steps) == (b.verdict, b.certificate, b.steps)
-        assert torch.equal(a.path, b.path)
-    assert not saver.path(0).exists()  # every pair decided: the checkpoint is gone
-
-
 def test_a_split_tail_wrapped_again_by_the_lightning_driver_is_checked_exactly() -> None:
     # PathModule keeps FrozenTail(copy of the split's FrozenTail): found by running
     # `connectivity paths --path.certify exact` on a ResNet18, refused as untraceable before.

@@ -28,10 +28,14 @@ def _trainer(*callbacks: L.Callback) -> L.Trainer:
     )
 
 
-def test_a_band_resumed_in_a_later_round_still_gives_every_record(tmp_path) -> None:
-    class KillInRound2(L.Callback):
+@pytest.mark.parametrize("killed_in", [1, 2])
+def test_a_band_killed_in_any_round_resumes_to_the_same_records(tmp_path, killed_in: int) -> None:
+    # Round 1 is pair 1's band (8 pivots) with pair 0 queued on its grown line; round 2 is pair
+    # 0's band (9 pivots), pair 1 decided by its band in round 1.
+    class Kill(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, *_) -> None:
-            if pl_module.band_rows.tolist() == [0] and int(pl_module.band.steps.max()) >= 3:
+            band = pl_module.band
+            if band.num_pivots == 7 + killed_in and int(band.steps.max()) >= 2:
                 raise RuntimeError("killed")
 
     starts, ends, targets = TWO_ROUNDS
@@ -40,15 +44,22 @@ def test_a_band_resumed_in_a_later_round_still_gives_every_record(tmp_path) -> N
     killed = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
     saver = BandCheckpoint(tmp_path, every_n_steps=1)
     with pytest.raises(RuntimeError, match="killed"):
-        _trainer(saver, KillInRound2()).fit(killed)
+        _trainer(saver, Kill()).fit(killed)
     checkpoint = torch.load(saver.path(0), weights_only=True)
-    assert checkpoint["band_rows"] == [0]  # round 2; pair 1 was decided in round 1
+    assert checkpoint["band"]["pivots"].shape[1] == 7 + killed_in
+    if killed_in == 1:
+        assert checkpoint["band_rows"] == [1] and list(checkpoint["decided"]) == []
+        assert list(checkpoint["queued"]) == [0] and checkpoint["queued"][0][0].shape[0] == 11
+    else:
+        assert checkpoint["band_rows"] == [0] and list(checkpoint["queued"]) == []
+        assert list(checkpoint["decided"]) == [1]  # no band or queue would decide it again
     resumed = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
     resumed.resume_from(checkpoint)
-    _trainer().fit(resumed)
-    got = resumed.records()  # pair 1 was decided by its band in round 1: kept in the file
-    for a, b in zip(got, whole.records(), strict=True):
-        assert (a.verdict, a.steps) == (b.verdict, b.steps) and torch.equal(a.path, b.path)
+    _trainer(BandCheckpoint(tmp_path, every_n_steps=1)).fit(resumed)
+    for a, b in zip(resumed.records(), whole.records(), strict=True):
+        assert (a.verdict, a.certificate, a.steps) == (b.verdict, b.certificate, b.steps)
+        assert torch.equal(a.path, b.path)
+    assert not saver.path(0).exists()  # every pair decided: the checkpoint is gone
 
 
 def test_the_exact_check_cache_overflowing_on_a_call_with_hits_and_misses(monkeypatch) -> None:
