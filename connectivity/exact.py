@@ -1054,8 +1054,7 @@ class PathCheck:
     Attributes:
         min_margin: ``(pairs,)`` float64 exact lowest target margin over the whole path.
         tolerance: ``(pairs,)`` float64: the tolerance (:func:`margin_tolerance`) of the
-            path; a margin within its point's tolerance of zero is
-            undecided.
+            path; a margin within it of zero is undecided.
         passed: ``(pairs,)`` bool: every piece end's margin is above its tolerance, so every
             point of the path is classified as the target.
         decided: ``(pairs,)`` bool: passed, or some piece end's margin is below minus its
