@@ -269,8 +269,8 @@ def test_two_process_ddp_pairs_gives_the_single_process_records(
         return _pairs_config(tmp_path, digits_classifier, name, spaces, indices, path)
 
     single, double = config("one"), config("two")
+    main(["paths", "-c", str(single), "--trainer.accelerator", "cpu"])  # in this process
     run_paths_cli = [sys.executable, "-m", "connectivity.cli", "paths"]
-    subprocess.run([*run_paths_cli, "-c", str(single)], check=True, capture_output=True)
     two_ranks = ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
     done = subprocess.run(
         [*run_paths_cli, "-c", str(double), *two_ranks, "--trainer.strategy", "ddp_pairs"],
