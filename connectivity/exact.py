@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from connectivity.errors import ConnectivityError
 from connectivity.split import FrozenTail, LayerError
 
 __all__ = [
@@ -51,10 +52,12 @@ __all__ = [
     "NotPiecewiseLinearError",
     "PathCheck",
     "SegmentCheck",
+    "UnreliableExactCheckError",
     "check_paths",
     "check_segments",
     "margin_tolerance",
     "piecewise_linear_program",
+    "undecided_checks",
     "why_not_piecewise_linear",
 ]
 
@@ -80,6 +83,14 @@ _POOL_EPSILONS = 16.0
 class NotPiecewiseLinearError(LayerError):
     """A tail that holds an operation that is not piecewise linear (or cannot be traced), so its
     exact check is impossible; the message names the operation."""
+
+
+class UnreliableExactCheckError(ConnectivityError):
+    """The exact check of these paths cannot be trusted in floating point (the traced tail's
+    logits at the segments' ends differ from the tail's own beyond the tolerance, or a max
+    pool's winners stay tied within rounding); callers decide these paths at sampled points
+    (:class:`connectivity.verdicts.Certifier` does, with the reason in the record's
+    ``certificate_note``)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +120,16 @@ _AFFINE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ConstantPad1d,
     nn.ConstantPad2d,
     nn.ConstantPad3d,
+    # reflection, replication and circular padding copy entries: affine
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.CircularPad3d,
     nn.Upsample,
     nn.PixelShuffle,
     nn.PixelUnshuffle,
@@ -135,8 +156,50 @@ _POOL_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+# Methods a subclass of a PyTorch layer may define without changing what the layer computes;
+# any other one (``forward``, ``_conv_forward``, ``__call__``...) makes it a layer of its own.
+_HARMLESS_OVERRIDES = frozenset(
+    {
+        "__init__",
+        "__repr__",
+        "extra_repr",
+        "reset_parameters",
+        "reset_running_stats",
+        "_check_input_dim",
+        "_load_from_state_dict",
+        "__setstate__",
+        "__getstate__",
+        "_get_name",
+    }
+)
+
+
+def _computes_as_library(module: nn.Module) -> bool:
+    """Whether ``module`` computes what its PyTorch layer computes: no ``forward`` (or other
+    method of the computation) of its own, in its class or on the instance, and no forward
+    hooks. Only then may its type say what it computes (timm's ``BatchNormAct2d`` is a
+    ``BatchNorm2d`` that applies an activation in its own ``forward``)."""
+    if "forward" in vars(module) or "__call__" in vars(module):
+        return False
+    if module._forward_hooks or module._forward_pre_hooks:
+        return False
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return False
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torch.nn.") or cls is nn.Module:
+            return True  # the classes from here on are PyTorch's own
+        for name, member in vars(cls).items():
+            if callable(member) and name not in _HARMLESS_OVERRIDES:
+                return False
+    return True
+
+
 def _module_kinks(module: nn.Module) -> tuple[float, ...] | None:
-    """The kinks of an elementwise piecewise-linear module, None for any other module."""
+    """The kinks of an elementwise piecewise-linear module, None for any other module (and for
+    one that computes something of its own, see :func:`_computes_as_library`)."""
+    if not _computes_as_library(module):
+        return None
     if isinstance(module, nn.ReLU6):  # a Hardtanh subclass: check first
         return (0.0, 6.0)
     if isinstance(module, nn.Hardtanh):
@@ -148,20 +211,31 @@ def _module_kinks(module: nn.Module) -> tuple[float, ...] | None:
     return None
 
 
+def _known_module(module: nn.Module) -> str | None:
+    """AFFINE, POOL or KINK for a PyTorch layer this module understands, else None."""
+    if not _computes_as_library(module):
+        return None
+    if _module_kinks(module) is not None:
+        return KINK
+    if isinstance(module, _POOL_MODULES):
+        return None if getattr(module, "return_indices", False) else POOL
+    if isinstance(module, _AFFINE_MODULES):
+        return AFFINE
+    if isinstance(module, _EVAL_AFFINE_MODULES):
+        # A batch norm without running statistics normalises by its batch even in eval mode.
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (
+            module.training or module.running_mean is None
+        ):
+            return None
+        return AFFINE
+    return None
+
+
 _AFFINE_FUNCTIONS: set[Any] = {
-    operator.add,
-    operator.iadd,
-    operator.sub,
-    operator.isub,
     operator.neg,
     operator.pos,
     operator.getitem,
-    torch.add,
-    torch.sub,
     torch.neg,
-    torch.cat,
-    torch.concat,
-    torch.stack,
     torch.flatten,
     torch.reshape,
     torch.squeeze,
@@ -234,10 +308,6 @@ _AFFINE_METHODS = {
     "repeat",
     "mean",
     "sum",
-    "add",
-    "add_",
-    "sub",
-    "sub_",
     "neg",
     "clone",
     "chunk",
@@ -257,8 +327,38 @@ _AFFINE_METHODS = {
     "new_ones",
     "new_full",
 }
-_PRODUCT_METHODS = {"mul", "mul_", "matmul", "__mul__", "__rmul__"}
+_PRODUCT_METHODS = {"mul", "mul_", "matmul", "__mul__", "__rmul__", "__matmul__", "mm", "bmm"}
 _DIVISION_METHODS = {"div", "div_", "__truediv__"}
+# Affine in several point-dependent operands at once (sums and concatenations); every other
+# affine operation is affine in its first operand only, with its other operands fixed.
+_SUM_FUNCTIONS: set[Any] = {
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    torch.add,
+    torch.sub,
+    torch.cat,
+    torch.concat,
+    torch.stack,
+}
+_SUM_METHODS = {"add", "add_", "sub", "sub_", "__add__", "__radd__", "__sub__", "__rsub__"}
+# Pointwise max / min of two tensors: a kink where their difference crosses zero.
+_PAIR_KINK_FUNCTIONS: dict[Any, str] = {
+    torch.maximum: "max",
+    torch.minimum: "min",
+    torch.fmax: "max",
+    torch.fmin: "min",
+    torch.max: "max",
+    torch.min: "min",
+}
+_PAIR_KINK_METHODS = {"maximum": "max", "minimum": "min", "max": "max", "min": "min"}
+# Checks that produce no value (timm's ``_assert``): nothing to evaluate at a point.
+_NO_OPS: set[Any] = {torch._assert, torch._assert_async}
+if hasattr(torch, "_check"):
+    _NO_OPS.add(torch._check)
+# Attributes of a tensor that are affine views of it.
+_AFFINE_ATTRIBUTES = {"T", "mT", "H", "mH", "data", "real"}
 # Methods whose value is a size, not a tensor: recomputed whenever points are added.
 _SIZE_METHODS = {"size", "dim", "numel", "nelement", "__len__"}
 _SIZE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout", "requires_grad"}
@@ -281,7 +381,7 @@ def _function_kinks(node: fx.Node) -> tuple[float, ...] | None:
             low, high = _argument(node, 1, "min", None), _argument(node, 2, "max", None)
             return _constant_kinks(low, high)
         return None
-    if target in (F.relu, torch.relu, F.relu_, torch.relu_, F.leaky_relu, torch.abs):
+    if target in (F.relu, torch.relu, F.relu_, torch.relu_, F.leaky_relu, torch.abs, operator.abs):
         return (0.0,)
     if target is F.relu6:
         return (0.0, 6.0)
@@ -306,14 +406,16 @@ def _constant_kinks(low: Any, high: Any) -> tuple[float, ...] | None:
 # The program: the tail traced down to the operations above
 
 
-AFFINE, KINK, POOL, SIZE, FIXED, INPUT, OUTPUT = (
+AFFINE, KINK, PAIR, POOL, SIZE, FIXED, INPUT, OUTPUT, NO_OP = (
     "affine",
     "kink",
+    "pair kink",
     "pool",
     "size",
     "fixed",
     "input",
     "output",
+    "no-op",
 )
 
 
@@ -323,12 +425,27 @@ class _Tracer(fx.Tracer):
     the network runs is one node that can be classified."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        # A layer is one node only when it computes what its PyTorch class computes: a
+        # subclass with a forward of its own (or hooks) is traced into like a user block.
+        if not _computes_as_library(m):
+            return False
         if isinstance(m, _AFFINE_MODULES + _EVAL_AFFINE_MODULES + _POOL_MODULES):
             return True
         # PyTorch's own layers without children (GELU, LayerNorm...) stay one node, so a
         # refusal names the layer rather than the function inside it.
         builtin = type(m).__module__.startswith("torch.nn.")
         return _module_kinks(m) is not None or (builtin and not any(m.children()))
+
+    def call_module(
+        self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        # The modules being traced into, innermost last: a failure names where it happened.
+        self.inside: list[str] = getattr(self, "inside", [])
+        name = self.path_of_module(m)
+        self.inside.append(f"{type(m).__name__} (module {name})")
+        result = super().call_module(m, forward, args, kwargs)
+        self.inside.pop()
+        return result
 
 
 @dataclass
@@ -337,6 +454,7 @@ class _Step:
     kind: str
     kinks: tuple[float, ...] = ()
     last_use: int = -1
+    pair: str = ""  # "max" or "min" for a PAIR step
 
 
 @dataclass
@@ -393,16 +511,30 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             "the tail is in training mode: batch norm and dropout are piecewise linear in eval "
             "mode only"
         )
-    try:
-        graph = _Tracer().trace(copy.deepcopy(network))
-    except Exception as error:  # torch.fx raises many kinds; all mean "not traceable"
+    if not _computes_as_library(network) and (
+        network._forward_hooks or network._forward_pre_hooks or "forward" in vars(network)
+    ):
+        # torch.fx traces the class's forward of the root: hooks or a forward set on the
+        # instance would be left out of the traced program.
         raise NotPiecewiseLinearError(
-            f"the tail cannot be traced with torch.fx for the exact check "
+            f"the tail {type(network).__name__} has forward hooks or a forward set on the "
+            "instance, which the exact check cannot trace; remove them or wrap the tail in a "
+            "module"
+        )
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(copy.deepcopy(network))
+    except Exception as error:  # torch.fx raises many kinds; all mean "not traceable"
+        inside = getattr(tracer, "inside", [])
+        where = f" inside {inside[-1]}" if inside else ""
+        raise NotPiecewiseLinearError(
+            f"the tail cannot be traced with torch.fx for the exact check{where} "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
     module = fx.GraphModule(network, graph)
     nodes = list(module.graph.nodes)
     position = {node: i for i, node in enumerate(nodes)}
+    no_ops = _assertion_nodes(nodes)
     depends: dict[fx.Node, bool] = {}
     sizes: set[fx.Node] = set()  # point-dependent values that are sizes, not tensors
     steps: list[_Step] = []
@@ -418,6 +550,9 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
         if node.op == "output":
             steps.append(_Step(node, OUTPUT))
             continue
+        if node in no_ops:
+            steps.append(_Step(node, NO_OP))
+            continue
         if not dependent:
             steps.append(_Step(node, FIXED))  # parameters, constants: any operation is fine
             continue
@@ -428,7 +563,7 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             steps.append(_Step(node, SIZE))
             sizes.add(node)
             continue
-        step = _classify(node, module, depends)
+        step = _classify(node, module, depends, sizes)
         if step.kind == SIZE:
             sizes.add(node)
         steps.append(step)
@@ -443,6 +578,19 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
     return Program(module, steps, _floating_dtype(network))
 
 
+def _assertion_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
+    """The checks that produce no value (``torch._assert``...) and the nodes computed only for
+    them: none of them is evaluated at the path's points (their conditions, on sizes or on
+    values, say nothing of the logits)."""
+    found: set[fx.Node] = set()
+    for node in reversed(nodes):
+        check = node.op == "call_function" and node.target in _NO_OPS
+        only_for_checks = node.op not in ("placeholder", "output") and bool(node.users)
+        if check or (only_for_checks and all(user in found for user in node.users)):
+            found.add(node)
+    return found
+
+
 def _floating_dtype(module: nn.Module) -> torch.dtype | None:
     for tensor in [*module.parameters(), *module.buffers()]:
         if tensor.is_floating_point():
@@ -450,61 +598,140 @@ def _floating_dtype(module: nn.Module) -> torch.dtype | None:
     return None
 
 
-def _classify(node: fx.Node, root: nn.Module, depends: dict[fx.Node, bool]) -> _Step:
-    """The kind of a node whose value depends on the segment; refuses other operations."""
+def _nodes_in(value: Any) -> list[fx.Node]:
+    """Every node inside an argument (lists, tuples, slices and dicts included), one entry per
+    position: ``mul(h, h)`` gives ``h`` twice."""
+    if isinstance(value, fx.Node):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [n for v in value for n in _nodes_in(v)]
+    if isinstance(value, slice):
+        return _nodes_in([value.start, value.stop, value.step])
+    if isinstance(value, dict):
+        return _nodes_in(list(value.values()))
+    return []
 
-    def dependent_operands(*indices: int) -> int:
-        values = [node.args[i] for i in indices if i < len(node.args)]
-        values += [v for k, v in node.kwargs.items() if k in ("other", "input")]
-        return sum(1 for v in values if isinstance(v, fx.Node) and depends[v])
 
+def _classify(
+    node: fx.Node, root: nn.Module, depends: dict[fx.Node, bool], sizes: set[fx.Node]
+) -> _Step:
+    """The kind of a node whose value depends on the segment; refuses other operations.
+
+    What decides is what the operation computes with the operands it gets, counted by
+    position: a product is affine only when one operand depends on the point (``h * h`` and
+    ``einsum('i,i->', h, h)`` do not), an index only when it does not depend on the point.
+    """
+    first_name = "self" if node.op == "call_method" else "input"
+    first = node.args[:1] if node.args else [v for k, v in node.kwargs.items() if k == first_name]
+    rest = [*node.args[1:], *(v for k, v in node.kwargs.items() if k != first_name or node.args)]
+
+    def values(arguments: Any) -> int:  # point-dependent tensors among the arguments
+        return sum(1 for n in _nodes_in(arguments) if depends[n] and n not in sizes)
+
+    def sized(arguments: Any) -> int:  # point-dependent sizes among the arguments
+        return sum(1 for n in _nodes_in(arguments) if depends[n] and n in sizes)
+
+    everything = [*first, *rest]
+    target = node.target
+    # Affine in its first operand, the others fixed (sizes allowed: shapes, dimensions).
+    # ``view_as(y)`` and the like read ``y``'s shape or dtype only.
+    shape_only = node.op == "call_method" and str(target).endswith("_as")
+    single = values(first) == 1 and (shape_only or values(rest) == 0)
+    # Several point-dependent operands summed or joined; no sizes in the arithmetic.
+    summed = sized(everything) == 0
+    # A product: one point-dependent operand at most, no size (the batch would scale it).
+    product = values(everything) + sized(everything) <= 1
+    # A division: nothing point-dependent in the divisor.
+    division = values(first) == 1 and values(rest) + sized(rest) == 0
     if node.op == "call_module":
         module = root.get_submodule(str(node.target))
-        kinks = _module_kinks(module)
-        if kinks is not None:
-            return _Step(node, KINK, kinks)
-        if isinstance(module, _POOL_MODULES):
-            return _Step(node, POOL)
-        if isinstance(module, _AFFINE_MODULES + _EVAL_AFFINE_MODULES):
-            return _Step(node, AFFINE)
+        kind = _known_module(module) if single else None
+        if kind == KINK:
+            return _Step(node, KINK, _module_kinks(module) or ())
+        if kind is not None:
+            return _Step(node, kind)
     elif node.op == "call_method":
-        name = str(node.target)
+        name = str(target)
         kinks = _function_kinks(node)
-        if kinks is not None:
+        if kinks is not None and single:
             return _Step(node, KINK, kinks)
+        if name in _PAIR_KINK_METHODS and len(everything) == 2 and _pair(node, depends):
+            return _Step(node, PAIR, pair=_PAIR_KINK_METHODS[name])
         if name in _SIZE_METHODS:
             return _Step(node, SIZE)
-        if name in _AFFINE_METHODS:
+        if name in _SUM_METHODS and summed:
             return _Step(node, AFFINE)
-        if name in _PRODUCT_METHODS and sum(depends[n] for n in node.all_input_nodes) <= 1:
+        if name in _AFFINE_METHODS and single and _keeps_floating(node):
             return _Step(node, AFFINE)
-        if name in _DIVISION_METHODS and dependent_operands(1) == 0:
+        if name in _PRODUCT_METHODS and product:
+            return _Step(node, AFFINE)
+        if name in _DIVISION_METHODS and division and _plain_division(node):
             return _Step(node, AFFINE)
     elif node.op == "call_function":
-        target = node.target
         kinks = _function_kinks(node)
-        if kinks is not None:
+        if kinks is not None and single:
             return _Step(node, KINK, kinks)
+        if target in _PAIR_KINK_FUNCTIONS and len(everything) == 2 and _pair(node, depends):
+            return _Step(node, PAIR, pair=_PAIR_KINK_FUNCTIONS[target])
         if target is getattr:
-            kind = SIZE if node.args[1] in _SIZE_ATTRIBUTES else AFFINE
-            return _Step(node, kind)
-        if target in _AFFINE_FUNCTIONS:
+            if node.args[1] in _SIZE_ATTRIBUTES:
+                return _Step(node, SIZE)
+            if node.args[1] in _AFFINE_ATTRIBUTES:
+                return _Step(node, AFFINE)
+        if target in _SUM_FUNCTIONS and summed:
+            return _Step(node, AFFINE)
+        if target in _AFFINE_FUNCTIONS and single and _fill_fixed(node, depends):
             return _Step(node, AFFINE)
         if (
             target in _EVAL_FUNCTIONS
+            and single
             and _argument(node, 5 if target is F.batch_norm else 2, "training", False) is False
         ):
             return _Step(node, AFFINE)
-        if target in _POOL_FUNCTIONS:
+        if target in _POOL_FUNCTIONS and single and not _returns_indices(node):
             return _Step(node, POOL)
-        if target in _PRODUCT_FUNCTIONS and sum(depends[n] for n in node.all_input_nodes) <= 1:
+        if target in _PRODUCT_FUNCTIONS and product:
             return _Step(node, AFFINE)
-        if target in _DIVISION_FUNCTIONS and dependent_operands(1) == 0:
+        if target in _DIVISION_FUNCTIONS and division and _plain_division(node):
             return _Step(node, AFFINE)
     raise NotPiecewiseLinearError(
         f"the exact check needs a piecewise-linear tail, and {_operation_name(node, root)} "
         f"(node {node.name}) is not piecewise linear in the path's points"
     )
+
+
+def _pair(node: fx.Node, depends: dict[fx.Node, bool]) -> bool:
+    """A pointwise max / min of two tensors (``torch.max(h, 1)`` reduces a dimension)."""
+    operands = [*node.args, *node.kwargs.values()]
+    return len(operands) == 2 and all(isinstance(v, fx.Node | Tensor) for v in operands)
+
+
+def _keeps_floating(node: fx.Node) -> bool:
+    """A cast or view that keeps floating-point values (``.to(torch.long)`` and
+    ``.view(torch.int32)`` do not)."""
+    for value in [*node.args[1:], *node.kwargs.values()]:
+        if isinstance(value, torch.dtype) and not value.is_floating_point:
+            return False
+        if isinstance(value, torch.dtype) and str(node.target) == "view":
+            return False  # a reinterpretation of the bits
+    return True
+
+
+def _plain_division(node: fx.Node) -> bool:
+    return node.kwargs.get("rounding_mode") is None and (len(node.args) < 3 or node.args[2] is None)
+
+
+def _fill_fixed(node: fx.Node, depends: dict[fx.Node, bool]) -> bool:
+    """``full_like``'s fill value must not depend on the point."""
+    if node.target is not torch.full_like:
+        return True
+    fill = _argument(node, 1, "fill_value", None)
+    return not any(depends[n] for n in _nodes_in(fill))
+
+
+def _returns_indices(node: fx.Node) -> bool:
+    adaptive = "adaptive" in getattr(node.target, "__name__", "")
+    return bool(_argument(node, 2 if adaptive else 6, "return_indices", False))
 
 
 def why_not_piecewise_linear(tail: nn.Module) -> str | None:
@@ -649,10 +876,44 @@ def _tensors(value: Any) -> list[Tensor]:
 def _add_kink_crossings(points: _Points, node: fx.Node, kinks: tuple[float, ...]) -> None:
     """Add the points where the elementwise input of ``node`` crosses one of its kinks."""
     (source,) = node.all_input_nodes[:1]
-    x = points.values[source]
     if points.count < 2:
         return
-    flat = x.reshape(points.count, -1)
+    found = _crossings(points, points.values[source].reshape(points.count, -1), kinks)
+    if found is None:
+        return
+    left, t_new, units, levels = found
+    where = points.insert(left, t_new)
+    # The input is exactly at the kink where it crosses it (interpolation leaves a rounding
+    # error whose sign could hide a crossing a hair away from the new point).
+    placed = where >= 0
+    if bool(placed.any()):
+        flat = points.values[source].reshape(points.count, -1)
+        flat[where[placed], units[placed]] = levels[placed].to(flat.dtype)
+
+
+def _add_pair_crossings(points: _Points, node: fx.Node) -> None:
+    """Add the points where the two operands of a pointwise max / min cross: between them the
+    same operand wins, so the result is affine there."""
+    if points.count < 2:
+        return
+    a, b = (_execute_argument(v, points.values) for v in [*node.args, *node.kwargs.values()])
+    difference = torch.as_tensor(a) - torch.as_tensor(b)
+    if difference.dim() == 0 or difference.shape[0] != points.count:
+        return  # neither operand depends on the point row by row: no crossing
+    found = _crossings(points, difference.reshape(points.count, -1), (0.0,))
+    if found is not None:
+        points.insert(found[0], found[1])
+
+
+def _execute_argument(value: Any, values: dict[fx.Node, Any]) -> Any:
+    return values[value] if isinstance(value, fx.Node) else value
+
+
+def _crossings(
+    points: _Points, flat: Tensor, kinks: tuple[float, ...]
+) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Where ``flat`` ``(P, n)`` crosses each kink strictly inside an interval: the rows of the
+    intervals, the crossing ``t``, the column and the kink of each, or None."""
     same = points.intervals()
     lefts, ts, units, levels = [], [], [], []
     for kink in kinks:
@@ -674,16 +935,8 @@ def _add_kink_crossings(points: _Points, node: fx.Node, kinks: tuple[float, ...]
         units.append(column)
         levels.append(torch.full_like(x_left, kink))
     if not lefts:
-        return
-    left, t_new = torch.cat(lefts), torch.cat(ts)
-    where = points.insert(left, t_new)
-    # The input is exactly at the kink where it crosses it (interpolation leaves a rounding
-    # error whose sign could hide a crossing a hair away from the new point).
-    placed = where >= 0
-    if bool(placed.any()):
-        flat = points.values[source].reshape(points.count, -1)
-        level = torch.cat(levels)[placed].to(flat.dtype)
-        flat[where[placed], torch.cat(units)[placed]] = level
+        return None
+    return torch.cat(lefts), torch.cat(ts), torch.cat(units), torch.cat(levels)
 
 
 def _pool_with_indices(node: fx.Node, module: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -731,9 +984,28 @@ def _settle_pool(points: _Points, node: fx.Node, module: nn.Module, rounds: int 
         d_right = (left_winner_at_right - flat_out[1:])[changes].double()  # < 0
         t_left, t_right = points.t[row], points.t[row + 1]
         t_new = t_left + (t_right - t_left) * (d_left / (d_left - d_right))
-        if bool((points.insert(row, t_new) < 0).all()):
+        where_new = points.insert(row, t_new)
+        placed = where_new >= 0
+        if not bool(placed.any()):
             return out  # only rounding-level changes are left: no point fits inside
-    raise RuntimeError(f"the winners of max pool {node.name} did not settle in {rounds} rounds")
+        # The two winners are equal where they cross (as a kink's input is set to the kink):
+        # interpolation leaves rounding noise there, which would otherwise be chased for ever
+        # by ever closer points of two winners that both lie within rounding of the maximum.
+        x = points.values[source]
+        if x.is_contiguous():
+            flat_x = x.view(*x.shape[:2], -1)
+            new_row, channel, column = where_new[placed], where[placed, 1], where[placed, 2]
+            a_index = flat_index[row[placed], channel, column]
+            b_index = flat_index[row[placed] + 1, channel, column]
+            tied = torch.maximum(
+                flat_x[new_row, channel, a_index], flat_x[new_row, channel, b_index]
+            )
+            flat_x[new_row, channel, a_index] = tied
+            flat_x[new_row, channel, b_index] = tied
+    raise UnreliableExactCheckError(
+        f"the winners of max pool {node.name} did not settle in {rounds} rounds of added points "
+        "(ties within rounding)"
+    )
 
 
 def _run(
@@ -742,11 +1014,14 @@ def _run(
     """Run the program on ``points``; returns the logits ``(P, classes)`` at the final points."""
     module = program.module
     steps = program.steps
-    node_step = {step.node: i for i, step in enumerate(steps)}
 
     def value(n: fx.Node) -> Any:
         return points.values[n]
 
+    # Values die after their last use (a size read off a tensor lives as long as the size).
+    expiring: dict[int, list[fx.Node]] = {}
+    for step in steps:
+        expiring.setdefault(step.last_use, []).append(step.node)
     output = None
     for i, step in enumerate(steps):
         node = step.node
@@ -759,27 +1034,40 @@ def _run(
         elif step.kind == OUTPUT:
             output = fx.node.map_arg(node.args[0], value)
             break
+        elif step.kind == NO_OP:
+            points.values[node] = None  # an assertion: nothing to compute at the points
         else:
             if step.kind == KINK:
                 _add_kink_crossings(points, node, step.kinks)
+            if step.kind == PAIR:
+                _add_pair_crossings(points, node)
             if step.kind == POOL:
                 result = _settle_pool(points, node, module)
             else:
                 result = _execute(node, module, points.values)
+            if step.kind not in (FIXED, SIZE) and not _floating(result):
+                raise NotPiecewiseLinearError(
+                    f"the exact check needs a piecewise-linear tail, and "
+                    f"{_operation_name(node, module)} (node {node.name}) gives values that are "
+                    "not floating point"
+                )
             points.values[node] = result
             if step.kind != FIXED:
                 points.dependent.add(node)
-            if step.kind in (KINK, POOL):
+            if step.kind in (KINK, PAIR, POOL):
                 _refresh_sizes(points, steps, i, module)
-        for used in list(node.all_input_nodes):
-            if steps[node_step[used]].last_use <= i:
-                points.values.pop(used, None)
-                points.dependent.discard(used)
+        for gone in expiring.get(i, []):
+            points.values.pop(gone, None)
+            points.dependent.discard(gone)
     if not isinstance(output, Tensor):
         raise NotPiecewiseLinearError("the tail does not return one logits tensor")
     if output.dim() > 2 and all(size == 1 for size in output.shape[2:]):
         output = output.flatten(1)
     return output
+
+
+def _floating(value: Any) -> bool:
+    return all(t.is_floating_point() for t in _tensors(value))
 
 
 def _execute(node: fx.Node, module: fx.GraphModule, values: dict[fx.Node, Any]) -> Any:
@@ -801,7 +1089,12 @@ def _execute(node: fx.Node, module: fx.GraphModule, values: dict[fx.Node, Any]) 
 def _refresh_sizes(points: _Points, steps: list[_Step], upto: int, module: fx.GraphModule) -> None:
     """Recompute the live sizes read off point-dependent tensors (the batch grew)."""
     for step in steps[:upto]:
-        if step.kind == SIZE and step.node in points.values:
+        live = step.node in points.values
+        if (
+            step.kind == SIZE
+            and live
+            and all(n in points.values for n in step.node.all_input_nodes)
+        ):
             points.values[step.node] = _execute(step.node, module, points.values)
 
 
@@ -861,7 +1154,9 @@ def check_segments(
 
     Raises:
         NotPiecewiseLinearError: see :func:`piecewise_linear_program`.
-        RuntimeError: the traced program disagrees with the network at the segments' ends.
+        UnreliableExactCheckError: the traced program's logits at the segments' ends differ
+            from the network's beyond the floating-point tolerance, or a max pool's winners
+            stay tied within rounding: decide these segments at sampled points instead.
     """
     program = tail if isinstance(tail, Program) else piecewise_linear_program(tail)
     count = starts.shape[0]
@@ -970,10 +1265,14 @@ def _assemble(
         eps = torch.finfo(direct.dtype).eps
         atol = float(TOLERANCE_EPSILONS * eps * scale)
         if not torch.allclose(found, direct, rtol=0, atol=atol, equal_nan=True):
+            # The traced program runs the same operations in other batches; a difference
+            # beyond the tolerance is rounding amplified by the network (large, nearly
+            # cancelling weights), and margins within it of zero cannot be told apart.
             worst = float((found - direct).abs().nan_to_num(nan=math.inf).max())
-            raise RuntimeError(
-                "the exact check's traced tail disagrees with the tail at the segments' ends "
-                f"(largest logit difference {worst:.3g}); please report this network"
+            raise UnreliableExactCheckError(
+                "the exact check's logits at the segments' ends differ from the tail's own by "
+                f"{worst:.3g}, more than its floating-point tolerance {atol:.3g} (rounding of "
+                "large intermediate values)"
             )
     return SegmentCheck(offsets, t, logits, margin)
 
@@ -1064,6 +1363,7 @@ class PathCheck:
             where the path is off the target (margin <= 0), merged, in order.
         positions: Per pair ``(M,)`` float64 positions of the piece ends.
         margins: Per pair ``(M,)`` float64 margins there.
+        note: Why the check decided nothing (see :func:`undecided_checks`), else empty.
     """
 
     min_margin: Tensor
@@ -1074,6 +1374,25 @@ class PathCheck:
     off_target: list[Tensor]
     positions: list[Tensor]
     margins: list[Tensor]
+    note: str = ""
+
+
+def undecided_checks(paths: Tensor, note: str) -> PathCheck:
+    """A :class:`PathCheck` that decides none of ``paths`` ``(pairs, N, *point_shape)``, with
+    the reason in ``note``: for paths whose exact check failed, so that they are decided at
+    sampled points."""
+    pairs, count = paths.shape[0], paths.shape[1]
+    return PathCheck(
+        min_margin=torch.full((pairs,), math.nan, dtype=torch.float64),
+        tolerance=torch.zeros(pairs, dtype=torch.float64),
+        passed=torch.zeros(pairs, dtype=torch.bool),
+        decided=torch.zeros(pairs, dtype=torch.bool),
+        pieces=torch.zeros(pairs, dtype=torch.long),
+        off_target=[torch.zeros(0, 2, dtype=torch.float64)] * pairs,
+        positions=[torch.linspace(0.0, 1.0, count, dtype=torch.float64)] * pairs,
+        margins=[torch.full((count,), math.nan, dtype=torch.float64)] * pairs,
+        note=note,
+    )
 
 
 def check_paths(

@@ -26,8 +26,10 @@ from connectivity.exact import (
     NotPiecewiseLinearError,
     PathCheck,
     Program,
+    UnreliableExactCheckError,
     check_paths,
     piecewise_linear_program,
+    undecided_checks,
 )
 from connectivity.neb import (
     DEFAULT_BACKOFFS,
@@ -469,7 +471,15 @@ class Certifier:
         todo = [i for i, key in enumerate(keys) if key not in found]
         if todo:
             index = torch.tensor(todo, device=paths.device)
-            result = check_paths(self.program, paths[index].detach(), targets[index])
+            try:
+                result = check_paths(self.program, paths[index].detach(), targets[index])
+            except (UnreliableExactCheckError, NotPiecewiseLinearError) as error:
+                # Rounding the exact check cannot vouch for, or an operation found only when
+                # run (values that are not floating point): these paths are decided at the
+                # sampled points, and their records say why.
+                result = undecided_checks(
+                    paths[index], f"the exact check failed, decided at the sampled points: {error}"
+                )
             found.update((keys[i], _pick(result, row)) for row, i in enumerate(todo))
             # The cache bridges the checks of one band evaluation (its stop, its growth, its
             # record); each entry holds every piece end of its path.
@@ -500,6 +510,7 @@ def _pick(check: PathCheck, row: int) -> PathCheck:
         off_target=[check.off_target[row]],
         positions=[check.positions[row]],
         margins=[check.margins[row]],
+        note=check.note,
     )
 
 
@@ -1107,6 +1118,9 @@ def _certificate(
     rests_on = [line] if verdict == Verdict.LINEAR else [line, path]
     if all(_decided(c) for c in rests_on) and path_decided:
         return "exact", ""
+    failed = [c.note for c in rests_on if c is not None and c.note]
+    if failed:
+        return "sampled", failed[0]
     return "sampled", (
         "a margin within the exact check's floating-point tolerance of zero: decided at the "
         "sampled points"

@@ -437,3 +437,162 @@ def test_ranks_with_different_rounds_of_insertion_stop_together(tmp_path) -> Non
         )
         assert a["verdict"] == "nonlinear" and a["certificate"] == "exact"
         assert torch.equal(a["path"], b["path"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18, item 1: what an operation computes decides, never what it is called
+
+
+def _dense_margins(tail: nn.Module, start: Tensor, end: Tensor, target: int, count: int) -> Tensor:
+    """``(count,)`` float64 target margins at evenly spaced points of one segment."""
+    t = torch.linspace(0.0, 1.0, count, dtype=torch.float64).view(-1, *([1] * start.dim()))
+    with torch.no_grad():
+        logits = tail(torch.lerp(start.double(), end.double(), t).to(start.dtype)).double()
+    logits = logits.flatten(1)
+    others = torch.cat([logits[:, :target], logits[:, target + 1 :]], dim=1).amax(dim=1)
+    return logits[:, target] - others
+
+
+class Tail(nn.Module):
+    """``Linear(2, 3)``, then ``operation`` on its output ``h``, then ``Linear(3, 2)``."""
+
+    def __init__(self, operation) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.first, self.last, self.operation = nn.Linear(2, 3), nn.Linear(3, 2), operation
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.last(self.operation(self.first(z)))
+
+
+@pytest.mark.parametrize(
+    ("operation", "named"),
+    [
+        (lambda h: torch.mul(h, h), "mul"),
+        (lambda h: h * h, "mul"),
+        (lambda h: h.mul(h), "mul"),
+        (lambda h: h.clone().mul_(h), "mul_"),
+        (lambda h: h**2, "pow"),
+        (lambda h: torch.pow(h, 2), "pow"),
+        (lambda h: torch.square(h), "square"),
+        (lambda h: h @ h.transpose(0, 1) @ h, "matmul"),
+        (lambda h: torch.einsum("bi,bi->b", h, h).unsqueeze(1).expand(-1, 3), "einsum"),
+        (lambda h: torch.einsum("bi,bj->bij", [h, h]).sum(2), "einsum"),
+        (lambda h: h / h.sum(1, keepdim=True), "truediv"),
+        (lambda h: torch.div(h, 2, rounding_mode="floor"), "div"),
+        (lambda h: torch.where(h > 0, h, 0.5 * h), "gt"),
+        (lambda h: h.max(1, keepdim=True).values.expand(-1, 3), "max"),
+        (lambda h: h.sort(1).values, "sort"),
+        (lambda h: h.topk(3, 1).values, "topk"),
+        (lambda h: h[:, h.argmax(1)], "argmax"),
+        (lambda h: h.to(torch.long).to(h.dtype), "to"),
+        (lambda h: F.linear(h, h[:, :1].expand(-1, 3)[:3]), "linear"),
+    ],
+)
+def test_products_and_point_dependent_operands_are_refused_by_name(operation, named) -> None:
+    tail = Tail(operation).double()
+    why = why_not_piecewise_linear(tail)
+    assert why is not None and named in why
+
+
+def test_affine_operations_of_one_value_used_twice_are_still_accepted() -> None:
+    a, b = torch.tensor([[-1.0, 0.5]]).double(), torch.tensor([[1.0, -0.5]]).double()
+    for operation in (
+        lambda h: torch.add(h, h),
+        lambda h: h + h - 0.5 * h,
+        lambda h: torch.cat([h, h], 1)[:, 1:4],
+        lambda h: torch.maximum(h, -h),  # |h|: piecewise linear in both operands
+        lambda h: torch.max(F.relu(h), h.flip(1)),
+    ):
+        tail = Tail(operation).double()
+        assert why_not_piecewise_linear(tail) is None
+        check = check_paths(tail, torch.stack([a, b], dim=1), torch.tensor([0]))
+        dense = _dense_margins(tail, a[0], b[0], 0, 100_001)
+        # The dense minimum lies within a slope times the spacing (1e-5) of the exact one.
+        assert float(check.min_margin[0]) <= float(dense.min()) + 1e-12
+        assert float(check.min_margin[0]) == pytest.approx(float(dense.min()), abs=1e-4)
+
+
+def test_a_squared_value_gives_no_exact_certificate() -> None:
+    # The issue's case: h * h in the tail was taken as affine (linear, exact, a wrong margin).
+    tail = Tail(lambda h: h * h)
+    starts, ends = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    with pytest.raises(NotPiecewiseLinearError, match="mul"):
+        connect_points(tail, starts, ends, torch.tensor([0]), PathOptions(certify="exact"))
+    (record,) = connect_points(
+        tail, starts, ends, torch.tensor([0]), PathOptions(certify="auto", steps=2)
+    )
+    assert record.certificate == "sampled" and "mul" in record.certificate_note
+
+
+class ActBatchNorm(nn.BatchNorm2d):
+    """A batch norm that applies an activation in its own forward (as timm's BatchNormAct2d)."""
+
+    def __init__(self, channels: int, act: nn.Module) -> None:
+        super().__init__(channels)
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(super().forward(x))
+
+
+class FusedBatchNorm(ActBatchNorm):
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+        return self.act(x)
+
+
+class SmoothReLU(nn.ReLU):
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(x)
+
+
+def _conv_tail(block: nn.Module) -> nn.Module:
+    torch.manual_seed(4)
+    tail = nn.Sequential(nn.Conv2d(1, 2, 2), block, nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    with torch.no_grad():
+        for m in tail.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return tail.eval().double()
+
+
+def test_subclasses_with_a_forward_of_their_own_are_traced_into_not_trusted() -> None:
+    # BatchNorm2d's own forward has control flow torch.fx cannot trace: the block is named.
+    assert "ActBatchNorm (module 1)" in why_not_piecewise_linear(
+        _conv_tail(ActBatchNorm(2, nn.ReLU()))
+    )
+    assert "sigmoid" in why_not_piecewise_linear(_conv_tail(SmoothReLU()))
+    relu = nn.ReLU()
+    relu.forward = torch.sigmoid  # an instance-level forward
+    assert "sigmoid" in why_not_piecewise_linear(_conv_tail(relu))
+    hooked = nn.ReLU()
+    hooked.register_forward_hook(lambda module, args, out: out * out)
+    assert "mul" in why_not_piecewise_linear(_conv_tail(hooked))
+    pre = nn.BatchNorm2d(2)
+    pre.register_forward_pre_hook(lambda module, args: (torch.tanh(args[0]),))
+    assert "BatchNorm2d (module 1)" in why_not_piecewise_linear(_conv_tail(pre))
+    # A fused norm + ReLU written with F.batch_norm is traced into and checked exactly.
+    tail = _conv_tail(FusedBatchNorm(2, nn.ReLU()))
+    assert "SiLU" in why_not_piecewise_linear(_conv_tail(FusedBatchNorm(2, nn.SiLU())))
+    a, b = torch.rand(1, 1, 3, 3).double(), torch.rand(1, 1, 3, 3).double()
+    check = check_paths(tail, torch.stack([a, b], dim=1), torch.tensor([1]))
+    dense = _dense_margins(tail, a[0], b[0], 1, 100_001)
+    assert float(check.min_margin[0]) <= float(dense.min()) + 1e-12
+    assert float(check.min_margin[0]) == pytest.approx(float(dense.min()), abs=1e-4)
+
+
+def test_timm_batch_norm_act_is_checked_by_its_activation() -> None:
+    layers = pytest.importorskip("timm.layers")
+    silu = layers.BatchNormAct2d(2, act_layer=nn.SiLU)
+    assert "SiLU" in why_not_piecewise_linear(_conv_tail(silu))
+    relu = _conv_tail(layers.BatchNormAct2d(2, act_layer=nn.ReLU))
+    assert why_not_piecewise_linear(relu) is None
+    a, b = torch.rand(1, 1, 3, 3).double(), torch.rand(1, 1, 3, 3).double()
+    check = check_paths(relu, torch.stack([a, b], dim=1), torch.tensor([0]))
+    dense = _dense_margins(relu, a[0], b[0], 0, 100_001)
+    assert float(check.min_margin[0]) <= float(dense.min()) + 1e-12
+    assert float(check.min_margin[0]) == pytest.approx(float(dense.min()), abs=1e-4)
