@@ -116,7 +116,9 @@ ALLOWED: list[Callable[[], nn.Module | None]] = [
     lambda: Lambda(lambda m, h: F.max_pool2d(h, 3, stride=1, padding=1)),
     lambda: nn.AvgPool2d(3, stride=1, padding=1),
     lambda: Lambda(lambda m, h: h + m.c(F.relu(h)), c=_conv()),  # residual
-    lambda: Lambda(lambda m, h: m.c(torch.cat([h, F.relu(h)], 1))[:, ::2], c=nn.AvgPool2d(1)),
+    lambda: Lambda(
+        lambda m, h: m.c(torch.cat([h, F.relu(h)], 1))[:, ::2].contiguous(), c=nn.AvgPool2d(1)
+    ),
     lambda: Lambda(lambda m, h: m.c(F.pad(h, (1, 1, 1, 1), mode="reflect")), c=_conv(padding=0)),
     lambda: Lambda(lambda m, h: m.c(F.pad(h, (1, 1, 1, 1), mode="replicate")), c=_conv(padding=0)),
     lambda: Lambda(lambda m, h: m.c(F.pad(h, (1, 1, 1, 1), mode="circular")), c=_conv(padding=0)),
@@ -130,7 +132,7 @@ ALLOWED: list[Callable[[], nn.Module | None]] = [
     lambda: Lambda(lambda m, h: torch.minimum(m.c(h), 0.3 * h), c=_conv()),
     lambda: Lambda(lambda m, h: h * 0.5 + h - torch.add(h, h) * 0.25),
     lambda: Lambda(lambda m, h: m.c(h).mul_(1.5), c=_conv()),
-    lambda: Lambda(lambda m, h: F.relu(h.view(h.shape[0], -1)).view_as(h)),
+    lambda: Lambda(lambda m, h: F.relu(h.contiguous().view(h.shape[0], -1)).view_as(h)),
     lambda: Lambda(lambda m, h: F.relu(h.flatten(1)).view(h.size(0), CHANNELS, SIZE, SIZE)),
 ]
 
