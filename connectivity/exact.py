@@ -2,8 +2,10 @@
 
 Pure PyTorch (torch.fx), no Lightning. For a network made of piecewise-linear operations
 (convolution, linear, batch norm in eval mode, ReLU / LeakyReLU / ReLU6 / Hardtanh /
-Hardsigmoid / clamp / abs, max and average pooling, adaptive pooling, add, concatenation,
-flatten / view / reshape, padding, dropout in eval, identity, multiplication by constants), the
+Hardsigmoid / clamp / abs, pointwise max / min of two tensors, max and average pooling,
+adaptive pooling, add, concatenation, flatten / view / reshape, padding of any mode, dropout in
+eval, identity, products with one point-independent operand; ``torch._assert`` is not
+evaluated), the
 logits restricted to a segment ``z(t) = a + t (b - a)``, ``t`` in [0, 1], are piecewise affine
 in ``t``. This module finds every ``t`` where the network's activation pattern changes (a ReLU
 input crosses one of its kinks, a max-pool window's winner changes): between two neighbouring
@@ -11,6 +13,11 @@ such points the logits are affine, so the target's margin ``logit[y] - max_{k !=
 (a minimum of affine functions) is concave there and its minimum over the piece is at one of
 the piece's ends. The minimum over the ends of all pieces is therefore the exact minimum margin
 over the whole segment, and the set of points off the target is read off each piece exactly.
+
+What an operation computes decides, not its name: operands are counted by position (``h * h``
+has two point-dependent operands and is refused), and a PyTorch layer is one known operation
+only when it runs PyTorch's own ``forward`` with no hooks (:func:`_computes_as_library`);
+anything else is traced into or refused, the operation named.
 
 Method: Sotoudeh & Thakur, "Computing Linear Restrictions of Neural Networks", NeurIPS 2019
 (ExactLine, their Section 3 and Algorithm 1), batched: the traced network is run on a growing,
@@ -1419,6 +1426,7 @@ def check_paths(
 
     Raises:
         NotPiecewiseLinearError: see :func:`piecewise_linear_program`.
+        UnreliableExactCheckError: see :func:`check_segments`.
     """
     finite = torch.isfinite(paths.flatten(1)).all(dim=1)
     if not bool(finite.all()):
