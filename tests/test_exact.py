@@ -753,3 +753,25 @@ def test_valid_piecewise_linear_tails_are_checked_exactly(tail: nn.Module) -> No
     assert float(check.min_margin[0]) <= float(dense.min()) + 1e-12
     assert float(check.min_margin[0]) == pytest.approx(float(dense.min()), abs=1e-3)
     assert bool(check.passed[0]) == bool((dense > 0).all())
+
+
+@pytest.mark.slow  # about 4 s (timm models); the default run covers _assert with Asserting
+def test_timm_models_are_judged_by_their_activations_not_their_asserts() -> None:
+    # timm's torch._assert made every cut of RegNet, EfficientNet and MobileNetV3 refused for
+    # "_assert"; now RegNetX (ReLU) is checked and MobileNetV3 refused for its hard-swish.
+    timm = pytest.importorskip("timm")
+    regnet = timm.create_model("regnetx_002", pretrained=False, num_classes=10).eval()
+    head, tail = split(regnet, "s4.b6.act3")
+    assert why_not_piecewise_linear(tail) is None
+    torch.manual_seed(8)
+    with torch.no_grad():
+        points = head(torch.rand(2, 3, 32, 32))
+    end = torch.lerp(points[:1], points[1:], 0.05)
+    check = check_paths(tail, torch.stack([points[:1], end], dim=1), torch.tensor([0]))
+    dense = _dense_margins(tail, points[0], end[0], 0, 2_001)
+    # float32: the exact minimum is at most every sampled margin, within rounding.
+    assert float(check.min_margin[0]) <= float(dense.min()) + float(check.tolerance[0])
+    assert int(check.pieces[0]) >= 1
+    mobilenet = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10)
+    _, tail = split(mobilenet.eval(), "blocks.4.0.bn3.drop")
+    assert "Hardswish" in why_not_piecewise_linear(tail)
