@@ -810,7 +810,10 @@ class ElasticBand(torch.nn.Module):
             return stuck
         rows = index[stuck]
         offsets = torch.stack(
-            [symmetry_nudge(self.starts[r], self.ends[r], self.nudge, self.nudge_seed) for r in rows]
+            [
+                symmetry_nudge(self.starts[r], self.ends[r], self.nudge, self.nudge_seed)
+                for r in rows
+            ]
         ).to(self.pivots.dtype)
         with torch.no_grad():
             moved = self.pivots[rows] + offsets.unsqueeze(1)
