@@ -461,10 +461,10 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
     }
 
 
-# Path options that came after run folders were first written (issues 11 and 13): left out of
-# the manifest while they hold their defaults, so a folder written before them still counts as
-# the same experiment (its remaining pairs are decided with today's blow-up test).
-_LATER_PATH_OPTIONS = ("max_step", "max_energy_rise", "backoffs", "certify", "max_pivots")
+# Path options that came after run folders were first written (issues 11, 13 and 18): left out
+# of the manifest while they hold their defaults, so a folder written before them still counts
+# as the same experiment (its remaining pairs are decided with today's blow-up test and nudge).
+_LATER_PATH_OPTIONS = ("max_step", "max_energy_rise", "backoffs", "certify", "max_pivots", "nudge")
 
 
 def path_manifest(options: PathOptions) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from connectivity.report import (
     relocate_offline_runs,
     report_run_id,
     run_folder_environment,
+    table_parts,
 )
 
 NOT_CONNECTED = "not connected by the paths tried"
@@ -447,19 +448,20 @@ def _log_wandb(
         reinit="create_new",
     )
     names = manifest["class_names"]
-    components = wandb.Table(columns=[*COMPONENT_COLUMNS, "figure"])
+    components = []
     for r, row in zip(results, component_rows(results, manifest), strict=True):
         file = files.get((r.model, r.space, r.label))
-        components.add_data(*row, wandb.Image(str(file)) if file else None)
+        components.append([*row, wandb.Image(str(file)) if file else None])
     header, rows = edge_rows(results, names)
+    # Tables longer than W&B keeps are logged whole in parts (see connectivity.report).
     logged: dict[str, Any] = {
-        "components": components,
-        "edges": wandb.Table(columns=header, data=[[str(v) for v in row] for row in rows]),
+        **table_parts("components", [*COMPONENT_COLUMNS, "figure"], components),
+        **table_parts("edges", header, [[str(v) for v in row] for row in rows]),
     }
     if comparison:
-        logged["comparison"] = wandb.Table(columns=COMPARISON_COLUMNS, data=comparison)
+        logged.update(table_parts("comparison", COMPARISON_COLUMNS, comparison))
     if misclassified:
-        logged["misclassified"] = wandb.Table(columns=MISCLASSIFIED_COLUMNS, data=misclassified)
+        logged.update(table_parts("misclassified", MISCLASSIFIED_COLUMNS, misclassified))
     for (k, space, label), file in files.items():
         logged[f"graph/model{k}/{space}/{names[label]}"] = wandb.Image(str(file))
     run.log(logged)

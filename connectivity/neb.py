@@ -26,6 +26,7 @@ References:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from connectivity.optimizers import FIRE, LBFGS
 
 __all__ = [
     "DEFAULT_MAX_STEP",
+    "DEFAULT_NUDGE",
     "METHODS",
     "OPTIMIZERS",
     "ElasticBand",
@@ -47,6 +49,7 @@ __all__ = [
     "perpendicular_force_norm",
     "respace_equal_arc",
     "straight_line",
+    "symmetry_nudge",
     "tangents",
 ]
 
@@ -62,6 +65,9 @@ DEFAULT_BACKOFFS = 4
 # How far above its straight line's highest energy a band may rise (in units of the line's
 # energy range) before it counts as blown up.
 DEFAULT_MAX_ENERGY_RISE = 10.0
+# Length of the nudge that breaks a band's symmetry (see ``ElasticBand``), as a fraction of the
+# distance between its ends: far below any feature the band resolves with its pivot spacing.
+DEFAULT_NUDGE = 1e-3
 
 # Plain energies take points; conditional ones (``labels`` given) take points and their labels.
 EnergyFn = Callable[..., Tensor]
@@ -85,6 +91,9 @@ class PathResult:
             often than it may back off; the pair was frozen at its last path whose energy and
             gradient were finite and not blown up.
         backoffs: ``(pairs,)`` long, times the pair's step was halved after a blow-up.
+        nudged: ``(pairs,)`` length of the nudge that broke the pair's symmetry (0: none;
+            see ``ElasticBand``).
+        anchored: ``(pairs, num_pivots)`` bool, the pivots the string's respacing keeps.
 
     A pair that is none of converged, stopped and diverged ran out of steps.
     """
@@ -97,6 +106,8 @@ class PathResult:
     stopped: Tensor
     diverged: Tensor
     backoffs: Tensor
+    nudged: Tensor | None = None
+    anchored: Tensor | None = None
 
 
 def straight_line(starts: Tensor, ends: Tensor, num_pivots: int) -> Tensor:
@@ -268,15 +279,23 @@ def perpendicular_force_norm(
     return _forces(path, energy, grad, 0.0, "string", climbing_index)[0]
 
 
-def respace_equal_arc(path: Tensor) -> Tensor:
+def respace_equal_arc(path: Tensor, keep: Tensor | None = None) -> Tensor:
     """Redistribute the points of each path to equal arc length along its polyline.
 
     The ends stay fixed; interior points are placed by linear interpolation of the
     piecewise-linear path at arc lengths ``j / (N - 1)`` of the total. Because new points lie on
     the old segments, a path inside a box stays inside it.
 
+    With ``keep``, the kept points stay where they are too, and the points between two
+    neighbouring kept points (or ends) are spread at equal arc length over the stretch between
+    them: point ``j`` between kept points ``a < j < b`` goes to arc length
+    ``s_a + (j - a) / (b - a) * (s_b - s_a)``. A pivot inserted where the band must resolve a
+    narrow feature (``connectivity.verdicts.insert_pivots``) is kept this way, so the respacing
+    does not carry it off the feature.
+
     Args:
         path: ``(pairs, N, *point_shape)``, ``N >= 2``.
+        keep: optional ``(pairs, N)`` bool, the points to leave in place (the ends always are).
 
     Returns:
         Tensor shaped like ``path``.
@@ -287,6 +306,26 @@ def respace_equal_arc(path: Tensor) -> Tensor:
     arc = torch.cat([segment.new_zeros(pairs, 1), segment.cumsum(dim=-1)], dim=-1)
     fraction = torch.linspace(0.0, 1.0, count, dtype=points.dtype, device=points.device)
     target = fraction.unsqueeze(0) * arc[:, -1:]
+    kept = None
+    if keep is not None:
+        kept = keep.to(device=points.device, dtype=torch.bool).reshape(pairs, count).clone()
+        kept[:, 0] = True
+        kept[:, -1] = True
+        rows = kept[:, 1:-1].any(dim=1)
+        if bool(rows.any()):
+            column = torch.arange(count, device=points.device).expand(pairs, count)
+            # the last kept point at or before each point, and the first at or after it
+            before = torch.where(kept, column, torch.zeros_like(column)).cummax(dim=1).values
+            last = torch.full_like(column, count - 1)
+            after = torch.where(kept, column, last).flip(1).cummin(dim=1).values.flip(1)
+            share = (column - before).to(points.dtype) / (after - before).clamp_min(1).to(
+                points.dtype
+            )
+            low, high = arc.gather(1, before), arc.gather(1, after)
+            # Rows without kept pivots keep the plain targets bit for bit.
+            target = torch.where(rows.unsqueeze(1), low + share * (high - low), target)
+        else:
+            kept = None
     # right=True puts targets that hit a vertex on the segment after it, which also skips
     # zero-length segments (repeated arc values) instead of dividing by their zero length.
     index = torch.searchsorted(arc.contiguous(), target.contiguous(), right=True) - 1
@@ -300,6 +339,8 @@ def respace_equal_arc(path: Tensor) -> Tensor:
     out = left + t * (right - left)
     out[:, 0] = points[:, 0]
     out[:, -1] = points[:, -1]
+    if kept is not None:
+        out = torch.where(kept.unsqueeze(-1), points, out)
     return out.reshape(path.shape)
 
 
@@ -333,6 +374,42 @@ def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Op
     if name == "lbfgs":
         return LBFGS(params, lr=lr)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def symmetry_nudge(start: Tensor, end: Tensor, length: float, seed: int = 0) -> Tensor:
+    """The offset that breaks a band's symmetry (see ``ElasticBand``): a random direction
+    orthogonal to ``end - start``, of length ``length * |end - start|``.
+
+    The direction is drawn from a generator seeded with ``seed`` and the bytes of the ends (as
+    float64), so the same ends always get the same offset, whatever the batch, device or rank.
+
+    Args:
+        start: ``point_shape`` tensor.
+        end: same shape as ``start``.
+        length: in units of ``|end - start|``.
+        seed: any integer.
+
+    Returns:
+        ``point_shape`` tensor in ``start``'s dtype and device; zero where the ends coincide or
+        the points have one coordinate (no direction is orthogonal to the line).
+    """
+    a = start.detach().to("cpu", torch.float64).reshape(-1)
+    b = end.detach().to("cpu", torch.float64).reshape(-1)
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(int(seed).to_bytes(16, "little", signed=True))
+    digest.update(a.numpy().tobytes())
+    digest.update(b.numpy().tobytes())
+    generator = torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+    direction = torch.randn(a.numel(), generator=generator, dtype=torch.float64)
+    chord = b - a
+    span = float(chord.norm())
+    if span > 0:
+        direction -= (direction @ chord) / (chord @ chord) * chord
+    size = float(direction.norm())
+    if span == 0 or size <= 1e-12 * math.sqrt(a.numel()):
+        return torch.zeros_like(start)
+    offset = direction * (length * span / size)
+    return offset.reshape(start.shape).to(dtype=start.dtype, device=start.device)
 
 
 class ElasticBand(torch.nn.Module):
@@ -371,6 +448,18 @@ class ElasticBand(torch.nn.Module):
     state). After ``max_backoffs`` back-offs the next blow-up marks it diverged. A blow-up of
     the straight line itself (nothing earlier to return to) is divergence at once.
 
+    Symmetry nudge: a band can sit where every force lies along it, e.g. a straight line through
+    the centre of a round hole in the class (the true force is along the line, the springs
+    balance), and would count as converged before it has moved, though a path round the hole
+    exists. When a ``stop`` callback is given and says a pair is not done, a pair that converges
+    before it has moved (at step 0; with ``climbing``, up to ``climb_after``, where the
+    climbing pivot's force first counts) is not finished: every pivot of it is displaced by one
+    vector of length ``nudge`` times the distance of its ends, orthogonal to the line of its
+    ends, in a direction drawn from a generator seeded with ``nudge_seed`` and the pair's ends
+    (so a pair gets the same nudge whatever its batch, rank or driver), and it goes on; its
+    ``nudged`` records the length. A pair is nudged at most once per band. Without ``stop`` the
+    band does not know whether a path is good enough, and converged means converged.
+
     Attributes:
         pivots: ``torch.nn.Parameter`` ``(pairs, num_pivots, *point_shape)``; the optimiser's
             only parameter. Its ``requires_grad`` is irrelevant: ``.grad`` is set directly.
@@ -385,6 +474,10 @@ class ElasticBand(torch.nn.Module):
         step_scale: ``(pairs,)`` factor on every step of the pair, ``0.5 ** backoffs``.
         backoffs: ``(pairs,)`` long, back-offs so far.
         held: ``(pairs,)`` bool, the pair sits out the next optimiser step.
+        nudged: ``(pairs,)`` length of the symmetry nudge each pair got (0: none).
+        anchored: ``(pairs, num_pivots)`` bool, pivots the ``string`` respacing leaves in place
+            (``respace_equal_arc``'s ``keep``), e.g. pivots a driver inserted; all False
+            unless a driver sets them.
     """
 
     def __init__(
@@ -404,6 +497,8 @@ class ElasticBand(torch.nn.Module):
         max_step: float = math.inf,
         max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE,
         max_backoffs: int = DEFAULT_BACKOFFS,
+        nudge: float = DEFAULT_NUDGE,
+        nudge_seed: int = 0,
     ) -> None:
         """Start every band on the straight line between its ends.
 
@@ -430,6 +525,9 @@ class ElasticBand(torch.nn.Module):
             max_energy_rise: blow-up threshold, > 0 (see the class docstring); ``math.inf``
                 turns the energy test off.
             max_backoffs: back-offs of a pair before a blow-up is divergence, ``>= 0``.
+            nudge: length of the symmetry nudge in units of the distance of the pair's ends,
+                ``>= 0`` (0: none); see the class docstring.
+            nudge_seed: seed of the nudge's directions (with each pair's ends).
 
         Raises:
             ValueError: shapes, dtypes or values outside the above.
@@ -449,6 +547,8 @@ class ElasticBand(torch.nn.Module):
             raise ValueError(f"bounds must be (lo, hi) with lo <= hi, got {bounds}")
         if max_steps < 0 or climb_after < 0 or max_backoffs < 0:
             raise ValueError("max_steps, climb_after and max_backoffs must be >= 0")
+        if not (nudge >= 0 and math.isfinite(nudge)):
+            raise ValueError(f"nudge must be a finite number >= 0, got {nudge}")
         if not (max_step > 0 and max_energy_rise > 0):
             raise ValueError(
                 f"max_step and max_energy_rise must be > 0, got {max_step}, {max_energy_rise}"
@@ -465,6 +565,8 @@ class ElasticBand(torch.nn.Module):
         self.max_step = float(max_step)
         self.max_energy_rise = float(max_energy_rise)
         self.max_backoffs = max_backoffs
+        self.nudge = float(nudge)
+        self.nudge_seed = int(nudge_seed)
         self.point_shape = tuple(starts.shape[1:])
         if labels is not None and labels.shape != (starts.shape[0],):
             raise ValueError(f"labels must be (pairs,) = ({starts.shape[0]},)")
@@ -491,6 +593,10 @@ class ElasticBand(torch.nn.Module):
         self.register_buffer("step_scale", torch.ones(pairs, dtype=dtype, device=device))
         self.register_buffer("backoffs", torch.zeros(pairs, dtype=torch.long, device=device))
         self.register_buffer("held", torch.zeros_like(active))
+        self.register_buffer("nudged", torch.zeros((pairs,), dtype=dtype, device=device))
+        self.register_buffer(
+            "anchored", torch.zeros((pairs, num_pivots), dtype=torch.bool, device=device)
+        )
         # Pivots before the pending optimiser step: used to undo the optimiser's moves of
         # frozen pairs (Adam momentum moves them even with zero grad) and to roll back pairs
         # that diverge.
@@ -547,7 +653,16 @@ class ElasticBand(torch.nn.Module):
             return None
         return self.labels[self.active].repeat_interleave(self.num_pivots)
 
-    _WORKING = ("pivots", "starts", "ends", "energy", "max_force", "energy_limit", "step_scale")
+    _WORKING = (
+        "pivots",
+        "starts",
+        "ends",
+        "energy",
+        "max_force",
+        "energy_limit",
+        "step_scale",
+        "nudged",
+    )
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
         # Precision plugins convert every floating tensor of a module (bf16-true: to
@@ -565,7 +680,8 @@ class ElasticBand(torch.nn.Module):
 
     # Buffers that band checkpoints written before issue 13 lack: such a checkpoint resumes
     # with their initial values (no energy limit, no back-offs so far, nothing held).
-    _LATER_BUFFERS = ("energy_limit", "step_scale", "backoffs", "held")
+    # Likewise ``nudged`` and ``anchored``, added with issue 18 (no nudge, nothing anchored).
+    _LATER_BUFFERS = ("energy_limit", "step_scale", "backoffs", "held", "nudged", "anchored")
 
     def _load_from_state_dict(  # type: ignore[no-untyped-def]
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
@@ -671,6 +787,8 @@ class ElasticBand(torch.nn.Module):
                 raise ValueError(f"stop returned {said.numel()} values for {good.numel()} pairs")
             said = said.to(torch.bool)
             self.stopped[good] = said
+            if self.nudge > 0:
+                finished = finished & ~self._nudge_stuck_(good, finished & ~said)
             finished = finished | said
         finished = finished | (self.steps[good] >= self.max_steps)
         self.active[good] = ~finished
@@ -681,6 +799,30 @@ class ElasticBand(torch.nn.Module):
         else:
             self._set_grad_(good[keep], effective[keep] if keep.any() else None)
         return self.active.clone()
+
+    def _nudge_stuck_(self, index: Tensor, converged: Tensor) -> Tensor:
+        """Nudge the pairs at ``index`` that converged (``converged``, ``(len(index),)``) on a
+        path not good enough before they moved; return which (see the class docstring)."""
+        unmoved = self.steps[index] <= (self.climb_after if self.climbing else 0)
+        stuck = converged & unmoved & (self.nudged[index] == 0)
+        stuck &= self.steps[index] < self.max_steps
+        if not bool(stuck.any()):
+            return stuck
+        rows = index[stuck]
+        offsets = torch.stack(
+            [
+                symmetry_nudge(self.starts[r], self.ends[r], self.nudge, self.nudge_seed)
+                for r in rows
+            ]
+        ).to(self.pivots.dtype)
+        with torch.no_grad():
+            moved = self.pivots[rows] + offsets.unsqueeze(1)
+            if self.bounds is not None:
+                moved = moved.clamp(*self.bounds)
+            self.pivots[rows] = moved
+        self.nudged[rows] = offsets.reshape(rows.numel(), -1).norm(dim=1).to(self.nudged.dtype)
+        self.converged[rows] = False
+        return stuck
 
     def _set_energy_limits_(self, index: Tensor, pivot_energy: Tensor, finite: Tensor) -> None:
         """Set ``energy_limit`` of the pairs at ``index`` evaluated for the first time (on their
@@ -777,7 +919,10 @@ class ElasticBand(torch.nn.Module):
             if self.bounds is not None:
                 self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
             if self.method == "string":
-                self.pivots[moved] = respace_equal_arc(self.path[moved])[:, 1:-1]
+                keep = None
+                if bool(self.anchored.any()):
+                    keep = torch.nn.functional.pad(self.anchored[moved], (1, 1))
+                self.pivots[moved] = respace_equal_arc(self.path[moved], keep)[:, 1:-1]
                 if self.bounds is not None:
                     # Respaced points lie on the clamped polyline, so this only bites when an
                     # end lies outside the box; the box wins over equal spacing then.
@@ -822,6 +967,8 @@ class ElasticBand(torch.nn.Module):
             stopped=self.stopped.clone(),
             diverged=self.diverged.clone(),
             backoffs=self.backoffs.clone(),
+            nudged=self.nudged.clone(),
+            anchored=self.anchored.clone(),
         )
 
 
@@ -848,6 +995,9 @@ def find_paths(
     max_step: float | None = None,
     max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE,
     max_backoffs: int = DEFAULT_BACKOFFS,
+    nudge: float = DEFAULT_NUDGE,
+    nudge_seed: int = 0,
+    anchored: Tensor | None = None,
 ) -> PathResult:
     """Optimise one band per (start, end) pair towards a minimum energy path.
 
@@ -889,6 +1039,11 @@ def find_paths(
             None: ``DEFAULT_MAX_STEP[optimizer]``.
         max_energy_rise: blow-up threshold (see ``ElasticBand``).
         max_backoffs: back-offs before a blow-up is divergence (see ``ElasticBand``).
+        nudge: length of the symmetry nudge of a pair that converges before it moved while
+            ``stop`` says it is not done, in units of its ends' distance (see ``ElasticBand``).
+        nudge_seed: seed of the nudges' directions.
+        anchored: optional ``(pairs, num_pivots + 2)`` bool, the points of ``initial`` that the
+            ``string`` respacing leaves in place (e.g. inserted pivots; the ends always stay).
 
     Returns:
         ``PathResult`` whose energies and forces belong to the returned paths.
@@ -908,6 +1063,8 @@ def find_paths(
         max_step=DEFAULT_MAX_STEP.get(optimizer, math.inf) if max_step is None else max_step,
         max_energy_rise=max_energy_rise,
         max_backoffs=max_backoffs,
+        nudge=nudge,
+        nudge_seed=nudge_seed,
     )
 
     def evaluate(points: Tensor, point_labels: Tensor | None) -> Tensor:
@@ -919,6 +1076,8 @@ def find_paths(
         band.pivots.data = initial[:, 1:-1].to(band.pivots.dtype).clone()
     if steps_taken is not None:
         band.steps.copy_(steps_taken)
+    if anchored is not None:
+        band.anchored.copy_(anchored[:, 1:-1])
     opt = make_optimizer(optimizer, [band.pivots], lr)
     with torch.no_grad():
         band.set_end_energies_(evaluate(band.end_points(), band.end_labels()))

@@ -216,10 +216,11 @@ class PathModule(L.LightningModule):
                 rows = self.band_rows[:0]
                 self._use_band(self._make_band(rows, self.options.num_pivots), rows)
                 return
-            rows, initial, taken = next_round
+            rows, initial, taken, anchored = next_round
             band = self._make_band(rows, initial.shape[1] - 2)
             band.pivots.data = initial[:, 1:-1].to(band.pivots.dtype).clone()
             band.steps.copy_(taken)
+            band.anchored.copy_(anchored[:, 1:-1])
             self._use_band(band, rows)
             self._start(band)
             if not band.done:

@@ -16,6 +16,12 @@ The W&B run (one per run folder, see :class:`WandbOptions`) holds:
 * ``table1`` (the verdict counts per space) and its bar chart ``table1_chart``;
 * ``pairs`` (one row per pair and space, with its figure) and ``verdicts`` (Table 1 wide);
 * the classifier checkpoint as a ``model`` artifact (a ``file://`` reference, not a copy).
+
+W&B keeps at most ``wandb.Table.MAX_ROWS`` (10,000) rows of a table in the run's own copy and
+``wandb.Table.MAX_ARTIFACT_ROWS`` (200,000) in its ``run_table`` artifact, and drops the rest
+(the first silently). A table with more rows is logged whole, in parts of at most that many
+rows, each walk of a pair (its line or its path) in one part: ``points``, ``points_part2``,
+...; the report prints one line naming the parts (:func:`table_parts`).
 """
 
 from __future__ import annotations
@@ -541,6 +547,69 @@ def _walks(
     return walks
 
 
+def wandb_table_rows() -> int:
+    """The most rows W&B keeps of one logged table: the smaller of ``wandb.Table.MAX_ROWS`` (the
+    run's copy) and ``wandb.Table.MAX_ARTIFACT_ROWS`` (its ``run_table`` artifact), read when
+    called."""
+    import wandb
+
+    return max(1, min(int(wandb.Table.MAX_ROWS), int(wandb.Table.MAX_ARTIFACT_ROWS)))
+
+
+def split_rows(
+    rows: list[list[Any]], limit: int, groups: list[Any] | None = None
+) -> list[list[list[Any]]]:
+    """Cut ``rows`` into consecutive parts of at most ``limit`` rows, in order.
+
+    Args:
+        rows: The table's rows.
+        limit: Most rows per part, ``>= 1``.
+        groups: Optional key of each row: a run of consecutive rows with one key starts a new
+            part when it would not fit in the current one (a run longer than ``limit`` is cut).
+
+    Returns:
+        The parts (one, possibly empty, when every row fits); their concatenation is ``rows``.
+    """
+    if len(rows) <= limit:
+        return [rows]
+    keys = groups if groups is not None else list(range(len(rows)))
+    runs: list[list[list[Any]]] = []
+    for k, row in enumerate(rows):
+        if k and keys[k] == keys[k - 1]:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    parts: list[list[list[Any]]] = [[]]
+    for run in runs:
+        if len(parts[-1]) + len(run) > limit and parts[-1]:
+            parts.append([])
+        while len(run) > limit:
+            parts[-1].extend(run[:limit])
+            run = run[limit:]
+            parts.append([])
+        parts[-1].extend(run)
+    return parts
+
+
+def table_parts(
+    key: str, columns: list[str], rows: list[list[Any]], groups: list[Any] | None = None
+) -> dict[str, Any]:
+    """``{key: wandb.Table}`` holding every row: one table when W&B keeps all of them
+    (:func:`wandb_table_rows`), else parts ``key``, ``key_part2``, ... of at most that many rows
+    (see :func:`split_rows`), announced in one printed line."""
+    import wandb
+
+    limit = wandb_table_rows()
+    parts = split_rows(rows, limit, groups)
+    keys = [key] + [f"{key}_part{n}" for n in range(2, len(parts) + 1)]
+    if len(parts) > 1:
+        print(
+            f"W&B keeps at most {limit:,} rows per table: {key} ({len(rows):,} rows) is logged "
+            f"whole in {len(parts)} tables, {keys[0]} to {keys[-1]}"
+        )
+    return {k: wandb.Table(columns=columns, data=part) for k, part in zip(keys, parts, strict=True)}
+
+
 def _log_wandb(
     store: RunStore,
     run_id: str,
@@ -582,29 +651,29 @@ def _log_wandb(
             )
 
     probability_columns = [f"p_{name}" for name in class_names]
-    pairs = wandb.Table(columns=PAIR_COLUMNS)
+    pairs = []
     for row in pair_rows(by_space, class_names):
         file = figure_files.get((row[0], row[1]))
-        pairs.add_data(*row[:-1], wandb.Image(str(file)) if file else None)
-    points = wandb.Table(
-        columns=[
-            "space",
-            "pair",
-            "verdict",
-            "along",
-            "index",
-            "position",
-            "image",
-            "softmax",
-            "predicted",
-            "target",
-            "target_probability",
-            "energy",
-            *probability_columns,
-        ]
-    )
+        pairs.append([*row[:-1], wandb.Image(str(file)) if file else None])
+    point_columns = [
+        "space",
+        "pair",
+        "verdict",
+        "along",
+        "index",
+        "position",
+        "image",
+        "softmax",
+        "predicted",
+        "target",
+        "target_probability",
+        "energy",
+        *probability_columns,
+    ]
+    points: list[list[Any]] = []
     profile_columns = ["pair", "space", "along", "curve", "position", "energy"]
-    profiles = wandb.Table(columns=profile_columns)
+    profiles: list[list[Any]] = []
+    walks: list[tuple[str, int, str]] = []  # the walk of each row of points and profiles
     profiles_by_space: dict[str, list[list[Any]]] = {space: [] for space in by_space}
     for space, records in by_space.items():
         for record in records:
@@ -613,24 +682,27 @@ def _log_wandb(
                 positions = _position(len(probs))
                 for k, (p, position) in enumerate(zip(probs.float(), positions, strict=True)):
                     values = [float(v) for v in p.tolist()]
-                    points.add_data(
-                        space,
-                        pair_id,
-                        record["verdict"],
-                        along,
-                        k,
-                        position,
-                        wandb.Image(image_array(images[k])) if images is not None else None,
-                        wandb.Image(bar_image(p, target)),
-                        class_names[int(p.argmax())],
-                        class_names[target],
-                        values[target],
-                        float(energy[k]),
-                        *values,
+                    points.append(
+                        [
+                            space,
+                            pair_id,
+                            record["verdict"],
+                            along,
+                            k,
+                            position,
+                            wandb.Image(image_array(images[k])) if images is not None else None,
+                            wandb.Image(bar_image(p, target)),
+                            class_names[int(p.argmax())],
+                            class_names[target],
+                            values[target],
+                            float(energy[k]),
+                            *values,
+                        ]
                     )
                     row = [pair_id, space, along, f"pair {pair_id} {along}", position]
-                    profiles.add_data(*row, float(energy[k]))
+                    profiles.append([*row, float(energy[k])])
                     profiles_by_space[space].append([*row, float(energy[k])])
+                    walks.append((space, pair_id, along))
 
     logged: dict[str, Any] = {
         "verdicts": counts,
@@ -638,18 +710,22 @@ def _log_wandb(
         "table1_chart": wandb.plot.bar(
             table1, "label", "dense", title="Table 1: pairs per verdict and space"
         ),
-        "pairs": pairs,
-        "points": points,
-        "energy_profiles": profiles,
+        **table_parts("pairs", PAIR_COLUMNS, pairs),
+        **table_parts("points", point_columns, points, walks),
+        **table_parts("energy_profiles", profile_columns, profiles, walks),
     }
     for space, rows in profiles_by_space.items():
-        logged[f"energy/{space}"] = wandb.plot.line(
-            wandb.Table(columns=profile_columns, data=rows),
-            "position",
-            "energy",
-            stroke="curve",
-            title=f"{space}: energy -log p(target) along the line and the path",
-        )
+        curves = [row[3] for row in rows]
+        parts = table_parts(f"energy/{space}", profile_columns, rows, curves)
+        for key, part in parts.items():
+            logged[key] = wandb.plot.line(
+                part,
+                "position",
+                "energy",
+                stroke="curve",
+                title=f"{space}: energy -log p(target) along the line and the path"
+                + (f" ({key.rpartition('_')[2]})" if key != f"energy/{space}" else ""),
+            )
     run.log(logged)
     run.summary.update(
         {

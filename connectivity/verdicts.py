@@ -35,6 +35,7 @@ from connectivity.neb import (
     DEFAULT_BACKOFFS,
     DEFAULT_MAX_ENERGY_RISE,
     DEFAULT_MAX_STEP,
+    DEFAULT_NUDGE,
     METHODS,
     OPTIMIZERS,
     ElasticBand,
@@ -114,6 +115,11 @@ class PathOptions:
         backoffs: Times a pair that blows up goes back to its previous path and halves its
             step (learning rate, or FIRE time step) before the next blow-up marks it
             ``diverged``.
+        nudge: A band that converges before it has moved while its path is not certified
+            (every force along it, e.g. a line through the centre of a round hole in the class)
+            has every pivot displaced by this fraction of its ends' distance, orthogonally to
+            its line, in a direction seeded by its ends, and goes on (recorded in the record's
+            ``nudge``); 0 turns this off (see :class:`~connectivity.neb.ElasticBand`).
 
     Raises:
         OptionsError: when built with a value outside the above (options are frozen: use
@@ -137,6 +143,7 @@ class PathOptions:
     max_step: float | None = None
     max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE
     backoffs: int = DEFAULT_BACKOFFS
+    nudge: float = DEFAULT_NUDGE
 
     def __post_init__(self) -> None:
         for name, minimum in (
@@ -149,6 +156,11 @@ class PathOptions:
             object.__setattr__(self, name, _checked_int(getattr(self, name), name, minimum))
         for name, positive in (("lr", True), ("spring_constant", False), ("tol", False)):
             object.__setattr__(self, name, _checked_number(getattr(self, name), name, positive))
+        nudge = self.nudge
+        number = isinstance(nudge, numbers.Real) and not isinstance(nudge, bool)
+        if not (number and 0 <= nudge < math.inf):  # NaN fails here too
+            raise OptionsError(f"nudge must be a finite number >= 0 (0: none), got {nudge!r}")
+        object.__setattr__(self, "nudge", float(nudge))
         for name in ("max_step", "max_energy_rise"):
             value = getattr(self, name)
             if value is None and name == "max_step":
@@ -210,6 +222,7 @@ class PathOptions:
             "max_step": self.resolved_max_step,
             "max_energy_rise": self.max_energy_rise,
             "max_backoffs": self.backoffs,
+            "nudge": self.nudge,
         }
 
     @property
@@ -390,6 +403,9 @@ class PairRecord:
     line_pieces: int = 0
     # Why the certificate is what it is where "auto" or the tolerance chose "sampled".
     certificate_note: str = ""
+    # Length of the symmetry nudge(s) the band got (0: none): a band that converged before it
+    # moved, off the target, had every pivot displaced by this much (PathOptions.nudge).
+    nudge: float = 0.0
 
     def metrics(self) -> dict[str, float | int | str]:
         """The scalar part, for tables."""
@@ -690,7 +706,7 @@ def connect_points(
     decisions.queue_lines()
     stop = certification_stop(tail, options, check.log_probabilities.shape[-1], certifier)
     while (next_round := decisions.next_round()) is not None:
-        need, initial, taken = next_round
+        need, initial, taken, anchored = next_round
 
         def on_step(band: ElasticBand, need: Tensor = need) -> None:
             decisions.decide_band(band, need)
@@ -711,14 +727,18 @@ def connect_points(
             on_step=on_step,
             initial=initial,
             steps_taken=taken,
+            anchored=anchored,
         )
         # Pairs that never took a step (e.g. a non-finite end) are finished here.
         decisions.decide_band(result, need, done=torch.ones_like(need, dtype=torch.bool))
     return decisions.in_order()
 
 
-Round = tuple[Tensor, Tensor, Tensor]  # pair indices, their paths, the steps they took
-Queued = dict[int, tuple[Tensor, int]]  # pair index -> (path to go on from, steps taken)
+# pair indices, their paths, the steps they took, and which points of the paths were inserted
+Round = tuple[Tensor, Tensor, Tensor, Tensor]
+# pair index -> (path to go on from, steps taken, (N,) bool: its inserted points); a band
+# checkpoint written before issue 18 holds (path, steps) only
+Queued = dict[int, tuple[Tensor, int, Tensor]]
 
 
 def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
@@ -734,16 +754,36 @@ def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
         ``(N + inserted, *point_shape)``: the same polyline with the new points in order (the
         path itself when none fit).
     """
+    return insert_marked_pivots(path, off_target, room)[0]
+
+
+def insert_marked_pivots(
+    path: Tensor, off_target: Tensor, room: int, inserted: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`insert_pivots`, and which points of the new path were inserted.
+
+    Args:
+        path, off_target, room: as in :func:`insert_pivots`.
+        inserted: optional ``(N,)`` bool, the points of ``path`` inserted earlier (kept marked).
+
+    Returns:
+        The new path ``(N', *point_shape)`` and ``(N',)`` bool: True at the points inserted now
+        or marked in ``inserted`` (the ``string`` method's respacing leaves them in place,
+        :func:`connectivity.neb.respace_equal_arc`).
+    """
+    marked = torch.zeros(path.shape[0], dtype=torch.bool, device=path.device)
+    if inserted is not None:
+        marked = inserted.to(device=path.device, dtype=torch.bool).clone()
     segments = path.shape[0] - 1
     stretches = off_target.to(torch.float64).cpu()
     if room <= 0 or stretches.shape[0] == 0:
-        return path
+        return path, marked
     # A stretch that holds a point of the path is seen by the band already.
     grid = torch.arange(segments + 1, dtype=torch.float64) / segments
     holds = (grid.view(1, -1) >= stretches[:, :1]) & (grid.view(1, -1) <= stretches[:, 1:])
     free = stretches[~holds.any(dim=1)]
     if free.shape[0] == 0:
-        return path
+        return path, marked
     widest = torch.argsort(free[:, 1] - free[:, 0], descending=True, stable=True)[:room]
     middle = free[widest].mean(dim=1).sort().values
     scaled = middle * segments
@@ -753,7 +793,8 @@ def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
     new = torch.lerp(path[segment], path[segment + 1], weight.view(-1, *([1] * (path.dim() - 1))))
     positions = torch.cat([grid.to(path.device), middle.to(path.device)])
     order = torch.argsort(positions, stable=True)
-    return torch.cat([path, new])[order]
+    marked = torch.cat([marked, torch.ones(new.shape[0], dtype=torch.bool, device=path.device)])
+    return torch.cat([path, new])[order], marked[order]
 
 
 class Decisions:
@@ -795,6 +836,8 @@ class Decisions:
         self.certifier = certifier or Certifier("sampled")
         self.records: dict[int, PairRecord] = {}
         self._queued: Queued = {}
+        # Length of the symmetry nudges each pair's bands got so far (over its rounds).
+        self._nudges: dict[int, float] = {}
 
     def _finish(self, index: Tensor, outcome: BandOutcome) -> None:
         new = make_records(
@@ -806,6 +849,7 @@ class Decisions:
             self.certifier,
         )
         for i, record in zip(index.tolist(), new, strict=True):
+            record.nudge = self._nudges.pop(i, 0.0)
             self.records[i] = record
             if self.on_record is not None:
                 self.on_record(i, record)
@@ -825,20 +869,24 @@ class Decisions:
             if i in self.records or i in self._queued:
                 continue
             path = self.check.line[i]
+            inserted = torch.zeros(path.shape[0], dtype=torch.bool, device=path.device)
             if self.check.exact is not None:
-                path = insert_pivots(path, self.check.exact[i].off_target[0], room)
-            self._queued[i] = (path, 0)
+                off_target = self.check.exact[i].off_target[0]
+                path, inserted = insert_marked_pivots(path, off_target, room)
+            self._queued[i] = (path, 0, inserted)
 
     def queued(self) -> Queued:
         """The pairs waiting for a band (a copy, e.g. for a band checkpoint)."""
         return dict(self._queued)
 
     def requeue(self, queued: Queued) -> None:
-        """Queue pairs again (from :meth:`queued` of a band checkpoint)."""
+        """Queue pairs again (from :meth:`queued` of a band checkpoint; one written before
+        issue 18 has no marks of inserted points: none are marked)."""
         device = self.check.line.device
-        for i, (path, steps) in queued.items():
+        for i, (path, steps, *marks) in queued.items():
             if int(i) not in self.records:
-                self._queued[int(i)] = (path.to(device=device), int(steps))
+                inserted = marks[0] if marks else torch.zeros(path.shape[0], dtype=torch.bool)
+                self._queued[int(i)] = (path.to(device=device), int(steps), inserted.to(device))
 
     def band_records(self) -> dict[int, PairRecord]:
         """The records of the pairs decided by a band (not by their line), e.g. for a band
@@ -858,14 +906,15 @@ class Decisions:
         pair is queued."""
         if not self._queued:
             return None
-        size = min(path.shape[0] for path, _ in self._queued.values())
-        pairs = sorted(i for i, (path, _) in self._queued.items() if path.shape[0] == size)
+        size = min(path.shape[0] for path, *_ in self._queued.values())
+        pairs = sorted(i for i, (path, *_) in self._queued.items() if path.shape[0] == size)
         taken = [self._queued.pop(i) for i in pairs]
         device = taken[0][0].device
         return (
             torch.tensor(pairs, device=device),
-            torch.stack([path for path, _ in taken]),
-            torch.tensor([steps for _, steps in taken], device=device),
+            torch.stack([path for path, _, _ in taken]),
+            torch.tensor([steps for _, steps, _ in taken], device=device),
+            torch.stack([inserted for _, _, inserted in taken]).to(device),
         )
 
     def decide_band(
@@ -887,6 +936,12 @@ class Decisions:
         ]
         if not rows:
             return
+        nudged = getattr(band, "nudged", None)
+        if nudged is not None:
+            for r in rows:
+                if float(nudged[r]) > 0:
+                    i = int(pairs[r])
+                    self._nudges[i] = self._nudges.get(i, 0.0) + float(nudged[r])
         if self.certifier.exact:
             rows = self._grow(band, pairs, rows)
             if not rows:
@@ -916,12 +971,14 @@ class Decisions:
         paths = band.path[index]
         checks = self.certifier.check(paths, self.targets[pairs[index]])
         left = set(rows)
+        anchored = getattr(band, "anchored", None)
         for k, (r, c) in enumerate(zip(candidates, checks, strict=True)):
             if bool(c.passed[0]) or not bool(c.decided[0]):
                 continue
-            grown = insert_pivots(paths[k], c.off_target[0], room)
+            earlier = None if anchored is None else F.pad(anchored[r], (1, 1))
+            grown, inserted = insert_marked_pivots(paths[k], c.off_target[0], room, earlier)
             if grown.shape[0] > paths[k].shape[0]:
-                self._queued[int(pairs[r])] = (grown, int(band.steps[r]))
+                self._queued[int(pairs[r])] = (grown, int(band.steps[r]), inserted)
                 left.discard(r)
         return [r for r in rows if r in left]
 

@@ -4,6 +4,8 @@ finds the path off the target."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -147,6 +149,34 @@ def test_with_springs_the_band_inserts_again_until_it_goes_around_the_sliver(
     dense = refine(record.path.unsqueeze(0), 20_000)[0]
     logits = Sliver()(dense)
     assert bool((logits[:, 0] > logits[:, 1]).all())
+
+
+def test_the_string_keeps_its_inserted_pivots_in_the_sliver(tmp_path) -> None:
+    # Issue 18: the string's equal-arc respacing used to carry each inserted pivot out of the
+    # 0.002-wide strip before FIRE had moved it round; the band grew to 34 points and ended
+    # `none`. Inserted pivots now stay where they are when the string respaces.
+    from connectivity.path_module import PathModule
+    from tests.test_path_module import _fit
+
+    starts, ends = SLIVER_ENDS
+    options = PathOptions(
+        num_pivots=8, steps=300, lr=0.05, certify="exact", optimizer="fire", method="string"
+    )
+    (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), options)
+    assert record.verdict == Verdict.NONLINEAR and record.certificate == "exact"
+    assert 10 < record.path.shape[0] <= 12  # one or two insertions, not 24
+    dense = refine(record.path.unsqueeze(0), 20_000)[0]
+    logits = Sliver()(dense)
+    assert bool((logits[:, 0] > logits[:, 1]).all())
+    neb = dataclasses.replace(options, method="neb")
+    (with_neb,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), neb)
+    assert (with_neb.verdict, with_neb.certificate) == (record.verdict, record.certificate)
+    # the Lightning driver keeps the same pivots
+    module = PathModule(Sliver(), starts, ends, torch.tensor([0]), options)
+    _fit(module, tmp_path)
+    (got,) = module.records()
+    assert (got.verdict, got.certificate, got.steps) == (record.verdict, "exact", record.steps)
+    assert torch.equal(got.path, record.path)
 
 
 def test_a_sliver_that_cuts_the_plane_gives_no_path_with_an_exact_certificate() -> None:

@@ -516,7 +516,7 @@ def test_the_manifest_records_the_data_settings_but_not_loading_ones(
     # Path options added later (issue 13) stay out while at their defaults: folders written
     # before them still match; set, they count.
     path = manifest(experiment, DigitsDataModule(size=16), [])["path"]
-    assert not {"max_step", "max_energy_rise", "backoffs"} & set(path)
+    assert not {"max_step", "max_energy_rise", "backoffs", "nudge"} & set(path)
     experiment.path = dataclasses.replace(experiment.path, backoffs=2)
     assert manifest(experiment, DigitsDataModule(size=16), [])["path"]["backoffs"] == 2
 

@@ -17,6 +17,7 @@ from connectivity.neb import (
     perpendicular_force_norm,
     respace_equal_arc,
     straight_line,
+    symmetry_nudge,
     tangents,
 )
 from tests.surfaces import (
@@ -181,6 +182,37 @@ def test_respace_equal_arc_hand_example() -> None:
     # Coincident points (zero-length path) stay put instead of producing NaNs.
     still = torch.ones(1, 4, 2, dtype=DTYPE)
     assert torch.equal(respace_equal_arc(still), still)
+
+
+def test_respace_keeps_the_kept_points_and_spreads_the_others_between_them() -> None:
+    path = torch.tensor(
+        [
+            [[0.0, 0.0], [1.0, 0.0], [1.5, 0.0], [4.0, 0.0]],
+            [[0.0, 0.0], [1.0, 0.0], [1.5, 0.0], [3.0, 0.0]],
+        ],
+        dtype=DTYPE,
+    )
+    keep = torch.tensor([[False, False, True, False], [False, False, False, False]])
+    out = respace_equal_arc(path, keep)
+    # row 0: point 1 halfway along the arc to the kept point 2 (at arc 1.5), which stays
+    assert out[0].tolist() == [[0.0, 0.0], [0.75, 0.0], [1.5, 0.0], [4.0, 0.0]]
+    # row 1 keeps nothing: plain equal arc (total 3), the same as without ``keep``
+    assert out[1].tolist() == [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]
+    assert torch.equal(out[1], respace_equal_arc(path[1:])[0])
+
+
+def test_symmetry_nudge_is_orthogonal_small_and_depends_on_the_ends_only() -> None:
+    start, end = torch.tensor([[1.0, 2.0], [0.0, -1.0]]), torch.tensor([[4.0, 6.0], [0.0, 1.0]])
+    offset = symmetry_nudge(start, end, 1e-3, seed=7)
+    assert offset.shape == start.shape
+    chord = (end - start).reshape(-1)
+    assert abs(float(offset.reshape(-1) @ chord)) < 1e-9
+    assert float(offset.norm()) == pytest.approx(1e-3 * float(chord.norm()), rel=1e-6)
+    assert torch.equal(offset, symmetry_nudge(start.clone(), end.clone(), 1e-3, seed=7))
+    assert not torch.equal(offset, symmetry_nudge(start, end, 1e-3, seed=8))
+    # no direction is orthogonal to a line in one dimension, nor to coinciding ends
+    assert torch.equal(symmetry_nudge(torch.zeros(1), torch.ones(1), 1e-3), torch.zeros(1))
+    assert torch.equal(symmetry_nudge(start, start, 1e-3), torch.zeros_like(start))
 
 
 # --- Mueller-Brown ---------------------------------------------------------------------------

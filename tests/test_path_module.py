@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from connectivity.path_module import PathModule
 from connectivity.verdicts import PathOptions, connect_points
-from tests.toy import Annulus, RingNet, Stripes, ring_images
+from tests.toy import HOLE_ENDS, Annulus, Hole, RingNet, Stripes, ring_images
 
 
 def _fit(module: PathModule, tmp_path) -> L.Trainer:
@@ -144,3 +144,22 @@ def test_64_true_follows_the_float64_search_step_by_step(tmp_path) -> None:
     (got,) = module.records()
     assert got.verdict == expected.verdict and got.steps == expected.steps
     assert torch.allclose(got.path, expected.path, atol=1e-12)
+
+
+def test_the_lightning_driver_nudges_a_symmetric_band_as_connect_points_does(tmp_path) -> None:
+    starts, ends = HOLE_ENDS
+    options = PathOptions(num_pivots=8, steps=300, lr=0.1, line_points=1001, optimizer="fire")
+    (expected,) = connect_points(Hole(), starts, ends, torch.tensor([0]), options)
+    module = PathModule(Hole(), starts, ends, torch.tensor([0]), options)
+    _fit(module, tmp_path)
+    (got,) = module.records()
+    assert (
+        (got.verdict, got.status)
+        == (expected.verdict, expected.status)
+        == (
+            "nonlinear",
+            "certified",
+        )
+    )
+    assert got.nudge == expected.nudge > 0 and got.steps == expected.steps > 0
+    assert torch.equal(got.path, expected.path)

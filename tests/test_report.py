@@ -24,6 +24,7 @@ from connectivity.report import (
     paths_logger,
     read_transaction_log,
     relocate_offline_runs,
+    split_rows,
     write_report,
     write_transaction_log,
 )
@@ -299,3 +300,48 @@ def test_the_transaction_log_is_rewritten_as_wandb_writes_it(tmp_path: Path, hom
     synthetic = [b"a" * 40_000, b"", b"b" * (32 * 1024 - 14), b"c" * 7, b"d"]
     write_transaction_log(tmp_path / "x.wandb", synthetic)
     assert read_transaction_log(tmp_path / "x.wandb") == synthetic
+
+
+def test_split_rows_keeps_walks_whole_and_order() -> None:
+    rows = [[k] for k in range(10)]
+    groups = list("aaabbccccc")
+    parts = split_rows(rows, 4, groups)
+    assert [[r[0] for r in part] for part in parts] == [[0, 1, 2], [3, 4], [5, 6, 7, 8], [9]]
+    assert split_rows(rows, 10) == [rows] and split_rows([], 3) == [[]]
+    assert [len(p) for p in split_rows(rows, 3)] == [3, 3, 3, 1]
+
+
+def test_tables_longer_than_wandb_keeps_reach_the_run_whole_in_parts(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Issue 18: W&B keeps the first wandb.Table.MAX_ROWS rows (10,000) of a table in the run's
+    # copy and MAX_ARTIFACT_ROWS (200,000) in its artifact. The same limits, made small: the
+    # 30 rows of `points` (5 walks of 6 points) no longer fit one table.
+    import wandb
+
+    monkeypatch.setattr(wandb.Table, "MAX_ROWS", 13)
+    monkeypatch.setattr(wandb.Table, "MAX_ARTIFACT_ROWS", 13)
+    store = _run_folder(tmp_path / "run")
+    write_report(store, wandb=WandbOptions(), figures=False)
+    (run,) = offline_runs(store.folder)
+    run_id = (store.folder / WANDB_ID_FILE).read_text().strip()
+    artifacts = _artifacts(offline_run_records(run))
+    out = capsys.readouterr().out
+    for key, parts in (("points", 3), ("energy_profiles", 3)):
+        names = [key] + [f"{key}_part{n}" for n in range(2, parts + 1)]
+        tables = [_table(artifacts[f"run-{run_id}-{name}"], name) for name in names]
+        assert f"run-{run_id}-{key}_part{parts + 1}" not in artifacts
+        # every row made reached the run: in its artifacts and in the run's own copies
+        rows = [tuple(map(str, row)) for table in tables for row in table["data"]]
+        assert [len(t["data"]) for t in tables] == [12, 12, 6] and len(set(rows)) == 30
+        copies = [
+            json.loads(f.read_text())["data"]
+            for name in names
+            for f in (run / "files" / "media" / "table").glob(f"{name}_[0-9]*.table.json")
+        ]
+        assert sum(len(c) for c in copies) == 30
+        assert f"{key} (30 rows) is logged whole in 3 tables, {key} to {key}_part3" in out
+    # each walk (a pair's line or path) lies in one part
+    points = _table(artifacts[f"run-{run_id}-points"], "points")
+    walks = {(row[0], row[1], row[3]) for row in points["data"]}
+    assert len(walks) == 2

@@ -16,7 +16,7 @@ from connectivity.verdicts import (
     on_target,
     refine,
 )
-from tests.toy import Annulus, Stripes, TwoDisks
+from tests.toy import HOLE_ENDS, Annulus, Hole, Stripes, TwoDisks
 
 
 def test_refine_keeps_the_pivots_and_spaces_points_evenly() -> None:
@@ -287,3 +287,57 @@ def test_lbfgs_runs_the_annulus_band_to_its_minimum_energy_path() -> None:
     assert record.verdict == Verdict.NONLINEAR and record.steps < 300
     # The minimum energy path of the ring's energy runs along its middle circle, r = 1.5.
     assert torch.allclose(record.path[1:-1].norm(dim=-1), torch.tensor(1.5), atol=0.05)
+
+
+# --- a band whose forces all lie along it (issue 18, item 7) ----------------------------------
+# The line from (-2, 0) to (2, 0) runs through the centre of the hole: the true force on every
+# pivot is along the line and the springs balance, so without the nudge every optimizer
+# "converges" at step 0 with no path (the `nudge=0` test below), though the ring round the
+# hole is in the class.
+HOLE_OPTIONS = {"num_pivots": 8, "steps": 300, "lr": 0.1, "line_points": 257}
+
+
+@pytest.mark.parametrize("method", ["neb", "string"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "fire", "lbfgs"])
+def test_a_band_on_a_symmetric_line_is_nudged_round_the_hole(method: str, optimizer: str) -> None:
+    starts, ends = HOLE_ENDS
+    options = PathOptions(method=method, optimizer=optimizer, **HOLE_OPTIONS)
+    (record,) = connect_points(Hole(), starts, ends, torch.tensor([0]), options)
+    assert record.verdict == Verdict.NONLINEAR and record.status == BandStatus.CERTIFIED
+    assert 0 < record.steps < options.steps
+    # one nudge of 1e-3 of the ends' distance (4), recorded
+    assert record.nudge == pytest.approx(4e-3, rel=1e-6)
+    # independent check: 20,000 points per segment, all outside the disc
+    dense = refine(record.path.unsqueeze(0).double(), 20_000)[0]
+    assert float(dense.norm(dim=-1).min()) > 1.0
+
+
+def test_without_the_nudge_the_symmetric_band_stops_at_step_0() -> None:
+    starts, ends = HOLE_ENDS
+    options = PathOptions(optimizer="fire", nudge=0.0, **HOLE_OPTIONS)
+    (record,) = connect_points(Hole(), starts, ends, torch.tensor([0]), options)
+    assert record.verdict == Verdict.NONE and record.status == BandStatus.CONVERGED
+    assert record.steps == 0 and record.nudge == 0.0 and record.max_force <= options.tol
+
+
+def test_the_nudge_is_the_same_in_any_batch_and_rerun() -> None:
+    # The hole's pair alone and as the second of two pairs: the same nudge, the same path.
+    starts, ends = HOLE_ENDS
+    options = PathOptions(optimizer="fire", **HOLE_OPTIONS)
+    (alone,) = connect_points(Hole(), starts, ends, torch.tensor([0]), options)
+    both = connect_points(
+        Hole(),
+        torch.cat([torch.tensor([[-2.0, 0.5]]), starts]),
+        torch.cat([torch.tensor([[2.0, 0.7]]), ends]),
+        torch.tensor([0, 0]),
+        options,
+    )
+    assert both[0].nudge == 0.0  # its line is off the centre: the band moves by itself
+    assert both[1].nudge == alone.nudge and both[1].steps == alone.steps
+    assert torch.equal(both[1].path, alone.path)
+
+
+def test_nudge_option_is_checked() -> None:
+    for bad in (-1e-3, math.nan, math.inf, "small", True):
+        with pytest.raises(OptionsError, match="nudge"):
+            PathOptions(nudge=bad)

@@ -19,6 +19,19 @@ class Annulus(nn.Module):
         return torch.stack([inside, torch.zeros_like(inside)], dim=-1)
 
 
+class Hole(nn.Module):
+    """Class 0 on the plane minus the unit disc round the origin, class 1 inside it: logits
+    ``(|z| - 1, 0)``. The line between ``(-2, 0)`` and ``(2, 0)`` runs through the centre, where
+    every force on a band lies along the line (issue 18)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        margin = z.norm(dim=-1) - 1.0
+        return torch.stack([margin, torch.zeros_like(margin)], dim=-1)
+
+
+HOLE_ENDS = (torch.tensor([[-2.0, 0.0]]), torch.tensor([[2.0, 0.0]]))
+
+
 class TwoDisks(nn.Module):
     """Class 0 in two disjoint unit disks around (-2, 0) and (2, 0), class 1 elsewhere."""
 
