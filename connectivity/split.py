@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import inspect
 import math
 import operator
 from collections.abc import Hashable
@@ -151,6 +152,69 @@ def _pick_output(graph: fx.Graph, model: nn.Module, output: Hashable | None) -> 
     out.args = (picked,)
 
 
+def _bound_arguments(model: nn.Module) -> dict[str, object]:
+    """The arguments of ``model.forward`` after the input, bound at their defaults for tracing.
+
+    timm's VisionTransformer takes ``forward(x, attn_mask=None, is_causal=False)``: a classifier
+    of single points is called with its input alone, so every later argument takes its default.
+    ``*args`` and ``**kwargs`` stay empty.
+
+    Raises:
+        LayerError: forward takes no input, or a second argument that has no default.
+    """
+    model_name = type(model).__name__
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin forward: torch.fx reports what it can
+        return {}
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not parameters or parameters[0].kind in variadic:
+        raise LayerError(
+            f"{model_name}.forward takes no single input; only classifiers called as "
+            "model(x) can be split (wrap it in a module whose forward(self, x) calls it)"
+        )
+    required = [
+        p.name for p in parameters[1:] if p.kind not in variadic and p.default is p.empty
+    ]
+    if required:
+        raise LayerError(
+            f"{model_name}.forward takes {1 + len(required)} inputs (required besides "
+            f"{parameters[0].name!r}: {', '.join(required)}); only classifiers called as "
+            "model(x) can be split: give the others defaults, or wrap the model in a module "
+            "whose forward(self, x) calls it with them"
+        )
+    return {p.name: p.default for p in parameters[1:] if p.kind not in variadic}
+
+
+# What torch.fx inserts to check that an argument bound with concrete_args keeps its value.
+_GUARDS = {torch._assert, operator.eq, getattr(fx._symbolic_trace, "_assert_is_none", None)}
+
+
+def _drop_bound_inputs(graph: fx.Graph, model_name: str) -> None:
+    """Remove the placeholders of bound and variadic arguments (and torch.fx's guards on
+    them): the split parts take the input alone. An argument whose value the network uses
+    (``*args`` read in forward) is refused."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for placeholder in placeholders[1:]:
+        found, stack = {placeholder}, [placeholder]
+        while stack:
+            for user in stack.pop().users:
+                if user not in found:
+                    found.add(user)
+                    stack.append(user)
+        used = [n for n in found if n is not placeholder and n.target not in _GUARDS]
+        if used:
+            name = str(placeholder.target).lstrip("*")
+            raise LayerError(
+                f"{model_name}.forward uses its argument {name!r} besides the input; only "
+                "classifiers called as model(x) can be split (wrap it in a module whose "
+                "forward(self, x) calls it)"
+            )
+        for node in sorted(found, key=order.__getitem__, reverse=True):
+            graph.erase_node(node)
+
+
 def _trace(model: nn.Module, output: Hashable | None = None) -> _Trace:
     leaf_ops = [
         m
@@ -159,13 +223,15 @@ def _trace(model: nn.Module, output: Hashable | None = None) -> _Trace:
     ]
     tracer = NodePathTracer(autowrap_modules=(math, torchvision.ops), leaf_modules=leaf_ops)
     model_name = type(model).__name__
+    bound = _bound_arguments(model)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=bound or None)
     except Exception as error:  # torch.fx raises many kinds; all mean "not traceable"
         raise LayerError(
             f"{model_name} cannot be traced with torch.fx, so it cannot be split at a "
             f"named layer ({type(error).__name__}: {error})"
         ) from error
+    _drop_bound_inputs(graph, model_name)
     _pick_output(graph, model, output)
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
@@ -305,6 +371,10 @@ def _refusal(trace: _Trace, layer: str, index: int | None) -> str:
 def layer_names(model: nn.Module, *, output: Hashable | None = None) -> list[str]:
     """All layer names at which ``model`` can be split, in execution order of first use.
 
+    The model is traced as ``model(x)`` calls it: arguments of ``forward`` after the input that
+    have defaults are bound at them (timm's VisionTransformer: ``attn_mask=None``,
+    ``is_causal=False``); ``*args`` and ``**kwargs`` stay empty.
+
     Args:
         model: As in :func:`split` (not changed).
         output: As in :func:`split`.
@@ -334,7 +404,8 @@ def split(
     input with :func:`probe_split` before relying on it.
 
     Args:
-        model: A torch.fx-traceable classifier with a single input.
+        model: A torch.fx-traceable classifier called as ``model(x)``: later arguments of its
+            ``forward`` are bound at their defaults (see :func:`layer_names`).
         layer: A node name as ``get_graph_node_names`` prints it, a module prefix (its last
             node), or ``"input"`` for the input space (the head is then the identity).
         output: For a model that returns a tuple or dict: the index or key of its logits.
@@ -343,8 +414,9 @@ def split(
         ``(head, tail)``: the head in eval mode with trainable parameters; the tail frozen.
 
     Raises:
-        LayerError: the model cannot be traced, returns several values and ``output`` does not
-            pick one, or ``layer`` names no place where the network can be cut; the message
+        LayerError: the model cannot be traced, its ``forward`` needs a second argument (one
+            without a default, or ``*args``/``**kwargs`` it reads), returns several values and
+            ``output`` does not pick one, or ``layer`` names no place where the network can be cut; the message
             says why (unknown name, skip connection, sizes carried across, a tuple value) and
             lists the valid names.
     """
