@@ -173,9 +173,7 @@ def _bound_arguments(model: nn.Module) -> dict[str, object]:
             f"{model_name}.forward takes no single input; only classifiers called as "
             "model(x) can be split (wrap it in a module whose forward(self, x) calls it)"
         )
-    required = [
-        p.name for p in parameters[1:] if p.kind not in variadic and p.default is p.empty
-    ]
+    required = [p.name for p in parameters[1:] if p.kind not in variadic and p.default is p.empty]
     if required:
         raise LayerError(
             f"{model_name}.forward takes {1 + len(required)} inputs (required besides "
@@ -416,9 +414,9 @@ def split(
     Raises:
         LayerError: the model cannot be traced, its ``forward`` needs a second argument (one
             without a default, or ``*args``/``**kwargs`` it reads), returns several values and
-            ``output`` does not pick one, or ``layer`` names no place where the network can be cut; the message
-            says why (unknown name, skip connection, sizes carried across, a tuple value) and
-            lists the valid names.
+            ``output`` does not pick one, or ``layer`` names no place where the network can be
+            cut; the message says why (unknown name, skip connection, sizes carried across, a
+            tuple value) and lists the valid names.
     """
     if not isinstance(layer, str):
         raise LayerError(f"layer must be a name (str), got {layer!r}; see layer_names(model)")
