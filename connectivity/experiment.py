@@ -32,7 +32,7 @@ from connectivity.errors import ConnectivityError
 from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
 from connectivity.report import WandbOptions, paths_logger, write_report
-from connectivity.split import INPUT, Frozen, split
+from connectivity.split import INPUT, Frozen, floating_dtype, probe_split, split
 from connectivity.verdicts import Certifier, PathOptions
 
 
@@ -116,6 +116,22 @@ def load_network(classifier: str | nn.Module) -> nn.Module:
     if isinstance(classifier, nn.Module):
         return working_copy(classifier)
     return ClassifierModule.from_checkpoint(classifier).network.eval()
+
+
+def probe_spaces(network: nn.Module, spaces: list[str], dataset: Dataset) -> None:
+    """Check every space's split on two images of ``dataset`` before any work: one tensor at
+    the layer, ``(B, classes)`` logits, and logits of a point that do not depend on its batch.
+
+    Raises:
+        LayerError: see :func:`connectivity.split.probe_split`.
+        BatchDependenceError: the class of an image would depend on the batch it is in.
+    """
+    device = next(network.parameters(), torch.empty(0)).device
+    images, _ = stack_images(dataset, list(range(min(2, len(dataset)))))  # type: ignore[arg-type]
+    for space in spaces:
+        head, tail = split(network, space)
+        dtype = floating_dtype(head) or images.dtype
+        probe_split(head.to(device), tail.to(device), images.to(device=device, dtype=dtype))
 
 
 @torch.no_grad()
@@ -564,6 +580,7 @@ def run_paths(
                 f"with `connectivity fit -c configs/decoder/...`, or leave it out of `decoders`."
             )
     dataset = data.dataset(experiment.pairs.split)
+    probe_spaces(network, experiment.spaces, dataset)  # before the run folder, on two images
     settings, probe = _trainer_settings(trainer)
     device = str(probe.strategy.root_device)
     pairs = select_pairs(network.to(device), dataset, experiment.pairs, data.class_names, device)

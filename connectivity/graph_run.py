@@ -52,6 +52,7 @@ from connectivity.experiment import (
     load_network,
     options_in_space,
     path_manifest,
+    probe_spaces,
 )
 from connectivity.graph import ComponentSearch, check_graph_options, is_connected
 from connectivity.graph_report import write_graph_report
@@ -574,6 +575,8 @@ def run_graph(
     device = str(probe.strategy.root_device)
     loaded = [n.to(device) for n in loaded]
     dataset = data.dataset(experiment.inputs.split)
+    for network in loaded:  # before the run folder, on two images
+        probe_spaces(network, experiment.spaces, dataset)
     selections = select_inputs(loaded, dataset, experiment.inputs, data.class_names, device)
     store = GraphStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:

@@ -469,7 +469,8 @@ class SplitProbe:
 
 @torch.no_grad()
 def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe:
-    """Run ``tail(head(example))`` once and check that it gives one point and logits.
+    """Run ``tail(head(example))`` once and check that it gives one point and logits that do
+    not depend on the batch.
 
     Args:
         head: As :func:`split` returns it.
@@ -479,6 +480,8 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
     Raises:
         LayerError: the head rejects inputs of this shape, gives no single tensor, or the tail
             gives no ``(B, classes)`` logits with at least two classes.
+        BatchDependenceError: a point's values or logits depend on the rest of its batch
+            (:func:`check_batch_independent`, two more forwards of 3 and 4 inputs).
     """
     shape = tuple(example.shape[1:])
     try:
@@ -504,7 +507,86 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
             "the classifier gives 1 logit; the path energy is a cross-entropy over classes, so "
             "give a binary classifier two logits (e.g. torch.cat([-z, z], dim=1))"
         )
+    check_batch_independent(head, tail, example)
     return SplitProbe(tuple(point.shape[1:]), int(logits.shape[1]))
+
+
+class BatchDependenceError(LayerError):
+    """A network whose output for one point depends on the other points of its batch (batch
+    statistics in eval mode): the class of a single point is not defined."""
+
+
+def _batch_tolerance(values: Tensor, module: nn.Module) -> float:
+    """How far one point's values may move between two batches from rounding alone.
+
+    Another batch size may take another kernel (blocking, TF32 convolutions on a GPU), so the
+    bound is relative to the values' scale: the square root of the coarsest epsilon involved
+    (float32: 3.5e-4, bfloat16: 0.06) and at least 1e-3 (TF32 has an 11-bit mantissa). Batch
+    statistics of the probe's very different companions move values by O(1) of their scale.
+    """
+    dtypes = [values.dtype, floating_dtype(module) or values.dtype]
+    eps = max(torch.finfo(d).eps for d in dtypes)
+    scale = float(values.abs().max()) if values.numel() else 0.0
+    return max(math.sqrt(eps), 1e-3) * scale
+
+
+def _companions(example: Tensor, count: int, seed: int) -> Tensor:
+    """``count`` inputs shaped like ``example[0]``: seeded noise at the example's mean and
+    spread, unlike the example (so batch statistics with them differ from those without)."""
+    generator = torch.Generator().manual_seed(seed)
+    values = example.detach().float()
+    spread = float(values.std()) if values.numel() > 1 else 0.0
+    noise = torch.randn((count, *example.shape[1:]), generator=generator)
+    out = float(values.mean()) + (spread or 1.0) * noise
+    return out.to(device=example.device, dtype=example.dtype)
+
+
+@torch.no_grad()
+def check_batch_independent(head: nn.Module, tail: nn.Module, example: Tensor) -> None:
+    """Refuse a network whose output for a point depends on the rest of its batch.
+
+    A path's points are evaluated in batches of any composition (``chunk_size``, pairs of a
+    round, ranks), so a point's class must be a function of the point alone. Two forwards show
+    it: the example inputs with one companion, and the same inputs after two others (another
+    batch size, order and company); the head's values and the tail's logits of the example
+    must agree within rounding (:func:`_batch_tolerance`). What the model does is checked, not
+    its module types: BatchNorm with ``track_running_stats=False`` (batch statistics even in
+    eval mode) is refused, BatchNorm with running statistics in eval mode is not.
+
+    Args:
+        head: As :func:`split` returns it (``nn.Identity()`` to check a tail alone).
+        tail: Likewise; maps the head's values ``(B, *point_shape)`` to logits.
+        example: ``(B, *input_shape)`` inputs the head takes (its first two are used).
+
+    Raises:
+        BatchDependenceError: the head's values or the tail's logits of the same inputs differ
+            between the two batches; the message gives the difference and the tolerance.
+    """
+    x = example[:2]
+    n = x.shape[0]
+    if n == 0:
+        return
+    first = torch.cat([x, _companions(x, 1, seed=0)])
+    second = torch.cat([_companions(x, 2, seed=1), x])
+    points_a, points_b = head(first), head(second)
+    _same_in_both(points_a[:n], points_b[-n:], head, "the layer's values (the head's output)")
+    logits_a, logits_b = tail(points_a), tail(points_b)
+    _same_in_both(logits_a[:n], logits_b[-n:], tail, "the logits")
+
+
+def _same_in_both(a: Tensor, b: Tensor, module: nn.Module, what: str) -> None:
+    tolerance = _batch_tolerance(a, module)
+    difference = float((a.float() - b.float()).abs().max())
+    if difference > tolerance:
+        n = a.shape[0]
+        raise BatchDependenceError(
+            f"the classifier is not a function of single points: {what} of the same inputs "
+            f"differ by {difference:.3g} (tolerance {tolerance:.2g}) between a batch of {n + 1} "
+            f"and one of {n + 2}, so a point's class would depend on its batch (batch "
+            "statistics, e.g. BatchNorm with track_running_stats=False); use running "
+            "statistics (track_running_stats=True, eval mode) or a per-sample norm (GroupNorm, "
+            "LayerNorm)"
+        )
 
 
 @torch.no_grad()
