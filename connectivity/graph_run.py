@@ -49,6 +49,7 @@ from connectivity.experiment import (
     SpacePathModule,
     _is_int,
     _trainer_settings,
+    check_trainer_arguments,
     load_network,
     options_in_space,
     path_manifest,
@@ -550,7 +551,9 @@ def run_graph(
         LayerError: a space that is not a layer of a classifier.
         PairError: see :func:`select_inputs` and :class:`ClassInputs`.
         RunFolderError: the run folder holds another experiment.
+        OptionsError: a Trainer argument the experiment owns (``--trainer.max_steps``...).
     """
+    check_trainer_arguments(trainer)
     if networks is None:
         for path in experiment.classifiers:
             if not Path(path).is_file():
