@@ -566,6 +566,7 @@ def check_batch_independent(head: nn.Module, tail: nn.Module, example: Tensor) -
     Raises:
         BatchDependenceError: the head's values or the tail's logits of the same inputs differ
             between the two batches; the message gives the difference and the tolerance.
+        LayerError: the network fails on these batches (a batch size written into forward).
     """
     x = example[:2]
     n = x.shape[0]
@@ -573,9 +574,16 @@ def check_batch_independent(head: nn.Module, tail: nn.Module, example: Tensor) -
         return
     first = torch.cat([x, _companions(x, 1, shift=2.0, seed=0)])
     second = torch.cat([_companions(x, 2, shift=-2.0, seed=1), x])
-    points_a, points_b = head(first), head(second)
+    try:
+        points_a, points_b = head(first), head(second)
+        logits_a, logits_b = tail(points_a), tail(points_b)
+    except Exception as error:  # the user's network: e.g. a batch size written into forward
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise LayerError(
+            f"the classifier cannot take a batch of {n + 1} or {n + 2} inputs, and path points "
+            f"are evaluated in batches: {type(error).__name__}: {first_line}"
+        ) from error
     _same_in_both(points_a[:n], points_b[-n:], head, "the layer's values (the head's output)")
-    logits_a, logits_b = tail(points_a), tail(points_b)
     _same_in_both(logits_a[:n], logits_b[-n:], tail, "the logits")
 
 

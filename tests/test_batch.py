@@ -117,3 +117,16 @@ def test_a_path_experiment_refuses_it_before_its_run_folder(tmp_path: Path) -> N
             network=_net("head", classes=10),
         )
     assert not (tmp_path / "bn").exists()
+
+
+def test_a_network_that_takes_one_input_at_a_time_is_refused_in_one_line() -> None:
+    class OneAtATime(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(1, 4))  # the batch size written in
+
+    with pytest.raises(LayerError, match=r"cannot take a batch of 2 or 3 inputs.*RuntimeError"):
+        connect(OneAtATime(), "input", torch.rand(4), torch.rand(4), target=0, pixel_range=None)
