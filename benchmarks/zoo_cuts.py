@@ -3,15 +3,21 @@
     python benchmarks/zoo_cuts.py                 # the issue's 12 models, random weights
     python benchmarks/zoo_cuts.py --run           # also run one band step at every listed cut
     python benchmarks/zoo_cuts.py --models resnet18 vit_b_16
+    python benchmarks/zoo_cuts.py --timm --run    # timm's six (issue 18), with the exact check
 
 Prints one row per model: named places (``layer_names`` candidates: every node name and module
 prefix), cuts listed, cuts that ran a band step and kept the head's output (with ``--run``), and
 the refused names by reason (a skip connection across, sizes carried across, not one tensor).
+With ``--timm`` (timm's models of ``tests/test_zoo_timm.py``, 32-pixel images) a second table
+gives, per model, the listed cuts the exact check accepts, why it refuses the others (the
+operation its message names), and at how many cuts its verdict agrees with the tail's
+operations (``tests.test_zoo_timm.not_piecewise_linear``, an independent list).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections import Counter
 
@@ -19,7 +25,8 @@ import torch
 import torchvision
 
 from connectivity import connect
-from connectivity.split import _can_cut, _named_places, _refusal, _resolve, _trace
+from connectivity.exact import why_not_piecewise_linear
+from connectivity.split import _can_cut, _named_places, _refusal, _resolve, _trace, split
 
 MODELS = {
     "resnet18": ({}, 32),
@@ -43,6 +50,10 @@ def _row(name: str, kwargs: dict, side: int, run: bool) -> str:
     model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
     torch.nn.init.normal_(last.weight, std=1.0 / last.weight[0].numel() ** 0.5)
+    return _model_row(name, model, side, run)
+
+
+def _model_row(name: str, model: torch.nn.Module, side: int, run: bool) -> str:
     trace = _trace(model)
     names = _named_places(trace)
     listed, refused = [], Counter()
@@ -72,17 +83,58 @@ def _row(name: str, kwargs: dict, side: int, run: bool) -> str:
     return f"| {name} | {side} | {len(names)} | {len(listed)} | {ran} | {reasons} | {seconds:.0f} |"
 
 
+def _exact_row(name: str) -> str:
+    """Listed cuts the exact check accepts, its reasons for the others, and agreement with the
+    tail's operations."""
+    from tests.test_zoo_timm import not_piecewise_linear, timm_layers, timm_model
+
+    accepted, agree, reasons = 0, 0, Counter()
+    names = timm_layers(name)
+    for layer in names:
+        _, tail = split(timm_model(name), layer)
+        offending = not_piecewise_linear(tail)
+        why = why_not_piecewise_linear(tail)
+        accepted += why is None
+        named = next((op for op, w in offending if why and re.search(w, why, re.I)), None)
+        if why is not None:
+            reason = named or ("_assert" if "_assert" in why else why[:60])
+            reasons[reason] += 1
+        agree += (why is None and not offending) or (named is not None and "_assert" not in why)
+    why_text = ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "-"
+    return f"| {name} | {len(names)} | {accepted} | {why_text} | {agree} of {len(names)} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--run", action="store_true", help="run a band step at every cut")
+    parser.add_argument("--timm", action="store_true", help="timm's six models (issue 18)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, CPU")
+    if args.timm:
+        import timm
+
+        from tests.test_zoo_timm import MODELS as TIMM_MODELS
+        from tests.test_zoo_timm import SIDE, timm_model
+
+        names = args.models or list(TIMM_MODELS)
+        print(f"torch {torch.__version__}, timm {timm.__version__}, CPU, {SIDE}-pixel images")
+    else:
+        names = args.models or list(MODELS)
+        print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, CPU")
     print("| model | input side | named places | cuts listed | cuts run | refused (why) | s |")
     print("|---|---|---|---|---|---|---|")
-    for name in args.models:
-        kwargs, side = MODELS[name]
-        print(_row(name, kwargs, side, args.run), flush=True)
+    for name in names:
+        if args.timm:
+            print(_model_row(name, timm_model(name), SIDE, args.run), flush=True)
+        else:
+            kwargs, side = MODELS[name]
+            print(_row(name, kwargs, side, args.run), flush=True)
+    if args.timm:
+        print()
+        print("| model | cuts listed | exact check accepts | refused (operation named) | agrees |")
+        print("|---|---|---|---|---|")
+        for name in names:
+            print(_exact_row(name), flush=True)
 
 
 if __name__ == "__main__":

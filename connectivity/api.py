@@ -135,7 +135,9 @@ def connect(
         InputError: inputs of another dtype, shape or range (e.g. float images in 0..255),
             targets that are not classes of the model.
         OptionsError: an invalid path option.
-        LayerError: a layer that is no cut, or a model whose output is not logits.
+        LayerError: a layer that is no cut, a model whose output is not logits, or one whose
+            logits of a point depend on the rest of its batch (``BatchDependenceError``, e.g.
+            BatchNorm with ``track_running_stats=False``).
     """
     starts, ends = as_inputs(x_start, "x_start"), as_inputs(x_end, "x_end")
     if starts.shape != ends.shape:

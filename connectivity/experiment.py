@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,11 +29,11 @@ from connectivity.api import encode_pairs
 from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
-from connectivity.errors import ConnectivityError
+from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
 from connectivity.report import WandbOptions, paths_logger, write_report
-from connectivity.split import INPUT, Frozen, split
+from connectivity.split import INPUT, Frozen, floating_dtype, probe_split, split
 from connectivity.verdicts import Certifier, PathOptions
 
 
@@ -116,6 +117,22 @@ def load_network(classifier: str | nn.Module) -> nn.Module:
     if isinstance(classifier, nn.Module):
         return working_copy(classifier)
     return ClassifierModule.from_checkpoint(classifier).network.eval()
+
+
+def probe_spaces(network: nn.Module, spaces: list[str], dataset: Dataset) -> None:
+    """Check every space's split on two images of ``dataset`` before any work: one tensor at
+    the layer, ``(B, classes)`` logits, and logits of a point that do not depend on its batch.
+
+    Raises:
+        LayerError: see :func:`connectivity.split.probe_split`.
+        BatchDependenceError: the class of an image would depend on the batch it is in.
+    """
+    device = next(network.parameters(), torch.empty(0)).device
+    images, _ = stack_images(dataset, list(range(min(2, len(dataset)))))  # type: ignore[arg-type]
+    for space in spaces:
+        head, tail = split(network, space)
+        dtype = floating_dtype(head) or images.dtype
+        probe_split(head.to(device), tail.to(device), images.to(device=device, dtype=dtype))
 
 
 @torch.no_grad()
@@ -487,6 +504,57 @@ _OWN_SETTINGS = {
 }
 
 
+_STEPS = "set --path.steps (most band steps per pair; a fit runs until every pair is decided)"
+_NO_VALIDATION = "leave it out (a path experiment has no validation loop)"
+# Trainer arguments whose role the experiment plays itself, and what to set instead: a value
+# the Trainer would take and then not honour is refused rather than ignored.
+_OWNED_TRAINER_ARGUMENTS = {
+    "max_steps": _STEPS,
+    "min_steps": _STEPS,
+    "max_epochs": _STEPS,
+    "min_epochs": _STEPS,
+    "limit_train_batches": _STEPS,
+    "overfit_batches": _STEPS,
+    "fast_dev_run": _STEPS + " and fewer pairs",
+    "accumulate_grad_batches": "set --path.steps and --path.lr (each step is one band update)",
+    "gradient_clip_val": "set --path.max_step (the longest move of a pivot in one step)",
+    "gradient_clip_algorithm": "set --path.max_step (the longest move of a pivot in one step)",
+    "enable_checkpointing": "set --checkpoint_every (band checkpoints and records are the run's)",
+    "val_check_interval": _NO_VALIDATION,
+    "check_val_every_n_epoch": _NO_VALIDATION,
+    "limit_val_batches": _NO_VALIDATION,
+    "num_sanity_val_steps": _NO_VALIDATION,
+    "limit_test_batches": _NO_VALIDATION,
+    "limit_predict_batches": _NO_VALIDATION,
+    "reload_dataloaders_every_n_epochs": "leave it out (the band is the only data)",
+    "use_distributed_sampler": "leave it out (each rank decides its own share of the pairs)",
+    "enable_model_summary": "leave it out (the experiment fits no model of its own)",
+}
+
+
+def check_trainer_arguments(given: dict[str, Any] | None) -> None:
+    """Refuse Trainer arguments that a path or graph experiment would not honour.
+
+    ``--trainer.max_steps 3`` would be silently ignored (every band runs ``path.steps``): an
+    argument the experiment owns is refused unless it keeps the Trainer's default, or the
+    experiment's own value (``max_epochs: 1``).
+
+    Raises:
+        OptionsError: the first such argument, with the option to set instead.
+    """
+    defaults = {
+        name: p.default for name, p in inspect.signature(L.Trainer.__init__).parameters.items()
+    }
+    for name, value in (given or {}).items():
+        what = _OWNED_TRAINER_ARGUMENTS.get(name)
+        if what is None or value == defaults.get(name) or value == _OWN_SETTINGS.get(name, ...):
+            continue
+        raise OptionsError(
+            f"--trainer.{name} {value} is not honoured: the experiment runs the Trainer's "
+            f"loop itself; {what}"
+        )
+
+
 def _trainer_settings(given: dict[str, Any] | None) -> tuple[dict[str, Any], L.Trainer]:
     """The Trainer settings of every fit of an experiment, and a Trainer built with them.
 
@@ -545,7 +613,11 @@ def run_paths(
 
     Returns:
         The run's store on rank zero (None on other ranks).
+
+    Raises:
+        OptionsError: a Trainer argument the experiment owns (:func:`check_trainer_arguments`).
     """
+    check_trainer_arguments(trainer)
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
@@ -564,6 +636,7 @@ def run_paths(
                 f"with `connectivity fit -c configs/decoder/...`, or leave it out of `decoders`."
             )
     dataset = data.dataset(experiment.pairs.split)
+    probe_spaces(network, experiment.spaces, dataset)  # before the run folder, on two images
     settings, probe = _trainer_settings(trainer)
     device = str(probe.strategy.root_device)
     pairs = select_pairs(network.to(device), dataset, experiment.pairs, data.class_names, device)

@@ -49,9 +49,11 @@ from connectivity.experiment import (
     SpacePathModule,
     _is_int,
     _trainer_settings,
+    check_trainer_arguments,
     load_network,
     options_in_space,
     path_manifest,
+    probe_spaces,
 )
 from connectivity.graph import ComponentSearch, check_graph_options, is_connected
 from connectivity.graph_report import write_graph_report
@@ -549,7 +551,9 @@ def run_graph(
         LayerError: a space that is not a layer of a classifier.
         PairError: see :func:`select_inputs` and :class:`ClassInputs`.
         RunFolderError: the run folder holds another experiment.
+        OptionsError: a Trainer argument the experiment owns (``--trainer.max_steps``...).
     """
+    check_trainer_arguments(trainer)
     if networks is None:
         for path in experiment.classifiers:
             if not Path(path).is_file():
@@ -574,6 +578,8 @@ def run_graph(
     device = str(probe.strategy.root_device)
     loaded = [n.to(device) for n in loaded]
     dataset = data.dataset(experiment.inputs.split)
+    for network in loaded:  # before the run folder, on two images
+        probe_spaces(network, experiment.spaces, dataset)
     selections = select_inputs(loaded, dataset, experiment.inputs, data.class_names, device)
     store = GraphStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import inspect
 import math
 import operator
 from collections.abc import Hashable
@@ -151,6 +152,67 @@ def _pick_output(graph: fx.Graph, model: nn.Module, output: Hashable | None) -> 
     out.args = (picked,)
 
 
+def _bound_arguments(model: nn.Module) -> dict[str, object]:
+    """The arguments of ``model.forward`` after the input, bound at their defaults for tracing.
+
+    timm's VisionTransformer takes ``forward(x, attn_mask=None, is_causal=False)``: a classifier
+    of single points is called with its input alone, so every later argument takes its default.
+    ``*args`` and ``**kwargs`` stay empty.
+
+    Raises:
+        LayerError: forward takes no input, or a second argument that has no default.
+    """
+    model_name = type(model).__name__
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin forward: torch.fx reports what it can
+        return {}
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not parameters or parameters[0].kind in variadic:
+        raise LayerError(
+            f"{model_name}.forward takes no single input; only classifiers called as "
+            "model(x) can be split (wrap it in a module whose forward(self, x) calls it)"
+        )
+    required = [p.name for p in parameters[1:] if p.kind not in variadic and p.default is p.empty]
+    if required:
+        raise LayerError(
+            f"{model_name}.forward takes {1 + len(required)} inputs (required besides "
+            f"{parameters[0].name!r}: {', '.join(required)}); only classifiers called as "
+            "model(x) can be split: give the others defaults, or wrap the model in a module "
+            "whose forward(self, x) calls it with them"
+        )
+    return {p.name: p.default for p in parameters[1:] if p.kind not in variadic}
+
+
+# What torch.fx inserts to check that an argument bound with concrete_args keeps its value.
+_GUARDS = {torch._assert, operator.eq, getattr(fx._symbolic_trace, "_assert_is_none", None)}
+
+
+def _drop_bound_inputs(graph: fx.Graph, model_name: str) -> None:
+    """Remove the placeholders of bound and variadic arguments (and torch.fx's guards on
+    them): the split parts take the input alone. An argument whose value the network uses
+    (``*args`` read in forward) is refused."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    for placeholder in placeholders[1:]:
+        found, stack = {placeholder}, [placeholder]
+        while stack:
+            for user in stack.pop().users:
+                if user not in found:
+                    found.add(user)
+                    stack.append(user)
+        used = [n for n in found if n is not placeholder and n.target not in _GUARDS]
+        if used:
+            name = str(placeholder.target).lstrip("*")
+            raise LayerError(
+                f"{model_name}.forward uses its argument {name!r} besides the input; only "
+                "classifiers called as model(x) can be split (wrap it in a module whose "
+                "forward(self, x) calls it)"
+            )
+        for node in sorted(found, key=order.__getitem__, reverse=True):
+            graph.erase_node(node)
+
+
 def _trace(model: nn.Module, output: Hashable | None = None) -> _Trace:
     leaf_ops = [
         m
@@ -159,13 +221,15 @@ def _trace(model: nn.Module, output: Hashable | None = None) -> _Trace:
     ]
     tracer = NodePathTracer(autowrap_modules=(math, torchvision.ops), leaf_modules=leaf_ops)
     model_name = type(model).__name__
+    bound = _bound_arguments(model)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=bound or None)
     except Exception as error:  # torch.fx raises many kinds; all mean "not traceable"
         raise LayerError(
             f"{model_name} cannot be traced with torch.fx, so it cannot be split at a "
             f"named layer ({type(error).__name__}: {error})"
         ) from error
+    _drop_bound_inputs(graph, model_name)
     _pick_output(graph, model, output)
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
@@ -305,6 +369,10 @@ def _refusal(trace: _Trace, layer: str, index: int | None) -> str:
 def layer_names(model: nn.Module, *, output: Hashable | None = None) -> list[str]:
     """All layer names at which ``model`` can be split, in execution order of first use.
 
+    The model is traced as ``model(x)`` calls it: arguments of ``forward`` after the input that
+    have defaults are bound at them (timm's VisionTransformer: ``attn_mask=None``,
+    ``is_causal=False``); ``*args`` and ``**kwargs`` stay empty.
+
     Args:
         model: As in :func:`split` (not changed).
         output: As in :func:`split`.
@@ -334,7 +402,8 @@ def split(
     input with :func:`probe_split` before relying on it.
 
     Args:
-        model: A torch.fx-traceable classifier with a single input.
+        model: A torch.fx-traceable classifier called as ``model(x)``: later arguments of its
+            ``forward`` are bound at their defaults (see :func:`layer_names`).
         layer: A node name as ``get_graph_node_names`` prints it, a module prefix (its last
             node), or ``"input"`` for the input space (the head is then the identity).
         output: For a model that returns a tuple or dict: the index or key of its logits.
@@ -343,10 +412,11 @@ def split(
         ``(head, tail)``: the head in eval mode with trainable parameters; the tail frozen.
 
     Raises:
-        LayerError: the model cannot be traced, returns several values and ``output`` does not
-            pick one, or ``layer`` names no place where the network can be cut; the message
-            says why (unknown name, skip connection, sizes carried across, a tuple value) and
-            lists the valid names.
+        LayerError: the model cannot be traced, its ``forward`` needs a second argument (one
+            without a default, or ``*args``/``**kwargs`` it reads), returns several values and
+            ``output`` does not pick one, or ``layer`` names no place where the network can be
+            cut; the message says why (unknown name, skip connection, sizes carried across, a
+            tuple value) and lists the valid names.
     """
     if not isinstance(layer, str):
         raise LayerError(f"layer must be a name (str), got {layer!r}; see layer_names(model)")
@@ -399,7 +469,8 @@ class SplitProbe:
 
 @torch.no_grad()
 def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe:
-    """Run ``tail(head(example))`` once and check that it gives one point and logits.
+    """Run ``tail(head(example))`` once and check that it gives one point and logits that do
+    not depend on the batch.
 
     Args:
         head: As :func:`split` returns it.
@@ -409,6 +480,8 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
     Raises:
         LayerError: the head rejects inputs of this shape, gives no single tensor, or the tail
             gives no ``(B, classes)`` logits with at least two classes.
+        BatchDependenceError: a point's values or logits depend on the rest of its batch
+            (:func:`check_batch_independent`, two more forwards of 3 and 4 inputs).
     """
     shape = tuple(example.shape[1:])
     try:
@@ -434,7 +507,99 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
             "the classifier gives 1 logit; the path energy is a cross-entropy over classes, so "
             "give a binary classifier two logits (e.g. torch.cat([-z, z], dim=1))"
         )
+    check_batch_independent(head, tail, example)
     return SplitProbe(tuple(point.shape[1:]), int(logits.shape[1]))
+
+
+class BatchDependenceError(LayerError):
+    """A network whose output for one point depends on the other points of its batch (batch
+    statistics in eval mode): the class of a single point is not defined."""
+
+
+def _batch_tolerance(values: Tensor, module: nn.Module) -> float:
+    """How far one point's values may move between two batches from rounding alone.
+
+    Another batch size may take another kernel (blocking; TF32 convolutions on a GPU round
+    products to 11 bits, and their errors add up over the layers), so the bound is relative to
+    the values' scale: the square root of the coarsest epsilon involved (float16: 0.031,
+    bfloat16: 0.088), and at least 1%. Batch statistics with the probe's companions, shifted
+    two spreads up in one batch and down in the other, move values by about half their scale
+    and more (40 to 90 times this bound for one BatchNorm with batch statistics in
+    tests/test_batch.py), so a generous bound still tells them apart.
+    """
+    dtypes = [values.dtype, floating_dtype(module) or values.dtype]
+    eps = max(torch.finfo(d).eps for d in dtypes)
+    scale = float(values.abs().max()) if values.numel() else 0.0
+    return max(math.sqrt(eps), 1e-2) * scale
+
+
+def _companions(example: Tensor, count: int, shift: float, seed: int) -> Tensor:
+    """``count`` inputs shaped like ``example[0]``: seeded noise of the example's spread around
+    its mean moved by ``shift`` spreads, so that the statistics of a batch with them differ
+    from those of a batch with companions of the opposite shift."""
+    generator = torch.Generator().manual_seed(seed)
+    values = example.detach().float()
+    spread = (float(values.std()) if values.numel() > 1 else 0.0) or 1.0
+    noise = torch.randn((count, *example.shape[1:]), generator=generator)
+    out = float(values.mean()) + spread * (noise + shift)
+    return out.to(device=example.device, dtype=example.dtype)
+
+
+@torch.no_grad()
+def check_batch_independent(head: nn.Module, tail: nn.Module, example: Tensor) -> None:
+    """Refuse a network whose output for a point depends on the rest of its batch.
+
+    A path's points are evaluated in batches of any composition (``chunk_size``, pairs of a
+    round, ranks), so a point's class must be a function of the point alone. Two forwards show
+    it: the example inputs with one companion, and the same inputs after two others (another
+    batch size, order and company: seeded noise shifted up, then down); the head's values and
+    the tail's logits of the example must agree within rounding (:func:`_batch_tolerance`).
+    What the model does is checked, not its module types: BatchNorm with
+    ``track_running_stats=False`` (batch statistics even in eval mode) is refused, BatchNorm
+    with running statistics in eval mode is not.
+
+    Args:
+        head: As :func:`split` returns it (``nn.Identity()`` to check a tail alone).
+        tail: Likewise; maps the head's values ``(B, *point_shape)`` to logits.
+        example: ``(B, *input_shape)`` inputs the head takes (its first two are used).
+
+    Raises:
+        BatchDependenceError: the head's values or the tail's logits of the same inputs differ
+            between the two batches; the message gives the difference and the tolerance.
+        LayerError: the network fails on these batches (a batch size written into forward).
+    """
+    x = example[:2]
+    n = x.shape[0]
+    if n == 0:
+        return
+    first = torch.cat([x, _companions(x, 1, shift=2.0, seed=0)])
+    second = torch.cat([_companions(x, 2, shift=-2.0, seed=1), x])
+    try:
+        points_a, points_b = head(first), head(second)
+        logits_a, logits_b = tail(points_a), tail(points_b)
+    except Exception as error:  # the user's network: e.g. a batch size written into forward
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise LayerError(
+            f"the classifier cannot take a batch of {n + 1} or {n + 2} inputs, and path points "
+            f"are evaluated in batches: {type(error).__name__}: {first_line}"
+        ) from error
+    _same_in_both(points_a[:n], points_b[-n:], head, "the layer's values (the head's output)")
+    _same_in_both(logits_a[:n], logits_b[-n:], tail, "the logits")
+
+
+def _same_in_both(a: Tensor, b: Tensor, module: nn.Module, what: str) -> None:
+    tolerance = _batch_tolerance(a, module)
+    difference = float((a.float() - b.float()).abs().max())
+    if difference > tolerance:
+        n = a.shape[0]
+        raise BatchDependenceError(
+            f"the classifier is not a function of single points: {what} of the same inputs "
+            f"differ by {difference:.3g} (tolerance {tolerance:.2g}) between a batch of {n + 1} "
+            f"and one of {n + 2}, so a point's class would depend on its batch (batch "
+            "statistics, e.g. BatchNorm with track_running_stats=False); use running "
+            "statistics (track_running_stats=True, eval mode) or a per-sample norm (GroupNorm, "
+            "LayerNorm)"
+        )
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from connectivity.neb import (
     find_paths,
     straight_line,
 )
-from connectivity.split import FrozenTail
+from connectivity.split import FrozenTail, check_batch_independent
 
 CERTIFY = ("exact", "sampled", "auto")
 
@@ -688,6 +688,8 @@ def connect_points(
     Raises:
         NotPiecewiseLinearError: ``options.certify == "exact"`` with a tail that is not
             piecewise linear (before any work).
+        BatchDependenceError: a tail whose logits of a point depend on the rest of its batch
+            (batch statistics in eval mode; before any work).
     """
     options = options or PathOptions()
     starts, ends = working_precision(starts, ends)
@@ -697,6 +699,8 @@ def connect_points(
     # working precision are cast to the network's dtype inside.
     if not isinstance(tail, FrozenTail):
         tail = FrozenTail(copy.deepcopy(tail)).to(starts.device)
+        # A tail of the user's own (split's tails were checked where they were probed).
+        check_batch_independent(nn.Identity(), tail, torch.cat([starts[:1], ends[:1]]))
     certifier = Certifier.for_tail(tail, options)
     check = check_lines(tail, starts, ends, targets, options, certifier)
     decisions = Decisions(tail, targets, check, options, on_record, certifier)

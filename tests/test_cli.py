@@ -181,3 +181,34 @@ def test_runs_without_a_logger_never_share_a_folder(in_tmp: Path) -> None:
         assert checkpoints == ["last.ckpt"]  # one step: no validation yet, so no "best"
         module = ClassifierModule.from_checkpoint(root / version / "checkpoints" / "last.ckpt")
         assert module.hparams.lr == lr
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "instead"),
+    [
+        ("paths", "max_steps", "3", "--path.steps"),
+        ("graph", "max_steps", "3", "--path.steps"),
+        ("paths", "max_epochs", "5", "--path.steps"),
+        ("graph", "limit_train_batches", "0.5", "--path.steps"),
+        ("paths", "gradient_clip_val", "0.5", "--path.max_step"),
+        ("graph", "val_check_interval", "2", "no validation loop"),
+    ],
+)
+def test_trainer_arguments_the_experiment_owns_are_refused(
+    command: str,
+    flag: str,
+    value: str,
+    instead: str,
+    in_tmp: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    config = str(CONFIGS / command / "quick.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "-c", config, f"--trainer.{flag}", value, "--wandb.enabled", "false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"connectivity: error: --trainer.{flag} {value} is not honoured"), err
+    assert instead in err
+    # Refused before the classifier checkpoint is even looked for, so before any folder.
+    assert not (in_tmp / "lightning_logs").exists()

@@ -220,3 +220,60 @@ def test_in_place_calls_whose_result_is_unused_are_kept() -> None:
     for layer in layer_names(model, output="logits"):
         head, tail = split(model, layer, output="logits")
         assert torch.allclose(tail(head(x)), expected, atol=1e-6), layer
+
+
+class _MaskedClassifier(torch.nn.Module):
+    """A classifier whose forward takes extra arguments with defaults, as timm's
+    VisionTransformer does (``forward(x, attn_mask=None, is_causal=False)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 6)
+        self.b = torch.nn.Linear(6, 3)
+
+    def forward(self, x, mask=None, scale: float = 2.0, *args, causal: bool = False, **kwargs):
+        h = self.a(x).relu()
+        if mask is not None:
+            h = h * mask
+        if causal:
+            h = h.flip(-1)
+        return self.b(h) * scale
+
+
+def test_arguments_with_defaults_are_bound_at_them() -> None:
+    torch.manual_seed(0)
+    model = _MaskedClassifier().eval()
+    x = torch.randn(5, 4)
+    names = layer_names(model)
+    assert names == ["input", "a", "relu", "b", "mul"]
+    for layer in names:
+        head, tail = split(model, layer)
+        # scale=2 and no mask, no flip: the defaults, so the parts reproduce model(x)
+        assert torch.equal(tail(head(x)), model(x)), layer
+        assert torch.equal(tail(head(x)), 2 * model.b(model.a(x).relu())), layer
+
+
+def test_a_second_argument_without_default_is_refused_by_name() -> None:
+    class TwoInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+
+        def forward(self, x, y, *, z):
+            return self.a(x + y + z)
+
+    with pytest.raises(LayerError, match=r"TwoInputs.forward takes 3 inputs .*: y, z\)"):
+        layer_names(TwoInputs())
+
+
+def test_an_argument_read_through_kwargs_is_refused() -> None:
+    class ReadsKwargs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(4, 3)
+
+        def forward(self, x, **kwargs):
+            return self.a(x) * kwargs["scale"]
+
+    with pytest.raises(LayerError, match=r"ReadsKwargs.forward uses its argument 'kwargs'"):
+        layer_names(ReadsKwargs())

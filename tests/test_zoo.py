@@ -79,21 +79,31 @@ def _model(name: str, kwargs: dict, side: int) -> torch.nn.Module:
         ).eval()
     else:
         model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
-    # Some builders start the classifier at zero (ViT) or near it: every class would tie.
+    spread_last_layer(model)
+    return model
+
+
+def spread_last_layer(model: torch.nn.Module) -> None:
+    """Some builders start the classifier at zero (ViT) or near it: every class would tie."""
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
     torch.nn.init.normal_(last.weight, std=1.0 / last.weight[0].numel() ** 0.5)
-    return model
 
 
 def _check_every_cut(name: str, kwargs: dict, side: int) -> None:
     model = _model(name, kwargs, side)
+    names = layer_names(model)
+    assert names[0] == "input" and len(names) > 5
+    check_cuts_run_a_band(model, side, names)
+
+
+def check_cuts_run_a_band(model: torch.nn.Module, side: int, names: list[str]) -> None:
+    """One band step at each of ``names`` (10-class ``model`` of ``side``-pixel RGB images):
+    the record's ends are exactly the layer's values as the model computes them."""
     x = torch.rand(2, 3, side, side)
     with torch.no_grad():
         predicted = model(x).argmax(dim=1)
     # A target neither end has: the line fails at once, so every cut takes a band step.
     target = next(c for c in range(10) if c not in predicted.tolist())
-    names = layer_names(model)
-    assert names[0] == "input" and len(names) > 5
     firsts, seconds = _values_at_cuts(model, names, x[:1]), _values_at_cuts(model, names, x[1:])
     for layer in names:
         (record,) = connect(
