@@ -336,6 +336,10 @@ _AFFINE_METHODS = {
 }
 _PRODUCT_METHODS = {"mul", "mul_", "matmul", "__mul__", "__rmul__", "__matmul__", "mm", "bmm"}
 _DIVISION_METHODS = {"div", "div_", "__truediv__"}
+# Methods that give a fixed tensor the batch's shape: the point-dependent arguments they may
+# take are sizes (``expand(x.shape[0], -1, -1)``) or, for ``expand_as``, a tensor whose shape
+# only is read.
+_BATCH_SHAPED_METHODS = {"expand", "expand_as", "repeat"}
 # Affine in several point-dependent operands at once (sums and concatenations); every other
 # affine operation is affine in its first operand only, with its other operands fixed.
 _SUM_FUNCTIONS: set[Any] = {
@@ -666,6 +670,10 @@ def _classify(
             return _Step(node, PAIR, pair=_PAIR_KINK_METHODS[name])
         if name in _SIZE_METHODS:
             return _Step(node, SIZE)
+        if name in _BATCH_SHAPED_METHODS and values(first) == 0 and values(rest) <= 1:
+            # A fixed tensor given the batch's shape (the ViT's class token expanded to the
+            # batch): the same value at every point, so affine with slope zero.
+            return _Step(node, AFFINE)
         if name in _SUM_METHODS and summed:
             return _Step(node, AFFINE)
         if name in _AFFINE_METHODS and single and _keeps_floating(node):

@@ -763,14 +763,28 @@ class Asserting(nn.Module):
         return self.last(F.relu(h))
 
 
+class ClassToken(nn.Module):
+    """A fixed token expanded to the batch and joined to the point (a ViT's class token)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.token = nn.Parameter(torch.randn(1, 1, 3))
+        self.first, self.last = nn.Linear(3, 3), nn.Linear(3 * 4, 2)
+
+    def forward(self, z: Tensor) -> Tensor:
+        tokens = torch.cat([self.token.expand(z.shape[0], -1, -1), z], dim=1)  # (B, 4, 3)
+        return self.last(F.relu(self.first(tokens)).flatten(1))
+
+
 @pytest.mark.parametrize(
     "tail",
-    [ViewByShape(), Padded(), Asserting()],
+    [ViewByShape(), Padded(), Asserting(), ClassToken()],
     ids=lambda tail: type(tail).__name__,
 )
 def test_valid_piecewise_linear_tails_are_checked_exactly(tail: nn.Module) -> None:
     tail = tail.double()
-    shape = (1, 3, 3) if not isinstance(tail, Asserting) else (2,)
+    shape = {Asserting: (2,), ClassToken: (3, 3)}.get(type(tail), (1, 3, 3))
     generator = torch.Generator().manual_seed(7)
     starts = torch.randn(1, *shape, generator=generator, dtype=torch.float64)
     ends = torch.randn(1, *shape, generator=generator, dtype=torch.float64)

@@ -147,17 +147,13 @@ def check_exact_acceptance(name: str, layer: str, first: str | None = None) -> N
     assert any(re.search(words, why, re.IGNORECASE) for _, words in offending), (layer, why, ops)
 
 
-# The exact branch (issue 18, items 1 and 2) makes the exact check see through timm's
-# torch._assert; until it is merged these are refused for `_assert`. Remove after the merge.
-NEEDS_EXACT = pytest.mark.xfail(strict=False, reason="needs exact branch")
-
 # (model, cut, the tail's first operation that is not piecewise linear: "" for none), read off
 # the architectures: ReLU networks are accepted; efficientnet's last BatchNormAct2d applies a
 # SiLU, ConvNeXt's and the ViT's heads a LayerNorm, MobileNetV3's squeeze-and-excitation
 # multiplies the point by its own gate. The ViT is affine after its last norm.
 EXACT_CASES = [
     ("resnet18d", "layer2", ""),
-    pytest.param("regnetx_002", "input", "", marks=NEEDS_EXACT),
+    ("regnetx_002", "input", ""),
     ("efficientnet_b0", "bn2.batch_norm", "SiLU"),
     ("convnext_atto", "stages.3", "layer_norm"),
     ("mobilenetv3_small_050", "blocks.4.0.aa", "product"),
@@ -174,14 +170,8 @@ def test_the_exact_check_accepts_exactly_the_piecewise_linear_tails(
     check_exact_acceptance(name, layer, first)
 
 
-# Models whose every cut the exact branch is needed for (see NEEDS_EXACT).
-_ASSERTS = {"regnetx_002", "efficientnet_b0", "mobilenetv3_small_050", "vit_tiny_patch16_224"}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=NEEDS_EXACT) if n in _ASSERTS else n for n in MODELS]
-)
+@pytest.mark.parametrize("name", MODELS)
 def test_every_listed_cut_is_accepted_exactly_when_piecewise_linear(name: str) -> None:
     wrong = []
     for layer in timm_layers(name):
