@@ -7,7 +7,6 @@ all need a band); the slow ones start real processes (``ddp_pairs`` on the CPU, 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from connectivity.cli import main
 from connectivity.experiment import RecordWriter, SpacePathModule, load_network
 from connectivity.path_module import BandCheckpoint
 from connectivity.records import Pair, RunStore
@@ -163,3 +161,97 @@ def test_killed_on_one_rank_resumed_on_two_decides_each_pair_once(tmp_path: Path
         _fit(store, PretendRank(rank, 2))
     assert store.writes == {("input", k): 1 for k in range(PAIRS)}
     assert _record_bytes(store) == records and _bands(store) == {}
+
+
+def _digit_pairs(classifier: Path, bands: int, lines: int) -> list[list[int]]:
+    """Same-class test pairs of the digits: ``bands`` pairs with a misclassified end (their
+    line never passes the check, so their band runs every step), then ``lines`` pairs of
+    correctly classified images."""
+    from connectivity.data import DigitsDataModule
+
+    dataset = DigitsDataModule().dataset("test")
+    network = load_network(str(classifier))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    with torch.no_grad():
+        right = network(images).argmax(dim=1) == labels
+    wrong = (~right).nonzero().squeeze(1).tolist()
+    if len(wrong) < bands:
+        pytest.skip(f"the digits classifier misclassifies fewer than {bands} test images")
+    used: set[int] = set(wrong[:bands])
+    pairs = []
+    for bad in wrong[:bands]:
+        other = next(
+            i
+            for i in range(len(dataset))
+            if labels[i] == labels[bad] and right[i] and i not in used
+        )
+        used.add(other)
+        pairs.append([bad, other])
+    for _ in range(lines):
+        a = next(i for i in range(len(dataset)) if right[i] and i not in used)
+        b = next(
+            i
+            for i in range(len(dataset))
+            if right[i] and labels[i] == labels[a] and i not in used | {a}
+        )
+        used |= {a, b}
+        pairs.append([a, b])
+    return pairs
+
+
+@pytest.mark.slow  # ~1-2 min: four runs in other processes, two of them on two ranks
+def test_real_ranks_killed_and_resumed_on_other_numbers_decide_each_pair_once(
+    digits_classifier: Path, tmp_path: Path
+) -> None:
+    indices = _digit_pairs(digits_classifier, bands=4, lines=2)
+    config = tmp_path / "r.yaml"
+    config.write_text(
+        f"name: r\nclassifier: {digits_classifier}\noutput_dir: {tmp_path}\nspaces: [input]\n"
+        f"pairs: {{indices: {indices}}}\n"
+        "path: {num_pivots: 4, steps: 30, converge: true, tol: 0.0}\ncheckpoint_every: 5\n"
+        "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
+    )
+    log = tmp_path / "writes.log"
+    bands = tmp_path / "r" / "bands" / "input"
+    records = tmp_path / "r" / "records" / "input"
+
+    def run(ranks: int, kill: int | None) -> list[tuple[str, str, str]]:
+        callbacks = f"{{class_path: tests.toy.LogRecordWrites, init_args: {{log: {log}}}}}"
+        if kill is not None:
+            callbacks += (
+                f", {{class_path: tests.toy.KillAfterBandStep, init_args: {{step: {kill}}}}}"
+            )
+        command = [sys.executable, "-m", "connectivity.cli", "paths", "-c", str(config)]
+        command += ["--trainer.accelerator", "cpu", "--trainer.callbacks", f"[{callbacks}]"]
+        if ranks > 1:
+            command += ["--trainer.devices", str(ranks), "--trainer.strategy", "ddp_pairs"]
+        before = log.read_text().splitlines() if log.exists() else []
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+        expected = 0 if kill is None else -signal.SIGKILL
+        assert done.returncode == expected, done.stderr[-3000:]
+        return [tuple(line.split()) for line in log.read_text().splitlines()[len(before) :]]
+
+    # Killed on 1 process after band step 12 (band checkpoint at step 10): the 2 line pairs
+    # are decided; the 4 bands are in rank0.pt.
+    first = run(1, kill=12)
+    assert sorted(int(p) for _, p, _ in first) == [4, 5]
+    assert sorted(f.name for f in bands.glob("*.pt")) == ["rank0.pt"]
+    # Resumed on 2 ranks, killed again after step 17 (checkpoints at step 15 on both ranks).
+    second = run(2, kill=17)
+    assert second == []
+    assert sorted(f.name for f in bands.glob("*.pt")) == ["rank0.pt", "rank1.pt"]
+    # Finished on 1 process: rank1.pt is taken over, and removed.
+    third = run(1, kill=None)
+    assert sorted(int(p) for _, p, _ in third) == [0, 1, 2, 3]
+    assert list(bands.glob("*.pt")) == []
+    writes = Counter(int(p) for _, p, _ in first + second + third)
+    assert writes == {k: 1 for k in range(6)}  # each pair's record written once
+    steps = {r["pair"]["id"]: r["steps"] for r in RunStore(tmp_path / "r").load("input")}
+    assert steps == {0: 30, 1: 30, 2: 30, 3: 30, 4: 0, 5: 0}
+
+    # The finished run rerun on 2 ranks decides nothing: its records stay byte for byte.
+    saved = {f.name: f.read_bytes() for f in records.glob("pair_*.pt")}
+    assert run(2, kill=None) == []
+    assert {f.name: f.read_bytes() for f in records.glob("pair_*.pt")} == saved
+    assert list(bands.glob("*.pt")) == []

@@ -159,3 +159,32 @@ def ring_pairs(count: int) -> tuple[Tensor, list[tuple[int, int]]]:
             x = torch.tensor([math.cos(angle + turn), math.sin(angle + turn)]) * 0.375 + 0.5
             images.append(torch.tensor([[x[0], x[1]], [0.3, 0.7]]).unsqueeze(0))
     return torch.stack(images), [(2 * k, 2 * k + 1) for k in range(count)]
+
+
+class LogRecordWrites(L.Callback):
+    """Appends ``<space> <pair id> <rank>`` to the file ``log`` for every record the run's
+    :class:`~connectivity.experiment.RecordWriter` writes (one line each, in every process),
+    so a test can count the record writes of runs in other processes.
+
+    Args:
+        log: The file the lines are appended to.
+    """
+
+    def __init__(self, log: str) -> None:
+        self.file = log
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            store = getattr(callback, "store", None)
+            if store is None or getattr(store, "logged_to", None) == self.file:
+                continue
+            store.save = self._logged(store.save, trainer.global_rank)
+            store.logged_to = self.file
+
+    def _logged(self, save, rank: int):  # type: ignore[no-untyped-def]
+        def logged(space, pair, record) -> None:  # type: ignore[no-untyped-def]
+            with open(self.file, "a") as file:
+                file.write(f"{space} {pair.id} {rank}\n")
+            save(space, pair, record)
+
+        return logged
