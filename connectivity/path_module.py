@@ -342,8 +342,10 @@ def _steps_taken(band: ElasticBand) -> int:
 class BandCheckpoint(L.Callback):
     """Save the band every ``every_n_steps`` steps: its pivots, per-pair state and optimiser,
     which pairs its rows are (``band_rows``; its size is its pivots' shape), the pairs queued
-    for later rounds with the paths they go on from (``queued``), and the records of the pairs
-    bands decided so far (``decided``).
+    for later rounds with the paths they go on from (``queued``), the records of the pairs
+    bands decided so far (``decided``), and what :meth:`PathModule.checkpoint_extra` adds
+    (:class:`~connectivity.experiment.SpacePathModule`: the ids of the module's pairs, and the
+    saved states of pairs other ranks took over, until they are decided).
 
     One file per rank (``<folder>/rank<k>.pt``; each rank has its own pairs), written to a
     temporary file and renamed, so a kill leaves the previous checkpoint whole; then the files
