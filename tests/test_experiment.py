@@ -26,6 +26,7 @@ from connectivity.experiment import (
     Experiment,
     PairError,
     PairSampling,
+    encode_each_pair,
     load_network,
     manifest,
     options_in_space,
@@ -34,6 +35,7 @@ from connectivity.experiment import (
 )
 from connectivity.records import RunFolderError, RunStore
 from connectivity.report import WandbOptions, offline_run_records, write_report
+from connectivity.split import split
 from connectivity.verdicts import PathOptions
 from tests.conftest import REPO
 
@@ -297,6 +299,25 @@ def test_two_process_ddp_pairs_gives_the_single_process_records(
             for key in ("line", "path"):
                 bound = 4 * eps * float(a[key].abs().max())
                 assert float((a[key] - b[key]).abs().max()) <= bound, (space, key)
+
+
+def test_a_pairs_ends_do_not_depend_on_the_other_pairs_of_its_rank() -> None:
+    # The ends of pair 1 encoded with pairs 0 and 2 (one rank) and alone (another number of
+    # ranks, or a resume with pairs 0 and 2 decided): the same bits.
+    torch.manual_seed(0)
+    network = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.Flatten(), nn.Linear(1024, 10)
+    ).eval()
+    head, tail = split(network, "3")
+    starts, ends = torch.rand(3, 3, 12, 12), torch.rand(3, 3, 12, 12)
+    targets = torch.tensor([1, 2, 3])
+    z_start, z_end = encode_each_pair(head, tail, starts, ends, targets)
+    alone_start, alone_end = encode_each_pair(head, tail, starts[1:2], ends[1:2], targets[1:2])
+    assert z_start.shape == (3, 1024) and torch.equal(z_start[1:2], alone_start)
+    assert torch.equal(z_end[1:2], alone_end)
+    # Each pair's ends are its images through the head (within rounding of another batch).
+    with torch.no_grad():
+        assert torch.allclose(z_end, head(ends), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_find_unused_parameters_true"])
