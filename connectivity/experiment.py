@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import re
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -236,8 +237,12 @@ class SpacePathModule(PathModule):
 
     The rank's share (every ``world_size``-th pair from its rank on, minus pairs already
     decided) is built in ``setup``, which every launcher runs in every process (spawned ones
-    too), from rank zero's draw of the pairs. A band checkpoint of this rank that covers the
-    share is continued instead of starting again from the straight line.
+    too), from rank zero's draw of the pairs. Records are the truth: a pair with a record is
+    never decided again. Every rank reads every band checkpoint of the space, whichever rank
+    wrote it (:func:`take_over`): the band state of each of its pairs is continued from the
+    newest file that holds it, so a run resumed on another number of ranks decides each pair
+    once and loses no band step; the files of ranks that no longer run are removed once what
+    they held is saved again or decided.
 
     Args:
         network: The classifier (logits of images in [0, 1]); split at ``space`` here.
@@ -269,23 +274,30 @@ class SpacePathModule(PathModule):
         self.rows: list[Pair] = []  # the pair of each row of the band
         self.reused: list[Pair] = []  # this rank's pairs decided in an earlier run
         self.resumed_at = 0
+        self.taken_over = 0  # this rank's pairs continued from another rank's band checkpoint
+        self._carried: dict[int, tuple[Tensor, int]] = {}
+        self._orphans: list[Path] = []
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        # Records are the truth. Every rank reads them, and every band checkpoint, before the
+        # barrier: no rank writes a record or a checkpoint of this fit before it, so all ranks
+        # see the same undecided pairs and saved states.
+        done = self.store.done(self.space)
+        found, files = self._read_checkpoints()
+        strategy.barrier("band checkpoints read")
         # Each process drew the pairs itself; a borderline prediction could differ between
         # devices, so every rank takes rank zero's draw (the one run.json records).
         pairs = strategy.broadcast(self.all_pairs, src=0)
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        done = self.store.done(self.space)
         share = pairs[rank::world]
-        pending = [p for p in share if p.id not in done]
+        self.rows = [p for p in share if p.id not in done]
         self.reused = [p for p in share if p.id in done]
-        by_id = {p.id: p for p in pairs}
-        checkpoint = self._checkpoint(rank)
-        if checkpoint is not None and {p.id for p in pending} <= set(checkpoint["pair_ids"]):
-            self.rows = [by_id[i] for i in checkpoint["pair_ids"]]
-        else:
-            checkpoint, self.rows = None, pending
+        undecided = {p.id for p in pairs} - done
+        plan = take_over(found, rank, world, [p.id for p in self.rows], undecided)
+        self._carried = plan.carried
+        self._orphans = [files[k] for k in files if k >= world and k % world == rank]
+        self.taken_over = plan.taken_over
         targets = torch.tensor([p.label for p in self.rows], dtype=torch.long)
         if not self.rows:  # this rank has nothing left here, but takes part in the fit
             nothing = torch.zeros(0, 1)
@@ -294,31 +306,223 @@ class SpacePathModule(PathModule):
         device = strategy.root_device
         z_start, z_end = self.encode_rows(targets.to(device), device)
         self.set_pairs(z_start, z_end, targets.to(device))
-        if checkpoint is not None:
-            self.resume_from(checkpoint)
-            self.resumed_at = int(checkpoint["steps"])
+        if plan.checkpoint is not None:
+            self.resume_from(plan.checkpoint)
+            self.resumed_at = int(plan.checkpoint.get("steps", 0))
 
     def encode_rows(self, targets: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         """The ends of this rank's pairs (``self.rows``) in the space: the dataset images
-        through the head. ``targets``: ``(rows,)`` on ``device``."""
+        through the head (:func:`encode_each_pair`). ``targets``: ``(rows,)`` on ``device``."""
         images, _ = stack_images(self.dataset, [p.start_index for p in self.rows])
         others, _ = stack_images(self.dataset, [p.end_index for p in self.rows])
         self.head.to(device)
         self.tail.to(device)
-        return encode_pairs(self.head, self.tail, images.to(device), others.to(device), targets)
+        return encode_each_pair(self.head, self.tail, images.to(device), others.to(device), targets)
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"pair_ids": [p.id for p in self.rows]}
+        # The band states this rank took from files it replaces or removes, for pairs other
+        # ranks decide now, until those pairs are decided (their new owner's file may not be
+        # written yet when this one is).
+        carried = {
+            i: state
+            for i, state in self._carried.items()
+            if not self.store.record_path(self.space, i).exists()
+        }
+        return {"pair_ids": [p.id for p in self.rows], "carried": carried}
 
-    def _checkpoint(self, rank: int) -> dict[str, Any] | None:
-        path = self.checkpoints / f"rank{rank}.pt"
-        if not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # a damaged file: start the band again from the line
-            warnings.warn(f"ignoring the damaged band checkpoint {path} ({error})", stacklevel=2)
-            return None
+    def superseded_checkpoints(self) -> list[Path]:
+        return self._orphans
+
+    def _read_checkpoints(self) -> tuple[dict[int, dict[str, Any]], dict[int, Path]]:
+        """``({rank: checkpoint}, {rank: file})``: every band checkpoint of the space that can
+        be read and says which pairs it holds, and every file, read or not."""
+        files = {}
+        for path in self.checkpoints.glob("rank*.pt"):
+            match = re.fullmatch(r"rank(\d+)\.pt", path.name)
+            if match:
+                files[int(match.group(1))] = path
+        found = {}
+        for k, path in sorted(files.items()):
+            try:
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                continue
+            except Exception as error:  # a damaged file: its pairs start again from the line
+                warnings.warn(
+                    f"ignoring the damaged band checkpoint {path} ({error})", stacklevel=2
+                )
+                continue
+            if "pair_ids" not in checkpoint:
+                warnings.warn(
+                    f"ignoring the band checkpoint {path}: it does not say which pairs it holds",
+                    stacklevel=2,
+                )
+                continue
+            found[k] = checkpoint
+        return found, files
+
+
+@torch.no_grad()
+def encode_each_pair(
+    head: nn.Module, tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Each pair's ends in the head's space, its two inputs through the head as one batch of
+    two: a pair's ends never depend on which other pairs share its batch (float32 rounding of
+    a network differs between batch compositions), so a run on any number of ranks, or resumed
+    with other pairs left, gives the same ends.
+
+    Args:
+        head, tail: As :func:`connectivity.split.split` returns them, on the inputs' device.
+        starts: ``(pairs, *input_shape)`` floating inputs, ``pairs >= 1``.
+        ends: Same shape.
+        targets: ``(pairs,)`` target classes.
+
+    Returns:
+        ``(pairs, *point_shape)`` twice, as :func:`connectivity.api.encode_pairs` gives them.
+
+    Raises:
+        As :func:`connectivity.api.encode_pairs`.
+    """
+    both = torch.stack([starts, ends], dim=1)  # (pairs, 2, *input_shape)
+    # The first pair also checks the split and the targets and sets the dtype.
+    first, _ = encode_pairs(head, tail, both[0], both[0, :1], targets)
+    dtype = floating_dtype(head) or starts.dtype
+    points = [first] + [head(pair.to(dtype)).to(first.dtype) for pair in both[1:]]
+    z = torch.stack(points)  # (pairs, 2, *point_shape)
+    return z[:, 0], z[:, 1]
+
+
+@dataclass
+class TakeOver:
+    """What one rank continues from the band checkpoints of a space (:func:`take_over`).
+
+    Attributes:
+        checkpoint: For :meth:`PathModule.resume_from` (rows index the rank's pairs): the rows
+            of one file's band, with their optimiser state, and the other pairs with a saved
+            path, queued; None when no pair of the rank has a saved band state.
+        carried: ``{pair id: (path, steps)}``: the newest band states, found in files this rank
+            replaces or removes, of pairs that other ranks decide now.
+        taken_over: The rank's pairs whose band state comes from another rank's file.
+    """
+
+    checkpoint: dict[str, Any] | None
+    carried: dict[int, tuple[Tensor, int]]
+    taken_over: int
+
+
+def _band_rows(state: dict[str, Any], rows: list[int], count: int) -> dict[str, Any]:
+    """The per-pair tensors of a band's (or its optimiser's) state, for ``rows`` only: every
+    tensor whose first dimension is the band's ``count`` pairs (all of a band's state, and all
+    of its optimisers' per-pair state) is cut; the rest (Adam's step count) is kept."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return {
+        key: value[index]
+        if isinstance(value, Tensor) and value.dim() >= 1 and value.shape[0] == count
+        else value
+        for key, value in state.items()
+    }
+
+
+def _row_path(band: dict[str, Any], row: int) -> tuple[Tensor, int]:
+    """``(path, steps)`` of one row of a saved band: its ends and pivots, its steps."""
+    path = torch.cat(
+        [band["starts"][row : row + 1], band["pivots"][row], band["ends"][row : row + 1]]
+    )
+    return path, int(band["steps"][row])
+
+
+def take_over(
+    found: dict[int, dict[str, Any]],
+    rank: int,
+    world: int,
+    mine: list[int],
+    undecided: set[int],
+) -> TakeOver:
+    """Which saved band state each of a rank's pairs continues from, whatever rank saved it.
+
+    Every state of an undecided pair in any file counts: a live one (a row of the file's band
+    still active, or a queued path) or a carried copy. The newest wins: the most steps, then
+    the most points (a grown path comes after the band it grew from), then a live one, then
+    the lowest file. The rank continues one file's band exactly (band and optimiser rows): its
+    own file's, else the one holding most of its pairs; its other pairs with a saved state are
+    queued from their paths (:meth:`Decisions.requeue`), and its pairs with none start from
+    their line.
+
+    Args:
+        found: ``{rank: checkpoint}`` of the files read (with ``pair_ids``).
+        rank: This rank; ``world``: the number of ranks now.
+        mine: Ids of the rank's undecided pairs, in the order of its rows.
+        undecided: Ids of every undecided pair of the fit (those with no record).
+    """
+    best: dict[int, tuple[tuple[int, int, int, int], int, int | None, tuple[Tensor, int] | None]]
+    best = {}
+
+    def offer(pair: int, steps: int, points: int, live: int, k: int, row, path) -> None:
+        if pair not in undecided:
+            return  # decided: its record is the truth
+        key = (steps, points, live, -k)
+        if pair not in best or key > best[pair][0]:
+            best[pair] = (key, k, row, path)
+
+    for k, checkpoint in sorted(found.items()):
+        ids = [int(i) for i in checkpoint["pair_ids"]]
+        band = checkpoint.get("band")
+        if band is not None and band["pivots"].shape[0]:
+            rows = checkpoint.get("band_rows", range(len(ids)))
+            points = band["pivots"].shape[1] + 2
+            for j, row in enumerate(rows):
+                if bool(band["active"][j]):  # a finished row was decided or queued
+                    offer(ids[int(row)], int(band["steps"][j]), points, 1, k, j, None)
+        for row, (path, steps) in checkpoint.get("queued", {}).items():
+            offer(ids[int(row)], int(steps), path.shape[0], 1, k, None, (path, int(steps)))
+        for pair, (path, steps) in checkpoint.get("carried", {}).items():
+            offer(int(pair), int(steps), path.shape[0], 0, k, None, (path, int(steps)))
+
+    def saved_path(pair: int) -> tuple[Tensor, int]:
+        _, k, row, path = best[pair]
+        return path if row is None else _row_path(found[k]["band"], row)
+
+    index = {pair: i for i, pair in enumerate(mine)}
+    in_bands: dict[int, list[int]] = {}
+    for pair in mine:
+        if pair in best and best[pair][2] is not None:
+            in_bands.setdefault(best[pair][1], []).append(pair)
+    primary = None
+    if in_bands:
+        primary = rank if rank in in_bands else max(in_bands, key=lambda k: (len(in_bands[k]), -k))
+    queued = {
+        index[pair]: saved_path(pair)
+        for pair in mine
+        if pair in best and not (best[pair][2] is not None and best[pair][1] == primary)
+    }
+    adopted = {k for k in found if k == rank or (k >= world and k % world == rank)}
+    carried = {
+        pair: saved_path(pair)
+        for pair in sorted(best)
+        if pair not in index and best[pair][1] in adopted
+    }
+    taken_over = sum(1 for pair in mine if pair in best and best[pair][1] != rank)
+    if primary is None and not queued:
+        return TakeOver(None, carried, taken_over)
+    checkpoint: dict[str, Any] = {"queued": queued, "band_rows": [], "steps": 0}
+    if primary is not None:
+        source = found[primary]
+        rows = sorted(best[pair][2] for pair in in_bands[primary])
+        count = source["band"]["pivots"].shape[0]
+        ids = [int(i) for i in source["pair_ids"]]
+        file_rows = source.get("band_rows", range(len(ids)))
+        band = _band_rows(source["band"], rows, count)
+        optimizer = dict(source["optimizer"])
+        optimizer["state"] = {
+            key: _band_rows(value, rows, count) for key, value in optimizer["state"].items()
+        }
+        checkpoint.update(
+            band=band,
+            optimizer=optimizer,
+            band_rows=[index[ids[int(file_rows[j])]] for j in rows],
+            steps=int(band["steps"].max()),
+        )
+    return TakeOver(checkpoint, carried, taken_over)
 
 
 class BandProgressBar(TQDMProgressBar):
@@ -343,6 +547,10 @@ class BandProgressBar(TQDMProgressBar):
                 words += f"; {reused} decided in an earlier run (kept)"
             if pl_module.resumed_at:
                 words += f"; band continued from its checkpoint at step {pl_module.resumed_at}"
+            if pl_module.taken_over:
+                words += (
+                    f"; {pl_module.taken_over} pairs go on from band checkpoints of other ranks"
+                )
             print(words, flush=True)
         self._module = pl_module
         super().on_train_start(trainer, pl_module)

@@ -327,6 +327,7 @@ class RoundModule(SpacePathModule):
         self.all_pairs, self.ends = pairs, ends
         self.store, self.checkpoints = store, checkpoints
         self.rows, self.reused, self.resumed_at = [], [], 0
+        self.taken_over, self._carried, self._orphans = 0, {}, []
 
     def encode_rows(self, targets: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         starts = torch.stack([self.ends[p.id][0] for p in self.rows])

@@ -148,6 +148,10 @@ class PathModule(L.LightningModule):
         # most_pivots - num_pivots + 1 rounds with the exact check, and one without.
         options = self.options
         rounds = 1 if options.certify == "sampled" else options.most_pivots - options.num_pivots + 1
+        if self._resume is not None:
+            # A band continued from a checkpoint may come before pairs that start from their
+            # line or from a queued path with fewer pivots: one band more.
+            rounds += 1
         evaluations = rounds * (options.steps + 1 + 2 * options.backoffs)
         return DataLoader(range(evaluations), batch_size=None)
 
@@ -238,21 +242,27 @@ class PathModule(L.LightningModule):
         self.decisions.decide_band(band, self.band_rows)
 
     def _continue(self, checkpoint: dict[str, Any]) -> None:
-        """Go on from a band checkpoint: its band and optimiser, then its queued pairs.
+        """Go on from a band checkpoint: its band and optimiser (when it holds a band), then
+        its queued pairs; the module's other pairs whose line fails start from their line.
 
         The pairs a band decided in earlier rounds get their saved records (``decided``). A
         file written before bands ran in rounds holds one band of every pair (no
         ``band_rows``, ``queued`` or ``decided``)."""
         assert self.decisions is not None
-        state = checkpoint["band"]
+        state = checkpoint.get("band")
         pairs = self._pairs[0]
         rows = torch.as_tensor(checkpoint.get("band_rows", range(len(pairs))), dtype=torch.long)
         rows = rows.to(pairs.device)
-        band = self._make_band(rows, state["pivots"].shape[1])
-        band.load_state_dict(state)
         decided = checkpoint.get("decided", {})
         self.decisions.restore({int(i): PairRecord(**r) for i, r in decided.items()})
         self.decisions.requeue(checkpoint.get("queued", {}))
+        if state is None or state["pivots"].shape[0] == 0:
+            self.decisions.queue_lines()
+            self._next_band()
+            return
+        self.decisions.queue_lines(skip=set(rows.tolist()))
+        band = self._make_band(rows, state["pivots"].shape[1])
+        band.load_state_dict(state)
         self._use_band(band, rows).load_state_dict(checkpoint["optimizer"])
         self._start(band)
         if band.done:
@@ -262,6 +272,12 @@ class PathModule(L.LightningModule):
         """Saved beside the band in each :class:`BandCheckpoint` (e.g. which pairs its rows
         are); nothing here."""
         return {}
+
+    def superseded_checkpoints(self) -> list[Path]:
+        """Band checkpoint files that this rank's own file replaces once it is written (e.g.
+        those of ranks that no longer run, whose pairs it took over): removed after each save
+        and when every pair is decided; none here."""
+        return []
 
     def _queue(self, index: int, record: PairRecord) -> None:
         self.decided.append((index, record))
@@ -327,12 +343,15 @@ def _steps_taken(band: ElasticBand) -> int:
 class BandCheckpoint(L.Callback):
     """Save the band every ``every_n_steps`` steps: its pivots, per-pair state and optimiser,
     which pairs its rows are (``band_rows``; its size is its pivots' shape), the pairs queued
-    for later rounds with the paths they go on from (``queued``), and the records of the pairs
-    bands decided so far (``decided``).
+    for later rounds with the paths they go on from (``queued``), the records of the pairs
+    bands decided so far (``decided``), and what :meth:`PathModule.checkpoint_extra` adds
+    (:class:`~connectivity.experiment.SpacePathModule`: the ids of the module's pairs, and the
+    saved states of pairs other ranks took over, until they are decided).
 
     One file per rank (``<folder>/rank<k>.pt``; each rank has its own pairs), written to a
-    temporary file and renamed, so a kill leaves the previous checkpoint whole. Continue with
-    :meth:`PathModule.resume_from`. The file is removed once every pair is decided.
+    temporary file and renamed, so a kill leaves the previous checkpoint whole; then the files
+    it replaces (:meth:`PathModule.superseded_checkpoints`) are removed. Continue with
+    :meth:`PathModule.resume_from`. The files are removed once every rank's pairs are decided.
 
     Args:
         folder: Where the files go.
@@ -389,8 +408,14 @@ class BandCheckpoint(L.Callback):
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
+        # Only after the new file is whole: what the old ones held is in it now.
+        for old in pl_module.superseded_checkpoints():
+            old.unlink(missing_ok=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, PathModule)
-        if pl_module._band().done:
+        # Once every rank is done (a rank's file may hold band states of other ranks' pairs).
+        if trainer.strategy.reduce_boolean_decision(pl_module._band().done, all=True):
             self.path(trainer.global_rank).unlink(missing_ok=True)
+            for old in pl_module.superseded_checkpoints():
+                old.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import copy
 import hashlib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Any
@@ -865,12 +865,15 @@ class Decisions:
         if linear.numel():
             self._finish(linear, BandOutcome.unmoved(self.check.line[linear]))
 
-    def queue_lines(self) -> None:
+    def queue_lines(self, skip: Collection[int] = ()) -> None:
         """Queue the undecided pairs whose line fails for a band: from the line's pivots, plus
-        (exact check) a pivot in each stretch where the line leaves the class between them."""
+        (exact check) a pivot in each stretch where the line leaves the class between them.
+
+        Args:
+            skip: Pairs not to queue (e.g. those of a band continued from a checkpoint)."""
         room = self.options.most_pivots - self.options.num_pivots
         for i in (~self.check.ok).nonzero().squeeze(1).tolist():
-            if i in self.records or i in self._queued:
+            if i in self.records or i in self._queued or i in skip:
                 continue
             path = self.check.line[i]
             inserted = torch.zeros(path.shape[0], dtype=torch.bool, device=path.device)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 
 
@@ -131,3 +133,71 @@ class RaiseAfterBandStep(L.Callback):
         band = getattr(pl_module, "band", None)
         if band is not None and band.pairs and int(band.steps.max()) >= self.step:
             raise RuntimeError(f"stopped on purpose after band step {self.step}")
+
+
+class PretendRank(SingleDeviceStrategy):
+    """One process on the CPU that plays rank ``rank`` of ``world`` ranks: the pairs it takes
+    and the band checkpoint it writes are that rank's. Its collectives are one process's
+    (a broadcast gives its own object back), except that it takes the other ranks to be still
+    busy when ``others_busy`` (so a fit runs out its steps, and keeps its band checkpoint, as
+    a rank that finishes before another does), for tests of runs resumed on other numbers of
+    ranks without starting processes.
+
+    Args:
+        rank: The rank it plays.
+        world: The number of ranks.
+        others_busy: The other ranks are taken never to finish.
+    """
+
+    def __init__(self, rank: int, world: int, others_busy: bool = False) -> None:
+        super().__init__(device="cpu")
+        self.global_rank, self.world_size, self.others_busy = rank, world, others_busy
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return bool(decision) and not self.others_busy
+
+
+def ring_pairs(count: int) -> tuple[Tensor, list[tuple[int, int]]]:
+    """``(2 * count, 1, 2, 2)`` images of :class:`RingNet`'s ring (class 0) and ``count``
+    pairs of them on opposite sides of the ring: each pair's line crosses the ring's hole, so
+    each pair needs a band, and a path round the ring exists."""
+    angles = torch.arange(count) * (torch.pi / count) + 0.3
+    images = []
+    for angle in angles.tolist():
+        for turn in (0.0, torch.pi):
+            x = torch.tensor([math.cos(angle + turn), math.sin(angle + turn)]) * 0.375 + 0.5
+            images.append(torch.tensor([[x[0], x[1]], [0.3, 0.7]]).unsqueeze(0))
+    return torch.stack(images), [(2 * k, 2 * k + 1) for k in range(count)]
+
+
+class LogRecordWrites(L.Callback):
+    """Appends ``<space> <pair id> <rank>`` to the file ``log`` for every record the run's
+    :class:`~connectivity.experiment.RecordWriter` writes (one line each, in every process),
+    so a test can count the record writes of runs in other processes.
+
+    Args:
+        log: The file the lines are appended to.
+    """
+
+    def __init__(self, log: str) -> None:
+        self.file = log
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            store = getattr(callback, "store", None)
+            if store is None or getattr(store, "logged_to", None) == self.file:
+                continue
+            store.save = self._logged(store.save, trainer.global_rank)
+            store.logged_to = self.file
+
+    def _logged(self, save, rank: int):  # type: ignore[no-untyped-def]
+        def logged(space, pair, record) -> None:  # type: ignore[no-untyped-def]
+            with open(self.file, "a") as file:
+                file.write(f"{space} {pair.id} {rank}\n")
+            save(space, pair, record)
+
+        return logged
