@@ -275,7 +275,7 @@ class SpacePathModule(PathModule):
         self.reused: list[Pair] = []  # this rank's pairs decided in an earlier run
         self.resumed_at = 0
         self.taken_over = 0  # this rank's pairs continued from another rank's band checkpoint
-        self._carried: dict[int, tuple[Tensor, int]] = {}
+        self._carried: dict[int, SavedState] = {}
         self._orphans: list[Path] = []
 
     def setup(self, stage: str) -> None:
@@ -392,6 +392,11 @@ def encode_each_pair(
     return z[:, 0], z[:, 1]
 
 
+# A pair's saved band state: its path, steps, the marks of inserted pivots (None: none
+# marked) and the length of the symmetry nudges its bands got.
+SavedState = tuple[Tensor, int, Tensor | None, float]
+
+
 @dataclass
 class TakeOver:
     """What one rank continues from the band checkpoints of a space (:func:`take_over`).
@@ -400,13 +405,15 @@ class TakeOver:
         checkpoint: For :meth:`PathModule.resume_from` (rows index the rank's pairs): the rows
             of one file's band, with their optimiser state, and the other pairs with a saved
             path, queued; None when no pair of the rank has a saved band state.
-        carried: ``{pair id: (path, steps)}``: the newest band states, found in files this rank
-            replaces or removes, of pairs that other ranks decide now.
+        carried: ``{pair id: (path, steps, inserted, nudge)}``: the newest band states, found
+            in files this rank replaces or removes, of pairs that other ranks decide now
+            (``inserted``: ``(points,)`` bool marks of inserted pivots or None; ``nudge``: the
+            symmetry nudges of the pair's bands so far).
         taken_over: The rank's pairs whose band state comes from another rank's file.
     """
 
     checkpoint: dict[str, Any] | None
-    carried: dict[int, tuple[Tensor, int]]
+    carried: dict[int, SavedState]
     taken_over: int
 
 
@@ -473,14 +480,35 @@ def take_over(
             for j, row in enumerate(rows):
                 if bool(band["active"][j]):  # a finished row was decided or queued
                     offer(ids[int(row)], int(band["steps"][j]), points, 1, k, j, None)
-        for row, (path, steps) in checkpoint.get("queued", {}).items():
-            offer(ids[int(row)], int(steps), path.shape[0], 1, k, None, (path, int(steps)))
-        for pair, (path, steps) in checkpoint.get("carried", {}).items():
-            offer(int(pair), int(steps), path.shape[0], 0, k, None, (path, int(steps)))
+        nudges = checkpoint.get("nudges", {})
+        for row, (path, steps, *marks) in checkpoint.get("queued", {}).items():
+            nudge = float(nudges.get(int(row), 0.0))
+            entry = (path, int(steps), marks[0] if marks else None, nudge)
+            offer(ids[int(row)], int(steps), path.shape[0], 1, k, None, entry)
+        for pair, (path, steps, *extra) in checkpoint.get("carried", {}).items():
+            entry = (path, int(steps), extra[0] if extra else None, extra[1] if extra[1:] else 0.0)
+            offer(int(pair), int(steps), path.shape[0], 0, k, None, entry)
 
-    def saved_path(pair: int) -> tuple[Tensor, int]:
-        _, k, row, path = best[pair]
-        return path if row is None else _row_path(found[k]["band"], row)
+    def prior_nudge(pair: int) -> float:
+        """The nudges of the pair's earlier bands, from the file of its newest state."""
+        _, k, row, entry = best[pair]
+        if row is None:
+            return entry[3]
+        ids = [int(i) for i in found[k]["pair_ids"]]
+        return float(found[k].get("nudges", {}).get(ids.index(pair), 0.0))
+
+    def saved_path(pair: int) -> SavedState:
+        _, k, row, entry = best[pair]
+        if row is not None:  # a row of a band: its nudge so far counts too
+            band = found[k]["band"]
+            path, steps = _row_path(band, row)
+            anchored = band.get("anchored")
+            inserted = None
+            if anchored is not None:
+                inserted = torch.cat([anchored.new_zeros(1), anchored[row], anchored.new_zeros(1)])
+            nudged = float(band["nudged"][row]) if "nudged" in band else 0.0
+            return (path, steps, inserted, prior_nudge(pair) + nudged)
+        return entry
 
     index = {pair: i for i, pair in enumerate(mine)}
     in_bands: dict[int, list[int]] = {}
@@ -490,11 +518,15 @@ def take_over(
     primary = None
     if in_bands:
         primary = rank if rank in in_bands else max(in_bands, key=lambda k: (len(in_bands[k]), -k))
-    queued = {
-        index[pair]: saved_path(pair)
-        for pair in mine
-        if pair in best and not (best[pair][2] is not None and best[pair][1] == primary)
+    continued = {pair for pair in mine if pair in best and best[pair][2] is not None}
+    continued = {pair for pair in continued if best[pair][1] == primary}
+    queued_states = {
+        index[pair]: saved_path(pair) for pair in mine if pair in best and pair not in continued
     }
+    queued = {row: state[:3] for row, state in queued_states.items()}
+    # Nudges of earlier bands: a continued band row's own nudge is in its band state.
+    nudges = {row: state[3] for row, state in queued_states.items()}
+    nudges.update({index[pair]: prior_nudge(pair) for pair in continued})
     adopted = {k for k in found if k == rank or (k >= world and k % world == rank)}
     carried = {
         pair: saved_path(pair)
@@ -504,7 +536,12 @@ def take_over(
     taken_over = sum(1 for pair in mine if pair in best and best[pair][1] != rank)
     if primary is None and not queued:
         return TakeOver(None, carried, taken_over)
-    checkpoint: dict[str, Any] = {"queued": queued, "band_rows": [], "steps": 0}
+    checkpoint: dict[str, Any] = {
+        "queued": queued,
+        "nudges": {row: nudge for row, nudge in nudges.items() if nudge},
+        "band_rows": [],
+        "steps": 0,
+    }
     if primary is not None:
         source = found[primary]
         rows = sorted(best[pair][2] for pair in in_bands[primary])

@@ -256,6 +256,7 @@ class PathModule(L.LightningModule):
         decided = checkpoint.get("decided", {})
         self.decisions.restore({int(i): PairRecord(**r) for i, r in decided.items()})
         self.decisions.requeue(checkpoint.get("queued", {}))
+        self.decisions.restore_nudges(checkpoint.get("nudges", {}))
         if state is None or state["pivots"].shape[0] == 0:
             self.decisions.queue_lines()
             self._next_band()
@@ -396,6 +397,7 @@ class BandCheckpoint(L.Callback):
             "band": band.state_dict(),
             "band_rows": pl_module.band_rows.tolist(),
             "queued": pl_module.decisions.queued(),
+            "nudges": pl_module.decisions.nudges(),
             "decided": {
                 i: compact(asdict(r)) for i, r in pl_module.decisions.band_records().items()
             },

@@ -892,8 +892,23 @@ class Decisions:
         device = self.check.line.device
         for i, (path, steps, *marks) in queued.items():
             if int(i) not in self.records:
-                inserted = marks[0] if marks else torch.zeros(path.shape[0], dtype=torch.bool)
+                inserted = marks[0] if marks and marks[0] is not None else None
+                if inserted is None:
+                    inserted = torch.zeros(path.shape[0], dtype=torch.bool)
                 self._queued[int(i)] = (path.to(device=device), int(steps), inserted.to(device))
+
+    def nudges(self) -> dict[int, float]:
+        """``{pair index: length}`` of the symmetry nudges that finished bands gave the pairs
+        still undecided (a copy, e.g. for a band checkpoint; the band in progress keeps its
+        own in ``ElasticBand.nudged``)."""
+        return dict(self._nudges)
+
+    def restore_nudges(self, nudges: dict[int, float]) -> None:
+        """Take the nudges of earlier bands (:meth:`nudges` of a band checkpoint), so that a
+        resumed run records what an uninterrupted one does."""
+        for i, length in nudges.items():
+            if int(i) not in self.records:
+                self._nudges[int(i)] = float(length)
 
     def band_records(self) -> dict[int, PairRecord]:
         """The records of the pairs decided by a band (not by their line), e.g. for a band

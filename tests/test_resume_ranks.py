@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from connectivity.experiment import RecordWriter, SpacePathModule, load_network
+from connectivity.experiment import RecordWriter, SpacePathModule, load_network, take_over
 from connectivity.path_module import BandCheckpoint
 from connectivity.records import Pair, RunStore
 from connectivity.verdicts import PairRecord, PathOptions
@@ -148,7 +148,7 @@ def test_killed_on_one_rank_resumed_on_two_decides_each_pair_once(tmp_path: Path
     _fit(store, PretendRank(0, 2, others_busy=True), first)
     assert store.writes == {("input", 0): 1, ("input", 2): 1}
     carried = _bands(store)["rank0.pt"]["carried"]
-    assert sorted(carried) == [1, 3] and {steps for _, steps in carried.values()} == {4}
+    assert sorted(carried) == [1, 3] and {state[1] for state in carried.values()} == {4}
     module = _fit(store, PretendRank(1, 2), first)
     assert module.taken_over == 2
     assert store.writes == {("input", k): 1 for k in range(PAIRS)}
@@ -255,3 +255,48 @@ def test_real_ranks_killed_and_resumed_on_other_numbers_decide_each_pair_once(
     assert run(2, kill=None) == []
     assert {f.name: f.read_bytes() for f in records.glob("pair_*.pt")} == saved
     assert list(bands.glob("*.pt")) == []
+
+
+def _saved_band(nudged: list[float], anchored: list[list[bool]]) -> dict[str, Any]:
+    """A band checkpoint's band state of two pairs of 1-D points with two pivots each."""
+    pairs = len(nudged)
+    return {
+        "starts": torch.zeros(pairs, 1),
+        "ends": torch.ones(pairs, 1),
+        "pivots": torch.full((pairs, 2, 1), 0.5),
+        "steps": torch.tensor([7] * pairs),
+        "active": torch.ones(pairs, dtype=torch.bool),
+        "nudged": torch.tensor(nudged),
+        "anchored": torch.tensor(anchored),
+    }
+
+
+def test_a_taken_over_pair_keeps_its_nudges_and_inserted_pivots() -> None:
+    # Rank 1's file (a run on two ranks) holds the band of pairs 10 and 11 and the queued path
+    # of pair 12; pair 11 had a nudge of 0.25 in an earlier band, and this band nudged pair 10
+    # by 0.5. Rank 0 of one rank continues its own file's band (pair 13) and takes them over.
+    own = {
+        "pair_ids": [13],
+        "band": _saved_band([0.0], [[False, False]]),
+        "band_rows": [0],
+        "optimizer": {"state": {}, "param_groups": []},
+    }
+    other = {
+        "pair_ids": [10, 11, 12],
+        "band": _saved_band([0.5, 0.0], [[True, False], [False, False]]),
+        "band_rows": [0, 1],
+        "queued": {2: (torch.zeros(5, 1), 3, torch.tensor([0, 1, 0, 0, 0]).bool())},
+        "nudges": {1: 0.25, 2: 0.125},
+        "optimizer": {"state": {}, "param_groups": []},
+    }
+    plan = take_over({0: own, 1: other}, 0, 1, [13, 10, 11, 12], {10, 11, 12, 13})
+    checkpoint = plan.checkpoint
+    assert checkpoint is not None and checkpoint["band_rows"] == [0]  # pair 13 goes on
+    queued = checkpoint["queued"]
+    assert sorted(queued) == [1, 2, 3]  # pairs 10, 11, 12 (rows of rank 0) queued
+    path, steps, inserted = queued[1]
+    assert steps == 7 and path.shape == (4, 1)
+    assert inserted.tolist() == [False, True, False, False]  # pair 10's anchored pivot
+    assert queued[3][2].tolist() == [False, True, False, False, False]
+    # Earlier bands' nudges plus the nudge of the band the pair leaves.
+    assert checkpoint["nudges"] == {1: 0.5, 2: 0.25, 3: 0.125}
