@@ -254,6 +254,9 @@ def test_missing_checkpoint_error_names_a_command_that_makes_that_file(tmp_path:
         ClassifierModule.from_checkpoint(cifar)
 
 
+@pytest.mark.slow  # about 17 s: two processes; the default run covers the take-over of band
+# checkpoints by other ranks in one process (tests/test_resume_ranks.py) and the ends' batch
+# independence (test_a_pairs_ends_do_not_depend_on_the_other_pairs_of_its_rank)
 def test_two_process_ddp_pairs_gives_the_single_process_records(
     digits_classifier: Path, tmp_path: Path
 ) -> None:

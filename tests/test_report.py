@@ -291,6 +291,9 @@ def test_the_transaction_log_is_rewritten_as_wandb_writes_it(tmp_path: Path, hom
     with run_folder_environment(tmp_path):
         run = wandb.init(dir=tmp_path, mode="offline", config={"long": "x" * 100_000})
         run.finish()
+        # finish() can return before W&B's service process has written the file's last block
+        # (seen under load); teardown waits for the service to end.
+        wandb.teardown()
     (file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     written = file.read_bytes()
     records = read_transaction_log(file)
