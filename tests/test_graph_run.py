@@ -21,17 +21,13 @@ from connectivity.graph_store import GraphStore
 from connectivity.records import RunFolderError, RunStore
 from connectivity.report import offline_run_records
 from tests.conftest import REPO
+from tests.toy import digits_test_predictions
 
 
 def _misclassified_and_others(classifier: Path, count: int = 5) -> list[int]:
     """A test image the classifier gets wrong and ``count`` of its label it gets right: the
     wrong one's pairs never pass the line check, so their bands run every step."""
-    dataset = DigitsDataModule().dataset("test")
-    network = load_network(str(classifier))
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
-    with torch.no_grad():
-        right = network(images).argmax(dim=1) == labels
+    _, labels, right = digits_test_predictions(classifier)
     wrong = (~right).nonzero().squeeze(1).tolist()
     if not wrong:
         pytest.skip("the digits classifier classifies every test image correctly")

@@ -19,12 +19,18 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from connectivity.experiment import RecordWriter, SpacePathModule, load_network, take_over
+from connectivity.experiment import RecordWriter, SpacePathModule, take_over
 from connectivity.path_module import BandCheckpoint
 from connectivity.records import Pair, RunStore
 from connectivity.verdicts import PairRecord, PathOptions
 from tests.conftest import REPO
-from tests.toy import PretendRank, RaiseAfterBandStep, RingNet, ring_pairs
+from tests.toy import (
+    PretendRank,
+    RaiseAfterBandStep,
+    RingNet,
+    digits_test_predictions,
+    ring_pairs,
+)
 
 PAIRS = 4
 # converge + tol 0: every band runs all its steps; SGD: a band re-queued from its saved path
@@ -167,14 +173,7 @@ def _digit_pairs(classifier: Path, bands: int, lines: int) -> list[list[int]]:
     """Same-class test pairs of the digits: ``bands`` pairs with a misclassified end (their
     line never passes the check, so their band runs every step), then ``lines`` pairs of
     correctly classified images."""
-    from connectivity.data import DigitsDataModule
-
-    dataset = DigitsDataModule().dataset("test")
-    network = load_network(str(classifier))
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
-    with torch.no_grad():
-        right = network(images).argmax(dim=1) == labels
+    dataset, labels, right = digits_test_predictions(classifier)
     wrong = (~right).nonzero().squeeze(1).tolist()
     if len(wrong) < bands:
         pytest.skip(f"the digits classifier misclassifies fewer than {bands} test images")

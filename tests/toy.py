@@ -201,3 +201,18 @@ class LogRecordWrites(L.Callback):
             save(space, pair, record)
 
         return logged
+
+
+def digits_test_predictions(classifier: str | os.PathLike) -> tuple[object, Tensor, Tensor]:
+    """The embedded digits' test set, its labels ``(N,)`` and which images the classifier
+    checkpoint classifies right ``(N,)`` bool (for picking pairs whose line fails or passes)."""
+    from connectivity.data import DigitsDataModule
+    from connectivity.experiment import load_network
+
+    dataset = DigitsDataModule().dataset("test")
+    network = load_network(str(classifier))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    with torch.no_grad():
+        right = network(images).argmax(dim=1) == labels
+    return dataset, labels, right
