@@ -43,7 +43,7 @@ import itertools
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -186,7 +186,9 @@ def _computes_as_library(module: nn.Module) -> bool:
     method of the computation) of its own, in its class or on the instance, and no forward
     hooks. Only then may its type say what it computes (timm's ``BatchNormAct2d`` is a
     ``BatchNorm2d`` that applies an activation in its own ``forward``)."""
-    if "forward" in vars(module) or "__call__" in vars(module):
+    # A function set on the instance (``forward``, or ``_conv_forward`` that a convolution's
+    # forward calls) replaces what the class computes.
+    if any(callable(value) and not isinstance(value, nn.Module) for value in vars(module).values()):
         return False
     if module._forward_hooks or module._forward_pre_hooks:
         return False
@@ -475,6 +477,8 @@ class Program:
     module: fx.GraphModule
     steps: list[_Step]
     dtype: torch.dtype | None
+    # (point shape, dtype, device) of the points the program was probed with (_probe).
+    probed: set[tuple[Any, ...]] = field(default_factory=set)
 
 
 def _network(tail: nn.Module) -> nn.Module:
@@ -533,8 +537,11 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             "module"
         )
     tracer = _Tracer()
+    # The program runs a copy: nothing it does (an ``out=`` into a buffer, say) reaches the
+    # caller's network.
+    network = copy.deepcopy(network)
     try:
-        graph = tracer.trace(copy.deepcopy(network))
+        graph = tracer.trace(network)
     except Exception as error:  # torch.fx raises many kinds; all mean "not traceable"
         inside = getattr(tracer, "inside", [])
         where = f" inside {inside[-1]}" if inside else ""
@@ -1114,6 +1121,148 @@ def _refresh_sizes(points: _Points, steps: list[_Step], upto: int, module: fx.Gr
 
 
 # ---------------------------------------------------------------------------------------------
+# What the traced tail does, seen by running it
+
+
+# Methods whose value is the same at every point, in a shape of their own (not the batch's).
+_CONSTANT_METHODS = {"new_zeros", "new_ones", "new_full", "new_empty"}
+
+
+def _probe(program: Program, start: Tensor, end: Tensor) -> None:
+    """Run the whole traced tail on points of one segment and refuse what the exact check's
+    invariants do not hold for, judged by what the operations do, not by their names.
+
+    The check keeps the points on the first dimension of every value and interpolates each
+    value on its own; so it needs (1) every point-dependent value to hold the points on its
+    first dimension and nowhere else (not the case after ``transpose(0, 1)`` or
+    ``unsqueeze(0)``; checked on batches of 2 and 3 points), (2) no operation to change,
+    in place, a value other than its own input that is used later (an in-place ReLU on a
+    view of a value used later changes that value behind the check's back), nor the tail's
+    parameters or buffers (``out=`` into a buffer), nor anything at all in an assertion (which
+    the check does not evaluate); and (3) each point's logits not to depend on the other
+    points (the two batches agree). Once per point shape, dtype and device.
+
+    Raises:
+        NotPiecewiseLinearError: one of these fails; the message names the operation.
+    """
+    key = (tuple(start.shape), start.dtype, start.device.type)
+    if key in program.probed:
+        return
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=start.dtype, device=start.device)
+    points = torch.lerp(start.unsqueeze(0), end.unsqueeze(0), t.view(-1, *([1] * start.dim())))
+    with torch.no_grad():
+        two, shapes_two = _probe_run(program, points[:2], watch=True)
+        three, shapes_three = _probe_run(program, points[[2, 0, 1]], watch=False)
+    for node, shapes in shapes_two.items():
+        other = shapes_three[node]
+        first_dimension = all(
+            a[:1] == (2,) and b[:1] == (3,) and a[1:] == b[1:]
+            for a, b in zip(shapes, other, strict=True)
+        )
+        constant = node.op == "call_method" and str(node.target) in _CONSTANT_METHODS
+        if not first_dimension and not (constant and shapes == other):
+            raise NotPiecewiseLinearError(
+                f"{_operation_name(node, program.module)} (node {node.name}) gives a value "
+                f"whose first dimension is not the path's points (shapes {shapes} for 2 points, "
+                f"{other} for 3); the exact check needs the points on the first dimension of "
+                "every value"
+            )
+    scale = float(two.detach().abs().nan_to_num(nan=0.0, posinf=0.0).amax().clamp_min(1.0))
+    tolerance = TOLERANCE_EPSILONS * torch.finfo(two.dtype).eps * scale
+    if not torch.allclose(two, three[1:], rtol=0.0, atol=tolerance, equal_nan=True):
+        raise NotPiecewiseLinearError(
+            "the tail's logits of a point depend on the other points of its batch; the exact "
+            "check (like every check of single points) needs a function of single points"
+        )
+    program.probed.add(key)
+
+
+def _probe_run(
+    program: Program, points: Tensor, watch: bool
+) -> tuple[Tensor, dict[fx.Node, list[tuple[int, ...]]]]:
+    """Run every node of the traced tail on ``points``; returns the logits and the shapes of
+    each point-dependent tensor value (sizes and assertions left out). With ``watch``, refuse
+    in-place changes the check cannot follow (see :func:`_probe`), by the tensors' version
+    counters (shared by a tensor and its views)."""
+    module = program.module
+    kind = {step.node: step.kind for step in program.steps}
+    nodes = [step.node for step in program.steps]
+    position = {node: i for i, node in enumerate(nodes)}
+    last = {node: max([position[node], *(position[u] for u in node.users)]) for node in nodes}
+    state = [*module.named_parameters(), *module.named_buffers()]
+    state_versions = [tensor._version for _, tensor in state]
+    values: dict[fx.Node, Any] = {}
+    dependent: set[fx.Node] = set()
+    shapes: dict[fx.Node, list[tuple[int, ...]]] = {}
+    output: Any = None
+    for i, node in enumerate(nodes):
+        if kind[node] == INPUT:
+            values[node] = points.to(program.dtype) if program.dtype is not None else points
+            dependent.add(node)
+            shapes[node] = [tuple(values[node].shape)]
+            continue
+        if kind[node] == OUTPUT:
+            output = fx.node.map_arg(node.args[0], lambda n: values[n])
+            break
+        later = [n for n in dependent if n in values and last[n] > i]
+        before = {n: [t._version for t in _tensors(values[n])] for n in later} if watch else {}
+        result = _execute(node, module, values)
+        values[node] = result
+        if kind[node] != FIXED or any(n in dependent for n in node.all_input_nodes):
+            dependent.add(node)
+        if watch:
+            _refuse_hidden_writes(node, kind[node], result, values, before, program)
+            changed = [
+                name
+                for (name, tensor), version in zip(state, state_versions, strict=True)
+                if tensor._version != version
+            ]
+            if changed:
+                raise NotPiecewiseLinearError(
+                    f"{_operation_name(node, module)} (node {node.name}) writes into the tail's "
+                    f"own {changed[0]}, which the exact check takes as fixed"
+                )
+        if node in dependent and kind[node] not in (SIZE, NO_OP):
+            found = [tuple(t.shape) for t in _tensors(result)]
+            if found:
+                shapes[node] = found
+    if not isinstance(output, Tensor):
+        raise NotPiecewiseLinearError("the tail does not return one logits tensor")
+    if output.dim() > 2 and all(size == 1 for size in output.shape[2:]):
+        output = output.flatten(1)
+    return output, shapes
+
+
+def _refuse_hidden_writes(
+    node: fx.Node,
+    kind: str,
+    result: Any,
+    values: dict[fx.Node, Any],
+    before: dict[fx.Node, list[int]],
+    program: Program,
+) -> None:
+    """Refuse ``node`` if it changed in place a value used later that is not its own result
+    (a view's base, another view), or anything at all when it is an assertion."""
+    own = {id(t) for t in _tensors(result)}
+    for other, versions in before.items():
+        tensors = _tensors(values[other])
+        if [t._version for t in tensors] == versions:
+            continue
+        if kind != NO_OP and all(id(t) in own for t in tensors):
+            continue  # an in-place operation on its input: one tensor, which the check follows
+        raise NotPiecewiseLinearError(
+            f"{_operation_name(node, program.module)} (node {node.name}) changes in place "
+            f"the value of node {other.name}, which is used later"
+            + (
+                " (in an assertion, which the exact check does not evaluate)"
+                if kind == NO_OP
+                else ""
+            )
+            + "; the exact check follows in-place operations only on a value's own tensor"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # Segments
 
 
@@ -1175,6 +1324,8 @@ def check_segments(
     """
     program = tail if isinstance(tail, Program) else piecewise_linear_program(tail)
     count = starts.shape[0]
+    if count:
+        _probe(program, starts[0], ends[0])
     device = starts.device
     if max_values is None:
         max_values = MAX_VALUES_CPU if device.type == "cpu" else MAX_VALUES

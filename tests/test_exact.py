@@ -5,6 +5,7 @@ finds the path off the target."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -819,3 +820,125 @@ def test_timm_models_are_judged_by_their_activations_not_their_asserts() -> None
     mobilenet = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=10)
     _, tail = split(mobilenet.eval(), "blocks.4.0.bn3.drop")
     assert "Hardswish" in why_not_piecewise_linear(tail)
+
+
+def _linear(weight: list[list[float]], bias: list[float]) -> nn.Linear:
+    layer = nn.Linear(len(weight[0]), len(weight))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight))
+        layer.bias.copy_(torch.tensor(bias))
+    return layer
+
+
+class HiddenWrite(nn.Module):
+    """``h = g = |1 - 2x| - 0.5`` on [0, 1]; the logits are ``[0.5, 2 (h - g)]``, margin
+    ``0.5 - 2 (h - g)``: 0.5 everywhere unless an in-place ReLU changes ``h`` behind the check's
+    back (then ``h - g = relu(-g)``, margin down to -0.5 at x = 0.5)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.a1 = _linear([[-2.0], [2.0]], [1.0, -1.0])
+        self.a2, self.a3 = _linear([[1.0, 1.0]], [-0.5]), _linear([[1.0, 1.0]], [-0.5])
+        self.b = _linear([[0.0, 0.0], [2.0, -2.0]], [0.5, 0.0])
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = torch.relu(self.a1(x))
+        h, g = self.a2(z), self.a3(z)
+        if self.mode == "view method":
+            h.view(-1, 1).relu_()
+        elif self.mode == "view module":
+            self.act(h.view(-1, 1))
+        elif self.mode == "slice":
+            h[:, :1].relu_()
+        elif self.mode == "assertion":
+            torch._assert(h.relu_().sum() >= 0, "never fails")
+        return self.b(torch.cat([h, g], 1))
+
+
+class BatchNotFirst(nn.Module):
+    """A ReLU applied while the points are on dimension 1 (a sequence-first layout)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.a = _linear([[-2.0], [2.0], [-2.0], [2.0]], [1.0, -1.0, 1.0, -1.0])
+        self.b = _linear([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]], [-1.0, 0.0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "transpose":
+            return self.b(torch.relu(self.a(x).transpose(0, 1)).transpose(0, 1))
+        h = self.a(x).unsqueeze(0)
+        return self.b(torch.maximum(h, torch.zeros_like(h)).squeeze(0))
+
+
+class WritesBuffer(nn.Module):
+    """``h * h`` disguised as a product with a buffer that ``out=`` filled with ``h``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("buf", torch.zeros(1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x - 0.5
+        torch.add(h, 0.0, out=self.buf)
+        square = h * self.buf
+        return torch.cat([square, torch.full_like(square, 0.1)], 1)
+
+
+def _own_conv_forward() -> nn.Module:
+    """A Conv1d whose instance ``_conv_forward`` (which its forward calls) squares."""
+    conv = nn.Conv1d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    conv._conv_forward = lambda x, w, b: F.conv1d(x, w, b) ** 2
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x: Tensor) -> Tensor:
+            square = self.conv(x.view(-1, 1, 1) - 0.5).view(-1, 1)
+            return torch.cat([square, torch.full_like(square, 0.1)], 1)
+
+    return Net()
+
+
+@pytest.mark.parametrize(
+    ("tail", "words"),
+    [
+        (HiddenWrite("view method"), r"\.relu_\(\) \(node relu_\) changes in place .* node a2"),
+        (HiddenWrite("view module"), r"ReLU \(module act\) .* changes in place .* node a2"),
+        (HiddenWrite("slice"), r"changes in place the value of node a2"),
+        (HiddenWrite("assertion"), r"changes in place .*in an assertion"),
+        (BatchNotFirst("transpose"), r"\.transpose\(\) .* first dimension is not the path's"),
+        (BatchNotFirst("unsqueeze"), r"\.unsqueeze\(\) .* first dimension is not the path's"),
+        (WritesBuffer(), r"add \(node add\) writes into the tail's own buf"),
+    ],
+    ids=["view-method", "view-module", "slice", "assertion", "transpose", "unsqueeze", "out"],
+)
+def test_what_the_check_cannot_follow_is_seen_by_running_the_tail(
+    tail: nn.Module, words: str
+) -> None:
+    # Each of these passed the exact check with a wrong lowest margin: 0.5 for the in-place
+    # writes (the true one is -0.5), the transposed ReLU taken as affine, h * h as h * constant.
+    tail = tail.double()
+    x0, x1 = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+    dense = _dense_margins(tail, x0[0], x1[0], 0, 100_001)
+    assert float(dense.min()) < 0  # every one of them leaves the class on the segment
+    with pytest.raises(NotPiecewiseLinearError, match=words):
+        check_segments(tail, x0, x1, torch.tensor([0]))
+    if isinstance(tail, WritesBuffer):
+        return  # writing into a buffer with out= is refused by autograd in a band's step
+    (record,) = connect_points(
+        tail, x0, x1, torch.tensor([0]), PathOptions(certify="exact", steps=0)
+    )
+    assert record.certificate == "sampled" and re.search(words, record.certificate_note)
+
+
+def test_a_function_set_on_a_layer_instance_is_traced_not_trusted() -> None:
+    tail = _own_conv_forward().double()
+    why = why_not_piecewise_linear(tail)
+    assert why is not None and "pow" in why
