@@ -969,6 +969,15 @@ def _pool_with_indices(node: fx.Node, module: nn.Module, args: tuple, kwargs: di
     return node.target(*args, **{**kwargs, "return_indices": True})  # type: ignore[operator]
 
 
+def _pool_dimensions(node: fx.Node, module: nn.Module) -> int:
+    """How many spatial dimensions a max pool works on (1, 2 or 3)."""
+    if node.op == "call_module":
+        name = type(module.get_submodule(str(node.target))).__name__
+    else:
+        name = getattr(node.target, "__name__", "")
+    return next(k for k in (1, 2, 3) if f"{k}d" in name.lower())
+
+
 def _settle_pool(points: _Points, node: fx.Node, module: nn.Module, rounds: int = 200) -> Any:
     """Add points until every window's winner is the same at both ends of every interval.
 
@@ -984,6 +993,13 @@ def _settle_pool(points: _Points, node: fx.Node, module: nn.Module, rounds: int 
         if points.count < 2:
             return out
         x = points.values[source]
+        if x.dim() == _pool_dimensions(node, module) + 1:
+            # PyTorch reads (P, L) as one unbatched input whose channels are the points; the
+            # winners below are read per (point, channel) window, which that layout is not.
+            raise NotPiecewiseLinearError(
+                f"{_operation_name(node, module)} (node {node.name}) pools an input without a "
+                "channel dimension; the exact check needs (points, channels, ...)"
+            )
         flat_x = x.flatten(2)  # (P, C, L_in)
         flat_out, flat_index = out.flatten(2), index.flatten(2)  # (P, C, L_out)
         same = points.intervals()
@@ -1357,6 +1373,15 @@ def check_segments(
                 budget, pieces = _split_units(overflow, batch, max_values, points)
                 pending = pieces + pending
                 continue
+            except (NotPiecewiseLinearError, UnreliableExactCheckError):
+                raise
+            except Exception as error:
+                # A valid tail this check has no rule for (its forward ran in the probe): the
+                # paths are decided at sampled points with the reason, never a crash.
+                raise UnreliableExactCheckError(
+                    f"the exact check could not follow this tail ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''})"
+                ) from error
             units_segment.append(segment[points.unit])
             units_t.append(points.t)
             units_logits.append(logits)

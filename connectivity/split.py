@@ -493,6 +493,13 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
         raise
     except Exception as error:  # the user's network: any error means "wrong input"
         first_line = str(error).splitlines()[0] if str(error) else ""
+        if example.shape[0] == 1 and _takes_two(head, tail, example):
+            raise BatchDependenceError(
+                f"the classifier fails on one input alone ({type(error).__name__}: "
+                f"{first_line}) but runs on two: it uses batch statistics (e.g. BatchNorm with "
+                "track_running_stats=False), so a point's class depends on its batch; it is "
+                "not a classifier of single points"
+            ) from error
         raise LayerError(
             f"the classifier cannot take inputs of shape {shape} (batch of "
             f"{example.shape[0]}): {type(error).__name__}: {first_line}"
@@ -514,6 +521,16 @@ def probe_split(head: nn.Module, tail: nn.Module, example: Tensor) -> SplitProbe
 class BatchDependenceError(LayerError):
     """A network whose output for one point depends on the other points of its batch (batch
     statistics in eval mode): the class of a single point is not defined."""
+
+
+def _takes_two(head: nn.Module, tail: nn.Module, example: Tensor) -> bool:
+    """Whether the network runs on a batch of two copies of ``example`` (one input)."""
+    try:
+        with torch.no_grad():
+            tail(head(torch.cat([example, example])))
+    except Exception:  # the user's network: any error means it does not
+        return False
+    return True
 
 
 def _batch_tolerance(values: Tensor, module: nn.Module) -> float:

@@ -130,3 +130,15 @@ def test_a_network_that_takes_one_input_at_a_time_is_refused_in_one_line() -> No
 
     with pytest.raises(LayerError, match=r"cannot take a batch of 2 or 3 inputs.*RuntimeError"):
         connect(OneAtATime(), "input", torch.rand(4), torch.rand(4), target=0, pixel_range=None)
+
+
+def test_a_vector_network_that_cannot_take_one_input_is_refused_for_its_batch_statistics() -> None:
+    # BatchNorm1d with batch statistics fails on a batch of one; the refusal said "cannot take
+    # inputs of shape (4,)" and blamed the input, not the batch statistics.
+    torch.manual_seed(0)
+    network = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 3)
+    ).eval()
+    x = torch.randn(4, 4)
+    with pytest.raises(BatchDependenceError, match=r"fails on one input alone .* batch statistics"):
+        connect(network, "input", x[:2], x[2:], 0, pixel_range=None)

@@ -942,3 +942,27 @@ def test_a_function_set_on_a_layer_instance_is_traced_not_trusted() -> None:
     tail = _own_conv_forward().double()
     why = why_not_piecewise_linear(tail)
     assert why is not None and "pow" in why
+
+
+class UnbatchedPool(nn.Module):
+    """``max_pool1d`` of a ``(B, L)`` value: PyTorch reads the points as channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(10)
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(F.max_pool1d(self.a(x), 2))
+
+
+def test_a_pool_without_channels_falls_back_to_sampled_not_a_crash() -> None:
+    # It raised IndexError from inside the check (or could read the wrong winners).
+    tail = UnbatchedPool().double()
+    x = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    target = int(tail(x[:1]).argmax())
+    (record,) = connect_points(
+        tail, x[:1], x[1:], torch.tensor([target]), PathOptions(certify="exact")
+    )
+    assert record.certificate == "sampled"
+    assert "pools an input without a channel dimension" in record.certificate_note
