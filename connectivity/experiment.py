@@ -777,6 +777,10 @@ _OWNED_TRAINER_ARGUMENTS = {
 }
 
 
+# What the Trainer does when these are None (its signature's default): all batches.
+_EFFECTIVE_DEFAULTS = {f"limit_{loop}_batches": 1.0 for loop in ("train", "val", "test", "predict")}
+
+
 def check_trainer_arguments(given: dict[str, Any] | None) -> None:
     """Refuse Trainer arguments that a path or graph experiment would not honour.
 
@@ -792,7 +796,9 @@ def check_trainer_arguments(given: dict[str, Any] | None) -> None:
     }
     for name, value in (given or {}).items():
         what = _OWNED_TRAINER_ARGUMENTS.get(name)
-        if what is None or value == defaults.get(name) or value == _OWN_SETTINGS.get(name, ...):
+        kept = [defaults.get(name), _EFFECTIVE_DEFAULTS.get(name, ...)]
+        kept.append(_OWN_SETTINGS.get(name, ...))
+        if what is None or any(value == default for default in kept):
             continue
         raise OptionsError(
             f"--trainer.{name} {value} is not honoured: the experiment runs the Trainer's "

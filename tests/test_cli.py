@@ -212,3 +212,14 @@ def test_trainer_arguments_the_experiment_owns_are_refused(
     assert instead in err
     # Refused before the classifier checkpoint is even looked for, so before any folder.
     assert not (in_tmp / "lightning_logs").exists()
+
+
+def test_trainer_arguments_at_their_effective_defaults_are_not_refused() -> None:
+    # limit_train_batches=None means all batches: 1.0 (and 1) say the same and are honoured.
+    from connectivity.errors import OptionsError
+    from connectivity.experiment import check_trainer_arguments
+
+    check_trainer_arguments({"limit_train_batches": 1.0, "max_epochs": 1})
+    check_trainer_arguments({"limit_train_batches": 1})
+    with pytest.raises(OptionsError, match=r"--trainer.limit_train_batches 0.5 is not honoured"):
+        check_trainer_arguments({"limit_train_batches": 0.5})
