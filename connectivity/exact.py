@@ -342,6 +342,20 @@ _DIVISION_METHODS = {"div", "div_", "__truediv__"}
 # take are sizes (``expand(x.shape[0], -1, -1)``) or, for ``expand_as``, a tensor whose shape
 # only is read.
 _BATCH_SHAPED_METHODS = {"expand", "expand_as", "repeat"}
+# Casts of a constant to a point's dtype or device: a constant again.
+_CAST_METHODS = {"to", "type", "type_as", "float", "double", "half", "bfloat16"}
+# Functions that make a constant from sizes, dtypes and devices alone.
+_FACTORIES: set[Any] = {
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.empty,
+    torch.arange,
+    torch.eye,
+    torch.linspace,
+    torch.tensor,
+    torch.as_tensor,
+}
 # Affine in several point-dependent operands at once (sums and concatenations); every other
 # affine operation is affine in its first operand only, with its other operands fixed.
 _SUM_FUNCTIONS: set[Any] = {
@@ -555,6 +569,10 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
     no_ops = _assertion_nodes(nodes)
     depends: dict[fx.Node, bool] = {}
     sizes: set[fx.Node] = set()  # point-dependent values that are sizes, not tensors
+
+    def on_sizes_only(node: fx.Node) -> bool:
+        return all(n in sizes for n in node.all_input_nodes if depends[n])
+
     steps: list[_Step] = []
     for node in nodes:
         inputs = node.all_input_nodes
@@ -573,6 +591,15 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             continue
         if not dependent:
             steps.append(_Step(node, FIXED))  # parameters, constants: any operation is fine
+            continue
+        made = node.op == "call_function" and node.target in _FACTORIES
+        cast = node.op == "call_method" and str(node.target) in _CAST_METHODS
+        if (made or cast) and on_sizes_only(node):
+            # A constant made with a size, dtype or device read off a point (``torch.zeros(8,
+            # device=h.device)``): the same value at every point. _probe checks that it does
+            # not change with the number of points.
+            depends[node] = False
+            steps.append(_Step(node, FIXED))
             continue
         # Arithmetic on sizes (``x.size(1) // groups``, ``x.shape[0]``): a size again.
         on_sizes = all(n in sizes for n in inputs if depends[n])
@@ -1167,8 +1194,16 @@ def _probe(program: Program, start: Tensor, end: Tensor) -> None:
     t = torch.tensor([0.25, 0.5, 0.75], dtype=start.dtype, device=start.device)
     points = torch.lerp(start.unsqueeze(0), end.unsqueeze(0), t.view(-1, *([1] * start.dim())))
     with torch.no_grad():
-        two, shapes_two = _probe_run(program, points[:2], watch=True)
-        three, shapes_three = _probe_run(program, points[[2, 0, 1]], watch=False)
+        two, shapes_two, made_two = _probe_run(program, points[:2], watch=True)
+        three, shapes_three, made_three = _probe_run(program, points[[2, 0, 1]], watch=False)
+    constants = {node: (made_two[node], made_three[node]) for node in made_two}
+    for node, (value, again) in constants.items():
+        if value.shape != again.shape or not torch.equal(value, again):
+            raise NotPiecewiseLinearError(
+                f"{_operation_name(node, program.module)} (node {node.name}) makes a constant "
+                "that changes with the number of points (made from the batch size); the exact "
+                "check needs the same constant at every point"
+            )
     for node, shapes in shapes_two.items():
         other = shapes_three[node]
         first_dimension = all(
@@ -1195,9 +1230,10 @@ def _probe(program: Program, start: Tensor, end: Tensor) -> None:
 
 def _probe_run(
     program: Program, points: Tensor, watch: bool
-) -> tuple[Tensor, dict[fx.Node, list[tuple[int, ...]]]]:
-    """Run every node of the traced tail on ``points``; returns the logits and the shapes of
-    each point-dependent tensor value (sizes and assertions left out). With ``watch``, refuse
+) -> tuple[Tensor, dict[fx.Node, list[tuple[int, ...]]], dict[fx.Node, Tensor]]:
+    """Run every node of the traced tail on ``points``; returns the logits, the shapes of
+    each point-dependent tensor value (sizes and assertions left out), and the constants made
+    from sizes read off the points (see :data:`_FACTORIES`). With ``watch``, refuse
     in-place changes the check cannot follow (see :func:`_probe`), by the tensors' version
     counters (shared by a tensor and its views)."""
     module = program.module
@@ -1210,6 +1246,7 @@ def _probe_run(
     values: dict[fx.Node, Any] = {}
     dependent: set[fx.Node] = set()
     shapes: dict[fx.Node, list[tuple[int, ...]]] = {}
+    made: dict[fx.Node, Tensor] = {}
     output: Any = None
     for i, node in enumerate(nodes):
         if kind[node] == INPUT:
@@ -1224,8 +1261,10 @@ def _probe_run(
         before = {n: [t._version for t in _tensors(values[n])] for n in later} if watch else {}
         result = _execute(node, module, values)
         values[node] = result
-        if kind[node] != FIXED or any(n in dependent for n in node.all_input_nodes):
+        if kind[node] != FIXED:
             dependent.add(node)
+        elif any(n in dependent for n in node.all_input_nodes) and isinstance(result, Tensor):
+            made[node] = result  # a constant made with sizes read off the points
         if watch:
             _refuse_hidden_writes(node, kind[node], result, values, before, program)
             changed = [
@@ -1246,7 +1285,7 @@ def _probe_run(
         raise NotPiecewiseLinearError("the tail does not return one logits tensor")
     if output.dim() > 2 and all(size == 1 for size in output.shape[2:]):
         output = output.flatten(1)
-    return output, shapes
+    return output, shapes, made
 
 
 def _refuse_hidden_writes(

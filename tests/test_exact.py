@@ -966,3 +966,40 @@ def test_a_pool_without_channels_falls_back_to_sampled_not_a_crash() -> None:
     )
     assert record.certificate == "sampled"
     assert "pools an input without a channel dimension" in record.certificate_note
+
+
+class MadeConstants(nn.Module):
+    """Constants made with a point's dtype and device (as models place their constants), or,
+    with ``batch``, shaped by the number of points."""
+
+    def __init__(self, batch: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.batch = batch
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        if self.batch:
+            return self.b(torch.relu(h) + torch.ones((x.shape[0], 8), dtype=h.dtype))
+        shift = torch.arange(8, device=h.device).to(h.dtype) / 8 + torch.zeros(8, dtype=h.dtype)
+        return self.b(torch.relu(h) @ torch.eye(8, dtype=h.dtype, device=h.device) + shift)
+
+
+def test_constants_made_with_a_points_dtype_are_checked_exactly() -> None:
+    tail = MadeConstants().double()
+    generator = torch.Generator().manual_seed(12)
+    starts = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    ends = torch.randn(3, 4, dtype=torch.float64, generator=generator)
+    assert why_not_piecewise_linear(tail) is None
+    targets = tail(starts).argmax(dim=1)
+    check = check_paths(tail, torch.stack([starts, ends], dim=1), targets)
+    for i in range(3):
+        dense = _dense_margins(tail, starts[i], ends[i], int(targets[i]), 100_001)
+        assert float(check.min_margin[i]) <= float(dense.min()) + 1e-12
+        assert float(check.min_margin[i]) == pytest.approx(float(dense.min()), abs=1e-4)
+        assert bool(check.passed[i]) == bool((dense > 0).all())
+    # A constant shaped by the number of points cannot be one constant of the check.
+    batch = MadeConstants(batch=True).double()
+    with pytest.raises(NotPiecewiseLinearError, match="changes with the number of points"):
+        check_paths(batch, torch.stack([starts, ends], dim=1), targets)
