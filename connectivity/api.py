@@ -149,7 +149,34 @@ def connect(
     if layer == INPUT and images and pixel_range is not None:
         path_options.setdefault("bounds", pixel_range)
     options = PathOptions.from_dict(path_options)
-    return connect_in_layer(classifier, layer, starts, ends, targets, options, output=output)
+    records = connect_in_layer(classifier, layer, starts, ends, targets, options, output=output)
+    _warn_ends_outside_the_class(records)
+    return records
+
+
+def _warn_ends_outside_the_class(records: list[PairRecord]) -> None:
+    """Warn about pairs whose ends the classifier does not put in the target class: no path
+    inside the class can join them, whatever the search does (their verdict is ``none``)."""
+    off = []
+    for k, record in enumerate(records):
+        ends = record.line_probabilities[[0, -1]]
+        predicted = ends.argmax(dim=-1).tolist()
+        # As the path check counts it: the end is on target only where the target's
+        # probability is strictly the highest.
+        others = ends.clone()
+        others[:, record.target] = -1.0
+        on = (ends[:, record.target] > others.amax(dim=-1)).tolist()
+        for name, is_on, c in zip(("x_start", "x_end"), on, predicted, strict=True):
+            if not is_on:
+                off.append(f"pair {k}: {name} is classified as class {c}, not {record.target}")
+    if off:
+        shown = "; ".join(off[:6]) + (f"; and {len(off) - 6} more" if len(off) > 6 else "")
+        warnings.warn(
+            f"{shown}. No path inside the target class can join such ends, so these pairs end "
+            "'none': give inputs the classifier puts in the target class (check with "
+            "classifier(x).argmax(dim=1))",
+            stacklevel=3,
+        )
 
 
 @torch.no_grad()

@@ -199,3 +199,25 @@ def test_numpy_target_arrays_are_taken(ring) -> None:
     )
     assert [r.target for r in records] == [0, 0]
     assert records[1].verdict == "linear"
+
+
+def test_connect_warns_when_an_end_is_not_in_the_target_class() -> None:
+    # The README's first call with random images: 'none none' and no hint why.
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4)).eval()
+    x = torch.rand(2, 3, 2, 2)
+    predicted = network(x).argmax(dim=1).tolist()
+    target = next(c for c in range(4) if c not in predicted)
+    with pytest.warns(
+        UserWarning,
+        match=rf"pair 0: x_start is classified as class "
+        rf"{predicted[0]}, not {target}; pair 0: x_end .* end 'none'",
+    ):
+        (record,) = connectivity.connect(network, "input", x[0], x[1], target, steps=1)
+    assert record.verdict == "none"
+    # Ends in the class: no warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        connectivity.connect(network, "input", x[0], x[0] * 0.99, predicted[0], steps=1)
