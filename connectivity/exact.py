@@ -570,9 +570,6 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
     depends: dict[fx.Node, bool] = {}
     sizes: set[fx.Node] = set()  # point-dependent values that are sizes, not tensors
 
-    def on_sizes_only(node: fx.Node) -> bool:
-        return all(n in sizes for n in node.all_input_nodes if depends[n])
-
     steps: list[_Step] = []
     for node in nodes:
         inputs = node.all_input_nodes
@@ -592,9 +589,11 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
         if not dependent:
             steps.append(_Step(node, FIXED))  # parameters, constants: any operation is fine
             continue
+        # Point-dependent only through sizes, dtypes and devices read off the points.
+        on_sizes = all(n in sizes for n in inputs if depends[n])
         made = node.op == "call_function" and node.target in _FACTORIES
         cast = node.op == "call_method" and str(node.target) in _CAST_METHODS
-        if (made or cast) and on_sizes_only(node):
+        if (made or cast) and on_sizes:
             # A constant made with a size, dtype or device read off a point (``torch.zeros(8,
             # device=h.device)``): the same value at every point. _probe checks that it does
             # not change with the number of points.
@@ -602,7 +601,6 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             steps.append(_Step(node, FIXED))
             continue
         # Arithmetic on sizes (``x.size(1) // groups``, ``x.shape[0]``): a size again.
-        on_sizes = all(n in sizes for n in inputs if depends[n])
         python = getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins")
         if node.op == "call_function" and on_sizes and python:
             steps.append(_Step(node, SIZE))

@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy, StrategyRegistry
@@ -503,9 +504,8 @@ def take_over(
             band = found[k]["band"]
             path, steps = _row_path(band, row)
             anchored = band.get("anchored")
-            inserted = None
-            if anchored is not None:
-                inserted = torch.cat([anchored.new_zeros(1), anchored[row], anchored.new_zeros(1)])
+            # The band's marks are of its pivots; a path's include its two ends.
+            inserted = None if anchored is None else F.pad(anchored[row], (1, 1))
             nudged = float(band["nudged"][row]) if "nudged" in band else 0.0
             return (path, steps, inserted, prior_nudge(pair) + nudged)
         return entry

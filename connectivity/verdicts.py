@@ -154,13 +154,13 @@ class PathOptions:
             ("backoffs", 0),
         ):
             object.__setattr__(self, name, _checked_int(getattr(self, name), name, minimum))
-        for name, positive in (("lr", True), ("spring_constant", False), ("tol", False)):
+        for name, positive in (
+            ("lr", True),
+            ("spring_constant", False),
+            ("tol", False),
+            ("nudge", False),
+        ):
             object.__setattr__(self, name, _checked_number(getattr(self, name), name, positive))
-        nudge = self.nudge
-        number = isinstance(nudge, numbers.Real) and not isinstance(nudge, bool)
-        if not (number and 0 <= nudge < math.inf):  # NaN fails here too
-            raise OptionsError(f"nudge must be a finite number >= 0 (0: none), got {nudge!r}")
-        object.__setattr__(self, "nudge", float(nudge))
         for name in ("max_step", "max_energy_rise"):
             value = getattr(self, name)
             if value is None and name == "max_step":
@@ -745,7 +745,9 @@ Round = tuple[Tensor, Tensor, Tensor, Tensor]
 Queued = dict[int, tuple[Tensor, int, Tensor]]
 
 
-def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
+def insert_pivots(
+    path: Tensor, off_target: Tensor, room: int, inserted: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Insert a point in the middle of each off-target stretch that holds no point of the path.
 
     Args:
@@ -753,26 +755,12 @@ def insert_pivots(path: Tensor, off_target: Tensor, room: int) -> Tensor:
         off_target: ``(K, 2)`` closed stretches of positions along it (point ``k`` sits at
             ``k / (N - 1)``).
         room: Most points to insert; the longest stretches go first.
-
-    Returns:
-        ``(N + inserted, *point_shape)``: the same polyline with the new points in order (the
-        path itself when none fit).
-    """
-    return insert_marked_pivots(path, off_target, room)[0]
-
-
-def insert_marked_pivots(
-    path: Tensor, off_target: Tensor, room: int, inserted: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """:func:`insert_pivots`, and which points of the new path were inserted.
-
-    Args:
-        path, off_target, room: as in :func:`insert_pivots`.
         inserted: optional ``(N,)`` bool, the points of ``path`` inserted earlier (kept marked).
 
     Returns:
-        The new path ``(N', *point_shape)`` and ``(N',)`` bool: True at the points inserted now
-        or marked in ``inserted`` (the ``string`` method's respacing leaves them in place,
+        ``(N + inserted, *point_shape)``: the same polyline with the new points in order (the
+        path itself when none fit), and ``(N + inserted,)`` bool: True at the points inserted
+        now or marked in ``inserted`` (the ``string`` method's respacing leaves them in place,
         :func:`connectivity.neb.respace_equal_arc`).
     """
     marked = torch.zeros(path.shape[0], dtype=torch.bool, device=path.device)
@@ -879,7 +867,7 @@ class Decisions:
             inserted = torch.zeros(path.shape[0], dtype=torch.bool, device=path.device)
             if self.check.exact is not None:
                 off_target = self.check.exact[i].off_target[0]
-                path, inserted = insert_marked_pivots(path, off_target, room)
+                path, inserted = insert_pivots(path, off_target, room)
             self._queued[i] = (path, 0, inserted)
 
     def queued(self) -> Queued:
@@ -892,8 +880,9 @@ class Decisions:
         device = self.check.line.device
         for i, (path, steps, *marks) in queued.items():
             if int(i) not in self.records:
-                inserted = marks[0] if marks and marks[0] is not None else None
-                if inserted is None:
+                if marks and marks[0] is not None:
+                    inserted = marks[0]
+                else:
                     inserted = torch.zeros(path.shape[0], dtype=torch.bool)
                 self._queued[int(i)] = (path.to(device=device), int(steps), inserted.to(device))
 
@@ -998,7 +987,7 @@ class Decisions:
             if bool(c.passed[0]) or not bool(c.decided[0]):
                 continue
             earlier = None if anchored is None else F.pad(anchored[r], (1, 1))
-            grown, inserted = insert_marked_pivots(paths[k], c.off_target[0], room, earlier)
+            grown, inserted = insert_pivots(paths[k], c.off_target[0], room, earlier)
             if grown.shape[0] > paths[k].shape[0]:
                 self._queued[int(pairs[r])] = (grown, int(band.steps[r]), inserted)
                 left.discard(r)
