@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import DDPStrategy, ParallelStrategy, StrategyRegistry
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -32,11 +33,17 @@ from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError, OptionsError
+from connectivity.neb import straight_line
 from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
-from connectivity.report import WandbOptions, paths_logger, write_report
+from connectivity.report import WandbOptions, load_decoders, paths_logger, write_report
 from connectivity.split import INPUT, Frozen, floating_dtype, probe_split, split
-from connectivity.verdicts import Certifier, PathOptions
+from connectivity.verdicts import (
+    Certifier,
+    PathOptions,
+    path_log_probabilities,
+    target_margin,
+)
 
 
 class PairError(ConnectivityError, ValueError):
@@ -58,11 +65,19 @@ class PairSampling:
         split: Dataset split the inputs come from (``train``, ``val`` or ``test``).
         correctly_classified: Draw only inputs the classifier assigns their true class.
         indices: Explicit ``[[i, j], ...]`` dataset indices of same-label pairs.
+        closest_of: Draw this many random same-class pairs (an item may be in several) and
+            keep the ``count`` closest calls: those whose straight input-space lines have the
+            lowest target margin (logit of the target minus the best other) at
+            ``screen_points`` evenly spaced points. A sample that shows bands at work, not an
+            estimate of how often lines leave the class: the run prints how many of the drawn
+            lines left it at those points. None: ``count`` random disjoint pairs.
+        screen_points: Points of each drawn line checked by ``closest_of``, ends included.
 
     Raises:
         PairError: At construction, for a ``count`` that is not a whole number >= 1, a
-            ``split`` other than train/val/test, or ``indices`` that are not a non-empty list
-            of integer ``[i, j]`` pairs.
+            ``split`` other than train/val/test, ``indices`` that are not a non-empty list
+            of integer ``[i, j]`` pairs, a ``closest_of`` below ``count`` or given with
+            ``indices``, or ``screen_points`` below 3.
     """
 
     count: int = 25
@@ -70,6 +85,8 @@ class PairSampling:
     split: str = "test"
     correctly_classified: bool = True
     indices: list[tuple[int, int]] | None = None
+    closest_of: int | None = None
+    screen_points: int = 16
 
     def __post_init__(self) -> None:
         # Checked here, at construction, so a bad value fails before any work or run folder.
@@ -80,8 +97,26 @@ class PairSampling:
             )
         if self.split not in SPLITS:
             raise PairError(f"pairs.split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.closest_of is not None and (
+            not _is_int(self.closest_of) or self.closest_of < self.count
+        ):
+            raise PairError(
+                f"pairs.closest_of must be a whole number >= pairs.count ({self.count}), got "
+                f"{self.closest_of!r}; it is how many random pairs the {self.count} closest "
+                "calls are chosen from (leave it out for random pairs)"
+            )
+        if not _is_int(self.screen_points) or self.screen_points < 3:
+            raise PairError(
+                f"pairs.screen_points must be a whole number >= 3 (the two ends and at least "
+                f"one point between them), got {self.screen_points!r}"
+            )
         if self.indices is None:
             return
+        if self.closest_of is not None:
+            raise PairError(
+                "pairs.closest_of chooses among random pairs and cannot be used with "
+                "pairs.indices; leave one of them out"
+            )
         if not isinstance(self.indices, (list, tuple)) or len(self.indices) == 0:
             raise PairError(
                 f"pairs.indices must be a non-empty list of [i, j] dataset indices, got "
@@ -168,8 +203,10 @@ def select_pairs(
                 )
             pairs.append(Pair(k, int(i), int(j), a))
         return pairs
-    if sampling.correctly_classified:
+    if sampling.correctly_classified or sampling.closest_of is not None:
         network = working_copy(network).to(device)
+    if sampling.closest_of is not None:
+        return _closest_calls(network, dataset, sampling, device)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(sampling.seed)).tolist()
     waiting: dict[int, int] = {}
     pairs = []
@@ -194,6 +231,104 @@ def select_pairs(
         f"only {len(pairs)} same-class pairs{which} exist in the {sampling.split} split; "
         "ask for fewer (pairs.count)"
     )
+
+
+def _usable_items(
+    network: nn.Module, dataset: Dataset, sampling: PairSampling, device: str
+) -> dict[int, list[int]]:
+    """``{label: [dataset index, ...]}`` of the items pairs may be drawn from."""
+    by_label: dict[int, list[int]] = {}
+    size = len(dataset)  # type: ignore[arg-type]
+    for first in range(0, size, 256):
+        indices = list(range(first, min(size, first + 256)))
+        labels = [int(dataset[i][1]) for i in indices]
+        keep = [True] * len(indices)
+        if sampling.correctly_classified:
+            keep = (_predict(network, dataset, indices, device) == torch.tensor(labels)).tolist()
+        for index, label, ok in zip(indices, labels, keep, strict=True):
+            if ok:
+                by_label.setdefault(label, []).append(index)
+    return by_label
+
+
+@torch.no_grad()
+def line_margins(
+    network: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor, points: int
+) -> Tensor:
+    """``(pairs,)``: the lowest target margin (target logit minus the best other) over
+    ``points`` evenly spaced points of each straight line from ``starts`` to ``ends``, ends
+    included; below zero, the line leaves its class at one of them.
+
+    Args:
+        network: Logits of a batch of inputs.
+        starts, ends: ``(pairs, *input_shape)``.
+        targets: ``(pairs,)`` class indices.
+        points: Points per line, >= 2.
+    """
+    line = straight_line(starts, ends, points - 2)
+    log_p = path_log_probabilities(network, line, per_segment=0, chunk_size=512)
+    return target_margin(log_p, targets).amin(dim=1)
+
+
+def _closest_calls(
+    network: nn.Module, dataset: Dataset, sampling: PairSampling, device: str
+) -> list[Pair]:
+    """``sampling.count`` of ``sampling.closest_of`` random same-class pairs: those whose lines
+    come closest to leaving their class (see :class:`PairSampling`), in the order drawn."""
+    assert sampling.closest_of is not None
+    by_label = _usable_items(network, dataset, sampling, device)
+    weights = {label: len(v) * (len(v) - 1) // 2 for label, v in by_label.items()}
+    available = sum(weights.values())
+    if available < sampling.closest_of:
+        which = " of correctly classified inputs" if sampling.correctly_classified else ""
+        raise PairError(
+            f"pairs.closest_of is {sampling.closest_of}, but only {available} same-class "
+            f"pairs{which} exist in the {sampling.split} split; ask for at most {available}"
+        )
+    labels = sorted(label for label, w in weights.items() if w)
+    chance = torch.tensor([float(weights[label]) for label in labels], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(sampling.seed)
+    drawn: dict[tuple[int, int], int] = {}
+    # Rejection of repeats keeps each unordered pair equally likely, whatever its class.
+    while len(drawn) < sampling.closest_of:
+        label = labels[int(torch.multinomial(chance, 1, generator=generator))]
+        items = by_label[label]
+        i, j = torch.randperm(len(items), generator=generator)[:2].tolist()
+        key = (min(items[i], items[j]), max(items[i], items[j]))
+        drawn.setdefault(key, label)
+    candidates = list(drawn.items())
+    margins = []
+    for first in range(0, len(candidates), 64):
+        chunk = candidates[first : first + 64]
+        starts, _ = stack_images(dataset, [i for (i, _), _ in chunk])
+        ends, _ = stack_images(dataset, [j for (_, j), _ in chunk])
+        targets = torch.tensor([label for _, label in chunk])
+        margins.append(
+            line_margins(
+                network,
+                starts.to(device),
+                ends.to(device),
+                targets.to(device),
+                sampling.screen_points,
+            ).cpu()
+        )
+    margin = torch.cat(margins)
+    # Ties (equal margins) go to the pair drawn first: the choice is the same on every rank.
+    keep = sorted(
+        sorted(range(len(candidates)), key=lambda k: (float(margin[k]), k))[: sampling.count]
+    )
+    if rank_zero_only.rank == 0:
+        left = int((margin < 0).sum())
+        print(
+            f"pairs: the {sampling.count} closest calls of {len(candidates)} random same-class "
+            f"pairs ({left} of their lines leave the class at {sampling.screen_points} points; "
+            f"the highest kept line margin is {float(margin[keep].max()):.3g})",
+            flush=True,
+        )
+    return [
+        Pair(n, candidates[k][0][0], candidates[k][0][1], candidates[k][1])
+        for n, k in enumerate(keep)
+    ]
 
 
 def options_in_space(options: PathOptions, space: str) -> PathOptions:
@@ -886,6 +1021,8 @@ def run_paths(
                 f"No decoder checkpoint at {Path(decoder).resolve()} (for {space!r}). Train one "
                 f"with `connectivity fit -c configs/decoder/...`, or leave it out of `decoders`."
             )
+    # Loaded once here, so that a decoder of another layer or classifier fails before any work.
+    load_decoders(experiment.decoders, experiment.classifier if network is None else None)
     dataset = data.dataset(experiment.pairs.split)
     probe_spaces(network, experiment.spaces, dataset)  # before the run folder, on two images
     settings, probe = _trainer_settings(trainer)

@@ -44,6 +44,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from connectivity.errors import ConnectivityError
 from connectivity.figures import (
     bar_image,
     image_array,
@@ -95,12 +96,36 @@ class WandbOptions:
     relog: bool = False
 
 
-def _decoders(paths: dict[str, str]) -> dict[str, Any]:
+def load_decoders(paths: dict[str, str], classifier: str | None = None) -> dict[str, Any]:
+    """``{space: DecoderModule}`` of a run's ``{space: decoder checkpoint}``.
+
+    Args:
+        paths: The decoder checkpoints by space.
+        classifier: The run's classifier checkpoint. A decoder reads its head from the
+            classifier it was trained on; the path saved in it may be relative to another
+            folder, so the run's own classifier is used when that file exists (the decoder's
+            digest still refuses other weights).
+
+    Raises:
+        CheckpointError: a decoder cannot be loaded, or was trained on another classifier.
+        ConnectivityError: a decoder maps another layer than the space it is given for.
+    """
     if not paths:
         return {}
     from connectivity.decoder import DecoderModule
 
-    return {space: DecoderModule.from_checkpoint(path) for space, path in paths.items()}
+    if classifier is not None and not Path(classifier).is_file():
+        classifier = None
+    decoders = {}
+    for space, path in paths.items():
+        decoder = DecoderModule.from_checkpoint(path, classifier=classifier)
+        if decoder.hparams.layer != space:
+            raise ConnectivityError(
+                f"the decoder {path} maps layer {decoder.hparams.layer!r} to images, but it is "
+                f"given for {space!r}; give it as decoders.{decoder.hparams.layer}"
+            )
+        decoders[space] = decoder
+    return decoders
 
 
 def _images(space: str, points: Tensor, decoders: dict[str, Any]) -> Tensor | None:
@@ -493,7 +518,7 @@ def write_report(
     if wandb is not None and wandb.enabled:
         run_id = report_run_id(store, wandb)
     if figures or run_id is not None:
-        decoder_modules = _decoders(decoders or {})
+        decoder_modules = load_decoders(decoders or {}, manifest.get("classifier"))
         figure_files: dict[tuple[str, int], Path] = {}
         shown: dict[tuple[str, int], tuple[Tensor | None, Tensor | None]] = {}
         for space, records in by_space.items():
