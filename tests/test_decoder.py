@@ -25,6 +25,9 @@ from connectivity.decoder import (
     mean_image_baseline,
     upsampling_stages,
 )
+from connectivity.errors import ConnectivityError
+from connectivity.experiment import Experiment, run_paths
+from connectivity.report import load_decoders
 from connectivity.split import LayerError, split
 from tests.conftest import CONFIGS
 
@@ -315,3 +318,34 @@ def test_cli_prints_a_wrong_layer_without_traceback(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Valid layers" in err and "Traceback" not in err
+
+
+def test_a_runs_decoders_load_with_its_classifier_and_their_own_layer(
+    digits_classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoder = DecoderModule(str(digits_classifier), "flatten", width=4)
+    hparams = {**dict(decoder.hparams), "classifier": "lightning_logs/quickstart/classifier.ckpt"}
+    path = tmp_path / "decoder.ckpt"
+    torch.save({"state_dict": decoder.state_dict(), "hyper_parameters": hparams}, path)
+    monkeypatch.chdir(tmp_path)  # the saved relative path leads nowhere from here
+    with pytest.raises(CheckpointError, match="No file"):
+        DecoderModule.from_checkpoint(path)
+    # The run's classifier stands in for the path saved in the decoder.
+    loaded = load_decoders({"flatten": str(path)}, str(digits_classifier))
+    assert loaded["flatten"].hparams.layer == "flatten"
+    # A decoder of one layer given for another: refused by name, before any work or folder.
+    with pytest.raises(
+        ConnectivityError,
+        match=r"maps layer 'flatten' .* given for 'layer1'; give it as decoders\.flatten",
+    ):
+        load_decoders({"layer1": str(path)}, str(digits_classifier))
+    experiment = Experiment(
+        classifier=str(digits_classifier),
+        name="run",
+        spaces=["layer1"],
+        decoders={"layer1": str(path)},
+        output_dir=str(tmp_path / "runs"),
+    )
+    with pytest.raises(ConnectivityError, match="given for 'layer1'"):
+        run_paths(experiment, DigitsDataModule())
+    assert not (tmp_path / "runs").exists()
