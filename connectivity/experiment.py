@@ -635,7 +635,12 @@ class RecordWriter(L.Callback):
 
     def _flush(self, module: SpacePathModule) -> None:
         for row, record in module.decided:
-            self.store.save(module.space, module.rows[row], record)
+            pair = module.rows[row]
+            # A latent space's points are no images: keep the pair's inputs for its figure.
+            ends = None
+            if module.space != INPUT:
+                ends = stack_images(module.dataset, [pair.start_index, pair.end_index])[0]
+            self.store.save(module.space, pair, record, ends)
         module.decided.clear()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

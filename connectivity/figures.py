@@ -272,8 +272,7 @@ def _draw_bars(
     colours = np.where(np.arange(classes) == target, TARGET_COLOUR, OTHER_COLOUR)
     ax.bar(xs, values.ravel(), width=0.8 * width, color=np.tile(colours, points))
     frames = [
-        Rectangle((cols.x(k) - 0.46 * cols.step, 0.0), 0.92 * cols.step, 1.0)
-        for k in range(points)
+        Rectangle((cols.x(k) - 0.46 * cols.step, 0.0), 0.92 * cols.step, 1.0) for k in range(points)
     ]
     ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="0.55", lw=0.6))
     ticks, names, colours_of = [], [], []
@@ -484,9 +483,9 @@ def pair_figure(
         layout.append(("track", rows.add(0.32, 0.3), name))
     if banded:
         moved = None
-        if difference and line_images is not None and path_images is not None:
-            if line_images.shape == path_images.shape:
-                moved = (path_images.float() - line_images.float()).mean(dim=1).cpu().numpy()
+        same = line_images is not None and path_images is not None
+        if difference and same and line_images.shape == path_images.shape:
+            moved = (path_images.float() - line_images.float()).mean(dim=1).cpu().numpy()
         tall = 0.95 * column if moved is not None else 0.4
         layout.append(("moved", rows.add(0.25, tall), moved))
     margin_row = rows.add(0.55 if banded and difference else 0.3, 1.5)
