@@ -101,7 +101,8 @@ class RunStore:
     """The folder of one path experiment.
 
     Layout: ``run.json`` (what was asked), ``records/<space>/pair_<id>.pt`` (one per decided
-    pair), ``table.md`` / ``table.csv`` and ``figures/``. A record that cannot be read is moved
+    pair), ``table.md`` / ``table.csv``, ``pairs.csv``, ``figures/`` and the web pages
+    ``index.html`` and ``index_<space>.html``. A record that cannot be read is moved
     aside to ``pair_<id>.pt.damaged-<time>`` when a run resumes, so that pair is decided again.
     """
 

@@ -560,7 +560,9 @@ def write_report(
     wandb: WandbOptions | None = None,
     figures: bool = True,
 ) -> str:
-    """Write the table and figures of a run from its records; log them to W&B if asked.
+    """Write the table, figures and web pages of a run from its records; log them to W&B if
+    asked. The pages (:func:`gallery_pages`) are written also without ``figures``: they link
+    the figures found in the folder.
 
     W&B gets the report once per run folder (see :class:`WandbOptions`): into the run of
     :func:`paths_logger` when it is still active, else into the folder's run id (resumed);
