@@ -470,7 +470,7 @@ def pair_figure(
         lines.append(f"images {images_note}")
     if line_images is None and end_images is None:
         lines.append("no decoder for this space: its points are not images")
-    if keyed:
+    if keyed and classes <= NAMED_CLASSES:
         lines.append("bars: " + ", ".join(f"{k} {n}" for k, n in enumerate(names)))
     rows = _Rows(top=0.2 * len(lines) + 0.25)
     column = max(COLUMN_IN, (MIN_WIDTH_IN - LEFT_IN - RIGHT_IN) / (points + 2 * cols.extra))
