@@ -220,21 +220,21 @@ def test_the_competing_class_is_the_best_other_at_the_lowest_checked_point() -> 
         pair_figure(second, "t", class_names=names)
     )
 
-    # Off the target at the lowest point: the class predicted there.
+    # Off the target at the lowest point (between pivots): the class predicted there, whatever
+    # the pivots say.
     hand = {
         "target": 0,
         "line_check_position": torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]),
-        "line_check_margin": torch.tensor([2.0, 1.5, -0.5, 0.7, 2.0]),
-        "line_check_predicted": torch.tensor([0, 0, 2, 0, 0]),
+        "line_check_margin": torch.tensor([2.0, -0.5, 0.3, 0.7, 2.0]),
+        "line_check_predicted": torch.tensor([0, 2, 0, 0, 0]),
         # pivots at 0, 0.5 and 1
-        "line_probabilities": torch.tensor([[0.8, 0.15, 0.05], [0.3, 0.1, 0.6], [0.8, 0.05, 0.15]]),
+        "line_probabilities": torch.tensor([[0.8, 0.15, 0.05], [0.5, 0.4, 0.1], [0.8, 0.05, 0.15]]),
     }
     assert competing_class(hand, "line") == (2, None)
     # On the target at its lowest point, between pivots: the record does not say which class
     # was second there, so the best other at the pivot of lowest margin is named, with it.
     hand["line_check_margin"] = torch.tensor([2.0, 0.3, 0.6, 0.7, 2.0])
     hand["line_check_predicted"] = torch.zeros(5, dtype=torch.long)
-    hand["line_probabilities"][1] = torch.tensor([0.5, 0.4, 0.1])
     assert competing_class(hand, "line") == (1, 1)
     # A tie of the others at that pivot: no class is named.
     hand["line_probabilities"][1] = torch.tensor([0.5, 0.25, 0.25])
