@@ -455,6 +455,13 @@ class SpacePathModule(PathModule):
         self.tail.to(device)
         return encode_each_pair(self.head, self.tail, images.to(device), others.to(device), targets)
 
+    def end_images(self, pair: Pair) -> Tensor | None:
+        """``(2, C, H, W)``: the pair's two inputs, kept with its record in a latent space,
+        whose points are not images, for its figure; None in the input space."""
+        if self.space == INPUT:
+            return None
+        return stack_images(self.dataset, [pair.start_index, pair.end_index])[0]
+
     def checkpoint_extra(self) -> dict[str, Any]:
         # The band states this rank took from files it replaces or removes, for pairs other
         # ranks decide now, until those pairs are decided (their new owner's file may not be
@@ -770,7 +777,8 @@ class RecordWriter(L.Callback):
 
     def _flush(self, module: SpacePathModule) -> None:
         for row, record in module.decided:
-            self.store.save(module.space, module.rows[row], record)
+            pair = module.rows[row]
+            self.store.save(module.space, pair, record, module.end_images(pair))
         module.decided.clear()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

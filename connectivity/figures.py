@@ -24,7 +24,10 @@ OTHER_COLOUR = "tab:grey"
 
 
 def _as_image(point: Tensor) -> np.ndarray:
-    image = point.detach().float().clamp(0, 1).cpu()
+    image = point.detach().float().cpu()
+    if point.dtype == torch.uint8:
+        image = image / 255.0
+    image = image.clamp(0, 1)
     if image.shape[0] == 1:
         image = image.expand(3, -1, -1)
     return image.permute(1, 2, 0).numpy()
@@ -32,11 +35,34 @@ def _as_image(point: Tensor) -> np.ndarray:
 
 OFF_COLOUR = "tab:red"
 ON_COLOUR = "tab:green"
-PLACEHOLDER = "0.92"
+
+# Every text of a pair figure is at least SMALL_PT points: SMALL_PT * FIGURE_DPI / 72 = 9.4
+# pixels tall in the saved PNG (the figures of issue 19 had 5-6 point text at 90 dpi, 6-7 px).
+FIGURE_DPI = 90
+SMALL_PT = 7.5
+TEXT_PT = 8.5
+TITLE_PT = 10.5
+# Inches: the width of one point's column, and the margins left (row labels, the check's
+# counts) and right of the columns.
+COLUMN_IN = 0.85
+LEFT_IN = 1.3
+RIGHT_IN = 0.2
+MIN_WIDTH_IN = 8.5  # room for the title line
+# Many classes make unreadable names under the first point's bars: name them up to this many.
+NAMED_CLASSES = 12
 
 
 def _class_name(class_names: list[str] | None, k: int) -> str:
     return str(class_names[k]) if class_names is not None and k < len(class_names) else str(k)
+
+
+def _short_names(class_names: list[str] | None, classes: int) -> tuple[list[str], bool]:
+    """Labels under the bars: the names when all are at most 2 characters, else the indices
+    (``True``: the figure then gives the key of indices to names)."""
+    names = [_class_name(class_names, k) for k in range(classes)]
+    if max(len(n) for n in names) <= 2:
+        return names, False
+    return [str(k) for k in range(classes)], True
 
 
 def _margin_from_probabilities(probabilities: Tensor, target: int) -> np.ndarray:
@@ -81,6 +107,59 @@ def lowest_margin(record: dict[str, Any], which: str | None = None) -> float:
     return float(np.nanmin(checked_points(record, which)[1]))
 
 
+def _best_other(probabilities: Tensor, target: int) -> int | None:
+    """The most probable class other than ``target`` at one point, ``(classes,)``; None where
+    the softmax cannot tell (a tie, e.g. every other probability rounded to 0)."""
+    others = probabilities.detach().double().clone()
+    others[target] = -1.0
+    best = float(others.max())
+    if best <= 0.0 or int((others == best).sum()) > 1:
+        return None
+    return int(others.argmax())
+
+
+def competing_class(record: dict[str, Any], which: str) -> tuple[int, int | None] | None:
+    """The class the lowest target margin of the line (``which="line"``) or the path is measured
+    against: the best class other than the target at the checked point of lowest margin.
+
+    Derived from the record alone. Off the target there, it is the predicted class. At a pivot,
+    it is read from the pivot's softmax (softmax keeps the order of the logits). The record
+    does not keep the other classes of checked points between pivots: for such a point on the
+    target, the best other class at the pivot of lowest margin is given instead.
+
+    Returns:
+        ``(class, None)`` for the class at the lowest checked point, ``(class, pivot)`` for the
+        fallback to pivot ``pivot``, or None where the stored softmax cannot tell (a tie).
+    """
+    target = int(record["target"])
+    position, margin, predicted = checked_points(record, which)
+    lowest = int(np.nanargmin(np.where(np.isnan(margin), -np.inf, margin)))
+    if int(predicted[lowest]) != target:
+        return int(predicted[lowest]), None
+    probabilities = record[f"{which}_probabilities"]
+    pivots = np.linspace(0.0, 1.0, probabilities.shape[0])
+    at = np.flatnonzero(np.abs(pivots - position[lowest]) < 1e-6)
+    if at.size:
+        best = _best_other(probabilities[int(at[0])], target)
+        return None if best is None else (best, None)
+    pivot = int(np.argmin(_margin_from_probabilities(probabilities, target)))
+    best = _best_other(probabilities[pivot], target)
+    return None if best is None else (best, pivot)
+
+
+def _competing_text(record: dict[str, Any], which: str, class_names: list[str] | None) -> str:
+    """``"min 1.37 against '8'"`` for the margin panel's legend."""
+    text = f"min {lowest_margin(record, which):.3g}"
+    found = competing_class(record, which)
+    if found is None:
+        return text
+    k, pivot = found
+    name = repr(_class_name(class_names, k))
+    if pivot is None:
+        return f"{text} against {name}"
+    return f"{text}; best other class at the pivots: {name} (pivot {pivot})"
+
+
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """``[(first, last)]`` index ranges of the consecutive True entries of ``mask``."""
     runs, first = [], None
@@ -95,82 +174,132 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return runs
 
 
-def _draw_bars(
-    ax: Axes, probabilities: Tensor, target: int, class_names: list[str] | None, labels: bool
-) -> None:
-    probs = probabilities.detach().float().cpu().numpy()
-    colours = [TARGET_COLOUR if k == target else OTHER_COLOUR for k in range(len(probs))]
-    ax.bar(np.arange(len(probs)), probs, color=colours, width=0.8)
-    ax.set_ylim(0, 1)
+class _Columns:
+    """Where point ``k`` of a strip lies: the centre ``k * step`` of column ``k`` (``step =
+    1 / (points - 1)``, so the columns line up with positions along the path), with ``extra``
+    columns more on each side for the inputs at the ends of a latent space."""
+
+    def __init__(self, points: int, extra: int) -> None:
+        self.points, self.extra = points, extra
+        self.step = 1.0 / max(points - 1, 1)
+
+    def x(self, k: int) -> float:
+        return k * self.step
+
+    def limits(self, extra: bool = True) -> tuple[float, float]:
+        half = (0.5 + (self.extra if extra else 0)) * self.step
+        return -half, 1.0 + half
+
+    def box(self, x: float, bottom: float = 0.03, top: float = 0.97) -> tuple[float, ...]:
+        """``imshow``'s extent of an image in the column centred at ``x``."""
+        return (x - 0.45 * self.step, x + 0.45 * self.step, bottom, top)
+
+
+def _bare(ax: Axes) -> None:
+    ax.set_xticks([])
     ax.set_yticks([])
-    predicted = int(probs.argmax())
-    names = [_class_name(class_names, k) for k in range(len(probs))]
-    if labels:  # the first point names every class
-        ax.set_xticks(np.arange(len(probs)))
-        long_names = max(len(n) for n in names) > 2
-        ax.set_xticklabels(names, rotation=90 if long_names else 0, fontsize=5)
-    elif predicted != target:  # name the class the point went to, under its bar
-        ax.set_xticks([predicted])
-        ax.set_xticklabels([names[predicted]], fontsize=6, color=OFF_COLOUR)
-    else:
-        ax.set_xticks([])
-    ax.tick_params(axis="x", length=0, pad=1)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
 
 
-def _draw_strip(
-    fig: Figure,
-    grid: Any,
-    row: int,
-    images: Tensor | None,
-    probs: Tensor,
-    target: int,
-    class_names: list[str] | None,
-    label: str,
-) -> None:
-    """Images (or placeholders) and softmax bars of a walk's points on rows ``row, row + 1``."""
-    points = probs.shape[0]
+def _point_titles(ax: Axes, cols: _Columns, probs: Tensor, target: int, names: list[str]) -> None:
+    """Each point's index above its column; red, with the class it went to, off the target."""
     predicted = probs.argmax(dim=-1)
-    for k in range(points):
-        ax_image = fig.add_subplot(grid[row, k])
-        ax_image.set_xticks([])
-        ax_image.set_yticks([])
-        if images is not None:
-            ax_image.imshow(_as_image(images[k]), interpolation="nearest")
-        else:
-            ax_image.set_facecolor(PLACEHOLDER)
-            ax_image.text(
-                0.5,
-                0.5,
-                "no\nimage",
-                ha="center",
-                va="center",
-                fontsize=5,
-                color="0.5",
-                transform=ax_image.transAxes,
-            )
+    for k in range(probs.shape[0]):
         others = torch.cat([probs[k, :target], probs[k, target + 1 :]])
         # Strict, as the check: a tie with another class is off target.
         off = not bool((probs[k, target] > others).all())
         went = int(predicted[k])
-        went_name = "tie" if went == target else _class_name(class_names, went)
-        name = f"{k} ✗ {went_name}" if off else f"{k}"
-        ax_image.set_title(name, fontsize=6, color=OFF_COLOUR if off else "black", pad=2)
-        if k == 0:
-            ax_image.set_ylabel(label, fontsize=7)
-        _draw_bars(fig.add_subplot(grid[row + 1, k]), probs[k], target, class_names, k == 0)
+        title = f"{k} ✗ {'tie' if went == target else names[went]}" if off else f"{k}"
+        ax.text(
+            cols.x(k),
+            1.02,
+            title,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=SMALL_PT,
+            color=OFF_COLOUR if off else "black",
+        )
 
 
-def _axis_limits(points: int) -> tuple[float, float]:
-    """x limits that put position ``k / (points - 1)`` under the centre of column ``k``."""
-    half = 0.5 / max(points - 1, 1)
-    return -half, 1.0 + half
+def _draw_images(
+    ax: Axes,
+    cols: _Columns,
+    images: Tensor | None,
+    ends: Tensor | None,
+    note: str | None,
+) -> None:
+    """One strip's images in one axes (one axes per image would cost most of a figure's
+    drawing time): the points, and the end inputs in the outer columns."""
+    for k in range(images.shape[0] if images is not None else 0):
+        ax.imshow(_as_image(images[k]), extent=cols.box(cols.x(k)), interpolation="nearest")
+    if ends is not None:
+        for x, end in ((-cols.step, ends[0]), (1.0 + cols.step, ends[1])):
+            ax.imshow(_as_image(end), extent=cols.box(x), interpolation="nearest")
+            ax.text(
+                x,
+                1.02,
+                "input",
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=SMALL_PT,
+                color="tab:blue",
+            )
+    if note:
+        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=TEXT_PT, color="0.35")
+    ax.set_aspect("auto")
+    ax.set_xlim(*cols.limits())
+    ax.set_ylim(0, 1)
+    _bare(ax)
+
+
+def _draw_bars(
+    ax: Axes, cols: _Columns, probs: Tensor, target: int, labels: list[str], named: bool
+) -> None:
+    """Every point's softmax bars in one axes, target red, each point in its own frame; the
+    first point's bars are named (``named``), and the bar of the class an off-target point
+    went to."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    values = probs.detach().float().cpu().numpy()
+    points, classes = values.shape
+    width = 0.88 * cols.step / classes
+    offsets = (np.arange(classes) - (classes - 1) / 2) * width
+    xs = (np.arange(points)[:, None] * cols.step + offsets[None, :]).ravel()
+    colours = np.where(np.arange(classes) == target, TARGET_COLOUR, OTHER_COLOUR)
+    ax.bar(xs, values.ravel(), width=0.8 * width, color=np.tile(colours, points))
+    frames = [
+        Rectangle((cols.x(k) - 0.46 * cols.step, 0.0), 0.92 * cols.step, 1.0) for k in range(points)
+    ]
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="0.55", lw=0.6))
+    ticks, names, colours_of = [], [], []
+    if named and classes <= NAMED_CLASSES:
+        ticks += (offsets + cols.x(0)).tolist()
+        names += labels
+        colours_of += ["black"] * classes
+    predicted = values.argmax(axis=1)
+    for k in range(1 if named else 0, points):
+        if int(predicted[k]) != target:
+            ticks.append(cols.x(k) + offsets[predicted[k]])
+            names.append(labels[predicted[k]])
+            colours_of.append(OFF_COLOUR)
+    _bare(ax)
+    ax.set_xticks(ticks, names, fontsize=SMALL_PT)
+    for label, colour in zip(ax.get_xticklabels(), colours_of, strict=True):
+        label.set_color(colour)
+    ax.tick_params(axis="x", length=0, pad=1)
+    ax.set_xlim(*cols.limits())
+    ax.set_ylim(0, 1.03)  # the frames' top edges inside the axes
 
 
 def _draw_track(
     ax: Axes,
     record: dict[str, Any],
     which: str,
-    points: int,
+    cols: _Columns,
     class_names: list[str] | None,
 ) -> None:
     """The check the verdict rests on, under a strip: every checked point on target (green) or
@@ -178,14 +307,14 @@ def _draw_track(
     position, margin, predicted = checked_points(record, which)
     target = int(record["target"])
     off = ~(margin > 0)
-    ax.set_xlim(*_axis_limits(points))
+    ax.set_xlim(*cols.limits(extra=False))
     ax.set_ylim(0, 1)
     ax.set_yticks([])
     ax.set_xticks([])
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    ax.scatter(position[~off], np.full((~off).sum(), 0.5), s=6, color=ON_COLOUR, marker="|")
-    ax.scatter(position[off], np.full(off.sum(), 0.5), s=14, color=OFF_COLOUR, marker="|")
+    ax.scatter(position[~off], np.full((~off).sum(), 0.4), s=6, color=ON_COLOUR, marker="|")
+    ax.scatter(position[off], np.full(off.sum(), 0.4), s=14, color=OFF_COLOUR, marker="|")
     spacing = 0.5 / max(len(position) - 1, 1)
     for first, last in _runs(off):
         ax.axvspan(
@@ -201,11 +330,11 @@ def _draw_track(
         )
         ax.text(
             (position[first] + position[last]) / 2,
-            0.95,
+            1.0,
             "→ " + ", ".join(went),
             ha="center",
-            va="top",
-            fontsize=6,
+            va="bottom",
+            fontsize=SMALL_PT,
             color=OFF_COLOUR,
         )
     # Where the exact check decided, its off-target stretches are drawn too (hatched): they
@@ -219,24 +348,7 @@ def _draw_track(
         label = f"exact check\n{pieces} pieces, {len(stretches)} off"
     else:
         label = f"sampled check\n{len(position)} pts, {int(off.sum())} off"
-    ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=5)
-
-
-def _draw_difference(
-    fig: Figure, grid: Any, row: int, line: Tensor, path: Tensor, record: dict[str, Any]
-) -> None:
-    """Path minus line, per point, on one symmetric colour scale; with each point's distance."""
-    difference = (path.float() - line.float()).mean(dim=1).cpu().numpy()  # over channels
-    scale = float(np.abs(difference).max()) or 1.0
-    l2, linf = _distances(record)
-    for k in range(difference.shape[0]):
-        ax = fig.add_subplot(grid[row, k])
-        ax.imshow(difference[k], cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel(f"L2 {l2[k]:.3g}\nL∞ {linf[k]:.3g}", fontsize=5, labelpad=1)
-        if k == 0:
-            ax.set_ylabel(f"path - line\n±{scale:.2g}", fontsize=6)
+    ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=SMALL_PT)
 
 
 def _distances(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -247,31 +359,56 @@ def _distances(record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return l2.float().numpy(), linf.float().numpy()
 
 
-def _draw_distances(fig: Figure, grid: Any, row: int, record: dict[str, Any]) -> None:
-    """How far each point of the path lies from its point on the line (spaces without images)."""
+def _draw_moved(
+    ax: Axes, cols: _Columns, record: dict[str, Any], difference: np.ndarray | None
+) -> None:
+    """How far each point of the path lies from its point on the line: its L2 and L-infinity
+    distance, under the path minus the line (``(points, H, W)`` on one symmetric colour scale)
+    where the points are images."""
     l2, linf = _distances(record)
-    for k in range(len(l2)):
-        ax = fig.add_subplot(grid[row, k])
-        ax.axis("off")
-        ax.text(
-            0.5,
-            0.5,
-            f"L2 {l2[k]:.3g}\nL∞ {linf[k]:.3g}",
-            ha="center",
-            va="center",
-            fontsize=5,
-            transform=ax.transAxes,
-        )
-        if k == 0:
-            ax.text(
-                -0.1,
-                0.5,
-                "moved from\nthe line",
-                ha="right",
-                va="center",
-                fontsize=6,
-                transform=ax.transAxes,
+    if difference is not None:
+        scale = float(np.abs(difference).max()) or 1.0
+        for k in range(difference.shape[0]):
+            ax.imshow(
+                difference[k],
+                cmap="RdBu_r",
+                vmin=-scale,
+                vmax=scale,
+                extent=cols.box(cols.x(k)),
+                interpolation="nearest",
             )
+        label, y, va = f"path - line\n±{scale:.2g}", -0.02, "top"
+    else:
+        label, y, va = "moved from\nthe line", 0.5, "center"
+    for k in range(len(l2)):
+        ax.text(
+            cols.x(k),
+            y,
+            f"L2 {l2[k]:.3g}\nL∞ {linf[k]:.3g}",
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va=va,
+            fontsize=SMALL_PT,
+        )
+    ax.set_aspect("auto")
+    ax.set_xlim(*cols.limits())
+    ax.set_ylim(0, 1)
+    _bare(ax)
+    ax.set_ylabel(label, fontsize=TEXT_PT)
+
+
+class _Rows:
+    """Rows stacked from the top of a figure, in inches: ``(gap above, height)`` each."""
+
+    def __init__(self, top: float) -> None:
+        self.spans: list[tuple[float, float]] = []  # (top, height) from the figure's top
+        self.depth = top
+
+    def add(self, gap: float, height: float) -> int:
+        self.depth += gap
+        self.spans.append((self.depth, height))
+        self.depth += height
+        return len(self.spans) - 1
 
 
 def pair_figure(
@@ -283,17 +420,23 @@ def pair_figure(
     class_names: list[str] | None = None,
     images_note: str | None = None,
     difference: bool = False,
+    end_images: Tensor | None = None,
 ) -> Figure:
     """One pair in one space: what its verdict rests on.
 
     Rows, for the straight line and (when a band ran) the optimised path: the points as images
-    (a placeholder where the space has no decoder), their softmax bars (class names on the
-    first point and above the bar of any other class a point went to), and the track of the
-    check the verdict rests on (every checked point, off-target runs red with the class they
-    went to). For a band in the input space, ``difference`` adds the path minus the line on one
-    colour scale, and every band gets each point's L2 and L-infinity distance from the line.
-    Below: the target margin (target logit minus the best other, zero at the decision
-    boundary) along every checked point, and the band's energy (cross-entropy) at the pivots.
+    (where the space has a decoder, or is the input), with the two inputs of the pair beside
+    the ends in a latent space; their softmax bars (class names under the first point's and
+    under the bar of any other class a point went to); and the track of the check the verdict
+    rests on (every checked point, off-target runs red with the class they went to). For a
+    band in the input space, ``difference`` adds the path minus the line on one colour scale,
+    and every band gets each point's L2 and L-infinity distance from the line. Below: the
+    target margin (target logit minus the best other, zero at the decision boundary) along
+    every checked point, with the class its lowest value is measured against
+    (:func:`competing_class`), and the band's energy (cross-entropy) at the pivots.
+
+    Every text is at least :data:`SMALL_PT` points, at least 9 pixels tall once saved at
+    :data:`FIGURE_DPI` (:func:`save_figure`).
 
     Args:
         record: A saved pair record (see :class:`connectivity.records.RunStore`).
@@ -301,74 +444,117 @@ def pair_figure(
         line_images: ``(points, C, H, W)`` images of the line's points, or None.
         path_images: Images of the optimised path's points, or None.
         class_names: Names of the classes (default: their indices).
-        images_note: How the images were made, written beside the strips (e.g. "decoded by
+        images_note: How the images were made, written under the title (e.g. "decoded by
             the layer1 decoder, validation PSNR 21.3 dB").
         difference: Draw path minus line (the images are the points themselves).
+        end_images: ``(2, C, H, W)`` the pair's two inputs (floats in [0, 1] or uint8), drawn
+            beside the ends of a latent space's strips; None in the input space (its ends are
+            the inputs) and for records saved without them.
     """
     target = int(record["target"])
     banded = record["verdict"] != "linear"
     # A path may have more points than the line (pivots inserted by the exact check): the
-    # grid is as wide as the longer strip, the shorter one leaves its last columns empty.
-    line_points = record["line_probabilities"].shape[0]
-    path_points = record["path_probabilities"].shape[0]
-    points = max(line_points, path_points) if banded else line_points
-    walks = [("line", line_images, record["line_probabilities"])]
+    # columns are as many as the longer strip has points; the shorter one leaves the last empty.
+    line_probs, path_probs = record["line_probabilities"], record["path_probabilities"]
+    points = max(line_probs.shape[0], path_probs.shape[0]) if banded else line_probs.shape[0]
+    classes = line_probs.shape[-1]
+    labels, keyed = _short_names(class_names, classes)
+    names = [_class_name(class_names, k) for k in range(classes)]
+    cols = _Columns(points, extra=1 if end_images is not None else 0)
+    walks = [("line", line_images, line_probs, end_images)]
     if banded:
-        walks.append(("path", path_images, record["path_probabilities"]))
-    heights: list[float] = []
-    for _ in walks:
-        heights += [1.0, 0.55, 0.3]
-    moved_row = len(heights) if banded else None
+        walks.append(("path", path_images, path_probs, None))
+
+    lines = [title]
+    if images_note:
+        lines.append(f"images {images_note}")
+    if line_images is None and end_images is None:
+        lines.append("no decoder for this space: its points are not images")
+    if keyed and classes <= NAMED_CLASSES:
+        lines.append("bars: " + ", ".join(f"{k} {n}" for k, n in enumerate(names)))
+    rows = _Rows(top=0.2 * len(lines) + 0.25)
+    column = max(COLUMN_IN, (MIN_WIDTH_IN - LEFT_IN - RIGHT_IN) / (points + 2 * cols.extra))
+    layout: list[tuple[str, int, Any]] = []
+    for name, images, probs, ends in walks:
+        has_images = images is not None or ends is not None
+        if has_images:
+            layout.append(("images", rows.add(0.3, 0.95 * column), (name, images, probs, ends)))
+        layout.append(("bars", rows.add(0.08 if has_images else 0.3, 0.45), (name, probs)))
+        layout.append(("track", rows.add(0.32, 0.3), name))
     if banded:
-        heights.append(1.0 if difference and line_images is not None else 0.35)
-    heights += [1.5, 1.0]
-    fig = Figure(figsize=(max(7.0, 0.95 * points), 0.95 * sum(heights) + 1.0))
-    grid = fig.add_gridspec(len(heights), points, height_ratios=heights, hspace=0.6, wspace=0.08)
-    for s, (name, images, probs) in enumerate(walks):
-        label = name if images is None or not images_note else f"{name}\n(decoded)"
-        _draw_strip(fig, grid, 3 * s, images, probs, target, class_names, label)
-        _draw_track(fig.add_subplot(grid[3 * s + 2, :]), record, name, points, class_names)
-    if moved_row is not None:
+        moved = None
         same = line_images is not None and path_images is not None
         if difference and same and line_images.shape == path_images.shape:
-            _draw_difference(fig, grid, moved_row, line_images, path_images, record)
-        else:
-            _draw_distances(fig, grid, moved_row, record)
+            moved = (path_images.float() - line_images.float()).mean(dim=1).cpu().numpy()
+        tall = 0.95 * column if moved is not None else 0.4
+        layout.append(("moved", rows.add(0.25, tall), moved))
+    margin_row = rows.add(0.55 if banded and difference else 0.3, 1.5)
+    energy_row = rows.add(0.35, 1.05)
+    height = rows.depth + 0.55
+    width = LEFT_IN + (points + 2 * cols.extra) * column + RIGHT_IN
+    fig = Figure(figsize=(width, height), dpi=FIGURE_DPI)
 
-    ax = fig.add_subplot(grid[len(heights) - 2, :])
+    def axes(row: int, full: bool = True) -> Axes:
+        top, tall = rows.spans[row]
+        inset = 0 if full else cols.extra * column
+        left = LEFT_IN + inset
+        wide = (points + 2 * cols.extra) * column - 2 * inset
+        return fig.add_axes((left / width, 1 - (top + tall) / height, wide / width, tall / height))
+
+    for kind, row, what in layout:
+        if kind == "images":
+            name, images, probs, ends = what
+            note = None
+            if images is None:
+                note = "no decoder for this space: its points are not images"
+            ax = axes(row)
+            _draw_images(ax, cols, images, ends, note)
+            _point_titles(ax, cols, probs, target, names)
+            decoded = images is not None and bool(images_note)
+            ax.set_ylabel(f"{name}\n(decoded)" if decoded else name, fontsize=TEXT_PT)
+        elif kind == "bars":
+            name, probs = what
+            ax = axes(row)
+            _draw_bars(ax, cols, probs, target, labels, named=name == "line" or not banded)
+            if not any(k == "images" and w[0] == name for k, _, w in layout):
+                _point_titles(ax, cols, probs, target, names)
+                ax.set_ylabel(name, fontsize=TEXT_PT)
+        elif kind == "track":
+            _draw_track(axes(row, full=False), record, what, cols, class_names)
+        else:
+            _draw_moved(axes(row), cols, record, what)
+
+    ax = axes(margin_row, full=False)
     for which, style in (("line", "o-"), ("path", "s-")):
         if which == "path" and not banded:
             continue
         position, margin, _ = checked_points(record, which)
         shown = "straight line" if which == "line" else "optimised path"
         finite = np.where(np.isfinite(margin), margin, np.nan)
-        ax.plot(
-            position,
-            finite,
-            "-",
-            lw=1,
-            label=f"{shown} (min {np.nanmin(finite):.3g})" if np.isfinite(finite).any() else shown,
-        )
-        pivots = np.linspace(0.0, 1.0, line_points if which == "line" else path_points)
-        at = [int(np.abs(position - x).argmin()) for x in pivots]
+        label = shown
+        if np.isfinite(finite).any():
+            label = f"{shown} ({_competing_text(record, which, class_names)})"
+        ax.plot(position, finite, "-", lw=1, label=label)
+        count = (line_probs if which == "line" else path_probs).shape[0]
+        at = [int(np.abs(position - x).argmin()) for x in np.linspace(0.0, 1.0, count)]
         ax.plot(position[at], finite[at], style[0], color=ax.lines[-1].get_color(), ms=4)
     ax.axhline(0.0, color="black", lw=0.8, ls="--", label="decision boundary (margin 0)")
-    ax.set_xlim(*_axis_limits(points))
-    ax.set_ylabel("target margin\n(logit - best other)", fontsize=7)
-    ax.legend(fontsize=6, loc="best")
-    ax.tick_params(labelsize=6)
+    ax.set_xlim(*cols.limits(extra=False))
+    ax.set_ylabel("target margin\n(logit - best other)", fontsize=TEXT_PT)
+    ax.legend(fontsize=SMALL_PT, loc="best")
+    ax.tick_params(labelsize=SMALL_PT)
 
-    ax = fig.add_subplot(grid[len(heights) - 1, :])
+    ax = axes(energy_row, full=False)
     walks_energy = [("line", "o-", "straight line"), ("path", "s-", "optimised path")]
     for which, style, label in walks_energy[: 2 if banded else 1]:
         energy = record[f"{which}_energy"].float().numpy()
         ax.plot(np.linspace(0, 1, len(energy)), energy, style, ms=4, label=label)
-    ax.set_xlim(*_axis_limits(points))
-    ax.set_xlabel("position along the path (pivot k of N at k / (N - 1))", fontsize=7)
-    ax.set_ylabel("energy at pivots\n(cross-entropy)", fontsize=7)
-    ax.legend(fontsize=6, loc="best")
-    ax.tick_params(labelsize=6)
-    fig.suptitle(title if not images_note else f"{title}\nimages {images_note}", fontsize=9)
+    ax.set_xlim(*cols.limits(extra=False))
+    ax.set_xlabel("position along the path (pivot k of N at k / (N - 1))", fontsize=TEXT_PT)
+    ax.set_ylabel("energy at pivots\n(cross-entropy)", fontsize=TEXT_PT)
+    ax.legend(fontsize=SMALL_PT, loc="best")
+    ax.tick_params(labelsize=SMALL_PT)
+    fig.suptitle("\n".join(lines), fontsize=TITLE_PT, y=1 - 0.12 / height, va="top")
     return fig
 
 
@@ -407,9 +593,10 @@ def figure_array(fig: Figure, dpi: int = 72) -> np.ndarray:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` (the format follows the suffix), creating its folder."""
+    """Write ``fig`` to ``path`` at :data:`FIGURE_DPI` (the format follows the suffix),
+    creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
 
 
 def bar_image(probabilities: Tensor, target: int, height: int = 32, width: int = 4) -> np.ndarray:

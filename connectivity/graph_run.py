@@ -329,6 +329,9 @@ class RoundModule(SpacePathModule):
         self.rows, self.reused, self.resumed_at = [], [], 0
         self.taken_over, self._carried, self._orphans = 0, {}, []
 
+    def end_images(self, pair: DatasetPair) -> None:
+        return None  # graph figures place the inputs themselves; a record needs no copy
+
     def encode_rows(self, targets: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
         starts = torch.stack([self.ends[p.id][0] for p in self.rows])
         ends = torch.stack([self.ends[p.id][1] for p in self.rows])

@@ -101,7 +101,8 @@ class RunStore:
     """The folder of one path experiment.
 
     Layout: ``run.json`` (what was asked), ``records/<space>/pair_<id>.pt`` (one per decided
-    pair), ``table.md`` / ``table.csv`` and ``figures/``. A record that cannot be read is moved
+    pair), ``table.md`` / ``table.csv``, ``pairs.csv``, ``figures/`` and the web pages
+    ``index.html`` and ``index_<space>.html``. A record that cannot be read is moved
     aside to ``pair_<id>.pt.damaged-<time>`` when a run resumes, so that pair is decided again.
     """
 
@@ -205,10 +206,28 @@ class RunStore:
             ids.add(_pair_id(file))
         return ids
 
-    def save(self, space: str, pair: Pair, record: PairRecord) -> None:
+    def save(
+        self, space: str, pair: Pair, record: PairRecord, end_images: torch.Tensor | None = None
+    ) -> None:
         """Write one pair's record; its tensors are compact copies, so its size depends on the
-        pair alone, not on the batch it was decided in."""
+        pair alone, not on the batch it was decided in.
+
+        Args:
+            space: The space the pair was decided in.
+            pair: The pair.
+            record: What was found.
+            end_images: ``(2, C, H, W)`` the pair's two input images in [0, 1], kept (as uint8,
+                ``end_images`` of the record) for figures of latent spaces, whose points are
+                not images. None: not kept (the input space: its ends are the inputs).
+        """
         payload = compact({"space": space, "pair": asdict(pair), **asdict(record)})
+        if end_images is not None:
+            # uint8: the figures need no more, and the record stays small (2 KiB for digits).
+            payload["end_images"] = (
+                (end_images.detach().float().clamp(0, 1) * 255)
+                .round()
+                .to(device="cpu", dtype=torch.uint8)
+            )
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(self.record_path(space, pair.id), buffer.getvalue())

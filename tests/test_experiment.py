@@ -20,7 +20,7 @@ from torch import nn
 from connectivity.checkpoints import CheckpointError
 from connectivity.classifier import ClassifierModule
 from connectivity.cli import main
-from connectivity.data import CIFAR10DataModule, DigitsDataModule
+from connectivity.data import CIFAR10DataModule, DigitsDataModule, stack_images
 from connectivity.errors import ConnectivityError
 from connectivity.experiment import (
     Experiment,
@@ -93,6 +93,17 @@ def test_run_writes_records_table_and_figures_and_resumes(
         assert torch.equal(record["path"], record["line"])
         assert record["path"].shape[0] == 6  # 4 pivots + 2 ends
         assert (store.folder / "figures" / space / "pair_0000.png").stat().st_size > 1000
+    # a latent space's record keeps the pair's two inputs (uint8) for its figure
+    dataset = data.dataset(_experiment(digits_classifier, tmp_path, "a").pairs.split)
+    for space in SPACES:
+        record = store.load(space)[0]
+        if space == "input":
+            assert "end_images" not in record
+            continue
+        pair = record["pair"]
+        ends = stack_images(dataset, [pair["start_index"], pair["end_index"]])[0]
+        assert record["end_images"].dtype == torch.uint8
+        assert torch.equal(record["end_images"], (ends * 255).round().to(torch.uint8))
     table = (store.folder / "table.md").read_text()
     assert "| Linear path exists |" in table and "input" in table
     csv_rows = (store.folder / "table.csv").read_text().splitlines()

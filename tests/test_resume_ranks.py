@@ -45,9 +45,11 @@ class CountingStore(RunStore):
         super().__init__(folder)
         self.writes: Counter[tuple[str, int]] = Counter()
 
-    def save(self, space: str, pair: Pair, record: PairRecord) -> None:
+    def save(
+        self, space: str, pair: Pair, record: PairRecord, end_images: torch.Tensor | None = None
+    ) -> None:
         self.writes[space, pair.id] += 1
-        super().save(space, pair, record)
+        super().save(space, pair, record, end_images)
 
 
 class FirstSteps(L.Callback):
