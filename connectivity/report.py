@@ -239,13 +239,14 @@ def wandb_run_id(store: RunStore, fresh: bool = False) -> str:
         store: The run folder.
         fresh: Replace the kept id by a new one (a second W&B run, asked for by ``relog``).
     """
-    from wandb.sdk.lib.runid import generate_id
-
     path = store.folder / WANDB_ID_FILE
     if not fresh and path.is_file():
         run_id = path.read_text().strip()
         if run_id:
             return run_id
+    # Imported here: a report that logs nothing need not pay for importing W&B.
+    from wandb.sdk.lib.runid import generate_id
+
     run_id = generate_id()
     atomic_write_text(path, run_id + "\n")
     return run_id
@@ -411,7 +412,9 @@ def pair_rows(
     for space, records in by_space.items():
         for record in records:
             pair = record["pair"]
-            l2, linf = distances_from_line(record["path"], record["line"])
+            l2, linf = record.get("distance_l2"), record.get("distance_linf")
+            if l2 is None or linf is None:  # a record saved before it kept its distances
+                l2, linf = distances_from_line(record["path"], record["line"])
             rows.append(
                 [
                     space,
@@ -530,13 +533,17 @@ def _drawing_code() -> str:
     return _short_digest(source)
 
 
+# The digest of a decoder checkpoint that is not there (a run folder copied without it).
+UNKNOWN_DECODER = "missing"
+
+
 def _decoder_digests(decoders: dict[str, str]) -> dict[str, str]:
-    """``{space: digest of its decoder checkpoint}`` (a missing file: its path, so a figure
-    drawn from it is never taken for one drawn from a file that is there)."""
+    """``{space: digest of its decoder checkpoint}``; :data:`UNKNOWN_DECODER` where the file
+    is missing."""
     digests = {}
     for space, path in decoders.items():
         file = Path(path)
-        digests[space] = _short_digest(file.read_bytes()) if file.is_file() else f"missing {path}"
+        digests[space] = _short_digest(file.read_bytes()) if file.is_file() else UNKNOWN_DECODER
     return digests
 
 
@@ -567,11 +574,14 @@ def _up_to_date(
 
     With a stamp, the stamp decides. A figure without one (drawn before stamps were kept) is
     taken when it is newer than its record and the space's decoder is the run's own, which
-    is what drew it."""
+    is what drew it. Where the decoder checkpoint is missing (the folder was copied without
+    it) the figure cannot be drawn again, and the one there is kept."""
     file = store.folder / figure_name(space, pair_id)
     if not file.is_file():
         return False
     if stamp is not None:
+        if wanted["decoder"] == UNKNOWN_DECODER:
+            wanted = {**wanted, "decoder": stamp.get("decoder")}
         return stamp == wanted
     record = store.record_path(space, pair_id)
     return file.stat().st_mtime_ns >= record.stat().st_mtime_ns and wanted["decoder"] == own_decoder
@@ -644,7 +654,7 @@ def draw_figures(
             name = figure_name(space, pair_id)
             wanted = _stamp(store, space, pair_id, digests.get(space), code)
             if _up_to_date(store, space, pair_id, held.get(name), wanted, own.get(space)):
-                held[name] = wanted
+                held.setdefault(name, wanted)  # a stamp there says more (its decoder)
                 kept.add((space, pair_id))
             elif (space, pair_id) in chosen:
                 todo.append((space, record))
