@@ -684,8 +684,8 @@ class Experiment:
         checkpoint_every: Steps between band checkpoints (``<run>/bands/<space>/rank<k>.pt``):
             a run killed in the middle of a band continues from the last one.
         figures: Which pair figures the report draws: ``auto`` (every nonlinear, none and
-            diverged pair, and the closest linear calls per space), ``all`` or ``none`` (see
-            :func:`~connectivity.report.draw_figures`). Not part of the experiment: a rerun
+            diverged pair, and the 3 linear pairs closest to a boundary, per space), ``all`` or
+            ``none``; only missing or stale ones are drawn. Not part of the experiment: a rerun
             with another value only draws.
     """
 

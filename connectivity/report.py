@@ -1,7 +1,8 @@
 """The report of a path experiment, rebuilt from its saved records alone.
 
 ``connectivity report <run folder>`` calls :func:`write_report`: the verdict table (Markdown and
-CSV), one figure per pair and space, and the W&B run of the folder. No optimisation is rerun.
+CSV), the pair figures ``figures`` asks for that are missing or stale (:func:`draw_figures`), and
+the W&B run of the folder. No optimisation is rerun.
 
 The W&B run (one per run folder, see :class:`WandbOptions`) holds:
 
