@@ -68,7 +68,7 @@ def _run_graph(parser: ArgumentParser, config: Namespace) -> None:
 
 def _run_report(parser: ArgumentParser, config: Namespace) -> None:
     objects = parser.instantiate(config)
-    report(objects.folder, decoders=objects.decoders, wandb=objects.wandb)
+    report(objects.folder, decoders=objects.decoders, wandb=objects.wandb, figures=objects.figures)
 
 
 def _run_quickstart(parser: ArgumentParser, config: Namespace) -> None:

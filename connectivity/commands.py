@@ -25,7 +25,7 @@ from connectivity.graph_report import write_graph_report
 from connectivity.graph_run import GraphExperiment, run_graph
 from connectivity.graph_store import GraphStore
 from connectivity.records import RunStore
-from connectivity.report import WandbOptions, write_report
+from connectivity.report import FIGURES_HELP, WandbOptions, check_figures, write_report
 
 PATHS_HELP = "Decide same-class pairs in the input space and in layers of a classifier."
 REPORT_HELP = "Rebuild the tables and figures of a paths or graph run from its saved records."
@@ -180,21 +180,38 @@ def report_parser(**kwargs: Any) -> ArgumentParser:
         default={},
         help="{space: decoder checkpoint} to show latent points as images (default: the run's)",
     )
+    parser.add_argument("--figures", type=str, default="auto", help=f"{FIGURES_HELP} (paths runs)")
     parser.add_class_arguments(WandbOptions, "wandb")
     return parser
 
 
 def report(
-    folder: str, decoders: dict[str, str] | None = None, wandb: WandbOptions | None = None
+    folder: str,
+    decoders: dict[str, str] | None = None,
+    wandb: WandbOptions | None = None,
+    figures: str = "auto",
 ) -> None:
-    """Rebuild the table and figures of the run in ``folder`` (by default with its decoders)."""
+    """Rebuild the table and figures of the run in ``folder`` (by default with its decoders).
+
+    ``figures``: which pair figures of a paths run to draw (``auto``, ``all``, ``none``; see
+    :func:`~connectivity.report.draw_figures`); only missing or stale ones are drawn.
+
+    Raises:
+        OptionsError: ``figures`` is not one of them (before anything is read).
+    """
+    check_figures(figures)
     store = RunStore(folder)
     if store.manifest().get("kind") == "graph":
         with quiet_library_output():
             write_graph_report(GraphStore(folder), wandb=wandb or WandbOptions())
         return
     with quiet_library_output():
-        write_report(store, decoders=decoders or store.decoders(), wandb=wandb or WandbOptions())
+        write_report(
+            store,
+            decoders=decoders or store.decoders(),
+            wandb=wandb or WandbOptions(),
+            figures=figures,
+        )
 
 
 def graph_parser(**kwargs: Any) -> LightningArgumentParser:

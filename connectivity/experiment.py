@@ -36,7 +36,13 @@ from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.neb import straight_line
 from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
-from connectivity.report import WandbOptions, load_decoders, paths_logger, write_report
+from connectivity.report import (
+    WandbOptions,
+    check_figures,
+    load_decoders,
+    paths_logger,
+    write_report,
+)
 from connectivity.split import INPUT, Frozen, floating_dtype, probe_split, split
 from connectivity.verdicts import (
     Certifier,
@@ -826,6 +832,10 @@ class Experiment:
         output_dir: Folder of all path runs.
         checkpoint_every: Steps between band checkpoints (``<run>/bands/<space>/rank<k>.pt``):
             a run killed in the middle of a band continues from the last one.
+        figures: Which pair figures the report draws: ``auto`` (every nonlinear, none and
+            diverged pair, and the 3 linear pairs closest to a boundary, per space), ``all`` or
+            ``none``; only missing or stale ones are drawn. Not part of the experiment: a rerun
+            with another value only draws.
     """
 
     classifier: str
@@ -836,6 +846,7 @@ class Experiment:
     decoders: dict[str, str] = field(default_factory=dict)
     output_dir: str = "lightning_logs/paths"
     checkpoint_every: int = 20
+    figures: str = "auto"
 
     def __post_init__(self) -> None:
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 1:
@@ -843,6 +854,7 @@ class Experiment:
                 f"checkpoint_every must be a whole number of steps >= 1, got "
                 f"{self.checkpoint_every!r}"
             )
+        check_figures(self.figures)
 
 
 def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -> dict[str, Any]:
@@ -1071,5 +1083,7 @@ def run_paths(
         return None
     # A rerun without decoders draws with those the run was made with.
     decoders = experiment.decoders or store.decoders()
-    write_report(store, decoders=decoders, wandb=wandb or WandbOptions())
+    write_report(
+        store, decoders=decoders, wandb=wandb or WandbOptions(), figures=experiment.figures
+    )
     return store

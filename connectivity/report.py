@@ -1,7 +1,8 @@
 """The report of a path experiment, rebuilt from its saved records alone.
 
 ``connectivity report <run folder>`` calls :func:`write_report`: the verdict table (Markdown and
-CSV), one figure per pair and space, and the W&B run of the folder. No optimisation is rerun.
+CSV), the pair figures ``figures`` asks for that are missing or stale (:func:`draw_figures`), and
+the W&B run of the folder. No optimisation is rerun.
 
 The W&B run (one per run folder, see :class:`WandbOptions`) holds:
 
@@ -28,11 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import html
 import io
 import json
 import os
 import struct
+import sys
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -45,7 +48,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from connectivity.errors import ConnectivityError
+from connectivity import figures as figures_module
+from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.figures import (
     bar_image,
     image_array,
@@ -367,13 +371,14 @@ def wandb_run_id(store: RunStore, fresh: bool = False) -> str:
         store: The run folder.
         fresh: Replace the kept id by a new one (a second W&B run, asked for by ``relog``).
     """
-    from wandb.sdk.lib.runid import generate_id
-
     path = store.folder / WANDB_ID_FILE
     if not fresh and path.is_file():
         run_id = path.read_text().strip()
         if run_id:
             return run_id
+    # Imported here: a report that logs nothing need not pay for importing W&B.
+    from wandb.sdk.lib.runid import generate_id
+
     run_id = generate_id()
     atomic_write_text(path, run_id + "\n")
     return run_id
@@ -521,7 +526,11 @@ def _stretches_text(stretches: Tensor | None) -> str:
     return " ".join(f"{low:.6g}-{high:.6g}" for low, high in stretches.tolist())
 
 
-def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> list[list[Any]]:
+def pair_rows(
+    by_space: dict[str, list[dict[str, Any]]],
+    class_names: list[str],
+    drawn: set[tuple[str, int]] | None = None,
+) -> list[list[Any]]:
     """One row of :data:`PAIR_COLUMNS` per pair and space (``pairs.csv`` and W&B's ``pairs``):
     its indices, class, verdicts, the check they rest on (``certificate``: exact or sampled, and
     why sampled where ``auto`` or the exact check's tolerance chose it), how its search ended
@@ -529,12 +538,15 @@ def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
     saved before there was one), the lowest margins, the linear pieces the exact check went
     through and the stretches it found off the target, how far its path moved from the straight
     line (largest L2 and L-infinity distance of a point, in the space's units: pixels in [0, 1]
-    in the input space), and the file of its figure."""
+    in the input space), and the file of its figure (empty where ``drawn``, the ``(space, pair
+    id)`` of the figures there are, holds none; None: every pair has one)."""
     rows = []
     for space, records in by_space.items():
         for record in records:
             pair = record["pair"]
-            l2, linf = distances_from_line(record["path"], record["line"])
+            l2, linf = record.get("distance_l2"), record.get("distance_linf")
+            if l2 is None or linf is None:  # a record saved before it kept its distances
+                l2, linf = distances_from_line(record["path"], record["line"])
             rows.append(
                 [
                     space,
@@ -559,7 +571,9 @@ def pair_rows(by_space: dict[str, list[dict[str, Any]]], class_names: list[str])
                     record["length_ratio"],
                     float(l2.max()),
                     float(linf.max()),
-                    figure_name(space, pair["id"]),
+                    figure_name(space, pair["id"])
+                    if drawn is None or (space, pair["id"]) in drawn
+                    else "",
                 ]
             )
     return rows
@@ -570,20 +584,257 @@ def figure_name(space: str, pair_id: int) -> str:
     return f"figures/{space}/pair_{pair_id:04d}.png"
 
 
-def pairs_csv(by_space: dict[str, list[dict[str, Any]]], class_names: list[str]) -> str:
+def pairs_csv(
+    by_space: dict[str, list[dict[str, Any]]],
+    class_names: list[str],
+    drawn: set[tuple[str, int]] | None = None,
+) -> str:
     """``pairs.csv``: :func:`pair_rows` under a header of :data:`PAIR_COLUMNS`."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(PAIR_COLUMNS)
-    writer.writerows(pair_rows(by_space, class_names))
+    writer.writerows(pair_rows(by_space, class_names, drawn))
     return out.getvalue()
+
+
+# Which figures a report draws (``figures``: the paths config, ``--figures`` of ``paths`` and
+# ``report``). One figure takes about 1.5 s on a CPU core, so ``all`` on the quickstart's 450
+# pairs and spaces is over ten minutes; ``auto`` draws the ones a person looks at.
+FIGURES = ("auto", "all", "none")
+# ``auto``'s closest linear calls per space: one row of the gallery, and three spaces of three
+# figures stay under half a minute on one core.
+CLOSEST_LINEAR = 3
+FIGURES_HELP = (
+    "which pair figures to draw: auto (every nonlinear, none and diverged pair, and the "
+    f"{CLOSEST_LINEAR} linear pairs closest to a boundary per space), all, or none; a figure "
+    "is drawn again only when its record, its decoder or the drawing code changed"
+)
+# What each figure was drawn from (see :func:`_stamp`), so a rerun redraws only what changed.
+STAMPS_FILE = "figures/drawn.json"
+
+
+def check_figures(value: Any) -> str:
+    """``value`` when it is one of :data:`FIGURES`.
+
+    Raises:
+        OptionsError: Any other value (checked before any work).
+    """
+    if not isinstance(value, str) or value not in FIGURES:
+        raise OptionsError(
+            f"figures must be one of {', '.join(FIGURES)}, got {value!r}; auto draws the "
+            "pairs worth a look, all draws every pair"
+        )
+    return value
+
+
+def figures_to_draw(
+    by_space: dict[str, list[dict[str, Any]]], figures: str, closest: int = CLOSEST_LINEAR
+) -> set[tuple[str, int]]:
+    """``(space, pair id)`` of every figure ``figures`` asks for.
+
+    ``auto``: per space, every pair whose verdict is not ``linear`` (nonlinear, none, diverged)
+    and the ``closest`` linear pairs with the lowest target margin along the line (ties: the
+    lower pair id); ``all``: every pair; ``none``: no pair.
+
+    Raises:
+        OptionsError: ``figures`` is not one of :data:`FIGURES`.
+    """
+    check_figures(figures)
+    if figures == "none":
+        return set()
+    chosen: set[tuple[str, int]] = set()
+    for space, records in by_space.items():
+        if figures == "all":
+            chosen |= {(space, r["pair"]["id"]) for r in records}
+            continue
+        linear = [r for r in records if r["verdict"] == "linear"]
+        chosen |= {(space, r["pair"]["id"]) for r in records if r["verdict"] != "linear"}
+        linear.sort(key=lambda r: (lowest_margin(r), r["pair"]["id"]))
+        chosen |= {(space, r["pair"]["id"]) for r in linear[:closest]}
+    return chosen
+
+
+def _short_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# Bump when :func:`_draw_pair` or :func:`_decided` (a figure's title) changes what is drawn.
+DRAWING_VERSION = 1
+# The code that draws a figure, as imported (read now: the file may be edited while a run
+# goes on): a change of it makes every figure stale.
+_DRAWING_CODE = hashlib.sha256(
+    Path(figures_module.__file__).read_bytes() + f"report {DRAWING_VERSION}".encode()
+).hexdigest()[:16]
+
+
+# The digest of a decoder checkpoint that is not there (a run folder copied without it).
+UNKNOWN_DECODER = "missing"
+
+
+def _decoder_digests(decoders: dict[str, str]) -> dict[str, str]:
+    """``{space: digest of its decoder checkpoint}``; :data:`UNKNOWN_DECODER` where the file
+    is missing."""
+    digests = {}
+    for space, path in decoders.items():
+        file = Path(path)
+        digests[space] = _short_digest(file.read_bytes()) if file.is_file() else UNKNOWN_DECODER
+    return digests
+
+
+def _read_stamps(store: RunStore) -> dict[str, Any]:
+    path = store.folder / STAMPS_FILE
+    try:
+        stamps = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # none yet, or damaged: figures are judged by their times alone
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _stamp(store: RunStore, space: str, pair_id: int, decoder: str | None, code: str) -> dict:
+    """What a figure is drawn from: its record (digest of the file), decoder and code."""
+    record = store.record_path(space, pair_id).read_bytes()
+    return {"record": _short_digest(record), "decoder": decoder, "code": code}
+
+
+def _up_to_date(
+    store: RunStore,
+    space: str,
+    pair_id: int,
+    stamp: dict[str, Any] | None,
+    wanted: dict[str, Any],
+    own_decoder: str | None,
+) -> bool:
+    """Whether a pair's figure on disk shows its record as the decoders and code now would.
+
+    With a stamp, the stamp decides. A figure without one (drawn before stamps were kept) is
+    taken when it is newer than its record and the space's decoder is the run's own, which
+    is what drew it. Where the decoder checkpoint is missing (the folder was copied without
+    it) the figure cannot be drawn again, and the one there is kept."""
+    file = store.folder / figure_name(space, pair_id)
+    if not file.is_file():
+        return False
+    if stamp is not None:
+        if wanted["decoder"] == UNKNOWN_DECODER:
+            wanted = {**wanted, "decoder": stamp.get("decoder")}
+        return stamp == wanted
+    record = store.record_path(space, pair_id)
+    return file.stat().st_mtime_ns >= record.stat().st_mtime_ns and wanted["decoder"] == own_decoder
+
+
+def _draw_pair(
+    store: RunStore,
+    space: str,
+    record: dict[str, Any],
+    class_names: list[str],
+    decoders: dict[str, Any],
+) -> Path:
+    """Draw one pair's figure in one space and save it; its file."""
+    pair = record["pair"]
+    title = (
+        f"{space}: pair {pair['id']} (items {pair['start_index']} -> "
+        f"{pair['end_index']}), class {class_names[record['target']]!r}: "
+        f"{_decided(record)}"
+    )
+    figure = pair_figure(
+        record,
+        title,
+        _images(space, record["line"], decoders),
+        _images(space, record["path"], decoders),
+        class_names=class_names,
+        images_note=_images_note(space, decoders),
+        difference=space == INPUT,
+        end_images=None if space == INPUT else record.get("end_images"),
+    )
+    file = store.folder / figure_name(space, pair["id"])
+    save_figure(figure, file)
+    return file
+
+
+def draw_figures(
+    store: RunStore,
+    by_space: dict[str, list[dict[str, Any]]],
+    decoders: dict[str, str],
+    figures: str = "auto",
+) -> set[tuple[str, int]]:
+    """Draw the figures ``figures`` asks for (see :func:`figures_to_draw`) that are missing or
+    stale, with a progress bar on a terminal; remove stale figures it does not ask for.
+
+    A figure is stale when its record, the space's decoder checkpoint or the drawing code
+    changed since it was drawn (``figures/drawn.json`` keeps what each was drawn from).
+
+    Args:
+        store: The run folder.
+        by_space: Its records (:meth:`RunStore.load_all`).
+        decoders: ``{space: decoder checkpoint}`` to show latent points as images.
+        figures: ``auto``, ``all`` or ``none``.
+
+    Returns:
+        ``(space, pair id)`` of every figure the folder now holds for these records.
+
+    Raises:
+        OptionsError: ``figures`` is not one of :data:`FIGURES`.
+    """
+    chosen = figures_to_draw(by_space, figures)
+    code = _DRAWING_CODE
+    digests = _decoder_digests(decoders)
+    own = _decoder_digests(store.decoders()) if (store.folder / "run.json").is_file() else {}
+    class_names = store.manifest()["class_names"]
+    before = _read_stamps(store).get("figures")
+    held: dict[str, Any] = dict(before) if isinstance(before, dict) else {}
+    kept: set[tuple[str, int]] = set()
+    todo: list[tuple[str, dict[str, Any]]] = []
+    for space, records in by_space.items():
+        for record in records:
+            pair_id = record["pair"]["id"]
+            name = figure_name(space, pair_id)
+            wanted = _stamp(store, space, pair_id, digests.get(space), code)
+            if _up_to_date(store, space, pair_id, held.get(name), wanted, own.get(space)):
+                held.setdefault(name, wanted)  # a stamp there says more (its decoder)
+                kept.add((space, pair_id))
+            elif (space, pair_id) in chosen:
+                todo.append((space, record))
+            else:
+                # A figure that no longer shows its record is removed rather than left wrong.
+                (store.folder / name).unlink(missing_ok=True)
+                held.pop(name, None)
+    if todo:
+        print(
+            f"Drawing {len(todo)} figures (figures={figures}; "
+            f"{len(kept)} up to date"
+            + ("; --figures all draws every pair)" if figures == "auto" else ")"),
+            flush=True,
+        )
+    spaces = {space for space, _ in todo}  # decoders are loaded only where a figure needs one
+    modules = load_decoders(
+        {s: p for s, p in decoders.items() if s in spaces}, store.manifest().get("classifier")
+    )
+    from tqdm import tqdm
+
+    try:
+        for space, record in tqdm(
+            todo, desc="figures", unit="figure", leave=False, file=sys.stderr, disable=None
+        ):
+            pair_id = record["pair"]["id"]
+            _draw_pair(store, space, record, class_names, modules)
+            held[figure_name(space, pair_id)] = _stamp(
+                store, space, pair_id, digests.get(space), code
+            )
+            kept.add((space, pair_id))
+    finally:
+        # Also after an interruption: what was drawn is not drawn again.
+        if held != before:
+            atomic_write_text(
+                store.folder / STAMPS_FILE,
+                json.dumps({"figures": dict(sorted(held.items()))}, indent=1) + "\n",
+            )
+    return kept
 
 
 def write_report(
     store: RunStore,
     decoders: dict[str, str] | None = None,
     wandb: WandbOptions | None = None,
-    figures: bool = True,
+    figures: str = "auto",
 ) -> str:
     """Write the table, figures and web pages of a run from its records; log them to W&B if
     asked. The pages (:func:`gallery_pages`) are written also without ``figures``: they link
@@ -599,14 +850,17 @@ def write_report(
         store: The run folder.
         decoders: ``{space: decoder checkpoint}`` used to show latent points as images.
         wandb: W&B settings (None: no W&B).
-        figures: Also draw one figure per pair and space.
+        figures: Which pair figures to draw (:data:`FIGURES`, see :func:`draw_figures`);
+            figures already drawn from the same record, decoder and code are kept.
 
     Returns:
         The table as Markdown (also printed).
 
     Raises:
+        OptionsError: ``figures`` is not one of :data:`FIGURES` (before any work).
         RunFolderError: The folder has no ``run.json``, or a record cannot be read.
     """
+    check_figures(figures)
     manifest = store.manifest()
     class_names = manifest["class_names"]
     by_space = store.load_all()
@@ -621,46 +875,27 @@ def write_report(
         )
     atomic_write_text(store.folder / "table.md", markdown)
     atomic_write_text(store.folder / "table.csv", table_csv(table))
-    atomic_write_text(store.folder / "pairs.csv", pairs_csv(by_space, class_names))
-    print(f"\n{markdown}\nRun folder: {store.folder}")
+    print(f"\n{markdown}\nRun folder: {store.folder}", flush=True)
 
+    drawn = draw_figures(store, by_space, decoders or {}, figures)
+    atomic_write_text(store.folder / "pairs.csv", pairs_csv(by_space, class_names, drawn))
     run_id = None
     if wandb is not None and wandb.enabled:
         run_id = report_run_id(store, wandb)
-    if figures or run_id is not None:
+    if run_id is not None:
+        assert wandb is not None
+        # Every point as a person sees it, for the W&B tables: only when they are logged.
         decoder_modules = load_decoders(decoders or {}, manifest.get("classifier"))
-        figure_files: dict[tuple[str, int], Path] = {}
         shown: dict[tuple[str, int], tuple[Tensor | None, Tensor | None]] = {}
         for space, records in by_space.items():
             for record in records:
-                pair = record["pair"]
-                line_images = _images(space, record["line"], decoder_modules)
-                path_images = _images(space, record["path"], decoder_modules)
-                shown[(space, pair["id"])] = (line_images, path_images)
-                if not figures:
-                    continue
-                title = (
-                    f"{space}: pair {pair['id']} (items {pair['start_index']} -> "
-                    f"{pair['end_index']}), class {class_names[record['target']]!r}: "
-                    f"{_decided(record)}"
+                shown[(space, record["pair"]["id"])] = (
+                    _images(space, record["line"], decoder_modules),
+                    _images(space, record["path"], decoder_modules),
                 )
-                file = store.folder / figure_name(space, pair["id"])
-                figure = pair_figure(
-                    record,
-                    title,
-                    line_images,
-                    path_images,
-                    class_names=class_names,
-                    images_note=_images_note(space, decoder_modules),
-                    difference=space == INPUT,
-                    end_images=None if space == INPUT else record.get("end_images"),
-                )
-                save_figure(figure, file)
-                figure_files[(space, pair["id"])] = file
-        if run_id is not None:
-            assert wandb is not None
-            with run_folder_environment(store.folder):
-                _log_wandb(store, run_id, manifest, table, by_space, figure_files, shown, wandb)
+        figure_files = {key: store.folder / figure_name(*key) for key in drawn}
+        with run_folder_environment(store.folder):
+            _log_wandb(store, run_id, manifest, table, by_space, figure_files, shown, wandb)
     # Always: the pages link only the figures whose files exist, whichever were drawn.
     for page, text in gallery_pages(by_space, manifest, store.folder, markdown).items():
         atomic_write_text(store.folder / page, text)

@@ -34,7 +34,13 @@ from connectivity.experiment import (
     select_pairs,
 )
 from connectivity.records import RunFolderError, RunStore
-from connectivity.report import WandbOptions, offline_run_records, write_report
+from connectivity.report import (
+    WandbOptions,
+    figure_name,
+    figures_to_draw,
+    offline_run_records,
+    write_report,
+)
 from connectivity.split import split
 from connectivity.verdicts import PathOptions
 from tests.conftest import REPO
@@ -92,7 +98,6 @@ def test_run_writes_records_table_and_figures_and_resumes(
         assert record["verdict"] == "linear" and record["steps"] == 0
         assert torch.equal(record["path"], record["line"])
         assert record["path"].shape[0] == 6  # 4 pivots + 2 ends
-        assert (store.folder / "figures" / space / "pair_0000.png").stat().st_size > 1000
     # a latent space's record keeps the pair's two inputs (uint8) for its figure
     dataset = data.dataset(_experiment(digits_classifier, tmp_path, "a").pairs.split)
     for space in SPACES:
@@ -104,6 +109,11 @@ def test_run_writes_records_table_and_figures_and_resumes(
         ends = stack_images(dataset, [pair["start_index"], pair["end_index"]])[0]
         assert record["end_images"].dtype == torch.uint8
         assert torch.equal(record["end_images"], (ends * 255).round().to(torch.uint8))
+    # figures: auto (every pair off the line, the closest linear calls), each a real image
+    drawn = {p.relative_to(store.folder) for p in store.folder.glob("figures/*/*.png")}
+    auto = figures_to_draw(store.load_all(), "auto")
+    assert drawn == {Path(figure_name(*key)) for key in auto} and len(drawn) >= len(SPACES) * 3
+    assert all((store.folder / p).stat().st_size > 1000 for p in drawn)
     table = (store.folder / "table.md").read_text()
     assert "| Linear path exists |" in table and "input" in table
     csv_rows = (store.folder / "table.csv").read_text().splitlines()
@@ -124,7 +134,7 @@ def test_run_writes_records_table_and_figures_and_resumes(
     assert (store.folder / "table.md").read_text() == table
 
     (store.folder / "table.md").unlink()
-    write_report(store, figures=False)
+    write_report(store, figures="none")
     assert (store.folder / "table.md").read_text() == table
 
     # same config and seed under another name: the same pairs and verdicts

@@ -13,6 +13,7 @@ import pytest
 from connectivity import quickstart as quickstart_module
 from connectivity.cli import main
 from connectivity.records import RunStore
+from connectivity.report import figure_name, figures_to_draw
 
 
 class FakeStages:
@@ -84,7 +85,10 @@ def test_quickstart_runs_every_stage_then_reuses_them(in_tmp: Path) -> None:
     store = RunStore(folder / "paths")
     for space in ("input", "layer1", "flatten"):
         assert store.done(space) == set(range(150))
-        assert len(list((store.folder / "figures" / space).glob("pair_*.png"))) == 150
+    # issue 19: the figures worth a look (figures: auto), not all 450
+    drawn = {p.relative_to(store.folder) for p in store.folder.glob("figures/*/pair_*.png")}
+    auto = figures_to_draw(store.load_all(), "auto")
+    assert drawn == {Path(figure_name(*key)) for key in auto}
     # issue 10: the embedded default shows a bent path in the input space
     assert any(r["verdict"] == "nonlinear" for r in store.load("input"))
     assert (store.folder / "index.html").is_file() and (store.folder / "pairs.csv").is_file()

@@ -325,7 +325,7 @@ def test_tables_longer_than_wandb_keeps_reach_the_run_whole_in_parts(
     monkeypatch.setattr(wandb.Table, "MAX_ROWS", 13)
     monkeypatch.setattr(wandb.Table, "MAX_ARTIFACT_ROWS", 13)
     store = _run_folder(tmp_path / "run")
-    write_report(store, wandb=WandbOptions(), figures=False)
+    write_report(store, wandb=WandbOptions(), figures="none")
     (run,) = offline_runs(store.folder)
     run_id = (store.folder / WANDB_ID_FILE).read_text().strip()
     artifacts = _artifacts(offline_run_records(run))
