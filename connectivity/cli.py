@@ -141,6 +141,12 @@ class ConnectivityCLI(TrainingCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand not in EXPERIMENT_COMMANDS:
             super()._run_subcommand(subcommand)
+            # The command's W&B run ends with it, under its output settings: left to the end of
+            # the process, W&B's service would print its own sync hint after ours.
+            if "wandb" in sys.modules:
+                import wandb
+
+                wandb.finish()
             return
         run = EXPERIMENT_COMMANDS[subcommand][2]
         run(self._subcommand_parsers[subcommand], self.config[subcommand])

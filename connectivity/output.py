@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.loggers import WandbLogger
 
 # Library output that our own design causes on purpose and that would bury the lines a person
@@ -48,9 +48,10 @@ _RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 # summaries, "Restoring states from the checkpoint"): warnings go through `warnings` or at
 # WARNING level, so raising these loggers to WARNING hides the info lines alone.
 LIBRARY_LOGGERS = ("lightning.pytorch", "lightning.fabric")
-# W&B's informational lines (its offline hints, run history and summary); its warnings and
-# errors still show. Read once, when W&B first starts in the process.
-_WANDB_INFO = "WANDB_SHOW_INFO"
+# W&B's informational lines (its offline hints) and each run's history, summary and sync hint
+# when it finishes (the run keeps the value it started with, even when it finishes at exit);
+# its warnings and errors still show. Read when W&B starts in the process, and at each run.
+_WANDB_QUIET = {"WANDB_SHOW_INFO": "false", "WANDB_QUIET": "true"}
 
 _active = 0  # depth of quiet_library_output blocks: an inner one keeps the outer's choice
 
@@ -72,8 +73,9 @@ def quiet_library_output(verbose: bool = False) -> Iterator[None]:
 
     Always silenced: what our commands cause on purpose (see ``_QUIET_*``). Unless
     ``verbose``: Lightning's info lines (levels of :data:`LIBRARY_LOGGERS`) and W&B's
-    informational lines (``WANDB_SHOW_INFO=false`` unless the user set it; W&B reads it when
-    it first starts in the process, so enter the block before any W&B run). Warnings and
+    informational lines (``WANDB_SHOW_INFO=false`` and ``WANDB_QUIET=true`` unless the user
+    set them; W&B reads them when it first starts in the process, so enter the block before
+    any W&B run). Warnings and
     errors of both libraries, and the progress bars, always show.
 
     A block inside another keeps the outer block's choice (the command line's ``--verbose``
@@ -92,7 +94,7 @@ def quiet_library_output(verbose: bool = False) -> Iterator[None]:
     drop = _DropMessages(_QUIET_MESSAGES)
     loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
     levels = [logger.level for logger in loggers]
-    show_info = os.environ.get(_WANDB_INFO)
+    environment = {name: os.environ.get(name) for name in _WANDB_QUIET}
     with warnings.catch_warnings():
         for message in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=message)
@@ -100,7 +102,8 @@ def quiet_library_output(verbose: bool = False) -> Iterator[None]:
         if not verbose:
             for logger in loggers:
                 logger.setLevel(logging.WARNING)
-            os.environ.setdefault(_WANDB_INFO, "false")
+            for name, value in _WANDB_QUIET.items():
+                os.environ.setdefault(name, value)
         _active = 1
         try:
             yield
@@ -109,8 +112,9 @@ def quiet_library_output(verbose: bool = False) -> Iterator[None]:
             rank_zero.removeFilter(drop)
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
-            if show_info is None:
-                os.environ.pop(_WANDB_INFO, None)
+            for name, value in environment.items():
+                if value is None:
+                    os.environ.pop(name, None)
 
 
 class StageProgressBar(TQDMProgressBar):
@@ -125,9 +129,16 @@ class StageProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate, process_position=process_position)
 
     def init_train_tqdm(self) -> Tqdm:
-        bar = super().init_train_tqdm()
-        bar.leave = False  # tqdm reads it when the bar closes
-        return bar
+        return Tqdm(
+            desc=epoch_description(self.trainer),
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(
@@ -150,9 +161,12 @@ class StageProgressBar(TQDMProgressBar):
         bar.leave = False
         return bar
 
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.set_description(epoch_description(trainer))
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        # Lightning's, with our description set before the bar is first drawn.
+        bar = self.train_progress_bar
+        bar.reset(convert_inf(self.total_train_batches))
+        bar.initial = 0
+        bar.set_description(epoch_description(trainer))
 
 
 def epoch_description(trainer: L.Trainer) -> str:
