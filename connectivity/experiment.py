@@ -637,10 +637,10 @@ class BandProgressBar(TQDMProgressBar):
         steps, elapsed = bar.n, bar.format_interval(bar.format_dict["elapsed"])
         super().on_train_end(trainer, pl_module)  # closes (clears) the bar
         decisions = pl_module.decisions
-        decided = len(decisions.records) if decisions is not None else 0
+        pairs = (len(decisions.records) if decisions is not None else 0) - self._linear
         print(
-            f"{pl_module.space} band: {decided - self._linear} pairs decided in {steps} steps "
-            f"({elapsed})",
+            f"{pl_module.space} band: {pairs} pair{'' if pairs == 1 else 's'} decided in {steps} "
+            f"steps ({elapsed})",
             flush=True,
         )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,58 +16,11 @@ from connectivity.cli import main
 from connectivity.data import DigitsDataModule
 from connectivity.experiment import Experiment
 from connectivity.report import WandbOptions
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, LIBRARY_LINES, printed_lines
 
 QUICK = str(CONFIGS / "classifier" / "quick.yaml")
 PATHS_QUICK = str(CONFIGS / "paths" / "quick.yaml")
 COMMANDS = ("fit", "validate", "test", "predict", "paths", "graph", "report", "quickstart")
-
-# Lines only the libraries print (issue 19 item 3), each with the one who prints it: none may
-# show without --verbose.
-LIBRARY_LINES = (
-    "GPU available",  # Lightning, per Trainer
-    "TPU available",
-    "Seed set",  # Lightning's seed_everything
-    "`Trainer.fit` stopped",  # Lightning, per fit
-    "LOCAL_RANK",  # Lightning, on GPUs
-    "anonymous",  # W&B's warning about Lightning's anonymous=None
-    "git root",  # W&B, from a save folder that does not exist yet
-    "environment variables will be ignored",  # W&B, env changed after it started
-    "wandb: WARNING",
-    "W&B syncing is set to",  # W&B's offline hints
-    "wandb leet",
-)
-
-
-@pytest.fixture
-def users_shell(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A user's shell and a new process: the command line holds the command alone, and W&B
-    runs offline, neither silent nor without git (the suite hides W&B's own lines), started
-    afresh with this environment."""
-    monkeypatch.setattr(sys, "argv", ["connectivity"])
-    monkeypatch.delenv("WANDB_SILENT")
-    monkeypatch.delenv("WANDB_DISABLE_GIT")
-    # W&B shows some warnings once per process (silently too, in earlier tests).
-    monkeypatch.setattr(wandb.errors.term, "_printed_messages", set())
-    wandb.teardown()
-    yield
-    wandb.teardown()  # the next test's W&B starts with its own environment
-
-
-def _printed(
-    capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
-) -> list[str]:
-    """Every line the command printed, then those it logged (Lightning's loggers propagate to
-    pytest's) and warned; tqdm's in-place updates stay on their line, as in a log file."""
-    captured = capfd.readouterr()
-    lines = (captured.out + captured.err).splitlines()
-    lines += [record.getMessage() for record in caplog.records]
-    # Python shows no DeprecationWarning of a library by default (jsonargparse's, here).
-    hidden = (DeprecationWarning, PendingDeprecationWarning)
-    lines += [str(w.message) for w in recwarn if not issubclass(w.category, hidden)]
-    caplog.clear()
-    recwarn.clear()
-    return lines
 
 
 def test_help_names_all_eight_commands_one_line_each(capsys: pytest.CaptureFixture) -> None:
@@ -161,7 +112,7 @@ def test_quick_classifier_fast_dev_run_and_verbose_shows_lightning_lines(
     recwarn: pytest.WarningsRecorder,
 ) -> None:
     main(["--verbose", "fit", "-c", QUICK, "--trainer.fast_dev_run", "true"])
-    lines = _printed(capfd, caplog, recwarn)
+    lines = printed_lines(capfd, caplog, recwarn)
     for words in ("Seed set to 0", "GPU available", "`Trainer.fit` stopped"):
         assert any(words in line for line in lines), (words, lines)
 
@@ -191,7 +142,7 @@ def test_fit_with_offline_wandb_leaves_a_checkpoint_and_a_run(
     assert len(runs) == 2
     # Per run, one line for its W&B run (4 steps: no validation, so no best checkpoint) and no
     # library line: the first run started W&B in a fresh folder, where it warned of its git root.
-    lines = _printed(capfd, caplog, recwarn)
+    lines = printed_lines(capfd, caplog, recwarn)
     offline = "W&B run (offline): upload it with `wandb sync lightning_logs/wandb/offline-run-"
     assert sum(line.startswith(offline) for line in lines) == 2, lines
     assert not [line for line in lines if any(words in line for words in LIBRARY_LINES)]
@@ -292,35 +243,3 @@ def test_trainer_arguments_at_their_effective_defaults_are_not_refused() -> None
     check_trainer_arguments({"limit_train_batches": 1})
     with pytest.raises(OptionsError, match=r"--trainer.limit_train_batches 0.5 is not honoured"):
         check_trainer_arguments({"limit_train_batches": 0.5})
-
-
-def test_paths_prints_its_own_lines_and_no_library_lines(
-    digits_classifier: Path,
-    in_tmp: Path,
-    users_shell: None,
-    capfd: pytest.CaptureFixture,
-    caplog: pytest.LogCaptureFixture,
-    recwarn: pytest.WarningsRecorder,
-) -> None:
-    config = in_tmp / "tiny.yaml"
-    config.write_text(
-        f"name: tiny\nclassifier: {digits_classifier}\nspaces: [input]\n"
-        "pairs: {count: 2, seed: 1}\npath: {num_pivots: 4, steps: 20}\n"
-        "data: {class_path: connectivity.data.DigitsDataModule}\n"
-    )
-    main(["paths", "-c", str(config)])
-    lines = _printed(capfd, caplog, recwarn)
-    table = (in_tmp / "lightning_logs" / "paths" / "tiny" / "table.md").read_text().splitlines()
-    # Three lines of its own (the line check, the folder, the W&B run) and the table, once.
-    own = [line for line in lines if line.strip() and line not in table]
-    assert own == [
-        "input: line check: 2 of 2 pairs linear",
-        "Run folder: lightning_logs/paths/tiny",
-        "W&B run (offline): upload it with "
-        "`wandb sync lightning_logs/paths/tiny/wandb/offline-run-*`",
-    ], lines
-    printed = [line for line in lines if line.strip()]
-    assert len(printed) == len([line for line in table if line.strip()]) + 3, lines
-    assert not [line for line in lines if any(words in line for words in LIBRARY_LINES)]
-    # Both pairs are linear: no band ran, so no band bar was ever drawn (not even cleared).
-    assert not [line for line in lines if "band" in line], lines
