@@ -184,7 +184,10 @@ def main(args: list[str] | None = None) -> None:
         ConnectivityCLI(args=args, parser_kwargs={"exit_on_error": False})
     except JsonArgparseError as error:
         # A wrong option or value: one line, not a usage block (`--help` shows the options).
-        print(f"connectivity: error: {_one_line(str(error))}", file=sys.stderr)
+        message = _one_line(str(error))
+        if "--verbose" in message:  # given after the command, where only `test` has one
+            message += " (for the libraries' own output: connectivity --verbose <command> ...)"
+        print(f"connectivity: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as error:
         # jsonargparse wraps errors raised while it builds the model or data; find ours.

@@ -105,6 +105,14 @@ def test_a_wrong_value_is_one_line(
     assert not ran_paths
 
 
+def test_verbose_after_the_command_says_where_it_goes(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--verbose"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "connectivity --verbose <command>" in err, err
+
+
 def test_quick_classifier_fast_dev_run_and_verbose_shows_lightning_lines(
     in_tmp: Path,
     capfd: pytest.CaptureFixture,
