@@ -75,8 +75,7 @@ def quiet_library_output(verbose: bool = False) -> Iterator[None]:
     ``verbose``: Lightning's info lines (levels of :data:`LIBRARY_LOGGERS`) and W&B's
     informational lines (``WANDB_SHOW_INFO=false`` and ``WANDB_QUIET=true`` unless the user
     set them; W&B reads them when it first starts in the process, so enter the block before
-    any W&B run). Warnings and
-    errors of both libraries, and the progress bars, always show.
+    any W&B run). Warnings and errors of both libraries, and the progress bars, always show.
 
     A block inside another keeps the outer block's choice (the command line's ``--verbose``
     holds for every stage of the quickstart). Loggers, filters and environment variables are
