@@ -141,6 +141,12 @@ class ConnectivityCLI(TrainingCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand not in EXPERIMENT_COMMANDS:
             super()._run_subcommand(subcommand)
+            # The command's W&B run ends with it, under its output settings: left to the end of
+            # the process, W&B's service would print its own sync hint after ours.
+            if "wandb" in sys.modules:
+                import wandb
+
+                wandb.finish()
             return
         run = EXPERIMENT_COMMANDS[subcommand][2]
         run(self._subcommand_parsers[subcommand], self.config[subcommand])
@@ -178,7 +184,10 @@ def main(args: list[str] | None = None) -> None:
         ConnectivityCLI(args=args, parser_kwargs={"exit_on_error": False})
     except JsonArgparseError as error:
         # A wrong option or value: one line, not a usage block (`--help` shows the options).
-        print(f"connectivity: error: {_one_line(str(error))}", file=sys.stderr)
+        message = _one_line(str(error))
+        if "--verbose" in message:  # given after the command, where only `test` has one
+            message += " (for the libraries' own output: connectivity --verbose <command> ...)"
+        print(f"connectivity: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as error:
         # jsonargparse wraps errors raised while it builds the model or data; find ours.

@@ -1,4 +1,4 @@
-"""The path experiment's commands (``paths``, ``report``) and the library output they keep quiet.
+"""The path experiment's commands (``paths``, ``graph``, ``report``).
 
 Shared by the ``connectivity`` command (:mod:`connectivity.cli`) and the quickstart
 (:mod:`connectivity.quickstart`), so that neither imports the other.
@@ -6,12 +6,7 @@ Shared by the ``connectivity`` command (:mod:`connectivity.cli`) and the quickst
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +19,7 @@ from connectivity.experiment import Experiment, run_paths
 from connectivity.graph_report import write_graph_report
 from connectivity.graph_run import GraphExperiment, run_graph
 from connectivity.graph_store import GraphStore
+from connectivity.output import quiet_library_output
 from connectivity.records import RunStore
 from connectivity.report import FIGURES_HELP, WandbOptions, check_figures, write_report
 
@@ -33,68 +29,6 @@ GRAPH_HELP = (
     "Find the connected components of whole classes (union-find over pairs, near to far), "
     "for one or more classifiers."
 )
-
-# Library output that our own design causes on purpose and that would bury the lines a person
-# follows. Errors, real warnings and the progress bars are kept.
-_QUIET_WARNINGS = (
-    # Frozen heads and tails stay in eval mode on purpose.
-    r"Found \d+ module\(s\) in eval mode",
-    # Lightning's own pytree helper on recent torch; nothing a user can change.
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    # The quickstart hands its stages their arguments while sys.argv holds `quickstart`.
-    r"LightningCLI's args parameter is intended",
-    # The embedded digits have short epochs on purpose (quick on a CPU).
-    r"The number of training batches \(\d+\) is smaller than the logging interval",
-)
-_QUIET_MESSAGES = (
-    # Advertisements for Lightning's cloud packages, once per trainer.
-    "💡 Tip:",
-    # Our modules choose their own checkpoint callback on purpose.
-    "The following callbacks returned in `LightningModule.configure_callbacks`",
-)
-# Lightning logs its info lines (and the tips) through this logger, model summaries through the
-# second; filters on a logger only see records logged to that logger itself.
-_RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
-_SUMMARY_LOGGER = "lightning.pytorch.callbacks.model_summary"
-
-
-class _DropMessages(logging.Filter):
-    """Drops log records whose message starts with one of ``prefixes``."""
-
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
-
-
-@contextlib.contextmanager
-def quiet_library_output() -> Iterator[None]:
-    """Within the block, silence what our commands cause on purpose (see ``_QUIET_*``).
-
-    Also hides the per-stage model summaries and W&B's per-run history (``WANDB_QUIET``, unless
-    the user set it). Everything is restored on exit: importing or calling the package elsewhere
-    changes no global filter, logger or environment variable.
-    """
-    rank_zero = logging.getLogger(_RANK_ZERO_LOGGER)
-    summary = logging.getLogger(_SUMMARY_LOGGER)
-    drop = _DropMessages(_QUIET_MESSAGES)
-    summary_level = summary.level
-    wandb_quiet = os.environ.get("WANDB_QUIET")
-    with warnings.catch_warnings():
-        for message in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
-        rank_zero.addFilter(drop)
-        summary.setLevel(logging.WARNING)
-        os.environ.setdefault("WANDB_QUIET", "true")
-        try:
-            yield
-        finally:
-            rank_zero.removeFilter(drop)
-            summary.setLevel(summary_level)
-            if wandb_quiet is None:
-                os.environ.pop("WANDB_QUIET", None)
 
 
 def add_paths_arguments(parser: LightningArgumentParser) -> None:

@@ -716,17 +716,21 @@ class BandProgressBar(TQDMProgressBar):
     Before the band: one line for the straight-line check (pairs decided by it, pairs reused
     from an earlier run, a band continued from its checkpoint). During the band: steps out of
     ``path.steps`` and pairs decided so far, with no ETA (pairs leave the band as they are
-    decided, so most runs stop long before the last step).
+    decided, so most runs stop long before the last step); the bar is cleared when the band is
+    done, and one line says what it did. No bar when the line check left no pair to a band.
     """
 
     BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, SpacePathModule)
+        decisions = pl_module.decisions
+        self._linear = len(decisions.records) if decisions is not None else 0
         if trainer.is_global_zero:
-            decisions = pl_module.decisions
-            linear = len(decisions.records) if decisions is not None else 0
-            words = f"{pl_module.space}: line check: {linear} of {len(pl_module.rows)} pairs linear"
+            words = (
+                f"{pl_module.space}: line check: {self._linear} of {len(pl_module.rows)} pairs "
+                "linear"
+            )
             reused = len(pl_module.reused)
             if reused:
                 words += f"; {reused} decided in an earlier run (kept)"
@@ -738,6 +742,9 @@ class BandProgressBar(TQDMProgressBar):
                 )
             print(words, flush=True)
         self._module = pl_module
+        # The band set up when the fit started (after the line check): empty when every pair
+        # of this rank was decided without one.
+        self._band_runs = pl_module.band is not None and not pl_module.band.done
         super().on_train_start(trainer, pl_module)
 
     def init_train_tqdm(self) -> Tqdm:
@@ -749,8 +756,8 @@ class BandProgressBar(TQDMProgressBar):
             total=module.options.steps,
             initial=module.resumed_at,
             position=2 * self.process_position,
-            disable=self.is_disabled,
-            leave=True,
+            disable=self.is_disabled or not self._band_runs,
+            leave=False,
             dynamic_ncols=True,
             file=sys.stdout,
             smoothing=0,
@@ -768,6 +775,22 @@ class BandProgressBar(TQDMProgressBar):
         bar.n = int(band.steps.max())
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
         bar.refresh()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, SpacePathModule)
+        bar = self.train_progress_bar
+        if bar.disable:
+            super().on_train_end(trainer, pl_module)
+            return
+        steps, elapsed = bar.n, bar.format_interval(bar.format_dict["elapsed"])
+        super().on_train_end(trainer, pl_module)  # closes (clears) the bar
+        decisions = pl_module.decisions
+        pairs = (len(decisions.records) if decisions is not None else 0) - self._linear
+        print(
+            f"{pl_module.space} band: {pairs} pair{'' if pairs == 1 else 's'} decided in {steps} "
+            f"steps ({elapsed})",
+            flush=True,
+        )
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         assert isinstance(pl_module, SpacePathModule)

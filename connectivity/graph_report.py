@@ -27,9 +27,11 @@ import torch
 from connectivity.figures import graph_figure, save_figure
 from connectivity.graph import ClassComponents, Pair, components_of
 from connectivity.graph_store import MISCLASSIFIED, GraphLayout, GraphStore
+from connectivity.output import wandb_run_line
 from connectivity.records import atomic_write_text
 from connectivity.report import (
     REPORTED_FILE,
+    WANDB_SUBDIR,
     WandbOptions,
     _mode,
     relocate_offline_runs,
@@ -471,7 +473,9 @@ def _log_wandb(
             for r in results
         }
     )
+    line = wandb_run_line(run, offline_runs=str(store.folder / WANDB_SUBDIR / "offline-run-*"))
     run.finish()
+    print(line, flush=True)
     atomic_write_text(
         store.folder / REPORTED_FILE,
         json.dumps({"id": run_id, "folder": str(store.folder.resolve())}, indent=2) + "\n",

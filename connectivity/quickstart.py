@@ -55,6 +55,9 @@ def _fit(config: Path, target: Path, classifier: Path | None = None) -> dict[str
     import wandb
 
     wandb.finish()  # else the next stage's logger would log into this stage's W&B run
+    # The next stage's W&B starts afresh, reading its own environment (the path run points
+    # W&B's folders into its run folder; a running W&B would warn that it ignores them).
+    wandb.teardown()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     shutil.copyfile(best, tmp)
@@ -99,10 +102,13 @@ def _quickstart(folder: Path) -> dict[str, Any]:
     summary_file = folder / "summary.json"
     summary: dict[str, Any] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
 
-    def stage(name: str, done: bool, work: Callable[[], dict[str, Any] | None], **details: Any):
+    def stage(
+        name: str, done: bool, work: Callable[[], dict[str, Any] | None], **details: Any
+    ) -> bool:
+        """Run the stage unless it is ``done``; whether it ran."""
         if done:
             _say(f"{name}: done before, reused")
-            return
+            return False
         _say(f"{name}: running")
         start = time.perf_counter()
         found = work() or {}
@@ -110,6 +116,7 @@ def _quickstart(folder: Path) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
         _say(f"{name}: finished in {summary[name]['seconds']} s")
+        return True
 
     classifier = folder / "classifier.ckpt"
     stage(
@@ -141,7 +148,7 @@ def _quickstart(folder: Path) -> dict[str, Any]:
         aside = folder / f"paths.stale-{time.strftime('%Y%m%d-%H%M%S')}"
         run_folder.rename(aside)
         _say(f"paths: results of an earlier classifier moved to {aside}")
-    stage(
+    ran = stage(
         "paths",
         _paths_done(run_folder),
         lambda: _run_paths(_config("paths/quick.yaml"), classifier, decoders, run_folder),
@@ -151,5 +158,6 @@ def _quickstart(folder: Path) -> dict[str, Any]:
     store = RunStore(run_folder)
     _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))
     _say(f"table: {store.folder / 'table.md'}; figures: {store.folder / 'figures'}")
-    print((store.folder / "table.md").read_text())
+    if not ran:  # a run that ran printed its table already
+        print((store.folder / "table.md").read_text())
     return summary

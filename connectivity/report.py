@@ -57,6 +57,7 @@ from connectivity.figures import (
     pair_figure,
     save_figure,
 )
+from connectivity.output import prepare_wandb_logger, wandb_run_line
 from connectivity.records import (
     ROW_NAMES,
     VERDICTS,
@@ -438,6 +439,7 @@ class RunFolderWandbLogger(WandbLogger):
     def __init__(self, folder: str | Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.folder = Path(folder)
+        prepare_wandb_logger(self)
 
     @property
     def experiment(self) -> Any:
@@ -1108,7 +1110,9 @@ def _log_wandb(
         }
     )
     _log_classifier(run, manifest)
+    line = wandb_run_line(run, offline_runs=str(store.folder / WANDB_SUBDIR / "offline-run-*"))
     run.finish()
+    print(line, flush=True)
     atomic_write_text(
         store.folder / REPORTED_FILE,
         json.dumps({"id": run_id, "folder": str(store.folder.resolve())}, indent=2) + "\n",

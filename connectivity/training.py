@@ -6,13 +6,26 @@ Shared by the ``connectivity`` command (:mod:`connectivity.cli`) and the quickst
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
+from connectivity.output import (
+    StageProgressBar,
+    prepare_wandb_logger,
+    quiet_library_output,
+    wandb_run_line,
+)
 from connectivity.runs import new_version_folder, run_folder
+
+VERBOSE_HELP = (
+    "Show the libraries' own output too: Lightning's info lines (devices, seed, model "
+    "summary) and W&B's messages (put it before the command: connectivity --verbose fit ...)."
+)
 
 
 class RunFolderConfigCallback(SaveConfigCallback):
@@ -57,21 +70,62 @@ class TrainingCLI(LightningCLI):
 
     Only ``fit``, ``validate``, ``test`` and ``predict``: the quickstart trains through it without
     importing the ``connectivity`` command (:mod:`connectivity.cli`, which adds the path commands).
+
+    Its output: the progress bars (cleared when done, the epoch bar as ``epoch k/N``), the best
+    checkpoint and where the W&B run is. Lightning's info lines and W&B's messages show with
+    ``--verbose`` (before the command); warnings and errors always show.
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(
-            L.LightningModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=RunFolderConfigCallback,
-            auto_configure_optimizers=False,
-            **kwargs,
-        )
+        # The libraries' output is settled once the command line is parsed, for the whole run.
+        self._output = contextlib.ExitStack()
+        with self._output:
+            super().__init__(
+                L.LightningModule,
+                L.LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=RunFolderConfigCallback,
+                auto_configure_optimizers=False,
+                **kwargs,
+            )
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        # On the main parser: `test` and `validate` have a --verbose of their own (Trainer's).
+        self.parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        verbose = bool(self.config.get("verbose", False))
+        self._output.enter_context(quiet_library_output(verbose))
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                prepare_wandb_logger(logger)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        # Lightning's default bar leaves a line per epoch and validation in a log file; ours,
+        # unless the user chose a bar (or none).
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = kwargs.get("callbacks", config.get("callbacks")) or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        enabled = kwargs.get("enable_progress_bar", config.get("enable_progress_bar"))
+        if enabled is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, StageProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
         # Later commands (decoders, paths) take this file: say where it is.
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
-        if best and self.trainer.is_global_zero:
+        if best:
             print(f"Best checkpoint: {best}")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                print(wandb_run_line(logger.experiment))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,55 @@ def digits_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = folder / "classifier.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+# Lines only the libraries print (issue 19 item 3), each with the one who prints it: none may
+# show without --verbose.
+LIBRARY_LINES = (
+    "GPU available",  # Lightning, per Trainer
+    "TPU available",
+    "Seed set",  # Lightning's seed_everything
+    "`Trainer.fit` stopped",  # Lightning, per fit
+    "LOCAL_RANK",  # Lightning, on GPUs
+    "anonymous",  # W&B's warning about Lightning's anonymous=None
+    "git root",  # W&B, from a save folder that does not exist yet
+    "environment variables will be ignored",  # W&B, env changed after it started
+    "wandb: WARNING",
+    "W&B syncing is set to",  # W&B's offline hints
+    "wandb leet",
+)
+
+
+@pytest.fixture
+def users_shell(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A user's shell and a new process: the command line holds the command alone, and W&B
+    runs offline, neither silent nor without git (the suite hides W&B's own lines), started
+    afresh with this environment."""
+    monkeypatch.setattr(sys, "argv", ["connectivity"])
+    monkeypatch.delenv("WANDB_SILENT")
+    monkeypatch.delenv("WANDB_DISABLE_GIT")
+    import wandb
+
+    # W&B shows some warnings once per process (silently too, in earlier tests).
+    monkeypatch.setattr(wandb.errors.term, "_printed_messages", set())
+    wandb.teardown()
+    yield
+    wandb.teardown()  # the next test's W&B starts with its own environment
+
+
+def printed_lines(
+    capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, recwarn: pytest.WarningsRecorder
+) -> list[str]:
+    """Every line the command printed, then those it logged (Lightning's loggers propagate to
+    pytest's) and warned; tqdm's in-place updates stay on their line, as in a log file."""
+    captured = capfd.readouterr()
+    lines = (captured.out + captured.err).split("\n")  # not splitlines(): it splits at \r too
+    if lines[-1] == "":
+        lines.pop()
+    lines += [record.getMessage() for record in caplog.records]
+    # Python shows no DeprecationWarning of a library by default (jsonargparse's, here).
+    hidden = (DeprecationWarning, PendingDeprecationWarning)
+    lines += [str(w.message) for w in recwarn if not issubclass(w.category, hidden)]
+    caplog.clear()
+    recwarn.clear()
+    return lines

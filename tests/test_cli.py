@@ -16,7 +16,7 @@ from connectivity.cli import main
 from connectivity.data import DigitsDataModule
 from connectivity.experiment import Experiment
 from connectivity.report import WandbOptions
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, LIBRARY_LINES, printed_lines
 
 QUICK = str(CONFIGS / "classifier" / "quick.yaml")
 PATHS_QUICK = str(CONFIGS / "paths" / "quick.yaml")
@@ -105,11 +105,33 @@ def test_a_wrong_value_is_one_line(
     assert not ran_paths
 
 
-def test_quick_classifier_fast_dev_run(in_tmp: Path) -> None:
-    main(["fit", "-c", QUICK, "--trainer.fast_dev_run", "true"])
+def test_verbose_after_the_command_says_where_it_goes(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--verbose"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "connectivity --verbose <command>" in err, err
 
 
-def test_fit_with_offline_wandb_leaves_a_checkpoint_and_a_run(in_tmp: Path) -> None:
+def test_quick_classifier_fast_dev_run_and_verbose_shows_lightning_lines(
+    in_tmp: Path,
+    capfd: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    main(["--verbose", "fit", "-c", QUICK, "--trainer.fast_dev_run", "true"])
+    lines = printed_lines(capfd, caplog, recwarn)
+    for words in ("Seed set to 0", "GPU available", "`Trainer.fit` stopped"):
+        assert any(words in line for line in lines), (words, lines)
+
+
+def test_fit_with_offline_wandb_leaves_a_checkpoint_and_a_run(
+    in_tmp: Path,
+    users_shell: None,
+    capfd: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
     args = [
         "fit",
         "-c",
@@ -126,6 +148,12 @@ def test_fit_with_offline_wandb_leaves_a_checkpoint_and_a_run(in_tmp: Path) -> N
         wandb.finish()  # as the end of a process does: the next run is a new W&B run
     runs = sorted((in_tmp / "lightning_logs" / "connectivity").iterdir())
     assert len(runs) == 2
+    # Per run, one line for its W&B run (4 steps: no validation, so no best checkpoint) and no
+    # library line: the first run started W&B in a fresh folder, where it warned of its git root.
+    lines = printed_lines(capfd, caplog, recwarn)
+    offline = "W&B run (offline): upload it with `wandb sync lightning_logs/wandb/offline-run-"
+    assert sum(line.startswith(offline) for line in lines) == 2, lines
+    assert not [line for line in lines if any(words in line for words in LIBRARY_LINES)]
     for run in runs:
         assert (run / "config.yaml").is_file()
         checkpoint = run / "checkpoints" / "last.ckpt"

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ from connectivity.report import (
 )
 from connectivity.split import split
 from connectivity.verdicts import PathOptions
-from tests.conftest import REPO
+from tests.conftest import LIBRARY_LINES, REPO, printed_lines
 
 NO_WANDB = WandbOptions(enabled=False)
 SPACES = ["input", "layer1", "flatten"]
@@ -433,9 +434,38 @@ def test_a_band_killed_mid_way_continues_from_its_checkpoint(
     assert resumed[band_pair]["steps"] == 60 and resumed[band_pair]["verdict"] == "none"
 
 
-def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
+def test_wandb_offline_report_and_what_the_command_prints(
+    digits_classifier: Path,
+    tmp_path: Path,
+    users_shell: None,
+    capfd: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
     data = DigitsDataModule()
     indices = _band_and_line_pairs(digits_classifier)
+    path = "{num_pivots: 4, steps: 5, tol: 0.0}"
+    config = _pairs_config(tmp_path, digits_classifier, "w", ["input"], indices, path)
+    config.write_text(config.read_text().replace("enabled: false", "offline: true"))
+    capfd.readouterr()
+    main(["paths", "-c", str(config), "--trainer.accelerator", "cpu"])
+    lines = printed_lines(capfd, caplog, recwarn)
+    store = RunStore(tmp_path / "w")
+    # Issue 19: one line per step of the run, the table once, no library line; the band's bar
+    # is cleared when it is done (what a terminal shows of a line is its last \r-part).
+    table = [line for line in (store.folder / "table.md").read_text().splitlines() if line]
+    shown = [line.rpartition("\r")[2] for line in lines]
+    own = [line for line in shown if line and line not in table]
+    assert len(own) == 4, lines
+    assert own[0] == "input: line check: 1 of 2 pairs linear"
+    assert re.fullmatch(r"input band: 1 pair decided in 5 steps \(\d\d:\d\d\)", own[1])
+    assert own[2:] == [
+        f"Run folder: {store.folder}",
+        f"W&B run (offline): upload it with `wandb sync {store.folder}/wandb/offline-run-*`",
+    ]
+    assert sum(line in table for line in shown) == len(table), lines
+    assert "input band: 5/5 steps" in "".join(lines)  # the bar was drawn, then cleared
+    assert not [line for line in lines if any(words in line for words in LIBRARY_LINES)]
     experiment = _experiment(
         digits_classifier,
         tmp_path,
@@ -443,9 +473,6 @@ def test_wandb_offline_report(digits_classifier: Path, tmp_path: Path) -> None:
         spaces=["input"],
         pairs=PairSampling(indices=indices),
         path=PathOptions(num_pivots=4, steps=5, tol=0.0),
-    )
-    store = run_paths(
-        experiment, data, trainer={"accelerator": "cpu"}, wandb=WandbOptions(offline=True)
     )
     runs = list((store.folder / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
@@ -586,6 +613,10 @@ def test_a_damaged_record_is_named_by_report_and_decided_again_on_resume(
 ) -> None:
     config = _config(tmp_path / "g.yaml", digits_classifier, tmp_path, "g", 3, ["input"])
     main(["paths", "-c", str(config)])
+    # A band bar only for a band that runs (issue 19): none when the line check decides all.
+    out = capsys.readouterr().out
+    linear = int(re.search(r"input: line check: (\d) of 3 pairs linear", out).group(1))
+    assert ("input band" in out) == (linear < 3), out
     table = (tmp_path / "g" / "table.md").read_text()
     store = RunStore(tmp_path / "g")
     damaged = store.record_path("input", 1)
