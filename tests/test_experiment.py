@@ -252,6 +252,16 @@ def test_missing_checkpoint_error_names_a_command_that_makes_that_file(tmp_path:
     cifar = tmp_path / "cifar10_jpeg_resnet18.ckpt"
     with pytest.raises(CheckpointError, match=r"fit -c configs/classifier/cifar10_jpeg_resnet18"):
         ClassifierModule.from_checkpoint(cifar)
+    # A typo of a file that is there names that file, and no copy to the misspelled name.
+    quick.parent.mkdir(parents=True)
+    quick.write_bytes(b"")
+    (quick.parent / "decoder_flatten.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as error:
+        ClassifierModule.from_checkpoint(quick.parent / "clasifier.ckpt")
+    assert f"Did you mean {quick.resolve()}?" in str(error.value)
+    assert "copy it" not in str(error.value)
+    with pytest.raises(CheckpointError, match="copy it to"):  # nothing close: the copy hint
+        ClassifierModule.from_checkpoint(quick.parent / "resnet.ckpt")
 
 
 @pytest.mark.slow  # about 17 s: two processes; the default run covers the take-over of band
