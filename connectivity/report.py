@@ -75,10 +75,11 @@ class WandbOptions:
 
     Each run folder has one W&B run: its id is kept in ``<run folder>/wandb_id``, and
     everything W&B writes for it (the offline run, staged media and tables, caches, its
-    service's logs) stays under ``<run folder>/wandb``. Offline runs are uploaded later with
-    ``wandb sync <run folder>/wandb/offline-run-*`` (several folders of one id are one run,
-    synced in order of start time); run ``connectivity report <run folder>`` first on a
-    machine the folder was copied to, so the staged files are found where it now lies.
+    service's logs) stays under ``<run folder>/wandb``. Offline runs name their staged files
+    relative to the run folder, so a copied folder is uploaded as it is, from inside it:
+    ``cd <run folder> && wandb sync wandb/offline-run-*`` (several folders of one id are one
+    run, synced in order of start time). The classifier checkpoint is a reference to its path,
+    outside the folder, and is never uploaded.
 
     Args:
         enabled: Log to W&B at all.
