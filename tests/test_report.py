@@ -291,7 +291,13 @@ def test_a_copied_run_folder_syncs_as_it_is(tmp_path: Path, home: Path) -> None:
         for entry in _staged_entries([record]):
             entry.local_path = str(original.folder.resolve() / entry.local_path)
         absolute.append(record.SerializeToString())
-    write_transaction_log(next(run.glob("run-*.wandb")), absolute)
+    log = next(run.glob("run-*.wandb"))
+    # A log W&B has not finished (no exit record yet) is never rewritten under its writer.
+    write_transaction_log(log, absolute[:-1])
+    with pytest.warns(RuntimeWarning, match="still being written by W&B"):
+        relocate_offline_runs(copy, finished=run_id, wait=0.0)
+    assert read_transaction_log(log) == absolute[:-1]
+    write_transaction_log(log, absolute)
     assert all(Path(e.local_path).is_absolute() for e in _staged_entries(offline_run_records(run)))
     assert relocate_offline_runs(copy) == [run]
     relocated = _staged_entries(offline_run_records(run))
