@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,10 +47,28 @@ def _how_to_make(path: Path) -> str:
     )
 
 
+def _nearest_checkpoint(path: Path) -> Path | None:
+    """The ``*.ckpt`` file beside ``path`` whose name is nearest to its name (a typo such as
+    ``clasifier.ckpt``), or None when no name is close."""
+    folder = path.parent
+    if not folder.is_dir():
+        return None
+    names = sorted(f.name for f in folder.glob("*.ckpt") if f.is_file())
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.8)
+    return (folder / close[0]).resolve() if close else None
+
+
 def load_file(path: str | Path) -> Any:
     """``torch.load`` a user-given file on the CPU with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
+        near = _nearest_checkpoint(path)
+        if near is not None:
+            # A typo of a file that exists: name it, rather than ask for a copy at the typo.
+            raise CheckpointError(
+                f"No file at {path.resolve()}. Did you mean {near}? (the nearest name of a "
+                f"checkpoint in {near.parent})"
+            )
         raise CheckpointError(f"No file at {path.resolve()}. {_how_to_make(path)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -107,12 +107,19 @@ def report_parser(**kwargs: Any) -> ArgumentParser:
     """A parser of ``connectivity report`` options."""
     kwargs.setdefault("description", REPORT_HELP)
     parser = ArgumentParser(**kwargs)
-    parser.add_argument("folder", type=str, help="the run folder (lightning_logs/paths/<name>)")
+    parser.add_argument(
+        "folder",
+        type=str,
+        help="the run folder, <output_dir>/<name> of the run's config: "
+        "lightning_logs/quickstart/paths for `connectivity quickstart`, "
+        "lightning_logs/paths/<name> with the default output_dir",
+    )
     parser.add_argument(
         "--decoders",
-        type=dict[str, str],
-        default={},
-        help="{space: decoder checkpoint} to show latent points as images (default: the run's)",
+        type=dict[str, str] | None,
+        default=None,
+        help="{space: decoder checkpoint} to show latent points as images; null (not given): "
+        "the decoders the run was made with (its decoders.json)",
     )
     parser.add_argument("--figures", type=str, default="auto", help=f"{FIGURES_HELP} (paths runs)")
     parser.add_class_arguments(WandbOptions, "wandb")

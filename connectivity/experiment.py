@@ -710,6 +710,34 @@ def take_over(
     return TakeOver(checkpoint, carried, taken_over)
 
 
+def line_check_words(module: PathModule) -> str:
+    """The line a person reads when a space's band starts, e.g. ``"input: line check: 2 of 5
+    pairs linear; 1 decided by the band before it stopped (kept)"``.
+
+    Only pairs whose straight line passed the check count as linear; pairs whose band decided
+    them before a resume (from its checkpoint) and pairs decided in an earlier run are named
+    apart. Call after ``on_fit_start`` (the line check has run).
+    """
+    decisions = module.decisions
+    # The line check decides every pair whose line passes, before any checkpoint's records
+    # are restored: those are exactly the linear ones.
+    linear = int(decisions.check.ok.sum()) if decisions is not None else 0
+    rows = int(decisions.check.ok.numel()) if decisions is not None else 0
+    words = f"{module.space}: line check: {linear} of {rows} pairs linear"
+    if module.restored:
+        words += f"; {module.restored} decided by the band before it stopped (kept)"
+    reused = len(getattr(module, "reused", ()))
+    if reused:
+        words += f"; {reused} decided in an earlier run (kept)"
+    resumed_at = getattr(module, "resumed_at", 0)
+    if resumed_at:
+        words += f"; band continued from its checkpoint at step {resumed_at}"
+    taken_over = getattr(module, "taken_over", 0)
+    if taken_over:
+        words += f"; {taken_over} pairs go on from band checkpoints of other ranks"
+    return words
+
+
 class BandProgressBar(TQDMProgressBar):
     """Progress of one space's band, as a person follows it.
 
@@ -727,20 +755,7 @@ class BandProgressBar(TQDMProgressBar):
         decisions = pl_module.decisions
         self._linear = len(decisions.records) if decisions is not None else 0
         if trainer.is_global_zero:
-            words = (
-                f"{pl_module.space}: line check: {self._linear} of {len(pl_module.rows)} pairs "
-                "linear"
-            )
-            reused = len(pl_module.reused)
-            if reused:
-                words += f"; {reused} decided in an earlier run (kept)"
-            if pl_module.resumed_at:
-                words += f"; band continued from its checkpoint at step {pl_module.resumed_at}"
-            if pl_module.taken_over:
-                words += (
-                    f"; {pl_module.taken_over} pairs go on from band checkpoints of other ranks"
-                )
-            print(words, flush=True)
+            print(line_check_words(pl_module), flush=True)
         self._module = pl_module
         # The band set up when the fit started (after the line check): empty when every pair
         # of this rank was decided without one.

@@ -30,10 +30,9 @@ from connectivity.graph_store import MISCLASSIFIED, GraphLayout, GraphStore
 from connectivity.output import wandb_run_line
 from connectivity.records import atomic_write_text
 from connectivity.report import (
-    REPORTED_FILE,
-    WANDB_SUBDIR,
     WandbOptions,
     _mode,
+    mark_reported,
     relocate_offline_runs,
     report_run_id,
     run_folder_environment,
@@ -414,6 +413,7 @@ def write_graph_report(
             )
             files[(r.model, r.space, r.label)] = _figure_file(store, r)
             save_figure(figure, files[(r.model, r.space, r.label)])
+    run_id = None
     if wandb is not None and wandb.enabled:
         run_id = report_run_id(store, wandb)
         if run_id is not None:
@@ -421,7 +421,7 @@ def write_graph_report(
                 _log_wandb(
                     store, run_id, manifest, results, files, comparison, misclassified, wandb
                 )
-    relocate_offline_runs(store.folder)
+    relocate_offline_runs(store.folder, finished=run_id)
     return markdown
 
 
@@ -473,10 +473,7 @@ def _log_wandb(
             for r in results
         }
     )
-    line = wandb_run_line(run, offline_runs=str(store.folder / WANDB_SUBDIR / "offline-run-*"))
+    line = wandb_run_line(run, run_folder=store.folder)
     run.finish()
     print(line, flush=True)
-    atomic_write_text(
-        store.folder / REPORTED_FILE,
-        json.dumps({"id": run_id, "folder": str(store.folder.resolve())}, indent=2) + "\n",
-    )
+    mark_reported(store.folder, run_id)

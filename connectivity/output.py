@@ -191,15 +191,20 @@ def prepare_wandb_logger(logger: WandbLogger) -> None:
         Path(logger.save_dir).mkdir(parents=True, exist_ok=True)
 
 
-def wandb_run_line(run: Any, offline_runs: str | None = None) -> str:
+def wandb_run_line(run: Any, run_folder: Path | None = None) -> str:
     """One line saying where a W&B run is: its page, or its offline folder and how to upload it.
 
     Args:
         run: A W&B run (``wandb.init``'s).
-        offline_runs: What to give ``wandb sync`` for an offline run (a glob of several
-            folders of one run, say); by default the run's own folder.
+        run_folder: The paths or graph run folder the offline W&B runs lie in: they are
+            uploaded from inside it, as the files they stage are named relative to it (so a
+            copied folder syncs as it is). None: the W&B run's own folder.
     """
     if not getattr(run, "offline", False) and getattr(run, "url", None):
         return f"W&B run: {run.url}"
-    folder = offline_runs or getattr(run, "sync_dir", None) or str(Path(run.dir).parent)
+    if run_folder is not None:
+        return (
+            f"W&B run (offline): upload it with `cd {run_folder} && wandb sync wandb/offline-run-*`"
+        )
+    folder = getattr(run, "sync_dir", None) or str(Path(run.dir).parent)
     return f"W&B run (offline): upload it with `wandb sync {folder}`"

@@ -99,6 +99,8 @@ class PathModule(L.LightningModule):
         self.band_rows = torch.zeros(0, dtype=torch.long)
         self.decisions: Decisions | None = None
         self.decided: list[tuple[int, PairRecord]] = []
+        # Pairs a band decided before a resume, restored from its checkpoint (not linear).
+        self.restored = 0
         self._resume: dict[str, Any] | None = None
         if starts is not None:
             if ends is None or targets is None:
@@ -255,6 +257,7 @@ class PathModule(L.LightningModule):
         rows = rows.to(pairs.device)
         decided = checkpoint.get("decided", {})
         self.decisions.restore({int(i): PairRecord(**r) for i, r in decided.items()})
+        self.restored = len(decided)
         self.decisions.requeue(checkpoint.get("queued", {}))
         self.decisions.restore_nudges(checkpoint.get("nudges", {}))
         if state is None or state["pivots"].shape[0] == 0:

@@ -97,6 +97,34 @@ def _read_json(path: Path) -> Any:
         ) from error
 
 
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else json.dumps(value, default=str)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys in which two manifests differ, dotted down to the leaves (``path.steps``),
+    each with both values when they are short: ``"path.steps (folder: 20, asked: 30)"``.
+
+    A key that only one side has shows ``absent`` on the other; a long value (the pair list)
+    is named without its values.
+    """
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a == b:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            found.extend(differences(a, b, f"{name}."))
+            continue
+        values = f" (folder: {_shown(a)}, asked: {_shown(b)})"
+        found.append(name + (values if len(values) <= 80 else ""))
+    return found
+
+
 class RunStore:
     """The folder of one path experiment.
 
@@ -148,11 +176,10 @@ class RunStore:
             if old == new:
                 return
             if old is not None and self._has_records():
-                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
                 raise RunFolderError(
                     f"{self.folder} holds results of a different experiment (differs in: "
-                    f"{', '.join(changed)}). Use another `name`, or delete the folder to start "
-                    "over."
+                    f"{'; '.join(differences(old, new))}). Use another `name`, or delete the "
+                    "folder to start over."
                 )
         atomic_write_text(path, text)
 

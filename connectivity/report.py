@@ -36,6 +36,7 @@ import json
 import os
 import struct
 import sys
+import time
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -82,10 +83,11 @@ class WandbOptions:
 
     Each run folder has one W&B run: its id is kept in ``<run folder>/wandb_id``, and
     everything W&B writes for it (the offline run, staged media and tables, caches, its
-    service's logs) stays under ``<run folder>/wandb``. Offline runs are uploaded later with
-    ``wandb sync <run folder>/wandb/offline-run-*`` (several folders of one id are one run,
-    synced in order of start time); run ``connectivity report <run folder>`` first on a
-    machine the folder was copied to, so the staged files are found where it now lies.
+    service's logs) stays under ``<run folder>/wandb``. Offline runs name their staged files
+    relative to the run folder, so a copied folder is uploaded as it is, from inside it:
+    ``cd <run folder> && wandb sync wandb/offline-run-*`` (several folders of one id are one
+    run, synced in order of start time). The classifier checkpoint is a reference to its path,
+    outside the folder, and is never uploaded.
 
     Args:
         enabled: Log to W&B at all.
@@ -354,8 +356,17 @@ def _mode(options: WandbOptions) -> str:
     return os.environ.get("WANDB_MODE") or ("offline" if options.offline else "online")
 
 
+def mark_reported(folder: Path, run_id: str) -> None:
+    """Write the marker that W&B holds the folder's report, in run ``run_id``.
+
+    It names the run only, not where the folder lay: a copied or moved folder's marker stays
+    true (a marker of an earlier version also names the folder; that key is not read).
+    """
+    atomic_write_text(Path(folder) / REPORTED_FILE, json.dumps({"id": run_id}, indent=2) + "\n")
+
+
 def _reported(store: RunStore) -> dict[str, Any] | None:
-    """What the marker of a logged report says (id, folder at the time), or None."""
+    """What the marker of a logged report says (``{"id": run id}``), or None."""
     path = store.folder / REPORTED_FILE
     if not path.is_file():
         return None
@@ -845,8 +856,8 @@ def write_report(
     W&B gets the report once per run folder (see :class:`WandbOptions`): into the run of
     :func:`paths_logger` when it is still active, else into the folder's run id (resumed);
     a folder whose report is logged already is skipped unless ``wandb.relog``. Offline runs
-    found in the folder are then made to point at the folder where it lies now
-    (:func:`relocate_offline_runs`).
+    found in the folder then name their staged files relative to the folder
+    (:func:`relocate_offline_runs`), so a copy of the folder syncs as it is.
 
     Args:
         store: The run folder.
@@ -901,7 +912,7 @@ def write_report(
     # Always: the pages link only the figures whose files exist, whichever were drawn.
     for page, text in gallery_pages(by_space, manifest, store.folder, markdown).items():
         atomic_write_text(store.folder / page, text)
-    relocate_offline_runs(store.folder)
+    relocate_offline_runs(store.folder, finished=run_id)
     return markdown
 
 
@@ -1110,23 +1121,22 @@ def _log_wandb(
         }
     )
     _log_classifier(run, manifest)
-    line = wandb_run_line(run, offline_runs=str(store.folder / WANDB_SUBDIR / "offline-run-*"))
+    line = wandb_run_line(run, run_folder=store.folder)
     run.finish()
     print(line, flush=True)
-    atomic_write_text(
-        store.folder / REPORTED_FILE,
-        json.dumps({"id": run_id, "folder": str(store.folder.resolve())}, indent=2) + "\n",
-    )
+    mark_reported(store.folder, run_id)
 
 
 def _log_classifier(run: Any, manifest: dict[str, Any]) -> None:
     """The classifier checkpoint as a ``model`` artifact, logged by the run (W&B refuses
     ``use_artifact`` offline, so the run is its producer rather than its consumer).
 
-    A ``file://`` reference, not a copy: checkpoints can be large and already lie on disk. Its
-    digest is the file's MD5 (W&B's own check of a reference), so other weights at the same
-    path make a new artifact version; the run manifest's SHA-256 is in the metadata. A run
-    whose classifier was a module in memory (no checkpoint file) logs none.
+    A ``file://`` reference, not a copy: checkpoints can be large and already lie on disk. The
+    checkpoint stays outside the run folder: ``wandb sync`` uploads its path, digest and
+    metadata only, never the file, so a copied folder syncs without it. Its digest is the
+    file's MD5 (W&B's own check of a reference), so other weights at the same path make a new
+    artifact version; the run manifest's SHA-256 is in the metadata. A run whose classifier
+    was a module in memory (no checkpoint file) logs none.
     """
     import wandb
 
@@ -1225,34 +1235,78 @@ def offline_runs(folder: str | Path) -> list[Path]:
     return sorted((Path(folder) / WANDB_SUBDIR).glob("offline-run-*"))
 
 
-def _moved(path: str, data_dir: Path) -> str:
-    """``path`` of a file staged under some earlier location of the folder, as it lies in
-    ``data_dir`` now; unchanged when it is not a staged file or lies there already."""
+def _relative(path: str, folder: Path) -> str:
+    """``path`` of a file staged under some location of the run folder (``.../wandb/data/...``),
+    relative to the folder (``wandb/data/...``) when that file lies in ``folder``; unchanged
+    when it is not a staged file, is relative already, or is not in ``folder``."""
     marker = f"{os.sep}{WANDB_SUBDIR}{os.sep}{DATA_SUBDIR}{os.sep}"
     before, found, tail = path.rpartition(marker)
     if not found or not before:
         return path
-    moved = data_dir / tail
-    return str(moved) if str(moved) != path and moved.exists() else path
+    relative = os.path.join(WANDB_SUBDIR, DATA_SUBDIR, tail)
+    return relative if (folder / relative).exists() else path
 
 
-def relocate_offline_runs(folder: str | Path) -> list[Path]:
-    """Point the staged files of a folder's offline runs at where the folder lies now.
+def _finished_log(run_dir: Path, wait: float) -> bool:
+    """Whether the transaction log of ``run_dir`` ends with the run's exit record, waiting up
+    to ``wait`` seconds for it: ``run.finish()`` can return before W&B's service has written
+    the last records, and a log rewritten before then would lose them."""
+    from wandb.proto.wandb_internal_pb2 import Record
 
-    W&B records each staged table, image and artifact file by absolute path; after the run
-    folder was copied or moved (another machine, another disk), ``wandb sync`` would look
-    for them at the old place. Records that name such files under an earlier location of
-    ``<folder>/wandb/data`` are rewritten to the same file in the folder; nothing else
-    changes, and a folder where it was logged is left as it is.
+    deadline = time.monotonic() + wait
+    while True:
+        for file in run_dir.glob("run-*.wandb"):
+            try:
+                raws = read_transaction_log(file)
+            except ValueError:
+                continue  # being written
+            if raws:
+                record = Record()
+                record.ParseFromString(raws[-1])
+                if record.WhichOneof("record_type") == "exit":
+                    return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def relocate_offline_runs(
+    folder: str | Path, finished: str | None = None, wait: float = 30.0
+) -> list[Path]:
+    """Make a folder's offline runs name their staged files relative to the folder.
+
+    W&B records each staged table, image and artifact file by absolute path (under
+    ``<folder>/wandb/data``); a copy of the folder would name files of the original. Records
+    that name such files, under the folder where it lies now or under an earlier location of
+    it, are rewritten to the same file relative to the folder (``wandb/data/...``), so a
+    copied or moved folder syncs as it is, from inside the folder:
+    ``cd <folder> && wandb sync wandb/offline-run-*`` (W&B opens a relative path from the
+    directory it runs in). Nothing else changes.
+
+    Args:
+        folder: The run folder.
+        finished: Id of a run this process has just finished: its newest offline run is
+            rewritten only once W&B has written its exit record (waiting up to ``wait``
+            seconds; else it is left as it is, with a warning).
+        wait: Most seconds to wait for that run's log.
 
     Returns:
         The offline run folders to give ``wandb sync`` (oldest first).
     """
     from wandb.proto.wandb_internal_pb2 import Record
 
-    data_dir = Path(folder).resolve() / WANDB_SUBDIR / DATA_SUBDIR
+    folder = Path(folder).resolve()
     runs = offline_runs(folder)
+    own = [r for r in runs if finished is not None and r.name.endswith(f"-{finished}")]
     for run_dir in runs:
+        if own and run_dir == own[-1] and not _finished_log(run_dir, wait):
+            warnings.warn(
+                f"{run_dir} is still being written by W&B; its staged files keep their absolute "
+                "paths: run `connectivity report` on the folder again before copying it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
         for file in run_dir.glob("run-*.wandb"):
             try:
                 raws = read_transaction_log(file)
@@ -1273,11 +1327,11 @@ def relocate_offline_runs(folder: str | Path) -> list[Path]:
                 touched = False
                 for entry in manifest.contents:
                     if entry.local_path:
-                        moved = _moved(entry.local_path, data_dir)
+                        moved = _relative(entry.local_path, folder)
                         touched |= moved != entry.local_path
                         entry.local_path = moved
                 if manifest.manifest_file_path:
-                    moved = _moved(manifest.manifest_file_path, data_dir)
+                    moved = _relative(manifest.manifest_file_path, folder)
                     touched |= moved != manifest.manifest_file_path
                     manifest.manifest_file_path = moved
                 if touched:

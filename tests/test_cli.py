@@ -35,6 +35,18 @@ def test_help_names_all_eight_commands_one_line_each(capsys: pytest.CaptureFixtu
         )
 
 
+def test_report_help_names_the_quickstarts_folder_and_the_runs_decoders(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # help lines are wrapped anywhere
+    assert "lightning_logs/quickstart/paths for `connectivity quickstart`" in out
+    assert "the decoders the run was made with (its decoders.json)" in out
+    assert "default: {}" not in out and "default: null" in out
+
+
 def test_version(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

@@ -274,6 +274,16 @@ def test_missing_checkpoint_error_names_a_command_that_makes_that_file(tmp_path:
     cifar = tmp_path / "cifar10_jpeg_resnet18.ckpt"
     with pytest.raises(CheckpointError, match=r"fit -c configs/classifier/cifar10_jpeg_resnet18"):
         ClassifierModule.from_checkpoint(cifar)
+    # A typo of a file that is there names that file, and no copy to the misspelled name.
+    quick.parent.mkdir(parents=True)
+    quick.write_bytes(b"")
+    (quick.parent / "decoder_flatten.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as error:
+        ClassifierModule.from_checkpoint(quick.parent / "clasifier.ckpt")
+    assert f"Did you mean {quick.resolve()}?" in str(error.value)
+    assert "copy it" not in str(error.value)
+    with pytest.raises(CheckpointError, match="copy it to"):  # nothing close: the copy hint
+        ClassifierModule.from_checkpoint(quick.parent / "resnet.ckpt")
 
 
 @pytest.mark.slow  # about 17 s: two processes; the default run covers the take-over of band
@@ -456,12 +466,14 @@ def test_wandb_offline_report_and_what_the_command_prints(
     table = [line for line in (store.folder / "table.md").read_text().splitlines() if line]
     shown = [line.rpartition("\r")[2] for line in lines]
     own = [line for line in shown if line and line not in table]
-    assert len(own) == 4, lines
+    assert len(own) == 5, lines
     assert own[0] == "input: line check: 1 of 2 pairs linear"
     assert re.fullmatch(r"input band: 1 pair decided in 5 steps \(\d\d:\d\d\)", own[1])
     assert own[2:] == [
         f"Run folder: {store.folder}",
-        f"W&B run (offline): upload it with `wandb sync {store.folder}/wandb/offline-run-*`",
+        "Drawing 2 figures (figures=auto; 0 up to date; --figures all draws every pair)",
+        f"W&B run (offline): upload it with `cd {store.folder} && wandb sync "
+        "wandb/offline-run-*`",
     ]
     assert sum(line in table for line in shown) == len(table), lines
     assert "input band: 5/5 steps" in "".join(lines)  # the bar was drawn, then cleared
@@ -590,7 +602,8 @@ def test_the_manifest_records_the_data_settings_but_not_loading_ones(
     store.start(manifest(experiment, DigitsDataModule(size=16), []))
     store.record_path("input", 0).parent.mkdir(parents=True)
     store.record_path("input", 0).write_bytes(b"")  # a decided pair, as far as start sees
-    with pytest.raises(RunFolderError, match=r"differs in: data\)"):
+    words = r"differs in: data\.init_args\.size \(folder: 16, asked: 32\)\)"
+    with pytest.raises(RunFolderError, match=words):
         store.start(manifest(experiment, DigitsDataModule(size=32), []))
     # Path options added later (issue 13) stay out while at their defaults: folders written
     # before them still match; set, they count.

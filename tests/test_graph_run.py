@@ -204,3 +204,29 @@ def test_paths_and_graph_runs_never_claim_each_others_folders(tmp_path: Path) ->
     graph.model(0).record_path("input", 3).write_bytes(b"")  # a decided pair, as start sees
     with pytest.raises(RunFolderError, match=r"different experiment \(differs in: kind"):
         RunStore(tmp_path / "run").start({"spaces": ["input"]})
+
+
+def test_the_readmes_two_seeds_command_has_both_classifiers_made_before_it(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    # Issue 19 item 5: the README's graph commands, in order, must make every checkpoint
+    # configs/graph/two_seeds.yaml names before the command that reads them.
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "two_seeds" in b)
+    commands = re.sub(r"\\\n\s*", "", block).splitlines()  # continuation lines joined
+    graph = next(i for i, c in enumerate(commands) if "two_seeds.yaml" in c)
+    config = (REPO / "configs" / "graph" / "two_seeds.yaml").read_text()
+    named = re.findall(r"^\s+- (\S+\.ckpt)$", config, re.M)
+    assert named == [
+        "lightning_logs/quickstart/classifier.ckpt",  # `connectivity quickstart` writes it
+        "lightning_logs/quickstart/classifier_seed1.ckpt",
+    ]
+    before = commands[:graph]
+    copy = next(i for i, c in enumerate(before) if c.split("#")[0].rstrip().endswith(named[1]))
+    assert before[copy].startswith('cp "$(ls -t lightning_logs/connectivity/*/checkpoints/best-')
+    fit = before[copy - 1].split("#")[0].split()
+    assert fit[:4] == ["connectivity", "fit", "-c", "configs/classifier/quick.yaml"]
+    # The fit command as written parses, with the second seed.
+    with pytest.raises(SystemExit):
+        main([*fit[1:3], str(REPO / fit[3]), *fit[4:], "--print_config"])
+    assert "seed_everything: 1" in capsys.readouterr().out

@@ -60,8 +60,13 @@ def test_a_folder_without_records_is_claimed_anew_one_with_records_is_refused(
     store.start({"spaces": ["input"], "path": {"steps": 20}})  # its corrected rerun
     assert store.manifest() == {"spaces": ["input"], "path": {"steps": 20}}
     _save(store, [0], _records(1, dim=2)[0])
-    with pytest.raises(RunFolderError, match=r"different experiment \(differs in: path\)"):
+    # The key under `path` that differs, with both values (issue 19 item 4).
+    words = r"different experiment \(differs in: path\.steps \(folder: 20, asked: 30\)\)"
+    with pytest.raises(RunFolderError, match=words):
         store.start({"spaces": ["input"], "path": {"steps": 30}})
+    words = r"differs in: path\.lr \(folder: absent, asked: 0\.1\); spaces \(folder: "
+    with pytest.raises(RunFolderError, match=words):
+        store.start({"spaces": ["input", "flatten"], "path": {"steps": 20, "lr": 0.1}})
     assert store.manifest() == {"spaces": ["input"], "path": {"steps": 20}}
 
 

@@ -104,10 +104,11 @@ def _artifacts(records: list) -> dict[str, Any]:
     }
 
 
-def _table(artifact: Any, key: str) -> dict[str, Any]:
-    """The table a run_table artifact holds, read from its staged file."""
+def _table(folder: Path, artifact: Any, key: str) -> dict[str, Any]:
+    """The table a run_table artifact holds, read from its staged file (named relative to the
+    run folder)."""
     entry = next(e for e in artifact.manifest.contents if e.path == f"{key}.table.json")
-    return json.loads(Path(entry.local_path).read_text())
+    return json.loads((folder / entry.local_path).read_text())
 
 
 def _visualized(records: list) -> dict[str, dict[str, Any]]:
@@ -147,7 +148,7 @@ def test_the_offline_run_holds_points_profiles_table1_and_the_checkpoint(
     records = offline_run_records(run)
     artifacts = _artifacts(records)
 
-    points = _table(artifacts[f"run-{run_id}-points"], "points")
+    points = _table(store.folder, artifacts[f"run-{run_id}-points"], "points")
     columns = points["columns"]
     assert {"p_ring", "p_rest", "predicted", "target", "energy", "position"} <= set(columns)
     rows = [dict(zip(columns, row, strict=True)) for row in points["data"]]
@@ -171,10 +172,10 @@ def test_the_offline_run_holds_points_profiles_table1_and_the_checkpoint(
     charts = _visualized(records)
     assert charts["table1_chart"]["panel_config"]["panelDefId"] == "wandb/bar/v0"
     assert {"energy/input", "energy/hidden"} <= set(charts)
-    table1 = _table(artifacts[f"run-{run_id}-table1"], "table1")
+    table1 = _table(store.folder, artifacts[f"run-{run_id}-table1"], "table1")
     dense = {(r[0], r[1]): r[4] for r in table1["data"]}
     assert dense[("input", "nonlinear")] == 1 and dense[("hidden", "linear")] == 2
-    profiles = _table(artifacts[f"run-{run_id}-energy_profiles"], "energy_profiles")
+    profiles = _table(store.folder, artifacts[f"run-{run_id}-energy_profiles"], "energy_profiles")
     assert profiles["columns"][:3] == ["pair", "space", "along"] and len(profiles["data"]) == 30
 
     classifier = artifacts["classifier"]
@@ -218,40 +219,54 @@ def test_step_metrics_of_the_trainer_and_the_report_share_one_run(
     assert not _leaked(home)
 
 
-def test_a_copied_run_folder_keeps_every_logged_file(tmp_path: Path, home: Path) -> None:
+def _staged_entries(records: list) -> list[Any]:
+    """The manifest entries of every logged artifact that name a staged file."""
+    return [
+        e
+        for r in records
+        if r.WhichOneof("record_type") == "artifact"
+        for e in r.artifact.manifest.contents
+        if e.local_path
+    ]
+
+
+def test_a_copied_run_folder_syncs_as_it_is(tmp_path: Path, home: Path) -> None:
     original = _run_folder(tmp_path / "run")
     write_report(original, wandb=WandbOptions())
+    run_id = (original.folder / WANDB_ID_FILE).read_text().strip()
     copy = tmp_path / "elsewhere" / "run"
     shutil.copytree(original.folder, copy)
     shutil.rmtree(original.folder)
-    before = offline_run_records(next((copy / "wandb").glob("offline-run-*")))
-    # W&B records staged files by absolute path: as logged, they name the deleted folder.
-    assert not any(
-        Path(e.local_path).exists()
-        for a in _artifacts(before).values()
-        for e in a.manifest.contents
-        if e.local_path
-    )
-
-    runs = relocate_offline_runs(copy)
-    assert len(runs) == 1
-    records = offline_run_records(runs[0])
-    files = runs[0] / "files"
+    # No command runs in the copy: every file its offline run names lies inside it.
+    (run,) = offline_runs(copy)
+    records = offline_run_records(run)
     staged = 0
     for artifact in _artifacts(records).values():
+        assert not Path(artifact.manifest.manifest_file_path).is_absolute()
         entries = {e.path: e for e in artifact.manifest.contents}
         for entry in entries.values():
-            if entry.ref:  # the classifier: a reference by design, never copied
+            if entry.ref:
+                # The classifier: a reference to the file outside the folder, by design (sync
+                # uploads its path and digest, never the file).
+                assert artifact.name == "classifier" and not entry.local_path
                 continue
-            assert Path(entry.local_path).is_file() and copy in Path(entry.local_path).parents
+            # Relative to the run folder: `cd <folder> && wandb sync wandb/offline-run-*`.
+            assert not Path(entry.local_path).is_absolute()
+            file = (copy / entry.local_path).resolve()
+            assert file.is_file() and copy.resolve() in file.parents
             staged += 1
             if entry.path.endswith(".table.json"):
-                table = json.loads(Path(entry.local_path).read_text())
+                table = json.loads(file.read_text())
                 for row in table["data"]:
                     for cell in row:
                         if isinstance(cell, dict) and "path" in cell:
                             assert cell["path"] in entries  # images travel with their table
     assert staged > 20
+    files = run / "files"
+    listed = [
+        f.path for r in records if r.WhichOneof("record_type") == "files" for f in r.files.files
+    ]
+    assert listed and all((files / path).is_file() for path in listed)
     media = [
         json.loads(item.value_json)
         for r in records
@@ -260,7 +275,33 @@ def test_a_copied_run_folder_keeps_every_logged_file(tmp_path: Path, home: Path)
         if list(item.nested_key)[-1:] == ["path"]
     ]
     assert media and all((files / path).is_file() for path in media)
+    # The marker names the run, not where the folder lay.
+    assert json.loads((copy / REPORTED_FILE).read_text()) == {"id": run_id}
     assert not _leaked(home)
+
+    # A folder logged by an earlier version names its staged files by absolute path, under
+    # where it lay then: relocating the copy makes them relative to it again.
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    raws = read_transaction_log(next(run.glob("run-*.wandb")))
+    absolute = []
+    for raw in raws:
+        record = Record()
+        record.ParseFromString(raw)
+        for entry in _staged_entries([record]):
+            entry.local_path = str(original.folder.resolve() / entry.local_path)
+        absolute.append(record.SerializeToString())
+    log = next(run.glob("run-*.wandb"))
+    # A log W&B has not finished (no exit record yet) is never rewritten under its writer.
+    write_transaction_log(log, absolute[:-1])
+    with pytest.warns(RuntimeWarning, match="still being written by W&B"):
+        relocate_offline_runs(copy, finished=run_id, wait=0.0)
+    assert read_transaction_log(log) == absolute[:-1]
+    write_transaction_log(log, absolute)
+    assert all(Path(e.local_path).is_absolute() for e in _staged_entries(offline_run_records(run)))
+    assert relocate_offline_runs(copy) == [run]
+    relocated = _staged_entries(offline_run_records(run))
+    assert [e.local_path for e in relocated] == [e.local_path for e in _staged_entries(records)]
 
 
 def test_reports_of_a_logged_run_add_no_second_run_unless_asked(
@@ -332,7 +373,7 @@ def test_tables_longer_than_wandb_keeps_reach_the_run_whole_in_parts(
     out = capsys.readouterr().out
     for key, parts in (("points", 3), ("energy_profiles", 3)):
         names = [key] + [f"{key}_part{n}" for n in range(2, parts + 1)]
-        tables = [_table(artifacts[f"run-{run_id}-{name}"], name) for name in names]
+        tables = [_table(store.folder, artifacts[f"run-{run_id}-{name}"], name) for name in names]
         assert f"run-{run_id}-{key}_part{parts + 1}" not in artifacts
         # every row made reached the run: in its artifacts and in the run's own copies
         rows = [tuple(map(str, row)) for table in tables for row in table["data"]]
@@ -345,6 +386,6 @@ def test_tables_longer_than_wandb_keeps_reach_the_run_whole_in_parts(
         assert sum(len(c) for c in copies) == 30
         assert f"{key} (30 rows) is logged whole in 3 tables, {key} to {key}_part3" in out
     # each walk (a pair's line or path) lies in one part
-    points = _table(artifacts[f"run-{run_id}-points"], "points")
+    points = _table(store.folder, artifacts[f"run-{run_id}-points"], "points")
     walks = {(row[0], row[1], row[3]) for row in points["data"]}
     assert len(walks) == 2

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from connectivity.experiment import line_check_words
 from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.verdicts import Certifier, PathOptions, connect_points
 from tests.test_exact import TWO_ROUNDS, TWO_ROUNDS_OPTIONS, Sliver
@@ -55,7 +56,16 @@ def test_a_band_killed_in_any_round_resumes_to_the_same_records(tmp_path, killed
         assert list(checkpoint["decided"]) == [1]  # no band or queue would decide it again
     resumed = PathModule(Sliver(), starts, ends, targets, TWO_ROUNDS_OPTIONS)
     resumed.resume_from(checkpoint)
-    _trainer(BandCheckpoint(tmp_path, every_n_steps=1)).fit(resumed)
+    said = []
+
+    class Say(L.Callback):  # the line a person reads when the resumed band starts
+        def on_train_start(self, trainer, pl_module) -> None:
+            said.append(line_check_words(pl_module))
+
+    _trainer(BandCheckpoint(tmp_path, every_n_steps=1), Say()).fit(resumed)
+    # Neither line passes; pair 1 was decided by its band before the kill, not by its line.
+    kept = "; 1 decided by the band before it stopped (kept)" if killed_in == 2 else ""
+    assert said == [f"path: line check: 0 of 2 pairs linear{kept}"]
     for a, b in zip(resumed.records(), whole.records(), strict=True):
         assert (a.verdict, a.certificate, a.steps) == (b.verdict, b.certificate, b.steps)
         assert torch.equal(a.path, b.path)
