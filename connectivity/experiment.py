@@ -1063,6 +1063,7 @@ def run_paths(
     """
     check_trainer_arguments(trainer)
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
+    own_classifier = experiment.classifier if network is None else None
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
         _, tail = split(network, space)  # a wrong layer name fails here, before any work
@@ -1080,7 +1081,7 @@ def run_paths(
                 f"with `connectivity fit -c configs/decoder/...`, or leave it out of `decoders`."
             )
     # Loaded once here, so that a decoder of another layer or classifier fails before any work.
-    load_decoders(experiment.decoders, experiment.classifier if network is None else None)
+    load_decoders(experiment.decoders, own_classifier)
     dataset = data.dataset(experiment.pairs.split)
     probe_spaces(network, experiment.spaces, dataset)  # before the run folder, on two images
     settings, probe = _trainer_settings(trainer)

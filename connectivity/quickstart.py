@@ -21,6 +21,8 @@ from connectivity.checkpoints import file_digest
 from connectivity.commands import PathsCommand, quiet_library_output
 from connectivity.errors import ConnectivityError
 from connectivity.records import RunStore, atomic_write_text
+from connectivity.report import figure_name
+from connectivity.split import INPUT
 from connectivity.training import TrainingCLI
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -76,6 +78,22 @@ def _run_paths(config: Path, classifier: Path, decoders: dict[str, str], run: Pa
         name=run.name,
     )
     command.run()
+
+
+def example_figure(store: RunStore) -> Path | None:
+    """The figure of the input-space pair whose straight line dips deepest out of its class
+    among those a band decided (chosen by the run, not by a pair number); None when every
+    input-space line stayed in its class or no such figure is drawn."""
+    bent = [
+        record
+        for record in store.load(INPUT)
+        if record["verdict"] != "linear"
+        and (store.folder / figure_name(INPUT, record["pair"]["id"])).is_file()
+    ]
+    if not bent:
+        return None
+    deepest = min(bent, key=lambda record: float(record["line_min_margin"]))
+    return store.folder / figure_name(INPUT, deepest["pair"]["id"])
 
 
 def _paths_done(folder: Path) -> bool:
@@ -156,6 +174,12 @@ def _quickstart(folder: Path) -> dict[str, Any]:
     )
 
     store = RunStore(run_folder)
+    example = example_figure(store)
+    if example is None:
+        _say("no input-space line left its class, so no band ran there: see index.html")
+    else:
+        shutil.copyfile(example, folder / "example.png")
+        _say(f"example of a band at work: {example} (copied to {folder / 'example.png'})")
     _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))
     _say(f"table: {store.folder / 'table.md'}; figures: {store.folder / 'figures'}")
     if not ran:  # a run that ran printed its table already

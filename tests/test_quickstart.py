@@ -100,3 +100,14 @@ def test_quickstart_runs_every_stage_then_reuses_them(in_tmp: Path) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
     main(["quickstart"])  # every stage is reused: no file is written again
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()} == stamps
+
+
+def test_the_example_figure_is_the_deepest_dip_the_run_bent(tmp_path: Path) -> None:
+    from connectivity.report import figure_name, write_report
+    from tests.test_report import _run_folder
+
+    store = _run_folder(tmp_path / "run")  # input pair 0's line crosses the hole, pair 1's not
+    assert quickstart_module.example_figure(store) is None  # nothing drawn yet
+    write_report(store, figures="auto")
+    assert [r["verdict"] for r in store.load("input")] == ["nonlinear", "linear"]
+    assert quickstart_module.example_figure(store) == store.folder / figure_name("input", 0)
