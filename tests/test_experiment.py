@@ -472,8 +472,7 @@ def test_wandb_offline_report_and_what_the_command_prints(
     assert own[2:] == [
         f"Run folder: {store.folder}",
         "Drawing 2 figures (figures=auto; 0 up to date; --figures all draws every pair)",
-        f"W&B run (offline): upload it with `cd {store.folder} && wandb sync "
-        "wandb/offline-run-*`",
+        f"W&B run (offline): upload it with `cd {store.folder} && wandb sync wandb/offline-run-*`",
     ]
     assert sum(line in table for line in shown) == len(table), lines
     assert "input band: 5/5 steps" in "".join(lines)  # the bar was drawn, then cleared
