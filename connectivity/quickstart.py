@@ -178,7 +178,9 @@ def _quickstart(folder: Path) -> dict[str, Any]:
     if example is None:
         _say("no input-space line left its class, so no band ran there: see index.html")
     else:
-        shutil.copyfile(example, folder / "example.png")
+        copy = folder / "example.png"
+        if not copy.is_file() or copy.read_bytes() != example.read_bytes():
+            shutil.copyfile(example, copy)  # a reused run writes nothing again
         _say(f"example of a band at work: {example} (copied to {folder / 'example.png'})")
     _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))
     _say(f"table: {store.folder / 'table.md'}; figures: {store.folder / 'figures'}")
