@@ -1231,7 +1231,8 @@ def offline_run_records(run_dir: str | Path) -> list[Record]:
 
 
 def offline_runs(folder: str | Path) -> list[Path]:
-    """The offline W&B runs of a run folder, oldest first (what ``wandb sync`` is given)."""
+    """The offline W&B runs of a run folder, oldest first by the second they started (W&B's
+    folder name; runs started in the same second come in id order)."""
     return sorted((Path(folder) / WANDB_SUBDIR).glob("offline-run-*"))
 
 
