@@ -803,7 +803,7 @@ class BandProgressBar(TQDMProgressBar):
         pairs = (len(decisions.records) if decisions is not None else 0) - self._linear
         print(
             f"{pl_module.space} band: {pairs} pair{'' if pairs == 1 else 's'} decided in {steps} "
-            f"steps ({elapsed})",
+            f"step{'' if steps == 1 else 's'} ({elapsed})",
             flush=True,
         )
 
