@@ -46,8 +46,8 @@ TRAINING_HELP = {
     "predict": "Run a model's predict_step over the data.",
 }
 QUICKSTART_HELP = (
-    "Train the digits classifier and its decoders, then decide 150 pairs in three spaces "
-    "(finished stages are reused)."
+    "Train the digits classifier and its decoders, then decide 50 pairs (the closest calls of "
+    "600) in three spaces (finished stages are reused)."
 )
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import re
 import sys
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.neb import straight_line
+from connectivity.output import on_terminal
 from connectivity.path_module import BandCheckpoint, PathModule
 from connectivity.records import Pair, RunStore
 from connectivity.report import (
@@ -121,7 +123,8 @@ class PairSampling:
         if self.closest_of is not None:
             raise PairError(
                 "pairs.closest_of chooses among random pairs and cannot be used with "
-                "pairs.indices; leave one of them out"
+                "pairs.indices; leave one of them out (on the command line: --pairs.closest_of "
+                "null)"
             )
         if not isinstance(self.indices, (list, tuple)) or len(self.indices) == 0:
             raise PairError(
@@ -327,7 +330,8 @@ def _closest_calls(
         left = int((margin < 0).sum())
         print(
             f"pairs: the {sampling.count} closest calls of {len(candidates)} random same-class "
-            f"pairs ({left} of their lines leave the class at {sampling.screen_points} points; "
+            f"pairs ({left} of their lines {'leaves' if left == 1 else 'leave'} the class at "
+            f"{sampling.screen_points} points; "
             f"the highest kept line margin is {float(margin[keep].max()):.3g})",
             flush=True,
         )
@@ -750,6 +754,10 @@ class BandProgressBar(TQDMProgressBar):
 
     BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]"
 
+    @property
+    def is_enabled(self) -> bool:
+        return super().is_enabled and on_terminal()
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, SpacePathModule)
         decisions = pl_module.decisions
@@ -760,6 +768,7 @@ class BandProgressBar(TQDMProgressBar):
         # The band set up when the fit started (after the line check): empty when every pair
         # of this rank was decided without one.
         self._band_runs = pl_module.band is not None and not pl_module.band.done
+        self._steps, self._started = 0, time.monotonic()
         super().on_train_start(trainer, pl_module)
 
     def init_train_tqdm(self) -> Tqdm:
@@ -785,20 +794,22 @@ class BandProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
         assert isinstance(pl_module, SpacePathModule)
         band, bar = pl_module.band, self.train_progress_bar
-        if band is None or bar is None or bar.disable or not band.pairs:
+        if band is None or not band.pairs:
             return
-        bar.n = int(band.steps.max())
+        self._steps = int(band.steps.max())
+        if bar is None or bar.disable:
+            return
+        bar.n = self._steps
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
         bar.refresh()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, SpacePathModule)
-        bar = self.train_progress_bar
-        if bar.disable:
-            super().on_train_end(trainer, pl_module)
-            return
-        steps, elapsed = bar.n, bar.format_interval(bar.format_dict["elapsed"])
         super().on_train_end(trainer, pl_module)  # closes (clears) the bar
+        # The band's one line also where no bar is shown (not a terminal), once, on rank zero.
+        if not trainer.is_global_zero or not self._band_runs:
+            return
+        steps, elapsed = self._steps, Tqdm.format_interval(time.monotonic() - self._started)
         decisions = pl_module.decisions
         pairs = (len(decisions.records) if decisions is not None else 0) - self._linear
         print(

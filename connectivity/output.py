@@ -127,6 +127,10 @@ class StageProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 1, process_position: int = 0) -> None:
         super().__init__(refresh_rate=refresh_rate, process_position=process_position)
 
+    @property
+    def is_enabled(self) -> bool:
+        return super().is_enabled and on_terminal()
+
     def init_train_tqdm(self) -> Tqdm:
         return Tqdm(
             desc=epoch_description(self.trainer),
@@ -166,6 +170,12 @@ class StageProgressBar(TQDMProgressBar):
         bar.reset(convert_inf(self.total_train_batches))
         bar.initial = 0
         bar.set_description(epoch_description(trainer))
+
+
+def on_terminal() -> bool:
+    """Whether progress bars are shown: only on a terminal. In a log file every redraw of a bar
+    would stay (hundreds of kilobytes of carriage returns in one line)."""
+    return sys.stdout.isatty()
 
 
 def epoch_description(trainer: L.Trainer) -> str:

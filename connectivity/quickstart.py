@@ -1,10 +1,10 @@
 """``connectivity quickstart``: the whole study on the embedded digits, offline, on a CPU.
 
 Stages, each skipped when its result is already there: the quick classifier, a decoder for its
-first hidden layer and one for its last layer, then 150 pairs decided in the input space and in
-both layers with table, figures and an offline W&B run. Every stage is the same YAML config a
-user would run by hand (``configs/classifier/quick.yaml``, ``configs/decoder/quick_*.yaml``,
-``configs/paths/quick.yaml``).
+first hidden layer and one for its last layer, then 50 pairs (the closest calls of 600) decided
+in the input space and in both layers with table, figures and an offline W&B run. Every stage
+is the same YAML config a user would run by hand (``configs/classifier/quick.yaml``,
+``configs/decoder/quick_*.yaml``, ``configs/paths/quick.yaml``).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def _paths_done(folder: Path) -> bool:
 
 
 def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
-    """Train the digits classifier and its decoders, then decide 150 pairs in three spaces.
+    """Train the digits classifier and its decoders, then decide 50 pairs in three spaces.
 
     Finished stages are reused; a retrained classifier makes every later stage run again.
 
@@ -183,7 +183,10 @@ def _quickstart(folder: Path) -> dict[str, Any]:
             shutil.copyfile(example, copy)  # a reused run writes nothing again
         _say(f"example of a band at work: {example} (copied to {folder / 'example.png'})")
     _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))
-    _say(f"table: {store.folder / 'table.md'}; figures: {store.folder / 'figures'}")
+    _say(
+        f"summary page: {store.folder / 'index.html'} (table, counts, figures by space); "
+        f"table: {store.folder / 'table.md'}"
+    )
     if not ran:  # a run that ran printed its table already
         print((store.folder / "table.md").read_text())
     return summary

@@ -46,11 +46,23 @@ class Pair:
     label: int
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); a run's pages and tables are for sharing, as
+        # any file the user writes (the umask's mode).
+        os.fchmod(handle, 0o666 & ~_UMASK)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -191,6 +203,8 @@ class RunStore:
 
     def save_decoders(self, decoders: dict[str, str]) -> None:
         """Remember which decoders show this run's latent points (they do not change results)."""
+        # Absolute: a report run from another folder still finds them.
+        decoders = {space: str(Path(path).resolve()) for space, path in decoders.items()}
         atomic_write_text(self.folder / "decoders.json", json.dumps(decoders, indent=2))
 
     def decoders(self) -> dict[str, str]:

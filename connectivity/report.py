@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
@@ -53,6 +54,7 @@ from connectivity import figures as figures_module
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.figures import (
     bar_image,
+    checked_points,
     image_array,
     lowest_margin,
     pair_figure,
@@ -412,8 +414,13 @@ def report_run_id(store: RunStore, options: WandbOptions) -> str | None:
     """The W&B run id a folder's report goes to; None (and says so) when W&B holds it already."""
     run_id = _run_id_to_log(store, options)
     if run_id is None:
+        where = (
+            f"; it is offline: upload it with `cd {store.folder} && wandb sync wandb/offline-run-*`"
+            if offline_runs(store.folder)
+            else ""
+        )
         print(
-            f"W&B already holds this folder's report (run {wandb_run_id(store)}); pass "
+            f"W&B already holds this folder's report (run {wandb_run_id(store)}){where}; pass "
             "--wandb.relog true to log it again as a new run."
         )
     return run_id
@@ -646,8 +653,10 @@ def figures_to_draw(
     """``(space, pair id)`` of every figure ``figures`` asks for.
 
     ``auto``: per space, every pair whose verdict is not ``linear`` (nonlinear, none, diverged)
-    and the ``closest`` linear pairs with the lowest target margin along the line (ties: the
-    lower pair id); ``all``: every pair; ``none``: no pair.
+    and the ``closest`` linear pairs with the lowest target margin along the line between its
+    ends (ties: the lower pair id), no two sharing an input while others are left (a weakly
+    classified input would otherwise make every pair it is in a "closest call" at its end);
+    ``all``: every pair; ``none``: no pair.
 
     Raises:
         OptionsError: ``figures`` is not one of :data:`FIGURES`.
@@ -662,9 +671,28 @@ def figures_to_draw(
             continue
         linear = [r for r in records if r["verdict"] == "linear"]
         chosen |= {(space, r["pair"]["id"]) for r in records if r["verdict"] != "linear"}
-        linear.sort(key=lambda r: (lowest_margin(r), r["pair"]["id"]))
-        chosen |= {(space, r["pair"]["id"]) for r in linear[:closest]}
+        linear.sort(key=lambda r: (_margin_between_ends(r), r["pair"]["id"]))
+        picked: list[dict[str, Any]] = []
+        used: set[int] = set()
+        for record in linear:
+            ends = {record["pair"].get("start_index"), record["pair"].get("end_index")} - {None}
+            if len(picked) < closest and not ends & used:
+                picked.append(record)
+                used |= ends
+        ids = {id(r) for r in picked}
+        picked += [r for r in linear if id(r) not in ids][: closest - len(picked)]
+        chosen |= {(space, r["pair"]["id"]) for r in picked}
     return chosen
+
+
+def _margin_between_ends(record: dict[str, Any]) -> float:
+    """The lowest target margin of a line's checked points strictly between its ends (records
+    without checked points: the lowest along the whole line)."""
+    if record.get("line_check_position") is None:
+        return lowest_margin(record, "line")
+    position, margin, _ = checked_points(record, "line")
+    inside = margin[(position > 0) & (position < 1) & np.isfinite(margin)]
+    return float(inside.min()) if inside.size else lowest_margin(record, "line")
 
 
 def _short_digest(data: bytes) -> str:
@@ -812,15 +840,21 @@ def draw_figures(
                 held.pop(name, None)
     if todo:
         print(
-            f"Drawing {len(todo)} figures (figures={figures}; "
+            f"Drawing {len(todo)} figure{'' if len(todo) == 1 else 's'} (figures={figures}; "
             f"{len(kept)} up to date"
             + ("; --figures all draws every pair)" if figures == "auto" else ")"),
             flush=True,
         )
     spaces = {space for space, _ in todo}  # decoders are loaded only where a figure needs one
-    modules = load_decoders(
-        {s: p for s, p in decoders.items() if s in spaces}, store.manifest().get("classifier")
-    )
+    needed = {s: p for s, p in decoders.items() if s in spaces}
+    try:
+        modules = load_decoders(needed, store.manifest().get("classifier"))
+    except ConnectivityError as error:
+        raise ConnectivityError(
+            f"{len(todo)} figures need the decoders {needed}, which cannot be loaded from here "
+            f"({error}); run from the folder the run was made in, give them with --decoders "
+            "'{space: checkpoint}', or leave figures as they are with --figures none"
+        ) from error
     from tqdm import tqdm
 
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from connectivity.commands import report, report_parser
 from connectivity.errors import OptionsError
@@ -104,3 +105,30 @@ def test_a_finished_runs_report_draws_only_missing_or_stale_figures(tmp_path: Pa
     assert _times(folder) == {n: t for n, t in third.items() if n != names[2]}
     column = _figure_column(folder)
     assert column[("hidden", 0)] == "" and column[("input", 0)] == names[0]
+
+
+def test_auto_closest_linear_calls_are_judged_between_the_ends_and_spread_over_inputs() -> None:
+    def line(pair_id: int, ends: tuple[int, int], margins: list[float]) -> dict[str, Any]:
+        position = torch.linspace(0, 1, len(margins))
+        return {
+            "pair": {"id": pair_id, "start_index": ends[0], "end_index": ends[1]},
+            "verdict": "linear",
+            "line_min_margin": min(margins),
+            "line_check_position": position,
+            "line_check_margin": torch.tensor(margins),
+            "line_check_predicted": torch.zeros(len(margins), dtype=torch.long),
+        }
+
+    records = [
+        line(0, (7, 1), [0.1, 2.0, 2.0, 3.0]),  # weak at its end (input 7), not between
+        line(1, (7, 2), [0.1, 1.0, 1.5, 3.0]),  # input 7 again, 1.0 between the ends
+        line(2, (3, 4), [3.0, 0.9, 1.2, 3.0]),  # dips to 0.9 between its ends
+        line(3, (5, 6), [3.0, 1.1, 2.0, 3.0]),
+        line(4, (8, 7), [3.0, 0.95, 2.0, 0.1]),  # input 7 at its end, 0.95 between
+    ]
+    # Between the ends: 2 (0.9), 4 (0.95), 1 (1.0), 3 (1.1), 0 (2.0).
+    assert figures_to_draw({"s": records}, "auto", closest=2) == {("s", 2), ("s", 4)}
+    # Three: 1 shares input 7 with 4, so 3 comes first.
+    assert figures_to_draw({"s": records}, "auto", closest=3) == {("s", i) for i in (2, 4, 3)}
+    # Four: no pair left without input 7, so the closest of them, 1.
+    assert figures_to_draw({"s": records}, "auto", closest=4) == {("s", i) for i in (2, 4, 3, 1)}
