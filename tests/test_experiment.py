@@ -451,6 +451,7 @@ def test_wandb_offline_report_and_what_the_command_prints(
     capfd: pytest.CaptureFixture,
     caplog: pytest.LogCaptureFixture,
     recwarn: pytest.WarningsRecorder,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = DigitsDataModule()
     indices = _band_and_line_pairs(digits_classifier)
@@ -458,6 +459,8 @@ def test_wandb_offline_report_and_what_the_command_prints(
     config = _pairs_config(tmp_path, digits_classifier, "w", ["input"], indices, path)
     config.write_text(config.read_text().replace("enabled: false", "offline: true"))
     capfd.readouterr()
+    # As on a terminal (bars are shown only there; in a log file each redraw would stay).
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     main(["paths", "-c", str(config), "--trainer.accelerator", "cpu"])
     lines = printed_lines(capfd, caplog, recwarn)
     store = RunStore(tmp_path / "w")

@@ -312,7 +312,10 @@ def test_reports_of_a_logged_run_add_no_second_run_unless_asked(
     first = (store.folder / WANDB_ID_FILE).read_text().strip()
     capsys.readouterr()
     write_report(store, wandb=WandbOptions())
-    assert "W&B already holds this folder's report" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "W&B already holds this folder's report" in out
+    # ...but it is offline: how to upload it is said again, not only on the first report.
+    assert f"upload it with `cd {store.folder} && wandb sync wandb/offline-run-*`" in out
     assert paths_logger(store, WandbOptions()) is None
     assert len(offline_runs(store.folder)) == 1
 
