@@ -47,7 +47,7 @@ def _how_to_make(path: Path) -> str:
     )
 
 
-def _nearest_checkpoint(path: Path) -> Path | None:
+def nearest_checkpoint(path: Path) -> Path | None:
     """The ``*.ckpt`` file beside ``path`` whose name is nearest to its name (a typo such as
     ``clasifier.ckpt``), or None when no name is close."""
     folder = path.parent
@@ -62,7 +62,7 @@ def load_file(path: str | Path) -> Any:
     """``torch.load`` a user-given file on the CPU with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        near = _nearest_checkpoint(path)
+        near = nearest_checkpoint(path)
         if near is not None:
             # A typo of a file that exists: name it, rather than ask for a copy at the typo.
             raise CheckpointError(

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from connectivity.api import encode_pairs
-from connectivity.checkpoints import CheckpointError, file_digest
+from connectivity.checkpoints import CheckpointError, file_digest, nearest_checkpoint
 from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.errors import ConnectivityError, OptionsError
@@ -1087,9 +1087,15 @@ def run_paths(
                 f"{experiment.spaces}"
             )
         if not Path(decoder).is_file():
+            near = nearest_checkpoint(Path(decoder))
             raise CheckpointError(
-                f"No decoder checkpoint at {Path(decoder).resolve()} (for {space!r}). Train one "
-                f"with `connectivity fit -c configs/decoder/...`, or leave it out of `decoders`."
+                f"No decoder checkpoint at {Path(decoder).resolve()} (for {space!r}). "
+                + (
+                    f"Did you mean {near}?"
+                    if near is not None
+                    else "Train one with `connectivity fit -c configs/decoder/...`, or leave it "
+                    "out of `decoders`."
+                )
             )
     # Loaded once here, so that a decoder of another layer or classifier fails before any work.
     load_decoders(experiment.decoders, own_classifier)

@@ -137,6 +137,19 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return found
 
 
+def _as_configured(keys: list[str]) -> list[str]:
+    """Manifest keys as a user's config names them: the manifest keeps the ``pairs`` options
+    under ``sampling`` and the pairs they drew under ``pairs``."""
+    named = []
+    for key in keys:
+        if key == "pairs" or key.startswith("pairs "):
+            key = "the pairs drawn" + key[len("pairs") :]
+        elif key.startswith("sampling."):
+            key = "pairs." + key[len("sampling.") :]
+        named.append(key)
+    return named
+
+
 class RunStore:
     """The folder of one path experiment.
 
@@ -190,7 +203,8 @@ class RunStore:
             if old is not None and self._has_records():
                 raise RunFolderError(
                     f"{self.folder} holds results of a different experiment (differs in: "
-                    f"{'; '.join(differences(old, new))}). Use another `name`, or delete the "
+                    f"{'; '.join(_as_configured(differences(old, new)))}). Use another `name`, "
+                    "or delete the "
                     "folder to start over."
                 )
         atomic_write_text(path, text)

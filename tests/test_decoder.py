@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -348,4 +349,10 @@ def test_a_runs_decoders_load_with_its_classifier_and_their_own_layer(
     )
     with pytest.raises(ConnectivityError, match="given for 'layer1'"):
         run_paths(experiment, DigitsDataModule())
+    # A typo of a decoder beside it is named, as a classifier's is.
+    typo = dataclasses.replace(experiment, decoders={"layer1": str(tmp_path / "decodr.ckpt")})
+    with pytest.raises(
+        CheckpointError, match=r"decodr\.ckpt \(for 'layer1'\)\. Did you mean .*/decoder\.ckpt\?"
+    ):
+        run_paths(typo, DigitsDataModule())
     assert not (tmp_path / "runs").exists()

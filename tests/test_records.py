@@ -68,6 +68,13 @@ def test_a_folder_without_records_is_claimed_anew_one_with_records_is_refused(
     with pytest.raises(RunFolderError, match=words):
         store.start({"spaces": ["input", "flatten"], "path": {"steps": 20, "lr": 0.1}})
     assert store.manifest() == {"spaces": ["input"], "path": {"steps": 20}}
+    # The pair options by the name a config gives them (the manifest keeps them as sampling).
+    drawn = RunStore(tmp_path / "drawn")
+    drawn.start({"pairs": [[0, 1, 2, 0]], "sampling": {"count": 3}})
+    _save(drawn, [0], _records(1, dim=2)[0])
+    words = r"differs in: the pairs drawn \(folder: .*\); pairs\.count \(folder: 3, asked: 4\)\)"
+    with pytest.raises(RunFolderError, match=words):
+        drawn.start({"pairs": [[0, 1, 2, 0], [1, 3, 4, 0]], "sampling": {"count": 4}})
 
 
 def test_a_damaged_record_is_named_when_loaded_and_moved_aside_on_resume(
