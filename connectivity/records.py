@@ -74,8 +74,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode())
+    """Text version of :func:`atomic_write_bytes`; a file that already holds ``text`` is left as
+    it is (a report of a finished run rewrites nothing, and its files keep their times)."""
+    data = text.encode()
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass  # not there (or not readable): write it
+    atomic_write_bytes(path, data)
 
 
 def compact(value: Any) -> Any:

@@ -124,3 +124,10 @@ def test_written_files_get_the_users_file_mode_not_a_private_one(tmp_path: Path)
 
     assert (tmp_path / "index.html").stat().st_mode & 0o777 == 0o666 & ~records._UMASK
     assert (tmp_path / "index.html").stat().st_mode & 0o444 == 0o444  # readable by everyone
+    # The same text again: the file is left as it is (its time too); other text replaces it.
+    before = (tmp_path / "index.html").stat().st_mtime_ns
+    os.utime(tmp_path / "index.html", ns=(before - 10**9, before - 10**9))
+    atomic_write_text(tmp_path / "index.html", "<p>shared</p>")
+    assert (tmp_path / "index.html").stat().st_mtime_ns == before - 10**9
+    atomic_write_text(tmp_path / "index.html", "<p>new</p>")
+    assert (tmp_path / "index.html").read_text() == "<p>new</p>"
