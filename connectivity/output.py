@@ -24,7 +24,8 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from lightning.pytorch.loggers import WandbLogger
 
 # Library output that our own design causes on purpose and that would bury the lines a person
-# follows. Errors, real warnings and the progress bars are kept, with --verbose too.
+# follows. Errors, real warnings and the progress bars (on a terminal) are kept, with --verbose
+# too.
 _QUIET_WARNINGS = (
     # Frozen heads and tails stay in eval mode on purpose.
     r"Found \d+ module\(s\) in eval mode",
@@ -75,7 +76,8 @@ def quiet_library_output(verbose: bool = False) -> Iterator[None]:
     ``verbose``: Lightning's info lines (levels of :data:`LIBRARY_LOGGERS`) and W&B's
     informational lines (``WANDB_SHOW_INFO=false`` and ``WANDB_QUIET=true`` unless the user
     set them; W&B reads them when it first starts in the process, so enter the block before
-    any W&B run). Warnings and errors of both libraries, and the progress bars, always show.
+    any W&B run). Warnings and errors of both libraries, and the progress bars (on a terminal),
+    always show.
 
     A block inside another keeps the outer block's choice (the command line's ``--verbose``
     holds for every stage of the quickstart). Loggers, filters and environment variables are
