@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,22 +220,13 @@ def select_pairs(
     order = torch.randperm(size, generator=torch.Generator().manual_seed(sampling.seed)).tolist()
     waiting: dict[int, int] = {}
     pairs = []
-    chunk = 256
-    for first in range(0, size, chunk):
-        indices = order[first : first + chunk]
-        labels = [int(dataset[i][1]) for i in indices]
-        keep = [True] * len(indices)
-        if sampling.correctly_classified:
-            keep = (_predict(network, dataset, indices, device) == torch.tensor(labels)).tolist()
-        for index, label, ok in zip(indices, labels, keep, strict=True):
-            if not ok:
-                continue
-            if label in waiting:
-                pairs.append(Pair(len(pairs), waiting.pop(label), index, label))
-                if len(pairs) == sampling.count:
-                    return pairs
-            else:
-                waiting[label] = index
+    for index, label in _usable(network, dataset, order, sampling, device):
+        if label in waiting:
+            pairs.append(Pair(len(pairs), waiting.pop(label), index, label))
+            if len(pairs) == sampling.count:
+                return pairs
+        else:
+            waiting[label] = index
     which = " of correctly classified inputs" if sampling.correctly_classified else ""
     raise PairError(
         f"only {len(pairs)} same-class pairs{which} exist in the {sampling.split} split; "
@@ -242,21 +234,29 @@ def select_pairs(
     )
 
 
+def _usable(
+    network: nn.Module, dataset: Dataset, order: list[int], sampling: PairSampling, device: str
+) -> Iterator[tuple[int, int]]:
+    """``(dataset index, label)`` of the items in ``order`` that pairs may be drawn from (the
+    correctly classified ones, when ``sampling`` asks for them), predicted 256 at a time as
+    they are asked for: a draw that stops early predicts no more."""
+    for first in range(0, len(order), 256):
+        indices = order[first : first + 256]
+        labels = [int(dataset[i][1]) for i in indices]
+        keep = [True] * len(indices)
+        if sampling.correctly_classified:
+            keep = (_predict(network, dataset, indices, device) == torch.tensor(labels)).tolist()
+        yield from ((i, label) for i, label, ok in zip(indices, labels, keep, strict=True) if ok)
+
+
 def _usable_items(
     network: nn.Module, dataset: Dataset, sampling: PairSampling, device: str
 ) -> dict[int, list[int]]:
     """``{label: [dataset index, ...]}`` of the items pairs may be drawn from."""
     by_label: dict[int, list[int]] = {}
-    size = len(dataset)  # type: ignore[arg-type]
-    for first in range(0, size, 256):
-        indices = list(range(first, min(size, first + 256)))
-        labels = [int(dataset[i][1]) for i in indices]
-        keep = [True] * len(indices)
-        if sampling.correctly_classified:
-            keep = (_predict(network, dataset, indices, device) == torch.tensor(labels)).tolist()
-        for index, label, ok in zip(indices, labels, keep, strict=True):
-            if ok:
-                by_label.setdefault(label, []).append(index)
+    everything = list(range(len(dataset)))  # type: ignore[arg-type]
+    for index, label in _usable(network, dataset, everything, sampling, device):
+        by_label.setdefault(label, []).append(index)
     return by_label
 
 
