@@ -50,19 +50,20 @@ RIGHT_IN = 0.2
 MIN_WIDTH_IN = 8.5  # room for the title line
 # Many classes make unreadable names under the first point's bars: name them up to this many.
 NAMED_CLASSES = 12
+# Said where a latent space's points cannot be shown (no decoder).
+NOT_IMAGES = "no decoder for this space: its points are not images"
 
 
 def _class_name(class_names: list[str] | None, k: int) -> str:
     return str(class_names[k]) if class_names is not None and k < len(class_names) else str(k)
 
 
-def _short_names(class_names: list[str] | None, classes: int) -> tuple[list[str], bool]:
-    """Labels under the bars: the names when all are at most 2 characters, else the indices
-    (``True``: the figure then gives the key of indices to names)."""
-    names = [_class_name(class_names, k) for k in range(classes)]
+def _short_names(names: list[str]) -> tuple[list[str], bool]:
+    """Labels under the bars: the class names when all are at most 2 characters, else the
+    indices (``True``: the figure then gives the key of indices to names)."""
     if max(len(n) for n in names) <= 2:
         return names, False
-    return [str(k) for k in range(classes)], True
+    return [str(k) for k in range(len(names))], True
 
 
 def _margin_from_probabilities(probabilities: Tensor, target: int) -> np.ndarray:
@@ -458,8 +459,8 @@ def pair_figure(
     line_probs, path_probs = record["line_probabilities"], record["path_probabilities"]
     points = max(line_probs.shape[0], path_probs.shape[0]) if banded else line_probs.shape[0]
     classes = line_probs.shape[-1]
-    labels, keyed = _short_names(class_names, classes)
     names = [_class_name(class_names, k) for k in range(classes)]
+    labels, keyed = _short_names(names)
     cols = _Columns(points, extra=1 if end_images is not None else 0)
     walks = [("line", line_images, line_probs, end_images)]
     if banded:
@@ -469,7 +470,7 @@ def pair_figure(
     if images_note:
         lines.append(f"images {images_note}")
     if line_images is None and end_images is None:
-        lines.append("no decoder for this space: its points are not images")
+        lines.append(NOT_IMAGES)
     if keyed and classes <= NAMED_CLASSES:
         lines.append("bars: " + ", ".join(f"{k} {n}" for k, n in enumerate(names)))
     rows = _Rows(top=0.2 * len(lines) + 0.25)
@@ -479,7 +480,8 @@ def pair_figure(
         has_images = images is not None or ends is not None
         if has_images:
             layout.append(("images", rows.add(0.3, 0.95 * column), (name, images, probs, ends)))
-        layout.append(("bars", rows.add(0.08 if has_images else 0.3, 0.45), (name, probs)))
+        bars = (name, probs, has_images)
+        layout.append(("bars", rows.add(0.08 if has_images else 0.3, 0.45), bars))
         layout.append(("track", rows.add(0.32, 0.3), name))
     if banded:
         moved = None
@@ -504,19 +506,16 @@ def pair_figure(
     for kind, row, what in layout:
         if kind == "images":
             name, images, probs, ends = what
-            note = None
-            if images is None:
-                note = "no decoder for this space: its points are not images"
             ax = axes(row)
-            _draw_images(ax, cols, images, ends, note)
+            _draw_images(ax, cols, images, ends, NOT_IMAGES if images is None else None)
             _point_titles(ax, cols, probs, target, names)
             decoded = images is not None and bool(images_note)
             ax.set_ylabel(f"{name}\n(decoded)" if decoded else name, fontsize=TEXT_PT)
         elif kind == "bars":
-            name, probs = what
+            name, probs, has_images = what
             ax = axes(row)
             _draw_bars(ax, cols, probs, target, labels, named=name == "line" or not banded)
-            if not any(k == "images" and w[0] == name for k, _, w in layout):
+            if not has_images:  # the point titles and the row's name go on the bars instead
                 _point_titles(ax, cols, probs, target, names)
                 ax.set_ylabel(name, fontsize=TEXT_PT)
         elif kind == "track":
