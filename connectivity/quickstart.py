@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from connectivity.checkpoints import file_digest
-from connectivity.commands import PathsCommand, quiet_library_output
+from connectivity.commands import PathsCommand
 from connectivity.errors import ConnectivityError
+from connectivity.output import quiet_library_output
 from connectivity.records import RunStore, atomic_write_text
 from connectivity.report import figure_name
 from connectivity.split import INPUT
@@ -181,7 +182,7 @@ def _quickstart(folder: Path) -> dict[str, Any]:
         copy = folder / "example.png"
         if not copy.is_file() or copy.read_bytes() != example.read_bytes():
             shutil.copyfile(example, copy)  # a reused run writes nothing again
-        _say(f"example of a band at work: {example} (copied to {folder / 'example.png'})")
+        _say(f"example of a band at work: {example} (copied to {copy})")
     _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))
     _say(
         f"summary page: {store.folder / 'index.html'} (table, counts, figures by space); "
