@@ -1,9 +1,9 @@
-"""Cost of the exact check (``connectivity.exact``, ExactLine) against a plain forward pass.
+"""Cost of the exact check (``connectivity.engine.exact``, ExactLine) against a plain forward pass.
 
 Setting: a CIFAR ResNet-20 (He et al. 2016, Section 4.2: 3 stages of 3 basic blocks at 16, 32,
 64 channels, written here; random weights) and torchvision's ResNet18 (random weights), both
 10 classes, eval mode, 32x32 inputs (``--size``), or torchvision's ResNet50; each split with
-``connectivity.split.split`` in the input space and at two hidden layers. Segments join the
+``connectivity.engine.split.split`` in the input space and at two hidden layers. Segments join the
 points of random images (uniform in [0, 1]).
 
 Printed per model and space:
@@ -24,7 +24,7 @@ Usage::
                                      [--models resnet20,resnet18] [--size 32] [--threads N]
 
 The paper's ResNet50 at 224 (memory stays bounded: the exact check cuts its batches at
-``connectivity.exact.MAX_VALUES`` values per activation)::
+``connectivity.engine.exact.MAX_VALUES`` values per activation)::
 
     python benchmarks/exact_check.py --models resnet50 --size 224 --segments 1 --repeats 1
 """
@@ -41,8 +41,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from connectivity.exact import check_segments, piecewise_linear_program
-from connectivity.split import split
+from connectivity.engine.exact import check_segments, piecewise_linear_program
+from connectivity.engine.split import split
 
 SPACES = {
     "resnet20": ["input", "layer1", "layer2"],

@@ -1,7 +1,7 @@
-"""Performance benchmark of the NEB path engine (``connectivity.neb``).
+"""Performance benchmark of the NEB path engine (``connectivity.engine.band``).
 
 Setting: ResNet50 (torchvision, random weights, 10 classes, eval mode) at 32x32 input, split with
-``connectivity.split.split`` at ``input`` (points 3x32x32) and at its last feature layer
+``connectivity.engine.split.split`` at ``input`` (points 3x32x32) and at its last feature layer
 ``flatten`` (points of 2048); ``pairs`` bands of ``pivots`` pivots each; energy
 ``classifier_energy(tail)`` with one random target per pair (per-point labels, as ``find_paths``
 passes them). Batch norm is in eval mode, so the batch composition does not change the results.
@@ -43,9 +43,9 @@ import torch
 import torchvision
 from torch import Tensor
 
-from connectivity.neb import ElasticBand, make_optimizer
-from connectivity.split import split
-from connectivity.verdicts import classifier_energy
+from connectivity.engine.band import ElasticBand, make_optimizer
+from connectivity.engine.split import split
+from connectivity.engine.verdicts import classifier_energy
 
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10

@@ -45,7 +45,7 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.surfaces: the analytic surfaces the tests use
 
-from connectivity.neb import OPTIMIZERS, find_paths  # noqa: E402
+from connectivity.engine.band import OPTIMIZERS, find_paths  # noqa: E402
 from tests.surfaces import (  # noqa: E402
     MB_MINIMA,
     MB_SADDLE_ENERGIES,
@@ -207,9 +207,9 @@ def surfaces(args: argparse.Namespace) -> None:
 
 def classifier(args: argparse.Namespace) -> None:
     from connectivity.api import connect_in_layer
-    from connectivity.commands import PathsCommand, quiet_library_output
+    from connectivity.cli.commands import PathsCommand, quiet_library_output
     from connectivity.data import stack_images
-    from connectivity.experiment import load_network, options_in_space, select_pairs
+    from connectivity.runs.paths import load_network, options_in_space, select_pairs
 
     command = PathsCommand.from_file(args.config)
     experiment, data = command.experiment, command.data

@@ -25,8 +25,8 @@ import torch
 import torchvision
 
 from connectivity import connect
-from connectivity.exact import why_not_piecewise_linear
-from connectivity.split import _can_cut, _named_places, _refusal, _resolve, _trace, split
+from connectivity.engine.exact import why_not_piecewise_linear
+from connectivity.engine.split import _can_cut, _named_places, _refusal, _resolve, _trace, split
 
 MODELS = {
     "resnet18": ({}, 32),

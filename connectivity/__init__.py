@@ -3,10 +3,23 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from connectivity.api import connect, connect_all
-from connectivity.split import layer_names, split
-from connectivity.verdicts import PairRecord, PathOptions, Verdict
+from connectivity.engine.band import find_paths
+from connectivity.engine.split import layer_names, split
+from connectivity.engine.verdicts import PairRecord, PathOptions, Verdict, connect_points
+from connectivity.errors import ConnectivityError
 
-__all__ = ["PairRecord", "PathOptions", "Verdict", "connect", "connect_all", "layer_names", "split"]
+__all__ = [
+    "ConnectivityError",
+    "PairRecord",
+    "PathOptions",
+    "Verdict",
+    "connect",
+    "connect_all",
+    "connect_points",
+    "find_paths",
+    "layer_names",
+    "split",
+]
 try:
     __version__ = version("connectivity")  # one source: pyproject.toml's [project] version
 except PackageNotFoundError:  # run from a checkout that was never installed

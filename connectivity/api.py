@@ -10,16 +10,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from connectivity.errors import InputError
-from connectivity.graph import ClassComponents, Pair, check_graph_options, search_components
-from connectivity.split import INPUT, floating_dtype, probe_split, split
-from connectivity.verdicts import (
+from connectivity.engine.graph import ClassComponents, Pair, check_graph_options, search_components
+from connectivity.engine.split import INPUT, floating_dtype, probe_split, split
+from connectivity.engine.verdicts import (
     PairRecord,
     PathOptions,
     check_range,
     connect_points,
     on_target,
 )
+from connectivity.errors import InputError
 
 
 def as_inputs(x: Tensor, name: str) -> Tensor:
@@ -110,7 +110,7 @@ def connect(
             ``(B, classes, 1, 1)``) that torch.fx can trace (a ClassifierModule's ``network``,
             a torchvision model, a tabular MLP...). It is copied, never changed, whatever its
             mode, device or dtype.
-        layer: ``"input"`` or a layer name (see :func:`connectivity.split.layer_names`).
+        layer: ``"input"`` or a layer name (see :func:`connectivity.engine.split.layer_names`).
         x_start: First inputs, ``(pairs, *input_shape)``, or one image ``(C, H, W)`` or one
             vector ``(features,)``. Floating images lie in [0, 1]; ``uint8`` images (0..255)
             are converted to [0, 1]. Any floating dtype: the band itself runs in float32
@@ -121,12 +121,12 @@ def connect(
         pixel_range: The range images (4-D batches) must lie in, whatever the layer: the
             classifier's input convention, (0, 1) here. None accepts any values (inputs already
             normalised, say). In the input space it is also the default ``bounds``.
-        **path_options: Fields of :class:`connectivity.verdicts.PathOptions`. In the input
+        **path_options: Fields of :class:`connectivity.engine.verdicts.PathOptions`. In the input
             space of images ``bounds`` defaults to ``pixel_range`` so every point stays an
             image; other inputs get no box unless one is given.
 
     Returns:
-        One :class:`connectivity.verdicts.PairRecord` per pair: the verdicts (``verdict`` by
+        One :class:`connectivity.engine.verdicts.PairRecord` per pair: the verdicts (``verdict`` by
         the check ``certificate`` names, ``exact`` or ``sampled``; ``pivot_verdict`` as the
         paper checks), the path in the layer's space, the softmax at every path point and the
         path metrics.
@@ -190,7 +190,7 @@ def encode_pairs(
     runs in float64.
 
     Args:
-        head: As :func:`connectivity.split.split` returns it, on the inputs' device.
+        head: As :func:`connectivity.engine.split.split` returns it, on the inputs' device.
         tail: Likewise.
         starts: ``(pairs, *input_shape)`` floating inputs.
         ends: Same shape.
@@ -198,7 +198,7 @@ def encode_pairs(
 
     Raises:
         InputError: a target that is not a class of the classifier.
-        LayerError: see :func:`connectivity.split.probe_split`.
+        LayerError: see :func:`connectivity.engine.split.probe_split`.
     """
     dtype = floating_dtype(head) or starts.dtype
     probe = probe_split(head, tail, starts[:1].to(dtype))
@@ -233,14 +233,14 @@ def connect_in_layer(
         ends: Same shape.
         targets: ``(pairs,)`` target classes.
         options: Path options, used as given.
-        on_record: See :func:`connectivity.verdicts.connect_points`.
-        on_progress: See :func:`connectivity.verdicts.connect_points`.
+        on_record: See :func:`connectivity.engine.verdicts.connect_points`.
+        on_progress: See :func:`connectivity.engine.verdicts.connect_points`.
         output: As in :func:`connect`.
 
     Raises:
         InputError: a target that is not a class of the classifier.
-        LayerError: see :func:`connectivity.split.split` and
-            :func:`connectivity.split.probe_split`.
+        LayerError: see :func:`connectivity.engine.split.split` and
+            :func:`connectivity.engine.split.probe_split`.
     """
     head, tail = split(classifier, layer, output=output)
     head, tail = head.to(starts.device), tail.to(starts.device)
@@ -315,7 +315,7 @@ def connect_all(
     components are the transitive closure of the joined pairs. Not every pair is decided:
     candidate pairs go from near to far (Euclidean distance in ``layer``'s space), a pair whose
     ends already share a component is skipped, and the pairs of each round are decided in one
-    batched band call (see :mod:`connectivity.graph`). With ``max_tries=None`` the components
+    batched band call (see :mod:`connectivity.engine.graph`). With ``max_tries=None`` the components
     are those that deciding all ``N (N - 1) / 2`` pairs would give, for far fewer pairs when
     the class holds together.
 
@@ -332,10 +332,10 @@ def connect_all(
         known: ``{(i, j): record}`` decided earlier (e.g. by a run that stopped); not decided
             again.
         on_record: Called as ``on_record((i, j), record)`` the moment a pair is decided.
-        **path_options: Fields of :class:`connectivity.verdicts.PathOptions`.
+        **path_options: Fields of :class:`connectivity.engine.verdicts.PathOptions`.
 
     Returns:
-        :class:`connectivity.graph.ClassComponents` with ``components`` (lists of input
+        :class:`connectivity.engine.graph.ClassComponents` with ``components`` (lists of input
         indices, largest first), ``edges`` and ``failed`` (``{(i, j): PairRecord}``) and the
         ``rounds``. Inputs in different components are not connected by the paths tried.
 

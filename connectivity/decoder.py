@@ -23,10 +23,10 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from connectivity.checkpoints import CheckpointError, best_and_last, load_lightning_module
 from connectivity.classifier import ClassifierModule
+from connectivity.engine.split import Frozen, layer_shape, split
 from connectivity.errors import ConnectivityError
-from connectivity.figures import figure_array, reconstruction_figure, save_figure
-from connectivity.runs import run_folder
-from connectivity.split import Frozen, layer_shape, split
+from connectivity.reporting.figures import figure_array, reconstruction_figure, save_figure
+from connectivity.store.folders import run_folder
 
 Architecture = Literal["auto", "vector", "map"]
 
@@ -235,7 +235,7 @@ class DecoderModule(L.LightningModule):
 
     Args:
         classifier: Path of a :class:`~connectivity.classifier.ClassifierModule` checkpoint.
-        layer: Layer to decode, as :func:`connectivity.split.split` names it.
+        layer: Layer to decode, as :func:`connectivity.engine.split.split` names it.
         lr: Adam learning rate.
         width: Hidden channels of the decoder (256 in the paper; smaller is faster).
         architecture: ``auto`` (``map`` for spatial maps, else ``vector``), ``vector``

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from connectivity.experiment import Experiment, PairSampling
-from connectivity.verdicts import PathOptions
+from connectivity.engine.verdicts import PathOptions
+from connectivity.runs.paths import Experiment, PairSampling
 
 FOLDER = Path(__file__).resolve().parent / "data" / "run_2026-12-06"
 # Same-label pairs of the digits' test split (labels 6, 5 and 0).
@@ -50,8 +50,8 @@ def experiment(output_dir: Path) -> Experiment:
 
 def main() -> None:
     from connectivity.data import DigitsDataModule
-    from connectivity.experiment import run_paths
-    from connectivity.report import WandbOptions
+    from connectivity.reporting.report import WandbOptions
+    from connectivity.runs.paths import run_paths
 
     if FOLDER.exists():
         sys.exit(f"{FOLDER} exists: it is test data of older code, not to be rewritten")

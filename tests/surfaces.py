@@ -2,7 +2,7 @@
 
 * ``mueller_brown``: K. Mueller, L. D. Brown, Theor. Chim. Acta 53, 75 (1979); its minima and
   saddles below were found by Newton's method in float64 (gradient norm below 1e-12) from the
-  literature's 4-digit values, and are checked by ``tests/test_neb.py``.
+  literature's 4-digit values, and are checked by ``tests/engine/test_band.py``.
 * ``StiffEmbedding``: a 2-D surface in many dimensions, inside harmonic walls of very different
   stiffness around a curved floor: an ill-conditioned surface whose saddles are still known
   exactly.

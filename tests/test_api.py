@@ -11,8 +11,8 @@ import torchvision
 import connectivity
 from connectivity.classifier import ClassifierModule
 from connectivity.data import DigitsDataModule
+from connectivity.engine.split import LayerError
 from connectivity.errors import InputError, OptionsError
-from connectivity.split import LayerError
 from tests.toy import Annulus, RingNet, ring_images
 
 

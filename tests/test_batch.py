@@ -16,11 +16,11 @@ from torch import nn
 
 from connectivity import connect, connect_all
 from connectivity.data import DigitsDataModule
+from connectivity.engine.split import BatchDependenceError, LayerError, probe_split, split
+from connectivity.engine.verdicts import PathOptions, connect_points
 from connectivity.errors import ConnectivityError
-from connectivity.experiment import Experiment, PairSampling, run_paths
-from connectivity.report import WandbOptions
-from connectivity.split import BatchDependenceError, LayerError, probe_split, split
-from connectivity.verdicts import PathOptions, connect_points
+from connectivity.reporting.report import WandbOptions
+from connectivity.runs.paths import Experiment, PairSampling, run_paths
 
 CUT = "2"  # after the first BatchNorm and ReLU: index 1 is in the head, index 4 in the tail
 WORDS = r"not a function of single points: {what}.* of the same inputs differ by .*track_running"

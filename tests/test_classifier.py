@@ -12,7 +12,7 @@ import torchvision
 from connectivity.checkpoints import CheckpointError
 from connectivity.classifier import ClassifierModule, build_backbone
 from connectivity.data import DigitsDataModule
-from connectivity.split import split
+from connectivity.engine.split import split
 
 
 def test_classifier_takes_pixels_and_keeps_torchvision_layer_names() -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from connectivity.checkpoints import CheckpointError
 from connectivity.classifier import ClassifierModule
-from connectivity.cli import main
+from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
 from connectivity.decoder import (
     DecoderError,
@@ -26,10 +26,10 @@ from connectivity.decoder import (
     mean_image_baseline,
     upsampling_stages,
 )
+from connectivity.engine.split import LayerError, split
 from connectivity.errors import ConnectivityError
-from connectivity.experiment import Experiment, run_paths
-from connectivity.report import load_decoders
-from connectivity.split import LayerError, split
+from connectivity.reporting.report import load_decoders
+from connectivity.runs.paths import Experiment, run_paths
 from tests.conftest import CONFIGS
 
 DECODER_CONFIGS = CONFIGS / "decoder"

@@ -20,7 +20,7 @@ def test_importing_report_and_figures_keeps_the_callers_matplotlib_backend() -> 
     code = (
         "import matplotlib\n"
         "matplotlib.use('svg')\n"
-        "import connectivity.report, connectivity.figures\n"
+        "import connectivity.reporting.report, connectivity.reporting.figures\n"
         "print(matplotlib.get_backend())\n"
     )
     done = subprocess.run(

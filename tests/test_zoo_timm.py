@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from connectivity import layer_names
-from connectivity.exact import why_not_piecewise_linear
-from connectivity.split import split
+from connectivity.engine.exact import why_not_piecewise_linear
+from connectivity.engine.split import split
 from tests.test_zoo import check_cuts_run_a_band, spread_last_layer
 
 timm = pytest.importorskip("timm")

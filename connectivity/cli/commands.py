@@ -1,0 +1,187 @@
+"""The path experiment's commands (``paths``, ``graph``, ``report``).
+
+Shared by the ``connectivity`` command (:mod:`connectivity.cli`) and the quickstart
+(:mod:`connectivity.cli.quickstart`), so that neither imports the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from lightning.pytorch.cli import LightningArgumentParser
+
+from connectivity.data import ImageDataModule
+from connectivity.lightning.output import quiet_library_output
+from connectivity.reporting.graph_report import write_graph_report
+from connectivity.reporting.report import FIGURES_HELP, WandbOptions, check_figures, write_report
+from connectivity.runs.graph import GraphExperiment, run_graph
+from connectivity.runs.paths import Experiment, run_paths
+from connectivity.store.graph import GraphStore
+from connectivity.store.records import RunStore
+
+PATHS_HELP = "Decide same-class pairs in the input space and in layers of a classifier."
+REPORT_HELP = "Rebuild the tables and figures of a paths or graph run from its saved records."
+GRAPH_HELP = (
+    "Find the connected components of whole classes (union-find over pairs, near to far), "
+    "for one or more classifiers."
+)
+
+
+def add_paths_arguments(parser: LightningArgumentParser) -> None:
+    """The options of ``connectivity paths``: the experiment, its data, Trainer and W&B.
+
+    ``--trainer.*`` is the whole ``lightning.Trainer`` signature, as in ``connectivity fit``
+    (callbacks and loggers as ``class_path``/``init_args``, instantiated; the Trainer itself is
+    built by :func:`~connectivity.runs.paths.run_paths`).
+    """
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
+    parser.add_class_arguments(Experiment, None, fail_untyped=True)
+    parser.add_subclass_arguments(ImageDataModule, "data", required=True)
+    # The same call LightningCLI makes for its own commands: Trainer arguments, not instantiated.
+    parser.add_lightning_class_args(L.Trainer, "trainer")
+    parser.add_class_arguments(WandbOptions, "wandb")
+
+
+def paths_parser(**kwargs: Any) -> LightningArgumentParser:
+    """A parser of ``connectivity paths`` options (a YAML config or flags)."""
+    kwargs.setdefault("description", PATHS_HELP)
+    parser = LightningArgumentParser(**kwargs)
+    add_paths_arguments(parser)
+    return parser
+
+
+def _instantiate(
+    parser: ArgumentParser, config: Namespace, kind: type
+) -> tuple[Any, ImageDataModule, dict[str, Any], WandbOptions]:
+    """The experiment (a ``kind`` dataclass), data, Trainer arguments and W&B settings of a
+    parsed ``paths`` or ``graph`` config."""
+    objects = parser.instantiate(config)
+    fields = {f.name for f in dataclasses.fields(kind)}
+    experiment = kind(**{name: objects[name] for name in fields})
+    # Only the arguments given (differing from Trainer's defaults) are passed on: the runner
+    # supplies its own defaults and its own logging and progress settings.
+    defaults = vars(parser.get_defaults().trainer)
+    given = vars(config.trainer)
+    trainer = {k: objects.trainer[k] for k, v in given.items() if v != defaults.get(k)}
+    return experiment, objects.data, trainer, objects.wandb
+
+
+@dataclasses.dataclass
+class PathsCommand:
+    """A path experiment with its objects built, ready to run.
+
+    Args:
+        experiment: What the experiment asks.
+        data: The datamodule the pairs are drawn from.
+        trainer: The Trainer keyword arguments the user chose (instantiated callbacks, logger).
+        wandb: W&B settings of the report.
+    """
+
+    experiment: Experiment
+    data: ImageDataModule
+    trainer: dict[str, Any]
+    wandb: WandbOptions
+
+    @classmethod
+    def from_config(cls, parser: ArgumentParser, config: Namespace) -> PathsCommand:
+        """Instantiate a parsed ``paths`` config (from :func:`paths_parser`)."""
+        return cls(*_instantiate(parser, config, Experiment))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PathsCommand:
+        """Read a ``paths`` YAML config file (such as ``configs/paths/quick.yaml``)."""
+        parser = paths_parser()
+        return cls.from_config(parser, parser.parse_path(str(path)))
+
+    def run(self) -> RunStore | None:
+        """Run (or resume) the experiment; the store on rank zero, None elsewhere."""
+        with quiet_library_output():
+            return run_paths(self.experiment, self.data, self.trainer, self.wandb)
+
+
+def report_parser(**kwargs: Any) -> ArgumentParser:
+    """A parser of ``connectivity report`` options."""
+    kwargs.setdefault("description", REPORT_HELP)
+    parser = ArgumentParser(**kwargs)
+    parser.add_argument(
+        "folder",
+        type=str,
+        help="the run folder, <output_dir>/<name> of the run's config: "
+        "lightning_logs/quickstart/paths for `connectivity quickstart`, "
+        "lightning_logs/paths/<name> with the default output_dir",
+    )
+    parser.add_argument(
+        "--decoders",
+        type=dict[str, str] | None,
+        default=None,
+        help="{space: decoder checkpoint} to show latent points as images; null (not given): "
+        "the decoders the run was made with (its decoders.json)",
+    )
+    parser.add_argument("--figures", type=str, default="auto", help=f"{FIGURES_HELP} (paths runs)")
+    parser.add_class_arguments(WandbOptions, "wandb")
+    return parser
+
+
+def report(
+    folder: str,
+    decoders: dict[str, str] | None = None,
+    wandb: WandbOptions | None = None,
+    figures: str = "auto",
+) -> None:
+    """Rebuild the table and figures of the run in ``folder`` (by default with its decoders).
+
+    ``figures``: which pair figures of a paths run to draw (``auto``, ``all``, ``none``; see
+    :func:`~connectivity.reporting.report.draw_figures`); only missing or stale ones are drawn.
+
+    Raises:
+        OptionsError: ``figures`` is not one of them (before anything is read).
+    """
+    check_figures(figures)
+    store = RunStore(folder)
+    if store.manifest().get("kind") == "graph":
+        with quiet_library_output():
+            write_graph_report(GraphStore(folder), wandb=wandb or WandbOptions())
+        return
+    with quiet_library_output():
+        write_report(
+            store,
+            decoders=decoders or store.decoders(),
+            wandb=wandb or WandbOptions(),
+            figures=figures,
+        )
+
+
+def graph_parser(**kwargs: Any) -> LightningArgumentParser:
+    """A parser of ``connectivity graph`` options: the experiment, its data, Trainer and W&B."""
+    kwargs.setdefault("description", GRAPH_HELP)
+    parser = LightningArgumentParser(**kwargs)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
+    parser.add_class_arguments(GraphExperiment, None, fail_untyped=True)
+    parser.add_subclass_arguments(ImageDataModule, "data", required=True)
+    parser.add_lightning_class_args(L.Trainer, "trainer")
+    parser.add_class_arguments(WandbOptions, "wandb")
+    return parser
+
+
+@dataclasses.dataclass
+class GraphCommand:
+    """A graph experiment with its objects built, ready to run (see :class:`PathsCommand`)."""
+
+    experiment: GraphExperiment
+    data: ImageDataModule
+    trainer: dict[str, Any]
+    wandb: WandbOptions
+
+    @classmethod
+    def from_config(cls, parser: ArgumentParser, config: Namespace) -> GraphCommand:
+        """Instantiate a parsed ``graph`` config (from :func:`graph_parser`)."""
+        return cls(*_instantiate(parser, config, GraphExperiment))
+
+    def run(self) -> GraphStore | None:
+        """Run (or resume) the experiment; the store on rank zero, None elsewhere."""
+        with quiet_library_output():
+            return run_graph(self.experiment, self.data, self.trainer, self.wandb)

@@ -1,0 +1,1 @@
+"""Tables, figures, galleries and W&B."""

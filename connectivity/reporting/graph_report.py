@@ -1,0 +1,480 @@
+"""The report of a graph run (``connectivity graph``), rebuilt from its saved records alone.
+
+Written into the run folder:
+
+* ``components.md``: per model, space and class, the number of components and their sizes,
+  the edges found (linear / nonlinear) and the pairs not connected by the paths tried, against
+  the ``N (N - 1) / 2`` pairs deciding everything would cost; with several classifiers, their
+  structures side by side; with misclassified inputs, what each joins;
+* ``components.csv`` (the same, one row per model, space and class), ``edges.csv`` (one row
+  per decided pair: indices, verdict, and every scalar field of its record),
+  ``misclassified.csv`` and ``comparison.csv`` (two or more classifiers);
+* ``figures/model<k>/<space>/class_<c>.png`` (:func:`connectivity.reporting.figures.graph_figure`);
+* the same tables and figures in the folder's W&B run
+  (:class:`~connectivity.reporting.report.WandbOptions`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from connectivity.engine.graph import ClassComponents, Pair, components_of
+from connectivity.lightning.output import wandb_run_line
+from connectivity.reporting.figures import graph_figure, save_figure
+from connectivity.reporting.report import (
+    WandbOptions,
+    _mode,
+    mark_reported,
+    relocate_offline_runs,
+    report_run_id,
+    run_folder_environment,
+    table_parts,
+)
+from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore
+from connectivity.store.records import atomic_write_text
+
+NOT_CONNECTED = "not connected by the paths tried"
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, Any]:
+    """A saved record's scalar fields (whatever fields PairRecord has), without its tensors."""
+    return {
+        k: v
+        for k, v in record.items()
+        if k not in ("space", "pair") and not isinstance(v, (torch.Tensor, dict, list))
+    }
+
+
+@dataclass
+class ClassResult:
+    """One class of one model in one space: its components and the records behind them."""
+
+    model: int
+    space: str
+    label: int
+    indices: list[int]  # dataset index of each input
+    found: ClassComponents[dict[str, Any]]
+    settled: bool
+
+
+def load_results(store: GraphStore) -> list[ClassResult]:
+    """Every (model, space, class) of the run, from its records.
+
+    Raises:
+        RunFolderError: no ``run.json``, or a record that cannot be read.
+    """
+    manifest = store.manifest()
+    selections = manifest["inputs"]
+    layout = GraphLayout(tuple(len(s["indices"]) for s in selections))
+    results = []
+    for k in range(len(manifest["classifiers"])):
+        scoped = store.model(k)
+        for space in manifest["spaces"]:
+            by_class: list[dict[Pair, dict[str, Any]]] = [{} for _ in selections]
+            for record in scoped.load(space):
+                c, pair = layout.locate(record["pair"]["id"])
+                by_class[c][pair] = _scalars(record)
+            settled = (store.rounds_dir(k, space) / "settled").is_file()
+            for c, selection in enumerate(selections):
+                found = components_of(len(selection["indices"]), by_class[c])
+                results.append(
+                    ClassResult(k, space, selection["label"], selection["indices"], found, settled)
+                )
+    return results
+
+
+def _misclassified(store: GraphStore, k: int, space: str) -> list[dict[str, Any]]:
+    """Rows of the misclassified inputs of model ``k`` in ``space``, with their verdicts."""
+    file = store.rounds_dir(k, space) / f"{MISCLASSIFIED}.json"
+    if not file.is_file():
+        return []
+    rows = json.loads(file.read_text())
+    records = {
+        r["pair"]["id"]: r["verdict"] for r in store.model(k).load(f"{MISCLASSIFIED}-{space}")
+    }
+    for row in rows:
+        for attempt in row["tries"]:
+            attempt["verdict"] = records.get(attempt["pair"], "undecided")
+    return rows
+
+
+def _sizes(found: ClassComponents) -> str:
+    return " ".join(str(len(c)) for c in found.components)
+
+
+def _count(found: ClassComponents, verdict: str) -> int:
+    return sum(r["verdict"] == verdict for r in found.edges.values())
+
+
+COMPONENT_COLUMNS = [
+    "model",
+    "classifier",
+    "space",
+    "class",
+    "inputs",
+    "components",
+    "sizes",
+    "linear_edges",
+    "nonlinear_edges",
+    "not_connected",
+    "pairs_decided",
+    "all_pairs",
+    "settled",
+]
+
+
+def component_rows(results: list[ClassResult], manifest: dict[str, Any]) -> list[list[Any]]:
+    names = manifest["class_names"]
+    return [
+        [
+            r.model,
+            manifest["classifiers"][r.model],
+            r.space,
+            names[r.label],
+            r.found.size,
+            len(r.found.components),
+            _sizes(r.found),
+            _count(r.found, "linear"),
+            _count(r.found, "nonlinear"),
+            len(r.found.failed),
+            r.found.pairs_decided,
+            r.found.all_pairs,
+            r.settled,
+        ]
+        for r in results
+    ]
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def edge_rows(results: list[ClassResult], names: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """One row per decided pair; the metric columns are every scalar field the records have."""
+    metrics: list[str] = []
+    for r in results:
+        for record in [*r.found.edges.values(), *r.found.failed.values()]:
+            metrics += [k for k in record if k not in metrics and k not in ("verdict", "target")]
+    header = [
+        "model",
+        "space",
+        "class",
+        "i",
+        "j",
+        "start_index",
+        "end_index",
+        "connected",
+        "verdict",
+        *metrics,
+    ]
+    rows = []
+    for r in results:
+        decided = {
+            **{p: (True, v) for p, v in r.found.edges.items()},
+            **{p: (False, v) for p, v in r.found.failed.items()},
+        }
+        for (i, j), (connected, record) in sorted(decided.items()):
+            rows.append(
+                [
+                    r.model,
+                    r.space,
+                    names[r.label],
+                    i,
+                    j,
+                    r.indices[i],
+                    r.indices[j],
+                    connected,
+                    record["verdict"],
+                    *(record.get(m, "") for m in metrics),
+                ]
+            )
+    return header, rows
+
+
+def compare(results: list[ClassResult]) -> list[list[Any]]:
+    """Each other model against model 0, per space and class: same partition into components?
+    Which connected pairs one found and the other did not, and pairs both decided with
+    opposite outcomes."""
+    base = {(r.space, r.label): r for r in results if r.model == 0}
+    rows = []
+    for r in results:
+        if r.model == 0:
+            continue
+        b = base[(r.space, r.label)]
+        mine, theirs = set(r.found.edges), set(b.found.edges)
+        decided_both = (mine | set(r.found.failed)) & (theirs | set(b.found.failed))
+        opposite = sorted(p for p in decided_both if (p in mine) != (p in theirs))
+        rows.append(
+            [
+                r.space,
+                r.label,
+                0,
+                r.model,
+                r.found.components == b.found.components,
+                len(b.found.components),
+                len(r.found.components),
+                " ".join(f"{i}-{j}" for i, j in sorted(theirs - mine)),
+                " ".join(f"{i}-{j}" for i, j in sorted(mine - theirs)),
+                " ".join(f"{i}-{j}" for i, j in opposite),
+            ]
+        )
+    return rows
+
+
+COMPARISON_COLUMNS = [
+    "space",
+    "class",
+    "model_a",
+    "model_b",
+    "same_components",
+    "components_a",
+    "components_b",
+    "edges_only_a",
+    "edges_only_b",
+    "opposite_verdicts",
+]
+MISCLASSIFIED_COLUMNS = [
+    "model",
+    "space",
+    "index",
+    "class",
+    "predicted",
+    "joins_components_of_predicted",
+    "tried",
+    "nearest_own_distance",
+    "nearest_own_index",
+    "nearest_predicted_distance",
+]
+
+
+def misclassified_rows(store: GraphStore, manifest: dict[str, Any]) -> list[list[Any]]:
+    names = manifest["class_names"]
+    rows = []
+    for k in range(len(manifest["classifiers"])):
+        for space in manifest["spaces"]:
+            for row in _misclassified(store, k, space):
+                joined = [
+                    t["component"] for t in row["tries"] if t["verdict"] in ("linear", "nonlinear")
+                ]
+                rows.append(
+                    [
+                        k,
+                        space,
+                        row["index"],
+                        names[row["label"]],
+                        names[row["predicted"]],
+                        (" ".join(map(str, joined)) if joined else "none")
+                        if row["tries"]
+                        else "(predicted class not studied)",
+                        len(row["tries"]),
+                        row["nearest_own_distance"],
+                        row["nearest_own_index"],
+                        row.get("nearest_predicted_distance", ""),
+                    ]
+                )
+    return rows
+
+
+def _markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(cell(v) or "-" for v in row) + " |" for row in rows),
+    ]
+
+
+def graph_markdown(
+    results: list[ClassResult],
+    manifest: dict[str, Any],
+    comparison: list[list[Any]],
+    misclassified: list[list[Any]],
+) -> str:
+    header = [
+        "model",
+        "space",
+        "class",
+        "inputs",
+        "components",
+        "sizes",
+        "linear",
+        "nonlinear",
+        NOT_CONNECTED,
+        "pairs decided / all",
+    ]
+    rows = [
+        [
+            row[0],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            row[7],
+            row[8],
+            row[9],
+            f"{row[10]} / {row[11]}" + ("" if row[12] else " (not settled: rerun to finish)"),
+        ]
+        for row in component_rows(results, manifest)
+    ]
+    lines = [
+        "Components of each class: inputs joined by a chain of pairs found connected (linear "
+        "or nonlinear path inside the class). Inputs in different components are not "
+        "connected by the paths tried, which does not prove that no path exists.",
+        "",
+        *(f"* model {k}: `{c}`" for k, c in enumerate(manifest["classifiers"])),
+        "",
+        *_markdown_table(header, rows),
+    ]
+    if comparison:
+        lines += [
+            "",
+            "Models side by side (each against model 0; edges as `i-j` input numbers):",
+            "",
+            *_markdown_table(COMPARISON_COLUMNS, comparison),
+        ]
+    if misclassified:
+        lines += [
+            "",
+            "Misclassified inputs: they lie outside their own class's region, so no path of "
+            "that class can reach them; each is tried against the nearest input of every "
+            "component of the class it is predicted as (distances in the space's units):",
+            "",
+            *_markdown_table(MISCLASSIFIED_COLUMNS, misclassified),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _figure_file(store: GraphStore, r: ClassResult) -> Path:
+    return store.folder / "figures" / f"model{r.model}" / r.space / f"class_{r.label}.png"
+
+
+def write_graph_report(
+    store: GraphStore, wandb: WandbOptions | None = None, figures: bool = True
+) -> str:
+    """Write the tables and figures of a graph run from its records; log them to W&B if asked.
+
+    Returns:
+        The Markdown report (also printed).
+
+    Raises:
+        RunFolderError: no ``run.json``, or a record that cannot be read.
+    """
+    manifest = store.manifest()
+    names = manifest["class_names"]
+    results = load_results(store)
+    comparison = compare(results)
+    misclassified = misclassified_rows(store, manifest)
+    markdown = graph_markdown(results, manifest, comparison, misclassified)
+    atomic_write_text(store.folder / "components.md", markdown)
+    atomic_write_text(
+        store.folder / "components.csv",
+        _csv(COMPONENT_COLUMNS, component_rows(results, manifest)),
+    )
+    atomic_write_text(store.folder / "edges.csv", _csv(*edge_rows(results, names)))
+    if comparison:
+        atomic_write_text(store.folder / "comparison.csv", _csv(COMPARISON_COLUMNS, comparison))
+    if misclassified:
+        atomic_write_text(
+            store.folder / "misclassified.csv", _csv(MISCLASSIFIED_COLUMNS, misclassified)
+        )
+    print(f"\n{markdown}\nRun folder: {store.folder}")
+    files: dict[tuple[int, str, int], Path] = {}
+    if figures:
+        for r in results:
+            embedding = torch.load(
+                store.embedding_path(r.model, r.space, r.label), weights_only=True
+            )
+            thumbnails = torch.load(store.inputs_path(r.label), weights_only=True)["images"]
+            title = (
+                f"model {r.model}, {r.space}, class {names[r.label]!r}: "
+                f"{len(r.found.components)} component(s) of {r.found.size} inputs "
+                f"({r.found.pairs_decided} of {r.found.all_pairs} pairs decided)"
+            )
+            figure = graph_figure(
+                embedding["coords"],
+                r.found.components,
+                {p: rec["verdict"] for p, rec in r.found.edges.items()},
+                list(r.found.failed),
+                title,
+                thumbnails,
+            )
+            files[(r.model, r.space, r.label)] = _figure_file(store, r)
+            save_figure(figure, files[(r.model, r.space, r.label)])
+    run_id = None
+    if wandb is not None and wandb.enabled:
+        run_id = report_run_id(store, wandb)
+        if run_id is not None:
+            with run_folder_environment(store.folder):
+                _log_wandb(
+                    store, run_id, manifest, results, files, comparison, misclassified, wandb
+                )
+    relocate_offline_runs(store.folder, finished=run_id)
+    return markdown
+
+
+def _log_wandb(
+    store: GraphStore,
+    run_id: str,
+    manifest: dict[str, Any],
+    results: list[ClassResult],
+    files: dict[tuple[int, str, int], Path],
+    comparison: list[list[Any]],
+    misclassified: list[list[Any]],
+    options: WandbOptions,
+) -> None:
+    import wandb
+
+    config = {k: v for k, v in manifest.items() if k != "inputs"}
+    run = wandb.init(
+        project=options.project,
+        name=store.folder.name,
+        id=run_id,
+        resume="allow",
+        dir=str(store.folder.resolve()),
+        mode=_mode(options),
+        job_type="graph",
+        config=config,
+        reinit="create_new",
+    )
+    names = manifest["class_names"]
+    components = []
+    for r, row in zip(results, component_rows(results, manifest), strict=True):
+        file = files.get((r.model, r.space, r.label))
+        components.append([*row, wandb.Image(str(file)) if file else None])
+    header, rows = edge_rows(results, names)
+    # Tables longer than W&B keeps are logged whole in parts (see connectivity.reporting.report).
+    logged: dict[str, Any] = {
+        **table_parts("components", [*COMPONENT_COLUMNS, "figure"], components),
+        **table_parts("edges", header, [[str(v) for v in row] for row in rows]),
+    }
+    if comparison:
+        logged.update(table_parts("comparison", COMPARISON_COLUMNS, comparison))
+    if misclassified:
+        logged.update(table_parts("misclassified", MISCLASSIFIED_COLUMNS, misclassified))
+    for (k, space, label), file in files.items():
+        logged[f"graph/model{k}/{space}/{names[label]}"] = wandb.Image(str(file))
+    run.log(logged)
+    run.summary.update(
+        {
+            f"model{r.model}/{r.space}/{names[r.label]}/components": len(r.found.components)
+            for r in results
+        }
+    )
+    line = wandb_run_line(run, run_folder=store.folder)
+    run.finish()
+    print(line, flush=True)
+    mark_reported(store.folder, run_id)

@@ -1,0 +1,1 @@
+"""Path and graph experiments and the run-folder store."""

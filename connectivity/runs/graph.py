@@ -1,0 +1,615 @@
+"""``connectivity graph``: the connected components of whole classes, for one or more models.
+
+For each classifier, space and class, the class's inputs are joined by the union-find search of
+:mod:`connectivity.engine.graph`. Each round of every class of a space is decided in one Lightning
+fit of :class:`RoundModule`, a :class:`~connectivity.runs.paths.SpacePathModule` (so ``ddp_pairs``
+shares the round's pairs out across ranks, as ``paths`` shares its pairs), and every decided
+pair is written at once.
+
+Run folder (``<output_dir>/<name>``):
+
+* ``run.json``: what was asked (classifiers and their SHA-256, data, spaces, inputs, options);
+* ``inputs/class_<c>.pt``: the dataset indices and images (uint8) of each class's inputs;
+* ``records/model<k>/<space>/pair_<id>.pt``: one record per decided pair (ids in
+  :meth:`GraphLayout.pair_id`); ``records/model<k>/misclassified-<space>/`` likewise for the
+  pairs of misclassified inputs;
+* ``rounds/model<k>/<space>/round_<r>.json``: the pairs of each round, written before the
+  round is decided, so that a resumed run decides exactly the pairs the stopped one would have;
+  ``misclassified.json`` (what each misclassified input was tried against, its distances);
+  ``settled`` once no candidate is left;
+* ``embeddings/model<k>/<space>/class_<c>.pt``: each class's points in the space reduced to
+  2-D by PCA (for the figures);
+* the report (:mod:`connectivity.reporting.graph_report`).
+
+Resume: rerunning the same config replays the saved rounds, decides what is missing and goes
+on; a folder holding another experiment is refused (:class:`~connectivity.store.records.RunStore`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from connectivity.api import encode_pairs, pairwise_distances
+from connectivity.checkpoints import CheckpointError, file_digest
+from connectivity.data import SPLITS, ImageDataModule, stack_images
+from connectivity.engine.graph import ComponentSearch, check_graph_options, is_connected
+from connectivity.engine.split import split
+from connectivity.engine.verdicts import PathOptions
+from connectivity.errors import ConnectivityError
+from connectivity.lightning.path_module import BandCheckpoint, PathModule
+from connectivity.reporting.graph_report import write_graph_report
+from connectivity.reporting.report import WandbOptions
+from connectivity.runs.paths import (
+    PairError,
+    RecordWriter,
+    SpacePathModule,
+    _is_int,
+    _trainer_settings,
+    check_trainer_arguments,
+    load_network,
+    options_in_space,
+    path_manifest,
+    probe_spaces,
+)
+from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore, write_tensor
+from connectivity.store.records import Pair as DatasetPair
+from connectivity.store.records import RunStore, atomic_write_text
+
+
+@dataclass
+class ClassInputs:
+    """Which inputs of each class go into its graph.
+
+    Args:
+        per_class: Inputs per class (fewer when the split holds fewer; the report says so).
+        classes: Class indices to study (None: every class).
+        seed: Seed of the draw; the same seed gives the same inputs.
+        split: Dataset split the inputs come from (``train``, ``val`` or ``test``).
+        correctly_classified: Take only inputs that every classifier assigns their true class.
+        include_misclassified: Also study the inputs of the class that a classifier assigns to
+            another class, met while drawing: each is tried against the components of the
+            class it is predicted as, and its distance to the nearest input of its own class
+            is reported.
+        indices: Explicit dataset indices (grouped by their label; ``per_class`` and
+            ``correctly_classified`` are then not applied).
+
+    Raises:
+        PairError: At construction: ``per_class`` not a whole number >= 2, an unknown
+            ``split``, ``classes`` or ``indices`` that are not lists of integers.
+    """
+
+    per_class: int = 50
+    classes: list[int] | None = None
+    seed: int = 0
+    split: str = "test"
+    correctly_classified: bool = True
+    include_misclassified: bool = False
+    indices: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.per_class) or self.per_class < 2:
+            raise PairError(
+                f"inputs.per_class must be a whole number >= 2, got {self.per_class!r}; set how "
+                "many inputs of each class to join"
+            )
+        if self.split not in SPLITS:
+            raise PairError(f"inputs.split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        for name in ("classes", "indices"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)) or not value or not all(map(_is_int, value)):
+                raise PairError(
+                    f"inputs.{name} must be a non-empty list of integers, got {value!r}; leave "
+                    "it out to take every class" + (" (draw inputs)" if name == "indices" else "")
+                )
+            setattr(self, name, [int(v) for v in value])
+
+
+@dataclass
+class GraphExperiment:
+    """What a graph experiment asks (everything except the data object).
+
+    Args:
+        classifiers: Checkpoints of ClassifierModules (``connectivity fit``); with several, the
+            same inputs go through each and the report sets their components side by side.
+        name: Run name; results go to ``<output_dir>/<name>``, and rerunning resumes.
+        spaces: ``input`` and layer names.
+        inputs: Which inputs of which classes.
+        path: Path options (``bounds`` boxes the input space only, as in ``paths``).
+        round_size: Most pairs per class in one round (None: no limit; bounds band memory).
+        max_tries: Most failed pairs between two components before they are left apart
+            (None: every candidate may be tried: the components are those of all pairs).
+        output_dir: Folder of all graph runs.
+        checkpoint_every: Steps between band checkpoints (a killed round continues mid-band).
+    """
+
+    classifiers: list[str]
+    name: str
+    spaces: list[str] = field(default_factory=lambda: ["input"])
+    inputs: ClassInputs = field(default_factory=ClassInputs)
+    path: PathOptions = field(default_factory=PathOptions)
+    round_size: int | None = None
+    max_tries: int | None = None
+    output_dir: str = "lightning_logs/graph"
+    checkpoint_every: int = 20
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classifiers, str):
+            self.classifiers = [self.classifiers]
+        if not self.classifiers:
+            raise ConnectivityError("classifiers is empty; give at least one checkpoint")
+        if not self.spaces:
+            raise ConnectivityError("spaces is empty; give input and/or layer names")
+        check_graph_options(self.round_size, self.max_tries)
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 1:
+            raise ConnectivityError(
+                f"checkpoint_every must be a whole number of steps >= 1, got "
+                f"{self.checkpoint_every!r}"
+            )
+
+
+@dataclass
+class ClassSelection:
+    """The inputs of one class: the graph's (dataset indices, in input order) and, per
+    classifier, the misclassified ones met while drawing with their predicted classes."""
+
+    label: int
+    indices: list[int]
+    misclassified: list[list[tuple[int, int]]]  # per model: [(dataset index, predicted)]
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """The label of every item, read without decoding images where the dataset allows."""
+    if isinstance(dataset, TensorDataset):
+        return [int(v) for v in dataset.tensors[1].tolist()]
+    if isinstance(dataset, Subset):
+        inner = dataset.dataset
+        if isinstance(inner, TensorDataset) or hasattr(inner, "targets"):
+            labels = dataset_labels(inner)
+            return [labels[i] for i in dataset.indices]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(t) for t in targets]
+    return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def _predictions(networks: list[nn.Module], dataset: Dataset, indices: list[int], device: str):
+    images, _ = stack_images(dataset, indices)
+    images = images.to(device)
+    return [network(images).argmax(dim=1).cpu().tolist() for network in networks]
+
+
+def select_inputs(
+    networks: list[nn.Module],
+    dataset: Dataset,
+    inputs: ClassInputs,
+    class_names: list[str],
+    device: str = "cpu",
+) -> list[ClassSelection]:
+    """Each studied class's inputs, identical for every classifier (see :class:`ClassInputs`).
+
+    Raises:
+        PairError: a class or index out of range, or a class with fewer than 2 inputs.
+    """
+    labels = dataset_labels(dataset)
+    size, count = len(labels), len(class_names)
+    classes = inputs.classes if inputs.classes is not None else list(range(count))
+    if inputs.indices is not None and inputs.classes is None:
+        # explicit inputs: the classes they belong to
+        classes = sorted({labels[i] for i in inputs.indices if 0 <= i < size})
+    for c in classes:
+        if not 0 <= c < count:
+            raise PairError(f"inputs.classes holds {c}, not a class of the data (0..{count - 1})")
+    if inputs.indices is not None:
+        for i in inputs.indices:
+            if not 0 <= i < size:
+                raise PairError(f"inputs.indices holds {i}: the {inputs.split} split has {size}")
+        given = inputs.indices
+        candidates = {c: [i for i in given if labels[i] == c] for c in classes}
+    else:
+        generator = torch.Generator().manual_seed(inputs.seed)
+        order = torch.randperm(size, generator=generator).tolist()
+        candidates = {c: [i for i in order if labels[i] == c] for c in classes}
+    chosen = []
+    for c in classes:
+        taken: list[int] = []
+        wrong: list[list[tuple[int, int]]] = [[] for _ in networks]
+        pool = candidates[c]
+        filter_ = inputs.indices is None and inputs.correctly_classified
+        judge = filter_ or inputs.include_misclassified
+        limit = len(pool) if inputs.indices is not None else inputs.per_class
+        for first in range(0, len(pool), 256):
+            if len(taken) >= limit:
+                break
+            chunk = pool[first : first + 256]
+            guesses = _predictions(networks, dataset, chunk, device) if judge else []
+            for k, index in enumerate(chunk):
+                if len(taken) >= limit:
+                    break
+                per_model = [g[k] for g in guesses]
+                for m, guess in enumerate(per_model):
+                    if inputs.include_misclassified and guess != c:
+                        wrong[m].append((index, guess))
+                if filter_ and any(guess != c for guess in per_model):
+                    continue
+                taken.append(index)
+        if len(taken) < 2:
+            raise PairError(
+                f"class {class_names[c]!r} ({c}) has {len(taken)} usable inputs in the "
+                f"{inputs.split} split; a graph needs 2 (drop it from inputs.classes)"
+            )
+        chosen.append(ClassSelection(c, taken, wrong))
+    return chosen
+
+
+def manifest(
+    experiment: GraphExperiment, data: ImageDataModule, selections: list[ClassSelection]
+) -> dict[str, Any]:
+    """What makes two graph runs the same experiment (resume only continues the same one)."""
+    return {
+        "kind": "graph",
+        "classifiers": experiment.classifiers,
+        "classifier_sha256": [
+            file_digest(Path(c)) if Path(c).is_file() else None for c in experiment.classifiers
+        ],
+        "data": {
+            "class": f"{type(data).__module__}.{type(data).__qualname__}",
+            "init_args": data.data_config(),
+        },
+        "class_names": data.class_names,
+        "spaces": experiment.spaces,
+        "inputs": [asdict(s) for s in selections],
+        "sampling": asdict(experiment.inputs),
+        "path": path_manifest(experiment.path),
+        "round_size": experiment.round_size,
+        "max_tries": experiment.max_tries,
+    }
+
+
+@torch.no_grad()
+def _encode(head: nn.Module, tail: nn.Module, images: Tensor, label: int) -> Tensor:
+    targets = torch.full((images.shape[0],), label, dtype=torch.long, device=images.device)
+    z, _ = encode_pairs(head, tail, images, images[:1], targets)
+    return z
+
+
+def _embedding(points: Tensor) -> Tensor:
+    """``(N, 2)``: the points' coordinates on their first two principal components."""
+    flat = points.detach().flatten(1).double().cpu()
+    centred = flat - flat.mean(dim=0, keepdim=True)
+    u, s, _ = torch.linalg.svd(centred, full_matrices=False)
+    coords = u[:, :2] * s[:2]
+    if coords.shape[1] < 2:
+        coords = torch.cat([coords, coords.new_zeros(len(coords), 2 - coords.shape[1])], dim=1)
+    return coords.float()
+
+
+class RoundModule(SpacePathModule):
+    """The pairs of one round, decided as :class:`SpacePathModule` decides a space's pairs
+    (each rank its share, records and band checkpoints the same), with their ends taken from
+    points already in the space instead of encoding the images again.
+
+    Args:
+        tail: The classifier's tail at ``space`` (a frozen copy is kept).
+        space: The space (its path options: :func:`options_in_space`).
+        key: Where the records go (``<space>`` or ``misclassified-<space>``).
+        pairs: The round's pairs.
+        ends: ``{pair id: (start point, end point)}`` in the space.
+        options: Path options.
+        store: The model's records.
+        checkpoints: The folder of this round's band checkpoints.
+    """
+
+    def __init__(
+        self,
+        tail: nn.Module,
+        space: str,
+        key: str,
+        pairs: list[DatasetPair],
+        ends: dict[int, tuple[Tensor, Tensor]],
+        options: PathOptions,
+        store: RunStore,
+        checkpoints: Path,
+    ) -> None:
+        PathModule.__init__(self, tail, options=options_in_space(options, space), space=key)
+        self.all_pairs, self.ends = pairs, ends
+        self.store, self.checkpoints = store, checkpoints
+        self.rows, self.reused, self.resumed_at = [], [], 0
+        self.taken_over, self._carried, self._orphans = 0, {}, []
+
+    def end_images(self, pair: DatasetPair) -> None:
+        return None  # graph figures place the inputs themselves; a record needs no copy
+
+    def encode_rows(self, targets: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+        starts = torch.stack([self.ends[p.id][0] for p in self.rows])
+        ends = torch.stack([self.ends[p.id][1] for p in self.rows])
+        return starts.to(device), ends.to(device)
+
+
+class _Driver:
+    """One model's rounds in one space, shared by every rank (each computes the same rounds
+    from the same saved records; rank zero writes the round files)."""
+
+    def __init__(
+        self,
+        experiment: GraphExperiment,
+        network: nn.Module,
+        k: int,
+        space: str,
+        selections: list[ClassSelection],
+        dataset: Dataset,
+        store: GraphStore,
+        settings: dict[str, Any],
+        is_zero: bool,
+        device: str,
+    ) -> None:
+        self.experiment, self.network, self.k, self.space = experiment, network, k, space
+        self.selections, self.dataset, self.store = selections, dataset, store
+        self.settings, self.is_zero, self.device = settings, is_zero, device
+        self.scoped = store.model(k)
+        self.layout = GraphLayout(tuple(len(s.indices) for s in selections))
+
+    def _fit(
+        self, pairs: list[DatasetPair], key: str, ends: dict[int, tuple[Tensor, Tensor]]
+    ) -> None:
+        module = RoundModule(
+            self.tail,
+            self.space,
+            key,
+            pairs,
+            ends,
+            self.experiment.path,
+            self.scoped,
+            self._bands(key),
+        )
+        checkpoints = self._bands(key)
+        callbacks = [
+            *self.settings["callbacks"],
+            RecordWriter(self.scoped),
+            BandCheckpoint(checkpoints, self.experiment.checkpoint_every),
+        ]
+        # One fit per round: Lightning's per-fit info lines (devices found, max_epochs reached)
+        # would bury the one line per round printed below.
+        lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+        level = lightning_info.level
+        lightning_info.setLevel(logging.WARNING)
+        try:
+            fit = L.Trainer(**{**self.settings, "callbacks": callbacks})
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+                fit.fit(module)
+        finally:
+            lightning_info.setLevel(level)
+        fit.strategy.barrier()
+
+    def _bands(self, key: str) -> Path:
+        return self.store.folder / "bands" / f"model{self.k}" / key
+
+    def _outcomes(self, space_key: str, ids: set[int]) -> dict[int, bool]:
+        """Whether each decided pair of ``ids`` is connected; pairs without a readable record
+        are left out (a damaged record is moved aside and decided again by the next fit)."""
+        out = {}
+        for pair_id in ids:
+            path = self.scoped.record_path(space_key, pair_id)
+            try:
+                record = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # absent, or damaged (pickle, zip...): the next fit decides it
+                continue
+            out[pair_id] = is_connected(record)
+        return out
+
+    def run(self) -> None:
+        head, tail = split(self.network, self.space)
+        head, tail = head.to(self.device), tail.to(self.device)
+        self.tail = tail
+        points = []
+        for s in self.selections:
+            images, _ = stack_images(self.dataset, s.indices)
+            points.append(_encode(head, tail, images.to(self.device), s.label).cpu())
+        searches = [
+            ComponentSearch(
+                pairwise_distances(z), self.experiment.round_size, self.experiment.max_tries
+            )
+            for z in points
+        ]
+        rounds = self.store.rounds_dir(self.k, self.space)
+        if self.is_zero:
+            for s, z in zip(self.selections, points, strict=True):
+                file = self.store.embedding_path(self.k, self.space, s.label)
+                if not file.is_file():
+                    write_tensor(file, {"coords": _embedding(z), "indices": s.indices})
+        number = 0
+        while True:
+            file = rounds / f"round_{number:04d}.json"
+            if file.is_file():
+                planned = [tuple(p) for p in json.loads(file.read_text())["pairs"]]
+            else:
+                planned = [
+                    (k, i, j) for k, search in enumerate(searches) for i, j in search.next_round()
+                ]
+                if not planned:
+                    break
+                if self.is_zero:
+                    atomic_write_text(file, json.dumps({"pairs": planned}) + "\n")
+            ids = {self.layout.pair_id(k, (i, j)): (k, i, j) for k, i, j in planned}
+            outcomes = self._outcomes(self.space, set(ids))
+            if set(ids) - set(outcomes):
+                pairs = [
+                    DatasetPair(
+                        pair_id,
+                        self.selections[k].indices[i],
+                        self.selections[k].indices[j],
+                        self.selections[k].label,
+                    )
+                    for pair_id, (k, i, j) in sorted(ids.items())
+                ]
+                ends = {pair_id: (points[k][i], points[k][j]) for pair_id, (k, i, j) in ids.items()}
+                self._fit(pairs, self.space, ends)
+                outcomes = self._outcomes(self.space, set(ids))
+            missing = set(ids) - set(outcomes)
+            if missing:
+                raise ConnectivityError(
+                    f"round {number} of model {self.k} in {self.space!r} ended with "
+                    f"{len(missing)} pairs undecided; rerun the same config to decide them"
+                )
+            for pair_id, (k, i, j) in ids.items():
+                searches[k].record((i, j), outcomes[pair_id])
+            if self.is_zero:
+                joined = sum(outcomes.values())
+                sizes = " | ".join(str(len(s.components)) for s in searches)
+                print(
+                    f"model {self.k}, {self.space}: round {number}: {len(ids)} pairs, {joined} "
+                    f"connected; components per class: {sizes}",
+                    flush=True,
+                )
+            number += 1
+        if self.experiment.inputs.include_misclassified:
+            self._misclassified(head, tail, points, searches)
+        if self.is_zero:
+            atomic_write_text(rounds / "settled", "")
+
+    def _misclassified(
+        self,
+        head: nn.Module,
+        tail: nn.Module,
+        points: list[Tensor],
+        searches: list[ComponentSearch],
+    ) -> None:
+        """Try each misclassified input against the nearest member of every component of the
+        class it is predicted as; keep its distances to the nearest input of both classes."""
+        by_label = {s.label: k for k, s in enumerate(self.selections)}
+        rows: list[dict[str, Any]] = []
+        pairs: list[DatasetPair] = []
+        ends: dict[int, tuple[Tensor, Tensor]] = {}
+        for k, selection in enumerate(self.selections):
+            for index, predicted in selection.misclassified[self.k]:
+                image, _ = stack_images(self.dataset, [index])
+                z = _encode(head, tail, image.to(self.device), predicted).cpu()
+                own = torch.cdist(z.flatten(1).double(), points[k].flatten(1).double())[0]
+                row: dict[str, Any] = {
+                    "index": index,
+                    "label": selection.label,
+                    "predicted": predicted,
+                    "nearest_own_distance": float(own.min()),
+                    "nearest_own_index": selection.indices[int(own.argmin())],
+                    "tries": [],
+                }
+                other = by_label.get(predicted)
+                if other is not None:
+                    distance = torch.cdist(
+                        z.flatten(1).double(), points[other].flatten(1).double()
+                    )[0]
+                    row["nearest_predicted_distance"] = float(distance.min())
+                    for c, members in enumerate(searches[other].components):
+                        nearest = min(members, key=lambda i: float(distance[i]))
+                        pair_id = len(pairs)
+                        end = self.selections[other].indices[nearest]
+                        pairs.append(DatasetPair(pair_id, index, end, predicted))
+                        ends[pair_id] = (z[0], points[other][nearest])
+                        row["tries"].append({"component": c, "member": nearest, "pair": pair_id})
+                rows.append(row)
+        key = f"{MISCLASSIFIED}-{self.space}"
+        if set(ends) - set(self._outcomes(key, set(ends))):
+            self._fit(pairs, key, ends)
+        if self.is_zero:
+            file = self.store.rounds_dir(self.k, self.space) / f"{MISCLASSIFIED}.json"
+            atomic_write_text(file, json.dumps(rows, indent=1) + "\n")
+
+
+def run_graph(
+    experiment: GraphExperiment,
+    data: ImageDataModule,
+    trainer: dict[str, Any] | None = None,
+    wandb: WandbOptions | None = None,
+    networks: list[nn.Module] | None = None,
+) -> GraphStore | None:
+    """Run (or resume) a graph experiment and write its report.
+
+    Args:
+        experiment: Classifiers, spaces, inputs, path and search options, run name.
+        data: The datamodule the inputs are drawn from.
+        trainer: Keyword arguments of the Lightning ``Trainer`` (accelerator, devices,
+            ``strategy: ddp_pairs``...); each round is one fit. No logger unless given one
+            (per-step band metrics of many short fits are not worth a W&B history).
+        wandb: W&B settings of the report.
+        networks: Classifier modules to use instead of loading ``experiment.classifiers``
+            (copied, never changed).
+
+    Returns:
+        The run's store on rank zero (None on other ranks).
+
+    Raises:
+        CheckpointError: a classifier checkpoint that does not exist.
+        LayerError: a space that is not a layer of a classifier.
+        PairError: see :func:`select_inputs` and :class:`ClassInputs`.
+        RunFolderError: the run folder holds another experiment.
+        OptionsError: a Trainer argument the experiment owns (``--trainer.max_steps``...).
+    """
+    check_trainer_arguments(trainer)
+    if networks is None:
+        for path in experiment.classifiers:
+            if not Path(path).is_file():
+                raise CheckpointError(
+                    f"No classifier checkpoint at {Path(path).resolve()}. Train one with "
+                    "`connectivity fit -c configs/classifier/quick.yaml` and copy its best "
+                    "checkpoint there, or fix `classifiers`."
+                )
+    given = networks if networks is not None else experiment.classifiers
+    if len(given) != len(experiment.classifiers):
+        raise ConnectivityError(
+            f"{len(given)} networks for {len(experiment.classifiers)} classifiers; give one each"
+        )
+    loaded = [load_network(n) for n in given]
+    for network in loaded:
+        for space in experiment.spaces:
+            split(network, space)  # a wrong layer name fails here, before any work
+    settings, probe = _trainer_settings(trainer)
+    if settings["logger"] in (None, True):
+        settings["logger"] = False
+    settings.setdefault("enable_progress_bar", False)
+    device = str(probe.strategy.root_device)
+    loaded = [n.to(device) for n in loaded]
+    dataset = data.dataset(experiment.inputs.split)
+    for network in loaded:  # before the run folder, on two images
+        probe_spaces(network, experiment.spaces, dataset)
+    selections = select_inputs(loaded, dataset, experiment.inputs, data.class_names, device)
+    store = GraphStore(Path(experiment.output_dir) / experiment.name)
+    if probe.is_global_zero:
+        store.start(manifest(experiment, data, selections))
+        for s in selections:
+            if not store.inputs_path(s.label).is_file():
+                images, _ = stack_images(dataset, s.indices)
+                thumbnails = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+                write_tensor(
+                    store.inputs_path(s.label), {"indices": s.indices, "images": thumbnails}
+                )
+    for k, network in enumerate(loaded):
+        for space in experiment.spaces:
+            _Driver(
+                experiment,
+                network,
+                k,
+                space,
+                selections,
+                dataset,
+                store,
+                settings,
+                probe.is_global_zero,
+                device,
+            ).run()
+    if not probe.is_global_zero:
+        return None
+    write_graph_report(store, wandb=wandb or WandbOptions())
+    return store

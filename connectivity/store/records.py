@@ -1,0 +1,383 @@
+"""Saved results of a path experiment: one file per pair and space, and the verdict table.
+
+Every record is written atomically (a temporary file renamed over the final name), so a crash
+never leaves a half-written record, and a rerun skips what is already there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from connectivity.engine.verdicts import PairRecord, Verdict
+from connectivity.errors import ConnectivityError
+
+VERDICTS = [v.value for v in Verdict]
+ROW_NAMES = {
+    "linear": "Linear path exists",
+    "nonlinear": "Nonlinear path exists",
+    "none": "No path found",
+    "diverged": "Diverged",
+}
+
+
+class RunFolderError(ConnectivityError):
+    """A run folder that holds another experiment, or none."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two dataset items of the same class."""
+
+    id: int
+    start_index: int
+    end_index: int
+    label: int
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp makes the file private (0600); a run's pages and tables are for sharing, as
+        # any file the user writes (the umask's mode).
+        os.fchmod(handle, 0o666 & ~_UMASK)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Text version of :func:`atomic_write_bytes`; a file that already holds ``text`` is left as
+    it is (a report of a finished run rewrites nothing, and its files keep their times)."""
+    data = text.encode()
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass  # not there (or not readable): write it
+    atomic_write_bytes(path, data)
+
+
+def compact(value: Any) -> Any:
+    """``value`` with every tensor replaced by a compact CPU copy of its own.
+
+    A record's tensors are often views into a whole batch; ``torch.save`` of a view writes its
+    entire storage, so a record would grow with the number of pairs decided beside it.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone(memory_format=torch.contiguous_format)
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(compact(v) for v in value)
+    return value
+
+
+def _pair_id(file: Path) -> int:
+    """The pair id in a record's name ``pair_<id>.pt`` (ids may outgrow the zero padding)."""
+    return int(file.stem.split("_")[1])
+
+
+def _read_json(path: Path) -> Any:
+    """A run folder's JSON file; a damaged one is a :class:`RunFolderError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(
+            f"{path} is damaged ({type(error).__name__}: {error}); restore it, or delete the "
+            "run folder to start the experiment over"
+        ) from error
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else json.dumps(value, default=str)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys in which two manifests differ, dotted down to the leaves (``path.steps``),
+    each with both values when they are short: ``"path.steps (folder: 20, asked: 30)"``.
+
+    A key that only one side has shows ``absent`` on the other; a long value (the pair list)
+    is named without its values.
+    """
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a == b:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            found.extend(differences(a, b, f"{name}."))
+            continue
+        values = f" (folder: {_shown(a)}, asked: {_shown(b)})"
+        found.append(name + (values if len(values) <= 80 else ""))
+    return found
+
+
+def _as_configured(keys: list[str]) -> list[str]:
+    """Manifest keys as a user's config names them: the manifest keeps the ``pairs`` options
+    under ``sampling`` and the pairs they drew under ``pairs``."""
+    named = []
+    for key in keys:
+        if key == "pairs" or key.startswith("pairs "):
+            key = "the pairs drawn" + key[len("pairs") :]
+        elif key.startswith("sampling."):
+            key = "pairs." + key[len("sampling.") :]
+        named.append(key)
+    return named
+
+
+class RunStore:
+    """The folder of one path experiment.
+
+    Layout: ``run.json`` (what was asked), ``records/<space>/pair_<id>.pt`` (one per decided
+    pair), ``table.md`` / ``table.csv``, ``pairs.csv``, ``figures/`` and the web pages
+    ``index.html`` and ``index_<space>.html``. A record that cannot be read is moved
+    aside to ``pair_<id>.pt.damaged-<time>`` when a run resumes, so that pair is decided again.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    @property
+    def records_dir(self) -> Path:
+        return self.folder / "records"
+
+    def record_path(self, space: str, pair_id: int) -> Path:
+        return self.records_dir / space / f"pair_{pair_id:04d}.pt"
+
+    def _has_records(self) -> bool:
+        # Any depth: a graph run keeps its records one level deeper (records/<model>/<space>/),
+        # and a paths run must never claim a graph run's folder, nor the reverse.
+        return any(self.records_dir.rglob("pair_*.pt"))
+
+    def start(self, manifest: dict[str, Any]) -> None:
+        """Claim the folder for ``manifest``; refuse one that holds a different experiment.
+
+        A folder whose ``run.json`` differs but that holds no decided pair yet (a run that died
+        before its first record, say with options it could not use) is claimed anew, so the
+        corrected rerun is never blocked by it.
+
+        Raises:
+            RunFolderError: The folder holds records of a different experiment.
+        """
+        path = self.folder / "run.json"
+        # Leftovers of writes a crash interrupted; the records they were meant to replace are
+        # intact (or absent, and will be redone).
+        for leftover in self.records_dir.rglob(".pair_*.tmp"):
+            leftover.unlink(missing_ok=True)
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+        if path.is_file():
+            new = json.loads(text)
+            try:
+                old = _read_json(path)
+            except RunFolderError:
+                if self._has_records():
+                    raise
+                old = None  # damaged, but nothing was decided under it: claim anew
+            if old == new:
+                return
+            if old is not None and self._has_records():
+                raise RunFolderError(
+                    f"{self.folder} holds results of a different experiment (differs in: "
+                    f"{'; '.join(_as_configured(differences(old, new)))}). Use another `name`, "
+                    "or delete the "
+                    "folder to start over."
+                )
+        atomic_write_text(path, text)
+
+    def manifest(self) -> dict[str, Any]:
+        path = self.folder / "run.json"
+        if not path.is_file():
+            raise RunFolderError(f"{self.folder} is not a path-experiment folder (no run.json)")
+        return _read_json(path)
+
+    def save_decoders(self, decoders: dict[str, str]) -> None:
+        """Remember which decoders show this run's latent points (they do not change results)."""
+        # Absolute: a report run from another folder still finds them.
+        decoders = {space: str(Path(path).resolve()) for space, path in decoders.items()}
+        atomic_write_text(self.folder / "decoders.json", json.dumps(decoders, indent=2))
+
+    def decoders(self) -> dict[str, str]:
+        path = self.folder / "decoders.json"
+        return _read_json(path) if path.is_file() else {}
+
+    def _files(self, space: str) -> list[Path]:
+        """Record files of ``space`` in pair-id order (numeric, not by name)."""
+        return sorted((self.records_dir / space).glob("pair_*.pt"), key=_pair_id)
+
+    @staticmethod
+    def _read(file: Path) -> dict[str, Any]:
+        return torch.load(file, map_location="cpu", weights_only=True)
+
+    def done(self, space: str) -> set[int]:
+        """Ids of the pairs already decided in ``space``.
+
+        Only records that load count: a damaged one (a disk that filled up, a copy cut short)
+        is renamed to ``<name>.damaged-<time>`` with a warning, and its pair is decided again.
+        """
+        ids = set()
+        for file in self._files(space):
+            try:
+                self._read(file)
+            except FileNotFoundError:
+                continue  # another rank moved it aside just now
+            except Exception as error:  # pickle, zip and unpickler errors all mean "damaged"
+                aside = file.with_name(f"{file.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                try:
+                    file.rename(aside)
+                except FileNotFoundError:
+                    continue
+                warnings.warn(
+                    f"{file} cannot be read ({type(error).__name__}); moved it to {aside.name} "
+                    "and deciding that pair again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            ids.add(_pair_id(file))
+        return ids
+
+    def save(
+        self, space: str, pair: Pair, record: PairRecord, end_images: torch.Tensor | None = None
+    ) -> None:
+        """Write one pair's record; its tensors are compact copies, so its size depends on the
+        pair alone, not on the batch it was decided in.
+
+        Args:
+            space: The space the pair was decided in.
+            pair: The pair.
+            record: What was found.
+            end_images: ``(2, C, H, W)`` the pair's two input images in [0, 1], kept (as uint8,
+                ``end_images`` of the record) for figures of latent spaces, whose points are
+                not images. None: not kept (the input space: its ends are the inputs).
+        """
+        payload = compact({"space": space, "pair": asdict(pair), **asdict(record)})
+        if end_images is not None:
+            # uint8: the figures need no more, and the record stays small (2 KiB for digits).
+            payload["end_images"] = (
+                (end_images.detach().float().clamp(0, 1) * 255)
+                .round()
+                .to(device="cpu", dtype=torch.uint8)
+            )
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.record_path(space, pair.id), buffer.getvalue())
+
+    def load(self, space: str) -> list[dict[str, Any]]:
+        """All saved records of ``space``, ordered by pair id.
+
+        Raises:
+            RunFolderError: A record cannot be read; the message names its file.
+        """
+        records = []
+        for file in self._files(space):
+            try:
+                records.append(self._read(file))
+            except Exception as error:  # pickle, zip and unpickler errors all mean "damaged"
+                raise RunFolderError(
+                    f"{file} is damaged and cannot be read ({type(error).__name__}). Rerun the "
+                    "same config to decide that pair again (the damaged file is moved aside), "
+                    "then report again."
+                ) from error
+        return records
+
+    def load_all(self) -> dict[str, list[dict[str, Any]]]:
+        """All saved records, by space in the run's order."""
+        return {space: self.load(space) for space in self.manifest()["spaces"]}
+
+
+def count_verdicts(records: list[dict[str, Any]], key: str = "verdict") -> dict[str, int]:
+    """How many records have each verdict (all verdicts present, zeros included)."""
+    counts = Counter(r[key] for r in records)
+    return {v: counts.get(v, 0) for v in VERDICTS}
+
+
+CERTIFICATES = ("exact", "sampled")
+
+
+def verdict_table(by_space: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict]]:
+    """``{space: {"dense": counts, "pivots": counts, "exact": counts, "sampled": counts}}``:
+    the verdicts, the pivots-only verdicts, and the verdicts that rest on each certificate
+    (``exact + sampled = dense``; records from before certificates count as sampled)."""
+    table = {}
+    for space, rs in by_space.items():
+        table[space] = {"dense": count_verdicts(rs), "pivots": count_verdicts(rs, "pivot_verdict")}
+        for certificate in CERTIFICATES:
+            kept = [r for r in rs if r.get("certificate", "sampled") == certificate]
+            table[space][certificate] = count_verdicts(kept)
+    return table
+
+
+def _cell(checks: dict[str, dict], verdict: str) -> str:
+    """``count (pivots-only count)`` and the certificate the count rests on."""
+    count = checks["dense"][verdict]
+    cell = f"{count} ({checks['pivots'][verdict]})"
+    by_certificate = {c: checks.get(c, {}).get(verdict, 0) for c in CERTIFICATES}
+    if count == 0:
+        return cell
+    if "exact" not in checks:  # a table of records from before certificates: all sampled
+        return f"{cell} sampled"
+    parts = [c for c in CERTIFICATES if by_certificate[c]]
+    if len(parts) == 1:
+        return f"{cell} {parts[0]}"
+    return f"{cell}: " + ", ".join(f"{by_certificate[c]} {c}" for c in parts)
+
+
+def table_markdown(table: dict[str, dict[str, dict]], pairs: int) -> str:
+    """The paper's Table 1 layout, with the pivot-only count in brackets beside each count and
+    the check each count rests on: ``exact`` (every point of the line or path proven in the
+    class, or proven to leave it) or ``sampled`` (evenly spaced points only)."""
+    spaces = list(table)
+    lines = [
+        f"Pairs: {pairs}. Each cell: pairs with that verdict (pivots-only verdict as in the "
+        "paper, in brackets), and the check the verdicts rest on: exact (every point of the "
+        "path) or sampled (evenly spaced points).",
+        "",
+        "| | " + " | ".join(spaces) + " |",
+        "|---|" + "---|" * len(spaces),
+    ]
+    for verdict in VERDICTS:
+        cells = [_cell(table[s], verdict) for s in spaces]
+        lines.append(f"| {ROW_NAMES[verdict]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(table: dict[str, dict[str, dict]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["space", "check", *VERDICTS])
+    for space, checks in table.items():
+        for check, counts in checks.items():
+            writer.writerow([space, check, *(counts[v] for v in VERDICTS)])
+    return out.getvalue()
