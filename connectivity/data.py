@@ -145,6 +145,17 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test")
 
 
+def _seeded_split(
+    size: int, fraction: float, seed: int, at_least: int
+) -> tuple[list[int], list[int]]:
+    """Indices ``(kept, held_out)`` of ``range(size)``: a seeded shuffle, ``fraction`` of it
+    (rounded, at least ``at_least``) held out. The same seed gives the same split on every
+    machine, so a run folder's pairs name the same images wherever it resumes."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    held = max(at_least, round(fraction * size))
+    return order[held:], order[:held]
+
+
 def _image_transform(resize: int | None) -> transforms.Compose:
     steps: list = [transforms.ToTensor()]
     if resize is not None:
@@ -189,9 +200,7 @@ class DigitsDataModule(ImageDataModule):
         images = images.clamp(0.0, 1.0).expand(-1, 3, -1, -1).contiguous()
         labels = torch.as_tensor(digits.target, dtype=torch.long)
         self.class_names = [str(name) for name in digits.target_names]
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        n_test = round(self.test_fraction * len(labels))
-        test, rest = order[:n_test], order[n_test:]
+        rest, test = _seeded_split(len(labels), self.test_fraction, self.seed, at_least=0)
         return TensorDataset(images[rest], labels[rest]), TensorDataset(images[test], labels[test])
 
 
@@ -296,10 +305,8 @@ class ImageFolderDataModule(ImageDataModule):
                     f"{self.test_root} ({test.classes})"
                 )
             return train, test
-        generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(len(train), generator=generator).tolist()
-        n_test = max(1, round(self.test_fraction * len(train)))
-        return Subset(train, order[n_test:]), Subset(train, order[:n_test])
+        rest, test = _seeded_split(len(train), self.test_fraction, self.seed, at_least=1)
+        return Subset(train, rest), Subset(train, test)
 
 
 def stack_images(dataset: Dataset, indices: list[int]) -> tuple[Tensor, Tensor]:
