@@ -221,8 +221,8 @@ def classifier(args: argparse.Namespace) -> None:
     checkpoint = args.classifier or experiment.classifier
     if not Path(checkpoint).is_file():
         raise SystemExit(
-            f"no classifier checkpoint at {checkpoint}: train one (see the README, 'Real "
-            "images: CIFAR-10 on a CPU') or give --classifier"
+            f"no classifier checkpoint at {checkpoint}: train one (see docs/experiments.md, "
+            "'Real images: CIFAR-10 on a CPU') or give --classifier"
         )
     with quiet_library_output():
         network = load_network(checkpoint)

@@ -3,7 +3,7 @@
 A :class:`DecoderModule` splits a trained classifier at a named layer, keeps the head (input ->
 layer) frozen to encode each batch, and trains a decoder (layer -> image in [0, 1]) with MSE.
 Vectors get the last-layer design of Table 3, spatial maps the first-hidden-layer design of
-Table 2 with upsampling stages added; README.md ("Decoders") lists every deviation.
+Table 2 with upsampling stages added; docs/training.md lists every deviation.
 """
 
 from __future__ import annotations
