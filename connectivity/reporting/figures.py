@@ -7,8 +7,8 @@ freed with their last reference rather than kept in pyplot's global list.
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -437,7 +437,7 @@ def pair_figure(
     (:func:`competing_class`), and the band's energy (cross-entropy) at the pivots.
 
     Every text is at least :data:`SMALL_PT` points, at least 9 pixels tall once saved at
-    :data:`FIGURE_DPI` (:func:`save_figure`).
+    :data:`FIGURE_DPI` (:func:`figure_png`).
 
     Args:
         record: A saved pair record (see :class:`connectivity.store.records.RunStore`).
@@ -591,11 +591,12 @@ def figure_array(fig: Figure, dpi: int = 72) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` at :data:`FIGURE_DPI` (the format follows the suffix),
-    creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` as the bytes of a PNG file at :data:`FIGURE_DPI`, cropped to what is drawn
+    (the store writes them: :meth:`~connectivity.store.records.RunStore.save_bytes`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def bar_image(probabilities: Tensor, target: int, height: int = 32, width: int = 4) -> np.ndarray:

@@ -14,7 +14,7 @@ import connectivity
 from connectivity.classifier import ClassifierModule
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
-from connectivity.reporting.report import WandbOptions
+from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.paths import Experiment
 from tests.conftest import CONFIGS, LIBRARY_LINES, printed_lines
 

@@ -18,7 +18,7 @@ from connectivity.reporting.figures import (
     pair_figure,
     reconstruction_figure,
 )
-from connectivity.reporting.report import gallery_pages
+from connectivity.reporting.gallery import gallery_pages
 
 NAMES = ["zero", "one"]
 

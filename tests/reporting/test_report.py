@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from connectivity.engine.verdicts import PathOptions, connect_points
-from connectivity.reporting.report import (
+from connectivity.reporting.report import write_report
+from connectivity.reporting.wandb_log import (
     REPORTED_FILE,
     WANDB_ID_FILE,
     WandbOptions,
@@ -25,7 +26,6 @@ from connectivity.reporting.report import (
     read_transaction_log,
     relocate_offline_runs,
     split_rows,
-    write_report,
     write_transaction_log,
 )
 from connectivity.store.records import Pair, RunStore
@@ -332,7 +332,7 @@ def test_reports_of_a_logged_run_add_no_second_run_unless_asked(
 def test_the_transaction_log_is_rewritten_as_wandb_writes_it(tmp_path: Path, home: Path) -> None:
     import wandb
 
-    from connectivity.reporting.report import run_folder_environment
+    from connectivity.reporting.wandb_log import run_folder_environment
 
     # A config record of 100 kB spans four 32 KiB blocks of W&B's own writer.
     with run_folder_environment(tmp_path):

@@ -14,9 +14,10 @@ import torch
 
 from connectivity.cli.commands import report, report_parser
 from connectivity.errors import OptionsError
-from connectivity.reporting.report import STAMPS_FILE, figure_name, figures_to_draw, write_report
+from connectivity.reporting.drawing import STAMPS_FILE, figures_to_draw
+from connectivity.reporting.report import write_report
 from connectivity.runs.paths import Experiment
-from connectivity.store.records import RunStore
+from connectivity.store.records import RunStore, figure_name
 from tests.reporting.test_report import _run_folder
 
 
