@@ -7,7 +7,6 @@ Shared by the ``connectivity`` command (:mod:`connectivity.cli`) and the quickst
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,9 +86,7 @@ class ExperimentCommand:
     trainer: dict[str, Any]
     wandb: WandbOptions
 
-    # The experiment's dataclass and the function that runs it, set by each command.
-    kind: ClassVar[type]
-    runner: ClassVar[Callable[..., RunStore | None]]
+    kind: ClassVar[type]  # the experiment's dataclass, set by each command
 
     @classmethod
     def from_config(cls, parser: ArgumentParser, config: Namespace) -> Any:
@@ -107,7 +104,10 @@ class ExperimentCommand:
     def run(self) -> RunStore | None:
         """Run (or resume) the experiment; the store on rank zero, None elsewhere."""
         with quiet_library_output():
-            return type(self).runner(self.experiment, self.data, self.trainer, self.wandb)
+            return self._start()
+
+    def _start(self) -> RunStore | None:
+        raise NotImplementedError  # each command runs its own experiment
 
 
 @dataclasses.dataclass
@@ -116,7 +116,9 @@ class PathsCommand(ExperimentCommand):
 
     experiment: Experiment
     kind: ClassVar[type] = Experiment
-    runner: ClassVar[Callable[..., RunStore | None]] = run_paths
+
+    def _start(self) -> RunStore | None:
+        return run_paths(self.experiment, self.data, self.trainer, self.wandb)
 
     @classmethod
     def from_file(cls, path: str | Path) -> PathsCommand:
@@ -131,7 +133,9 @@ class GraphCommand(ExperimentCommand):
 
     experiment: GraphExperiment
     kind: ClassVar[type] = GraphExperiment
-    runner: ClassVar[Callable[..., RunStore | None]] = run_graph
+
+    def _start(self) -> GraphStore | None:
+        return run_graph(self.experiment, self.data, self.trainer, self.wandb)
 
 
 def report_parser(**kwargs: Any) -> ArgumentParser:
