@@ -3,18 +3,15 @@ it stays inside the folder (and travels with it), and that reruns add no second 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from connectivity.engine.verdicts import PathOptions, connect_points
 from connectivity.reporting.report import write_report
 from connectivity.reporting.wandb_log import (
     REPORTED_FILE,
@@ -28,45 +25,9 @@ from connectivity.reporting.wandb_log import (
     split_rows,
     write_transaction_log,
 )
-from connectivity.store.records import Pair, RunStore
-from tests.toy import RingNet, Stripes, ring_images
+from tests.reporting.folders import run_folder as _run_folder
 
-CLASSES = ["ring", "rest"]
 ENVIRONMENT = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR")
-
-
-def _run_folder(folder: Path) -> RunStore:
-    """A finished two-space run: ``input`` (1x2x2 images on RingNet's ring, one pair whose
-    line crosses the hole) and ``hidden`` (8-dim points, Stripes, no images)."""
-    store = RunStore(folder)
-    checkpoint = folder.parent / f"{folder.name}-classifier.ckpt"
-    checkpoint.write_bytes(b"weights of the toy classifier")
-    pairs = [Pair(0, 0, 1, 0), Pair(1, 2, 3, 0)]
-    store.start(
-        {
-            "classifier": str(checkpoint),
-            "classifier_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-            "class_names": CLASSES,
-            "spaces": ["input", "hidden"],
-            "pairs": [asdict(p) for p in pairs],
-            "path": {"num_pivots": 4, "steps": 150},
-        }
-    )
-    options = PathOptions(num_pivots=4, steps=150, lr=0.05, bounds=(0.0, 1.0))
-    start, end = ring_images()
-    near = start.clone()
-    near[0, 0] = torch.tensor([0.8, 0.7])  # on the ring beside `start`: a straight line joins
-    starts, ends = torch.stack([start, start]), torch.stack([end, near])
-    targets = torch.zeros(2, dtype=torch.long)
-    for k, record in enumerate(connect_points(RingNet(), starts, ends, targets, options)):
-        store.save("input", pairs[k], record)
-    points = torch.rand(2, 2, 8, generator=torch.Generator().manual_seed(0)) * 0.5
-    hidden = connect_points(
-        Stripes(), points[:, 0], points[:, 1], targets, PathOptions(num_pivots=4, steps=5)
-    )
-    for k, record in enumerate(hidden):
-        store.save("hidden", pairs[k], record)
-    return store
 
 
 @pytest.fixture
@@ -364,7 +325,7 @@ def test_split_rows_keeps_walks_whole_and_order() -> None:
 def test_tables_longer_than_wandb_keeps_reach_the_run_whole_in_parts(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    # Issue 18: W&B keeps the first wandb.Table.MAX_ROWS rows (10,000) of a table in the run's
+    # W&B keeps the first wandb.Table.MAX_ROWS rows (10,000) of a table in the run's
     # copy and MAX_ARTIFACT_ROWS (200,000) in its artifact. The same limits, made small: the
     # 30 rows of `points` (5 walks of 6 points) no longer fit one table.
     import wandb
