@@ -1,5 +1,7 @@
 """The W&B run of a path run folder, read back from its offline files: what it holds, that
-it stays inside the folder (and travels with it), and that reruns add no second run."""
+it stays inside the folder (and travels with it), and that reruns add no second run; the
+folder's run id, W&B's environment, the line that says where a run is, and Trainer loggers
+of other kinds left alone."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,14 +20,20 @@ from connectivity.reporting.wandb_log import (
     REPORTED_FILE,
     WANDB_ID_FILE,
     WandbOptions,
+    mark_reported,
     offline_run_records,
     offline_runs,
     paths_logger,
     read_transaction_log,
     relocate_offline_runs,
+    report_run_id,
+    run_folder_environment,
     split_rows,
+    wandb_run_id,
+    wandb_run_line,
     write_transaction_log,
 )
+from connectivity.store.records import RunStore
 from tests.reporting.folders import run_folder as _run_folder
 
 ENVIRONMENT = ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR")
@@ -293,8 +302,6 @@ def test_reports_of_a_logged_run_add_no_second_run_unless_asked(
 def test_the_transaction_log_is_rewritten_as_wandb_writes_it(tmp_path: Path, home: Path) -> None:
     import wandb
 
-    from connectivity.reporting.wandb_log import run_folder_environment
-
     # A config record of 100 kB spans four 32 KiB blocks of W&B's own writer.
     with run_folder_environment(tmp_path):
         run = wandb.init(dir=tmp_path, mode="offline", config={"long": "x" * 100_000})
@@ -356,3 +363,71 @@ def test_tables_longer_than_wandb_keeps_reach_the_run_whole_in_parts(
     points = _table(store.folder, artifacts[f"run-{run_id}-points"], "points")
     walks = {(row[0], row[1], row[3]) for row in points["data"]}
     assert len(walks) == 2
+
+
+def test_wandb_writes_only_inside_the_run_folder_while_the_block_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectivity.reporting.wandb_log import wandb_environment
+
+    monkeypatch.setenv("WANDB_DIR", "/elsewhere")
+    values = wandb_environment(tmp_path / "run")
+    assert set(values) == set(ENVIRONMENT)
+    assert all(Path(v).is_relative_to((tmp_path / "run").resolve()) for v in values.values())
+    with pytest.raises(KeyError), run_folder_environment(tmp_path / "run"):
+        assert os.environ["WANDB_DATA_DIR"] == values["WANDB_DATA_DIR"]
+        os.environ["WANDB_MODE"] = "online"  # as Lightning's logger does for offline runs
+        raise KeyError("the block fails")
+    assert os.environ["WANDB_DIR"] == "/elsewhere" and "WANDB_DATA_DIR" not in os.environ
+    assert os.environ["WANDB_MODE"] == "offline"
+
+
+def test_a_folder_keeps_one_run_id_until_a_relog_asks_for_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = RunStore(tmp_path / "run")
+    first = wandb_run_id(store)
+    assert wandb_run_id(store) == first == (store.folder / WANDB_ID_FILE).read_text().strip()
+    assert report_run_id(store, WandbOptions()) == first
+    mark_reported(store, first)
+    assert report_run_id(store, WandbOptions()) is None
+    assert "W&B already holds this folder's report" in capsys.readouterr().out
+    second = report_run_id(store, WandbOptions(relog=True))
+    assert second not in (None, first) and wandb_run_id(store) == second
+    (store.folder / REPORTED_FILE).write_text("{damaged")  # logged again rather than lost
+    assert report_run_id(store, WandbOptions()) == second
+    assert paths_logger(store, WandbOptions(enabled=False)) is None
+    assert paths_logger(store, None) is None
+
+
+def test_the_run_line_is_its_page_or_how_to_upload_it(tmp_path: Path) -> None:
+    online = SimpleNamespace(offline=False, url="https://wandb.ai/x/y/runs/abc")
+    assert wandb_run_line(online) == "W&B run: https://wandb.ai/x/y/runs/abc"
+    offline = SimpleNamespace(offline=True, url=None, sync_dir="/runs/offline-run-1", dir="")
+    upload = "W&B run (offline): upload it with `wandb sync /runs/offline-run-1`"
+    assert wandb_run_line(offline) == upload
+    assert f"`cd {tmp_path} && wandb sync wandb/offline-run-*`" in wandb_run_line(
+        offline, run_folder=tmp_path
+    )
+
+
+def test_loggers_other_than_wandb_are_left_alone(tmp_path: Path) -> None:
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from connectivity.reporting.wandb_log import (
+        log_config,
+        log_image,
+        prepare_loggers,
+        run_folder,
+        run_lines,
+    )
+
+    logger = CSVLogger(tmp_path)
+    loggers = [logger]
+    prepare_loggers(loggers)
+    log_config(loggers, {"cli_config": {}})
+    log_image(loggers, "val/reconstructions", None, 0, "not drawn")
+    assert run_lines(loggers) == []
+    trainer = L.Trainer(logger=logger, default_root_dir=tmp_path, enable_progress_bar=False)
+    assert run_folder(trainer) == Path(logger.log_dir)
