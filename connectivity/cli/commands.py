@@ -170,7 +170,7 @@ def report(
     """Rebuild the table and figures of the run in ``folder`` (by default with its decoders).
 
     ``figures``: which pair figures of a paths run to draw (``auto``, ``all``, ``none``; see
-    :func:`~connectivity.reporting.report.draw_figures`); only missing or stale ones are drawn.
+    :func:`~connectivity.reporting.drawing.draw_figures`); only missing or stale ones are drawn.
 
     Raises:
         OptionsError: ``figures`` is not one of them (before anything is read).
