@@ -16,7 +16,6 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor, nn
 from torchmetrics import MeanSquaredError
 from torchmetrics.image import PeakSignalNoiseRatio
@@ -25,8 +24,9 @@ from connectivity.checkpoints import CheckpointError, best_and_last, load_lightn
 from connectivity.classifier import ClassifierModule
 from connectivity.engine.split import Frozen, layer_shape, split
 from connectivity.errors import ConnectivityError
-from connectivity.reporting.figures import figure_array, reconstruction_figure, save_figure
-from connectivity.store.folders import run_folder
+from connectivity.reporting.figures import figure_array, figure_png, reconstruction_figure
+from connectivity.reporting.wandb_log import log_image, run_folder
+from connectivity.store.files import atomic_write_bytes
 
 Architecture = Literal["auto", "vector", "map"]
 
@@ -407,16 +407,13 @@ class DecoderModule(L.LightningModule):
         title = f"{self.hparams.layer} decoder, {validation_note(self.validation)}"
         figure = reconstruction_figure(*pair, title=title)
         folder = run_folder(self.trainer)
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="val/reconstructions",
-                    images=[figure_array(figure)],
-                    step=self.global_step,
-                    caption=[f"{title}: originals (top), decoded (bottom)"],
-                )
+        caption = f"{title}: originals (top), decoded (bottom)"
+        log_image(
+            self.loggers, "val/reconstructions", figure_array(figure), self.global_step, caption
+        )
         if self.trainer.is_global_zero:
-            save_figure(figure, folder / "reconstructions" / f"epoch={epoch:03d}.png")
+            file = folder / "reconstructions" / f"epoch={epoch:03d}.png"
+            atomic_write_bytes(file, figure_png(figure))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["validation"] = dict(self.validation)

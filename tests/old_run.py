@@ -50,7 +50,7 @@ def experiment(output_dir: Path) -> Experiment:
 
 def main() -> None:
     from connectivity.data import DigitsDataModule
-    from connectivity.reporting.report import WandbOptions
+    from connectivity.reporting.wandb_log import WandbOptions
     from connectivity.runs.paths import run_paths
 
     if FOLDER.exists():

@@ -19,7 +19,7 @@ from connectivity.data import DigitsDataModule
 from connectivity.engine.split import BatchDependenceError, LayerError, probe_split, split
 from connectivity.engine.verdicts import PathOptions, connect_points
 from connectivity.errors import ConnectivityError
-from connectivity.reporting.report import WandbOptions
+from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.paths import Experiment, PairSampling, run_paths
 
 CUT = "2"  # after the first BatchNorm and ReLU: index 1 is in the head, index 4 in the tail

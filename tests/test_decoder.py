@@ -28,7 +28,7 @@ from connectivity.decoder import (
 )
 from connectivity.engine.split import LayerError, split
 from connectivity.errors import ConnectivityError
-from connectivity.reporting.report import load_decoders
+from connectivity.reporting.drawing import load_decoders
 from connectivity.runs.paths import Experiment, run_paths
 from tests.conftest import CONFIGS
 

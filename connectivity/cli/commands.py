@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
@@ -16,8 +16,10 @@ from lightning.pytorch.cli import LightningArgumentParser
 
 from connectivity.data import ImageDataModule
 from connectivity.lightning.output import quiet_library_output
+from connectivity.reporting.drawing import FIGURES_HELP, check_figures
 from connectivity.reporting.graph_report import write_graph_report
-from connectivity.reporting.report import FIGURES_HELP, WandbOptions, check_figures, write_report
+from connectivity.reporting.report import write_report
+from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.graph import GraphExperiment, run_graph
 from connectivity.runs.paths import Experiment, run_paths
 from connectivity.store.graph import GraphStore
@@ -31,19 +33,25 @@ GRAPH_HELP = (
 )
 
 
-def add_paths_arguments(parser: LightningArgumentParser) -> None:
-    """The options of ``connectivity paths``: the experiment, its data, Trainer and W&B.
+def _add_experiment_arguments(parser: LightningArgumentParser, kind: type) -> None:
+    """The options of an experiment command: a YAML config, the experiment (a ``kind``
+    dataclass), its data, Trainer and W&B.
 
     ``--trainer.*`` is the whole ``lightning.Trainer`` signature, as in ``connectivity fit``
     (callbacks and loggers as ``class_path``/``init_args``, instantiated; the Trainer itself is
-    built by :func:`~connectivity.runs.paths.run_paths`).
+    built by the experiment's runner).
     """
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
-    parser.add_class_arguments(Experiment, None, fail_untyped=True)
+    parser.add_class_arguments(kind, None, fail_untyped=True)
     parser.add_subclass_arguments(ImageDataModule, "data", required=True)
     # The same call LightningCLI makes for its own commands: Trainer arguments, not instantiated.
     parser.add_lightning_class_args(L.Trainer, "trainer")
     parser.add_class_arguments(WandbOptions, "wandb")
+
+
+def add_paths_arguments(parser: LightningArgumentParser) -> None:
+    """The options of ``connectivity paths``: the experiment, its data, Trainer and W&B."""
+    _add_experiment_arguments(parser, Experiment)
 
 
 def paths_parser(**kwargs: Any) -> LightningArgumentParser:
@@ -54,42 +62,63 @@ def paths_parser(**kwargs: Any) -> LightningArgumentParser:
     return parser
 
 
-def _instantiate(
-    parser: ArgumentParser, config: Namespace, kind: type
-) -> tuple[Any, ImageDataModule, dict[str, Any], WandbOptions]:
-    """The experiment (a ``kind`` dataclass), data, Trainer arguments and W&B settings of a
-    parsed ``paths`` or ``graph`` config."""
-    objects = parser.instantiate(config)
-    fields = {f.name for f in dataclasses.fields(kind)}
-    experiment = kind(**{name: objects[name] for name in fields})
-    # Only the arguments given (differing from Trainer's defaults) are passed on: the runner
-    # supplies its own defaults and its own logging and progress settings.
-    defaults = vars(parser.get_defaults().trainer)
-    given = vars(config.trainer)
-    trainer = {k: objects.trainer[k] for k, v in given.items() if v != defaults.get(k)}
-    return experiment, objects.data, trainer, objects.wandb
+def graph_parser(**kwargs: Any) -> LightningArgumentParser:
+    """A parser of ``connectivity graph`` options: the experiment, its data, Trainer and W&B."""
+    kwargs.setdefault("description", GRAPH_HELP)
+    parser = LightningArgumentParser(**kwargs)
+    _add_experiment_arguments(parser, GraphExperiment)
+    return parser
 
 
 @dataclasses.dataclass
-class PathsCommand:
-    """A path experiment with its objects built, ready to run.
+class ExperimentCommand:
+    """An experiment (``paths`` or ``graph``) with its objects built, ready to run.
 
     Args:
-        experiment: What the experiment asks.
-        data: The datamodule the pairs are drawn from.
+        experiment: What the experiment asks (the command's :attr:`kind`).
+        data: The datamodule the inputs are drawn from.
         trainer: The Trainer keyword arguments the user chose (instantiated callbacks, logger).
-        wandb: W&B settings of the report.
+        wandb: W&B settings of the run and its report.
     """
 
-    experiment: Experiment
+    experiment: Any
     data: ImageDataModule
     trainer: dict[str, Any]
     wandb: WandbOptions
 
+    kind: ClassVar[type]  # the experiment's dataclass, set by each command
+
     @classmethod
-    def from_config(cls, parser: ArgumentParser, config: Namespace) -> PathsCommand:
-        """Instantiate a parsed ``paths`` config (from :func:`paths_parser`)."""
-        return cls(*_instantiate(parser, config, Experiment))
+    def from_config(cls, parser: ArgumentParser, config: Namespace) -> Any:
+        """Instantiate a parsed config (from :func:`paths_parser` or :func:`graph_parser`)."""
+        objects = parser.instantiate(config)
+        fields = {f.name for f in dataclasses.fields(cls.kind)}
+        experiment = cls.kind(**{name: objects[name] for name in fields})
+        # Only the arguments given (differing from Trainer's defaults) are passed on: the
+        # runner supplies its own defaults and its own logging and progress settings.
+        defaults = vars(parser.get_defaults().trainer)
+        given = vars(config.trainer)
+        trainer = {k: objects.trainer[k] for k, v in given.items() if v != defaults.get(k)}
+        return cls(experiment, objects.data, trainer, objects.wandb)
+
+    def run(self) -> RunStore | None:
+        """Run (or resume) the experiment; the store on rank zero, None elsewhere."""
+        with quiet_library_output():
+            return self._start()
+
+    def _start(self) -> RunStore | None:
+        raise NotImplementedError  # each command runs its own experiment
+
+
+@dataclasses.dataclass
+class PathsCommand(ExperimentCommand):
+    """A path experiment with its objects built, ready to run (``connectivity paths``)."""
+
+    experiment: Experiment
+    kind: ClassVar[type] = Experiment
+
+    def _start(self) -> RunStore | None:
+        return run_paths(self.experiment, self.data, self.trainer, self.wandb)
 
     @classmethod
     def from_file(cls, path: str | Path) -> PathsCommand:
@@ -97,10 +126,16 @@ class PathsCommand:
         parser = paths_parser()
         return cls.from_config(parser, parser.parse_path(str(path)))
 
-    def run(self) -> RunStore | None:
-        """Run (or resume) the experiment; the store on rank zero, None elsewhere."""
-        with quiet_library_output():
-            return run_paths(self.experiment, self.data, self.trainer, self.wandb)
+
+@dataclasses.dataclass
+class GraphCommand(ExperimentCommand):
+    """A graph experiment with its objects built, ready to run (``connectivity graph``)."""
+
+    experiment: GraphExperiment
+    kind: ClassVar[type] = GraphExperiment
+
+    def _start(self) -> GraphStore | None:
+        return run_graph(self.experiment, self.data, self.trainer, self.wandb)
 
 
 def report_parser(**kwargs: Any) -> ArgumentParser:
@@ -135,7 +170,7 @@ def report(
     """Rebuild the table and figures of the run in ``folder`` (by default with its decoders).
 
     ``figures``: which pair figures of a paths run to draw (``auto``, ``all``, ``none``; see
-    :func:`~connectivity.reporting.report.draw_figures`); only missing or stale ones are drawn.
+    :func:`~connectivity.reporting.drawing.draw_figures`); only missing or stale ones are drawn.
 
     Raises:
         OptionsError: ``figures`` is not one of them (before anything is read).
@@ -153,35 +188,3 @@ def report(
             wandb=wandb or WandbOptions(),
             figures=figures,
         )
-
-
-def graph_parser(**kwargs: Any) -> LightningArgumentParser:
-    """A parser of ``connectivity graph`` options: the experiment, its data, Trainer and W&B."""
-    kwargs.setdefault("description", GRAPH_HELP)
-    parser = LightningArgumentParser(**kwargs)
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="YAML config file")
-    parser.add_class_arguments(GraphExperiment, None, fail_untyped=True)
-    parser.add_subclass_arguments(ImageDataModule, "data", required=True)
-    parser.add_lightning_class_args(L.Trainer, "trainer")
-    parser.add_class_arguments(WandbOptions, "wandb")
-    return parser
-
-
-@dataclasses.dataclass
-class GraphCommand:
-    """A graph experiment with its objects built, ready to run (see :class:`PathsCommand`)."""
-
-    experiment: GraphExperiment
-    data: ImageDataModule
-    trainer: dict[str, Any]
-    wandb: WandbOptions
-
-    @classmethod
-    def from_config(cls, parser: ArgumentParser, config: Namespace) -> GraphCommand:
-        """Instantiate a parsed ``graph`` config (from :func:`graph_parser`)."""
-        return cls(*_instantiate(parser, config, GraphExperiment))
-
-    def run(self) -> GraphStore | None:
-        """Run (or resume) the experiment; the store on rank zero, None elsewhere."""
-        with quiet_library_output():
-            return run_graph(self.experiment, self.data, self.trainer, self.wandb)

@@ -31,6 +31,7 @@ from connectivity.cli.commands import (
 from connectivity.cli.quickstart import quickstart
 from connectivity.cli.training import RunFolderConfigCallback, TrainingCLI
 from connectivity.errors import ConnectivityError
+from connectivity.reporting.wandb_log import finish_active_run
 
 __all__ = ["ConnectivityCLI", "RunFolderConfigCallback", "main"]
 
@@ -141,12 +142,7 @@ class ConnectivityCLI(TrainingCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand not in EXPERIMENT_COMMANDS:
             super()._run_subcommand(subcommand)
-            # The command's W&B run ends with it, under its output settings: left to the end of
-            # the process, W&B's service would print its own sync hint after ours.
-            if "wandb" in sys.modules:
-                import wandb
-
-                wandb.finish()
+            finish_active_run()  # the command's W&B run ends with it, under its settings
             return
         run = EXPERIMENT_COMMANDS[subcommand][2]
         run(self._subcommand_parsers[subcommand], self.config[subcommand])

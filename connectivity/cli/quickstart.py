@@ -10,8 +10,6 @@ is the same YAML config a user would run by hand (``configs/classifier/quick.yam
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +21,9 @@ from connectivity.cli.training import TrainingCLI
 from connectivity.engine.split import INPUT
 from connectivity.errors import ConnectivityError
 from connectivity.lightning.output import quiet_library_output
-from connectivity.reporting.report import figure_name
-from connectivity.store.records import RunStore, atomic_write_text
+from connectivity.reporting.wandb_log import close_wandb
+from connectivity.store.files import copy_file, read_json_or, write_json
+from connectivity.store.records import RunStore, figure_name
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DECODED_LAYERS = {"layer1": "quick_layer1.yaml", "flatten": "quick_last.yaml"}
@@ -55,16 +54,8 @@ def _fit(config: Path, target: Path, classifier: Path | None = None) -> dict[str
     cli = TrainingCLI(args=args)
     best = cli.trainer.checkpoint_callback.best_model_path
     results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
-    import wandb
-
-    wandb.finish()  # else the next stage's logger would log into this stage's W&B run
-    # The next stage's W&B starts afresh, reading its own environment (the path run points
-    # W&B's folders into its run folder; a running W&B would warn that it ignores them).
-    wandb.teardown()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(best, tmp)
-    tmp.replace(target)  # the stage counts as done only once its checkpoint is whole
+    close_wandb()  # else the next stage's logger would log into this stage's W&B run
+    copy_file(Path(best), target)  # the stage counts as done only once its checkpoint is whole
     return {"checkpoint": str(best), "test": results[0] if results else {}}
 
 
@@ -119,7 +110,7 @@ def quickstart(output: str = "lightning_logs/quickstart") -> dict[str, Any]:
 
 def _quickstart(folder: Path) -> dict[str, Any]:
     summary_file = folder / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary: dict[str, Any] = read_json_or(summary_file, {})
 
     def stage(
         name: str, done: bool, work: Callable[[], dict[str, Any] | None], **details: Any
@@ -132,8 +123,7 @@ def _quickstart(folder: Path) -> dict[str, Any]:
         start = time.perf_counter()
         found = work() or {}
         summary[name] = {**found, **details, "seconds": round(time.perf_counter() - start, 1)}
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(summary_file, json.dumps(summary, indent=2, default=str))
+        write_json(summary_file, summary)
         _say(f"{name}: finished in {summary[name]['seconds']} s")
         return True
 
@@ -181,7 +171,7 @@ def _quickstart(folder: Path) -> dict[str, Any]:
     else:
         copy = folder / "example.png"
         if not copy.is_file() or copy.read_bytes() != example.read_bytes():
-            shutil.copyfile(example, copy)  # a reused run writes nothing again
+            copy_file(example, copy)  # a reused run writes nothing again
         _say(f"example of a band at work: {example} (copied to {copy})")
     _say("wall time per stage: " + ", ".join(f"{k} {v['seconds']} s" for k, v in summary.items()))
     _say(

@@ -12,15 +12,10 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
 
-from connectivity.lightning.output import (
-    StageProgressBar,
-    prepare_wandb_logger,
-    quiet_library_output,
-    wandb_run_line,
-)
-from connectivity.store.folders import new_version_folder, run_folder
+from connectivity.lightning.output import StageProgressBar, quiet_library_output
+from connectivity.reporting.wandb_log import log_config, prepare_loggers, run_folder, run_lines
+from connectivity.store.folders import new_version_folder
 
 VERBOSE_HELP = (
     "Show the libraries' own output too: Lightning's info lines (devices, seed, model "
@@ -49,9 +44,7 @@ class RunFolderConfigCallback(SaveConfigCallback):
             )
             # No public setter: default_root_dir reads this attribute.
             trainer._default_root_dir = str(trainer.strategy.broadcast(folder))
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_hyperparams({"cli_config": self.config.as_dict()})
+        log_config(trainer.loggers, {"cli_config": self.config.as_dict()})
         folder = run_folder(trainer)
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
@@ -104,9 +97,7 @@ class TrainingCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                prepare_wandb_logger(logger)
+        prepare_loggers(self.trainer.loggers)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         # Lightning's default bar leaves a line per epoch and validation in a log file; ours,
@@ -126,6 +117,5 @@ class TrainingCLI(LightningCLI):
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if best:
             print(f"Best checkpoint: {best}")
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                print(wandb_run_line(logger.experiment))
+        for line in run_lines(self.trainer.loggers):
+            print(line)

@@ -15,13 +15,11 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
-from lightning.pytorch.loggers import WandbLogger
 
 # Library output that our own design causes on purpose and that would bury the lines a person
 # follows. Errors, real warnings and the progress bars (on a terminal) are kept, with --verbose
@@ -186,37 +184,3 @@ def epoch_description(trainer: L.Trainer) -> str:
     epoch = f"epoch {trainer.current_epoch + 1}"
     epochs = trainer.max_epochs
     return f"{epoch}/{epochs}" if epochs is not None and epochs > 0 else epoch
-
-
-def prepare_wandb_logger(logger: WandbLogger) -> None:
-    """Start a Lightning ``WandbLogger``'s run without warnings that only its set-up causes.
-
-    Lightning passes ``anonymous=None`` to ``wandb.init``, which recent W&B reports as a
-    deprecated setting being set; W&B looks for a git repository from the run's save folder
-    and warns when that folder does not exist yet (a first run in a fresh folder).
-    """
-    # Lightning keeps wandb.init's arguments here and no public setter exists.
-    arguments = getattr(logger, "_wandb_init", None)
-    if isinstance(arguments, dict) and arguments.get("anonymous", True) is None:
-        del arguments["anonymous"]
-    if logger.save_dir:
-        Path(logger.save_dir).mkdir(parents=True, exist_ok=True)
-
-
-def wandb_run_line(run: Any, run_folder: Path | None = None) -> str:
-    """One line saying where a W&B run is: its page, or its offline folder and how to upload it.
-
-    Args:
-        run: A W&B run (``wandb.init``'s).
-        run_folder: The paths or graph run folder the offline W&B runs lie in: they are
-            uploaded from inside it, as the files they stage are named relative to it (so a
-            copied folder syncs as it is). None: the W&B run's own folder.
-    """
-    if not getattr(run, "offline", False) and getattr(run, "url", None):
-        return f"W&B run: {run.url}"
-    if run_folder is not None:
-        return (
-            f"W&B run (offline): upload it with `cd {run_folder} && wandb sync wandb/offline-run-*`"
-        )
-    folder = getattr(run, "sync_dir", None) or str(Path(run.dir).parent)
-    return f"W&B run (offline): upload it with `wandb sync {folder}`"

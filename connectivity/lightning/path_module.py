@@ -20,7 +20,6 @@ file per rank), and :meth:`PathModule.resume_from` continues from such a file.
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from connectivity.engine.verdicts import (
     check_range,
     working_precision,
 )
+from connectivity.store.files import write_tensor
 from connectivity.store.records import compact
 
 
@@ -408,11 +408,7 @@ class BandCheckpoint(L.Callback):
             "steps": steps,
             **pl_module.checkpoint_extra(),
         }
-        path = self.path(trainer.global_rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        write_tensor(self.path(trainer.global_rank), state)
         # Only after the new file is whole: what the old ones held is in it now.
         for old in pl_module.superseded_checkpoints():
             old.unlink(missing_ok=True)

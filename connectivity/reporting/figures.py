@@ -7,8 +7,8 @@ freed with their last reference rather than kept in pyplot's global list.
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -437,7 +437,7 @@ def pair_figure(
     (:func:`competing_class`), and the band's energy (cross-entropy) at the pivots.
 
     Every text is at least :data:`SMALL_PT` points, at least 9 pixels tall once saved at
-    :data:`FIGURE_DPI` (:func:`save_figure`).
+    :data:`FIGURE_DPI` (:func:`figure_png`).
 
     Args:
         record: A saved pair record (see :class:`connectivity.store.records.RunStore`).
@@ -452,7 +452,6 @@ def pair_figure(
             beside the ends of a latent space's strips; None in the input space (its ends are
             the inputs) and for records saved without them.
     """
-    target = int(record["target"])
     banded = record["verdict"] != "linear"
     # A path may have more points than the line (pivots inserted by the exact check): the
     # columns are as many as the longer strip has points; the shorter one leaves the last empty.
@@ -484,10 +483,7 @@ def pair_figure(
         layout.append(("bars", rows.add(0.08 if has_images else 0.3, 0.45), bars))
         layout.append(("track", rows.add(0.32, 0.3), name))
     if banded:
-        moved = None
-        same = line_images is not None and path_images is not None
-        if difference and same and line_images.shape == path_images.shape:
-            moved = (path_images.float() - line_images.float()).mean(dim=1).cpu().numpy()
+        moved = _moved(line_images, path_images) if difference else None
         tall = 0.95 * column if moved is not None else 0.4
         layout.append(("moved", rows.add(0.25, tall), moved))
     margin_row = rows.add(0.55 if banded and difference else 0.3, 1.5)
@@ -504,29 +500,65 @@ def pair_figure(
         return fig.add_axes((left / width, 1 - (top + tall) / height, wide / width, tall / height))
 
     for kind, row, what in layout:
-        if kind == "images":
-            name, images, probs, ends = what
-            ax = axes(row)
-            _draw_images(ax, cols, images, ends, NOT_IMAGES if images is None else None)
-            _point_titles(ax, cols, probs, target, names)
-            decoded = images is not None and bool(images_note)
-            ax.set_ylabel(f"{name}\n(decoded)" if decoded else name, fontsize=TEXT_PT)
-        elif kind == "bars":
-            name, probs, has_images = what
-            ax = axes(row)
-            _draw_bars(ax, cols, probs, target, labels, named=name == "line" or not banded)
-            if not has_images:  # the point titles and the row's name go on the bars instead
-                _point_titles(ax, cols, probs, target, names)
-                ax.set_ylabel(name, fontsize=TEXT_PT)
-        elif kind == "track":
-            _draw_track(axes(row, full=False), record, what, cols, class_names)
-        else:
-            _draw_moved(axes(row), cols, record, what)
+        ax = axes(row, full=kind != "track")
+        _draw_row(ax, kind, what, record, cols, names, labels, class_names, bool(images_note))
 
-    ax = axes(margin_row, full=False)
-    for which, style in (("line", "o-"), ("path", "s-")):
-        if which == "path" and not banded:
-            continue
+    _draw_margins(axes(margin_row, full=False), record, banded, cols, class_names)
+    _draw_energy(axes(energy_row, full=False), record, banded, cols)
+    fig.suptitle("\n".join(lines), fontsize=TITLE_PT, y=1 - 0.12 / height, va="top")
+    return fig
+
+
+def _draw_row(
+    ax: Axes,
+    kind: str,
+    what: Any,
+    record: dict[str, Any],
+    cols: _Columns,
+    names: list[str],
+    labels: list[str],
+    class_names: list[str] | None,
+    decoded: bool,
+) -> None:
+    """One row of a walk in :func:`pair_figure`: its ``images``, softmax ``bars``, check
+    ``track``, or how the path ``moved`` from the line (``what`` as the layout holds it)."""
+    target, banded = int(record["target"]), record["verdict"] != "linear"
+    if kind == "images":
+        name, images, probs, ends = what
+        _draw_images(ax, cols, images, ends, NOT_IMAGES if images is None else None)
+        _point_titles(ax, cols, probs, target, names)
+        shown = images is not None and decoded
+        ax.set_ylabel(f"{name}\n(decoded)" if shown else name, fontsize=TEXT_PT)
+    elif kind == "bars":
+        name, probs, has_images = what
+        _draw_bars(ax, cols, probs, target, labels, named=name == "line" or not banded)
+        if not has_images:  # the point titles and the row's name go on the bars instead
+            _point_titles(ax, cols, probs, target, names)
+            ax.set_ylabel(name, fontsize=TEXT_PT)
+    elif kind == "track":
+        _draw_track(ax, record, what, cols, class_names)
+    else:
+        _draw_moved(ax, cols, record, what)
+
+
+def _moved(line_images: Tensor | None, path_images: Tensor | None) -> np.ndarray | None:
+    """Path minus line, ``(points, H, W)`` averaged over channels, where both are images of
+    one shape; else None."""
+    if line_images is None or path_images is None or line_images.shape != path_images.shape:
+        return None
+    return (path_images.float() - line_images.float()).mean(dim=1).cpu().numpy()
+
+
+def _draw_margins(
+    ax: Axes,
+    record: dict[str, Any],
+    banded: bool,
+    cols: _Columns,
+    class_names: list[str] | None,
+) -> None:
+    """The target margin at every checked point of the line (and the path), with a marker at
+    each pivot and the class each lowest margin is measured against."""
+    for which, style in (("line", "o-"), ("path", "s-"))[: 2 if banded else 1]:
         position, margin, _ = checked_points(record, which)
         shown = "straight line" if which == "line" else "optimised path"
         finite = np.where(np.isfinite(margin), margin, np.nan)
@@ -534,7 +566,7 @@ def pair_figure(
         if np.isfinite(finite).any():
             label = f"{shown} ({_competing_text(record, which, class_names)})"
         ax.plot(position, finite, "-", lw=1, label=label)
-        count = (line_probs if which == "line" else path_probs).shape[0]
+        count = record[f"{which}_probabilities"].shape[0]
         at = [int(np.abs(position - x).argmin()) for x in np.linspace(0.0, 1.0, count)]
         ax.plot(position[at], finite[at], style[0], color=ax.lines[-1].get_color(), ms=4)
     ax.axhline(0.0, color="black", lw=0.8, ls="--", label="decision boundary (margin 0)")
@@ -543,9 +575,11 @@ def pair_figure(
     ax.legend(fontsize=SMALL_PT, loc="best")
     ax.tick_params(labelsize=SMALL_PT)
 
-    ax = axes(energy_row, full=False)
-    walks_energy = [("line", "o-", "straight line"), ("path", "s-", "optimised path")]
-    for which, style, label in walks_energy[: 2 if banded else 1]:
+
+def _draw_energy(ax: Axes, record: dict[str, Any], banded: bool, cols: _Columns) -> None:
+    """The band's energy (cross-entropy) at the pivots of the line (and the path)."""
+    walks = [("line", "o-", "straight line"), ("path", "s-", "optimised path")]
+    for which, style, label in walks[: 2 if banded else 1]:
         energy = record[f"{which}_energy"].float().numpy()
         ax.plot(np.linspace(0, 1, len(energy)), energy, style, ms=4, label=label)
     ax.set_xlim(*cols.limits(extra=False))
@@ -553,8 +587,6 @@ def pair_figure(
     ax.set_ylabel("energy at pivots\n(cross-entropy)", fontsize=TEXT_PT)
     ax.legend(fontsize=SMALL_PT, loc="best")
     ax.tick_params(labelsize=SMALL_PT)
-    fig.suptitle("\n".join(lines), fontsize=TITLE_PT, y=1 - 0.12 / height, va="top")
-    return fig
 
 
 def reconstruction_figure(originals: Tensor, reconstructions: Tensor, title: str) -> Figure:
@@ -591,11 +623,12 @@ def figure_array(fig: Figure, dpi: int = 72) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    """Write ``fig`` to ``path`` at :data:`FIGURE_DPI` (the format follows the suffix),
-    creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+def figure_png(fig: Figure) -> bytes:
+    """``fig`` as the bytes of a PNG file at :data:`FIGURE_DPI`, cropped to what is drawn
+    (the store writes them: :meth:`~connectivity.store.records.RunStore.save_bytes`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def bar_image(probabilities: Tensor, target: int, height: int = 32, width: int = 4) -> np.ndarray:

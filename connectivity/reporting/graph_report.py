@@ -11,14 +11,13 @@ Written into the run folder:
   ``misclassified.csv`` and ``comparison.csv`` (two or more classifiers);
 * ``figures/model<k>/<space>/class_<c>.png`` (:func:`connectivity.reporting.figures.graph_figure`);
 * the same tables and figures in the folder's W&B run
-  (:class:`~connectivity.reporting.report.WandbOptions`).
+  (:func:`connectivity.reporting.wandb_log.log_graph_report`).
+
+Every file is written by the store (:class:`~connectivity.store.graph.GraphStore`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,19 +25,16 @@ from typing import Any
 import torch
 
 from connectivity.engine.graph import ClassComponents, Pair, components_of
-from connectivity.lightning.output import wandb_run_line
-from connectivity.reporting.figures import graph_figure, save_figure
-from connectivity.reporting.report import (
+from connectivity.reporting.figures import figure_png, graph_figure
+from connectivity.reporting.tables import csv_text, markdown_table
+from connectivity.reporting.wandb_log import (
     WandbOptions,
-    _mode,
-    mark_reported,
+    log_graph_report,
     relocate_offline_runs,
     report_run_id,
     run_folder_environment,
-    table_parts,
 )
 from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore
-from connectivity.store.records import atomic_write_text
 
 NOT_CONNECTED = "not connected by the paths tried"
 
@@ -81,7 +77,7 @@ def load_results(store: GraphStore) -> list[ClassResult]:
             for record in scoped.load(space):
                 c, pair = layout.locate(record["pair"]["id"])
                 by_class[c][pair] = _scalars(record)
-            settled = (store.rounds_dir(k, space) / "settled").is_file()
+            settled = store.settled(k, space)
             for c, selection in enumerate(selections):
                 found = components_of(len(selection["indices"]), by_class[c])
                 results.append(
@@ -92,10 +88,7 @@ def load_results(store: GraphStore) -> list[ClassResult]:
 
 def _misclassified(store: GraphStore, k: int, space: str) -> list[dict[str, Any]]:
     """Rows of the misclassified inputs of model ``k`` in ``space``, with their verdicts."""
-    file = store.rounds_dir(k, space) / f"{MISCLASSIFIED}.json"
-    if not file.is_file():
-        return []
-    rows = json.loads(file.read_text())
+    rows = store.misclassified(k, space)
     records = {
         r["pair"]["id"]: r["verdict"] for r in store.model(k).load(f"{MISCLASSIFIED}-{space}")
     }
@@ -150,14 +143,6 @@ def component_rows(results: list[ClassResult], manifest: dict[str, Any]) -> list
         ]
         for r in results
     ]
-
-
-def _csv(header: list[str], rows: list[list[Any]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 def edge_rows(results: list[ClassResult], names: list[str]) -> tuple[list[str], list[list[Any]]]:
@@ -286,17 +271,6 @@ def misclassified_rows(store: GraphStore, manifest: dict[str, Any]) -> list[list
     return rows
 
 
-def _markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(cell(v) or "-" for v in row) + " |" for row in rows),
-    ]
-
-
 def graph_markdown(
     results: list[ClassResult],
     manifest: dict[str, Any],
@@ -337,14 +311,14 @@ def graph_markdown(
         "",
         *(f"* model {k}: `{c}`" for k, c in enumerate(manifest["classifiers"])),
         "",
-        *_markdown_table(header, rows),
+        *markdown_table(header, rows),
     ]
     if comparison:
         lines += [
             "",
             "Models side by side (each against model 0; edges as `i-j` input numbers):",
             "",
-            *_markdown_table(COMPARISON_COLUMNS, comparison),
+            *markdown_table(COMPARISON_COLUMNS, comparison),
         ]
     if misclassified:
         lines += [
@@ -353,13 +327,37 @@ def graph_markdown(
             "that class can reach them; each is tried against the nearest input of every "
             "component of the class it is predicted as (distances in the space's units):",
             "",
-            *_markdown_table(MISCLASSIFIED_COLUMNS, misclassified),
+            *markdown_table(MISCLASSIFIED_COLUMNS, misclassified),
         ]
     return "\n".join(lines) + "\n"
 
 
-def _figure_file(store: GraphStore, r: ClassResult) -> Path:
-    return store.folder / "figures" / f"model{r.model}" / r.space / f"class_{r.label}.png"
+def _figure_name(r: ClassResult) -> str:
+    return f"figures/model{r.model}/{r.space}/class_{r.label}.png"
+
+
+def _draw(store: GraphStore, results: list[ClassResult], names: list[str]) -> dict[str, Path]:
+    """Draw each class's components; ``{W&B key: figure file}``."""
+    files = {}
+    for r in results:
+        embedding = store.load_embedding(r.model, r.space, r.label)
+        thumbnails = store.load_inputs(r.label)["images"]
+        title = (
+            f"model {r.model}, {r.space}, class {names[r.label]!r}: "
+            f"{len(r.found.components)} component(s) of {r.found.size} inputs "
+            f"({r.found.pairs_decided} of {r.found.all_pairs} pairs decided)"
+        )
+        figure = graph_figure(
+            embedding["coords"],
+            r.found.components,
+            {p: rec["verdict"] for p, rec in r.found.edges.items()},
+            list(r.found.failed),
+            title,
+            thumbnails,
+        )
+        store.save_bytes(_figure_name(r), figure_png(figure))
+        files[f"graph/model{r.model}/{r.space}/{names[r.label]}"] = store.path(_figure_name(r))
+    return files
 
 
 def write_graph_report(
@@ -379,102 +377,37 @@ def write_graph_report(
     comparison = compare(results)
     misclassified = misclassified_rows(store, manifest)
     markdown = graph_markdown(results, manifest, comparison, misclassified)
-    atomic_write_text(store.folder / "components.md", markdown)
-    atomic_write_text(
-        store.folder / "components.csv",
-        _csv(COMPONENT_COLUMNS, component_rows(results, manifest)),
-    )
-    atomic_write_text(store.folder / "edges.csv", _csv(*edge_rows(results, names)))
+    components = component_rows(results, manifest)
+    edge_header, edges = edge_rows(results, names)
+    store.save_text("components.md", markdown)
+    store.save_text("components.csv", csv_text(COMPONENT_COLUMNS, components))
+    store.save_text("edges.csv", csv_text(edge_header, edges))
     if comparison:
-        atomic_write_text(store.folder / "comparison.csv", _csv(COMPARISON_COLUMNS, comparison))
+        store.save_text("comparison.csv", csv_text(COMPARISON_COLUMNS, comparison))
     if misclassified:
-        atomic_write_text(
-            store.folder / "misclassified.csv", _csv(MISCLASSIFIED_COLUMNS, misclassified)
-        )
+        store.save_text("misclassified.csv", csv_text(MISCLASSIFIED_COLUMNS, misclassified))
     print(f"\n{markdown}\nRun folder: {store.folder}")
-    files: dict[tuple[int, str, int], Path] = {}
-    if figures:
-        for r in results:
-            embedding = torch.load(
-                store.embedding_path(r.model, r.space, r.label), weights_only=True
-            )
-            thumbnails = torch.load(store.inputs_path(r.label), weights_only=True)["images"]
-            title = (
-                f"model {r.model}, {r.space}, class {names[r.label]!r}: "
-                f"{len(r.found.components)} component(s) of {r.found.size} inputs "
-                f"({r.found.pairs_decided} of {r.found.all_pairs} pairs decided)"
-            )
-            figure = graph_figure(
-                embedding["coords"],
-                r.found.components,
-                {p: rec["verdict"] for p, rec in r.found.edges.items()},
-                list(r.found.failed),
-                title,
-                thumbnails,
-            )
-            files[(r.model, r.space, r.label)] = _figure_file(store, r)
-            save_figure(figure, files[(r.model, r.space, r.label)])
-    run_id = None
-    if wandb is not None and wandb.enabled:
-        run_id = report_run_id(store, wandb)
-        if run_id is not None:
-            with run_folder_environment(store.folder):
-                _log_wandb(
-                    store, run_id, manifest, results, files, comparison, misclassified, wandb
-                )
-    relocate_offline_runs(store.folder, finished=run_id)
-    return markdown
-
-
-def _log_wandb(
-    store: GraphStore,
-    run_id: str,
-    manifest: dict[str, Any],
-    results: list[ClassResult],
-    files: dict[tuple[int, str, int], Path],
-    comparison: list[list[Any]],
-    misclassified: list[list[Any]],
-    options: WandbOptions,
-) -> None:
-    import wandb
-
-    config = {k: v for k, v in manifest.items() if k != "inputs"}
-    run = wandb.init(
-        project=options.project,
-        name=store.folder.name,
-        id=run_id,
-        resume="allow",
-        dir=str(store.folder.resolve()),
-        mode=_mode(options),
-        job_type="graph",
-        config=config,
-        reinit="create_new",
-    )
-    names = manifest["class_names"]
-    components = []
-    for r, row in zip(results, component_rows(results, manifest), strict=True):
-        file = files.get((r.model, r.space, r.label))
-        components.append([*row, wandb.Image(str(file)) if file else None])
-    header, rows = edge_rows(results, names)
-    # Tables longer than W&B keeps are logged whole in parts (see connectivity.reporting.report).
-    logged: dict[str, Any] = {
-        **table_parts("components", [*COMPONENT_COLUMNS, "figure"], components),
-        **table_parts("edges", header, [[str(v) for v in row] for row in rows]),
-    }
-    if comparison:
-        logged.update(table_parts("comparison", COMPARISON_COLUMNS, comparison))
-    if misclassified:
-        logged.update(table_parts("misclassified", MISCLASSIFIED_COLUMNS, misclassified))
-    for (k, space, label), file in files.items():
-        logged[f"graph/model{k}/{space}/{names[label]}"] = wandb.Image(str(file))
-    run.log(logged)
-    run.summary.update(
-        {
+    files = _draw(store, results, names) if figures else {}
+    run_id = report_run_id(store, wandb) if wandb is not None and wandb.enabled else None
+    if run_id is not None:
+        assert wandb is not None
+        shown = [
+            [*row, files.get(f"graph/model{r.model}/{r.space}/{names[r.label]}")]
+            for r, row in zip(results, components, strict=True)
+        ]
+        tables = {
+            "components": ([*COMPONENT_COLUMNS, "figure"], shown),
+            "edges": (edge_header, [[str(v) for v in row] for row in edges]),
+        }
+        if comparison:
+            tables["comparison"] = (COMPARISON_COLUMNS, comparison)
+        if misclassified:
+            tables["misclassified"] = (MISCLASSIFIED_COLUMNS, misclassified)
+        summary = {
             f"model{r.model}/{r.space}/{names[r.label]}/components": len(r.found.components)
             for r in results
         }
-    )
-    line = wandb_run_line(run, run_folder=store.folder)
-    run.finish()
-    print(line, flush=True)
-    mark_reported(store.folder, run_id)
+        with run_folder_environment(store.folder):
+            log_graph_report(store, run_id, tables, files, summary, wandb)
+    relocate_offline_runs(store.folder, finished=run_id)
+    return markdown

@@ -27,7 +27,6 @@ on; a folder holding another experiment is refused (:class:`~connectivity.store.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -48,7 +47,7 @@ from connectivity.engine.verdicts import PathOptions
 from connectivity.errors import ConnectivityError
 from connectivity.lightning.path_module import BandCheckpoint, PathModule
 from connectivity.reporting.graph_report import write_graph_report
-from connectivity.reporting.report import WandbOptions
+from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.paths import (
     PairError,
     RecordWriter,
@@ -61,9 +60,9 @@ from connectivity.runs.paths import (
     path_manifest,
     probe_spaces,
 )
-from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore, write_tensor
+from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore
 from connectivity.store.records import Pair as DatasetPair
-from connectivity.store.records import RunStore, atomic_write_text
+from connectivity.store.records import RunStore
 
 
 @dataclass
@@ -395,16 +394,15 @@ class _Driver:
         fit.strategy.barrier()
 
     def _bands(self, key: str) -> Path:
-        return self.store.folder / "bands" / f"model{self.k}" / key
+        return self.store.bands_dir(self.k, key)
 
     def _outcomes(self, space_key: str, ids: set[int]) -> dict[int, bool]:
         """Whether each decided pair of ``ids`` is connected; pairs without a readable record
         are left out (a damaged record is moved aside and decided again by the next fit)."""
         out = {}
         for pair_id in ids:
-            path = self.scoped.record_path(space_key, pair_id)
             try:
-                record = torch.load(path, map_location="cpu", weights_only=True)
+                record = self.scoped.read_record(space_key, pair_id)
             except Exception:  # absent, or damaged (pickle, zip...): the next fit decides it
                 continue
             out[pair_id] = is_connected(record)
@@ -424,25 +422,23 @@ class _Driver:
             )
             for z in points
         ]
-        rounds = self.store.rounds_dir(self.k, self.space)
         if self.is_zero:
             for s, z in zip(self.selections, points, strict=True):
                 file = self.store.embedding_path(self.k, self.space, s.label)
                 if not file.is_file():
-                    write_tensor(file, {"coords": _embedding(z), "indices": s.indices})
+                    value = {"coords": _embedding(z), "indices": s.indices}
+                    self.store.save_embedding(self.k, self.space, s.label, value)
         number = 0
         while True:
-            file = rounds / f"round_{number:04d}.json"
-            if file.is_file():
-                planned = [tuple(p) for p in json.loads(file.read_text())["pairs"]]
-            else:
+            planned = self.store.round_plan(self.k, self.space, number)
+            if planned is None:
                 planned = [
                     (k, i, j) for k, search in enumerate(searches) for i, j in search.next_round()
                 ]
                 if not planned:
                     break
                 if self.is_zero:
-                    atomic_write_text(file, json.dumps({"pairs": planned}) + "\n")
+                    self.store.save_round_plan(self.k, self.space, number, planned)
             ids = {self.layout.pair_id(k, (i, j)): (k, i, j) for k, i, j in planned}
             outcomes = self._outcomes(self.space, set(ids))
             if set(ids) - set(outcomes):
@@ -478,7 +474,7 @@ class _Driver:
         if self.experiment.inputs.include_misclassified:
             self._misclassified(head, tail, points, searches)
         if self.is_zero:
-            atomic_write_text(rounds / "settled", "")
+            self.store.mark_settled(self.k, self.space)
 
     def _misclassified(
         self,
@@ -524,8 +520,7 @@ class _Driver:
         if set(ends) - set(self._outcomes(key, set(ends))):
             self._fit(pairs, key, ends)
         if self.is_zero:
-            file = self.store.rounds_dir(self.k, self.space) / f"{MISCLASSIFIED}.json"
-            atomic_write_text(file, json.dumps(rows, indent=1) + "\n")
+            self.store.save_misclassified(self.k, self.space, rows)
 
 
 def run_graph(
@@ -592,9 +587,7 @@ def run_graph(
             if not store.inputs_path(s.label).is_file():
                 images, _ = stack_images(dataset, s.indices)
                 thumbnails = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-                write_tensor(
-                    store.inputs_path(s.label), {"indices": s.indices, "images": thumbnails}
-                )
+                store.save_inputs(s.label, {"indices": s.indices, "images": thumbnails})
     for k, network in enumerate(loaded):
         for space in experiment.spaces:
             _Driver(

@@ -45,13 +45,9 @@ from connectivity.engine.verdicts import (
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.lightning.output import on_terminal
 from connectivity.lightning.path_module import BandCheckpoint, PathModule
-from connectivity.reporting.report import (
-    WandbOptions,
-    check_figures,
-    load_decoders,
-    paths_logger,
-    write_report,
-)
+from connectivity.reporting.drawing import check_figures, load_decoders
+from connectivity.reporting.report import write_report
+from connectivity.reporting.wandb_log import WandbOptions, paths_logger
 from connectivity.store.records import Pair, RunStore
 
 

@@ -1,21 +1,16 @@
-"""Where a training run keeps its files."""
+"""Folders of runs: a fresh ``version_N`` for a training run without a logger, any other
+folder made on demand."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 
-
-def run_folder(trainer: L.Trainer) -> Path:
-    """The run's own folder: ``<save_dir>/<project>/<run id>`` with W&B (where Lightning puts
-    its checkpoints), else the trainer's ``log_dir``."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            return Path(logger.save_dir or ".") / str(logger.name) / str(logger.version)
-    return Path(trainer.log_dir or trainer.default_root_dir)
+def ensure_folder(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) unless it exists; return it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def new_version_folder(root: str | Path, name: str = "lightning_logs") -> Path:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from connectivity.engine.graph import Pair
-from connectivity.store.records import RunStore, atomic_write_bytes
+from connectivity.store.files import (
+    atomic_write_text,
+    read_json,
+    read_tensor,
+    write_json,
+    write_tensor,
+)
+from connectivity.store.records import RunStore
 
 MISCLASSIFIED = "misclassified"
 
@@ -44,6 +48,64 @@ class GraphStore(RunStore):
     def inputs_path(self, label: int) -> Path:
         return self.folder / "inputs" / f"class_{label}.pt"
 
+    def bands_dir(self, k: int, key: str) -> Path:
+        """Where the band checkpoints of model ``k`` in ``key`` (a space, or misclassified
+        tries) lie."""
+        return self.folder / "bands" / f"model{k}" / key
+
+    def save_inputs(self, label: int, value: dict[str, Any]) -> None:
+        """Keep the inputs of class ``label`` (``{"indices", "images"}``, uint8 thumbnails)."""
+        write_tensor(self.inputs_path(label), value)
+
+    def load_inputs(self, label: int) -> dict[str, Any]:
+        return read_tensor(self.inputs_path(label))
+
+    def save_embedding(self, k: int, space: str, label: int, value: dict[str, Any]) -> None:
+        """Keep the 2-D embedding of class ``label`` (``{"coords", "indices"}``) for figures."""
+        write_tensor(self.embedding_path(k, space, label), value)
+
+    def load_embedding(self, k: int, space: str, label: int) -> dict[str, Any]:
+        return read_tensor(self.embedding_path(k, space, label))
+
+    def _round_file(self, k: int, space: str, number: int) -> Path:
+        return self.rounds_dir(k, space) / f"round_{number:04d}.json"
+
+    def round_plan(self, k: int, space: str, number: int) -> list[tuple[int, ...]] | None:
+        """The pairs ``(class, i, j)`` planned for round ``number``, or None when it was not
+        planned yet.
+
+        Raises:
+            RunFolderError: The plan is damaged.
+        """
+        file = self._round_file(k, space, number)
+        if not file.is_file():
+            return None
+        return [tuple(p) for p in read_json(file)["pairs"]]
+
+    def save_round_plan(self, k: int, space: str, number: int, pairs: list[Any]) -> None:
+        """Keep round ``number``'s pairs, so a resumed run replays the same rounds."""
+        write_json(self._round_file(k, space, number), {"pairs": pairs}, indent=None)
+
+    def mark_settled(self, k: int, space: str) -> None:
+        """Say that every round of model ``k`` in ``space`` is done."""
+        atomic_write_text(self.rounds_dir(k, space) / "settled", "")
+
+    def settled(self, k: int, space: str) -> bool:
+        return (self.rounds_dir(k, space) / "settled").is_file()
+
+    def save_misclassified(self, k: int, space: str, rows: list[dict[str, Any]]) -> None:
+        """Keep what each misclassified input of model ``k`` in ``space`` was tried against."""
+        write_json(self.rounds_dir(k, space) / f"{MISCLASSIFIED}.json", rows, indent=1)
+
+    def misclassified(self, k: int, space: str) -> list[dict[str, Any]]:
+        """The rows :meth:`save_misclassified` kept (none when the run tried none).
+
+        Raises:
+            RunFolderError: The file is damaged.
+        """
+        file = self.rounds_dir(k, space) / f"{MISCLASSIFIED}.json"
+        return read_json(file) if file.is_file() else []
+
 
 @dataclass(frozen=True)
 class GraphLayout:
@@ -69,10 +131,3 @@ class GraphLayout:
                 i, j = divmod(pair_id - offset, n)
                 return k, (i, j)
         raise ValueError(f"pair id {pair_id} is outside this layout")
-
-
-def write_tensor(path: Path, value: Any) -> None:
-    """``torch.save`` ``value`` to ``path`` atomically (readers see the old file or the new)."""
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    atomic_write_bytes(path, buffer.getvalue())

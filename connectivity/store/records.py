@@ -6,34 +6,28 @@ never leaves a half-written record, and a rerun skips what is already there.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
-import tempfile
 import time
 import warnings
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from connectivity.engine.verdicts import PairRecord, Verdict
-from connectivity.errors import ConnectivityError
+from connectivity.engine.verdicts import PairRecord
+from connectivity.store.files import (
+    RunFolderError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    read_json_or,
+    read_tensor,
+    write_json,
+    write_tensor,
+)
 
-VERDICTS = [v.value for v in Verdict]
-ROW_NAMES = {
-    "linear": "Linear path exists",
-    "nonlinear": "Nonlinear path exists",
-    "none": "No path found",
-    "diverged": "Diverged",
-}
-
-
-class RunFolderError(ConnectivityError):
-    """A run folder that holds another experiment, or none."""
+__all__ = ["Pair", "RunFolderError", "RunStore", "atomic_write_bytes", "atomic_write_text"]
 
 
 @dataclass(frozen=True)
@@ -44,45 +38,6 @@ class Pair:
     start_index: int
     end_index: int
     label: int
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); a run's pages and tables are for sharing, as
-        # any file the user writes (the umask's mode).
-        os.fchmod(handle, 0o666 & ~_UMASK)
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes`; a file that already holds ``text`` is left as
-    it is (a report of a finished run rewrites nothing, and its files keep their times)."""
-    data = text.encode()
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return
-    except OSError:
-        pass  # not there (or not readable): write it
-    atomic_write_bytes(path, data)
 
 
 def compact(value: Any) -> Any:
@@ -100,20 +55,14 @@ def compact(value: Any) -> Any:
     return value
 
 
+def figure_name(space: str, pair_id: int) -> str:
+    """Where a pair's figure lies in its run folder (relative to the folder)."""
+    return f"figures/{space}/pair_{pair_id:04d}.png"
+
+
 def _pair_id(file: Path) -> int:
     """The pair id in a record's name ``pair_<id>.pt`` (ids may outgrow the zero padding)."""
     return int(file.stem.split("_")[1])
-
-
-def _read_json(path: Path) -> Any:
-    """A run folder's JSON file; a damaged one is a :class:`RunFolderError` naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunFolderError(
-            f"{path} is damaged ({type(error).__name__}: {error}); restore it, or delete the "
-            "run folder to start the experiment over"
-        ) from error
 
 
 _ABSENT = object()
@@ -200,7 +149,7 @@ class RunStore:
         if path.is_file():
             new = json.loads(text)
             try:
-                old = _read_json(path)
+                old = read_json(path)
             except RunFolderError:
                 if self._has_records():
                     raise
@@ -220,17 +169,17 @@ class RunStore:
         path = self.folder / "run.json"
         if not path.is_file():
             raise RunFolderError(f"{self.folder} is not a path-experiment folder (no run.json)")
-        return _read_json(path)
+        return read_json(path)
 
     def save_decoders(self, decoders: dict[str, str]) -> None:
         """Remember which decoders show this run's latent points (they do not change results)."""
         # Absolute: a report run from another folder still finds them.
         decoders = {space: str(Path(path).resolve()) for space, path in decoders.items()}
-        atomic_write_text(self.folder / "decoders.json", json.dumps(decoders, indent=2))
+        self.save_text("decoders.json", json.dumps(decoders, indent=2))
 
     def decoders(self) -> dict[str, str]:
         path = self.folder / "decoders.json"
-        return _read_json(path) if path.is_file() else {}
+        return read_json(path) if path.is_file() else {}
 
     def _files(self, space: str) -> list[Path]:
         """Record files of ``space`` in pair-id order (numeric, not by name)."""
@@ -238,7 +187,16 @@ class RunStore:
 
     @staticmethod
     def _read(file: Path) -> dict[str, Any]:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return read_tensor(file)
+
+    def read_record(self, space: str, pair_id: int) -> dict[str, Any]:
+        """One saved record.
+
+        Raises:
+            FileNotFoundError: The pair is not decided (yet).
+            Exception: The record is damaged (pickle, zip and unpickler errors).
+        """
+        return self._read(self.record_path(space, pair_id))
 
     def done(self, space: str) -> set[int]:
         """Ids of the pairs already decided in ``space``.
@@ -290,9 +248,7 @@ class RunStore:
                 .round()
                 .to(device="cpu", dtype=torch.uint8)
             )
-        buffer = io.BytesIO()
-        torch.save(payload, buffer)
-        atomic_write_bytes(self.record_path(space, pair.id), buffer.getvalue())
+        write_tensor(self.record_path(space, pair.id), payload)
 
     def load(self, space: str) -> list[dict[str, Any]]:
         """All saved records of ``space``, ordered by pair id.
@@ -316,68 +272,38 @@ class RunStore:
         """All saved records, by space in the run's order."""
         return {space: self.load(space) for space in self.manifest()["spaces"]}
 
+    # The report's files: tables, pages, figures and their stamps, W&B's markers. Each name is
+    # relative to the folder (``table.md``, ``figures/input/pair_0001.png``).
 
-def count_verdicts(records: list[dict[str, Any]], key: str = "verdict") -> dict[str, int]:
-    """How many records have each verdict (all verdicts present, zeros included)."""
-    counts = Counter(r[key] for r in records)
-    return {v: counts.get(v, 0) for v in VERDICTS}
+    def path(self, name: str) -> Path:
+        """Where the file ``name`` (relative to the folder) lies."""
+        return self.folder / name
 
+    def save_text(self, name: str, text: str) -> None:
+        """Write a text file of the folder atomically; one that holds ``text`` already is left
+        as it is (its time too)."""
+        atomic_write_text(self.path(name), text)
 
-CERTIFICATES = ("exact", "sampled")
+    def save_bytes(self, name: str, data: bytes) -> None:
+        """Write a file of the folder atomically (a figure's PNG, say)."""
+        atomic_write_bytes(self.path(name), data)
 
+    def save_json(self, name: str, value: Any, indent: int | None = 2) -> None:
+        """Write ``value`` as JSON (one trailing newline) atomically."""
+        write_json(self.path(name), value, indent)
 
-def verdict_table(by_space: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict]]:
-    """``{space: {"dense": counts, "pivots": counts, "exact": counts, "sampled": counts}}``:
-    the verdicts, the pivots-only verdicts, and the verdicts that rest on each certificate
-    (``exact + sampled = dense``; records from before certificates count as sampled)."""
-    table = {}
-    for space, rs in by_space.items():
-        table[space] = {"dense": count_verdicts(rs), "pivots": count_verdicts(rs, "pivot_verdict")}
-        for certificate in CERTIFICATES:
-            kept = [r for r in rs if r.get("certificate", "sampled") == certificate]
-            table[space][certificate] = count_verdicts(kept)
-    return table
+    def read_json(self, name: str, default: Any = None) -> Any:
+        """A JSON file of the folder that may be missing or damaged (``default`` then): markers,
+        stamps, caches; what it holds is remade from the records."""
+        return read_json_or(self.path(name), default)
 
+    def read_text(self, name: str, default: str | None = None) -> str | None:
+        """A text file of the folder, or ``default`` when it is not there or unreadable."""
+        try:
+            return self.path(name).read_text()
+        except (OSError, UnicodeDecodeError):
+            return default
 
-def _cell(checks: dict[str, dict], verdict: str) -> str:
-    """``count (pivots-only count)`` and the certificate the count rests on."""
-    count = checks["dense"][verdict]
-    cell = f"{count} ({checks['pivots'][verdict]})"
-    by_certificate = {c: checks.get(c, {}).get(verdict, 0) for c in CERTIFICATES}
-    if count == 0:
-        return cell
-    if "exact" not in checks:  # a table of records from before certificates: all sampled
-        return f"{cell} sampled"
-    parts = [c for c in CERTIFICATES if by_certificate[c]]
-    if len(parts) == 1:
-        return f"{cell} {parts[0]}"
-    return f"{cell}: " + ", ".join(f"{by_certificate[c]} {c}" for c in parts)
-
-
-def table_markdown(table: dict[str, dict[str, dict]], pairs: int) -> str:
-    """The paper's Table 1 layout, with the pivot-only count in brackets beside each count and
-    the check each count rests on: ``exact`` (every point of the line or path proven in the
-    class, or proven to leave it) or ``sampled`` (evenly spaced points only)."""
-    spaces = list(table)
-    lines = [
-        f"Pairs: {pairs}. Each cell: pairs with that verdict (pivots-only verdict as in the "
-        "paper, in brackets), and the check the verdicts rest on: exact (every point of the "
-        "path) or sampled (evenly spaced points).",
-        "",
-        "| | " + " | ".join(spaces) + " |",
-        "|---|" + "---|" * len(spaces),
-    ]
-    for verdict in VERDICTS:
-        cells = [_cell(table[s], verdict) for s in spaces]
-        lines.append(f"| {ROW_NAMES[verdict]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def table_csv(table: dict[str, dict[str, dict]]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["space", "check", *VERDICTS])
-    for space, checks in table.items():
-        for check, counts in checks.items():
-            writer.writerow([space, check, *(counts[v] for v in VERDICTS)])
-    return out.getvalue()
+    def remove(self, name: str) -> None:
+        """Remove a file of the folder (no error when it is not there)."""
+        self.path(name).unlink(missing_ok=True)

@@ -6,17 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import wandb
-import yaml
 from lightning.pytorch.callbacks import Timer
 
 import connectivity
-from connectivity.classifier import ClassifierModule
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
-from connectivity.reporting.report import WandbOptions
+from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.paths import Experiment
-from tests.conftest import CONFIGS, LIBRARY_LINES, printed_lines
+from tests.conftest import CONFIGS, printed_lines
 
 QUICK = str(CONFIGS / "classifier" / "quick.yaml")
 PATHS_QUICK = str(CONFIGS / "paths" / "quick.yaml")
@@ -137,45 +134,6 @@ def test_quick_classifier_fast_dev_run_and_verbose_shows_lightning_lines(
         assert any(words in line for line in lines), (words, lines)
 
 
-def test_fit_with_offline_wandb_leaves_a_checkpoint_and_a_run(
-    in_tmp: Path,
-    users_shell: None,
-    capfd: pytest.CaptureFixture,
-    caplog: pytest.LogCaptureFixture,
-    recwarn: pytest.WarningsRecorder,
-) -> None:
-    args = [
-        "fit",
-        "-c",
-        QUICK,
-        "--trainer.max_steps",
-        "4",
-        "--trainer.limit_val_batches",
-        "1",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    for _ in range(2):  # a second run must not trip over the first run's saved config
-        main(args)
-        wandb.finish()  # as the end of a process does: the next run is a new W&B run
-    runs = sorted((in_tmp / "lightning_logs" / "connectivity").iterdir())
-    assert len(runs) == 2
-    # Per run, one line for its W&B run (4 steps: no validation, so no best checkpoint) and no
-    # library line: the first run started W&B in a fresh folder, where it warned of its git root.
-    lines = printed_lines(capfd, caplog, recwarn)
-    offline = "W&B run (offline): upload it with `wandb sync lightning_logs/wandb/offline-run-"
-    assert sum(line.startswith(offline) for line in lines) == 2, lines
-    assert not [line for line in lines if any(words in line for words in LIBRARY_LINES)]
-    for run in runs:
-        assert (run / "config.yaml").is_file()
-        checkpoint = run / "checkpoints" / "last.ckpt"
-        module = ClassifierModule.from_checkpoint(checkpoint)
-        assert module.hparams.backbone == "resnet18"
-    offline = list((in_tmp / "lightning_logs" / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2
-    assert all(list(run.glob("*.wandb")) for run in offline)
-
-
 def test_missing_data_is_one_clear_error(in_tmp: Path, capsys: pytest.CaptureFixture) -> None:
     config = in_tmp / "cifar.yaml"
     config.write_text(
@@ -190,37 +148,6 @@ def test_missing_data_is_one_clear_error(in_tmp: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "missing_cifar" in err and "download" in err
     assert "Traceback" not in err
-
-
-def test_runs_without_a_logger_never_share_a_folder(in_tmp: Path) -> None:
-    for lr in ("0.01", "0.002"):
-        main(
-            [
-                "fit",
-                "-c",
-                QUICK,
-                "--trainer.logger",
-                "false",
-                "--model.init_args.lr",
-                lr,
-                "--trainer.max_steps",
-                "1",
-                "--trainer.limit_val_batches",
-                "1",
-                "--trainer.enable_progress_bar",
-                "false",
-            ]
-        )
-    root = in_tmp / "lightning_logs"
-    assert sorted(p.name for p in root.iterdir()) == ["version_0", "version_1"]
-    assert not (in_tmp / "checkpoints").exists() and not (in_tmp / "config.yaml").exists()
-    for version, lr in (("version_0", 0.01), ("version_1", 0.002)):
-        config = yaml.safe_load((root / version / "config.yaml").read_text())
-        assert config["model"]["init_args"]["lr"] == lr
-        checkpoints = sorted(p.name for p in (root / version / "checkpoints").iterdir())
-        assert checkpoints == ["last.ckpt"]  # one step: no validation yet, so no "best"
-        module = ClassifierModule.from_checkpoint(root / version / "checkpoints" / "last.ckpt")
-        assert module.hparams.lr == lr
 
 
 @pytest.mark.parametrize(

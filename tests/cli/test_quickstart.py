@@ -12,8 +12,8 @@ import pytest
 
 from connectivity.cli import quickstart as quickstart_module
 from connectivity.cli.main import main
-from connectivity.reporting.report import figure_name, figures_to_draw
-from connectivity.store.records import RunStore
+from connectivity.reporting.drawing import figures_to_draw
+from connectivity.store.records import RunStore, figure_name
 
 
 class FakeStages:
@@ -106,8 +106,9 @@ def test_quickstart_runs_every_stage_then_reuses_them(in_tmp: Path) -> None:
 
 
 def test_the_example_figure_is_the_deepest_dip_the_run_bent(tmp_path: Path) -> None:
-    from connectivity.reporting.report import figure_name, write_report
-    from tests.reporting.test_report import _run_folder
+    from connectivity.reporting.report import write_report
+    from connectivity.store.records import figure_name
+    from tests.reporting.folders import run_folder as _run_folder
 
     store = _run_folder(tmp_path / "run")  # input pair 0's line crosses the hole, pair 1's not
     assert quickstart_module.example_figure(store) is None  # nothing drawn yet

@@ -336,7 +336,7 @@ def test_exact_verdicts_of_a_trained_classifier_survive_2000_points_per_segment(
 
 
 def test_the_table_says_which_check_each_count_rests_on() -> None:
-    from connectivity.store.records import table_markdown, verdict_table
+    from connectivity.reporting.tables import table_markdown, verdict_table
 
     def record(verdict: str, certificate: str) -> dict:
         return {"verdict": verdict, "pivot_verdict": verdict, "certificate": certificate}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,24 +17,8 @@ from connectivity.reporting.figures import (
     pair_figure,
     reconstruction_figure,
 )
-from connectivity.reporting.report import gallery_pages
-
-NAMES = ["zero", "one"]
-
-
-def _records() -> list[dict]:
-    # Logits = the point (2 classes), target 0: the margin along a line is z0 - z1, known exactly.
-    # Pair 0: (3, 0) -> (1, 0) stays in class 0 (linear). Pair 1: (2, 0) -> (0, 2) leaves it
-    # for class 1 from position 1/2 on, and no step is allowed: no path found.
-    starts = torch.tensor([[3.0, 0.0], [2.0, 0.0]])
-    ends = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    options = PathOptions(num_pivots=3, steps=0, line_points=9)
-    records = connect_points(torch.nn.Identity(), starts, ends, torch.tensor([0, 0]), options)
-    out = []
-    for i, record in enumerate(records):
-        pair = {"id": i, "start_index": 10 + i, "end_index": 20 + i}
-        out.append({"space": "input", "pair": pair, **asdict(record)})
-    return out
+from tests.reporting.folders import NAMES
+from tests.reporting.folders import line_records as _records
 
 
 def _texts(fig) -> list[str]:
@@ -98,33 +81,6 @@ def test_reconstructions_are_at_least_96_pixels_per_image_with_labelled_rows() -
     width, height = fig.get_size_inches() * fig.dpi
     assert width >= 4 * 96 and height >= 2 * 96
     assert {"original", "decoded", "epoch 3, validation PSNR 21.0 dB"} <= set(_texts(fig))
-
-
-def test_the_gallery_has_a_summary_page_a_page_per_space_and_links_only_drawn_figures(
-    tmp_path: Path,
-) -> None:
-    linear, crossing = _records()
-    latent = [{**r, "space": "layer"} for r in (linear, crossing)]
-    manifest = {"name": "demo", "class_names": NAMES, "pairs": [0, 1]}
-    drawn = tmp_path / "figures" / "input" / "pair_0000.png"  # only the linear pair's figure
-    drawn.parent.mkdir(parents=True)
-    drawn.write_bytes(b"png")
-    table = "Pairs: 2.\n\n| | input | layer |\n|---|---|---|\n| Linear path exists | 1 | 1 |\n"
-    pages = gallery_pages({"input": [linear, crossing], "layer": latent}, manifest, tmp_path, table)
-    assert set(pages) == {"index.html", "index_input.html", "index_layer.html"}
-    index = pages["index.html"]
-    for link in ("table.md", "table.csv", "pairs.csv", "index_input.html", "index_layer.html"):
-        assert f"href='{link}'" in index
-    assert "<td>Linear path exists</td><td>1</td>" in index  # table.md as an HTML table
-    assert "1 of 2 figures drawn" in index and "0 of 2 figures drawn" in index
-    page = pages["index_input.html"]
-    assert "href='index.html'" in page and "href='index_layer.html'" in page
-    assert "src='figures/input/pair_0000.png'" in page
-    assert "pair_0001.png" not in page  # no file: the pair is a caption line, and how to draw it
-    assert page.index("No path found: 1") < page.index("Linear path exists: 1")
-    assert "pair 1 (items 11 &rarr; 21)" in page and "--figures all" in page
-    assert "sampled check" in page
-    assert "<img" not in pages["index_layer.html"]
 
 
 def test_an_exact_check_draws_its_off_target_stretch() -> None:

@@ -16,7 +16,7 @@ import torch
 import connectivity
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
-from connectivity.reporting.report import offline_run_records
+from connectivity.reporting.wandb_log import offline_run_records
 from connectivity.runs.paths import load_network
 from connectivity.store.graph import GraphStore
 from connectivity.store.records import RunFolderError, RunStore

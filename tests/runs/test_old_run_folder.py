@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from connectivity.data import DigitsDataModule
-from connectivity.reporting.report import WandbOptions, figure_name, write_report
+from connectivity.reporting.report import write_report
+from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.paths import run_paths
-from connectivity.store.records import RunStore
+from connectivity.store.records import RunStore, figure_name
 from tests import old_run
 
 

@@ -25,13 +25,9 @@ from connectivity.data import CIFAR10DataModule, DigitsDataModule, stack_images
 from connectivity.engine.split import split
 from connectivity.engine.verdicts import PathOptions
 from connectivity.errors import ConnectivityError
-from connectivity.reporting.report import (
-    WandbOptions,
-    figure_name,
-    figures_to_draw,
-    offline_run_records,
-    write_report,
-)
+from connectivity.reporting.drawing import figures_to_draw
+from connectivity.reporting.report import write_report
+from connectivity.reporting.wandb_log import WandbOptions, offline_run_records
 from connectivity.runs.paths import (
     Experiment,
     PairError,
@@ -43,7 +39,7 @@ from connectivity.runs.paths import (
     run_paths,
     select_pairs,
 )
-from connectivity.store.records import RunFolderError, RunStore
+from connectivity.store.records import RunFolderError, RunStore, figure_name
 from tests.conftest import LIBRARY_LINES, REPO, printed_lines
 
 NO_WANDB = WandbOptions(enabled=False)

@@ -107,27 +107,3 @@ def test_a_damaged_run_json_is_named(tmp_path: Path) -> None:
         store.manifest()
     store.start({"spaces": ["input"]})  # nothing decided yet: the rerun claims it anew
     assert store.manifest() == {"spaces": ["input"]}
-
-
-def test_written_files_get_the_users_file_mode_not_a_private_one(tmp_path: Path) -> None:
-    import os
-
-    from connectivity.store.records import atomic_write_text
-
-    mask = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "index.html", "<p>shared</p>")
-    finally:
-        os.umask(mask)
-    # The mode is the umask's of when the module was imported; under 022 that is 0644.
-    from connectivity.store import records
-
-    assert (tmp_path / "index.html").stat().st_mode & 0o777 == 0o666 & ~records._UMASK
-    assert (tmp_path / "index.html").stat().st_mode & 0o444 == 0o444  # readable by everyone
-    # The same text again: the file is left as it is (its time too); other text replaces it.
-    before = (tmp_path / "index.html").stat().st_mtime_ns
-    os.utime(tmp_path / "index.html", ns=(before - 10**9, before - 10**9))
-    atomic_write_text(tmp_path / "index.html", "<p>shared</p>")
-    assert (tmp_path / "index.html").stat().st_mtime_ns == before - 10**9
-    atomic_write_text(tmp_path / "index.html", "<p>new</p>")
-    assert (tmp_path / "index.html").read_text() == "<p>new</p>"

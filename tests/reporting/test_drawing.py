@@ -1,5 +1,5 @@
 """Which pair figures a report draws (``figures: auto | all | none``), and that a report of a
-finished run draws only what is missing or stale (issue 19 item 2)."""
+finished run draws only what is missing or stale."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import torch
 
 from connectivity.cli.commands import report, report_parser
 from connectivity.errors import OptionsError
-from connectivity.reporting.report import STAMPS_FILE, figure_name, figures_to_draw, write_report
+from connectivity.reporting.drawing import STAMPS_FILE, figures_to_draw
+from connectivity.reporting.report import write_report
 from connectivity.runs.paths import Experiment
-from connectivity.store.records import RunStore
-from tests.reporting.test_report import _run_folder
+from connectivity.store.records import RunStore, figure_name
+from tests.reporting.folders import run_folder as _run_folder
 
 
 def _record(pair_id: int, verdict: str, margin: float) -> dict[str, Any]:
