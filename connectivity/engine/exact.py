@@ -33,7 +33,7 @@ affine there).
 Floating point: points are computed in the network's dtype and ``t`` in float64. A piece end
 whose margin lies within :func:`margin_tolerance` of zero cannot be called on or off the target
 reliably; :class:`PathCheck` reports such paths as undecided (``decided`` False) and callers fall
-back to the sampled check for them (see :mod:`connectivity.engine.verdicts`).
+back to the sampled check for them (see :mod:`connectivity.engine.checks`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class UnreliableExactCheckError(ConnectivityError):
     """The exact check of these paths cannot be trusted in floating point (the traced tail's
     logits at the segments' ends differ from the tail's own beyond the tolerance, or a max
     pool's winners stay tied within rounding); callers decide these paths at sampled points
-    (:class:`connectivity.engine.verdicts.Certifier` does, with the reason in the record's
+    (:class:`connectivity.engine.checks.Certifier` does, with the reason in the record's
     ``certificate_note``)."""
 
 

@@ -50,8 +50,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
+from connectivity.engine.checks import distances_from_line
 from connectivity.engine.split import INPUT
-from connectivity.engine.verdicts import distances_from_line
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.lightning.output import prepare_wandb_logger, wandb_run_line
 from connectivity.reporting import figures as figures_module

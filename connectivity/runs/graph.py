@@ -43,8 +43,8 @@ from connectivity.api import encode_pairs, pairwise_distances
 from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.engine.graph import ComponentSearch, check_graph_options, is_connected
+from connectivity.engine.options import PathOptions
 from connectivity.engine.split import split
-from connectivity.engine.verdicts import PathOptions
 from connectivity.errors import ConnectivityError
 from connectivity.lightning.path_module import BandCheckpoint, PathModule
 from connectivity.reporting.graph_report import write_graph_report

@@ -35,13 +35,9 @@ from connectivity.checkpoints import CheckpointError, file_digest, nearest_check
 from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.engine.band import straight_line
+from connectivity.engine.checks import Certifier, path_log_probabilities, target_margin
+from connectivity.engine.options import PathOptions
 from connectivity.engine.split import INPUT, Frozen, floating_dtype, probe_split, split
-from connectivity.engine.verdicts import (
-    Certifier,
-    PathOptions,
-    path_log_probabilities,
-    target_margin,
-)
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.lightning.output import on_terminal
 from connectivity.lightning.path_module import BandCheckpoint, PathModule

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from connectivity.engine.verdicts import PairRecord, Verdict
+from connectivity.engine.decisions import PairRecord, Verdict
 from connectivity.errors import ConnectivityError
 
 VERDICTS = [v.value for v in Verdict]

@@ -14,6 +14,8 @@ import torchvision
 from torch import Tensor, nn
 
 from connectivity import connect
+from connectivity.engine.checks import Certifier, refine
+from connectivity.engine.decisions import Verdict
 from connectivity.engine.exact import (
     NotPiecewiseLinearError,
     UnreliableExactCheckError,
@@ -21,8 +23,9 @@ from connectivity.engine.exact import (
     check_segments,
     why_not_piecewise_linear,
 )
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.engine.split import split
-from connectivity.engine.verdicts import Certifier, PathOptions, Verdict, connect_points, refine
 from connectivity.errors import ConnectivityError, OptionsError
 
 

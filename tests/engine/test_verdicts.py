@@ -7,14 +7,10 @@ import math
 import pytest
 import torch
 
-from connectivity.engine.verdicts import (
-    BandStatus,
-    PathOptions,
-    Verdict,
-    connect_points,
-    on_target,
-    refine,
-)
+from connectivity.engine.checks import on_target, refine
+from connectivity.engine.decisions import BandStatus, Verdict
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.errors import OptionsError
 from tests.toy import HOLE_ENDS, Annulus, Hole, Stripes, TwoDisks
 
@@ -269,11 +265,11 @@ def test_records_carry_the_checked_points_their_margins_and_predicted_classes() 
 
 
 def test_new_options_take_their_defaults_and_infinity() -> None:
-    assert PathOptions().band_options()["max_step"] == math.inf  # adam: no cap, as before
-    assert PathOptions(optimizer="fire").band_options()["max_step"] == 0.5
+    assert PathOptions().resolved_max_step == math.inf  # adam: no cap, as before
+    assert PathOptions(optimizer="fire").resolved_max_step == 0.5
     options = PathOptions(optimizer="lbfgs", max_step=math.inf, max_energy_rise=math.inf)
-    assert options.band_options()["max_step"] == math.inf
-    assert options.band_options()["max_energy_rise"] == math.inf
+    assert options.resolved_max_step == math.inf
+    assert options.max_energy_rise == math.inf
     assert PathOptions(max_step=2).max_step == 2.0 and PathOptions(backoffs=0).backoffs == 0
 
 

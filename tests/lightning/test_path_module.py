@@ -7,7 +7,8 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from connectivity.engine.verdicts import PathOptions, connect_points
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.lightning.path_module import PathModule
 from tests.toy import HOLE_ENDS, Annulus, Hole, RingNet, Stripes, ring_images
 

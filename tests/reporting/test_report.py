@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from connectivity.engine.verdicts import PathOptions, connect_points
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.reporting.report import (
     REPORTED_FILE,
     WANDB_ID_FILE,

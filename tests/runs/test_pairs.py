@@ -11,7 +11,8 @@ import yaml
 from torch import Tensor, nn
 
 from connectivity.data import DigitsDataModule, stack_images
-from connectivity.engine.verdicts import PathOptions, check_lines
+from connectivity.engine.checks import check_lines
+from connectivity.engine.options import PathOptions
 from connectivity.runs.paths import (
     PairError,
     PairSampling,
