@@ -923,10 +923,14 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
     }
 
 
-# Path options that came after run folders were first written (issues 11, 13 and 18): left out
-# of the manifest while they hold their defaults, so a folder written before them still counts
-# as the same experiment (its remaining pairs are decided with today's blow-up test and nudge).
-_LATER_PATH_OPTIONS = ("max_step", "max_energy_rise", "backoffs", "certify", "max_pivots", "nudge")
+# Path options that came after run folders were first written (issues 11, 13, 18 and 20): left
+# out of the manifest while they hold their defaults, so a folder written before them still
+# counts as the same experiment (its remaining pairs are decided with today's blow-up test and
+# nudge; climb_after and nudge_seed were fixed at their defaults before they were options).
+_LATER_PATH_OPTIONS = (
+    *("max_step", "max_energy_rise", "backoffs", "certify", "max_pivots", "nudge"),
+    *("climb_after", "nudge_seed"),
+)
 
 
 def path_manifest(options: PathOptions) -> dict[str, Any]:
