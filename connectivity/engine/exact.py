@@ -572,8 +572,7 @@ def _trace(network: nn.Module) -> fx.GraphModule:
             f"the tail cannot be traced with torch.fx for the exact check{where} "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
-    module = fx.GraphModule(network, graph)
-    return module
+    return fx.GraphModule(network, graph)
 
 
 def _steps(module: fx.GraphModule) -> list[_Step]:

@@ -387,27 +387,44 @@ class SpacePathModule(PathModule):
     they held is saved again or decided.
 
     Args:
-        network: The classifier (logits of images in [0, 1]); split at ``space`` here.
+        network: The classifier (logits of images in [0, 1]); split at ``space`` here. None
+            when ``tail`` is given.
         space: ``input`` or a layer name.
         pairs: All pairs of the experiment.
-        dataset: The dataset the pairs index.
+        dataset: The dataset the pairs index (None when a subclass gives the ends itself,
+            :meth:`encode_rows`).
         options: Path options (:func:`options_in_space` is applied).
         store: The run folder: records already there are not decided again.
         checkpoints: The folder of this space's band checkpoints (one file per rank).
+        tail: The classifier's tail at ``space``, for ends that are points of the space
+            already (the head is then the identity); instead of ``network``.
+        key: Where the records go and the prefix of the metrics (default: ``space``).
+
+    Raises:
+        ValueError: neither or both of ``network`` and ``tail``.
     """
 
     def __init__(
         self,
-        network: nn.Module,
+        network: nn.Module | None,
         space: str,
         pairs: list[Pair],
-        dataset: Dataset,
+        dataset: Dataset | None,
         options: PathOptions,
         store: RunStore,
         checkpoints: Path,
+        *,
+        tail: nn.Module | None = None,
+        key: str | None = None,
     ) -> None:
-        head, tail = split(network, space)
-        super().__init__(tail, options=options_in_space(options, space), space=space)
+        if (network is None) == (tail is None):
+            raise ValueError("give the network or its tail at the space, not both")
+        head: nn.Module = nn.Identity()
+        if network is not None:
+            head, tail = split(network, space)
+        assert tail is not None
+        options = options_in_space(options, space)
+        super().__init__(tail, options=options, space=space if key is None else key)
         self.head = Frozen(head)
         self.all_pairs = pairs
         self.dataset = dataset
