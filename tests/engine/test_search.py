@@ -1,4 +1,5 @@
-"""Verdicts on toy classifiers whose class regions are known exactly."""
+"""The path search (connect_points, PathSearch, BandRun, find_paths): verdicts on toy
+classifiers whose class regions are known exactly, and the step-wise interface."""
 
 from __future__ import annotations
 
@@ -7,26 +8,11 @@ import math
 import pytest
 import torch
 
-from connectivity.engine.checks import on_target, refine
+from connectivity.engine.checks import refine
 from connectivity.engine.decisions import BandStatus, Verdict
 from connectivity.engine.options import PathOptions
 from connectivity.engine.search import connect_points
-from connectivity.errors import OptionsError
 from tests.toy import HOLE_ENDS, Annulus, Hole, Stripes, TwoDisks
-
-
-def test_refine_keeps_the_pivots_and_spaces_points_evenly() -> None:
-    path = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]]])
-    dense = refine(path, per_segment=3)
-    assert dense.shape == (1, 9, 2)
-    assert torch.equal(dense[:, ::4], path)
-    assert torch.allclose(dense[0, 1], torch.tensor([0.25, 0.0]))
-    assert torch.allclose(dense[0, 6], torch.tensor([1.0, 1.0]))
-
-
-def test_points_per_segment_gives_at_least_line_points() -> None:
-    options = PathOptions(num_pivots=8, line_points=64)
-    assert (options.num_pivots + 1) * (options.points_per_segment + 1) + 1 >= 64
 
 
 def test_straight_line_inside_the_class_is_linear() -> None:
@@ -121,13 +107,6 @@ def test_diverging_pair_is_marked_without_stopping_the_others() -> None:
     assert records[1].verdict == Verdict.NONLINEAR
 
 
-def test_bad_options_are_refused() -> None:
-    with pytest.raises(ValueError, match="method"):
-        PathOptions(method="elastic")
-    with pytest.raises(ValueError, match="optimizer"):
-        PathOptions(optimizer="bfgs")
-
-
 class NaNNearOrigin(torch.nn.Module):
     """Class 0 everywhere, except that the network yields NaN within 0.5 of the origin."""
 
@@ -156,45 +135,7 @@ def test_a_pair_with_a_non_finite_end_is_diverged_not_a_crash() -> None:
     assert records[1].verdict == Verdict.LINEAR
 
 
-# --- Issue 8: options refused when built; degenerate pairs have defined values ---
-
-
-@pytest.mark.parametrize(
-    ("options", "words"),
-    [
-        ({"method": "string", "climbing": True}, "climbing works with method='neb' only"),
-        ({"bounds": (1, 0)}, r"low < high, got \(1, 0\)"),
-        ({"bounds": (0, float("inf"))}, "bounds must be a finite number, got inf"),
-        ({"bounds": "01"}, "bounds must be"),
-        ({"bounds": ("0", "1")}, "bounds must be a finite number, got '0'"),
-        ({"bounds": (True, 2)}, "bounds must be a finite number, got True"),
-        ({"bounds": {0: 1, 1: 2}}, "bounds must be"),
-        ({"lr": -0.1}, "lr must be a finite number > 0, got -0.1"),
-        ({"lr": 0}, "lr must be a finite number > 0"),
-        ({"lr": float("nan")}, "lr must be a finite number > 0"),
-        ({"num_pivots": 0}, "num_pivots must be an integer >= 1, got 0"),
-        ({"num_pivots": 2.5}, "num_pivots must be an integer >= 1, got 2.5"),
-        ({"steps": -1}, "steps must be an integer >= 0"),
-        ({"line_points": 1}, "line_points must be an integer >= 2"),
-        ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
-        ({"spring_constant": -1.0}, "spring_constant must be a finite number >= 0"),
-        ({"tol": -1e-3}, "tol must be a finite number >= 0"),
-        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
-        ({"method": "spline"}, "method must be one of"),
-        ({"converge": "yes"}, "converge must be true or false"),
-        ({"optimizer": "bfgs"}, "optimizer must be one of .*'fire', 'lbfgs'"),
-        ({"max_step": 0}, r"max_step must be a number > 0 \(\.inf: none\) or null .*got 0"),
-        ({"max_step": "1"}, "max_step must be a number > 0"),
-        ({"max_step": float("nan")}, "max_step must be a number > 0"),
-        ({"max_energy_rise": -1.0}, r"max_energy_rise must be a number > 0 \(\.inf: none\), got"),
-        ({"max_energy_rise": None}, "max_energy_rise must be a number > 0"),
-        ({"backoffs": -1}, "backoffs must be an integer >= 0, got -1"),
-        ({"backoffs": 1.5}, "backoffs must be an integer >= 0"),
-    ],
-)
-def test_invalid_options_are_refused_when_built(options: dict, words: str) -> None:
-    with pytest.raises(OptionsError, match=words):
-        PathOptions(**options)
+# --- degenerate pairs have defined values ---
 
 
 def test_pairs_whose_ends_coincide_are_linear_with_length_ratio_one() -> None:
@@ -203,30 +144,6 @@ def test_pairs_whose_ends_coincide_are_linear_with_length_ratio_one() -> None:
     assert record.verdict == "linear" and record.pivot_verdict == "linear"
     assert record.length_ratio == 1.0
     assert record.steps == 0
-
-
-def test_a_tie_with_another_class_is_not_on_target() -> None:
-    # argmax breaks ties towards class 0: a boundary point must not count as class 0
-    log_p = torch.log(torch.tensor([[[0.5, 0.5], [0.6, 0.4], [0.3, 0.7]]]))
-    assert on_target(log_p, torch.tensor([0])).tolist() == [[False, True, False]]
-    assert on_target(log_p, torch.tensor([1])).tolist() == [[False, False, True]]
-    nan = torch.full((1, 1, 2), float("nan"))
-    assert on_target(nan, torch.tensor([0])).tolist() == [[False]]
-
-
-def test_options_are_frozen_and_take_numpy_integers() -> None:
-    import dataclasses
-
-    import numpy as np
-
-    options = PathOptions(num_pivots=np.int64(3), lr=np.float32(0.5))
-    assert options.num_pivots == 3 and type(options.num_pivots) is int
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        options.lr = -1.0  # type: ignore[misc]
-    with pytest.raises(OptionsError, match="lr must be"):
-        dataclasses.replace(options, lr=-1.0)
-    with pytest.raises(OptionsError, match="unknown path option 'foo'"):
-        PathOptions.from_dict({"foo": 1})
 
 
 def test_a_user_tail_starting_in_place_keeps_the_points_and_takes_steps() -> None:
@@ -241,36 +158,7 @@ def test_a_user_tail_starting_in_place_keeps_the_points_and_takes_steps() -> Non
     assert record.steps == 2
 
 
-def test_records_carry_the_checked_points_their_margins_and_predicted_classes() -> None:
-    # Logits = the point itself (2 classes): the target-0 margin is z0 - z1, affine along a line.
-    # Line (3, 0) -> (1, 0) stays in class 0 with margin 3 - 2 s at position s; the second
-    # pair's line (2, 0) -> (0, 2) has margin 2 - 4 s: class 1 from s > 1/2 on.
-    starts = torch.tensor([[3.0, 0.0], [2.0, 0.0]])
-    ends = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    options = PathOptions(num_pivots=3, steps=0, line_points=9)
-    first, second = connect_points(torch.nn.Identity(), starts, ends, torch.tensor([0, 0]), options)
-    assert first.certificate == "sampled"
-    assert torch.allclose(first.check_position, torch.linspace(0, 1, 9))
-    assert torch.allclose(first.check_margin, 3 - 2 * first.check_position)
-    assert first.min_margin == pytest.approx(1.0) and first.line_min_margin == pytest.approx(1.0)
-    assert (first.check_predicted == 0).all()
-    assert torch.allclose(second.line_check_margin, 2 - 4 * second.line_check_position)
-    assert second.line_min_margin == pytest.approx(-2.0)
-    expected = (second.line_check_position > 0.5).long()
-    assert torch.equal(second.line_check_predicted, expected)
-    assert second.verdict == Verdict.NONE  # no steps allowed
-
-
-# --- Issue 13: band optimizers in the verdicts, options, how the band ended ---
-
-
-def test_new_options_take_their_defaults_and_infinity() -> None:
-    assert PathOptions().resolved_max_step == math.inf  # adam: no cap, as before
-    assert PathOptions(optimizer="fire").resolved_max_step == 0.5
-    options = PathOptions(optimizer="lbfgs", max_step=math.inf, max_energy_rise=math.inf)
-    assert options.resolved_max_step == math.inf
-    assert options.max_energy_rise == math.inf
-    assert PathOptions(max_step=2).max_step == 2.0 and PathOptions(backoffs=0).backoffs == 0
+# --- band optimizers in the verdicts, how the band ended ---
 
 
 def test_lbfgs_runs_the_annulus_band_to_its_minimum_energy_path() -> None:
@@ -285,7 +173,7 @@ def test_lbfgs_runs_the_annulus_band_to_its_minimum_energy_path() -> None:
     assert torch.allclose(record.path[1:-1].norm(dim=-1), torch.tensor(1.5), atol=0.05)
 
 
-# --- a band whose forces all lie along it (issue 18, item 7) ----------------------------------
+# --- a band whose forces all lie along it ------------------------------------------------
 # The line from (-2, 0) to (2, 0) runs through the centre of the hole: the true force on every
 # pivot is along the line and the springs balance, so without the nudge every optimizer
 # "converges" at step 0 with no path (the `nudge=0` test below), though the ring round the
@@ -331,9 +219,3 @@ def test_the_nudge_is_the_same_in_any_batch_and_rerun() -> None:
     assert both[0].nudge == 0.0  # its line is off the centre: the band moves by itself
     assert both[1].nudge == alone.nudge and both[1].steps == alone.steps
     assert torch.equal(both[1].path, alone.path)
-
-
-def test_nudge_option_is_checked() -> None:
-    for bad in (-1e-3, math.nan, math.inf, "small", True):
-        with pytest.raises(OptionsError, match="nudge"):
-            PathOptions(nudge=bad)
