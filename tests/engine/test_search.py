@@ -8,10 +8,18 @@ import math
 import pytest
 import torch
 
+from connectivity.engine.band import ElasticBand
 from connectivity.engine.checks import refine
 from connectivity.engine.decisions import BandStatus, Verdict
 from connectivity.engine.options import PathOptions
-from connectivity.engine.search import connect_points
+from connectivity.engine.search import (
+    BandRun,
+    ClassifierEnergy,
+    PathSearch,
+    connect_points,
+    find_paths,
+)
+from connectivity.engine.split import FrozenTail
 from tests.toy import HOLE_ENDS, Annulus, Hole, Stripes, TwoDisks
 
 
@@ -219,3 +227,75 @@ def test_the_nudge_is_the_same_in_any_batch_and_rerun() -> None:
     assert both[0].nudge == 0.0  # its line is off the centre: the band moves by itself
     assert both[1].nudge == alone.nudge and both[1].steps == alone.steps
     assert torch.equal(both[1].path, alone.path)
+
+
+# --- the step-wise interface both drivers use ---------------------------------------------------
+RING_STARTS = torch.tensor([[1.5, 0.2], [1.2, -0.3], [1.5, 0.6]])
+RING_ENDS = torch.tensor([[-1.5, 0.1], [1.4, 0.3], [-1.4, 0.8]])
+RING_OPTIONS = PathOptions(num_pivots=8, steps=120, lr=0.05)
+
+
+def _same(a: list, b: list) -> bool:
+    return all(
+        x.metrics() == y.metrics() and torch.equal(x.path, y.path)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_a_hand_loop_over_the_search_gives_connect_points_records() -> None:
+    targets = torch.tensor([0, 0, 0])
+    expected = connect_points(Annulus(), RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    optimizers = []
+    tail = FrozenTail(Annulus())
+    search = PathSearch(
+        tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS, on_band=optimizers.append
+    )
+    assert len(search.decisions.records) == 1  # the linear pair, at once
+    search.start()
+    while not search.done:
+        evaluation = search.step()
+        assert evaluation.pivots == 8 and 0 <= float(evaluation.on_target) <= 1
+    assert _same(search.records(), expected)
+    assert len(optimizers) == 2  # the band of the two bent pairs, then an empty one
+    with pytest.raises(RuntimeError, match="done"):
+        search.step()
+
+
+def test_a_search_continued_from_its_checkpoint_ends_as_one_that_was_not_stopped() -> None:
+    targets = torch.tensor([0, 0, 0])
+    tail = FrozenTail(Annulus())
+    whole = PathSearch(tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    whole.start()
+    while not whole.done:
+        whole.step()
+    stopped = PathSearch(tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    stopped.start()
+    for _ in range(5):
+        stopped.step()
+    checkpoint = stopped.checkpoint()
+    assert set(checkpoint) == {"band", "band_rows", "queued", "nudges", "decided", "optimizer"}
+    resumed = PathSearch(tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    resumed.start(checkpoint)
+    while not resumed.done:
+        resumed.step()
+    assert _same(resumed.records(), whole.records())
+
+
+def test_find_paths_is_a_loop_over_one_band_run() -> None:
+    energy = lambda z: ((z**2).sum(dim=1) - 1.0) ** 2  # noqa: E731  (a valley along the unit circle)
+    starts, ends = torch.tensor([[1.0, 0.1]]), torch.tensor([[-1.0, 0.2]])
+    result = find_paths(energy, starts, ends, num_pivots=4, steps=30, tol=0.0)
+    run = BandRun(ElasticBand(starts, ends, num_pivots=4, steps=30, tol=0.0), energy)
+    run.start()
+    while not run.done:
+        run.step()
+    assert torch.equal(run.band.path, result.path) and torch.equal(run.band.steps, result.steps)
+
+
+def test_the_energy_is_the_cross_entropy_of_the_tail_and_keeps_its_logits() -> None:
+    points, targets = torch.tensor([[1.5, 0.0], [0.0, 0.0]]), torch.tensor([0, 1])
+    energy = ClassifierEnergy(Annulus())
+    logits = Annulus()(points)
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    assert torch.equal(energy(points, targets), expected)
+    assert torch.equal(energy.logits, logits)
