@@ -410,7 +410,7 @@ class ElasticBand(torch.nn.Module):
     from that starting path instead. The pair then returns
     to its path before the step, its steps are halved from then on (``step_scale``), and it
     sits out one optimiser step with a zero gradient (so ``fire`` and ``lbfgs`` reset its
-    state). After ``max_backoffs`` back-offs the next blow-up marks it diverged. A blow-up of
+    state). After ``backoffs`` back-offs the next blow-up marks it diverged. A blow-up of
     the straight line itself (nothing earlier to return to) is divergence at once.
 
     Symmetry nudge: a band can sit where every force lies along it, e.g. a straight line through
@@ -489,18 +489,8 @@ class ElasticBand(torch.nn.Module):
         options = (options or BandOptions()).with_values(**values)
         self.options = options
         self.num_pivots = options.num_pivots
-        self.spring_constant = options.spring_constant
-        self.method = options.method
-        self.climbing = options.climbing
-        self.climb_after = options.climb_after
-        self.bounds = options.bounds
-        self.tol = options.tol
-        self.max_steps = options.steps
+        # The cap in force: the optimizer's default where the options give none.
         self.max_step = options.resolved_max_step
-        self.max_energy_rise = options.max_energy_rise
-        self.max_backoffs = options.backoffs
-        self.nudge = options.nudge
-        self.nudge_seed = options.nudge_seed
         self.point_shape = tuple(starts.shape[1:])
         labels = None if labels is None else labels.detach().to(starts.device).clone()
         self.register_buffer("labels", labels)
@@ -541,8 +531,8 @@ class ElasticBand(torch.nn.Module):
         the ends' dtype (a driver that changes the dtype before the first step rebuilds the
         pivots with this, so they are the line of that precision, not a rounded one)."""
         initial = straight_line(self.starts, self.ends, self.num_pivots)[:, 1:-1]
-        if self.bounds is not None:
-            initial = initial.clamp(self.bounds[0], self.bounds[1])
+        if self.options.bounds is not None:
+            initial = initial.clamp(self.options.bounds[0], self.options.bounds[1])
         return initial.contiguous()
 
     @torch.no_grad()
@@ -670,10 +660,10 @@ class ElasticBand(torch.nn.Module):
         Returns:
             ``(n,)`` long, or None when climbing is off.
         """
-        if not self.climbing:
+        if not self.options.climbing:
             return None
         index = pivot_energy.argmax(dim=1)
-        return torch.where(steps >= self.climb_after, index, torch.full_like(index, -1))
+        return torch.where(steps >= self.options.climb_after, index, torch.full_like(index, -1))
 
     def project_(self, grad: Tensor, energies: Tensor, stop: StopFn | None = None) -> Tensor:
         """Take in one evaluation of the active pivots and set ``pivots.grad`` for the next step.
@@ -681,7 +671,7 @@ class ElasticBand(torch.nn.Module):
         For each pair that was active, in order: a blow-up (non-finite energy or gradient, or a
         pivot energy above ``energy_limit``) -> back-off or diverged (see the class docstring);
         otherwise the energies and ``max_force`` are recorded, then ``max_force <= tol`` ->
-        converged, ``stop`` -> stopped, and ``max_steps`` reached -> out of steps; any of these
+        converged, ``stop`` -> stopped, and ``steps`` reached -> out of steps; any of these
         ends the pair. Pairs still active get the NEB effective gradient, except those that sit
         out this step (``held``), which get a zero gradient like all other pairs. A pair's first
         evaluation with finite values (its straight line, or the path a driver started the band
@@ -727,12 +717,14 @@ class ElasticBand(torch.nn.Module):
         path = self.path if everyone else self.path[good]
         energy = self.energy.clone() if everyone else self.energy[good]
         climb = self.climbing_index(energy[:, 1:-1], self.steps[good])
-        force, effective = _forces(path, energy, g, self.spring_constant, self.method, climb)
+        force, effective = _forces(
+            path, energy, g, self.options.spring_constant, self.options.method, climb
+        )
         self.max_force[good] = force.amax(dim=1)
 
-        finished = self.max_force[good] <= self.tol
-        if self.climbing:
-            finished &= self.steps[good] >= self.climb_after
+        finished = self.max_force[good] <= self.options.tol
+        if self.options.climbing:
+            finished &= self.steps[good] >= self.options.climb_after
         self.converged[good] = finished
         if stop is not None:
             told = (
@@ -743,10 +735,10 @@ class ElasticBand(torch.nn.Module):
                 raise ValueError(f"stop returned {said.numel()} values for {good.numel()} pairs")
             said = said.to(torch.bool)
             self.stopped[good] = said
-            if self.nudge > 0:
+            if self.options.nudge > 0:
                 finished = finished & ~self._nudge_stuck_(good, finished & ~said)
             finished = finished | said
-        finished = finished | (self.steps[good] >= self.max_steps)
+        finished = finished | (self.steps[good] >= self.options.steps)
         self.active[good] = ~finished
 
         keep = ~finished & ~self.held[good]
@@ -759,22 +751,24 @@ class ElasticBand(torch.nn.Module):
     def _nudge_stuck_(self, index: Tensor, converged: Tensor) -> Tensor:
         """Nudge the pairs at ``index`` that converged (``converged``, ``(len(index),)``) on a
         path not good enough before they moved; return which (see the class docstring)."""
-        unmoved = self.steps[index] <= (self.climb_after if self.climbing else 0)
+        unmoved = self.steps[index] <= (self.options.climb_after if self.options.climbing else 0)
         stuck = converged & unmoved & (self.nudged[index] == 0)
-        stuck &= self.steps[index] < self.max_steps
+        stuck &= self.steps[index] < self.options.steps
         if not bool(stuck.any()):
             return stuck
         rows = index[stuck]
         offsets = torch.stack(
             [
-                symmetry_nudge(self.starts[r], self.ends[r], self.nudge, self.nudge_seed)
+                symmetry_nudge(
+                    self.starts[r], self.ends[r], self.options.nudge, self.options.nudge_seed
+                )
                 for r in rows
             ]
         ).to(self.pivots.dtype)
         with torch.no_grad():
             moved = self.pivots[rows] + offsets.unsqueeze(1)
-            if self.bounds is not None:
-                moved = moved.clamp(*self.bounds)
+            if self.options.bounds is not None:
+                moved = moved.clamp(*self.options.bounds)
             self.pivots[rows] = moved
         self.nudged[rows] = offsets.reshape(rows.numel(), -1).norm(dim=1).to(self.nudged.dtype)
         self.converged[rows] = False
@@ -790,7 +784,7 @@ class ElasticBand(torch.nn.Module):
         # noise as a blow-up).
         scale = torch.maximum(top - bottom, torch.maximum(top.abs(), bottom.abs()))
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        limit = top + self.max_energy_rise * scale
+        limit = top + self.options.max_energy_rise * scale
         current = self.energy_limit[index]
         first = finite & torch.isinf(current)
         self.energy_limit[index] = torch.where(first, limit, current)
@@ -814,7 +808,7 @@ class ElasticBand(torch.nn.Module):
             evaluated: the blown-up path was evaluated (its step was counted), else it is a
                 non-finite position found right after the step.
         """
-        can = self.backoffs[index] < self.max_backoffs
+        can = self.backoffs[index] < self.options.backoffs
         if evaluated:
             can &= self.steps[index] > 0  # on the straight line there is nothing to go back to
         if self._before is None:
@@ -851,7 +845,11 @@ class ElasticBand(torch.nn.Module):
         ``step_scale``), clamp to ``bounds``, respace (``string``), and count the step."""
         if self._before is None:
             raise RuntimeError("after_step_ called before project_")
-        plain = self.method == "neb" and self.bounds is None and math.isinf(self.max_step)
+        plain = (
+            self.options.method == "neb"
+            and self.options.bounds is None
+            and math.isinf(self.max_step)
+        )
         if (
             plain
             and bool((self.active & ~self.held & (self.step_scale == 1)).all())
@@ -872,17 +870,17 @@ class ElasticBand(torch.nn.Module):
             moved = moved[finite]
         if moved.numel():
             self._shorten_steps_(moved)
-            if self.bounds is not None:
-                self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
-            if self.method == "string":
+            if self.options.bounds is not None:
+                self.pivots[moved] = self.pivots[moved].clamp(*self.options.bounds)
+            if self.options.method == "string":
                 keep = None
                 if bool(self.anchored.any()):
                     keep = torch.nn.functional.pad(self.anchored[moved], (1, 1))
                 self.pivots[moved] = respace_equal_arc(self.path[moved], keep)[:, 1:-1]
-                if self.bounds is not None:
+                if self.options.bounds is not None:
                     # Respaced points lie on the clamped polyline, so this only bites when an
                     # end lies outside the box; the box wins over equal spacing then.
-                    self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
+                    self.pivots[moved] = self.pivots[moved].clamp(*self.options.bounds)
             self.steps[moved] += 1
         self.pivots.grad = None
 

@@ -116,7 +116,7 @@ def test_the_band_and_find_paths_take_the_same_defaults() -> None:
     starts, ends = torch.zeros(1, 2), torch.ones(1, 2)
     band = ElasticBand(starts, ends)
     assert band.options == BandOptions()
-    assert (band.max_steps, band.max_backoffs, band.max_step) == (200, 4, math.inf)
+    assert (band.options.steps, band.options.backoffs, band.max_step) == (200, 4, math.inf)
     result = find_paths(lambda z: (z**2).sum(dim=1), starts, ends, steps=0)
     assert result.steps.tolist() == [0]
 
