@@ -139,7 +139,7 @@ def _quickstart_pairs_leave(network: nn.Module, data: DigitsDataModule) -> int:
     their class at the points its run checks."""
     config = yaml.safe_load((REPO / "configs/paths/quick.yaml").read_text())
     sampling = PairSampling(**config["pairs"])
-    options = PathOptions(**config["path"])
+    options = PathOptions(**config.get("path", {}))
     assert sampling.closest_of is not None
     dataset = data.dataset(sampling.split)
     pairs = select_pairs(network, dataset, sampling, data.class_names)
