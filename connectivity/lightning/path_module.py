@@ -5,11 +5,12 @@ The module holds the frozen tail (always in eval mode) and, before the fit, the 
 pair on its line (an :class:`~connectivity.engine.band.ElasticBand`, whose one parameter is
 the pivots): the Trainer's precision plugin converts it with the module, and the search takes
 its ends, in that precision, when the fit starts. From then on the search is
-:class:`~connectivity.engine.search.PathSearch`, the same object :func:`connect_points` loops
-over: each training step is one :meth:`~connectivity.engine.search.PathSearch.step` (one
-batched forward and backward of all active pivots, the NEB projection, one optimiser step, the
-decisions, and the next round's band when one is done). Each new record is queued in
-``decided`` for callbacks to take (e.g. to save it at once).
+:class:`~connectivity.engine.search.PathSearch`, the same object that
+:func:`~connectivity.engine.search.connect_points` loops over: each training step is one
+:meth:`~connectivity.engine.search.PathSearch.step` (one batched forward and backward of all
+active pivots, the NEB projection, one optimiser step, the decisions, and the next round's band
+when one is done). Each new record is queued in ``decided`` for callbacks to take (e.g. to save
+it at once).
 
 :class:`BandCheckpoint` saves the search's band, its optimiser and the queued pairs every few
 steps (one file per rank), and :meth:`PathModule.resume_from` continues from such a file.
