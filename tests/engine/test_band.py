@@ -410,7 +410,7 @@ def test_image_shaped_points_keep_their_shape() -> None:
     assert result.converged.all()
 
 
-# --- Issue 13: band optimizers, blow-ups, back-off --------------------------------------------
+# --- band optimizers, blow-ups, back-off ------------------------------------------------------
 
 
 def test_mueller_brown_reference_points_are_stationary_with_known_index() -> None:
@@ -592,7 +592,8 @@ def test_max_step_caps_the_longest_pivot_move_per_step() -> None:
 
 
 def test_a_band_checkpoint_without_the_back_off_buffers_still_loads() -> None:
-    # Band checkpoints written before issue 13 lack them; unknown keys are still refused.
+    # Band checkpoints written before these buffers existed lack them; unknown keys are still
+    # refused.
     state = ElasticBand(STARTS, ENDS).state_dict()
     for name in ("energy_limit", "step_scale", "backoffs", "held"):
         del state[name]

@@ -1,4 +1,4 @@
-"""Exact verdicts (issue 11): ExactLine on hand-built networks with known breakpoints, against
+"""Exact verdicts: ExactLine on hand-built networks with known breakpoints, against
 brute force, on torchvision's ResNet18, and the band that inserts pivots where the exact check
 finds the path off the target."""
 
@@ -156,7 +156,7 @@ def test_with_springs_the_band_inserts_again_until_it_goes_around_the_sliver(
 
 
 def test_the_string_keeps_its_inserted_pivots_in_the_sliver(tmp_path) -> None:
-    # Issue 18: the string's equal-arc respacing used to carry each inserted pivot out of the
+    # The string's equal-arc respacing used to carry each inserted pivot out of the
     # 0.002-wide strip before FIRE had moved it round; the band grew to 34 points and ended
     # `none`. Inserted pivots now stay where they are when the string respaces.
     from connectivity.lightning.path_module import PathModule
@@ -482,7 +482,7 @@ def test_ranks_with_different_rounds_of_insertion_stop_together(tmp_path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 18, item 1: what an operation computes decides, never what it is called
+# What an operation computes decides, never what it is called
 
 
 def _dense_margins(tail: nn.Module, start: Tensor, end: Tensor, target: int, count: int) -> Tensor:
@@ -634,7 +634,7 @@ def test_timm_batch_norm_act_is_checked_by_its_activation() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 18, item 2: valid piecewise-linear tails are checked, not crashed or refused
+# Valid piecewise-linear tails are checked, not crashed or refused
 
 
 class PoolSliver(nn.Module):

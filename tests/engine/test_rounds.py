@@ -1,4 +1,4 @@
-"""Rounds of pivot insertion (issue 11): a resume in any round, band checkpoints that keep
+"""Rounds of pivot insertion: a resume in any round, band checkpoints that keep
 coming, the exact-check cache, and paths with points that are not points. Found by a
 newcomer's attempt to break the Lightning driver's rounds."""
 
