@@ -272,6 +272,7 @@ def test_a_search_continued_from_its_checkpoint_ends_as_one_that_was_not_stopped
     stopped.start()
     for _ in range(5):
         stopped.step()
+    assert not stopped.done and stopped.band.pairs == 2  # mid-way through the bent pairs' band
     checkpoint = stopped.checkpoint()
     assert set(checkpoint) == {"band", "band_rows", "queued", "nudges", "decided", "optimizer"}
     resumed = PathSearch(tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
