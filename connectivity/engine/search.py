@@ -283,7 +283,7 @@ class PathSearch:
         starts: ``(pairs, *point_shape)`` first ends.
         ends: ``(pairs, *point_shape)`` second ends.
         targets: ``(pairs,)`` target class of each pair.
-        options: Path options (defaults if None).
+        options: Path options.
         on_record: Called as ``on_record(pair_index, record)`` as soon as a pair is decided.
         on_band: Called with the optimiser of each new band (e.g. to hand it to a Trainer).
 
@@ -305,12 +305,12 @@ class PathSearch:
         starts: Tensor,
         ends: Tensor,
         targets: Tensor,
-        options: PathOptions | None = None,
+        options: PathOptions,
         *,
         on_record: Callable[[int, PairRecord], None] | None = None,
         on_band: Callable[[torch.optim.Optimizer], None] | None = None,
     ) -> None:
-        self.options = options = options or PathOptions()
+        self.options = options
         self.tail = tail
         self.starts, self.ends, self.targets = prepare_pairs(starts, ends, targets, options.bounds)
         self.on_band = on_band
