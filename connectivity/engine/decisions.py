@@ -450,11 +450,6 @@ def make_records(
     path_energy = -_target_column(dense, targets)
     ratio = polyline_length_ratio(path)
     diverged = outcome.diverged
-
-    distances = [
-        tuple(d.cpu() for d in distances_from_line(path[i].detach(), line[i].detach()))
-        for i in range(len(targets))
-    ]
     # NaN (a non-finite network output) counts as the lowest margin: such a point is off target.
     margin = target_margin(dense, targets).nan_to_num(nan=-math.inf).cpu()
     line_margin = target_margin(line_dense, targets).nan_to_num(nan=-math.inf).cpu()
@@ -474,16 +469,12 @@ def make_records(
         certificate, note = _certificate(
             certifier, verdict, exact_line, exact_path, bool(path_decided[i]) or line_ok
         )
-        status = outcome.status[i]
-        if status == BandStatus.CERTIFIED and verdict != Verdict.NONLINEAR:
-            # The stop let the band go to grow pivots in its off-target stretches, but it had
-            # no steps left to do so (see Decisions._grow): it was never certified.
-            status = BandStatus.OUT_OF_STEPS.value
+        l2, linf = distances_from_line(path[i].detach(), line[i].detach())
         records.append(
             PairRecord(
                 verdict=verdict.value,
                 pivot_verdict=pivot_verdict.value,
-                status=status,
+                status=_status(outcome.status[i], verdict),
                 target=int(targets[i]),
                 steps=int(outcome.steps[i]),
                 max_energy=float(path_energy[i].max()),
@@ -494,8 +485,8 @@ def make_records(
                 max_force=float(outcome.max_force[i]),
                 line=line[i].detach().cpu(),
                 path=path[i].detach().cpu(),
-                distance_l2=distances[i][0],
-                distance_linf=distances[i][1],
+                distance_l2=l2.cpu(),
+                distance_linf=linf.cpu(),
                 certificate=certificate,
                 min_margin=_min_margin(margin[i], exact_path),
                 line_min_margin=_min_margin(line_margin[i], exact_line),
@@ -553,6 +544,15 @@ def _check_bands(
         for k, i in enumerate(need.tolist()):
             path_exact[i] = checks[k]
     return dense, path_ok, path_exact, path_decided
+
+
+def _status(status: str, verdict: Verdict) -> str:
+    """How a pair's band ended (a :class:`BandStatus` value), as its record says it."""
+    if status == BandStatus.CERTIFIED and verdict != Verdict.NONLINEAR:
+        # The stop let the band go to grow pivots in its off-target stretches, but it had no
+        # steps left to do so (see Decisions._grow): it was never certified.
+        return BandStatus.OUT_OF_STEPS.value
+    return status
 
 
 def _min_margin(sampled: Tensor, exact: PathCheck | None) -> float:
