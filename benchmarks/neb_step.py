@@ -43,9 +43,10 @@ import torch
 import torchvision
 from torch import Tensor
 
-from connectivity.engine.band import ElasticBand, make_optimizer
+from connectivity.engine.band import ElasticBand
+from connectivity.engine.optimizers import make_optimizer
+from connectivity.engine.search import classifier_energy
 from connectivity.engine.split import split
-from connectivity.engine.verdicts import classifier_energy
 
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
@@ -176,13 +177,13 @@ def make_space(
 
 
 def make_band(space: Space, pivots: int) -> tuple[ElasticBand, torch.optim.Optimizer]:
-    """A band that never finishes (tol -inf, no step limit) with its Adam, ends evaluated."""
+    """A band that never finishes (tol 0, no step limit) with its Adam, ends evaluated."""
     band = ElasticBand(
         space.starts,
         space.ends,
         num_pivots=pivots,
-        tol=float("-inf"),
-        max_steps=2**62,
+        tol=0.0,
+        steps=2**62,
         labels=space.targets,
     )
     energy = classifier_energy(space.tail)

@@ -45,7 +45,8 @@ from torch import Tensor
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.surfaces: the analytic surfaces the tests use
 
-from connectivity.engine.band import OPTIMIZERS, find_paths  # noqa: E402
+from connectivity.engine.options import OPTIMIZERS  # noqa: E402
+from connectivity.engine.search import find_paths  # noqa: E402
 from tests.surfaces import (  # noqa: E402
     MB_MINIMA,
     MB_SADDLE_ENERGIES,

@@ -3,9 +3,10 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from connectivity.api import connect, connect_all
-from connectivity.engine.band import find_paths
+from connectivity.engine.decisions import PairRecord, Verdict
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points, find_paths
 from connectivity.engine.split import layer_names, split
-from connectivity.engine.verdicts import PairRecord, PathOptions, Verdict, connect_points
 from connectivity.errors import ConnectivityError
 
 __all__ = [

@@ -10,15 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from connectivity.engine.checks import on_target
+from connectivity.engine.decisions import PairRecord
 from connectivity.engine.graph import ClassComponents, Pair, check_graph_options, search_components
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import check_range, connect_points
 from connectivity.engine.split import INPUT, floating_dtype, probe_split, split
-from connectivity.engine.verdicts import (
-    PairRecord,
-    PathOptions,
-    check_range,
-    connect_points,
-    on_target,
-)
 from connectivity.errors import InputError
 
 
@@ -121,12 +118,12 @@ def connect(
         pixel_range: The range images (4-D batches) must lie in, whatever the layer: the
             classifier's input convention, (0, 1) here. None accepts any values (inputs already
             normalised, say). In the input space it is also the default ``bounds``.
-        **path_options: Fields of :class:`connectivity.engine.verdicts.PathOptions`. In the input
+        **path_options: Fields of :class:`connectivity.engine.options.PathOptions`. In the input
             space of images ``bounds`` defaults to ``pixel_range`` so every point stays an
             image; other inputs get no box unless one is given.
 
     Returns:
-        One :class:`connectivity.engine.verdicts.PairRecord` per pair: the verdicts (``verdict`` by
+        One :class:`connectivity.engine.decisions.PairRecord` per pair: the verdicts (``verdict`` by
         the check ``certificate`` names, ``exact`` or ``sampled``; ``pivot_verdict`` as the
         paper checks), the path in the layer's space, the softmax at every path point and the
         path metrics.
@@ -233,8 +230,8 @@ def connect_in_layer(
         ends: Same shape.
         targets: ``(pairs,)`` target classes.
         options: Path options, used as given.
-        on_record: See :func:`connectivity.engine.verdicts.connect_points`.
-        on_progress: See :func:`connectivity.engine.verdicts.connect_points`.
+        on_record: See :func:`connectivity.engine.search.connect_points`.
+        on_progress: See :func:`connectivity.engine.search.connect_points`.
         output: As in :func:`connect`.
 
     Raises:
@@ -332,7 +329,7 @@ def connect_all(
         known: ``{(i, j): record}`` decided earlier (e.g. by a run that stopped); not decided
             again.
         on_record: Called as ``on_record((i, j), record)`` the moment a pair is decided.
-        **path_options: Fields of :class:`connectivity.engine.verdicts.PathOptions`.
+        **path_options: Fields of :class:`connectivity.engine.options.PathOptions`.
 
     Returns:
         :class:`connectivity.engine.graph.ClassComponents` with ``components`` (lists of input

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from connectivity.engine.verdicts import PathOptions
+from connectivity.engine.options import PathOptions
 from connectivity.runs.paths import Experiment, PairSampling
 
 FOLDER = Path(__file__).resolve().parent / "data" / "run_2026-12-06"

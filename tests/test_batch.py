@@ -16,8 +16,9 @@ from torch import nn
 
 from connectivity import connect, connect_all
 from connectivity.data import DigitsDataModule
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.engine.split import BatchDependenceError, LayerError, probe_split, split
-from connectivity.engine.verdicts import PathOptions, connect_points
 from connectivity.errors import ConnectivityError
 from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.paths import Experiment, PairSampling, run_paths

@@ -18,9 +18,12 @@ import torchvision
 from torch import fx
 
 from connectivity import connect, layer_names
+from connectivity.engine.checks import Certifier
 from connectivity.engine.exact import NotPiecewiseLinearError, check_segments
+
+# (model, builder kwargs, input side): inputs as small as each model allows
+from connectivity.engine.options import PathOptions
 from connectivity.engine.split import _resolve, _trace, split
-from connectivity.engine.verdicts import Certifier, PathOptions
 
 # (model, builder kwargs, input side): inputs as small as each model allows
 # The fast set holds every mechanism the slow set needs: in-place ReLUs right after cuts and

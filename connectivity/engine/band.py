@@ -11,8 +11,12 @@ Layers, from low to high:
   computed themselves;
 * ``ElasticBand``, the per-step state machine (pivots, flags, bookkeeping) that any driver,
   e.g. a Lightning module, can step with its own optimiser and energy evaluation;
-* ``find_paths``, a short loop over ``ElasticBand`` with a torch.optim optimiser
-  (``make_optimizer``: Adam, SGD, or FIRE and L-BFGS from ``connectivity.engine.optimizers``).
+* the drivers live in :mod:`connectivity.engine.search`: ``find_paths``, a short loop over
+  ``ElasticBand`` with a torch.optim optimiser (``make_optimizer`` of
+  :mod:`connectivity.engine.optimizers`: Adam, SGD, FIRE or L-BFGS), and the path search.
+
+Options (``num_pivots``, ``steps``, ``max_step``...) are those of
+:class:`~connectivity.engine.options.BandOptions`.
 
 Shapes: a path is ``(pairs, num_pivots + 2, *point_shape)`` with the fixed ends at index 0 and -1;
 geometry (lengths, tangents, projections) is done on flattened points of size ``D``.
@@ -30,21 +34,30 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from connectivity.engine.optimizers import FIRE, LBFGS
+from connectivity.engine.options import (
+    DEFAULT_BACKOFFS,
+    DEFAULT_MAX_ENERGY_RISE,
+    DEFAULT_MAX_STEP,
+    DEFAULT_NUDGE,
+    METHODS,
+    OPTIMIZERS,
+    BandOptions,
+)
 
 __all__ = [
+    "DEFAULT_BACKOFFS",
+    "DEFAULT_MAX_ENERGY_RISE",
     "DEFAULT_MAX_STEP",
     "DEFAULT_NUDGE",
     "METHODS",
     "OPTIMIZERS",
     "ElasticBand",
     "PathResult",
-    "find_paths",
-    "make_optimizer",
     "neb_gradient",
     "perpendicular_force_norm",
     "respace_equal_arc",
@@ -52,22 +65,6 @@ __all__ = [
     "symmetry_nudge",
     "tangents",
 ]
-
-METHODS = ("neb", "string")
-OPTIMIZERS = ("adam", "sgd", "fire", "lbfgs")
-# The band's cap on a pivot's move per step (a fraction of its pair's pivot spacing on the
-# straight line) when none is given: fire and lbfgs take steps of their own length, which the
-# cap keeps from jumping across the band, as ASE's ``maxstep`` does; adam and sgd keep the
-# uncapped steps they always took.
-DEFAULT_MAX_STEP = {"adam": math.inf, "sgd": math.inf, "fire": 0.5, "lbfgs": 0.5}
-# Back-offs (halvings of a pair's step) before a blow-up or a non-finite value is divergence.
-DEFAULT_BACKOFFS = 4
-# How far above its straight line's highest energy a band may rise (in units of the line's
-# energy range) before it counts as blown up.
-DEFAULT_MAX_ENERGY_RISE = 10.0
-# Length of the nudge that breaks a band's symmetry (see ``ElasticBand``), as a fraction of the
-# distance between its ends: far below any feature the band resolves with its pivot spacing.
-DEFAULT_NUDGE = 1e-3
 
 # Plain energies take points; conditional ones (``labels`` given) take points and their labels.
 EnergyFn = Callable[..., Tensor]
@@ -290,7 +287,7 @@ def respace_equal_arc(path: Tensor, keep: Tensor | None = None) -> Tensor:
     neighbouring kept points (or ends) are spread at equal arc length over the stretch between
     them: point ``j`` between kept points ``a < j < b`` goes to arc length
     ``s_a + (j - a) / (b - a) * (s_b - s_a)``. A pivot inserted where the band must resolve a
-    narrow feature (``insert_pivots`` of :mod:`connectivity.engine.verdicts`) is kept this way,
+    narrow feature (``insert_pivots`` of :mod:`connectivity.engine.decisions`) is kept this way,
     so the respacing does not carry it off the feature.
 
     Args:
@@ -344,38 +341,6 @@ def respace_equal_arc(path: Tensor, keep: Tensor | None = None) -> Tensor:
     return out.reshape(path.shape)
 
 
-def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
-    """The optimiser of a band's pivots, stepped on the gradient ``ElasticBand.project_`` sets
-    (minus the NEB force).
-
-    * ``"adam"``: ``torch.optim.Adam``, ``lr`` its learning rate. Its per-coordinate scaling
-      bends the projected NEB force: the step is no longer perpendicular to the band (nor the
-      spring step along it), so springs and true force leak into each other; on stiff surfaces
-      it stalls at small ``lr`` and blows up at large ``lr``.
-    * ``"sgd"``: plain gradient descent, step ``lr * force``: keeps the force's direction, but is
-      stable only for ``lr < 2 / (largest curvature)``, so it crawls on stiff surfaces.
-    * ``"fire"``: :class:`~connectivity.engine.optimizers.FIRE` (Bitzek et al., 2006; as ASE and
-      LAMMPS use it for NEB), ``lr`` its initial time step, at most ``10 * lr``.
-    * ``"lbfgs"``: :class:`~connectivity.engine.optimizers.LBFGS` on the NEB force, without line
-      search, ``lr`` the inverse curvature of its first step.
-
-    Both ``fire`` and ``lbfgs`` keep their state per pair (first dimension of the pivots) and
-    rely on the band's ``max_step`` to cap their steps (``DEFAULT_MAX_STEP``).
-
-    Raises:
-        ValueError: an unknown ``name``.
-    """
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "fire":
-        return FIRE(params, lr=lr)
-    if name == "lbfgs":
-        return LBFGS(params, lr=lr)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-
-
 def symmetry_nudge(start: Tensor, end: Tensor, length: float, seed: int = 0) -> Tensor:
     """The offset that breaks a band's symmetry (see ``ElasticBand``): a random direction
     orthogonal to ``end - start``, of length ``length * |end - start|``.
@@ -421,7 +386,7 @@ class ElasticBand(torch.nn.Module):
     precision of float32 (float64 when converted to it): a conversion to float16 or bfloat16
     (a precision plugin's ``bf16-true``) leaves the band as it was.
 
-    One step of a driver (see ``find_paths``)::
+    One step of a driver (see :func:`connectivity.engine.search.find_paths`)::
 
         x = band.active_points().requires_grad_(True)
         e = energy(x)                               # (len(x),)
@@ -445,7 +410,7 @@ class ElasticBand(torch.nn.Module):
     from that starting path instead. The pair then returns
     to its path before the step, its steps are halved from then on (``step_scale``), and it
     sits out one optimiser step with a zero gradient (so ``fire`` and ``lbfgs`` reset its
-    state). After ``max_backoffs`` back-offs the next blow-up marks it diverged. A blow-up of
+    state). After ``backoffs`` back-offs the next blow-up marks it diverged. A blow-up of
     the straight line itself (nothing earlier to return to) is divergence at once.
 
     Symmetry nudge: a band can sit where every force lies along it, e.g. a straight line through
@@ -484,132 +449,113 @@ class ElasticBand(torch.nn.Module):
         self,
         starts: Tensor,
         ends: Tensor,
+        options: BandOptions | None = None,
         *,
-        num_pivots: int = 8,
-        spring_constant: float = 1.0,
-        method: str = "neb",
-        climbing: bool = False,
-        climb_after: int = 10,
-        bounds: tuple[float, float] | None = None,
-        tol: float = 1e-3,
-        max_steps: int = 100,
         labels: Tensor | None = None,
-        max_step: float = math.inf,
-        max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE,
-        max_backoffs: int = DEFAULT_BACKOFFS,
-        nudge: float = DEFAULT_NUDGE,
-        nudge_seed: int = 0,
+        **values: Any,
     ) -> None:
         """Start every band on the straight line between its ends.
 
         Args:
             starts: ``(pairs, *point_shape)`` floating tensor.
             ends: same shape as ``starts``.
-            num_pivots: movable points per band, ``>= 1``.
-            spring_constant: spring ``k`` of ``neb``.
-            method: ``"neb"`` or ``"string"``.
-            climbing: make the highest pivot of each pair climb (``neb`` only).
-            climb_after: climbing starts once a pair has taken this many steps, so that the
-                band first settles near the minimum energy path and the right pivot climbs;
-                a pair cannot count as converged before climbing has started.
-            bounds: ``(lo, hi)`` box the pivots are clamped into after every step.
-            tol: a pair converges when its ``max_force <= tol``.
-            max_steps: at most this many updates per pair.
+            options: The band's options (:class:`~connectivity.engine.options.BandOptions`;
+                defaults if None). Of them the band uses ``num_pivots``, ``spring_constant``,
+                ``method``, ``climbing``, ``climb_after`` (a climbing pair cannot count as
+                converged before it climbs), ``bounds`` (the pivots are clamped into the box
+                after every step), ``tol`` (a pair converges when its ``max_force <= tol``),
+                ``steps`` (most updates per pair), ``max_step`` (longest move of any pivot in
+                one step, in units of the pair's pivot spacing on the straight line,
+                ``|end - start| / (num_pivots + 1)``: a longer step of the optimiser is
+                shortened as a whole, direction kept; pairs whose ends coincide do not move
+                under a finite cap; None: the optimizer's default), ``max_energy_rise``,
+                ``backoffs`` and ``nudge``/``nudge_seed`` (see the class docstring).
             labels: optional ``(pairs,)`` label of each pair (e.g. its target class) for a
                 conditional energy ``E(z | label)``; see ``active_labels`` and ``project_``.
-            max_step: longest move of any pivot in one step, as a fraction of the pair's pivot
-                spacing on the straight line ``|end - start| / (num_pivots + 1)``: a longer
-                step of the optimiser is shortened as a whole (direction kept), as ASE's
-                ``maxstep`` does; ``math.inf`` for no cap. Pairs whose ends coincide do not
-                move under a finite cap.
-            max_energy_rise: blow-up threshold, > 0 (see the class docstring); ``math.inf``
-                turns the energy test off.
-            max_backoffs: back-offs of a pair before a blow-up is divergence, ``>= 0``.
-            nudge: length of the symmetry nudge in units of the distance of the pair's ends,
-                ``>= 0`` (0: none); see the class docstring.
-            nudge_seed: seed of the nudge's directions (with each pair's ends).
+            **values: Options replacing those of ``options`` (``BandOptions.with_values``),
+                e.g. ``num_pivots=4``.
 
         Raises:
-            ValueError: shapes, dtypes or values outside the above.
+            ValueError: shapes or dtypes outside the above.
+            OptionsError: options outside what :class:`BandOptions` accepts (a ValueError).
         """
         if starts.shape != ends.shape or starts.dim() < 2:
             raise ValueError("starts and ends must both be (pairs, *point_shape)")
         if not starts.is_floating_point():
             raise ValueError("starts and ends must be floating point")
-        if num_pivots < 1:
-            raise ValueError("num_pivots must be >= 1")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        if climbing and method != "neb":
-            # Respacing after each step would drag the climbing pivot off the saddle.
-            raise ValueError("climbing is only supported with method='neb'")
-        if bounds is not None and bounds[0] > bounds[1]:
-            raise ValueError(f"bounds must be (lo, hi) with lo <= hi, got {bounds}")
-        if max_steps < 0 or climb_after < 0 or max_backoffs < 0:
-            raise ValueError("max_steps, climb_after and max_backoffs must be >= 0")
-        if not (nudge >= 0 and math.isfinite(nudge)):
-            raise ValueError(f"nudge must be a finite number >= 0, got {nudge}")
-        if not (max_step > 0 and max_energy_rise > 0):
-            raise ValueError(
-                f"max_step and max_energy_rise must be > 0, got {max_step}, {max_energy_rise}"
-            )
-        super().__init__()
-        self.num_pivots = num_pivots
-        self.spring_constant = spring_constant
-        self.method = method
-        self.climbing = climbing
-        self.climb_after = climb_after
-        self.bounds = bounds
-        self.tol = tol
-        self.max_steps = max_steps
-        self.max_step = float(max_step)
-        self.max_energy_rise = float(max_energy_rise)
-        self.max_backoffs = max_backoffs
-        self.nudge = float(nudge)
-        self.nudge_seed = int(nudge_seed)
-        self.point_shape = tuple(starts.shape[1:])
         if labels is not None and labels.shape != (starts.shape[0],):
             raise ValueError(f"labels must be (pairs,) = ({starts.shape[0]},)")
+        super().__init__()
+        options = (options or BandOptions()).with_values(**values)
+        self.options = options
+        self.num_pivots = options.num_pivots
+        # The cap in force: the optimizer's default where the options give none.
+        self.max_step = options.resolved_max_step
+        self.point_shape = tuple(starts.shape[1:])
         labels = None if labels is None else labels.detach().to(starts.device).clone()
         self.register_buffer("labels", labels)
         self.register_buffer("starts", starts.detach().clone())
         self.register_buffer("ends", ends.detach().clone())
         self.pivots = torch.nn.Parameter(self.initial_pivots())
-        pairs, device, dtype = starts.shape[0], starts.device, starts.dtype
-        energy = torch.full((pairs, num_pivots + 2), float("nan"), dtype=dtype, device=device)
-        self.register_buffer("energy", energy)
-        self.register_buffer(
-            "max_force", torch.full((pairs,), float("inf"), dtype=dtype, device=device)
-        )
-        active = torch.ones(pairs, dtype=torch.bool, device=device)
-        self.register_buffer("steps", torch.zeros(pairs, dtype=torch.long, device=device))
-        self.register_buffer("active", active)
-        self.register_buffer("converged", torch.zeros_like(active))
-        self.register_buffer("stopped", torch.zeros_like(active))
-        self.register_buffer("diverged", torch.zeros_like(active))
-        self.register_buffer(
-            "energy_limit", torch.full((pairs,), math.inf, dtype=dtype, device=device)
-        )
-        self.register_buffer("step_scale", torch.ones(pairs, dtype=dtype, device=device))
-        self.register_buffer("backoffs", torch.zeros(pairs, dtype=torch.long, device=device))
-        self.register_buffer("held", torch.zeros_like(active))
-        self.register_buffer("nudged", torch.zeros((pairs,), dtype=dtype, device=device))
-        self.register_buffer(
-            "anchored", torch.zeros((pairs, num_pivots), dtype=torch.bool, device=device)
-        )
+        self._register_state(starts.shape[0], starts.device, starts.dtype)
         # Pivots before the pending optimiser step: used to undo the optimiser's moves of
         # frozen pairs (Adam momentum moves them even with zero grad) and to roll back pairs
         # that diverge.
         self._before: Tensor | None = None
+
+    def _register_state(self, pairs: int, device: torch.device, dtype: torch.dtype) -> None:
+        """The per-pair buffers, at their values before the first evaluation."""
+
+        def full(value: float, *shape: int) -> Tensor:
+            return torch.full(shape, value, dtype=dtype, device=device)
+
+        def flags(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=torch.bool, device=device)
+
+        self.register_buffer("energy", full(math.nan, pairs, self.num_pivots + 2))
+        self.register_buffer("max_force", full(math.inf, pairs))
+        self.register_buffer("steps", torch.zeros(pairs, dtype=torch.long, device=device))
+        self.register_buffer("active", torch.ones(pairs, dtype=torch.bool, device=device))
+        self.register_buffer("converged", flags(pairs))
+        self.register_buffer("stopped", flags(pairs))
+        self.register_buffer("diverged", flags(pairs))
+        self.register_buffer("energy_limit", full(math.inf, pairs))
+        self.register_buffer("step_scale", full(1.0, pairs))
+        self.register_buffer("backoffs", torch.zeros(pairs, dtype=torch.long, device=device))
+        self.register_buffer("held", flags(pairs))
+        self.register_buffer("nudged", full(0.0, pairs))
+        self.register_buffer("anchored", flags(pairs, self.num_pivots))
 
     def initial_pivots(self) -> Tensor:
         """``(pairs, num_pivots, *point_shape)``: the straight line, clamped to ``bounds``, in
         the ends' dtype (a driver that changes the dtype before the first step rebuilds the
         pivots with this, so they are the line of that precision, not a rounded one)."""
         initial = straight_line(self.starts, self.ends, self.num_pivots)[:, 1:-1]
-        if self.bounds is not None:
-            initial = initial.clamp(self.bounds[0], self.bounds[1])
+        if self.options.bounds is not None:
+            initial = initial.clamp(self.options.bounds[0], self.options.bounds[1])
         return initial.contiguous()
+
+    @torch.no_grad()
+    def start_from_(
+        self, path: Tensor | None, steps: Tensor | None = None, anchored: Tensor | None = None
+    ) -> None:
+        """Start from other paths than the straight line, before the first evaluation.
+
+        Args:
+            path: ``(pairs, num_pivots + 2, *point_shape)`` paths whose ends are the band's
+                (e.g. a band that got more pivots where it was poorly resolved), or None to
+                keep the line.
+            steps: optional ``(pairs,)`` long steps these paths already took; they count
+                towards ``steps``.
+            anchored: optional ``(pairs, num_pivots + 2)`` bool, the points the ``string``
+                respacing leaves in place (e.g. inserted pivots; the ends always stay).
+        """
+        if path is not None:
+            self.pivots.data = path[:, 1:-1].to(self.pivots.dtype).clone()
+        if steps is not None:
+            self.steps.copy_(steps)
+        if anchored is not None:
+            self.anchored.copy_(anchored[:, 1:-1])
 
     @property
     def pairs(self) -> int:
@@ -714,10 +660,10 @@ class ElasticBand(torch.nn.Module):
         Returns:
             ``(n,)`` long, or None when climbing is off.
         """
-        if not self.climbing:
+        if not self.options.climbing:
             return None
         index = pivot_energy.argmax(dim=1)
-        return torch.where(steps >= self.climb_after, index, torch.full_like(index, -1))
+        return torch.where(steps >= self.options.climb_after, index, torch.full_like(index, -1))
 
     def project_(self, grad: Tensor, energies: Tensor, stop: StopFn | None = None) -> Tensor:
         """Take in one evaluation of the active pivots and set ``pivots.grad`` for the next step.
@@ -725,7 +671,7 @@ class ElasticBand(torch.nn.Module):
         For each pair that was active, in order: a blow-up (non-finite energy or gradient, or a
         pivot energy above ``energy_limit``) -> back-off or diverged (see the class docstring);
         otherwise the energies and ``max_force`` are recorded, then ``max_force <= tol`` ->
-        converged, ``stop`` -> stopped, and ``max_steps`` reached -> out of steps; any of these
+        converged, ``stop`` -> stopped, and ``steps`` reached -> out of steps; any of these
         ends the pair. Pairs still active get the NEB effective gradient, except those that sit
         out this step (``held``), which get a zero gradient like all other pairs. A pair's first
         evaluation with finite values (its straight line, or the path a driver started the band
@@ -771,12 +717,14 @@ class ElasticBand(torch.nn.Module):
         path = self.path if everyone else self.path[good]
         energy = self.energy.clone() if everyone else self.energy[good]
         climb = self.climbing_index(energy[:, 1:-1], self.steps[good])
-        force, effective = _forces(path, energy, g, self.spring_constant, self.method, climb)
+        force, effective = _forces(
+            path, energy, g, self.options.spring_constant, self.options.method, climb
+        )
         self.max_force[good] = force.amax(dim=1)
 
-        finished = self.max_force[good] <= self.tol
-        if self.climbing:
-            finished &= self.steps[good] >= self.climb_after
+        finished = self.max_force[good] <= self.options.tol
+        if self.options.climbing:
+            finished &= self.steps[good] >= self.options.climb_after
         self.converged[good] = finished
         if stop is not None:
             told = (
@@ -787,10 +735,10 @@ class ElasticBand(torch.nn.Module):
                 raise ValueError(f"stop returned {said.numel()} values for {good.numel()} pairs")
             said = said.to(torch.bool)
             self.stopped[good] = said
-            if self.nudge > 0:
+            if self.options.nudge > 0:
                 finished = finished & ~self._nudge_stuck_(good, finished & ~said)
             finished = finished | said
-        finished = finished | (self.steps[good] >= self.max_steps)
+        finished = finished | (self.steps[good] >= self.options.steps)
         self.active[good] = ~finished
 
         keep = ~finished & ~self.held[good]
@@ -803,22 +751,24 @@ class ElasticBand(torch.nn.Module):
     def _nudge_stuck_(self, index: Tensor, converged: Tensor) -> Tensor:
         """Nudge the pairs at ``index`` that converged (``converged``, ``(len(index),)``) on a
         path not good enough before they moved; return which (see the class docstring)."""
-        unmoved = self.steps[index] <= (self.climb_after if self.climbing else 0)
+        unmoved = self.steps[index] <= (self.options.climb_after if self.options.climbing else 0)
         stuck = converged & unmoved & (self.nudged[index] == 0)
-        stuck &= self.steps[index] < self.max_steps
+        stuck &= self.steps[index] < self.options.steps
         if not bool(stuck.any()):
             return stuck
         rows = index[stuck]
         offsets = torch.stack(
             [
-                symmetry_nudge(self.starts[r], self.ends[r], self.nudge, self.nudge_seed)
+                symmetry_nudge(
+                    self.starts[r], self.ends[r], self.options.nudge, self.options.nudge_seed
+                )
                 for r in rows
             ]
         ).to(self.pivots.dtype)
         with torch.no_grad():
             moved = self.pivots[rows] + offsets.unsqueeze(1)
-            if self.bounds is not None:
-                moved = moved.clamp(*self.bounds)
+            if self.options.bounds is not None:
+                moved = moved.clamp(*self.options.bounds)
             self.pivots[rows] = moved
         self.nudged[rows] = offsets.reshape(rows.numel(), -1).norm(dim=1).to(self.nudged.dtype)
         self.converged[rows] = False
@@ -834,7 +784,7 @@ class ElasticBand(torch.nn.Module):
         # noise as a blow-up).
         scale = torch.maximum(top - bottom, torch.maximum(top.abs(), bottom.abs()))
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        limit = top + self.max_energy_rise * scale
+        limit = top + self.options.max_energy_rise * scale
         current = self.energy_limit[index]
         first = finite & torch.isinf(current)
         self.energy_limit[index] = torch.where(first, limit, current)
@@ -858,7 +808,7 @@ class ElasticBand(torch.nn.Module):
             evaluated: the blown-up path was evaluated (its step was counted), else it is a
                 non-finite position found right after the step.
         """
-        can = self.backoffs[index] < self.max_backoffs
+        can = self.backoffs[index] < self.options.backoffs
         if evaluated:
             can &= self.steps[index] > 0  # on the straight line there is nothing to go back to
         if self._before is None:
@@ -895,7 +845,11 @@ class ElasticBand(torch.nn.Module):
         ``step_scale``), clamp to ``bounds``, respace (``string``), and count the step."""
         if self._before is None:
             raise RuntimeError("after_step_ called before project_")
-        plain = self.method == "neb" and self.bounds is None and math.isinf(self.max_step)
+        plain = (
+            self.options.method == "neb"
+            and self.options.bounds is None
+            and math.isinf(self.max_step)
+        )
         if (
             plain
             and bool((self.active & ~self.held & (self.step_scale == 1)).all())
@@ -916,17 +870,17 @@ class ElasticBand(torch.nn.Module):
             moved = moved[finite]
         if moved.numel():
             self._shorten_steps_(moved)
-            if self.bounds is not None:
-                self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
-            if self.method == "string":
+            if self.options.bounds is not None:
+                self.pivots[moved] = self.pivots[moved].clamp(*self.options.bounds)
+            if self.options.method == "string":
                 keep = None
                 if bool(self.anchored.any()):
                     keep = torch.nn.functional.pad(self.anchored[moved], (1, 1))
                 self.pivots[moved] = respace_equal_arc(self.path[moved], keep)[:, 1:-1]
-                if self.bounds is not None:
+                if self.options.bounds is not None:
                     # Respaced points lie on the clamped polyline, so this only bites when an
                     # end lies outside the box; the box wins over equal spacing then.
-                    self.pivots[moved] = self.pivots[moved].clamp(*self.bounds)
+                    self.pivots[moved] = self.pivots[moved].clamp(*self.options.bounds)
             self.steps[moved] += 1
         self.pivots.grad = None
 
@@ -970,125 +924,3 @@ class ElasticBand(torch.nn.Module):
             nudged=self.nudged.clone(),
             anchored=self.anchored.clone(),
         )
-
-
-def find_paths(
-    energy: EnergyFn,
-    starts: Tensor,
-    ends: Tensor,
-    *,
-    num_pivots: int = 8,
-    steps: int = 100,
-    optimizer: str = "adam",
-    lr: float = 1e-2,
-    spring_constant: float = 1.0,
-    method: str = "neb",
-    climbing: bool = False,
-    climb_after: int = 10,
-    bounds: tuple[float, float] | None = None,
-    tol: float = 1e-3,
-    stop: StopFn | None = None,
-    labels: Tensor | None = None,
-    on_step: Callable[[ElasticBand], None] | None = None,
-    initial: Tensor | None = None,
-    steps_taken: Tensor | None = None,
-    max_step: float | None = None,
-    max_energy_rise: float = DEFAULT_MAX_ENERGY_RISE,
-    max_backoffs: int = DEFAULT_BACKOFFS,
-    nudge: float = DEFAULT_NUDGE,
-    nudge_seed: int = 0,
-    anchored: Tensor | None = None,
-) -> PathResult:
-    """Optimise one band per (start, end) pair towards a minimum energy path.
-
-    Each iteration makes one batched energy call (forward + backward) on the pivots of the
-    pairs still active; pairs leave the batch when they converge, are stopped, diverge or run
-    out of steps. One extra gradient-free call evaluates the fixed ends at the beginning.
-
-    Args:
-        energy: maps ``(B, *point_shape)`` to ``(B,)``; must be differentiable in its input
-            and must treat batch entries independently.
-        starts: ``(pairs, *point_shape)``.
-        ends: ``(pairs, *point_shape)``.
-        num_pivots: movable points per band.
-        steps: at most this many optimiser updates per pair.
-        optimizer: one of ``OPTIMIZERS`` over the pivots tensor (see ``make_optimizer``).
-        lr: learning rate (``fire``: initial time step; ``lbfgs``: inverse curvature of the
-            first step).
-        spring_constant: spring ``k`` (``neb`` only).
-        method: ``"neb"`` (improved tangent + springs) or ``"string"`` (perpendicular gradient,
-            then equal-arc-length respacing every step).
-        climbing: climbing image on the highest pivot (``neb`` only).
-        climb_after: steps before climbing begins (see ``ElasticBand``).
-        bounds: ``(lo, hi)`` box the pivots are clamped into.
-        tol: convergence threshold on ``max_force``.
-        stop: ``stop(path, energy) -> (n,) bool`` called each time pairs are evaluated (also on
-            the straight line, before any step); True ends that pair. See
-            ``ElasticBand.project_``.
-        labels: optional ``(pairs,)`` labels for a conditional energy: ``energy`` is then
-            called as ``energy(points, labels_of_points)`` and ``stop`` as
-            ``stop(path, energy, labels)``, e.g. a classifier's loss for each pair's target.
-        on_step: optional ``on_step(band)`` called after every evaluation (and update), e.g. to
-            report progress or to save pairs as soon as they leave the batch.
-        initial: optional ``(pairs, num_pivots + 2, *point_shape)`` paths to start from instead
-            of the straight line (their ends must be ``starts`` and ``ends``), e.g. a band that
-            got more pivots where it was poorly resolved.
-        steps_taken: optional ``(pairs,)`` long steps these paths already took; they count
-            towards ``steps``.
-        max_step: cap on a pivot's move per step, in pivot spacings (see ``ElasticBand``);
-            None: ``DEFAULT_MAX_STEP[optimizer]``.
-        max_energy_rise: blow-up threshold (see ``ElasticBand``).
-        max_backoffs: back-offs before a blow-up is divergence (see ``ElasticBand``).
-        nudge: length of the symmetry nudge of a pair that converges before it moved while
-            ``stop`` says it is not done, in units of its ends' distance (see ``ElasticBand``).
-        nudge_seed: seed of the nudges' directions.
-        anchored: optional ``(pairs, num_pivots + 2)`` bool, the points of ``initial`` that the
-            ``string`` respacing leaves in place (e.g. inserted pivots; the ends always stay).
-
-    Returns:
-        ``PathResult`` whose energies and forces belong to the returned paths.
-    """
-    band = ElasticBand(
-        starts,
-        ends,
-        num_pivots=num_pivots,
-        spring_constant=spring_constant,
-        method=method,
-        climbing=climbing,
-        climb_after=climb_after,
-        bounds=bounds,
-        tol=tol,
-        max_steps=steps,
-        labels=labels,
-        max_step=DEFAULT_MAX_STEP.get(optimizer, math.inf) if max_step is None else max_step,
-        max_energy_rise=max_energy_rise,
-        max_backoffs=max_backoffs,
-        nudge=nudge,
-        nudge_seed=nudge_seed,
-    )
-
-    def evaluate(points: Tensor, point_labels: Tensor | None) -> Tensor:
-        return (energy(points) if point_labels is None else energy(points, point_labels)).reshape(
-            -1
-        )
-
-    if initial is not None:
-        band.pivots.data = initial[:, 1:-1].to(band.pivots.dtype).clone()
-    if steps_taken is not None:
-        band.steps.copy_(steps_taken)
-    if anchored is not None:
-        band.anchored.copy_(anchored[:, 1:-1])
-    opt = make_optimizer(optimizer, [band.pivots], lr)
-    with torch.no_grad():
-        band.set_end_energies_(evaluate(band.end_points(), band.end_labels()))
-    while not band.done:
-        x = band.active_points().requires_grad_(True)
-        with torch.enable_grad():
-            e = evaluate(x, band.active_labels())
-            (g,) = torch.autograd.grad(e.sum(), x)
-        if band.project_(g, e, stop=stop).any():
-            opt.step()
-            band.after_step_()
-        if on_step is not None:
-            on_step(band)
-    return band.result()

@@ -33,7 +33,7 @@ affine there).
 Floating point: points are computed in the network's dtype and ``t`` in float64. A piece end
 whose margin lies within :func:`margin_tolerance` of zero cannot be called on or off the target
 reliably; :class:`PathCheck` reports such paths as undecided (``decided`` False) and callers fall
-back to the sampled check for them (see :mod:`connectivity.engine.verdicts`).
+back to the sampled check for them (see :mod:`connectivity.engine.checks`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class UnreliableExactCheckError(ConnectivityError):
     """The exact check of these paths cannot be trusted in floating point (the traced tail's
     logits at the segments' ends differ from the tail's own beyond the tolerance, or a max
     pool's winners stay tied within rounding); callers decide these paths at sampled points
-    (:class:`connectivity.engine.verdicts.Certifier` does, with the reason in the record's
+    (:class:`connectivity.engine.checks.Certifier` does, with the reason in the record's
     ``certificate_note``)."""
 
 
@@ -550,9 +550,18 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             "instance, which the exact check cannot trace; remove them or wrap the tail in a "
             "module"
         )
+    module = _trace(network)
+    return Program(module, _steps(module), _floating_dtype(network))
+
+
+def _trace(network: nn.Module) -> fx.GraphModule:
+    """A torch.fx program of a copy of ``network`` (nothing it does, an ``out=`` into a
+    buffer say, reaches the caller's network).
+
+    Raises:
+        NotPiecewiseLinearError: torch.fx cannot trace it.
+    """
     tracer = _Tracer()
-    # The program runs a copy: nothing it does (an ``out=`` into a buffer, say) reaches the
-    # caller's network.
     network = copy.deepcopy(network)
     try:
         graph = tracer.trace(network)
@@ -563,7 +572,17 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             f"the tail cannot be traced with torch.fx for the exact check{where} "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
-    module = fx.GraphModule(network, graph)
+    return fx.GraphModule(network, graph)
+
+
+def _steps(module: fx.GraphModule) -> list[_Step]:
+    """What each node of a traced tail does to the points (:func:`_classify`), and when its
+    value is last used.
+
+    Raises:
+        NotPiecewiseLinearError: an operation on the points that is not piecewise linear, or
+            more than one input.
+    """
     nodes = list(module.graph.nodes)
     position = {node: i for i, node in enumerate(nodes)}
     no_ops = _assertion_nodes(nodes)
@@ -618,7 +637,7 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
         step.last_use = max(
             [i, *users, *(steps[u].last_use for u in users if steps[u].kind == SIZE)]
         )
-    return Program(module, steps, _floating_dtype(network))
+    return steps
 
 
 def _assertion_nodes(nodes: list[fx.Node]) -> set[fx.Node]:

@@ -33,7 +33,7 @@ from connectivity.errors import OptionsError
 Pair = tuple[int, int]  # (i, j) indices of two inputs, i < j
 R = TypeVar("R")
 
-# Verdicts (engine.verdicts.Verdict values) that mean a path inside the class was found.
+# Verdicts (engine.decisions.Verdict values) that mean a path inside the class was found.
 CONNECTED_VERDICTS = frozenset({"linear", "nonlinear"})
 
 

@@ -36,7 +36,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["FIRE", "LBFGS"]
+from connectivity.engine.options import OPTIMIZERS
+
+__all__ = ["FIRE", "LBFGS", "make_optimizer"]
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -290,3 +292,36 @@ class LBFGS(_PairOptimizer):
         state["previous_grad"].copy_(g)
         state["has_previous"].copy_(moving)
         p.sub_(z.reshape(p.shape))
+
+
+def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+    """The optimiser of a band's pivots, stepped on the gradient ``ElasticBand.project_`` sets
+    (minus the NEB force).
+
+    * ``"adam"``: ``torch.optim.Adam``, ``lr`` its learning rate. Its per-coordinate scaling
+      bends the projected NEB force: the step is no longer perpendicular to the band (nor the
+      spring step along it), so springs and true force leak into each other; on stiff surfaces
+      it stalls at small ``lr`` and blows up at large ``lr``.
+    * ``"sgd"``: plain gradient descent, step ``lr * force``: keeps the force's direction, but is
+      stable only for ``lr < 2 / (largest curvature)``, so it crawls on stiff surfaces.
+    * ``"fire"``: :class:`FIRE` (Bitzek et al., 2006; as ASE and LAMMPS use it for NEB), ``lr``
+      its initial time step, at most ``10 * lr``.
+    * ``"lbfgs"``: :class:`LBFGS` on the NEB force, without line search, ``lr`` the inverse
+      curvature of its first step.
+
+    Both ``fire`` and ``lbfgs`` keep their state per pair (first dimension of the pivots) and
+    rely on the band's ``max_step`` to cap their steps
+    (:data:`connectivity.engine.options.DEFAULT_MAX_STEP`).
+
+    Raises:
+        ValueError: an unknown ``name``.
+    """
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "fire":
+        return FIRE(params, lr=lr)
+    if name == "lbfgs":
+        return LBFGS(params, lr=lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")

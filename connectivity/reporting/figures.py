@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from connectivity.engine.verdicts import target_margin
+from connectivity.engine.checks import target_margin
 
 TARGET_COLOUR = "tab:red"
 OTHER_COLOUR = "tab:grey"
@@ -67,7 +67,7 @@ def _short_names(names: list[str]) -> tuple[list[str], bool]:
 
 
 def _margin_from_probabilities(probabilities: Tensor, target: int) -> np.ndarray:
-    """Target margin (:func:`~connectivity.engine.verdicts.target_margin`) at points that only kept
+    """Target margin (:func:`~connectivity.engine.checks.target_margin`) at points that only kept
     softmax bars (records written before the checked points were saved)."""
     tiny = torch.finfo(torch.float64).tiny  # a probability of 0 would give -inf - -inf
     log_p = probabilities.detach().double().clamp_min(tiny).log().unsqueeze(0)

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
-from connectivity.engine.verdicts import Verdict, distances_from_line
+from connectivity.engine.checks import distances_from_line
+from connectivity.engine.decisions import Verdict
 from connectivity.reporting.figures import lowest_margin
 from connectivity.store.records import figure_name
 

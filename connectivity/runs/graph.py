@@ -42,10 +42,10 @@ from connectivity.api import encode_pairs, pairwise_distances
 from connectivity.checkpoints import CheckpointError, file_digest
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.engine.graph import ComponentSearch, check_graph_options, is_connected
+from connectivity.engine.options import PathOptions
 from connectivity.engine.split import split
-from connectivity.engine.verdicts import PathOptions
 from connectivity.errors import ConnectivityError
-from connectivity.lightning.path_module import BandCheckpoint, PathModule
+from connectivity.lightning.path_module import BandCheckpoint
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.paths import (
@@ -56,7 +56,6 @@ from connectivity.runs.paths import (
     _trainer_settings,
     check_trainer_arguments,
     load_network,
-    options_in_space,
     path_manifest,
     probe_spaces,
 )
@@ -322,11 +321,8 @@ class RoundModule(SpacePathModule):
         store: RunStore,
         checkpoints: Path,
     ) -> None:
-        PathModule.__init__(self, tail, options=options_in_space(options, space), space=key)
-        self.all_pairs, self.ends = pairs, ends
-        self.store, self.checkpoints = store, checkpoints
-        self.rows, self.reused, self.resumed_at = [], [], 0
-        self.taken_over, self._carried, self._orphans = 0, {}, []
+        super().__init__(None, space, pairs, None, options, store, checkpoints, tail=tail, key=key)
+        self.ends = ends
 
     def end_images(self, pair: DatasetPair) -> None:
         return None  # graph figures place the inputs themselves; a record needs no copy

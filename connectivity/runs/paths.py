@@ -35,13 +35,9 @@ from connectivity.checkpoints import CheckpointError, file_digest, nearest_check
 from connectivity.classifier import ClassifierModule
 from connectivity.data import SPLITS, ImageDataModule, stack_images
 from connectivity.engine.band import straight_line
+from connectivity.engine.checks import Certifier, path_log_probabilities, target_margin
+from connectivity.engine.options import PathOptions
 from connectivity.engine.split import INPUT, Frozen, floating_dtype, probe_split, split
-from connectivity.engine.verdicts import (
-    Certifier,
-    PathOptions,
-    path_log_probabilities,
-    target_margin,
-)
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.lightning.output import on_terminal
 from connectivity.lightning.path_module import BandCheckpoint, PathModule
@@ -387,27 +383,44 @@ class SpacePathModule(PathModule):
     they held is saved again or decided.
 
     Args:
-        network: The classifier (logits of images in [0, 1]); split at ``space`` here.
+        network: The classifier (logits of images in [0, 1]); split at ``space`` here. None
+            when ``tail`` is given.
         space: ``input`` or a layer name.
         pairs: All pairs of the experiment.
-        dataset: The dataset the pairs index.
+        dataset: The dataset the pairs index (None when a subclass gives the ends itself,
+            :meth:`encode_rows`).
         options: Path options (:func:`options_in_space` is applied).
         store: The run folder: records already there are not decided again.
         checkpoints: The folder of this space's band checkpoints (one file per rank).
+        tail: The classifier's tail at ``space``, for ends that are points of the space
+            already (the head is then the identity); instead of ``network``.
+        key: Where the records go and the prefix of the metrics (default: ``space``).
+
+    Raises:
+        ValueError: neither or both of ``network`` and ``tail``.
     """
 
     def __init__(
         self,
-        network: nn.Module,
+        network: nn.Module | None,
         space: str,
         pairs: list[Pair],
-        dataset: Dataset,
+        dataset: Dataset | None,
         options: PathOptions,
         store: RunStore,
         checkpoints: Path,
+        *,
+        tail: nn.Module | None = None,
+        key: str | None = None,
     ) -> None:
-        head, tail = split(network, space)
-        super().__init__(tail, options=options_in_space(options, space), space=space)
+        if (network is None) == (tail is None):
+            raise ValueError("give the network or its tail at the space, not both")
+        head: nn.Module = nn.Identity()
+        if network is not None:
+            head, tail = split(network, space)
+        assert tail is not None
+        options = options_in_space(options, space)
+        super().__init__(tail, options=options, space=space if key is None else key)
         self.head = Frozen(head)
         self.all_pairs = pairs
         self.dataset = dataset
@@ -923,10 +936,14 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
     }
 
 
-# Path options that came after run folders were first written (issues 11, 13 and 18): left out
-# of the manifest while they hold their defaults, so a folder written before them still counts
-# as the same experiment (its remaining pairs are decided with today's blow-up test and nudge).
-_LATER_PATH_OPTIONS = ("max_step", "max_energy_rise", "backoffs", "certify", "max_pivots", "nudge")
+# Path options that came after run folders were first written (issues 11, 13, 18 and 20): left
+# out of the manifest while they hold their defaults, so a folder written before them still
+# counts as the same experiment (its remaining pairs are decided with today's blow-up test and
+# nudge; climb_after and nudge_seed were fixed at their defaults before they were options).
+_LATER_PATH_OPTIONS = (
+    *("max_step", "max_energy_rise", "backoffs", "certify", "max_pivots", "nudge"),
+    *("climb_after", "nudge_seed"),
+)
 
 
 def path_manifest(options: PathOptions) -> dict[str, Any]:

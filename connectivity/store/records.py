@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from connectivity.engine.verdicts import PairRecord
+from connectivity.engine.decisions import PairRecord
 from connectivity.store.files import (
     RunFolderError,
     atomic_write_bytes,

@@ -11,8 +11,6 @@ from torch import Tensor
 
 from connectivity.engine.band import (
     ElasticBand,
-    find_paths,
-    make_optimizer,
     neb_gradient,
     perpendicular_force_norm,
     respace_equal_arc,
@@ -20,6 +18,8 @@ from connectivity.engine.band import (
     symmetry_nudge,
     tangents,
 )
+from connectivity.engine.optimizers import make_optimizer
+from connectivity.engine.search import find_paths
 from tests.surfaces import (
     MB_MINIMA,
     MB_SADDLE_ENERGIES,
@@ -266,7 +266,7 @@ def test_batched_pairs_match_single_pairs(climbing_result) -> None:
 def test_manual_band_loop_is_bit_identical_to_find_paths() -> None:
     options = dict(num_pivots=6, spring_constant=10.0, climbing=True, climb_after=5, tol=1e-3)
     reference = find_paths(mueller_brown, STARTS, ENDS, steps=40, lr=1e-2, **options)
-    band = ElasticBand(STARTS, ENDS, max_steps=40, **options)
+    band = ElasticBand(STARTS, ENDS, steps=40, **options)
     opt = make_optimizer("adam", [band.pivots], lr=1e-2)
     band.set_end_energies_(mueller_brown(band.end_points()))
     while not band.done:
@@ -410,7 +410,7 @@ def test_image_shaped_points_keep_their_shape() -> None:
     assert result.converged.all()
 
 
-# --- Issue 13: band optimizers, blow-ups, back-off --------------------------------------------
+# --- band optimizers, blow-ups, back-off ------------------------------------------------------
 
 
 def test_mueller_brown_reference_points_are_stationary_with_known_index() -> None:
@@ -488,7 +488,7 @@ def test_energy_blow_up_is_divergence_after_back_offs_and_spares_the_other_pairs
 
     starts = torch.tensor([[-1.0, 0.2], [6.0, 0.2]], dtype=DTYPE)
     ends = torch.tensor([[1.0, -0.2], [8.0, -0.2]], dtype=DTYPE)
-    options = dict(num_pivots=4, optimizer="sgd", lr=0.1, steps=300, max_backoffs=3)
+    options = dict(num_pivots=4, optimizer="sgd", lr=0.1, steps=300, backoffs=3)
     result = find_paths(energy, starts, ends, **options)
     # The stiff pair's energy exploded (far above its line's 20.64) but never became non-finite.
     assert max(seen) > 1e3 and all(math.isfinite(e) for e in seen)
@@ -515,7 +515,7 @@ def test_back_off_halves_the_step_and_lets_a_pair_recover() -> None:
     result = find_paths(_soft_or_stiff, starts, ends, **options)
     assert result.converged[0] and not result.diverged[0]
     assert result.backoffs[0] == 1
-    never = find_paths(_soft_or_stiff, starts, ends, max_backoffs=0, **options)
+    never = find_paths(_soft_or_stiff, starts, ends, backoffs=0, **options)
     assert never.diverged[0] and never.backoffs[0] == 0
 
 
@@ -542,7 +542,7 @@ def test_band_and_optimizer_state_resume_to_the_same_path(optimizer: str) -> Non
     options = dict(num_pivots=6, spring_constant=100.0, climbing=True, climb_after=5, tol=1e-3)
 
     def band_and_optimizer() -> tuple[ElasticBand, torch.optim.Optimizer]:
-        band = ElasticBand(STARTS, ENDS, max_steps=600, max_step=0.5, **options)
+        band = ElasticBand(STARTS, ENDS, steps=600, max_step=0.5, **options)
         band.set_end_energies_(mueller_brown(band.end_points()))
         return band, make_optimizer(optimizer, [band.pivots], lr=1e-3)
 
@@ -573,7 +573,7 @@ def test_band_and_optimizer_state_resume_to_the_same_path(optimizer: str) -> Non
 
 def test_max_step_caps_the_longest_pivot_move_per_step() -> None:
     # A huge SGD step on Mueller-Brown is cut to max_step pivot spacings, direction kept.
-    band = ElasticBand(STARTS, ENDS, num_pivots=4, max_steps=1, max_step=0.25)
+    band = ElasticBand(STARTS, ENDS, num_pivots=4, steps=1, max_step=0.25)
     band.set_end_energies_(mueller_brown(band.end_points()))
     opt = make_optimizer("sgd", [band.pivots], lr=1.0)
     before = band.pivots.detach().clone()
@@ -592,7 +592,8 @@ def test_max_step_caps_the_longest_pivot_move_per_step() -> None:
 
 
 def test_a_band_checkpoint_without_the_back_off_buffers_still_loads() -> None:
-    # Band checkpoints written before issue 13 lack them; unknown keys are still refused.
+    # Band checkpoints written before these buffers existed lack them; unknown keys are still
+    # refused.
     state = ElasticBand(STARTS, ENDS).state_dict()
     for name in ("energy_limit", "step_scale", "backoffs", "held"):
         del state[name]

@@ -1,4 +1,4 @@
-"""Exact verdicts (issue 11): ExactLine on hand-built networks with known breakpoints, against
+"""Exact verdicts: ExactLine on hand-built networks with known breakpoints, against
 brute force, on torchvision's ResNet18, and the band that inserts pivots where the exact check
 finds the path off the target."""
 
@@ -14,6 +14,8 @@ import torchvision
 from torch import Tensor, nn
 
 from connectivity import connect
+from connectivity.engine.checks import Certifier, refine
+from connectivity.engine.decisions import Verdict
 from connectivity.engine.exact import (
     NotPiecewiseLinearError,
     UnreliableExactCheckError,
@@ -21,8 +23,9 @@ from connectivity.engine.exact import (
     check_segments,
     why_not_piecewise_linear,
 )
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.engine.split import split
-from connectivity.engine.verdicts import Certifier, PathOptions, Verdict, connect_points, refine
 from connectivity.errors import ConnectivityError, OptionsError
 
 
@@ -153,7 +156,7 @@ def test_with_springs_the_band_inserts_again_until_it_goes_around_the_sliver(
 
 
 def test_the_string_keeps_its_inserted_pivots_in_the_sliver(tmp_path) -> None:
-    # Issue 18: the string's equal-arc respacing used to carry each inserted pivot out of the
+    # The string's equal-arc respacing used to carry each inserted pivot out of the
     # 0.002-wide strip before FIRE had moved it round; the band grew to 34 points and ended
     # `none`. Inserted pivots now stay where they are when the string respaces.
     from connectivity.lightning.path_module import PathModule
@@ -479,7 +482,7 @@ def test_ranks_with_different_rounds_of_insertion_stop_together(tmp_path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 18, item 1: what an operation computes decides, never what it is called
+# What an operation computes decides, never what it is called
 
 
 def _dense_margins(tail: nn.Module, start: Tensor, end: Tensor, target: int, count: int) -> Tensor:
@@ -631,7 +634,7 @@ def test_timm_batch_norm_act_is_checked_by_its_activation() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Issue 18, item 2: valid piecewise-linear tails are checked, not crashed or refused
+# Valid piecewise-linear tails are checked, not crashed or refused
 
 
 class PoolSliver(nn.Module):

@@ -1,4 +1,4 @@
-"""Fuzz test of the exact check (issue 18, item 1): random small networks assembled from
+"""Fuzz test of the exact check: random small networks assembled from
 operations that are piecewise linear and operations that are not (products and powers of
 point-dependent values, layers with a forward of their own, fused norm + activation modules,
 in-place and functional forms), each in float64.

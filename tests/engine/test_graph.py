@@ -15,7 +15,8 @@ from connectivity.engine.graph import (
     nearest_first,
     search_components,
 )
-from connectivity.engine.verdicts import PathOptions, connect_points
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.errors import InputError, OptionsError
 from tests.toy import Annulus, DisksAndRing, disks_and_ring_points
 

@@ -1,4 +1,4 @@
-"""Rounds of pivot insertion (issue 11): a resume in any round, band checkpoints that keep
+"""Rounds of pivot insertion: a resume in any round, band checkpoints that keep
 coming, the exact-check cache, and paths with points that are not points. Found by a
 newcomer's attempt to break the Lightning driver's rounds."""
 
@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from connectivity.engine.verdicts import Certifier, PathOptions, connect_points
+from connectivity.engine.checks import Certifier
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.lightning.path_module import BandCheckpoint, PathModule
 from connectivity.runs.paths import line_check_words
 from tests.engine.test_exact import TWO_ROUNDS, TWO_ROUNDS_OPTIONS, Sliver
@@ -73,9 +75,9 @@ def test_a_band_killed_in_any_round_resumes_to_the_same_records(tmp_path, killed
 
 
 def test_the_exact_check_cache_overflowing_on_a_call_with_hits_and_misses(monkeypatch) -> None:
-    from connectivity.engine import verdicts
+    from connectivity.engine import checks
 
-    monkeypatch.setattr(verdicts, "_CACHED_CHECKS", 8)  # the logic of 1,024, in 8 checks
+    monkeypatch.setattr(checks, "_CACHED_CHECKS", 8)  # the logic of 1,024, in 8 checks
     certifier = Certifier.for_tail(Sliver(), PathOptions(certify="exact"))
     target = torch.zeros(1, dtype=torch.long)
     cached = torch.tensor([[[-1.0, 0.5], [1.0, 0.5]]])

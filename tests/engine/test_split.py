@@ -89,7 +89,7 @@ def test_layer_names_are_torchvision_node_names_that_cut() -> None:
     assert "layer1.0.conv1" not in names
 
 
-# --- Fault classes of issue 8: what a split must do on any model a researcher brings ---
+# --- Fault classes: what a split must do on any model a researcher brings ---
 
 
 def test_tail_never_changes_its_input_even_with_an_inplace_relu_first() -> None:

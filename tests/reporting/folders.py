@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from connectivity.engine.verdicts import PathOptions, connect_points
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.store.records import Pair, RunStore
 from tests.toy import RingNet, Stripes, ring_images
 

@@ -9,7 +9,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
-from connectivity.engine.verdicts import PathOptions, connect_points
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.reporting.figures import (
     FIGURE_DPI,
     checked_points,

@@ -11,7 +11,8 @@ import yaml
 from torch import Tensor, nn
 
 from connectivity.data import DigitsDataModule, stack_images
-from connectivity.engine.verdicts import PathOptions, check_lines
+from connectivity.engine.checks import check_lines
+from connectivity.engine.options import PathOptions
 from connectivity.runs.paths import (
     PairError,
     PairSampling,
@@ -138,7 +139,7 @@ def _quickstart_pairs_leave(network: nn.Module, data: DigitsDataModule) -> int:
     their class at the points its run checks."""
     config = yaml.safe_load((REPO / "configs/paths/quick.yaml").read_text())
     sampling = PairSampling(**config["pairs"])
-    options = PathOptions(**config["path"])
+    options = PathOptions(**config.get("path", {}))
     assert sampling.closest_of is not None
     dataset = data.dataset(sampling.split)
     pairs = select_pairs(network, dataset, sampling, data.class_names)

@@ -22,8 +22,8 @@ from connectivity.checkpoints import CheckpointError
 from connectivity.classifier import ClassifierModule
 from connectivity.cli.main import main
 from connectivity.data import CIFAR10DataModule, DigitsDataModule, stack_images
+from connectivity.engine.options import PathOptions
 from connectivity.engine.split import split
-from connectivity.engine.verdicts import PathOptions
 from connectivity.errors import ConnectivityError
 from connectivity.reporting.drawing import figures_to_draw
 from connectivity.reporting.report import write_report

@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from connectivity.engine.verdicts import PairRecord, PathOptions
+from connectivity.engine.decisions import PairRecord
+from connectivity.engine.options import PathOptions
 from connectivity.lightning.path_module import BandCheckpoint
 from connectivity.runs.paths import RecordWriter, SpacePathModule, take_over
 from connectivity.store.records import Pair, RunStore

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from connectivity.engine.verdicts import PairRecord, PathOptions, connect_points
+from connectivity.engine.decisions import PairRecord
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import connect_points
 from connectivity.store.records import Pair, RunFolderError, RunStore
 from tests.toy import Stripes
 

@@ -1,4 +1,5 @@
-"""Verdicts on toy classifiers whose class regions are known exactly."""
+"""The path search (connect_points, PathSearch, BandRun, find_paths): verdicts on toy
+classifiers whose class regions are known exactly, and the step-wise interface."""
 
 from __future__ import annotations
 
@@ -7,30 +8,19 @@ import math
 import pytest
 import torch
 
-from connectivity.engine.verdicts import (
-    BandStatus,
-    PathOptions,
-    Verdict,
+from connectivity.engine.band import ElasticBand
+from connectivity.engine.checks import refine
+from connectivity.engine.decisions import BandStatus, Verdict
+from connectivity.engine.options import PathOptions
+from connectivity.engine.search import (
+    BandRun,
+    ClassifierEnergy,
+    PathSearch,
     connect_points,
-    on_target,
-    refine,
+    find_paths,
 )
-from connectivity.errors import OptionsError
+from connectivity.engine.split import FrozenTail
 from tests.toy import HOLE_ENDS, Annulus, Hole, Stripes, TwoDisks
-
-
-def test_refine_keeps_the_pivots_and_spaces_points_evenly() -> None:
-    path = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]]])
-    dense = refine(path, per_segment=3)
-    assert dense.shape == (1, 9, 2)
-    assert torch.equal(dense[:, ::4], path)
-    assert torch.allclose(dense[0, 1], torch.tensor([0.25, 0.0]))
-    assert torch.allclose(dense[0, 6], torch.tensor([1.0, 1.0]))
-
-
-def test_points_per_segment_gives_at_least_line_points() -> None:
-    options = PathOptions(num_pivots=8, line_points=64)
-    assert (options.num_pivots + 1) * (options.points_per_segment + 1) + 1 >= 64
 
 
 def test_straight_line_inside_the_class_is_linear() -> None:
@@ -125,13 +115,6 @@ def test_diverging_pair_is_marked_without_stopping_the_others() -> None:
     assert records[1].verdict == Verdict.NONLINEAR
 
 
-def test_bad_options_are_refused() -> None:
-    with pytest.raises(ValueError, match="method"):
-        PathOptions(method="elastic")
-    with pytest.raises(ValueError, match="optimizer"):
-        PathOptions(optimizer="bfgs")
-
-
 class NaNNearOrigin(torch.nn.Module):
     """Class 0 everywhere, except that the network yields NaN within 0.5 of the origin."""
 
@@ -160,45 +143,7 @@ def test_a_pair_with_a_non_finite_end_is_diverged_not_a_crash() -> None:
     assert records[1].verdict == Verdict.LINEAR
 
 
-# --- Issue 8: options refused when built; degenerate pairs have defined values ---
-
-
-@pytest.mark.parametrize(
-    ("options", "words"),
-    [
-        ({"method": "string", "climbing": True}, "climbing works with method='neb' only"),
-        ({"bounds": (1, 0)}, r"low < high, got \(1, 0\)"),
-        ({"bounds": (0, float("inf"))}, "bounds must be a finite number, got inf"),
-        ({"bounds": "01"}, "bounds must be"),
-        ({"bounds": ("0", "1")}, "bounds must be a finite number, got '0'"),
-        ({"bounds": (True, 2)}, "bounds must be a finite number, got True"),
-        ({"bounds": {0: 1, 1: 2}}, "bounds must be"),
-        ({"lr": -0.1}, "lr must be a finite number > 0, got -0.1"),
-        ({"lr": 0}, "lr must be a finite number > 0"),
-        ({"lr": float("nan")}, "lr must be a finite number > 0"),
-        ({"num_pivots": 0}, "num_pivots must be an integer >= 1, got 0"),
-        ({"num_pivots": 2.5}, "num_pivots must be an integer >= 1, got 2.5"),
-        ({"steps": -1}, "steps must be an integer >= 0"),
-        ({"line_points": 1}, "line_points must be an integer >= 2"),
-        ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
-        ({"spring_constant": -1.0}, "spring_constant must be a finite number >= 0"),
-        ({"tol": -1e-3}, "tol must be a finite number >= 0"),
-        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
-        ({"method": "spline"}, "method must be one of"),
-        ({"converge": "yes"}, "converge must be true or false"),
-        ({"optimizer": "bfgs"}, "optimizer must be one of .*'fire', 'lbfgs'"),
-        ({"max_step": 0}, r"max_step must be a number > 0 \(\.inf: none\) or null .*got 0"),
-        ({"max_step": "1"}, "max_step must be a number > 0"),
-        ({"max_step": float("nan")}, "max_step must be a number > 0"),
-        ({"max_energy_rise": -1.0}, r"max_energy_rise must be a number > 0 \(\.inf: none\), got"),
-        ({"max_energy_rise": None}, "max_energy_rise must be a number > 0"),
-        ({"backoffs": -1}, "backoffs must be an integer >= 0, got -1"),
-        ({"backoffs": 1.5}, "backoffs must be an integer >= 0"),
-    ],
-)
-def test_invalid_options_are_refused_when_built(options: dict, words: str) -> None:
-    with pytest.raises(OptionsError, match=words):
-        PathOptions(**options)
+# --- degenerate pairs have defined values ---
 
 
 def test_pairs_whose_ends_coincide_are_linear_with_length_ratio_one() -> None:
@@ -207,30 +152,6 @@ def test_pairs_whose_ends_coincide_are_linear_with_length_ratio_one() -> None:
     assert record.verdict == "linear" and record.pivot_verdict == "linear"
     assert record.length_ratio == 1.0
     assert record.steps == 0
-
-
-def test_a_tie_with_another_class_is_not_on_target() -> None:
-    # argmax breaks ties towards class 0: a boundary point must not count as class 0
-    log_p = torch.log(torch.tensor([[[0.5, 0.5], [0.6, 0.4], [0.3, 0.7]]]))
-    assert on_target(log_p, torch.tensor([0])).tolist() == [[False, True, False]]
-    assert on_target(log_p, torch.tensor([1])).tolist() == [[False, False, True]]
-    nan = torch.full((1, 1, 2), float("nan"))
-    assert on_target(nan, torch.tensor([0])).tolist() == [[False]]
-
-
-def test_options_are_frozen_and_take_numpy_integers() -> None:
-    import dataclasses
-
-    import numpy as np
-
-    options = PathOptions(num_pivots=np.int64(3), lr=np.float32(0.5))
-    assert options.num_pivots == 3 and type(options.num_pivots) is int
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        options.lr = -1.0  # type: ignore[misc]
-    with pytest.raises(OptionsError, match="lr must be"):
-        dataclasses.replace(options, lr=-1.0)
-    with pytest.raises(OptionsError, match="unknown path option 'foo'"):
-        PathOptions.from_dict({"foo": 1})
 
 
 def test_a_user_tail_starting_in_place_keeps_the_points_and_takes_steps() -> None:
@@ -245,36 +166,7 @@ def test_a_user_tail_starting_in_place_keeps_the_points_and_takes_steps() -> Non
     assert record.steps == 2
 
 
-def test_records_carry_the_checked_points_their_margins_and_predicted_classes() -> None:
-    # Logits = the point itself (2 classes): the target-0 margin is z0 - z1, affine along a line.
-    # Line (3, 0) -> (1, 0) stays in class 0 with margin 3 - 2 s at position s; the second
-    # pair's line (2, 0) -> (0, 2) has margin 2 - 4 s: class 1 from s > 1/2 on.
-    starts = torch.tensor([[3.0, 0.0], [2.0, 0.0]])
-    ends = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    options = PathOptions(num_pivots=3, steps=0, line_points=9)
-    first, second = connect_points(torch.nn.Identity(), starts, ends, torch.tensor([0, 0]), options)
-    assert first.certificate == "sampled"
-    assert torch.allclose(first.check_position, torch.linspace(0, 1, 9))
-    assert torch.allclose(first.check_margin, 3 - 2 * first.check_position)
-    assert first.min_margin == pytest.approx(1.0) and first.line_min_margin == pytest.approx(1.0)
-    assert (first.check_predicted == 0).all()
-    assert torch.allclose(second.line_check_margin, 2 - 4 * second.line_check_position)
-    assert second.line_min_margin == pytest.approx(-2.0)
-    expected = (second.line_check_position > 0.5).long()
-    assert torch.equal(second.line_check_predicted, expected)
-    assert second.verdict == Verdict.NONE  # no steps allowed
-
-
-# --- Issue 13: band optimizers in the verdicts, options, how the band ended ---
-
-
-def test_new_options_take_their_defaults_and_infinity() -> None:
-    assert PathOptions().band_options()["max_step"] == math.inf  # adam: no cap, as before
-    assert PathOptions(optimizer="fire").band_options()["max_step"] == 0.5
-    options = PathOptions(optimizer="lbfgs", max_step=math.inf, max_energy_rise=math.inf)
-    assert options.band_options()["max_step"] == math.inf
-    assert options.band_options()["max_energy_rise"] == math.inf
-    assert PathOptions(max_step=2).max_step == 2.0 and PathOptions(backoffs=0).backoffs == 0
+# --- band optimizers in the verdicts, how the band ended ---
 
 
 def test_lbfgs_runs_the_annulus_band_to_its_minimum_energy_path() -> None:
@@ -289,7 +181,7 @@ def test_lbfgs_runs_the_annulus_band_to_its_minimum_energy_path() -> None:
     assert torch.allclose(record.path[1:-1].norm(dim=-1), torch.tensor(1.5), atol=0.05)
 
 
-# --- a band whose forces all lie along it (issue 18, item 7) ----------------------------------
+# --- a band whose forces all lie along it ------------------------------------------------
 # The line from (-2, 0) to (2, 0) runs through the centre of the hole: the true force on every
 # pivot is along the line and the springs balance, so without the nudge every optimizer
 # "converges" at step 0 with no path (the `nudge=0` test below), though the ring round the
@@ -337,7 +229,74 @@ def test_the_nudge_is_the_same_in_any_batch_and_rerun() -> None:
     assert torch.equal(both[1].path, alone.path)
 
 
-def test_nudge_option_is_checked() -> None:
-    for bad in (-1e-3, math.nan, math.inf, "small", True):
-        with pytest.raises(OptionsError, match="nudge"):
-            PathOptions(nudge=bad)
+# --- the step-wise interface both drivers use ---------------------------------------------------
+RING_STARTS = torch.tensor([[1.5, 0.2], [1.2, -0.3], [1.5, 0.6]])
+RING_ENDS = torch.tensor([[-1.5, 0.1], [1.4, 0.3], [-1.4, 0.8]])
+RING_OPTIONS = PathOptions(num_pivots=8, steps=120, lr=0.05)
+
+
+def _same(a: list, b: list) -> bool:
+    return all(
+        x.metrics() == y.metrics() and torch.equal(x.path, y.path)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_a_hand_loop_over_the_search_gives_connect_points_records() -> None:
+    targets = torch.tensor([0, 0, 0])
+    expected = connect_points(Annulus(), RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    optimizers = []
+    tail = FrozenTail(Annulus())
+    search = PathSearch(
+        tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS, on_band=optimizers.append
+    )
+    assert len(search.decisions.records) == 1  # the linear pair, at once
+    search.start()
+    while not search.done:
+        evaluation = search.step()
+        assert evaluation.pivots == 8 and 0 <= float(evaluation.on_target) <= 1
+    assert _same(search.records(), expected)
+    assert len(optimizers) == 2  # the band of the two bent pairs, then an empty one
+    with pytest.raises(RuntimeError, match="done"):
+        search.step()
+
+
+def test_a_search_continued_from_its_checkpoint_ends_as_one_that_was_not_stopped() -> None:
+    targets = torch.tensor([0, 0, 0])
+    tail = FrozenTail(Annulus())
+    whole = PathSearch(tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    whole.start()
+    while not whole.done:
+        whole.step()
+    stopped = PathSearch(tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    stopped.start()
+    for _ in range(5):
+        stopped.step()
+    assert not stopped.done and stopped.band.pairs == 2  # mid-way through the bent pairs' band
+    checkpoint = stopped.checkpoint()
+    assert set(checkpoint) == {"band", "band_rows", "queued", "nudges", "decided", "optimizer"}
+    resumed = PathSearch(tail, RING_STARTS, RING_ENDS, targets, RING_OPTIONS)
+    resumed.start(checkpoint)
+    while not resumed.done:
+        resumed.step()
+    assert _same(resumed.records(), whole.records())
+
+
+def test_find_paths_is_a_loop_over_one_band_run() -> None:
+    energy = lambda z: ((z**2).sum(dim=1) - 1.0) ** 2  # noqa: E731  (a valley along the unit circle)
+    starts, ends = torch.tensor([[1.0, 0.1]]), torch.tensor([[-1.0, 0.2]])
+    result = find_paths(energy, starts, ends, num_pivots=4, steps=30, tol=0.0)
+    run = BandRun(ElasticBand(starts, ends, num_pivots=4, steps=30, tol=0.0), energy)
+    run.start()
+    while not run.done:
+        run.step()
+    assert torch.equal(run.band.path, result.path) and torch.equal(run.band.steps, result.steps)
+
+
+def test_the_energy_is_the_cross_entropy_of_the_tail_and_keeps_its_logits() -> None:
+    points, targets = torch.tensor([[1.5, 0.0], [0.0, 0.0]]), torch.tensor([0, 1])
+    energy = ClassifierEnergy(Annulus())
+    logits = Annulus()(points)
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    assert torch.equal(energy(points, targets), expected)
+    assert torch.equal(energy.logits, logits)
