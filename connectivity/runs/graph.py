@@ -27,47 +27,46 @@ on; a folder holding another experiment is refused (:class:`~connectivity.store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from connectivity.api import encode_pairs, pairwise_distances
 from connectivity.checkpoints import CheckpointError, file_digest
-from connectivity.data import SPLITS, ImageDataModule, stack_images
-from connectivity.engine.graph import ComponentSearch, check_graph_options, is_connected
+from connectivity.data import ImageDataModule, stack_images
+from connectivity.engine.graph import (
+    ClassComponents,
+    check_graph_options,
+    components_of,
+    is_connected,
+    search_components,
+)
+from connectivity.engine.graph import Pair as ClassPair
 from connectivity.engine.split import split
 from connectivity.engine.verdicts import PathOptions
 from connectivity.errors import ConnectivityError
-from connectivity.lightning.path_module import BandCheckpoint, PathModule
+from connectivity.lightning.path_module import PathModule
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.report import WandbOptions
-from connectivity.runs.paths import (
-    PairError,
-    RecordWriter,
-    SpacePathModule,
-    _is_int,
-    _trainer_settings,
-    check_trainer_arguments,
-    load_network,
-    options_in_space,
-    path_manifest,
-    probe_spaces,
-)
+from connectivity.runs.networks import load_network, probe_spaces
+from connectivity.runs.paths import SpacePathModule, options_in_space, path_manifest
+from connectivity.runs.sampling import InputDraw, PairError, is_whole
+from connectivity.runs.trainer import check_trainer_arguments, fit_pairs, trainer_settings
 from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore, write_tensor
 from connectivity.store.records import Pair as DatasetPair
 from connectivity.store.records import RunStore, atomic_write_text
 
 
 @dataclass
-class ClassInputs:
+class ClassInputs(InputDraw):
     """Which inputs of each class go into its graph.
 
     Args:
@@ -96,19 +95,16 @@ class ClassInputs:
     include_misclassified: bool = False
     indices: list[int] | None = None
 
+    OPTION: ClassVar[str] = "inputs"
+
     def __post_init__(self) -> None:
-        if not _is_int(self.per_class) or self.per_class < 2:
-            raise PairError(
-                f"inputs.per_class must be a whole number >= 2, got {self.per_class!r}; set how "
-                "many inputs of each class to join"
-            )
-        if self.split not in SPLITS:
-            raise PairError(f"inputs.split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        self.check_whole("per_class", 2, then="; set how many inputs of each class to join")
+        self.check_split()
         for name in ("classes", "indices"):
             value = getattr(self, name)
             if value is None:
                 continue
-            if not isinstance(value, (list, tuple)) or not value or not all(map(_is_int, value)):
+            if not isinstance(value, (list, tuple)) or not value or not all(map(is_whole, value)):
                 raise PairError(
                     f"inputs.{name} must be a non-empty list of integers, got {value!r}; leave "
                     "it out to take every class" + (" (draw inputs)" if name == "indices" else "")
@@ -152,7 +148,7 @@ class GraphExperiment:
         if not self.spaces:
             raise ConnectivityError("spaces is empty; give input and/or layer names")
         check_graph_options(self.round_size, self.max_tries)
-        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 1:
+        if not is_whole(self.checkpoint_every) or self.checkpoint_every < 1:
             raise ConnectivityError(
                 f"checkpoint_every must be a whole number of steps >= 1, got "
                 f"{self.checkpoint_every!r}"
@@ -338,6 +334,64 @@ class RoundModule(SpacePathModule):
         return starts.to(device), ends.to(device)
 
 
+class _NextRound(Exception):  # noqa: N818 (a signal to the caller, not an error)
+    """Stops a class's search at its next round, so that the rounds of every class are
+    decided together, in one fit."""
+
+    def __init__(self, pairs: list[ClassPair]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _stop_at_round(pairs: list[ClassPair]) -> list[bool]:
+    raise _NextRound(pairs)
+
+
+def next_round(
+    distances: Sequence[Sequence[float]],
+    outcomes: dict[ClassPair, bool],
+    round_size: int | None,
+    max_tries: int | None,
+) -> list[ClassPair] | ClassComponents[bool]:
+    """One class's next round: :func:`~connectivity.engine.graph.search_components` from the
+    pairs decided so far, stopped where it asks for its next round; its components once it is
+    settled. The next round depends only on which pairs were decided and how, so a search
+    resumed from them asks what the uninterrupted one would have.
+
+    Args:
+        distances: ``(N, N)`` distances between the class's inputs in the space.
+        outcomes: ``{(i, j): connected}`` of the pairs decided so far (``i < j``).
+        round_size, max_tries: As in :class:`GraphExperiment`.
+
+    Returns:
+        The pairs ``(i, j)`` of the next round, nearest first, or the components.
+    """
+    try:
+        return search_components(
+            distances,
+            _stop_at_round,
+            connected=bool,
+            known=outcomes,
+            round_size=round_size,
+            max_tries=max_tries,
+        )
+    except _NextRound as asked:
+        return asked.pairs
+
+
+@contextlib.contextmanager
+def _lightning_info_hidden() -> Iterator[None]:
+    # One fit per round: Lightning's per-fit info lines (devices found, max_epochs reached)
+    # would bury the one line per round the driver prints.
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_info.level
+    lightning_info.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lightning_info.setLevel(level)
+
+
 class _Driver:
     """One model's rounds in one space, shared by every rank (each computes the same rounds
     from the same saved records; rank zero writes the round files)."""
@@ -360,42 +414,21 @@ class _Driver:
         self.settings, self.is_zero, self.device = settings, is_zero, device
         self.scoped = store.model(k)
         self.layout = GraphLayout(tuple(len(s.indices) for s in selections))
+        self.rounds = store.rounds_dir(k, space)
 
     def _fit(
         self, pairs: list[DatasetPair], key: str, ends: dict[int, tuple[Tensor, Tensor]]
     ) -> None:
+        checkpoints = self.store.folder / "bands" / f"model{self.k}" / key
+        path = self.experiment.path
         module = RoundModule(
-            self.tail,
-            self.space,
-            key,
-            pairs,
-            ends,
-            self.experiment.path,
-            self.scoped,
-            self._bands(key),
+            self.tail, self.space, key, pairs, ends, path, self.scoped, checkpoints
         )
-        checkpoints = self._bands(key)
-        callbacks = [
-            *self.settings["callbacks"],
-            RecordWriter(self.scoped),
-            BandCheckpoint(checkpoints, self.experiment.checkpoint_every),
-        ]
-        # One fit per round: Lightning's per-fit info lines (devices found, max_epochs reached)
-        # would bury the one line per round printed below.
-        lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-        level = lightning_info.level
-        lightning_info.setLevel(logging.WARNING)
-        try:
-            fit = L.Trainer(**{**self.settings, "callbacks": callbacks})
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
-                fit.fit(module)
-        finally:
-            lightning_info.setLevel(level)
+        with _lightning_info_hidden():
+            fit = fit_pairs(
+                module, self.settings, self.scoped, checkpoints, self.experiment.checkpoint_every
+            )
         fit.strategy.barrier()
-
-    def _bands(self, key: str) -> Path:
-        return self.store.folder / "bands" / f"model{self.k}" / key
 
     def _outcomes(self, space_key: str, ids: set[int]) -> dict[int, bool]:
         """Whether each decided pair of ``ids`` is connected; pairs without a readable record
@@ -410,6 +443,50 @@ class _Driver:
             out[pair_id] = is_connected(record)
         return out
 
+    def _decide_round(
+        self,
+        number: int,
+        planned: list[tuple[int, int, int]],
+        points: list[Tensor],
+        outcomes: list[dict[ClassPair, bool]],
+    ) -> None:
+        """Decide the ``(class, i, j)`` pairs of one round that have no record yet, in one
+        fit, and add every outcome of the round to ``outcomes`` (one dict per class)."""
+        ids = {self.layout.pair_id(k, (i, j)): (k, i, j) for k, i, j in planned}
+        decided = self._outcomes(self.space, set(ids))
+        if set(ids) - set(decided):
+            pairs = [
+                DatasetPair(
+                    pair_id,
+                    self.selections[k].indices[i],
+                    self.selections[k].indices[j],
+                    self.selections[k].label,
+                )
+                for pair_id, (k, i, j) in sorted(ids.items())
+            ]
+            ends = {pair_id: (points[k][i], points[k][j]) for pair_id, (k, i, j) in ids.items()}
+            self._fit(pairs, self.space, ends)
+            decided = self._outcomes(self.space, set(ids))
+        missing = set(ids) - set(decided)
+        if missing:
+            raise ConnectivityError(
+                f"round {number} of model {self.k} in {self.space!r} ended with "
+                f"{len(missing)} pairs undecided; rerun the same config to decide them"
+            )
+        for pair_id, (k, i, j) in ids.items():
+            outcomes[k].setdefault((i, j), decided[pair_id])
+        if self.is_zero:
+            joined = sum(decided.values())
+            sizes = " | ".join(
+                str(len(components_of(len(s.indices), o, bool).components))
+                for s, o in zip(self.selections, outcomes, strict=True)
+            )
+            print(
+                f"model {self.k}, {self.space}: round {number}: {len(ids)} pairs, {joined} "
+                f"connected; components per class: {sizes}",
+                flush=True,
+            )
+
     def run(self) -> None:
         head, tail = split(self.network, self.space)
         head, tail = head.to(self.device), tail.to(self.device)
@@ -418,74 +495,44 @@ class _Driver:
         for s in self.selections:
             images, _ = stack_images(self.dataset, s.indices)
             points.append(_encode(head, tail, images.to(self.device), s.label).cpu())
-        searches = [
-            ComponentSearch(
-                pairwise_distances(z), self.experiment.round_size, self.experiment.max_tries
-            )
-            for z in points
-        ]
-        rounds = self.store.rounds_dir(self.k, self.space)
         if self.is_zero:
             for s, z in zip(self.selections, points, strict=True):
                 file = self.store.embedding_path(self.k, self.space, s.label)
                 if not file.is_file():
                     write_tensor(file, {"coords": _embedding(z), "indices": s.indices})
+        outcomes: list[dict[ClassPair, bool]] = [{} for _ in self.selections]
+        distances = [pairwise_distances(z).tolist() for z in points]
         number = 0
         while True:
-            file = rounds / f"round_{number:04d}.json"
-            if file.is_file():
+            file = self.rounds / f"round_{number:04d}.json"
+            if file.is_file():  # planned by an earlier run: decided as planned
                 planned = [tuple(p) for p in json.loads(file.read_text())["pairs"]]
             else:
+                asked = [
+                    next_round(d, o, self.experiment.round_size, self.experiment.max_tries)
+                    for d, o in zip(distances, outcomes, strict=True)
+                ]
                 planned = [
-                    (k, i, j) for k, search in enumerate(searches) for i, j in search.next_round()
+                    (k, i, j) for k, a in enumerate(asked) if isinstance(a, list) for i, j in a
                 ]
                 if not planned:
                     break
                 if self.is_zero:
                     atomic_write_text(file, json.dumps({"pairs": planned}) + "\n")
-            ids = {self.layout.pair_id(k, (i, j)): (k, i, j) for k, i, j in planned}
-            outcomes = self._outcomes(self.space, set(ids))
-            if set(ids) - set(outcomes):
-                pairs = [
-                    DatasetPair(
-                        pair_id,
-                        self.selections[k].indices[i],
-                        self.selections[k].indices[j],
-                        self.selections[k].label,
-                    )
-                    for pair_id, (k, i, j) in sorted(ids.items())
-                ]
-                ends = {pair_id: (points[k][i], points[k][j]) for pair_id, (k, i, j) in ids.items()}
-                self._fit(pairs, self.space, ends)
-                outcomes = self._outcomes(self.space, set(ids))
-            missing = set(ids) - set(outcomes)
-            if missing:
-                raise ConnectivityError(
-                    f"round {number} of model {self.k} in {self.space!r} ended with "
-                    f"{len(missing)} pairs undecided; rerun the same config to decide them"
-                )
-            for pair_id, (k, i, j) in ids.items():
-                searches[k].record((i, j), outcomes[pair_id])
-            if self.is_zero:
-                joined = sum(outcomes.values())
-                sizes = " | ".join(str(len(s.components)) for s in searches)
-                print(
-                    f"model {self.k}, {self.space}: round {number}: {len(ids)} pairs, {joined} "
-                    f"connected; components per class: {sizes}",
-                    flush=True,
-                )
+            self._decide_round(number, planned, points, outcomes)
             number += 1
         if self.experiment.inputs.include_misclassified:
-            self._misclassified(head, tail, points, searches)
+            components = [a.components for a in asked if isinstance(a, ClassComponents)]
+            self._misclassified(head, tail, points, components)
         if self.is_zero:
-            atomic_write_text(rounds / "settled", "")
+            atomic_write_text(self.rounds / "settled", "")
 
     def _misclassified(
         self,
         head: nn.Module,
         tail: nn.Module,
         points: list[Tensor],
-        searches: list[ComponentSearch],
+        components: list[list[list[int]]],
     ) -> None:
         """Try each misclassified input against the nearest member of every component of the
         class it is predicted as; keep its distances to the nearest input of both classes."""
@@ -512,7 +559,7 @@ class _Driver:
                         z.flatten(1).double(), points[other].flatten(1).double()
                     )[0]
                     row["nearest_predicted_distance"] = float(distance.min())
-                    for c, members in enumerate(searches[other].components):
+                    for c, members in enumerate(components[other]):
                         nearest = min(members, key=lambda i: float(distance[i]))
                         pair_id = len(pairs)
                         end = self.selections[other].indices[nearest]
@@ -575,7 +622,7 @@ def run_graph(
     for network in loaded:
         for space in experiment.spaces:
             split(network, space)  # a wrong layer name fails here, before any work
-    settings, probe = _trainer_settings(trainer)
+    settings, probe = trainer_settings(trainer)
     if settings["logger"] in (None, True):
         settings["logger"] = False
     settings.setdefault("enable_progress_bar", False)

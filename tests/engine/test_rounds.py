@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from connectivity.engine.verdicts import Certifier, PathOptions, connect_points
 from connectivity.lightning.path_module import BandCheckpoint, PathModule
-from connectivity.runs.paths import line_check_words
+from connectivity.lightning.progress import line_check_words
 from tests.engine.test_exact import TWO_ROUNDS, TWO_ROUNDS_OPTIONS, Sliver
 
 

@@ -12,13 +12,9 @@ from torch import Tensor, nn
 
 from connectivity.data import DigitsDataModule, stack_images
 from connectivity.engine.verdicts import PathOptions, check_lines
-from connectivity.runs.paths import (
-    PairError,
-    PairSampling,
-    line_margins,
-    load_network,
-    select_pairs,
-)
+from connectivity.runs.networks import load_network
+from connectivity.runs.pairs import PairSampling, line_margins, select_pairs
+from connectivity.runs.sampling import PairError
 from tests.conftest import REPO
 
 

@@ -32,17 +32,16 @@ from connectivity.reporting.report import (
     offline_run_records,
     write_report,
 )
+from connectivity.runs.networks import load_network
+from connectivity.runs.pairs import PairSampling, select_pairs
 from connectivity.runs.paths import (
     Experiment,
-    PairError,
-    PairSampling,
     encode_each_pair,
-    load_network,
     manifest,
     options_in_space,
     run_paths,
-    select_pairs,
 )
+from connectivity.runs.sampling import PairError
 from connectivity.store.records import RunFolderError, RunStore
 from tests.conftest import LIBRARY_LINES, REPO, printed_lines
 

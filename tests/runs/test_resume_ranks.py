@@ -21,7 +21,9 @@ from torch.utils.data import TensorDataset
 
 from connectivity.engine.verdicts import PairRecord, PathOptions
 from connectivity.lightning.path_module import BandCheckpoint
-from connectivity.runs.paths import RecordWriter, SpacePathModule, take_over
+from connectivity.runs.paths import SpacePathModule
+from connectivity.runs.takeover import take_over
+from connectivity.runs.trainer import RecordWriter
 from connectivity.store.records import Pair, RunStore
 from tests.conftest import REPO
 from tests.toy import (
