@@ -501,7 +501,7 @@ class _Driver:
                 if not file.is_file():
                     write_tensor(file, {"coords": _embedding(z), "indices": s.indices})
         outcomes: list[dict[ClassPair, bool]] = [{} for _ in self.selections]
-        distances = [pairwise_distances(z).tolist() for z in points]
+        distances = [pairwise_distances(z) for z in points]
         number = 0
         while True:
             file = self.rounds / f"round_{number:04d}.json"
