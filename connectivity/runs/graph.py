@@ -57,7 +57,12 @@ from connectivity.lightning.path_module import PathModule
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.report import WandbOptions
 from connectivity.runs.networks import load_network, probe_spaces
-from connectivity.runs.paths import SpacePathModule, options_in_space, path_manifest
+from connectivity.runs.paths import (
+    SpacePathModule,
+    data_manifest,
+    options_in_space,
+    path_manifest,
+)
 from connectivity.runs.sampling import InputDraw, PairError, is_whole
 from connectivity.runs.trainer import check_trainer_arguments, fit_pairs, trainer_settings
 from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore, write_tensor
@@ -260,11 +265,7 @@ def manifest(
         "classifier_sha256": [
             file_digest(Path(c)) if Path(c).is_file() else None for c in experiment.classifiers
         ],
-        "data": {
-            "class": f"{type(data).__module__}.{type(data).__qualname__}",
-            "init_args": data.data_config(),
-        },
-        "class_names": data.class_names,
+        **data_manifest(data),
         "spaces": experiment.spaces,
         "inputs": [asdict(s) for s in selections],
         "sampling": asdict(experiment.inputs),

@@ -267,6 +267,18 @@ class Experiment:
         check_figures(self.figures)
 
 
+def data_manifest(data: ImageDataModule) -> dict[str, Any]:
+    """The ``data`` and ``class_names`` entries of a run's manifest: the datamodule's class
+    and its own settings (root, size, resize...), so records of two input spaces never mix."""
+    return {
+        "data": {
+            "class": f"{type(data).__module__}.{type(data).__qualname__}",
+            "init_args": data.data_config(),
+        },
+        "class_names": data.class_names,
+    }
+
+
 def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -> dict[str, Any]:
     """What makes two runs the same experiment (resume only continues the same one)."""
     classifier = Path(experiment.classifier)
@@ -274,13 +286,7 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
         "classifier": experiment.classifier,
         # The same path may later hold other weights; their results must not mix.
         "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
-        # The data's own settings too (root, size, resize...): records of two input spaces
-        # must never mix.
-        "data": {
-            "class": f"{type(data).__module__}.{type(data).__qualname__}",
-            "init_args": data.data_config(),
-        },
-        "class_names": data.class_names,
+        **data_manifest(data),
         "spaces": experiment.spaces,
         "pairs": [asdict(p) for p in pairs],
         "sampling": asdict(experiment.pairs),
