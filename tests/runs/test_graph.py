@@ -209,7 +209,7 @@ def test_paths_and_graph_runs_never_claim_each_others_folders(tmp_path: Path) ->
 def test_the_readmes_two_seeds_command_has_both_classifiers_made_before_it(
     capsys: pytest.CaptureFixture,
 ) -> None:
-    # Issue 19 item 5: the README's graph commands, in order, must make every checkpoint
+    # The README's graph commands, in order, must make every checkpoint
     # configs/graph/two_seeds.yaml names before the command that reads them.
     readme = (REPO / "README.md").read_text()
     block = next(b for b in re.findall(r"```bash\n(.*?)```", readme, re.S) if "two_seeds" in b)
