@@ -1,10 +1,11 @@
 """``connectivity graph``: the connected components of whole classes, for one or more models.
 
 For each classifier, space and class, the class's inputs are joined by the union-find search of
-:mod:`connectivity.engine.graph`. Each round of every class of a space is decided in one Lightning
-fit of :class:`RoundModule`, a :class:`~connectivity.runs.paths.SpacePathModule` (so ``ddp_pairs``
-shares the round's pairs out across ranks, as ``paths`` shares its pairs), and every decided
-pair is written at once.
+:mod:`connectivity.engine.graph` (:func:`~connectivity.engine.graph.search_components`, asked
+for one round at a time: :func:`next_round`). Each round of every class of a space is decided
+in one Lightning fit (:func:`~connectivity.runs.trainer.fit_pairs`) of :class:`RoundModule`, a
+:class:`~connectivity.runs.paths.SpacePathModule` (so ``ddp_pairs`` shares the round's pairs
+out across ranks, as ``paths`` shares its pairs), and every decided pair is written at once.
 
 Run folder (``<output_dir>/<name>``):
 
@@ -576,6 +577,44 @@ class _Driver:
             atomic_write_text(file, json.dumps(rows, indent=1) + "\n")
 
 
+def load_networks(experiment: GraphExperiment, networks: list[nn.Module] | None) -> list[nn.Module]:
+    """The run's own eval-mode copy of each classifier (``networks``, or those of
+    ``experiment.classifiers``), every space checked to be a layer of each.
+
+    Raises:
+        CheckpointError: a classifier checkpoint that does not exist.
+        ConnectivityError: not one network per classifier.
+        LayerError: a space that is not a layer of a classifier.
+    """
+    if networks is None:
+        for path in experiment.classifiers:
+            if not Path(path).is_file():
+                raise CheckpointError(
+                    f"No classifier checkpoint at {Path(path).resolve()}. Train one with "
+                    "`connectivity fit -c configs/classifier/quick.yaml` and copy its best "
+                    "checkpoint there, or fix `classifiers`."
+                )
+    given = networks if networks is not None else experiment.classifiers
+    if len(given) != len(experiment.classifiers):
+        raise ConnectivityError(
+            f"{len(given)} networks for {len(experiment.classifiers)} classifiers; give one each"
+        )
+    loaded = [load_network(n) for n in given]
+    for network in loaded:
+        for space in experiment.spaces:
+            split(network, space)  # a wrong layer name fails here, before any work
+    return loaded
+
+
+def save_inputs(store: GraphStore, selections: list[ClassSelection], dataset: Dataset) -> None:
+    """Write each class's inputs (dataset indices, uint8 images) for the report, once."""
+    for s in selections:
+        if not store.inputs_path(s.label).is_file():
+            images, _ = stack_images(dataset, s.indices)
+            thumbnails = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+            write_tensor(store.inputs_path(s.label), {"indices": s.indices, "images": thumbnails})
+
+
 def run_graph(
     experiment: GraphExperiment,
     data: ImageDataModule,
@@ -606,23 +645,7 @@ def run_graph(
         OptionsError: a Trainer argument the experiment owns (``--trainer.max_steps``...).
     """
     check_trainer_arguments(trainer)
-    if networks is None:
-        for path in experiment.classifiers:
-            if not Path(path).is_file():
-                raise CheckpointError(
-                    f"No classifier checkpoint at {Path(path).resolve()}. Train one with "
-                    "`connectivity fit -c configs/classifier/quick.yaml` and copy its best "
-                    "checkpoint there, or fix `classifiers`."
-                )
-    given = networks if networks is not None else experiment.classifiers
-    if len(given) != len(experiment.classifiers):
-        raise ConnectivityError(
-            f"{len(given)} networks for {len(experiment.classifiers)} classifiers; give one each"
-        )
-    loaded = [load_network(n) for n in given]
-    for network in loaded:
-        for space in experiment.spaces:
-            split(network, space)  # a wrong layer name fails here, before any work
+    loaded = load_networks(experiment, networks)
     settings, probe = trainer_settings(trainer)
     if settings["logger"] in (None, True):
         settings["logger"] = False
@@ -636,13 +659,7 @@ def run_graph(
     store = GraphStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:
         store.start(manifest(experiment, data, selections))
-        for s in selections:
-            if not store.inputs_path(s.label).is_file():
-                images, _ = stack_images(dataset, s.indices)
-                thumbnails = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-                write_tensor(
-                    store.inputs_path(s.label), {"indices": s.indices, "images": thumbnails}
-                )
+        save_inputs(store, selections, dataset)
     for k, network in enumerate(loaded):
         for space in experiment.spaces:
             _Driver(
