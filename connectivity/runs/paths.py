@@ -38,9 +38,13 @@ from connectivity.reporting.report import (
 )
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.pairs import PairSampling, select_pairs
-from connectivity.runs.sampling import is_whole
 from connectivity.runs.takeover import SavedState, take_over
-from connectivity.runs.trainer import check_trainer_arguments, fit_pairs, trainer_settings
+from connectivity.runs.trainer import (
+    check_checkpoint_every,
+    check_trainer_arguments,
+    fit_pairs,
+    trainer_settings,
+)
 from connectivity.store.records import Pair, RunStore
 
 
@@ -259,11 +263,7 @@ class Experiment:
     figures: str = "auto"
 
     def __post_init__(self) -> None:
-        if not is_whole(self.checkpoint_every) or self.checkpoint_every < 1:
-            raise ConnectivityError(
-                f"checkpoint_every must be a whole number of steps >= 1, got "
-                f"{self.checkpoint_every!r}"
-            )
+        check_checkpoint_every(self.checkpoint_every)
         check_figures(self.figures)
 
 

@@ -1,7 +1,7 @@
 """The checks that the path and the graph runs' input draws share.
 
 :class:`~connectivity.runs.pairs.PairSampling` (``pairs:``) and
-:class:`~connectivity.runs.graph.ClassInputs` (``inputs:``) both draw dataset inputs with a
+:class:`~connectivity.runs.inputs.ClassInputs` (``inputs:``) both draw dataset inputs with a
 seed from one split; their options are checked at construction, so a bad value fails in one
 line before any work or run folder.
 """

@@ -18,6 +18,7 @@ from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.lightning.path_module import BandCheckpoint
 from connectivity.lightning.progress import BandProgressBar
 from connectivity.lightning.strategy import PairsDDPStrategy
+from connectivity.runs.sampling import is_whole
 from connectivity.store.records import Pair, RunStore
 
 # The experiment's own: one epoch of steps per space, records instead of Lightning checkpoints,
@@ -84,6 +85,15 @@ def check_trainer_arguments(given: dict[str, Any] | None) -> None:
         raise OptionsError(
             f"--trainer.{name} {value} is not honoured: the experiment runs the Trainer's "
             f"loop itself; {what}"
+        )
+
+
+def check_checkpoint_every(value: Any) -> None:
+    """Raise :class:`ConnectivityError` unless ``value`` (steps between band checkpoints) is a
+    whole number >= 1."""
+    if not is_whole(value) or value < 1:
+        raise ConnectivityError(
+            f"checkpoint_every must be a whole number of steps >= 1, got {value!r}"
         )
 
 
