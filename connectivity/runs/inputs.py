@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from connectivity.data import stack_images
+from connectivity.runs.networks import predicted_classes
 from connectivity.runs.sampling import InputDraw, PairError, is_whole
 
 
@@ -86,13 +86,6 @@ def dataset_labels(dataset: Dataset) -> list[int]:
     return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
 
 
-@torch.no_grad()
-def _predictions(networks: list[nn.Module], dataset: Dataset, indices: list[int], device: str):
-    images, _ = stack_images(dataset, indices)
-    images = images.to(device)
-    return [network(images).argmax(dim=1).cpu().tolist() for network in networks]
-
-
 def select_inputs(
     networks: list[nn.Module],
     dataset: Dataset,
@@ -136,7 +129,7 @@ def select_inputs(
             if len(taken) >= limit:
                 break
             chunk = pool[first : first + 256]
-            guesses = _predictions(networks, dataset, chunk, device) if judge else []
+            guesses = predicted_classes(networks, dataset, chunk, device) if judge else []
             for k, index in enumerate(chunk):
                 if len(taken) >= limit:
                     break

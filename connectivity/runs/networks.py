@@ -46,3 +46,14 @@ def probe_spaces(network: nn.Module, spaces: list[str], dataset: Dataset) -> Non
         head, tail = split(network, space)
         dtype = floating_dtype(head) or images.dtype
         probe_split(head.to(device), tail.to(device), images.to(device=device, dtype=dtype))
+
+
+@torch.no_grad()
+def predicted_classes(
+    networks: list[nn.Module], dataset: Dataset, indices: list[int], device: str
+) -> list[list[int]]:
+    """Each network's predicted class of the items ``indices`` of ``dataset``, as one batch on
+    ``device``: ``[[class per item] per network]``."""
+    images, _ = stack_images(dataset, indices)
+    images = images.to(device)
+    return [network(images).argmax(dim=1).cpu().tolist() for network in networks]

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from connectivity.data import stack_images
 from connectivity.engine.band import straight_line
 from connectivity.engine.verdicts import path_log_probabilities, target_margin
-from connectivity.runs.networks import working_copy
+from connectivity.runs.networks import predicted_classes, working_copy
 from connectivity.runs.sampling import InputDraw, PairError, is_whole
 from connectivity.store.records import Pair
 
@@ -97,12 +97,6 @@ class PairSampling(InputDraw):
         self.indices = pairs
 
 
-@torch.no_grad()
-def _predict(network: nn.Module, dataset: Dataset, indices: list[int], device: str) -> Tensor:
-    images, _ = stack_images(dataset, indices)
-    return network(images.to(device)).argmax(dim=1).cpu()
-
-
 def select_pairs(
     network: nn.Module,
     dataset: Dataset,
@@ -160,7 +154,8 @@ def _usable(
         labels = [int(dataset[i][1]) for i in indices]
         keep = [True] * len(indices)
         if sampling.correctly_classified:
-            keep = (_predict(network, dataset, indices, device) == torch.tensor(labels)).tolist()
+            (predicted,) = predicted_classes([network], dataset, indices, device)
+            keep = [guess == label for guess, label in zip(predicted, labels, strict=True)]
         yield from ((i, label) for i, label, ok in zip(indices, labels, keep, strict=True) if ok)
 
 
