@@ -32,7 +32,7 @@ import torch
 import connectivity
 from connectivity.classifier import ClassifierModule
 from connectivity.data import DigitsDataModule, ImageDataModule, ImageFolderDataModule
-from connectivity.runs.graph import ClassInputs, select_inputs
+from connectivity.runs.inputs import ClassInputs, select_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 

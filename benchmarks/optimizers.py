@@ -210,7 +210,9 @@ def classifier(args: argparse.Namespace) -> None:
     from connectivity.api import connect_in_layer
     from connectivity.cli.commands import PathsCommand, quiet_library_output
     from connectivity.data import stack_images
-    from connectivity.runs.paths import load_network, options_in_space, select_pairs
+    from connectivity.runs.networks import load_network
+    from connectivity.runs.pairs import select_pairs
+    from connectivity.runs.paths import options_in_space
 
     command = PathsCommand.from_file(args.config)
     experiment, data = command.experiment, command.data

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from connectivity.engine.options import PathOptions
-from connectivity.runs.paths import Experiment, PairSampling
+from connectivity.runs.pairs import PairSampling
+from connectivity.runs.paths import Experiment
 
 FOLDER = Path(__file__).resolve().parent / "data" / "run_2026-12-06"
 # Same-label pairs of the digits' test split (labels 6, 5 and 0).

@@ -21,7 +21,8 @@ from connectivity.engine.search import connect_points
 from connectivity.engine.split import BatchDependenceError, LayerError, probe_split, split
 from connectivity.errors import ConnectivityError
 from connectivity.reporting.wandb_log import WandbOptions
-from connectivity.runs.paths import Experiment, PairSampling, run_paths
+from connectivity.runs.pairs import PairSampling
+from connectivity.runs.paths import Experiment, run_paths
 
 CUT = "2"  # after the first BatchNorm and ReLU: index 1 is in the head, index 4 in the tail
 WORDS = r"not a function of single points: {what}.* of the same inputs differ by .*track_running"

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "connectivity"
 
 
-def _imports() -> dict[str, set[str]]:
+def import_graph() -> dict[str, set[str]]:
     """``{module: package modules it imports}``, counting imports inside functions too (a
     deferred import hides a cycle, it does not remove it)."""
     modules = {
@@ -30,7 +30,7 @@ def _imports() -> dict[str, set[str]]:
 
 
 def test_no_import_cycles() -> None:
-    graph = _imports()
+    graph = import_graph()
     assert graph["connectivity.cli.main"] >= {
         "connectivity.cli.quickstart",
         "connectivity.cli.commands",
@@ -73,7 +73,7 @@ def _third_party(file) -> set[str]:
 
 
 def test_subpackages_import_only_lower_layers() -> None:
-    graph = _imports()
+    graph = import_graph()
     for module, imported in graph.items():
         parts = module.split(".")
         if len(parts) < 3 or parts[1] not in LAYERS:

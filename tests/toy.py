@@ -176,7 +176,7 @@ def ring_pairs(count: int) -> tuple[Tensor, list[tuple[int, int]]]:
 
 class LogRecordWrites(L.Callback):
     """Appends ``<space> <pair id> <rank>`` to the file ``log`` for every record the run's
-    :class:`~connectivity.runs.paths.RecordWriter` writes (one line each, in every process),
+    :class:`~connectivity.runs.trainer.RecordWriter` writes (one line each, in every process),
     so a test can count the record writes of runs in other processes.
 
     Args:
@@ -207,7 +207,7 @@ def digits_test_predictions(classifier: str | os.PathLike) -> tuple[object, Tens
     """The embedded digits' test set, its labels ``(N,)`` and which images the classifier
     checkpoint classifies right ``(N,)`` bool (for picking pairs whose line fails or passes)."""
     from connectivity.data import DigitsDataModule
-    from connectivity.runs.paths import load_network
+    from connectivity.runs.networks import load_network
 
     dataset = DigitsDataModule().dataset("test")
     network = load_network(str(classifier))

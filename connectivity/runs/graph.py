@@ -1,10 +1,11 @@
 """``connectivity graph``: the connected components of whole classes, for one or more models.
 
 For each classifier, space and class, the class's inputs are joined by the union-find search of
-:mod:`connectivity.engine.graph`. Each round of every class of a space is decided in one Lightning
-fit of :class:`RoundModule`, a :class:`~connectivity.runs.paths.SpacePathModule` (so ``ddp_pairs``
-shares the round's pairs out across ranks, as ``paths`` shares its pairs), and every decided
-pair is written at once.
+:mod:`connectivity.engine.graph` (:func:`~connectivity.engine.graph.search_components`, asked
+for one round at a time: :func:`next_round`). Each round of every class of a space is decided
+in one Lightning fit (:func:`~connectivity.runs.trainer.fit_pairs`) of :class:`RoundModule`, a
+:class:`~connectivity.runs.paths.SpacePathModule` (so ``ddp_pairs`` shares the round's pairs
+out across ranks, as ``paths`` shares its pairs), and every decided pair is written at once.
 
 Run folder (``<output_dir>/<name>``):
 
@@ -27,91 +28,49 @@ on; a folder holding another experiment is refused (:class:`~connectivity.store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
 
 from connectivity.api import encode_pairs, pairwise_distances
 from connectivity.checkpoints import CheckpointError, file_digest
-from connectivity.data import SPLITS, ImageDataModule, stack_images
-from connectivity.engine.graph import ComponentSearch, check_graph_options, is_connected
+from connectivity.data import ImageDataModule, stack_images
+from connectivity.engine.graph import (
+    ClassComponents,
+    check_graph_options,
+    components_of,
+    is_connected,
+    search_components,
+)
+from connectivity.engine.graph import Pair as ClassPair
 from connectivity.engine.options import PathOptions
 from connectivity.engine.split import split
 from connectivity.errors import ConnectivityError
-from connectivity.lightning.path_module import BandCheckpoint
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.wandb_log import WandbOptions
+from connectivity.runs.inputs import ClassInputs, ClassSelection, select_inputs
+from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.paths import (
-    PairError,
-    RecordWriter,
     SpacePathModule,
-    _is_int,
-    _trainer_settings,
-    check_trainer_arguments,
-    load_network,
+    data_manifest,
     path_manifest,
-    probe_spaces,
+)
+from connectivity.runs.trainer import (
+    check_checkpoint_every,
+    check_trainer_arguments,
+    fit_pairs,
+    trainer_settings,
 )
 from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore
 from connectivity.store.records import Pair as DatasetPair
 from connectivity.store.records import RunStore
-
-
-@dataclass
-class ClassInputs:
-    """Which inputs of each class go into its graph.
-
-    Args:
-        per_class: Inputs per class (fewer when the split holds fewer; the report says so).
-        classes: Class indices to study (None: every class).
-        seed: Seed of the draw; the same seed gives the same inputs.
-        split: Dataset split the inputs come from (``train``, ``val`` or ``test``).
-        correctly_classified: Take only inputs that every classifier assigns their true class.
-        include_misclassified: Also study the inputs of the class that a classifier assigns to
-            another class, met while drawing: each is tried against the components of the
-            class it is predicted as, and its distance to the nearest input of its own class
-            is reported.
-        indices: Explicit dataset indices (grouped by their label; ``per_class`` and
-            ``correctly_classified`` are then not applied).
-
-    Raises:
-        PairError: At construction: ``per_class`` not a whole number >= 2, an unknown
-            ``split``, ``classes`` or ``indices`` that are not lists of integers.
-    """
-
-    per_class: int = 50
-    classes: list[int] | None = None
-    seed: int = 0
-    split: str = "test"
-    correctly_classified: bool = True
-    include_misclassified: bool = False
-    indices: list[int] | None = None
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.per_class) or self.per_class < 2:
-            raise PairError(
-                f"inputs.per_class must be a whole number >= 2, got {self.per_class!r}; set how "
-                "many inputs of each class to join"
-            )
-        if self.split not in SPLITS:
-            raise PairError(f"inputs.split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        for name in ("classes", "indices"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not isinstance(value, (list, tuple)) or not value or not all(map(_is_int, value)):
-                raise PairError(
-                    f"inputs.{name} must be a non-empty list of integers, got {value!r}; leave "
-                    "it out to take every class" + (" (draw inputs)" if name == "indices" else "")
-                )
-            setattr(self, name, [int(v) for v in value])
 
 
 @dataclass
@@ -150,106 +109,7 @@ class GraphExperiment:
         if not self.spaces:
             raise ConnectivityError("spaces is empty; give input and/or layer names")
         check_graph_options(self.round_size, self.max_tries)
-        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 1:
-            raise ConnectivityError(
-                f"checkpoint_every must be a whole number of steps >= 1, got "
-                f"{self.checkpoint_every!r}"
-            )
-
-
-@dataclass
-class ClassSelection:
-    """The inputs of one class: the graph's (dataset indices, in input order) and, per
-    classifier, the misclassified ones met while drawing with their predicted classes."""
-
-    label: int
-    indices: list[int]
-    misclassified: list[list[tuple[int, int]]]  # per model: [(dataset index, predicted)]
-
-
-def dataset_labels(dataset: Dataset) -> list[int]:
-    """The label of every item, read without decoding images where the dataset allows."""
-    if isinstance(dataset, TensorDataset):
-        return [int(v) for v in dataset.tensors[1].tolist()]
-    if isinstance(dataset, Subset):
-        inner = dataset.dataset
-        if isinstance(inner, TensorDataset) or hasattr(inner, "targets"):
-            labels = dataset_labels(inner)
-            return [labels[i] for i in dataset.indices]
-    targets = getattr(dataset, "targets", None)
-    if targets is not None:
-        return [int(t) for t in targets]
-    return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
-
-
-@torch.no_grad()
-def _predictions(networks: list[nn.Module], dataset: Dataset, indices: list[int], device: str):
-    images, _ = stack_images(dataset, indices)
-    images = images.to(device)
-    return [network(images).argmax(dim=1).cpu().tolist() for network in networks]
-
-
-def select_inputs(
-    networks: list[nn.Module],
-    dataset: Dataset,
-    inputs: ClassInputs,
-    class_names: list[str],
-    device: str = "cpu",
-) -> list[ClassSelection]:
-    """Each studied class's inputs, identical for every classifier (see :class:`ClassInputs`).
-
-    Raises:
-        PairError: a class or index out of range, or a class with fewer than 2 inputs.
-    """
-    labels = dataset_labels(dataset)
-    size, count = len(labels), len(class_names)
-    classes = inputs.classes if inputs.classes is not None else list(range(count))
-    if inputs.indices is not None and inputs.classes is None:
-        # explicit inputs: the classes they belong to
-        classes = sorted({labels[i] for i in inputs.indices if 0 <= i < size})
-    for c in classes:
-        if not 0 <= c < count:
-            raise PairError(f"inputs.classes holds {c}, not a class of the data (0..{count - 1})")
-    if inputs.indices is not None:
-        for i in inputs.indices:
-            if not 0 <= i < size:
-                raise PairError(f"inputs.indices holds {i}: the {inputs.split} split has {size}")
-        given = inputs.indices
-        candidates = {c: [i for i in given if labels[i] == c] for c in classes}
-    else:
-        generator = torch.Generator().manual_seed(inputs.seed)
-        order = torch.randperm(size, generator=generator).tolist()
-        candidates = {c: [i for i in order if labels[i] == c] for c in classes}
-    chosen = []
-    for c in classes:
-        taken: list[int] = []
-        wrong: list[list[tuple[int, int]]] = [[] for _ in networks]
-        pool = candidates[c]
-        filter_ = inputs.indices is None and inputs.correctly_classified
-        judge = filter_ or inputs.include_misclassified
-        limit = len(pool) if inputs.indices is not None else inputs.per_class
-        for first in range(0, len(pool), 256):
-            if len(taken) >= limit:
-                break
-            chunk = pool[first : first + 256]
-            guesses = _predictions(networks, dataset, chunk, device) if judge else []
-            for k, index in enumerate(chunk):
-                if len(taken) >= limit:
-                    break
-                per_model = [g[k] for g in guesses]
-                for m, guess in enumerate(per_model):
-                    if inputs.include_misclassified and guess != c:
-                        wrong[m].append((index, guess))
-                if filter_ and any(guess != c for guess in per_model):
-                    continue
-                taken.append(index)
-        if len(taken) < 2:
-            raise PairError(
-                f"class {class_names[c]!r} ({c}) has {len(taken)} usable inputs in the "
-                f"{inputs.split} split; a graph needs 2 (drop it from inputs.classes)"
-            )
-        chosen.append(ClassSelection(c, taken, wrong))
-    return chosen
+        check_checkpoint_every(self.checkpoint_every)
 
 
 def manifest(
@@ -262,11 +122,7 @@ def manifest(
         "classifier_sha256": [
             file_digest(Path(c)) if Path(c).is_file() else None for c in experiment.classifiers
         ],
-        "data": {
-            "class": f"{type(data).__module__}.{type(data).__qualname__}",
-            "init_args": data.data_config(),
-        },
-        "class_names": data.class_names,
+        **data_manifest(data),
         "spaces": experiment.spaces,
         "inputs": [asdict(s) for s in selections],
         "sampling": asdict(experiment.inputs),
@@ -333,6 +189,64 @@ class RoundModule(SpacePathModule):
         return starts.to(device), ends.to(device)
 
 
+class _NextRound(Exception):  # noqa: N818 (a signal to the caller, not an error)
+    """Stops a class's search at its next round, so that the rounds of every class are
+    decided together, in one fit."""
+
+    def __init__(self, pairs: list[ClassPair]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _stop_at_round(pairs: list[ClassPair]) -> list[bool]:
+    raise _NextRound(pairs)
+
+
+def next_round(
+    distances: Sequence[Sequence[float]],
+    outcomes: dict[ClassPair, bool],
+    round_size: int | None,
+    max_tries: int | None,
+) -> list[ClassPair] | ClassComponents[bool]:
+    """One class's next round: :func:`~connectivity.engine.graph.search_components` from the
+    pairs decided so far, stopped where it asks for its next round; its components once it is
+    settled. The next round depends only on which pairs were decided and how, so a search
+    resumed from them asks what the uninterrupted one would have.
+
+    Args:
+        distances: ``(N, N)`` distances between the class's inputs in the space.
+        outcomes: ``{(i, j): connected}`` of the pairs decided so far (``i < j``).
+        round_size, max_tries: As in :class:`GraphExperiment`.
+
+    Returns:
+        The pairs ``(i, j)`` of the next round, nearest first, or the components.
+    """
+    try:
+        return search_components(
+            distances,
+            _stop_at_round,
+            connected=bool,
+            known=outcomes,
+            round_size=round_size,
+            max_tries=max_tries,
+        )
+    except _NextRound as asked:
+        return asked.pairs
+
+
+@contextlib.contextmanager
+def _lightning_info_hidden() -> Iterator[None]:
+    # One fit per round: Lightning's per-fit info lines (devices found, max_epochs reached)
+    # would bury the one line per round the driver prints.
+    lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = lightning_info.level
+    lightning_info.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lightning_info.setLevel(level)
+
+
 class _Driver:
     """One model's rounds in one space, shared by every rank (each computes the same rounds
     from the same saved records; rank zero writes the round files)."""
@@ -359,38 +273,16 @@ class _Driver:
     def _fit(
         self, pairs: list[DatasetPair], key: str, ends: dict[int, tuple[Tensor, Tensor]]
     ) -> None:
+        checkpoints = self.store.bands_dir(self.k, key)
+        path = self.experiment.path
         module = RoundModule(
-            self.tail,
-            self.space,
-            key,
-            pairs,
-            ends,
-            self.experiment.path,
-            self.scoped,
-            self._bands(key),
+            self.tail, self.space, key, pairs, ends, path, self.scoped, checkpoints
         )
-        checkpoints = self._bands(key)
-        callbacks = [
-            *self.settings["callbacks"],
-            RecordWriter(self.scoped),
-            BandCheckpoint(checkpoints, self.experiment.checkpoint_every),
-        ]
-        # One fit per round: Lightning's per-fit info lines (devices found, max_epochs reached)
-        # would bury the one line per round printed below.
-        lightning_info = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-        level = lightning_info.level
-        lightning_info.setLevel(logging.WARNING)
-        try:
-            fit = L.Trainer(**{**self.settings, "callbacks": callbacks})
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
-                fit.fit(module)
-        finally:
-            lightning_info.setLevel(level)
+        with _lightning_info_hidden():
+            fit = fit_pairs(
+                module, self.settings, self.scoped, checkpoints, self.experiment.checkpoint_every
+            )
         fit.strategy.barrier()
-
-    def _bands(self, key: str) -> Path:
-        return self.store.bands_dir(self.k, key)
 
     def _outcomes(self, space_key: str, ids: set[int]) -> dict[int, bool]:
         """Whether each decided pair of ``ids`` is connected; pairs without a readable record
@@ -404,6 +296,50 @@ class _Driver:
             out[pair_id] = is_connected(record)
         return out
 
+    def _decide_round(
+        self,
+        number: int,
+        planned: list[tuple[int, int, int]],
+        points: list[Tensor],
+        outcomes: list[dict[ClassPair, bool]],
+    ) -> None:
+        """Decide the ``(class, i, j)`` pairs of one round that have no record yet, in one
+        fit, and add every outcome of the round to ``outcomes`` (one dict per class)."""
+        ids = {self.layout.pair_id(k, (i, j)): (k, i, j) for k, i, j in planned}
+        decided = self._outcomes(self.space, set(ids))
+        if set(ids) - set(decided):
+            pairs = [
+                DatasetPair(
+                    pair_id,
+                    self.selections[k].indices[i],
+                    self.selections[k].indices[j],
+                    self.selections[k].label,
+                )
+                for pair_id, (k, i, j) in sorted(ids.items())
+            ]
+            ends = {pair_id: (points[k][i], points[k][j]) for pair_id, (k, i, j) in ids.items()}
+            self._fit(pairs, self.space, ends)
+            decided = self._outcomes(self.space, set(ids))
+        missing = set(ids) - set(decided)
+        if missing:
+            raise ConnectivityError(
+                f"round {number} of model {self.k} in {self.space!r} ended with "
+                f"{len(missing)} pairs undecided; rerun the same config to decide them"
+            )
+        for pair_id, (k, i, j) in ids.items():
+            outcomes[k].setdefault((i, j), decided[pair_id])
+        if self.is_zero:
+            joined = sum(decided.values())
+            sizes = " | ".join(
+                str(len(components_of(len(s.indices), o, bool).components))
+                for s, o in zip(self.selections, outcomes, strict=True)
+            )
+            print(
+                f"model {self.k}, {self.space}: round {number}: {len(ids)} pairs, {joined} "
+                f"connected; components per class: {sizes}",
+                flush=True,
+            )
+
     def run(self) -> None:
         head, tail = split(self.network, self.space)
         head, tail = head.to(self.device), tail.to(self.device)
@@ -412,72 +348,48 @@ class _Driver:
         for s in self.selections:
             images, _ = stack_images(self.dataset, s.indices)
             points.append(_encode(head, tail, images.to(self.device), s.label).cpu())
-        searches = [
-            ComponentSearch(
-                pairwise_distances(z), self.experiment.round_size, self.experiment.max_tries
-            )
-            for z in points
-        ]
         if self.is_zero:
             for s, z in zip(self.selections, points, strict=True):
                 file = self.store.embedding_path(self.k, self.space, s.label)
                 if not file.is_file():
                     value = {"coords": _embedding(z), "indices": s.indices}
                     self.store.save_embedding(self.k, self.space, s.label, value)
+        components = self._search(points)
+        if self.experiment.inputs.include_misclassified:
+            self._misclassified(head, tail, points, components)
+        if self.is_zero:
+            self.store.mark_settled(self.k, self.space)
+
+    def _search(self, points: list[Tensor]) -> list[list[list[int]]]:
+        """Decide rounds until every class's search is settled, the rounds an earlier run
+        saved first, as they were planned; the components of each class."""
+        outcomes: list[dict[ClassPair, bool]] = [{} for _ in self.selections]
+        distances = [pairwise_distances(z) for z in points]
         number = 0
         while True:
             planned = self.store.round_plan(self.k, self.space, number)
             if planned is None:
-                planned = [
-                    (k, i, j) for k, search in enumerate(searches) for i, j in search.next_round()
+                asked = [
+                    next_round(d, o, self.experiment.round_size, self.experiment.max_tries)
+                    for d, o in zip(distances, outcomes, strict=True)
                 ]
-                if not planned:
-                    break
+                settled = [a for a in asked if isinstance(a, ClassComponents)]
+                if len(settled) == len(asked):
+                    return [a.components for a in settled]
+                planned = [
+                    (k, i, j) for k, a in enumerate(asked) if isinstance(a, list) for i, j in a
+                ]
                 if self.is_zero:
                     self.store.save_round_plan(self.k, self.space, number, planned)
-            ids = {self.layout.pair_id(k, (i, j)): (k, i, j) for k, i, j in planned}
-            outcomes = self._outcomes(self.space, set(ids))
-            if set(ids) - set(outcomes):
-                pairs = [
-                    DatasetPair(
-                        pair_id,
-                        self.selections[k].indices[i],
-                        self.selections[k].indices[j],
-                        self.selections[k].label,
-                    )
-                    for pair_id, (k, i, j) in sorted(ids.items())
-                ]
-                ends = {pair_id: (points[k][i], points[k][j]) for pair_id, (k, i, j) in ids.items()}
-                self._fit(pairs, self.space, ends)
-                outcomes = self._outcomes(self.space, set(ids))
-            missing = set(ids) - set(outcomes)
-            if missing:
-                raise ConnectivityError(
-                    f"round {number} of model {self.k} in {self.space!r} ended with "
-                    f"{len(missing)} pairs undecided; rerun the same config to decide them"
-                )
-            for pair_id, (k, i, j) in ids.items():
-                searches[k].record((i, j), outcomes[pair_id])
-            if self.is_zero:
-                joined = sum(outcomes.values())
-                sizes = " | ".join(str(len(s.components)) for s in searches)
-                print(
-                    f"model {self.k}, {self.space}: round {number}: {len(ids)} pairs, {joined} "
-                    f"connected; components per class: {sizes}",
-                    flush=True,
-                )
+            self._decide_round(number, planned, points, outcomes)
             number += 1
-        if self.experiment.inputs.include_misclassified:
-            self._misclassified(head, tail, points, searches)
-        if self.is_zero:
-            self.store.mark_settled(self.k, self.space)
 
     def _misclassified(
         self,
         head: nn.Module,
         tail: nn.Module,
         points: list[Tensor],
-        searches: list[ComponentSearch],
+        components: list[list[list[int]]],
     ) -> None:
         """Try each misclassified input against the nearest member of every component of the
         class it is predicted as; keep its distances to the nearest input of both classes."""
@@ -504,7 +416,7 @@ class _Driver:
                         z.flatten(1).double(), points[other].flatten(1).double()
                     )[0]
                     row["nearest_predicted_distance"] = float(distance.min())
-                    for c, members in enumerate(searches[other].components):
+                    for c, members in enumerate(components[other]):
                         nearest = min(members, key=lambda i: float(distance[i]))
                         pair_id = len(pairs)
                         end = self.selections[other].indices[nearest]
@@ -517,6 +429,44 @@ class _Driver:
             self._fit(pairs, key, ends)
         if self.is_zero:
             self.store.save_misclassified(self.k, self.space, rows)
+
+
+def load_networks(experiment: GraphExperiment, networks: list[nn.Module] | None) -> list[nn.Module]:
+    """The run's own eval-mode copy of each classifier (``networks``, or those of
+    ``experiment.classifiers``), every space checked to be a layer of each.
+
+    Raises:
+        CheckpointError: a classifier checkpoint that does not exist.
+        ConnectivityError: not one network per classifier.
+        LayerError: a space that is not a layer of a classifier.
+    """
+    if networks is None:
+        for path in experiment.classifiers:
+            if not Path(path).is_file():
+                raise CheckpointError(
+                    f"No classifier checkpoint at {Path(path).resolve()}. Train one with "
+                    "`connectivity fit -c configs/classifier/quick.yaml` and copy its best "
+                    "checkpoint there, or fix `classifiers`."
+                )
+    given = networks if networks is not None else experiment.classifiers
+    if len(given) != len(experiment.classifiers):
+        raise ConnectivityError(
+            f"{len(given)} networks for {len(experiment.classifiers)} classifiers; give one each"
+        )
+    loaded = [load_network(n) for n in given]
+    for network in loaded:
+        for space in experiment.spaces:
+            split(network, space)  # a wrong layer name fails here, before any work
+    return loaded
+
+
+def save_inputs(store: GraphStore, selections: list[ClassSelection], dataset: Dataset) -> None:
+    """Write each class's inputs (dataset indices, uint8 images) for the report, once."""
+    for s in selections:
+        if not store.inputs_path(s.label).is_file():
+            images, _ = stack_images(dataset, s.indices)
+            thumbnails = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+            store.save_inputs(s.label, {"indices": s.indices, "images": thumbnails})
 
 
 def run_graph(
@@ -549,24 +499,8 @@ def run_graph(
         OptionsError: a Trainer argument the experiment owns (``--trainer.max_steps``...).
     """
     check_trainer_arguments(trainer)
-    if networks is None:
-        for path in experiment.classifiers:
-            if not Path(path).is_file():
-                raise CheckpointError(
-                    f"No classifier checkpoint at {Path(path).resolve()}. Train one with "
-                    "`connectivity fit -c configs/classifier/quick.yaml` and copy its best "
-                    "checkpoint there, or fix `classifiers`."
-                )
-    given = networks if networks is not None else experiment.classifiers
-    if len(given) != len(experiment.classifiers):
-        raise ConnectivityError(
-            f"{len(given)} networks for {len(experiment.classifiers)} classifiers; give one each"
-        )
-    loaded = [load_network(n) for n in given]
-    for network in loaded:
-        for space in experiment.spaces:
-            split(network, space)  # a wrong layer name fails here, before any work
-    settings, probe = _trainer_settings(trainer)
+    loaded = load_networks(experiment, networks)
+    settings, probe = trainer_settings(trainer)
     if settings["logger"] in (None, True):
         settings["logger"] = False
     settings.setdefault("enable_progress_bar", False)
@@ -579,11 +513,7 @@ def run_graph(
     store = GraphStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:
         store.start(manifest(experiment, data, selections))
-        for s in selections:
-            if not store.inputs_path(s.label).is_file():
-                images, _ = stack_images(dataset, s.indices)
-                thumbnails = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-                store.save_inputs(s.label, {"indices": s.indices, "images": thumbnails})
+        save_inputs(store, selections, dataset)
     for k, network in enumerate(loaded):
         for space in experiment.spaces:
             _Driver(

@@ -184,7 +184,7 @@ def test_trainer_arguments_the_experiment_owns_are_refused(
 def test_trainer_arguments_at_their_effective_defaults_are_not_refused() -> None:
     # limit_train_batches=None means all batches: 1.0 (and 1) say the same and are honoured.
     from connectivity.errors import OptionsError
-    from connectivity.runs.paths import check_trainer_arguments
+    from connectivity.runs.trainer import check_trainer_arguments
 
     check_trainer_arguments({"limit_train_batches": 1.0, "max_epochs": 1})
     check_trainer_arguments({"limit_train_batches": 1})

@@ -427,7 +427,7 @@ DDP_SCRIPT = """
 import sys
 import lightning as L
 sys.path.insert(0, {repo!r})
-from connectivity.runs.paths import RecordWriter
+from connectivity.runs.trainer import RecordWriter
 from connectivity.runs.graph import RoundModule
 from connectivity.store.records import Pair, RunStore
 from tests.engine.test_exact import TWO_ROUNDS, TWO_ROUNDS_OPTIONS, Sliver

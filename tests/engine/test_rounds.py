@@ -16,7 +16,7 @@ from connectivity.engine.checks import Certifier
 from connectivity.engine.options import PathOptions
 from connectivity.engine.search import connect_points
 from connectivity.lightning.path_module import BandCheckpoint, PathModule
-from connectivity.runs.paths import line_check_words
+from connectivity.lightning.progress import line_check_words
 from tests.engine.test_exact import TWO_ROUNDS, TWO_ROUNDS_OPTIONS, Sliver
 
 

@@ -17,7 +17,7 @@ import connectivity
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
 from connectivity.reporting.wandb_log import offline_run_records
-from connectivity.runs.paths import load_network
+from connectivity.runs.networks import load_network
 from connectivity.store.graph import GraphStore
 from connectivity.store.records import RunFolderError, RunStore
 from tests.conftest import REPO

@@ -1,4 +1,5 @@
-"""``pairs.closest_of``: the closest calls of many random pairs, against analytic margins."""
+"""Which pairs a path run connects: seeded random pairs, explicit ones, the closest calls
+(``pairs.closest_of``, against analytic margins), and the sampling options refused."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule, stack_images
 from connectivity.engine.checks import check_lines
 from connectivity.engine.options import PathOptions
-from connectivity.runs.paths import (
-    PairError,
-    PairSampling,
-    line_margins,
-    load_network,
-    select_pairs,
-)
+from connectivity.runs.networks import load_network
+from connectivity.runs.pairs import PairSampling, line_margins, select_pairs
+from connectivity.runs.sampling import PairError
 from tests.conftest import REPO
+from tests.runs.helpers import digits_config
 
 
 class Ring(nn.Module):
@@ -159,3 +158,72 @@ def test_the_quickstart_pairs_put_bands_to_work(digits_classifier: Path) -> None
     """On a briefly trained copy of the quickstart's own ResNet18: bands run on any machine."""
     data = DigitsDataModule()
     assert _quickstart_pairs_leave(load_network(str(digits_classifier)), data) >= 3
+
+
+def test_same_class_pairs_are_drawn_reproducibly(digits_classifier: Path) -> None:
+    data = DigitsDataModule()
+    network = load_network(str(digits_classifier))
+    sampling = PairSampling(count=10, seed=3)
+    pairs = select_pairs(network, data.dataset("test"), sampling, data.class_names)
+    again = select_pairs(network, data.dataset("test"), sampling, data.class_names)
+    assert pairs == again and len(pairs) == 10
+    dataset = data.dataset("test")
+    images = torch.stack([dataset[p.start_index][0] for p in pairs])
+    predicted = network(images).argmax(dim=1).tolist()
+    for pair, guess in zip(pairs, predicted, strict=True):
+        assert dataset[pair.start_index][1] == dataset[pair.end_index][1] == pair.label == guess
+    other = select_pairs(network, dataset, PairSampling(count=10, seed=4), data.class_names)
+    assert other != pairs
+
+
+def test_explicit_pairs_of_different_labels_name_both(digits_classifier: Path) -> None:
+    data = DigitsDataModule()
+    dataset = data.dataset("test")
+    labels = [int(dataset[i][1]) for i in range(20)]
+    i = 0
+    j = next(k for k in range(20) if labels[k] != labels[0])
+    with pytest.raises(PairError, match=rf"'{labels[0]}' \({labels[0]}\) and '{labels[j]}'"):
+        select_pairs(
+            load_network(str(digits_classifier)),
+            dataset,
+            PairSampling(indices=[(i, j)]),
+            data.class_names,
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"count": 0}, r"pairs\.count must be a whole number >= 1, got 0"),
+        ({"count": True}, r"pairs\.count must be a whole number >= 1, got True"),
+        ({"count": 2.5}, r"pairs\.count must be a whole number >= 1, got 2\.5"),
+        ({"split": "tset"}, r"pairs\.split must be one of train, val, test, got 'tset'"),
+        ({"indices": []}, r"pairs\.indices must be a non-empty list .* got \[\]"),
+        ({"indices": [[1]]}, r"pairs\.indices\[0\] must be an \[i, j\] pair .* got \[1\]"),
+        ({"indices": [(1, 2), (3, "4")]}, r"pairs\.indices\[1\] .* got \(3, '4'\)"),
+    ],
+)
+def test_pair_sampling_refuses_unusable_values(kwargs: dict, words: str) -> None:
+    with pytest.raises(PairError, match=words):
+        PairSampling(**kwargs)
+
+
+def test_pair_sampling_keeps_indices_as_integer_pairs() -> None:
+    assert PairSampling(indices=[[3, 4], (5, 6)]).indices == [(3, 4), (5, 6)]
+
+
+def test_bad_pair_options_fail_in_one_line_before_any_folder(
+    digits_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = digits_config(
+        tmp_path / "z.yaml", digits_classifier, tmp_path / "out", "z", 0, ["input"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["paths", "-c", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "connectivity: error: pairs.count must be a whole number >= 1, got 0; set how "
+        "many pairs to draw"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -1,17 +1,12 @@
-"""Path experiments end to end: sampling, records, resume after a kill, report, errors, DDP."""
+"""Path runs end to end: records, table and figures, what the command prints, errors, the
+caller's network, the manifest."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
-import io
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,69 +19,29 @@ from connectivity.cli.main import main
 from connectivity.data import CIFAR10DataModule, DigitsDataModule, stack_images
 from connectivity.engine.options import PathOptions
 from connectivity.engine.split import split
-from connectivity.errors import ConnectivityError
 from connectivity.reporting.drawing import figures_to_draw
 from connectivity.reporting.report import write_report
 from connectivity.reporting.wandb_log import WandbOptions, offline_run_records
-from connectivity.runs.paths import (
-    Experiment,
-    PairError,
-    PairSampling,
-    encode_each_pair,
-    load_network,
-    manifest,
-    options_in_space,
-    run_paths,
-    select_pairs,
-)
+from connectivity.runs.networks import load_network
+from connectivity.runs.pairs import PairSampling, select_pairs
+from connectivity.runs.paths import encode_each_pair, manifest, options_in_space, run_paths
 from connectivity.store.records import RunFolderError, RunStore, figure_name
-from tests.conftest import LIBRARY_LINES, REPO, printed_lines
-
-NO_WANDB = WandbOptions(enabled=False)
-SPACES = ["input", "layer1", "flatten"]
-
-
-def _experiment(classifier: Path, folder: Path, name: str, **kwargs) -> Experiment:
-    defaults = {
-        "spaces": SPACES,
-        "pairs": PairSampling(count=6, seed=1),
-        "path": PathOptions(num_pivots=4, steps=20),
-        "output_dir": str(folder),
-    }
-    return Experiment(classifier=str(classifier), name=name, **{**defaults, **kwargs})
-
-
-def _config(path: Path, classifier: Path, output: Path, name: str, count: int, spaces) -> Path:
-    path.write_text(
-        f"name: {name}\nclassifier: {classifier}\noutput_dir: {output}\n"
-        f"spaces: [{', '.join(spaces)}]\n"
-        f"pairs: {{count: {count}, seed: 1}}\npath: {{num_pivots: 4, steps: 20}}\n"
-        "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
-    )
-    return path
-
-
-def test_same_class_pairs_are_drawn_reproducibly(digits_classifier: Path) -> None:
-    data = DigitsDataModule()
-    network = load_network(str(digits_classifier))
-    sampling = PairSampling(count=10, seed=3)
-    pairs = select_pairs(network, data.dataset("test"), sampling, data.class_names)
-    again = select_pairs(network, data.dataset("test"), sampling, data.class_names)
-    assert pairs == again and len(pairs) == 10
-    dataset = data.dataset("test")
-    images = torch.stack([dataset[p.start_index][0] for p in pairs])
-    predicted = network(images).argmax(dim=1).tolist()
-    for pair, guess in zip(pairs, predicted, strict=True):
-        assert dataset[pair.start_index][1] == dataset[pair.end_index][1] == pair.label == guess
-    other = select_pairs(network, dataset, PairSampling(count=10, seed=4), data.class_names)
-    assert other != pairs
+from tests.conftest import LIBRARY_LINES, printed_lines
+from tests.runs.helpers import (
+    NO_WANDB,
+    SPACES,
+    band_and_line_pairs,
+    digits_config,
+    digits_experiment,
+    pairs_config,
+)
 
 
 def test_run_writes_records_table_and_figures_and_resumes(
     digits_classifier: Path, tmp_path: Path
 ) -> None:
     data = DigitsDataModule()
-    store = run_paths(_experiment(digits_classifier, tmp_path, "a"), data, wandb=NO_WANDB)
+    store = run_paths(digits_experiment(digits_classifier, tmp_path, "a"), data, wandb=NO_WANDB)
     assert store is not None
     for space in SPACES:
         assert store.done(space) == set(range(6))
@@ -96,7 +51,7 @@ def test_run_writes_records_table_and_figures_and_resumes(
         assert torch.equal(record["path"], record["line"])
         assert record["path"].shape[0] == 6  # 4 pivots + 2 ends
     # a latent space's record keeps the pair's two inputs (uint8) for its figure
-    dataset = data.dataset(_experiment(digits_classifier, tmp_path, "a").pairs.split)
+    dataset = data.dataset(digits_experiment(digits_classifier, tmp_path, "a").pairs.split)
     for space in SPACES:
         record = store.load(space)[0]
         if space == "input":
@@ -126,7 +81,7 @@ def test_run_writes_records_table_and_figures_and_resumes(
         assert totals[space, "exact"] + totals[space, "sampled"] == 6
 
     stamps = {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")}
-    run_paths(_experiment(digits_classifier, tmp_path, "a"), data, wandb=NO_WANDB)
+    run_paths(digits_experiment(digits_classifier, tmp_path, "a"), data, wandb=NO_WANDB)
     assert {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")} == stamps
     assert (store.folder / "table.md").read_text() == table
 
@@ -135,56 +90,11 @@ def test_run_writes_records_table_and_figures_and_resumes(
     assert (store.folder / "table.md").read_text() == table
 
     # same config and seed under another name: the same pairs and verdicts
-    other = run_paths(_experiment(digits_classifier, tmp_path, "b"), data, wandb=NO_WANDB)
+    other = run_paths(digits_experiment(digits_classifier, tmp_path, "b"), data, wandb=NO_WANDB)
     for space in SPACES:
         mine = [(r["pair"], r["verdict"], r["pivot_verdict"]) for r in store.load(space)]
         theirs = [(r["pair"], r["verdict"], r["pivot_verdict"]) for r in other.load(space)]
         assert mine == theirs
-
-
-def test_a_changed_experiment_does_not_reuse_a_folder(
-    digits_classifier: Path, tmp_path: Path
-) -> None:
-    data = DigitsDataModule()
-    run_paths(
-        _experiment(digits_classifier, tmp_path, "c", spaces=["flatten"]), data, wandb=NO_WANDB
-    )
-    with pytest.raises(RunFolderError, match=r"different experiment.*spaces"):
-        run_paths(
-            _experiment(digits_classifier, tmp_path, "c", spaces=["input"]), data, wandb=NO_WANDB
-        )
-
-
-@pytest.mark.slow  # ~27 s: two whole runs; a real SIGKILL mid-band is tested fast below
-def test_killed_run_keeps_intact_records_and_resumes(
-    digits_classifier: Path, tmp_path: Path
-) -> None:
-    spaces = ["input", "layer2", "flatten"]
-    config = _config(tmp_path / "kill.yaml", digits_classifier, tmp_path, "k", 12, spaces)
-    command = [sys.executable, "-m", "connectivity.cli", "paths", "-c", str(config)]
-    records = tmp_path / "k" / "records"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not list(records.rglob("pair_*.pt")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    written = list(records.rglob("pair_*.pt"))
-    assert 0 < len(written) < 12 * len(spaces), "the kill should land part-way"
-    for file in written:  # every record on disk is whole
-        torch.load(file, weights_only=True)
-
-    main(["paths", "-c", str(config)])
-    uninterrupted = _config(tmp_path / "whole.yaml", digits_classifier, tmp_path, "w", 12, spaces)
-    main(["paths", "-c", str(uninterrupted)])
-    assert (tmp_path / "k" / "table.md").read_text() == (tmp_path / "w" / "table.md").read_text()
-    resumed, whole = RunStore(tmp_path / "k"), RunStore(tmp_path / "w")
-    for space in spaces:
-        a, b = resumed.load(space), whole.load(space)
-        assert [r["verdict"] for r in a] == [r["verdict"] for r in b]
-        assert all(
-            torch.allclose(x["path"], y["path"], atol=1e-5) for x, y in zip(a, b, strict=True)
-        )
 
 
 class NaNAwayFromData(nn.Module):
@@ -215,7 +125,9 @@ def test_diverged_pairs_get_their_own_column_and_the_run_goes_on(
     plain = load_network(str(digits_classifier))
     trapped = select_pairs(plain, dataset, sampling, data.class_names)[0].label
     network = NaNAwayFromData(plain, anchors, trapped)
-    experiment = _experiment(digits_classifier, tmp_path, "nan", spaces=["input"], pairs=sampling)
+    experiment = digits_experiment(
+        digits_classifier, tmp_path, "nan", spaces=["input"], pairs=sampling
+    )
     store = run_paths(experiment, data, wandb=NO_WANDB, network=network)
     records = store.load("input")
     verdicts = {r["pair"]["id"]: r["verdict"] for r in records}
@@ -225,31 +137,18 @@ def test_diverged_pairs_get_their_own_column_and_the_run_goes_on(
     assert f"| Diverged | {len(zeros)} ({len(zeros)}) |" in (store.folder / "table.md").read_text()
 
 
-def test_explicit_pairs_of_different_labels_name_both(digits_classifier: Path) -> None:
-    data = DigitsDataModule()
-    dataset = data.dataset("test")
-    labels = [int(dataset[i][1]) for i in range(20)]
-    i = 0
-    j = next(k for k in range(20) if labels[k] != labels[0])
-    with pytest.raises(PairError, match=rf"'{labels[0]}' \({labels[0]}\) and '{labels[j]}'"):
-        select_pairs(
-            load_network(str(digits_classifier)),
-            dataset,
-            PairSampling(indices=[(i, j)]),
-            data.class_names,
-        )
-
-
 def test_cli_errors_are_clear(
     digits_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    config = _config(tmp_path / "e.yaml", digits_classifier, tmp_path, "e", 2, ["layer9"])
+    config = digits_config(tmp_path / "e.yaml", digits_classifier, tmp_path, "e", 2, ["layer9"])
     with pytest.raises(SystemExit):
         main(["paths", "-c", str(config)])
     err = capsys.readouterr().err
     assert "'layer9' is not a layer" in err and "layer1" in err and "Traceback" not in err
 
-    config = _config(tmp_path / "m.yaml", tmp_path / "nothing.ckpt", tmp_path, "m", 2, ["input"])
+    config = digits_config(
+        tmp_path / "m.yaml", tmp_path / "nothing.ckpt", tmp_path, "m", 2, ["input"]
+    )
     with pytest.raises(SystemExit):
         main(["paths", "-c", str(config)])
     err = capsys.readouterr().err
@@ -282,56 +181,6 @@ def test_missing_checkpoint_error_names_a_command_that_makes_that_file(tmp_path:
         ClassifierModule.from_checkpoint(quick.parent / "resnet.ckpt")
 
 
-@pytest.mark.slow  # about 17 s: two processes; the default run covers the take-over of band
-# checkpoints by other ranks in one process (tests/runs/test_resume_ranks.py) and the ends' batch
-# independence (test_a_pairs_ends_do_not_depend_on_the_other_pairs_of_its_rank)
-def test_two_process_ddp_pairs_gives_the_single_process_records(
-    digits_classifier: Path, tmp_path: Path
-) -> None:
-    # Rank 0 gets a pair whose band runs every step, rank 1 one the line decides at once: the
-    # ranks must stop together (Lightning runs a collective in every training step).
-    spaces = ["input", "flatten"]
-    indices = _band_and_line_pairs(digits_classifier)
-
-    # SGD: a step proportional to the force, so rounding differences of another batch
-    # composition stay rounding-sized (Adam divides near-zero force components by their own
-    # size and can turn them into whole steps).
-    path = "{num_pivots: 4, steps: 20, tol: 0.0, optimizer: sgd, lr: 0.01}"
-
-    def config(name: str) -> Path:
-        return _pairs_config(tmp_path, digits_classifier, name, spaces, indices, path)
-
-    single, double = config("one"), config("two")
-    main(["paths", "-c", str(single), "--trainer.accelerator", "cpu"])  # in this process
-    run_paths_cli = [sys.executable, "-m", "connectivity.cli", "paths"]
-    two_ranks = ["--trainer.accelerator", "cpu", "--trainer.devices", "2"]
-    done = subprocess.run(
-        [*run_paths_cli, "-c", str(double), *two_ranks, "--trainer.strategy", "ddp_pairs"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "one" / "table.md").read_text() == (
-        tmp_path / "two" / "table.md"
-    ).read_text()
-    one, two = RunStore(tmp_path / "one"), RunStore(tmp_path / "two")
-    assert [r["steps"] for r in two.load("input")] == [20, 0]  # a band ran on rank 0 only
-    eps = torch.finfo(torch.float32).eps
-    for space in spaces:
-        for a, b in zip(one.load(space), two.load(space), strict=True):
-            assert (a["pair"], a["verdict"], a["steps"]) == (b["pair"], b["verdict"], b["steps"])
-            # Each pair's ends go through the head in a batch of their own two images, on any
-            # number of ranks, so the ends, and with them the bands, are the same computation
-            # (bit for bit on this CPU). Left open: a kernel's reduction order can follow the
-            # threads per process (2 here, 1 per rank there): a few float32 eps of the largest
-            # value. Ends computed in batches of other pairs (1 here, 2 there) differed by
-            # about 6 eps of the largest value (4e-6 at values up to 5.7).
-            for key in ("line", "path"):
-                bound = 4 * eps * float(a[key].abs().max())
-                assert float((a[key] - b[key]).abs().max()) <= bound, (space, key)
-
-
 def test_a_pairs_ends_do_not_depend_on_the_other_pairs_of_its_rank() -> None:
     # The ends of pair 1 encoded with pairs 0 and 2 (one rank) and alone (another number of
     # ranks, or a resume with pairs 0 and 2 decided): the same bits.
@@ -351,95 +200,6 @@ def test_a_pairs_ends_do_not_depend_on_the_other_pairs_of_its_rank() -> None:
         assert torch.allclose(z_end, head(ends), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "ddp_find_unused_parameters_true"])
-def test_plain_ddp_is_refused_before_any_work(
-    digits_classifier: Path, tmp_path: Path, strategy: str
-) -> None:
-    trainer = {"accelerator": "cpu", "devices": 2, "strategy": strategy}
-    with pytest.raises(ConnectivityError, match=r"overwrite every rank's pivots.*ddp_pairs"):
-        run_paths(
-            _experiment(digits_classifier, tmp_path, "x"),
-            DigitsDataModule(),
-            trainer=trainer,
-            wandb=NO_WANDB,
-        )
-    assert not (tmp_path / "x").exists()
-
-
-def _pairs_config(
-    folder: Path,
-    classifier: Path,
-    name: str,
-    spaces: list[str],
-    indices: list[list[int]],
-    path: str,
-    extra: str = "",
-) -> Path:
-    """A `paths` config of explicit pairs of the digits, without W&B."""
-    config = folder / f"{name}.yaml"
-    config.write_text(
-        f"name: {name}\nclassifier: {classifier}\noutput_dir: {folder}\n"
-        f"spaces: [{', '.join(spaces)}]\npairs: {{indices: {indices}}}\npath: {path}\n{extra}"
-        "data: {class_path: connectivity.data.DigitsDataModule}\nwandb: {enabled: false}\n"
-    )
-    return config
-
-
-def _band_and_line_pairs(classifier: Path) -> list[list[int]]:
-    """Two same-class test pairs: the first has a misclassified end, so its line never passes
-    the check and its band runs every step; the second joins two correct images."""
-    dataset = DigitsDataModule().dataset("test")
-    network = load_network(str(classifier))
-    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
-    with torch.no_grad():
-        wrong = (network(images).argmax(dim=1) != labels).nonzero().squeeze(1).tolist()
-    if not wrong:
-        pytest.skip("the digits classifier classifies every test image correctly")
-    bad = wrong[0]
-    same = [i for i in range(len(dataset)) if labels[i] == labels[bad] and i != bad][:3]
-    return [[bad, same[0]], [same[1], same[2]]]
-
-
-def test_a_band_killed_mid_way_continues_from_its_checkpoint(
-    digits_classifier: Path, tmp_path: Path
-) -> None:
-    # A pair with a misclassified end never passes the check: its band runs all its steps.
-    indices = _band_and_line_pairs(digits_classifier)
-
-    path = "{num_pivots: 4, steps: 60, converge: true, tol: 0.0}"
-
-    def config(name: str) -> Path:
-        return _pairs_config(
-            tmp_path, digits_classifier, name, ["input"], indices, path, "checkpoint_every: 10\n"
-        )
-
-    # Killed for real (SIGKILL) after band step 35; checkpoints every 10: the last at 30.
-    kill = "[{class_path: tests.toy.KillAfterBandStep, init_args: {step: 35}}]"
-    command = [sys.executable, "-m", "connectivity.cli", "paths", "-c", str(config("k"))]
-    done = subprocess.run(
-        [*command, "--trainer.callbacks", kill], capture_output=True, text=True, cwd=REPO
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    checkpoint = tmp_path / "k" / "bands" / "input" / "rank0.pt"
-    before = torch.load(checkpoint, weights_only=True)["steps"]
-    assert before == 30
-    band_pair = 0  # the pair with the misclassified end
-    assert not RunStore(tmp_path / "k").record_path("input", band_pair).exists()
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main(["paths", "-c", str(config("k"))])
-    assert f"band continued from its checkpoint at step {before}" in out.getvalue()
-    assert not checkpoint.exists()  # the band is done: its checkpoint is gone
-    main(["paths", "-c", str(config("w"))])
-    resumed, whole = RunStore(tmp_path / "k").load("input"), RunStore(tmp_path / "w").load("input")
-    for a, b in zip(resumed, whole, strict=True):
-        assert (a["verdict"], a["steps"]) == (b["verdict"], b["steps"])
-        assert torch.equal(a["path"], b["path"])
-    assert resumed[band_pair]["steps"] == 60 and resumed[band_pair]["verdict"] == "none"
-
-
 def test_wandb_offline_report_and_what_the_command_prints(
     digits_classifier: Path,
     tmp_path: Path,
@@ -450,9 +210,9 @@ def test_wandb_offline_report_and_what_the_command_prints(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = DigitsDataModule()
-    indices = _band_and_line_pairs(digits_classifier)
+    indices = band_and_line_pairs(digits_classifier)
     path = "{num_pivots: 4, steps: 5, tol: 0.0}"
-    config = _pairs_config(tmp_path, digits_classifier, "w", ["input"], indices, path)
+    config = pairs_config(tmp_path, digits_classifier, "w", ["input"], indices, path)
     config.write_text(config.read_text().replace("enabled: false", "offline: true"))
     capfd.readouterr()
     # As on a terminal (bars are shown only there; in a log file each redraw would stay).
@@ -460,7 +220,7 @@ def test_wandb_offline_report_and_what_the_command_prints(
     main(["paths", "-c", str(config), "--trainer.accelerator", "cpu"])
     lines = printed_lines(capfd, caplog, recwarn)
     store = RunStore(tmp_path / "w")
-    # Issue 19: one line per step of the run, the table once, no library line; the band's bar
+    # One line per step of the run, the table once, no library line; the band's bar
     # is cleared when it is done (what a terminal shows of a line is its last \r-part).
     table = [line for line in (store.folder / "table.md").read_text().splitlines() if line]
     shown = [line.rpartition("\r")[2] for line in lines]
@@ -476,7 +236,7 @@ def test_wandb_offline_report_and_what_the_command_prints(
     assert sum(line in table for line in shown) == len(table), lines
     assert "input band: 5/5 steps" in "".join(lines)  # the bar was drawn, then cleared
     assert not [line for line in lines if any(words in line for words in LIBRARY_LINES)]
-    experiment = _experiment(
+    experiment = digits_experiment(
         digits_classifier,
         tmp_path,
         "w",
@@ -522,42 +282,6 @@ def test_wandb_offline_report_and_what_the_command_prints(
     assert len(list((store.folder / "wandb").glob("offline-run-*"))) == 1
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "words"),
-    [
-        ({"count": 0}, r"pairs\.count must be a whole number >= 1, got 0"),
-        ({"count": True}, r"pairs\.count must be a whole number >= 1, got True"),
-        ({"count": 2.5}, r"pairs\.count must be a whole number >= 1, got 2\.5"),
-        ({"split": "tset"}, r"pairs\.split must be one of train, val, test, got 'tset'"),
-        ({"indices": []}, r"pairs\.indices must be a non-empty list .* got \[\]"),
-        ({"indices": [[1]]}, r"pairs\.indices\[0\] must be an \[i, j\] pair .* got \[1\]"),
-        ({"indices": [(1, 2), (3, "4")]}, r"pairs\.indices\[1\] .* got \(3, '4'\)"),
-    ],
-)
-def test_pair_sampling_refuses_unusable_values(kwargs: dict, words: str) -> None:
-    with pytest.raises(PairError, match=words):
-        PairSampling(**kwargs)
-
-
-def test_pair_sampling_keeps_indices_as_integer_pairs() -> None:
-    assert PairSampling(indices=[[3, 4], (5, 6)]).indices == [(3, 4), (5, 6)]
-
-
-def test_bad_pair_options_fail_in_one_line_before_any_folder(
-    digits_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    config = _config(tmp_path / "z.yaml", digits_classifier, tmp_path / "out", "z", 0, ["input"])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["paths", "-c", str(config)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "connectivity: error: pairs.count must be a whole number >= 1, got 0; set how "
-        "many pairs to draw"
-    ]
-    assert not (tmp_path / "out").exists()
-
-
 def _state(network: nn.Module) -> tuple[dict[str, bool], dict[str, torch.Tensor]]:
     flags = {name: module.training for name, module in network.named_modules()}
     return flags, {k: v.clone() for k, v in network.state_dict().items()}
@@ -572,7 +296,7 @@ def test_the_callers_network_is_never_changed(digits_classifier: Path, tmp_path:
     # In train mode every forward pass would update batch-norm statistics.
     select_pairs(network, data.dataset("test"), PairSampling(count=3), data.class_names)
     load_network(network)
-    experiment = _experiment(
+    experiment = digits_experiment(
         digits_classifier, tmp_path, "own", spaces=["input", "layer1"], pairs=PairSampling(2)
     )
     run_paths(experiment, data, wandb=NO_WANDB, network=network)
@@ -587,7 +311,7 @@ def test_the_callers_network_is_never_changed(digits_classifier: Path, tmp_path:
 def test_the_manifest_records_the_data_settings_but_not_loading_ones(
     digits_classifier: Path, tmp_path: Path
 ) -> None:
-    experiment = _experiment(digits_classifier, tmp_path, "d")
+    experiment = digits_experiment(digits_classifier, tmp_path, "d")
     digits = manifest(experiment, DigitsDataModule(size=16, batch_size=8), [])["data"]
     assert digits == {
         "class": "connectivity.data.DigitsDataModule",
@@ -603,7 +327,7 @@ def test_the_manifest_records_the_data_settings_but_not_loading_ones(
     words = r"differs in: data\.init_args\.size \(folder: 16, asked: 32\)\)"
     with pytest.raises(RunFolderError, match=words):
         store.start(manifest(experiment, DigitsDataModule(size=32), []))
-    # Path options added later (issue 13) stay out while at their defaults: folders written
+    # Path options added later stay out while at their defaults: folders written
     # before them still match; set, they count.
     path = manifest(experiment, DigitsDataModule(size=16), [])["path"]
     assert not {"max_step", "max_energy_rise", "backoffs", "nudge"} & set(path)
@@ -619,40 +343,10 @@ def test_explicit_bounds_box_the_input_space_only() -> None:
     assert options_in_space(PathOptions(), "flatten").bounds is None
 
 
-def test_a_damaged_record_is_named_by_report_and_decided_again_on_resume(
-    digits_classifier: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    config = _config(tmp_path / "g.yaml", digits_classifier, tmp_path, "g", 3, ["input"])
-    main(["paths", "-c", str(config)])
-    # A band bar only for a band that runs (issue 19): none when the line check decides all.
-    out = capsys.readouterr().out
-    linear = int(re.search(r"input: line check: (\d) of 3 pairs linear", out).group(1))
-    assert ("input band" in out) == (linear < 3), out
-    table = (tmp_path / "g" / "table.md").read_text()
-    store = RunStore(tmp_path / "g")
-    damaged = store.record_path("input", 1)
-    before = store.load("input")[1]
-    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(["report", str(store.folder)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(damaged) in err[0] and "Rerun the same config" in err[0]
-
-    with pytest.warns(RuntimeWarning, match=r"pair_0001\.pt cannot be read"):
-        main(["paths", "-c", str(config)])
-    assert (tmp_path / "g" / "table.md").read_text() == table
-    after = store.load("input")[1]
-    assert after["pair"] == before["pair"] and after["verdict"] == before["verdict"]
-    assert torch.allclose(after["path"], before["path"], atol=1e-5)
-    assert len(list(damaged.parent.glob("pair_0001.pt.damaged-*"))) == 1
-
-
 def test_options_added_later_stay_out_of_run_json_at_their_defaults() -> None:
     from connectivity.runs.paths import path_manifest
 
-    # The keys run folders were written with before issues 11 and 13: such folders resume.
+    # The keys the first run folders were written with: such folders resume.
     before = {
         "num_pivots",
         "steps",

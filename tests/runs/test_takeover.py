@@ -1,4 +1,4 @@
-"""Runs resumed on another number of ranks decide each pair exactly once (issue 18, item 4).
+"""Runs resumed on another number of ranks decide each pair exactly once.
 
 The fast tests play the ranks of a run one after another in this process
 (:class:`tests.toy.PretendRank`, on :class:`tests.toy.RingNet`, whose pairs across the ring's hole
@@ -22,16 +22,12 @@ from torch.utils.data import TensorDataset
 from connectivity.engine.decisions import PairRecord
 from connectivity.engine.options import PathOptions
 from connectivity.lightning.path_module import BandCheckpoint
-from connectivity.runs.paths import RecordWriter, SpacePathModule, take_over
+from connectivity.runs.paths import SpacePathModule
+from connectivity.runs.takeover import take_over
+from connectivity.runs.trainer import RecordWriter
 from connectivity.store.records import Pair, RunStore
 from tests.conftest import REPO
-from tests.toy import (
-    PretendRank,
-    RaiseAfterBandStep,
-    RingNet,
-    digits_test_predictions,
-    ring_pairs,
-)
+from tests.toy import PretendRank, RaiseAfterBandStep, RingNet, digits_test_predictions, ring_pairs
 
 PAIRS = 4
 # converge + tol 0: every band runs all its steps; SGD: a band re-queued from its saved path
