@@ -162,7 +162,7 @@ def report_run_id(store: RunStore, options: WandbOptions) -> str | None:
     return run_id
 
 
-def _config(store: RunStore) -> dict[str, Any]:
+def run_config(store: RunStore) -> dict[str, Any]:
     """The run's config: ``run.json`` without its long lists (the pairs of a path run, the
     inputs of a graph run); empty before the run starts."""
     if not store.path("run.json").is_file():
@@ -170,7 +170,7 @@ def _config(store: RunStore) -> dict[str, Any]:
     return {k: v for k, v in store.manifest().items() if k not in ("pairs", "inputs")}
 
 
-def _init_arguments(
+def init_arguments(
     store: RunStore, options: WandbOptions, run_id: str, job_type: str = "paths"
 ) -> dict[str, Any]:
     """``wandb.init``'s arguments for the run ``run_id`` of a run folder (resumed if it
@@ -183,7 +183,7 @@ def _init_arguments(
         "dir": str(store.folder.resolve()),
         "mode": _mode(options),
         "job_type": job_type,
-        "config": _config(store),
+        "config": run_config(store),
     }
 
 
@@ -254,7 +254,7 @@ def paths_logger(store: RunStore, options: WandbOptions | None) -> RunFolderWand
     run_id = _run_id_to_log(store, options)
     if run_id is None:
         return None
-    arguments = _init_arguments(store, options, run_id)
+    arguments = init_arguments(store, options, run_id)
     return RunFolderWandbLogger(
         store.folder,
         name=arguments.pop("name"),

@@ -37,9 +37,9 @@ from connectivity.reporting.figures import bar_image, image_array
 from connectivity.reporting.tables import PAIR_COLUMNS, ROW_NAMES, VERDICTS, pair_rows
 from connectivity.reporting.wandb_log.runs import (
     WandbOptions,
-    _config,
-    _init_arguments,
+    init_arguments,
     mark_reported,
+    run_config,
     wandb_run_line,
 )
 from connectivity.store.records import RunStore
@@ -132,10 +132,10 @@ def _open_run(store: RunStore, run_id: str, options: WandbOptions, job_type: str
     run = wandb.run
     if run is not None and run.id == run_id:
         # The Trainer's run may have started before run.json was written.
-        run.config.update(_config(store), allow_val_change=True)
+        run.config.update(run_config(store), allow_val_change=True)
         return run
     # A run of another folder or of the caller is left alone: "create_new" runs beside it.
-    arguments = _init_arguments(store, options, run_id, job_type)
+    arguments = init_arguments(store, options, run_id, job_type)
     return wandb.init(**arguments, reinit="create_new")
 
 
