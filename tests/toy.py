@@ -195,10 +195,10 @@ class LogRecordWrites(L.Callback):
             store.logged_to = self.file
 
     def _logged(self, save, rank: int):  # type: ignore[no-untyped-def]
-        def logged(space, pair, record) -> None:  # type: ignore[no-untyped-def]
+        def logged(space, pair, record, *rest, **named) -> None:  # type: ignore[no-untyped-def]
             with open(self.file, "a") as file:
                 file.write(f"{space} {pair.id} {rank}\n")
-            save(space, pair, record)
+            save(space, pair, record, *rest, **named)
 
         return logged
 
