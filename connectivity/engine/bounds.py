@@ -72,6 +72,7 @@ from connectivity.engine.exact import (
     _CAST_METHODS,
     _DIVISION_FUNCTIONS,
     _DIVISION_METHODS,
+    _EVAL_AFFINE_MODULES,
     _FACTORIES,
     _PRODUCT_FUNCTIONS,
     _PRODUCT_METHODS,
@@ -272,8 +273,10 @@ def bound_program(tail: nn.Module) -> BoundProgram:
             this slice does not bound (see the module docstring); the message names it.
     """
     network = _network(tail)
-    if any(m.training for m in network.modules()):
-        raise NotBoundedError("the tail is in training mode: bounds need it in eval mode")
+    if any(isinstance(m, _EVAL_AFFINE_MODULES) and m.training for m in network.modules()):
+        raise NotBoundedError(
+            "the tail is in training mode: batch norm and dropout are bounded in eval mode only"
+        )
     try:
         module = _trace(network)
     except NotPiecewiseLinearError as error:

@@ -1,0 +1,285 @@
+"""Bound propagation along segments (engine/bounds.py): closed-form margins of hand-built
+networks, exactness where a piecewise-linear tail is affine, soundness against dense sampling
+on random networks of every covered operation, agreement with the exact check, refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from connectivity.engine.bounds import (
+    NotBoundedError,
+    bound_program,
+    margin_bounds,
+    prove_segments,
+)
+from connectivity.engine.exact import check_segments, margin_tolerance
+
+
+class Kinks(nn.Module):
+    """The class-0 margin along (0, 0) -> (1, 0) is ``1/8 + relu(t - 1/4) - 2 relu(t - 1/2) +
+    relu(3/4 - t)``: 0.875 - t, 0.625, 1.625 - 2 t and 0.875 - t on the quarters (zero at
+    t = 7/8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(2, 3)
+        self.out = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]))
+            self.hidden.bias.copy_(torch.tensor([-0.25, -0.5, 0.75]))
+            self.out.weight.copy_(torch.tensor([[1.0, -2.0, 1.0], [0.0, 0.0, 0.0]]))
+            self.out.bias.copy_(torch.tensor([0.125, 0.0]))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.out(F.relu(self.hidden(z)))
+
+
+def _kinks_margin(t: float) -> float:
+    return 0.125 + max(t - 0.25, 0.0) - 2 * max(t - 0.5, 0.0) + max(0.75 - t, 0.0)
+
+
+def _bounds(net: nn.Module, a: Tensor, b: Tensor, y: int, t0: float, t1: float) -> float:
+    one = torch.ones(1, dtype=torch.float64)
+    return float(margin_bounds(net, a, b, torch.tensor([y]), one * t0, one * t1)[0])
+
+
+def test_bounds_equal_the_closed_form_margin_where_no_relu_changes_state() -> None:
+    net = Kinks().eval()
+    a, b = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    for t0, t1 in [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0), (0.3, 0.4), (0.8, 0.9)]:
+        exact = min(_kinks_margin(t0), _kinks_margin(t1))  # affine there: lowest at an end
+        assert _bounds(net, a, b, 0, t0, t1) == pytest.approx(exact, abs=1e-7)  # widening
+        assert _bounds(net, a, b, 0, t0, t1) <= exact
+    # across kinks the bound is below the true minimum (the triangle relaxation)
+    assert _bounds(net, a, b, 0, 0.0, 1.0) <= -0.125
+
+
+def test_branch_and_bound_proves_or_finds_the_counterexample() -> None:
+    net = Kinks().eval()
+    a = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[0.85, 0.0], [1.0, 0.0], [0.8, 0.0]])
+    proof = prove_segments(net, a, b, torch.tensor([0, 0, 1]))
+    assert proof.status == ["proved", "counterexample", "counterexample"]
+    # proved: the lowest margin 1/8 + ... = 0.025 at the end t = 1 (x = 0.85)
+    assert 0 < float(proof.min_margin_lower_bound[0]) <= 0.025 + 1e-9
+    assert float(proof.min_margin[0]) == pytest.approx(0.025, abs=1e-6)
+    assert float(proof.counterexample_t[1]) == 1.0  # margin -1/8 at x = 1
+    assert float(proof.counterexample_t[2]) == 0.0  # class 1 is never the target's winner
+    assert math.isnan(float(proof.counterexample_t[0]))
+    assert int(proof.sub_intervals[0]) >= 1 and int(proof.bound_evaluations[0]) >= 1
+
+
+class Valley(nn.Module):
+    """Margin ``|x| - 0.1`` along x in [-1, 1]: on target at both ends, off it for |x| < 0.1."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.cat([z.abs() - 0.1, torch.zeros_like(z)], dim=1)
+
+
+def test_a_counterexample_between_on_target_ends_is_found_at_a_split_point() -> None:
+    proof = prove_segments(
+        Valley(), torch.tensor([[-1.0]]), torch.tensor([[1.0]]), torch.tensor([0])
+    )
+    assert proof.status == ["counterexample"]
+    t = float(proof.counterexample_t[0])
+    assert abs(-1.0 + 2.0 * t) < 0.1  # off target there
+    assert float(proof.min_margin[0]) <= 0
+    assert float(proof.min_margin_lower_bound[0]) <= -0.1 + 1e-9
+    near = prove_segments(
+        Valley(), torch.tensor([[-1.0]]), torch.tensor([[-0.2]]), torch.tensor([0])
+    )
+    assert near.status == ["proved"]
+    assert 0 < float(near.min_margin_lower_bound[0]) <= 0.1 + 1e-9
+
+
+def test_a_budget_too_small_is_reported() -> None:
+    # a margin that dips to 1e-3: the triangle relaxation needs several splits to prove it
+    proof = prove_segments(
+        Valley(), torch.tensor([[-1.0]]), torch.tensor([[1.0]]), torch.tensor([0]), max_splits=0
+    )
+    assert proof.status == ["budget"]
+    assert int(proof.sub_intervals[0]) == 1
+
+
+def test_an_affine_network_is_proved_exactly_in_one_bound() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    with torch.no_grad():
+        net[0].bias.fill_(50.0)  # every ReLU active on the segment: the tail is affine there
+    a, b = torch.randn(1, 4).double(), torch.randn(1, 4).double()
+    logits = net(torch.cat([a, b]))
+    target = int(logits[0].argmax())
+    margins = logits[:, target] - logits.scatter(1, torch.tensor([[target]] * 2), -1e9).amax(1)
+    proof = prove_segments(net, a, b, torch.tensor([target]))
+    if float(margins.min()) > 0:
+        assert proof.status == ["proved"] and int(proof.bound_evaluations[0]) == 1
+        # the margin is concave (min of affine), lowest at an end; the bound meets it
+        assert float(proof.min_margin_lower_bound[0]) == pytest.approx(
+            float(margins.min()), rel=1e-7
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Random networks of every covered operation
+
+ACTIVATIONS: dict[str, nn.Module] = {
+    "relu": nn.ReLU(),
+    "leaky_relu": nn.LeakyReLU(0.1),
+    "relu6": nn.ReLU6(),
+    "hardtanh": nn.Hardtanh(-0.5, 0.7),
+    "hardsigmoid": nn.Hardsigmoid(),
+    "gelu": nn.GELU(),
+    "gelu_tanh": nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU(),
+    "sigmoid": nn.Sigmoid(),
+    "tanh": nn.Tanh(),
+    "softplus": nn.Softplus(),
+    "hardswish": nn.Hardswish(),
+}
+
+
+class Residual(nn.Module):
+    """Convolutions, batch norm, a skip connection, a concatenation, pools, a pointwise max and
+    products with constants around one activation."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+        self.act = act
+        self.pool = nn.MaxPool2d(2)
+        self.out = nn.Linear(5 * 2 * 2, 3)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-0.5, 0.5)
+            self.norm.running_var.uniform_(0.5, 2.0)
+            self.norm.weight.uniform_(-1.5, 1.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.norm(self.conv(x)))
+        h = torch.cat([h + x[:, :1], -0.5 * x], dim=1)
+        h = torch.maximum(self.pool(h), F.avg_pool2d(h, 2) / 0.8)
+        return self.out(torch.flatten(h, 1))
+
+
+def random_network(seed: int, activation: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """A seeded small MLP (even seeds) or convolutional net (odd seeds), eval mode, float32."""
+    torch.manual_seed(seed)
+    act = ACTIVATIONS[activation]
+    if seed % 2 == 0:
+        net: nn.Module = nn.Sequential(nn.Linear(3, 6), act, nn.Linear(6, 5), act, nn.Linear(5, 3))
+        shape: tuple[int, ...] = (3,)
+    else:
+        net, shape = Residual(act), (2, 4, 4)
+    return net.eval(), shape
+
+
+def _margins(net: nn.Module, a: Tensor, b: Tensor, y: int, t: Tensor, dtype: torch.dtype) -> Tensor:
+    points = a.to(dtype) + t.to(dtype).view(-1, *[1] * (a.dim() - 1)) * (b - a).to(dtype)
+    with torch.no_grad():
+        logits = net.to(dtype)(points).double()
+    other = logits.clone()
+    other[:, y] = -math.inf
+    return logits[:, y] - other.amax(1)
+
+
+def soundness(seeds: range, points: int) -> dict[str, float]:
+    """For each seed and activation: bounds on random sub-intervals never above the densely
+    sampled margin (float64), proofs positive at ``points`` evenly spaced points (the net's
+    float32), counterexamples off target. Returns the worst violations (must be <= 0)."""
+    worst = {
+        "bound_above_sampled": -math.inf,
+        "proved_margin_min": math.inf,
+        "cex_margin": -math.inf,
+    }
+    for seed in seeds:
+        for name in ACTIVATIONS:
+            net, shape = random_network(seed, name)
+            a, b = torch.randn(2, *shape), torch.randn(2, *shape)
+            logits = net(a)
+            targets = logits.argmax(1)
+            t = torch.linspace(0, 1, points, dtype=torch.float64)
+            net64 = _double(net)
+            for s in range(2):
+                t0, t1 = sorted(torch.rand(2, dtype=torch.float64).tolist())
+                inner = t0 + (t1 - t0) * torch.linspace(0, 1, 201, dtype=torch.float64)
+                sampled = _margins(
+                    net64,
+                    a[s : s + 1].double(),
+                    b[s : s + 1].double(),
+                    int(targets[s]),
+                    inner,
+                    torch.float64,
+                )
+                bound = _bounds(net, a[s : s + 1], b[s : s + 1], int(targets[s]), t0, t1)
+                worst["bound_above_sampled"] = max(
+                    worst["bound_above_sampled"], bound - float(sampled.min())
+                )
+            proof = prove_segments(net, a, b, targets, max_splits=64)
+            for s in range(2):
+                dense = _margins(net, a[s : s + 1], b[s : s + 1], int(targets[s]), t, torch.float32)
+                if proof.status[s] == "proved":
+                    worst["proved_margin_min"] = min(worst["proved_margin_min"], float(dense.min()))
+                    assert float(proof.min_margin_lower_bound[s]) <= float(dense.min()) + 1e-5
+                if proof.status[s] == "counterexample":
+                    at = proof.counterexample_t[s : s + 1]
+                    m = _margins(
+                        net, a[s : s + 1], b[s : s + 1], int(targets[s]), at, torch.float32
+                    )
+                    worst["cex_margin"] = max(worst["cex_margin"], float(m[0]))
+    return worst
+
+
+def _double(net: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(net).double()
+
+
+def test_soundness_on_random_networks_of_every_covered_activation() -> None:
+    worst = soundness(range(2), 10_000)
+    assert worst["bound_above_sampled"] <= 0
+    assert worst["proved_margin_min"] > 0
+    assert worst["cex_margin"] <= 0
+
+
+def test_agreement_with_the_exact_check_on_piecewise_linear_tails() -> None:
+    for seed in range(4):
+        net, shape = random_network(seed, "relu")
+        net = net.double()
+        a, b = torch.randn(3, *shape).double(), torch.randn(3, *shape).double()
+        targets = net(a).argmax(1)
+        exact = check_segments(net, a, b, targets)
+        proof = prove_segments(net, a, b, targets, max_splits=4096)
+        for s in range(3):
+            rows = slice(int(exact.offsets[s]), int(exact.offsets[s + 1]))
+            lowest = float(exact.margin[rows].min())
+            tolerance = float(margin_tolerance(exact.logits[rows])[0])
+            assert float(proof.min_margin_lower_bound[s]) <= lowest + 1e-9
+            assert lowest <= float(proof.min_margin[s]) + 1e-9
+            if lowest > tolerance:
+                assert proof.status[s] == "proved"
+            if lowest < -tolerance:
+                assert proof.status[s] == "counterexample"
+
+
+class Square(nn.Module):
+    def forward(self, h: Tensor) -> Tensor:
+        return h * h
+
+
+@pytest.mark.parametrize(
+    ("net", "named"),
+    [
+        (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)), "LayerNorm"),
+        (nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1)), "Softmax"),
+        (Square(), "mul"),
+    ],
+)
+def test_operations_of_the_next_slice_are_refused_by_name(net: nn.Module, named: str) -> None:
+    with pytest.raises(NotBoundedError, match=named):
+        bound_program(net.eval())
