@@ -109,6 +109,8 @@ __all__ = [
 ]
 
 RELATIVE_WIDENING = 1e-9
+# Sub-intervals narrower than this get constant bounds in place of chords.
+_NARROWEST_CHORD = 1e-6
 SMOOTH = "smooth"
 _SIGNED_MODULE, _SIGNED_FUNCTION, _PRODUCT, _DIVISION, _MONOTONE = (
     "signed module",
@@ -409,7 +411,7 @@ def _affine_rule(node: fx.Node, root: nn.Module) -> str:
             return _SIGNED_MODULE
         raise NotBoundedError(f"bound propagation does not cover {name} (its parameters)")
     target = node.target if node.op == "call_function" else str(node.target)
-    if target is F.interpolate and _argument(node, 4, "mode", "nearest") == "bicubic":
+    if target is F.interpolate and _argument(node, 3, "mode", "nearest") == "bicubic":
         raise NotBoundedError(f"bound propagation does not cover bicubic {name}")
     if node.op == "call_function" and target in _SIGNED_FUNCTIONS:
         return _SIGNED_FUNCTION
@@ -710,10 +712,14 @@ def _pair(node: fx.Node, step: _Step, values: dict[fx.Node, Any], t0: Tensor, t1
 
 
 def _chord(at0: Tensor, at1: Tensor, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
-    """The line through ``(t0, at0)`` and ``(t1, at1)`` as (slope, intercept)."""
-    width = (t1 - t0).clamp_min(torch.finfo(at0.dtype).tiny)
-    slope = (at1 - at0) / width
-    return slope, at0 - slope * t0
+    """An upper line of a convex function of ``t`` with values ``at0``, ``at1`` at ``t0``,
+    ``t1``: the chord, as (slope, intercept); on sub-intervals narrower than
+    :data:`_NARROWEST_CHORD` the constant ``max(at0, at1)`` (a chord's intercept there would
+    be a difference of huge, rounded numbers)."""
+    width = t1 - t0
+    wide = width >= _NARROWEST_CHORD
+    slope = torch.where(wide, (at1 - at0) / torch.where(wide, width, 1.0), 0.0)
+    return slope, torch.where(wide, at0 - slope * t0, torch.maximum(at0, at1))
 
 
 def _negated(lines: _Lines) -> _Lines:
@@ -758,7 +764,9 @@ def _propagate(program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tens
         if step.kind == NO_OP:
             values[node] = None
         elif step.kind == FIXED:
-            values[node] = _fixed(node, root, values)
+            value = _fixed(node, root, values)
+            floating = isinstance(value, Tensor) and value.is_floating_point()
+            values[node] = value.double() if floating else value
         elif step.kind == SIZE:
             values[node] = _call(node, root, _picker(values, lambda n, v: v.lb))
         else:
