@@ -296,9 +296,18 @@ def _steps(module: fx.GraphModule) -> list[_Step]:
     depends: dict[fx.Node, bool] = {}
     sizes: set[fx.Node] = set()
     steps: list[_Step] = []
+    position = {node: i for i, node in enumerate(nodes)}
     for node in nodes:
         inputs = node.all_input_nodes
         depends[node] = node.op == "placeholder" or any(depends[n] for n in inputs)
+        written = node.args[0] if _in_place(node) and node.args else None
+        if isinstance(written, fx.Node) and any(
+            position[user] > position[node] for user in written.users
+        ):
+            raise NotBoundedError(
+                f"{_operation_name(node, module)} (node {node.name}) writes in place into a "
+                "value read later, which bound propagation does not follow"
+            )
         if node.op == "placeholder":
             if steps:
                 raise NotBoundedError("the tail takes more than one input")
@@ -429,10 +438,21 @@ def _affine_rule(node: fx.Node, root: nn.Module) -> str:
 _IN_PLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
 
+def _in_place(node: fx.Node) -> bool:
+    """An in-place arithmetic operation (``h += g``, ``h.mul_(2)``): it writes its first
+    operand."""
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.endswith("__")
+    return node.op == "call_function" and node.target in _IN_PLACE
+
+
 def _call(node: fx.Node, root: nn.Module, pick: Callable[[fx.Node], Any]) -> Any:
     """Run one node with each argument node replaced by ``pick(node)``."""
     args = fx.node.map_arg(node.args, pick)
     kwargs = fx.node.map_arg(node.kwargs, pick)
+    if _in_place(node) and args and isinstance(args[0], Tensor):
+        args = (args[0].clone(), *args[1:])  # never write into the values being bounded
     if node.op == "call_module":
         return root.get_submodule(str(node.target))(*args, **kwargs)
     if node.op == "call_method":
@@ -473,17 +493,9 @@ def _monotone(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> _Li
     operands = _operands(node, values)
     if not operands:  # point-dependent through sizes only: a constant of the batch's shape
         return _constant(_call(node, root, _picker(values, lambda n, v: v.lb)))
-    copy_args = (node.op == "call_method" and str(node.target).endswith("_")) or (
-        node.target in _IN_PLACE
-    )
 
     def run(choose: Callable[[fx.Node, _Lines], Tensor]) -> Tensor:
-        pick = _picker(
-            values,
-            lambda n, v: (
-                (choose(n, v).clone() if copy_args else choose(n, v)) if n in operands else v.lb
-            ),
-        )
+        pick = _picker(values, lambda n, v: choose(n, v) if n in operands else v.lb)
         return _call(node, root, pick)
 
     zero = run(lambda n, v: torch.zeros_like(v.lb))
@@ -544,7 +556,7 @@ def _signed_parts(
             lambda x: with_input(x, {(1, "weight"): weight.clamp(min=0), (2, "bias"): None}),
             lambda x: with_input(x, {(1, "weight"): weight.clamp(max=0), (2, "bias"): None}),
         )
-    return _product_parts(node, operand, root, values, with_input)
+    return _product_parts(node, operand, root, values)
 
 
 def _module_parts(
@@ -576,7 +588,6 @@ def _product_parts(
     operand: fx.Node,
     root: nn.Module,
     values: dict[fx.Node, Any],
-    with_input: Callable[[Tensor, dict[tuple[int, str], Any]], Tensor],
 ) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     """A product with constants (one constant tensor at most, numbers) or a division by a
     constant: the constant tensor replaced by its positive / negative part (by the numbers'
@@ -974,35 +985,28 @@ def prove_segments(
     program = tail if isinstance(tail, BoundProgram) else bound_program(tail)
     count, device = starts.shape[0], starts.device
     targets = targets.to(device).long()
-    status = [""] * count
-    margin0, scale0 = _real_margins(program.tail, starts, targets)
-    margin1, scale1 = _real_margins(program.tail, ends, targets)
-    min_margin = torch.minimum(margin0, margin1)
-    scale = torch.maximum(torch.maximum(scale0, scale1), torch.ones_like(scale0))
+    status, counterexample, min_margin, scale = _at_ends(program, starts, ends, targets)
     dtype = next(
         (p.dtype for p in program.tail.parameters() if p.is_floating_point()), starts.dtype
     )
     epsilon = TOLERANCE_EPSILONS * torch.finfo(dtype).eps
-    counterexample = torch.full((count,), math.nan, dtype=torch.float64, device=device)
-    for s in range(count):
-        if float(margin0[s]) <= 0 or float(margin1[s]) <= 0:
-            status[s] = "counterexample"
-            counterexample[s] = 0.0 if float(margin0[s]) <= 0 else 1.0
     nan = torch.full((count,), math.nan, dtype=torch.float64, device=device)
     zeros = torch.zeros(count, dtype=torch.float64, device=device)
     leaves = _Leaves(torch.arange(count, device=device), zeros, zeros + 1, nan, zeros - math.inf)
     splits = torch.zeros(count, dtype=torch.long, device=device)
     evaluations = torch.zeros(count, dtype=torch.long, device=device)
     segments = (starts, ends, targets)
-    first = True
+    first_round = True
     while True:
         live = torch.tensor(
             [not status[int(s)] for s in leaves.segment], dtype=torch.bool, device=device
         )
-        todo = torch.isnan(leaves.bound) & (live | first)
-        first = False
+        todo = torch.isnan(leaves.bound) & (live | first_round)
         evaluations += torch.bincount(leaves.segment[todo], minlength=count)
         _bound_leaves(program, leaves, todo, segments, batch_size)
+        if first_round:
+            _check_program(leaves.bound, min_margin, epsilon * scale)
+            first_round = False
         chosen = _split_choice(leaves, status, epsilon * scale, splits, max_splits)
         if not len(chosen):
             break
@@ -1029,6 +1033,41 @@ def prove_segments(
         evaluations,
         counterexample,
     )
+
+
+def _at_ends(
+    program: BoundProgram, starts: Tensor, ends: Tensor, targets: Tensor
+) -> tuple[list[str], Tensor, Tensor, Tensor]:
+    """The tail's margins at the segments' ends: ``(status, counterexample t, lowest margin,
+    largest absolute logit (at least 1))``; a margin ``<= 0`` at an end is a counterexample."""
+    count = starts.shape[0]
+    margin0, scale0 = _real_margins(program.tail, starts, targets)
+    margin1, scale1 = _real_margins(program.tail, ends, targets)
+    scale = torch.maximum(torch.maximum(scale0, scale1), torch.ones_like(scale0))
+    status = [""] * count
+    counterexample = torch.full((count,), math.nan, dtype=torch.float64, device=starts.device)
+    for s in range(count):
+        if float(margin0[s]) <= 0 or float(margin1[s]) <= 0:
+            status[s] = "counterexample"
+            counterexample[s] = 0.0 if float(margin0[s]) <= 0 else 1.0
+    return status, counterexample, torch.minimum(margin0, margin1), scale
+
+
+def _check_program(bound: Tensor, margin: Tensor, tolerance: Tensor) -> None:
+    """A bound of a whole segment above the tail's own margin at one of its ends (beyond the
+    tolerance) means the traced program does not compute what the tail computes.
+
+    Raises:
+        NotBoundedError: so.
+    """
+    wrong = bound > margin + tolerance
+    if bool(wrong.any()):
+        s = int(wrong.nonzero()[0, 0])
+        raise NotBoundedError(
+            f"the traced tail does not compute what the tail computes: on segment {s} the "
+            f"margin bound {float(bound[s]):.6g} exceeds the margin {float(margin[s]):.6g} "
+            "at an end"
+        )
 
 
 def _split(leaves: _Leaves, chosen: Tensor, middle: Tensor) -> _Leaves:
