@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from connectivity.engine.bounds import (
+    _SMOOTH_FUNCTIONS,
     NotBoundedError,
+    _relax,
     bound_program,
     margin_bounds,
     prove_segments,
@@ -314,3 +316,47 @@ class Square(nn.Module):
 def test_operations_of_the_next_slice_are_refused_by_name(net: nn.Module, named: str) -> None:
     with pytest.raises(NotBoundedError, match=named):
         bound_program(net.eval())
+
+
+@pytest.mark.parametrize("name", ["relu", *_SMOOTH_FUNCTIONS])
+def test_relaxations_hold_on_dense_grids(name: str) -> None:
+    """Lines below and above the function at 2,001 points of each of 400 intervals, including
+    ones across the kink, the minima of GELU / SiLU / hard-swish and saturation."""
+    torch.manual_seed(1)
+    ends = torch.cat([torch.randn(300, 2) * 3, torch.randn(100, 2) * 0.3 - 1.0]).double()
+    lower, upper = ends.amin(1), ends.amax(1)
+    lower[:4], upper[:4] = torch.tensor([-1.5, -0.76, -1.3, -40.0]).double(), 0.0
+    a_lo, b_lo, a_hi, b_hi = _relax(name, lower, upper)
+    s = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    x = lower[:, None] + s * (upper - lower)[:, None]
+    f = F.relu(x) if name == "relu" else _SMOOTH_FUNCTIONS[name](x)
+    assert bool((a_lo[:, None] * x + b_lo[:, None] <= f + 1e-12).all())
+    assert bool((f <= a_hi[:, None] * x + b_hi[:, None] + 1e-12).all())
+
+
+def test_batched_bounds_equal_bounds_one_sub_interval_at_a_time() -> None:
+    net, shape = random_network(1, "gelu")
+    a, b = torch.randn(5, *shape), torch.randn(5, *shape)
+    targets = torch.tensor([0, 1, 2, 0, 1])
+    t0 = torch.rand(5, dtype=torch.float64) * 0.5
+    t1 = t0 + 0.1
+    together = margin_bounds(net, a, b, targets, t0, t1)
+    alone = [
+        margin_bounds(
+            net, a[i : i + 1], b[i : i + 1], targets[i : i + 1], t0[i : i + 1], t1[i : i + 1]
+        )
+        for i in range(5)
+    ]
+    assert together.tolist() == pytest.approx(torch.cat(alone).tolist(), rel=1e-9, abs=1e-12)
+
+
+class Overwritten(nn.Module):
+    def forward(self, h: Tensor) -> Tensor:
+        g = h + 1
+        g.mul_(2)
+        return torch.cat([g, h + g], dim=1)
+
+
+def test_an_in_place_write_read_later_is_refused() -> None:
+    with pytest.raises(NotBoundedError, match="in place"):
+        bound_program(Overwritten())
