@@ -53,7 +53,10 @@ point-dependent values (bilinear bounds), exp-based normalisations, rolls and wi
 with point-dependent indices, bicubic interpolation; records (``certificate="bounds"``) and the
 drivers' ``certify="bounds"`` / ``"auto"``; tighter relaxations from relaxations.py; backward
 (CROWN) bounds of the margin itself, which would keep the correlation between logits that the
-forward lines lose (here the margin bound is ``min_k (L_y - U_k)``); GPU timings and benchmarks.
+forward lines lose (here the margin bound is ``min_k (L_y - U_k)``); a probe, like exact.py's
+``_probe``, refusing tails whose output for one point depends on the other points of the batch
+(such a tail is bounded as if each row were one point; the check of the segments' ends against
+the tail's own margins catches gross disagreements only); GPU runs and benchmarks.
 """
 
 from __future__ import annotations
@@ -91,7 +94,6 @@ from connectivity.engine.exact import (
     _assertion_nodes,
     _classify,
     _computes_as_library,
-    _floating_dtype,
     _network,
     _operation_name,
     _trace,
@@ -284,8 +286,6 @@ def bound_program(tail: nn.Module) -> BoundProgram:
     except NotPiecewiseLinearError as error:
         raise NotBoundedError(str(error).replace("the exact check", "bounds")) from error
     module = module.double()
-    if _floating_dtype(network) is None:
-        module = module.double()
     return BoundProgram(module, _steps(module), tail)
 
 
