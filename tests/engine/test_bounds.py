@@ -217,7 +217,8 @@ def random_network(seed: int, activation: str) -> tuple[nn.Module, tuple[int, ..
 
 
 def _margins(net: nn.Module, a: Tensor, b: Tensor, y: int, t: Tensor, dtype: torch.dtype) -> Tensor:
-    points = a.to(dtype) + t.to(dtype).view(-1, *[1] * (a.dim() - 1)) * (b - a).to(dtype)
+    a, b = a.to(dtype), b.to(dtype)  # (b - a) in float32 would move a float64 point
+    points = a + t.to(dtype).view(-1, *[1] * (a.dim() - 1)) * (b - a)
     with torch.no_grad():
         logits = net.to(dtype)(points).double()
     other = logits.clone()
