@@ -183,7 +183,8 @@ class Functional(nn.Module):
     """Functional and method forms: clamp, abs, leaky ReLU and hardtanh as functions, a pointwise
     minimum, a reshape and permute, a product with a signed constant matrix, a division by a
     signed constant tensor, a subtraction, batch norm without affine weights, a transposed
-    convolution, adaptive average pooling, exp and softplus."""
+    convolution, adaptive average pooling, exp and softplus; ``F.conv1d``, ``F.batch_norm``
+    and ``F.linear`` with constant weights."""
 
     def __init__(self, act: nn.Module) -> None:
         super().__init__()
@@ -192,15 +193,24 @@ class Functional(nn.Module):
         self.norm = nn.BatchNorm1d(2, affine=False)
         self.register_buffer("matrix", torch.randn(12, 4))
         self.register_buffer("divisor", torch.randn(4).sign() * (0.5 + torch.rand(4)))
+        self.register_buffer("kernel", torch.randn(2, 2, 3))
+        self.register_buffer("stats", torch.rand(2, 4) + 0.5)  # running mean and variance
+        self.register_buffer("affine", torch.randn(2, 4))
+        self.register_buffer("head", torch.randn(3, 2))
         with torch.no_grad():
             self.norm.running_var.uniform_(0.5, 2.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.norm(self.up(x.reshape(-1, 2, 3))).flatten(1) @ self.matrix / self.divisor
+        u = x.reshape(-1, 2, 3)
+        u = F.conv1d(u, self.kernel, padding=1) + u
+        h = self.norm(self.up(u)).flatten(1) @ self.matrix / self.divisor
+        mean, var = self.stats[0], self.stats[1]
+        h = F.batch_norm(h, mean, var, self.affine[0], self.affine[1], training=False)
         g = torch.minimum(torch.clamp(h, -1.0, 0.5), F.leaky_relu(h, 0.2)) - h.abs() * 0.3
         g = self.act(g.view(-1, 2, 2).permute(0, 2, 1).reshape(-1, 4))
         g = F.hardtanh(g, -2.0, 2.0) + 0.1 * torch.exp(-h) - F.softplus(h)
-        return F.adaptive_avg_pool1d(g.unsqueeze(1), 2).flatten(1) + g[:, :2]
+        out = F.adaptive_avg_pool1d(g.unsqueeze(1), 2).flatten(1) + g[:, :2]
+        return F.linear(out, self.head, self.affine[0, :3])
 
 
 def random_network(seed: int, activation: str) -> tuple[nn.Module, tuple[int, ...]]:
