@@ -44,8 +44,10 @@ value's lines (``|lw| + |lb| + |uw| + |ub|``, for ``t`` in [0, 1]): float64 roun
 operation is some 1e-16 of the terms it sums, so this covers sums of up to ~10^6 terms whose
 cancellation is below ~10^1 relative. A sub-interval is proved only when its margin lower bound
 exceeds :func:`connectivity.engine.exact.margin_tolerance` of the logits seen on its segment
-(1,000 machine epsilons of the network's dtype times the largest absolute logit), so the
-network's own rounding in float32 cannot turn a proved point off the target.
+(1,000 machine epsilons of the network's dtype times the largest absolute logit), the rule by
+which the exact check leaves the network's own rounding (float32) undecided. A margin that
+touches zero therefore ends ``"counterexample"`` or ``"budget"``, never ``"proved"``.
+Counterexamples are the tail's own margins (the tail as given, in its dtype) at split points.
 
 Not covered yet (the next slice; these raise :class:`NotBoundedError` naming the operation):
 LayerNorm and GroupNorm, softmax, scaled dot-product / multi-head attention, products of two

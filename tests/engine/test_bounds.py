@@ -371,3 +371,19 @@ class Overwritten(nn.Module):
 def test_an_in_place_write_read_later_is_refused() -> None:
     with pytest.raises(NotBoundedError, match="in place"):
         bound_program(Overwritten())
+
+
+def test_a_sliver_between_sampled_points_is_found() -> None:
+    """The margin ``|x| - 5e-4`` is off target only for |x| < 5e-4: no point of a 64-point
+    sampling of x in [-1, 0.9] lands there, branch and bound does."""
+    a, b = torch.tensor([[-1.0]]).double(), torch.tensor([[0.9]]).double()
+    samples = _margins(Sliver().double(), a, b, 0, torch.linspace(0, 1, 64).double(), torch.float64)
+    assert bool((samples > 0).all())
+    proof = prove_segments(Sliver().double(), a, b, torch.tensor([0]))
+    assert proof.status == ["counterexample"]
+    assert abs(-1.0 + 1.9 * float(proof.counterexample_t[0])) < 5e-4
+
+
+class Sliver(nn.Module):
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.cat([z.abs() - 5e-4, torch.zeros_like(z)], dim=1)
