@@ -1,0 +1,1088 @@
+"""Bound propagation along a path segment, with branch and bound on ``t`` (issue 21, first slice).
+
+Pure PyTorch (torch.fx), no Lightning. On a segment ``z(t) = a + t (b - a)`` and a sub-interval
+``t`` in ``[t0, t1]``, every traced value ``v`` of the tail is bounded elementwise by two lines
+in ``t``: ``lw * t + lb <= v(t) <= uw * t + ub`` (forward linear bounds with one parameter, as in
+CROWN: Zhang et al., "Efficient Neural Network Robustness Certification with General Activation
+Functions", NeurIPS 2018; auto_LiRPA's forward mode, Xu et al., NeurIPS 2020). The target margin
+``logit[y] - max_{k != y} logit[k]`` is then bounded below on the sub-interval
+(:func:`margin_bounds`), and :func:`prove_segments` splits the sub-intervals it cannot prove at
+their midpoints, evaluating the real margin there (a margin ``<= 0`` is a counterexample).
+
+How each traced operation is bounded (what an operation computes decides, through
+:mod:`connectivity.engine.exact`'s tracing and classification, never a class name alone):
+
+* Affine operations are exact. Those whose linear part has entries of one sign per operand
+  (reshapes, views, permutes, flatten, indexing, concatenation, sums and differences, average
+  pooling, padding, ``mean``, negation, dropout in eval) are applied to the lower or the upper
+  line of each operand, the sign read off the operation itself (one probe). Signed maps (linear,
+  convolution, transposed convolution, batch norm in eval, products with one constant operand,
+  division by a constant) are applied through their positive and negative parts ``A+``, ``A-``
+  (parameters replaced by their positive / negative parts): ``lower = A+ L + A- U + c``.
+* Elementwise piecewise-linear operations (ReLU, LeakyReLU, ReLU6, Hardtanh, Hardsigmoid,
+  clamp, abs: exact.py's kink operations) are written as ``f(k1) + s0 (x - k1) + sum_i d_i
+  relu(x - k_i)``, slopes read off the operation at its kinks, each ReLU relaxed by CROWN's
+  triangle over the input's range on ``[t0, t1]`` and composed with the input's lines (a line
+  of a line is a line; a negative coefficient swaps lower and upper). Where no input crosses a
+  kink the bounds are exact, so a piecewise-linear tail is proved exactly on a sub-interval
+  where it is affine.
+* Elementwise GELU (erf and tanh forms), SiLU, sigmoid, tanh, softplus (beta 1, threshold 20),
+  hard-swish and exp go through :func:`_relax`, which has the signature of
+  ``connectivity.engine.relaxations.relax`` (another helper's module): until that lands,
+  :func:`_relax` gives constant lines (the function's range over the input interval: monotone
+  functions at the interval's ends, the unimodal GELU / SiLU / hard-swish with their minimum
+  when the interval holds it). Sound, and tight as the sub-intervals shrink; swap the import
+  for the tangent / chord lines of relaxations.py.
+* Max pooling and pointwise ``max`` / ``min`` of two values: the max of lines is convex in ``t``,
+  so its chord over ``[t0, t1]`` bounds it above (exact when one operand wins on the whole
+  sub-interval); below, pools take the constant max of the window's lowest values, pairwise
+  max the line of the operand that is larger at the midpoint (min: mirrored).
+
+Floating point: bounds are computed in float64 on a float64 copy of the tail, and after every
+operation each bound is widened by :data:`RELATIVE_WIDENING` (1e-9) times the size of the
+value's lines (``|lw| + |lb| + |uw| + |ub|``, for ``t`` in [0, 1]): float64 rounding of one
+operation is some 1e-16 of the terms it sums, so this covers sums of up to ~10^6 terms whose
+cancellation is below ~10^1 relative. A sub-interval is proved only when its margin lower bound
+exceeds :func:`connectivity.engine.exact.margin_tolerance` of the logits seen on its segment
+(1,000 machine epsilons of the network's dtype times the largest absolute logit), the rule by
+which the exact check leaves the network's own rounding (float32) undecided. A margin that
+touches zero therefore ends ``"counterexample"`` or ``"budget"``, never ``"proved"``.
+Counterexamples are the tail's own margins (the tail as given, in its dtype) at split points.
+
+Not covered yet (the next slice; these raise :class:`NotBoundedError` naming the operation):
+LayerNorm and GroupNorm, softmax, scaled dot-product / multi-head attention, products of two
+point-dependent values (bilinear bounds), exp-based normalisations, rolls and window partitions
+with point-dependent indices, bicubic interpolation; records (``certificate="bounds"``) and the
+drivers' ``certify="bounds"`` / ``"auto"``; tighter relaxations from relaxations.py; backward
+(CROWN) bounds of the margin itself, which would keep the correlation between logits that the
+forward lines lose (here the margin bound is ``min_k (L_y - U_k)``); a probe, like exact.py's
+``_probe``, refusing tails whose output for one point depends on the other points of the batch
+(such a tail is bounded as if each row were one point; the check of the segments' ends against
+the tail's own margins catches gross disagreements only); GPU runs and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from connectivity.engine.exact import (
+    _CAST_METHODS,
+    _DIVISION_FUNCTIONS,
+    _DIVISION_METHODS,
+    _EVAL_AFFINE_MODULES,
+    _FACTORIES,
+    _PRODUCT_FUNCTIONS,
+    _PRODUCT_METHODS,
+    AFFINE,
+    FIXED,
+    INPUT,
+    KINK,
+    NO_OP,
+    OUTPUT,
+    PAIR,
+    POOL,
+    SIZE,
+    TOLERANCE_EPSILONS,
+    NotPiecewiseLinearError,
+    _argument,
+    _assertion_nodes,
+    _classify,
+    _computes_as_library,
+    _network,
+    _operation_name,
+    _trace,
+)
+from connectivity.engine.split import LayerError
+
+__all__ = [
+    "RELATIVE_WIDENING",
+    "BoundProgram",
+    "NotBoundedError",
+    "SegmentProof",
+    "bound_program",
+    "margin_bounds",
+    "prove_segments",
+]
+
+RELATIVE_WIDENING = 1e-9
+# Sub-intervals narrower than this get constant bounds in place of chords.
+_NARROWEST_CHORD = 1e-6
+SMOOTH = "smooth"
+_SIGNED_MODULE, _SIGNED_FUNCTION, _PRODUCT, _DIVISION, _MONOTONE = (
+    "signed module",
+    "signed function",
+    "product",
+    "division",
+    "monotone",
+)
+# Minimum of the unimodal activations (value at most the true minimum) and where it lies.
+_MINIMA: dict[str, tuple[float, float]] = {
+    "gelu": (-0.7517916, -0.1700),
+    "gelu_tanh": (-0.7522, -0.1701),
+    "silu": (-1.2784645, -0.2785),
+    "hardswish": (-1.5, -0.375),
+}
+_SMOOTH_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+    "softplus": F.softplus,
+    "exp": torch.exp,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "hardswish": F.hardswish,
+}
+
+
+class NotBoundedError(LayerError):
+    """A tail holding an operation that bound propagation does not cover (yet), or that cannot
+    be traced; the message names the operation."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Relaxations of one elementwise function over an interval
+
+
+def _relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Lines ``a_lo x + b_lo <= f(x) <= a_hi x + b_hi`` for ``x`` in ``[lower, upper]``.
+
+    Same signature as ``connectivity.engine.relaxations.relax`` (swap the import when it lands).
+    ReLU: CROWN's triangle (Zhang et al. 2018, Section 3.2), lower slope 1 where ``upper >
+    -lower`` else 0. Other names: constant lines, the function's range on the interval.
+
+    Args:
+        name: ``"relu"`` or a key of :data:`_SMOOTH_FUNCTIONS`.
+        lower, upper: Same-shaped tensors, ``lower <= upper``.
+
+    Returns:
+        ``(a_lo, b_lo, a_hi, b_hi)``, each shaped like ``lower``.
+
+    Raises:
+        NotBoundedError: an unknown name.
+    """
+    zero = torch.zeros_like(lower)
+    if name == "relu":
+        crossing = (lower < 0) & (upper > 0)
+        width = torch.where(crossing, upper - lower, torch.ones_like(lower))
+        slope = torch.where(crossing, upper / width, (lower >= 0).to(lower.dtype))
+        a_lo = torch.where(crossing, (upper > -lower).to(lower.dtype), slope)
+        return a_lo, zero, slope, torch.where(crossing, -lower * slope, zero)
+    function = _SMOOTH_FUNCTIONS.get(name)
+    if function is None:
+        raise NotBoundedError(f"no relaxation of {name!r}")
+    at_lower, at_upper = function(lower), function(upper)
+    low, high = torch.minimum(at_lower, at_upper), torch.maximum(at_lower, at_upper)
+    if name in _MINIMA:  # decreasing then increasing: the maximum is at an end
+        where, value = _MINIMA[name]
+        holds = (lower <= where + 0.01) & (upper >= where - 0.01)
+        low = torch.where(holds, torch.clamp(low, max=value), low)
+    return zero, low, zero, high
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines in t
+
+
+@dataclass
+class _Lines:
+    """``lw * t + lb <= v(t) <= uw * t + ub``; each ``(N, *shape)``, ``N`` sub-intervals."""
+
+    lw: Tensor
+    lb: Tensor
+    uw: Tensor
+    ub: Tensor
+
+
+def _column(t: Tensor, like: Tensor) -> Tensor:
+    return t.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _range(lines: _Lines, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
+    """Lowest lower and highest upper value on ``[t0, t1]`` (an affine function's extremes lie
+    at the ends)."""
+    a, b = _column(t0, lines.lb), _column(t1, lines.lb)
+    low = torch.minimum(lines.lw * a + lines.lb, lines.lw * b + lines.lb)
+    high = torch.maximum(lines.uw * a + lines.ub, lines.uw * b + lines.ub)
+    return low, high
+
+
+def _widen(lines: _Lines) -> _Lines:
+    size = lines.lw.abs() + lines.lb.abs() + lines.uw.abs() + lines.ub.abs()
+    margin = RELATIVE_WIDENING * size
+    return _Lines(lines.lw, lines.lb - margin, lines.uw, lines.ub + margin)
+
+
+def _constant(value: Tensor) -> _Lines:
+    zero = torch.zeros_like(value)
+    return _Lines(zero, value, zero, value)
+
+
+def _scaled(lines: _Lines, a_lo: Tensor, b_lo: Tensor, a_hi: Tensor, b_hi: Tensor) -> _Lines:
+    """``a_lo x + b_lo`` (below) and ``a_hi x + b_hi`` (above) of ``x`` bounded by ``lines``:
+    a negative slope takes the other line."""
+    lo_pos, lo_neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
+    hi_pos, hi_neg = a_hi.clamp(min=0), a_hi.clamp(max=0)
+    return _Lines(
+        lo_pos * lines.lw + lo_neg * lines.uw,
+        lo_pos * lines.lb + lo_neg * lines.ub + b_lo,
+        hi_pos * lines.uw + hi_neg * lines.lw,
+        hi_pos * lines.ub + hi_neg * lines.lb + b_hi,
+    )
+
+
+def _sum(first: _Lines, second: _Lines) -> _Lines:
+    return _Lines(
+        first.lw + second.lw, first.lb + second.lb, first.uw + second.uw, first.ub + second.ub
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The program
+
+
+@dataclass
+class _Step:
+    node: fx.Node
+    kind: str
+    kinks: tuple[float, ...] = ()
+    rule: str = ""  # the affine rule, the smooth function's name, or the pair's "max" / "min"
+
+
+@dataclass
+class BoundProgram:
+    """A tail traced for bound propagation (see :func:`bound_program`): a float64 copy of it
+    (``module``), what each node does (``steps``), and the tail as given (``tail``, for the
+    real margins at split points)."""
+
+    module: fx.GraphModule
+    steps: list[_Step]
+    tail: nn.Module
+
+
+def bound_program(tail: nn.Module) -> BoundProgram:
+    """Trace ``tail`` (a copy, in float64) for :func:`margin_bounds` and :func:`prove_segments`.
+
+    Args:
+        tail: Maps points ``(B, *point_shape)`` to logits ``(B, classes)``; a ``FrozenTail`` is
+            unwrapped for tracing. Must be in eval mode.
+
+    Raises:
+        NotBoundedError: the tail cannot be traced, is in training mode, or holds an operation
+            this slice does not bound (see the module docstring); the message names it.
+    """
+    network = _network(tail)
+    if any(isinstance(m, _EVAL_AFFINE_MODULES) and m.training for m in network.modules()):
+        raise NotBoundedError(
+            "the tail is in training mode: batch norm and dropout are bounded in eval mode only"
+        )
+    try:
+        module = _trace(network)
+    except NotPiecewiseLinearError as error:
+        raise NotBoundedError(str(error).replace("the exact check", "bounds")) from error
+    module = module.double()
+    return BoundProgram(module, _steps(module), tail)
+
+
+def _steps(module: fx.GraphModule) -> list[_Step]:
+    """What each node does to the lines (exact.py's classification, plus smooth activations)."""
+    nodes = list(module.graph.nodes)
+    no_ops = _assertion_nodes(nodes)
+    depends: dict[fx.Node, bool] = {}
+    sizes: set[fx.Node] = set()
+    steps: list[_Step] = []
+    position = {node: i for i, node in enumerate(nodes)}
+    for node in nodes:
+        inputs = node.all_input_nodes
+        depends[node] = node.op == "placeholder" or any(depends[n] for n in inputs)
+        written = node.args[0] if _in_place(node) and node.args else None
+        if isinstance(written, fx.Node) and any(
+            position[user] > position[node] for user in written.users
+        ):
+            raise NotBoundedError(
+                f"{_operation_name(node, module)} (node {node.name}) writes in place into a "
+                "value read later, which bound propagation does not follow"
+            )
+        if node.op == "placeholder":
+            if steps:
+                raise NotBoundedError("the tail takes more than one input")
+            steps.append(_Step(node, INPUT))
+        elif node.op == "output":
+            steps.append(_Step(node, OUTPUT))
+        elif node in no_ops:
+            steps.append(_Step(node, NO_OP))
+        elif not depends[node]:
+            steps.append(_Step(node, FIXED))
+        else:
+            steps.append(_dependent_step(node, module, depends, sizes))
+    return steps
+
+
+def _dependent_step(
+    node: fx.Node, module: fx.GraphModule, depends: dict[fx.Node, bool], sizes: set[fx.Node]
+) -> _Step:
+    inputs = node.all_input_nodes
+    on_sizes = all(n in sizes for n in inputs if depends[n])
+    made = node.op == "call_function" and node.target in _FACTORIES
+    cast = node.op == "call_method" and str(node.target) in _CAST_METHODS
+    if (made or cast) and on_sizes:
+        depends[node] = False
+        return _Step(node, FIXED)
+    python = getattr(node.target, "__module__", None) in ("_operator", "operator", "builtins")
+    if node.op == "call_function" and on_sizes and python:
+        sizes.add(node)
+        return _Step(node, SIZE)
+    smooth = _smooth_name(node, module)
+    dependent = [n for n in inputs if depends[n] and n not in sizes]
+    if smooth is not None and len(dependent) == 1 and node.args and node.args[0] is dependent[0]:
+        return _Step(node, SMOOTH, rule=smooth)
+    try:
+        step = _classify(node, module, depends, sizes)
+    except NotPiecewiseLinearError as error:
+        raise NotBoundedError(
+            f"bound propagation does not cover {_operation_name(node, module)} (node "
+            f"{node.name}) in this slice"
+        ) from error
+    if step.kind == SIZE:
+        sizes.add(node)
+    rule = step.pair if step.kind == PAIR else ""
+    if step.kind == AFFINE:
+        rule = _affine_rule(node, module)
+    return _Step(node, step.kind, step.kinks, rule)
+
+
+def _smooth_name(node: fx.Node, root: nn.Module) -> str | None:
+    """The :func:`_relax` name of a smooth elementwise activation node, else None."""
+    if node.op == "call_module":
+        m = root.get_submodule(str(node.target))
+        if not _computes_as_library(m):
+            return None
+        if isinstance(m, nn.GELU):
+            return "gelu_tanh" if m.approximate == "tanh" else "gelu"
+        if isinstance(m, nn.Softplus):
+            return "softplus" if (m.beta, m.threshold) == (1.0, 20.0) else None
+        kinds = {nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Hardswish: "hardswish"}
+        return next((name for cls, name in kinds.items() if isinstance(m, cls)), None)
+    if node.op == "call_method":
+        return {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp"}.get(str(node.target))
+    if node.op != "call_function":
+        return None
+    if node.target is F.gelu:
+        tanh = _argument(node, 1, "approximate", "none") == "tanh"
+        return "gelu_tanh" if tanh else "gelu"
+    if node.target is F.softplus:
+        plain = (_argument(node, 1, "beta", 1.0), _argument(node, 2, "threshold", 20.0))
+        return "softplus" if plain == (1.0, 20.0) else None
+    functions: dict[Any, str] = {
+        F.silu: "silu",
+        torch.sigmoid: "sigmoid",
+        F.sigmoid: "sigmoid",
+        torch.tanh: "tanh",
+        F.tanh: "tanh",
+        F.hardswish: "hardswish",
+        torch.exp: "exp",
+    }
+    return functions.get(node.target)
+
+
+_SIGNED_FUNCTIONS: set[Any] = {
+    F.linear,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.conv_transpose3d,
+    F.batch_norm,
+}
+_MODULE_PARAMETERS = {"weight", "bias"}
+_MODULE_BUFFERS = {"running_mean", "running_var", "num_batches_tracked"}
+
+
+def _affine_rule(node: fx.Node, root: nn.Module) -> str:
+    """How an affine node (exact.py's AFFINE) is applied to lines; refuses bicubic resizing
+    (an average with negative weights) and layers with parameters other than weight / bias."""
+    name = _operation_name(node, root)
+    if node.op == "call_module":
+        m = root.get_submodule(str(node.target))
+        if getattr(m, "mode", None) == "bicubic":
+            raise NotBoundedError(f"bound propagation does not cover bicubic {name}")
+        parameters = {n for n, _ in m.named_parameters()}
+        buffers = {n for n, _ in m.named_buffers()}
+        if not parameters and not buffers:
+            return _MONOTONE
+        if parameters <= _MODULE_PARAMETERS and buffers <= _MODULE_BUFFERS:
+            return _SIGNED_MODULE
+        raise NotBoundedError(f"bound propagation does not cover {name} (its parameters)")
+    target = node.target if node.op == "call_function" else str(node.target)
+    if target is F.interpolate and _argument(node, 3, "mode", "nearest") == "bicubic":
+        raise NotBoundedError(f"bound propagation does not cover bicubic {name}")
+    if node.op == "call_function" and target in _SIGNED_FUNCTIONS:
+        return _SIGNED_FUNCTION
+    if target in _PRODUCT_FUNCTIONS or (node.op == "call_method" and target in _PRODUCT_METHODS):
+        return _PRODUCT
+    if target in _DIVISION_FUNCTIONS or (node.op == "call_method" and target in _DIVISION_METHODS):
+        return _DIVISION
+    return _MONOTONE
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the program on lines
+
+
+_IN_PLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _in_place(node: fx.Node) -> bool:
+    """An in-place arithmetic operation (``h += g``, ``h.mul_(2)``): it writes its first
+    operand."""
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.endswith("__")
+    return node.op == "call_function" and node.target in _IN_PLACE
+
+
+def _call(node: fx.Node, root: nn.Module, pick: Callable[[fx.Node], Any]) -> Any:
+    """Run one node with each argument node replaced by ``pick(node)``."""
+    args = fx.node.map_arg(node.args, pick)
+    kwargs = fx.node.map_arg(node.kwargs, pick)
+    if _in_place(node) and args and isinstance(args[0], Tensor):
+        args = (args[0].clone(), *args[1:])  # never write into the values being bounded
+    if node.op == "call_module":
+        return root.get_submodule(str(node.target))(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)  # type: ignore[operator]
+
+
+def _picker(values: dict[fx.Node, Any], choose: Callable[[fx.Node, _Lines], Any]) -> Any:
+    def pick(n: fx.Node) -> Any:
+        value = values[n]
+        return choose(n, value) if isinstance(value, _Lines) else value
+
+    return pick
+
+
+def _fixed(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> Any:
+    if node.op == "get_attr":
+        return fx.graph_module._get_attr(root, str(node.target))  # type: ignore[attr-defined]
+    return _call(node, root, lambda n: values[n])
+
+
+def _operands(node: fx.Node, values: dict[fx.Node, Any]) -> list[fx.Node]:
+    """The argument nodes holding lines, in order, once each (``view_as(y)`` reads only the
+    shape of ``y``, so only its first operand counts)."""
+    found: list[fx.Node] = []
+    for n in node.all_input_nodes:
+        if isinstance(values[n], _Lines) and n not in found:
+            found.append(n)
+    if node.op == "call_method" and str(node.target).endswith("_as"):
+        found = found[:1]
+    return found
+
+
+def _monotone(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> _Lines:
+    """An affine operation whose linear part has entries of one sign per operand (copies,
+    averages, sums, differences, negation): each operand's sign is read off the operation
+    (one operand set to ones, the others to zeros), and each bound takes the matching line."""
+    operands = _operands(node, values)
+    if not operands:  # point-dependent through sizes only: a constant of the batch's shape
+        return _constant(_call(node, root, _picker(values, lambda n, v: v.lb)))
+
+    def run(choose: Callable[[fx.Node, _Lines], Tensor]) -> Tensor:
+        pick = _picker(values, lambda n, v: choose(n, v) if n in operands else v.lb)
+        return _call(node, root, pick)
+
+    zero = run(lambda n, v: torch.zeros_like(v.lb))
+    rising: dict[fx.Node, bool] = {}
+    for operand in operands:
+        probe = run(lambda n, v, o=operand: torch.ones_like(v.lb) if n is o else v.lb * 0) - zero
+        if bool((probe >= 0).all()):
+            rising[operand] = True
+        elif bool((probe <= 0).all()):
+            rising[operand] = False
+        else:
+            raise NotBoundedError(
+                f"{_operation_name(node, root)} (node {node.name}) mixes signs in one operand"
+            )
+    lb = run(lambda n, v: v.lb if rising[n] else v.ub)
+    ub = run(lambda n, v: v.ub if rising[n] else v.lb)
+    lw = run(lambda n, v: v.lw if rising[n] else v.uw) - zero
+    uw = run(lambda n, v: v.uw if rising[n] else v.lw) - zero
+    return _Lines(lw, lb, uw, ub)
+
+
+def _signed_parts(
+    node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, Any]
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """The positive and negative parts ``A+``, ``A-`` of a signed affine node's linear part,
+    as functions of its point-dependent operand (no offset)."""
+    (operand,) = _operands(node, values)
+
+    def with_input(x: Tensor, overrides: dict[tuple[int, str], Any]) -> Tensor:
+        args = list(fx.node.map_arg(node.args, lambda n: x if n is operand else values[n]))
+        kwargs = dict(fx.node.map_arg(node.kwargs, lambda n: x if n is operand else values[n]))
+        for (index, name), value in overrides.items():
+            if len(args) > index:
+                args[index] = value
+            else:
+                kwargs[name] = value
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+
+    if step.rule == _SIGNED_MODULE:
+        return _module_parts(root.get_submodule(str(node.target)))
+    if step.rule == _SIGNED_FUNCTION and node.target is F.batch_norm:
+        mean = values[node.args[1]] if isinstance(node.args[1], fx.Node) else node.args[1]
+        weight = _argument(node, 3, "weight", None)
+        weight = values[weight] if isinstance(weight, fx.Node) else weight
+        fixed = {(1, "running_mean"): torch.zeros_like(mean), (4, "bias"): None}
+        if weight is None:
+            return (lambda x: with_input(x, fixed)), (lambda x: torch.zeros_like(x))
+        return (
+            lambda x: with_input(x, {**fixed, (3, "weight"): weight.clamp(min=0)}),
+            lambda x: with_input(x, {**fixed, (3, "weight"): weight.clamp(max=0)}),
+        )
+    if step.rule == _SIGNED_FUNCTION:
+        weight = _argument(node, 1, "weight", None)
+        weight = values[weight] if isinstance(weight, fx.Node) else weight
+        return (
+            lambda x: with_input(x, {(1, "weight"): weight.clamp(min=0), (2, "bias"): None}),
+            lambda x: with_input(x, {(1, "weight"): weight.clamp(max=0), (2, "bias"): None}),
+        )
+    return _product_parts(node, operand, root, values)
+
+
+def _module_parts(
+    module: nn.Module,
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """A layer with a signed weight (linear, convolution, batch norm): run with the weight's
+    positive / negative part, no bias, zero running mean (batch norm's scale is ``weight /
+    sqrt(var + eps)``, of the weight's sign)."""
+    state = dict(module.named_parameters())
+    state.update(dict(module.named_buffers()))
+    base: dict[str, Any] = {}
+    if "bias" in state:
+        base["bias"] = torch.zeros_like(state["bias"])
+    if "running_mean" in state:
+        base["running_mean"] = torch.zeros_like(state["running_mean"])
+    weight = state.get("weight")
+
+    def run(x: Tensor, w: Tensor | None) -> Tensor:
+        swapped = {**base, "weight": w} if w is not None else base
+        return torch.func.functional_call(module, swapped, (x,))
+
+    if weight is None:  # batch norm without affine weight: a positive scale
+        return (lambda x: run(x, None)), (lambda x: torch.zeros_like(run(x, None)))
+    return (lambda x: run(x, weight.clamp(min=0))), (lambda x: run(x, weight.clamp(max=0)))
+
+
+def _product_parts(
+    node: fx.Node,
+    operand: fx.Node,
+    root: nn.Module,
+    values: dict[fx.Node, Any],
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """A product with constants (one constant tensor at most, numbers) or a division by a
+    constant: the constant tensor replaced by its positive / negative part (by the numbers'
+    sign); a division is a product with the reciprocal."""
+    name = f"{_operation_name(node, root)} (node {node.name})"
+    if node.target in _DIVISION_FUNCTIONS or str(node.target) in _DIVISION_METHODS:
+        divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        divisor = values[divisor] if isinstance(divisor, fx.Node) else divisor
+        reciprocal = 1.0 / torch.as_tensor(divisor, dtype=torch.float64)
+        return (
+            lambda x: x * reciprocal.clamp(min=0).to(x.device),
+            lambda x: x * reciprocal.clamp(max=0).to(x.device),
+        )
+    leaves = fx.node.map_aggregate([node.args, node.kwargs], lambda v: v)
+    flat: list[Any] = []
+    fx.node.map_aggregate(leaves, lambda v: flat.append(v))
+    numbers = [v for v in flat if isinstance(v, int | float) and not isinstance(v, bool)]
+    constants = [
+        v
+        for v in flat
+        if isinstance(v, fx.Node) and v is not operand and isinstance(values[v], Tensor)
+    ]
+    if len(constants) > 1 or (
+        numbers
+        and str(node.target) not in ("mul", "mul_", "__mul__", "__rmul__")
+        and node.target not in (operator.mul, operator.imul, torch.mul)
+    ):
+        raise NotBoundedError(f"bound propagation does not cover {name} (its constants)")
+    scale = math.prod(numbers) if numbers else 1.0
+    if not constants:
+        same = lambda x: _call(node, root, lambda n: x if n is operand else values[n])  # noqa: E731
+        zero = lambda x: torch.zeros_like(same(x))  # noqa: E731
+        return (same, zero) if scale >= 0 else (zero, same)
+    constant = constants[0]
+    tensor = values[constant]
+    up, down = tensor.clamp(min=0), tensor.clamp(max=0)
+    if scale < 0:
+        up, down = down, up
+
+    def part(x: Tensor, replacement: Tensor) -> Tensor:
+        return _call(
+            node,
+            root,
+            lambda n: x if n is operand else (replacement if n is constant else values[n]),
+        )
+
+    return (lambda x: part(x, up)), (lambda x: part(x, down))
+
+
+def _signed(node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, Any]) -> _Lines:
+    """``lower = A+ L + A- U + c``, ``upper = A+ U + A- L + c`` with ``c`` the value at zero."""
+    (operand,) = _operands(node, values)
+    x: _Lines = values[operand]
+    pos, neg = _signed_parts(node, step, root, values)
+    offset = _call(
+        node, root, _picker(values, lambda n, v: torch.zeros_like(v.lb) if n is operand else v.lb)
+    )
+    return _Lines(
+        pos(x.lw) + neg(x.uw),
+        pos(x.lb) + neg(x.ub) + offset,
+        pos(x.uw) + neg(x.lw),
+        pos(x.ub) + neg(x.lb) + offset,
+    )
+
+
+def _kink(
+    node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor
+) -> _Lines:
+    """An elementwise piecewise-linear operation with kinks ``k_1 < ... < k_m``, as
+    ``f(k_1) + s_0 (x - k_1) + sum_i (s_i - s_{i-1}) relu(x - k_i)`` with the values and slopes
+    read off the operation itself; each ReLU relaxed by :func:`_relax`."""
+    (operand,) = _operands(node, values)
+    x: _Lines = values[operand]
+    kinks = sorted(set(step.kinks))
+
+    def at(v: float) -> Tensor:
+        return _call(node, root, _picker(values, lambda n, w: torch.full_like(w.lb, v)))
+
+    ends = [at(k) for k in kinks]
+    slopes = [ends[0] - at(kinks[0] - 1.0)]
+    slopes += [(ends[i + 1] - ends[i]) / (kinks[i + 1] - kinks[i]) for i in range(len(kinks) - 1)]
+    slopes.append(at(kinks[-1] + 1.0) - ends[-1])
+    zero = torch.zeros_like(ends[0])
+    result = _scaled(
+        x, slopes[0], ends[0] - slopes[0] * kinks[0], slopes[0], ends[0] - slopes[0] * kinks[0]
+    )
+    for i, k in enumerate(kinks):
+        shifted = _Lines(x.lw, x.lb - k, x.uw, x.ub - k)
+        low, high = _range(shifted, t0, t1)
+        relu = _widen(_scaled(shifted, *_relax("relu", low, high)))
+        change = slopes[i + 1] - slopes[i]
+        result = _sum(result, _scaled(relu, change, zero, change, zero))
+    return result
+
+
+def _smooth(
+    node: fx.Node, step: _Step, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor
+) -> _Lines:
+    (operand,) = [n for n in node.all_input_nodes if isinstance(values[n], _Lines)]
+    x: _Lines = values[operand]
+    low, high = _range(x, t0, t1)
+    return _scaled(x, *_relax(step.rule, low, high))
+
+
+def _pair(node: fx.Node, step: _Step, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor) -> _Lines:
+    """Pointwise max (min) of two values: the chord of the convex ``max`` of the upper lines
+    above (of the concave ``min`` of the lower lines below), and the other bound the line of
+    the operand that is larger (smaller) at the midpoint."""
+    operands = [values[n] if isinstance(n, fx.Node) else n for n in node.args[:2]]
+    if len(node.args) < 2:
+        operands = [
+            values[n] if isinstance(n, fx.Node) else n for n in [*node.args, *node.kwargs.values()]
+        ]
+    first, second = (
+        v if isinstance(v, _Lines) else _constant(torch.as_tensor(v)) for v in operands
+    )
+    flip = step.rule == "min"
+    if flip:  # min(x, y) = -max(-x, -y)
+        first, second = _negated(first), _negated(second)
+    shape = torch.broadcast_shapes(first.lb.shape, second.lb.shape)
+    first = _Lines(*(v.expand(shape) for v in (first.lw, first.lb, first.uw, first.ub)))
+    second = _Lines(*(v.expand(shape) for v in (second.lw, second.lb, second.uw, second.ub)))
+    a, b = _column(t0, first.lb), _column(t1, first.lb)
+    top0 = torch.maximum(first.uw * a + first.ub, second.uw * a + second.ub)
+    top1 = torch.maximum(first.uw * b + first.ub, second.uw * b + second.ub)
+    uw, ub = _chord(top0, top1, a, b)
+    middle = (a + b) / 2
+    larger = first.lw * middle + first.lb >= second.lw * middle + second.lb
+    result = _Lines(
+        torch.where(larger, first.lw, second.lw), torch.where(larger, first.lb, second.lb), uw, ub
+    )
+    return _negated(result) if flip else result
+
+
+def _chord(at0: Tensor, at1: Tensor, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
+    """An upper line of a convex function of ``t`` with values ``at0``, ``at1`` at ``t0``,
+    ``t1``: the chord, as (slope, intercept); on sub-intervals narrower than
+    :data:`_NARROWEST_CHORD` the constant ``max(at0, at1)`` (a chord's intercept there would
+    be a difference of huge, rounded numbers)."""
+    width = t1 - t0
+    wide = width >= _NARROWEST_CHORD
+    slope = torch.where(wide, (at1 - at0) / torch.where(wide, width, 1.0), 0.0)
+    return slope, torch.where(wide, at0 - slope * t0, torch.maximum(at0, at1))
+
+
+def _negated(lines: _Lines) -> _Lines:
+    return _Lines(-lines.uw, -lines.ub, -lines.lw, -lines.lb)
+
+
+def _pool(
+    node: fx.Node, root: nn.Module, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor
+) -> _Lines:
+    """A max pool: above, the chord of the pooled upper lines (the max of lines is convex in
+    ``t``); below, the pool of the window's lowest values on ``[t0, t1]`` (a constant)."""
+    (operand,) = _operands(node, values)
+    x: _Lines = values[operand]
+
+    def pooled(v: Tensor) -> Tensor:
+        return _call(node, root, _picker(values, lambda n, w: v))
+
+    a, b = _column(t0, x.lb), _column(t1, x.lb)
+    low, _ = _range(x, t0, t1)
+    top0, top1 = pooled(x.uw * a + x.ub), pooled(x.uw * b + x.ub)
+    a, b = _column(t0, top0), _column(t1, top0)
+    uw, ub = _chord(top0, top1, a, b)
+    lb = pooled(low)
+    return _Lines(torch.zeros_like(lb), lb, uw, ub)
+
+
+def _propagate(program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tensor) -> _Lines:
+    """Lines of the logits ``(N, classes)`` on each sub-interval; ``a``, ``b``: ``(N,
+    *point_shape)`` float64 ends of the sub-intervals' segments; ``t0``, ``t1``: ``(N,)``."""
+    root = program.module
+    values: dict[fx.Node, Any] = {}
+    for step in program.steps:
+        node = step.node
+        if step.kind == INPUT:
+            values[node] = _Lines(b - a, a, b - a, a)
+            continue
+        if step.kind == OUTPUT:
+            out = values[node.args[0]]  # type: ignore[index]
+            if not isinstance(out, _Lines):
+                raise NotBoundedError("the tail's output is not one point-dependent tensor")
+            return out
+        if step.kind == NO_OP:
+            values[node] = None
+        elif step.kind == FIXED:
+            value = _fixed(node, root, values)
+            floating = isinstance(value, Tensor) and value.is_floating_point()
+            values[node] = value.double() if floating else value
+        elif step.kind == SIZE:
+            values[node] = _call(node, root, _picker(values, lambda n, v: v.lb))
+        else:
+            values[node] = _widen(_lines_of(step, root, values, t0, t1))
+    raise NotBoundedError("the traced tail has no output")
+
+
+def _lines_of(
+    step: _Step, root: nn.Module, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor
+) -> _Lines:
+    node = step.node
+    if step.kind == KINK:
+        return _kink(node, step, root, values, t0, t1)
+    if step.kind == SMOOTH:
+        return _smooth(node, step, values, t0, t1)
+    if step.kind == PAIR:
+        return _pair(node, step, values, t0, t1)
+    if step.kind == POOL:
+        return _pool(node, root, values, t0, t1)
+    if step.kind == AFFINE and step.rule == _MONOTONE:
+        return _monotone(node, root, values)
+    if step.kind == AFFINE:
+        return _signed(node, step, root, values)
+    raise NotBoundedError(f"bound propagation does not cover {_operation_name(node, root)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Margins and branch and bound
+
+
+def margin_bounds(
+    program: BoundProgram | nn.Module,
+    a: Tensor,
+    b: Tensor,
+    targets: Tensor,
+    t0: Tensor,
+    t1: Tensor,
+) -> Tensor:
+    """A lower bound of ``logit[y] - max_{k != y} logit[k]`` over each sub-interval.
+
+    The margin is ``min_k (x_y - x_k) >= min_k (L_y(t) - U_k(t))``, an affine function of
+    ``t`` per ``k``, lowest at an end of ``[t0, t1]``.
+
+    Args:
+        program: A :func:`bound_program` (or a tail, traced here).
+        a, b: ``(N, *point_shape)`` ends (``t = 0``, ``t = 1``) of the segment of each
+            sub-interval.
+        targets: ``(N,)`` long target class.
+        t0, t1: ``(N,)`` the sub-intervals, ``0 <= t0 <= t1 <= 1``.
+
+    Returns:
+        ``(N,)`` float64 lower bounds (``-inf`` where a bound is not finite).
+
+    Raises:
+        NotBoundedError: see :func:`bound_program`.
+    """
+    program = program if isinstance(program, BoundProgram) else bound_program(program)
+    device = next(iter(program.module.parameters()), a).device
+    a, b = a.to(device, torch.float64), b.to(device, torch.float64)
+    t0, t1 = t0.to(device, torch.float64), t1.to(device, torch.float64)
+    with torch.no_grad():
+        logits = _propagate(program, a, b, t0, t1)
+    lw, lb, uw, ub = (v.flatten(1) for v in (logits.lw, logits.lb, logits.uw, logits.ub))
+    y = targets.to(device).long().unsqueeze(1)
+    slope = lw.gather(1, y) - uw
+    intercept = lb.gather(1, y) - ub
+    at0 = slope * t0.unsqueeze(1) + intercept
+    at1 = slope * t1.unsqueeze(1) + intercept
+    size = slope.abs() + intercept.abs()
+    low = torch.minimum(at0, at1) - RELATIVE_WIDENING * size
+    low = low.scatter(1, y, math.inf).amin(1)
+    return torch.where(torch.isfinite(low) | (low == math.inf), low, -math.inf).nan_to_num(
+        nan=-math.inf
+    )
+
+
+@dataclass
+class SegmentProof:
+    """The branch and bound of each segment (``S`` segments).
+
+    Attributes:
+        status: ``"proved"`` (the margin is positive at every ``t``), ``"counterexample"`` (the
+            margin is ``<= 0`` at ``counterexample_t``) or ``"budget"`` (the split budget ran
+            out first).
+        min_margin_lower_bound: ``(S,)`` float64: a proved lower bound of the margin over the
+            whole segment (the lowest bound of its final sub-intervals).
+        min_margin: ``(S,)`` float64: the lowest real margin at the evaluated points.
+        sub_intervals: ``(S,)`` long: final sub-intervals.
+        bound_evaluations: ``(S,)`` long: sub-intervals bounded.
+        counterexample_t: ``(S,)`` float64, NaN where none was found.
+    """
+
+    status: list[str]
+    min_margin_lower_bound: Tensor
+    min_margin: Tensor
+    sub_intervals: Tensor
+    bound_evaluations: Tensor
+    counterexample_t: Tensor
+
+
+def _real_margins(tail: nn.Module, points: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``(margins (K,) float64, largest absolute logit (K,) float64)`` of the tail itself."""
+    dtype = next((p.dtype for p in tail.parameters() if p.is_floating_point()), points.dtype)
+    with torch.no_grad():
+        logits = tail(points.to(dtype)).flatten(1).double()
+    target = logits.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+    others = logits.scatter(1, targets.long().unsqueeze(1), -math.inf).amax(1)
+    margin = (target - others).nan_to_num(nan=-math.inf)
+    return margin, logits.abs().nan_to_num(nan=0.0, posinf=0.0).amax(1)
+
+
+@dataclass
+class _Leaves:
+    """The current sub-intervals of all segments; ``bound`` NaN until computed, ``inherited``
+    the parent's bound (valid on the child) meanwhile."""
+
+    segment: Tensor
+    t0: Tensor
+    t1: Tensor
+    bound: Tensor
+    inherited: Tensor
+
+    def lowest(self, count: int) -> Tensor:
+        """``(count,)`` the lowest bound of each segment's sub-intervals."""
+        known = torch.where(torch.isnan(self.bound), self.inherited, self.bound)
+        out = torch.full((count,), math.inf, dtype=torch.float64, device=known.device)
+        return out.scatter_reduce(0, self.segment, known, "amin")
+
+
+def _bound_leaves(
+    program: BoundProgram,
+    leaves: _Leaves,
+    todo: Tensor,
+    segments: tuple[Tensor, Tensor, Tensor],
+    batch_size: int,
+) -> None:
+    starts, ends, targets = segments
+    rows = todo.nonzero().squeeze(1)
+    for chunk in rows.split(batch_size):
+        s = leaves.segment[chunk]
+        leaves.bound[chunk] = margin_bounds(
+            program, starts[s], ends[s], targets[s], leaves.t0[chunk], leaves.t1[chunk]
+        ).to(leaves.bound.device)
+
+
+def _split_choice(
+    leaves: _Leaves, status: list[str], tolerance: Tensor, splits: Tensor, max_splits: int
+) -> Tensor:
+    """Rows to split (the lowest bounds first, within each segment's budget); marks segments
+    proved or out of budget."""
+    chosen: list[Tensor] = []
+    for s, state in enumerate(status):
+        if state:
+            continue
+        mine = (leaves.segment == s).nonzero().squeeze(1)
+        open_ = mine[leaves.bound[mine] <= tolerance[s]]
+        if not len(open_):
+            status[s] = "proved"
+            continue
+        left = max_splits - int(splits[s])
+        if left <= 0:
+            status[s] = "budget"
+            continue
+        order = leaves.bound[open_].argsort()
+        chosen.append(open_[order[:left]])
+    if not chosen:
+        return torch.zeros(0, dtype=torch.long, device=leaves.segment.device)
+    return torch.cat(chosen)
+
+
+def prove_segments(
+    tail: BoundProgram | nn.Module,
+    starts: Tensor,
+    ends: Tensor,
+    targets: Tensor,
+    *,
+    max_splits: int = 1024,
+    batch_size: int = 1024,
+) -> SegmentProof:
+    """Branch and bound on ``t``: prove the target margin positive on each whole segment, or
+    find a point where it is not.
+
+    Each round bounds the new sub-intervals (:func:`margin_bounds`); a sub-interval whose
+    bound is not above the tolerance (:func:`connectivity.engine.exact.margin_tolerance`'s rule:
+    1,000 epsilons of the tail's dtype times the largest absolute logit seen on the segment) is
+    split at its midpoint, where the tail's real margin is evaluated: a margin ``<= 0`` there
+    (or at ``t = 0`` or ``1``) is a counterexample and ends the segment's search. A segment
+    ends ``"proved"`` when no sub-interval is left open, ``"budget"`` when it has been split
+    ``max_splits`` times. For a piecewise-linear tail a sub-interval where no kink is crossed is
+    bounded exactly, so the search ends once the splits resolve the kinks near the boundary.
+
+    Args:
+        tail: The tail (points ``(B, *point_shape)`` to logits) or its :func:`bound_program`.
+        starts, ends: ``(S, *point_shape)`` segment ends.
+        targets: ``(S,)`` long target classes.
+        max_splits: Most midpoint splits per segment.
+        batch_size: Most sub-intervals bounded in one propagation (bounds memory).
+
+    Returns:
+        :class:`SegmentProof`.
+
+    Raises:
+        NotBoundedError: see :func:`bound_program`.
+    """
+    program = tail if isinstance(tail, BoundProgram) else bound_program(tail)
+    count, device = starts.shape[0], starts.device
+    targets = targets.to(device).long()
+    status, counterexample, min_margin, scale = _at_ends(program, starts, ends, targets)
+    dtype = next(
+        (p.dtype for p in program.tail.parameters() if p.is_floating_point()), starts.dtype
+    )
+    epsilon = TOLERANCE_EPSILONS * torch.finfo(dtype).eps
+    nan = torch.full((count,), math.nan, dtype=torch.float64, device=device)
+    zeros = torch.zeros(count, dtype=torch.float64, device=device)
+    leaves = _Leaves(torch.arange(count, device=device), zeros, zeros + 1, nan, zeros - math.inf)
+    splits = torch.zeros(count, dtype=torch.long, device=device)
+    evaluations = torch.zeros(count, dtype=torch.long, device=device)
+    segments = (starts, ends, targets)
+    first_round = True
+    while True:
+        live = torch.tensor(
+            [not status[int(s)] for s in leaves.segment], dtype=torch.bool, device=device
+        )
+        todo = torch.isnan(leaves.bound) & (live | first_round)
+        evaluations += torch.bincount(leaves.segment[todo], minlength=count)
+        _bound_leaves(program, leaves, todo, segments, batch_size)
+        if first_round:
+            _check_program(leaves.bound, min_margin, epsilon * scale)
+            first_round = False
+        chosen = _split_choice(leaves, status, epsilon * scale, splits, max_splits)
+        if not len(chosen):
+            break
+        middle = (leaves.t0[chosen] + leaves.t1[chosen]) / 2
+        segment = leaves.segment[chosen]
+        points = starts[segment] + middle.to(starts.dtype).view(-1, *[1] * (starts.dim() - 1)) * (
+            ends[segment] - starts[segment]
+        )
+        margin, largest = _real_margins(program.tail, points, targets[segment])
+        min_margin = min_margin.scatter_reduce(0, segment, margin, "amin")
+        scale = scale.scatter_reduce(0, segment, largest, "amax")
+        splits += torch.bincount(segment, minlength=count)
+        for i in (margin <= 0).nonzero().squeeze(1).tolist():
+            s = int(segment[i])
+            if not status[s] or float(middle[i]) < float(counterexample[s]):
+                status[s] = "counterexample"
+                counterexample[s] = float(middle[i])
+        leaves = _split(leaves, chosen, middle)
+    return SegmentProof(
+        status,
+        leaves.lowest(count),
+        min_margin,
+        torch.bincount(leaves.segment, minlength=count),
+        evaluations,
+        counterexample,
+    )
+
+
+def _at_ends(
+    program: BoundProgram, starts: Tensor, ends: Tensor, targets: Tensor
+) -> tuple[list[str], Tensor, Tensor, Tensor]:
+    """The tail's margins at the segments' ends: ``(status, counterexample t, lowest margin,
+    largest absolute logit (at least 1))``; a margin ``<= 0`` at an end is a counterexample."""
+    count = starts.shape[0]
+    margin0, scale0 = _real_margins(program.tail, starts, targets)
+    margin1, scale1 = _real_margins(program.tail, ends, targets)
+    scale = torch.maximum(torch.maximum(scale0, scale1), torch.ones_like(scale0))
+    status = [""] * count
+    counterexample = torch.full((count,), math.nan, dtype=torch.float64, device=starts.device)
+    for s in range(count):
+        if float(margin0[s]) <= 0 or float(margin1[s]) <= 0:
+            status[s] = "counterexample"
+            counterexample[s] = 0.0 if float(margin0[s]) <= 0 else 1.0
+    return status, counterexample, torch.minimum(margin0, margin1), scale
+
+
+def _check_program(bound: Tensor, margin: Tensor, tolerance: Tensor) -> None:
+    """A bound of a whole segment above the tail's own margin at one of its ends (beyond the
+    tolerance) means the traced program does not compute what the tail computes.
+
+    Raises:
+        NotBoundedError: so.
+    """
+    wrong = bound > margin + tolerance
+    if bool(wrong.any()):
+        s = int(wrong.nonzero()[0, 0])
+        raise NotBoundedError(
+            f"the traced tail does not compute what the tail computes: on segment {s} the "
+            f"margin bound {float(bound[s]):.6g} exceeds the margin {float(margin[s]):.6g} "
+            "at an end"
+        )
+
+
+def _split(leaves: _Leaves, chosen: Tensor, middle: Tensor) -> _Leaves:
+    keep = torch.ones_like(leaves.segment, dtype=torch.bool)
+    keep[chosen] = False
+    parent = torch.where(
+        torch.isnan(leaves.bound[chosen]), leaves.inherited[chosen], leaves.bound[chosen]
+    )
+    nan = torch.full_like(middle, math.nan)
+    return _Leaves(
+        torch.cat([leaves.segment[keep], leaves.segment[chosen], leaves.segment[chosen]]),
+        torch.cat([leaves.t0[keep], leaves.t0[chosen], middle]),
+        torch.cat([leaves.t1[keep], middle, leaves.t1[chosen]]),
+        torch.cat([leaves.bound[keep], nan, nan]),
+        torch.cat([leaves.inherited[keep], parent, parent]),
+    )
