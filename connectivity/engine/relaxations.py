@@ -1,0 +1,377 @@
+"""Sound linear relaxations of elementwise functions over intervals (issue 21, first slice).
+
+``relax(name, lower, upper)`` returns two lines per element, ``a_lo*x + b_lo <= f(x) <=
+a_hi*x + b_hi`` for every ``x`` in ``[lower, upper]``: the building block of bound propagation
+along a path segment (CROWN: Zhang et al., *Efficient Neural Network Robustness Certification
+with General Activation Functions*, NeurIPS 2018; auto_LiRPA: Xu et al., NeurIPS 2020).
+
+How the lines are made (all in float64, whatever the input dtype):
+
+* **Slopes** are chosen for tightness only: among the chord slope and ``f'`` at nine evenly
+  spaced points of ``[l, u]`` (midpoint included), the upper line is the one lowest at the
+  midpoint and the lower line the one highest there (the area between a line and ``f`` over
+  ``[l, u]`` is the line's midpoint value times the width, up to a constant). On a convex piece
+  this picks CROWN's choices: the chord above and the tangent at the midpoint below (concave:
+  the reverse); for ReLU crossing zero, the chord above and slope 0 or 1 below, whichever is
+  higher at the midpoint (CROWN's adaptive choice). S-shaped functions get the best of those
+  ten slopes, not the exact tangent-through-endpoint of CROWN, so they are slightly looser.
+* **Intercepts** are what makes the lines sound, whatever the slope: ``b_hi = max (f(x) - a x)``
+  and ``b_lo = min (f(x) - a x)`` over ``[l, u]``, found from the function's known shape, not by
+  sampling. Each function is described by its breakpoints (kinks and inflection points) and
+  the curvature of each piece between them (convex, concave or linear); ``g = f - a x`` has the
+  same curvature. The maximum of ``g`` is at ``l``, ``u``, a breakpoint, or the root of
+  ``g' = f' - a`` on a concave piece (bisection on the monotone ``g'``, 64 steps); the minimum
+  likewise with convex pieces. The value at a bisected root is taken as ``g(x~) +- |g'(x~)| *
+  (bracket width)``: a bound (tangent of a concave / convex ``g``), not an estimate.
+* **Float safety.** Slopes are rounded to the output dtype *before* the intercepts are computed,
+  so rounding a slope never breaks a line. Then both intercepts are widened (``b_lo`` down,
+  ``b_hi`` up) by ``4 * eps * max(S_lo, S_hi) + 4 * tiny`` with ``eps``, ``tiny`` those of the
+  output dtype and ``S = |a| * max(|l|, |u|) + |b|`` for each line (``S`` bounds ``|a x + b|``
+  on ``[l, u]``, hence ``|f|``), and then rounded outward to the output dtype. That covers the
+  float64 evaluation of ``f`` here, evaluating ``a*x + b`` in the output dtype (at most about
+  ``eps * S``) and evaluating ``f`` in that dtype (a couple of ulps of ``|f| <= S``; ``tiny``
+  covers underflow).
+  Two of PyTorch's own functions are less exact than that in float32, and the lines also cover
+  them: ``F.gelu`` (both forms) computes ``1 + erf`` / ``1 + tanh`` with cancellation for
+  ``x < -4`` (absolute error up to about ``eps * |x|``), so for ``gelu`` and ``gelu_tanh`` the
+  widening also has ``2 * eps * max(|l|, |u|)``; ``F.softplus``'s default ``threshold=20``
+  returns ``x`` for ``x > 20`` (short by ``log1p(exp(-x)) < 2.1e-9``), so ``softplus``'s lower
+  intercept also drops by ``2.1e-9`` where ``u > 20``.
+* **Degenerate intervals** (``l == u``) give the tangent there: exact up to that widening.
+
+Functions (``RELAXED``; :func:`evaluate` is the reference the lines bound): ``relu``,
+``leaky_relu`` (slope 0.01; ``leaky_relu:<slope>`` for any other slope, e.g.
+``leaky_relu:0.2``), ``hardtanh`` (``[-1, 1]``), ``relu6``, ``hardsigmoid`` (``relu6(x+3)/6``),
+``elu`` (``alpha=1``), ``gelu`` (erf form), ``gelu_tanh`` (tanh approximation), ``silu``,
+``hardswish``, ``sigmoid``, ``tanh``, ``softplus`` (``beta=1``), ``exp``, ``square``,
+``reciprocal`` and ``rsqrt`` (both only on intervals with ``lower > 0``).
+
+Covered by this slice: the elementwise relaxations above, on any shape, CPU or GPU (float64
+support needed), float16/bfloat16/float32/float64 outputs. Not covered yet (later sessions of
+issue 21): bilinear bounds for products of two bounded values (``square`` is the one-input case),
+softmax, LayerNorm / GroupNorm as wholes (``reciprocal``/``rsqrt`` are their pieces), ``elu``
+with other ``alpha``, ``hardtanh`` with other limits, the exact CROWN tangent-through-endpoint
+slopes for S-shaped functions, and optimisable slopes (alpha-CROWN). Results can overflow to
+``inf`` where ``f`` itself does in the output dtype (``exp`` above about 88 in float32).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+_BISECTION_STEPS = 64
+_SLOPE_POINTS = 9  # points of [l, u] whose derivative is a candidate slope (odd: midpoint in)
+_WIDEN_RELATIVE = 4.0  # times eps of the output dtype, times the lines' magnitudes
+_WIDEN_TINY = 4.0  # times the smallest normal number of the output dtype
+_SOFTPLUS_THRESHOLD_GAP = 2.1e-9  # log1p(exp(-20)) = 2.061e-9: torch's threshold=20 shortfall
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the intercepts need to know of ``f``: value, derivative, and curvature by piece.
+
+    ``breaks`` are sorted kinks and inflection points; ``curvature`` has one entry more, for
+    the pieces ``(-inf, breaks[0]), ..., (breaks[-1], inf)``: 1 convex, -1 concave, 0 linear.
+    ``positive`` functions are defined only for ``x > 0``. ``torch_abs`` (times eps of the
+    output dtype and ``max(|l|, |u|)``) is the absolute error of PyTorch's own version.
+    """
+
+    f: Callable[[Tensor], Tensor]
+    df: Callable[[Tensor], Tensor]
+    breaks: tuple[float, ...]
+    curvature: tuple[int, ...]
+    positive: bool = False
+    torch_abs: float = 0.0
+
+
+def _piecewise_linear(points: tuple[float, ...], slopes: tuple[float, ...], f: Callable) -> _Shape:
+    """A piecewise-linear function with kinks at ``points`` and ``slopes`` on the pieces."""
+
+    def df(x: Tensor) -> Tensor:
+        out = torch.full_like(x, slopes[0])
+        for point, slope in zip(points, slopes[1:], strict=True):
+            out = torch.where(x > point, torch.full_like(x, slope), out)
+        return out
+
+    return _Shape(f, df, points, (0,) * (len(points) + 1))
+
+
+def _gelu(x: Tensor) -> Tensor:
+    """GELU, erf form, computed without cancellation: ``x * Phi(x) = x * erfc(-x/sqrt2) / 2``."""
+    return 0.5 * x * torch.special.erfc(-x / math.sqrt(2.0))
+
+
+def _dgelu(x: Tensor) -> Tensor:
+    return 0.5 * torch.special.erfc(-x / math.sqrt(2.0)) + x * torch.exp(-0.5 * x * x) / math.sqrt(
+        2.0 * math.pi
+    )
+
+
+def _gelu_tanh_z(x: Tensor) -> Tensor:
+    """``2 k (x + c x^3)``: ``(1 + tanh(z/2)) / 2 = sigmoid(z)``, no cancellation."""
+    return 2.0 * _GELU_K * (x + _GELU_C * x * x * x)
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(_gelu_tanh_z(x))
+
+
+def _dgelu_tanh(x: Tensor) -> Tensor:
+    z = _gelu_tanh_z(x)
+    dz = 2.0 * _GELU_K * (1.0 + 3.0 * _GELU_C * x * x)
+    return torch.sigmoid(z) + x * torch.sigmoid(z) * torch.sigmoid(-z) * dz
+
+
+def _silu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(x)
+
+
+def _dsilu(x: Tensor) -> Tensor:
+    return torch.sigmoid(x) * (1.0 + x * torch.sigmoid(-x))
+
+
+def _inflection(df: Callable[[Tensor], Tensor], low: float, high: float) -> float:
+    """The point in ``[low, high]`` where ``f''`` (autograd of ``df``, float64) turns from
+    positive to negative, by bisection to float64 resolution (a turn misplaced by ``d`` would
+    cost about ``|f'''| d^3``)."""
+
+    def second(x: float) -> float:
+        point = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        return float(torch.autograd.grad(df(point), point)[0])
+
+    lo, hi = low, high
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if second(mid) > 0 else (lo, mid)
+    return lo
+
+
+def _softplus(x: Tensor) -> Tensor:
+    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def _dtanh(x: Tensor) -> Tensor:
+    return 4.0 * torch.sigmoid(2.0 * x) * torch.sigmoid(-2.0 * x)
+
+
+@functools.cache
+def _shapes() -> dict[str, _Shape]:
+    """The functions by name (built once: the SiLU and tanh-GELU inflections are solved)."""
+    silu_turn = _inflection(_dsilu, 1.0, 4.0)
+    gelu_tanh_turn = _inflection(_dgelu_tanh, 0.5, 3.0)
+    root2 = math.sqrt(2.0)
+    return {
+        "relu": _piecewise_linear((0.0,), (0.0, 1.0), lambda x: x.clamp(min=0)),
+        "hardtanh": _piecewise_linear((-1.0, 1.0), (0.0, 1.0, 0.0), lambda x: x.clamp(-1, 1)),
+        "relu6": _piecewise_linear((0.0, 6.0), (0.0, 1.0, 0.0), lambda x: x.clamp(0, 6)),
+        "hardsigmoid": _piecewise_linear(
+            (-3.0, 3.0), (0.0, 1.0 / 6.0, 0.0), lambda x: (x + 3).clamp(0, 6) / 6
+        ),
+        "elu": _Shape(
+            lambda x: torch.where(x > 0, x, torch.expm1(x.clamp(max=0))),
+            lambda x: torch.where(x > 0, torch.ones_like(x), torch.exp(x.clamp(max=0))),
+            (0.0,),
+            (1, 0),
+        ),
+        "gelu": _Shape(_gelu, _dgelu, (-root2, root2), (-1, 1, -1), torch_abs=2.0),
+        "gelu_tanh": _Shape(
+            _gelu_tanh, _dgelu_tanh, (-gelu_tanh_turn, gelu_tanh_turn), (-1, 1, -1), torch_abs=2.0
+        ),
+        "silu": _Shape(_silu, _dsilu, (-silu_turn, silu_turn), (-1, 1, -1)),
+        "hardswish": _Shape(
+            lambda x: x * (x + 3).clamp(0, 6) / 6,
+            lambda x: torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, (2 * x + 3) / 6)),
+            (-3.0, 3.0),
+            (0, 1, 0),
+        ),
+        "sigmoid": _Shape(
+            torch.sigmoid, lambda x: torch.sigmoid(x) * torch.sigmoid(-x), (0.0,), (1, -1)
+        ),
+        "tanh": _Shape(torch.tanh, _dtanh, (0.0,), (1, -1)),
+        "softplus": _Shape(_softplus, torch.sigmoid, (), (1,)),
+        "exp": _Shape(torch.exp, torch.exp, (), (1,)),
+        "square": _Shape(lambda x: x * x, lambda x: 2 * x, (), (1,)),
+        "reciprocal": _Shape(torch.reciprocal, lambda x: -1 / (x * x), (), (1,), positive=True),
+        "rsqrt": _Shape(torch.rsqrt, lambda x: -0.5 * torch.rsqrt(x) / x, (), (1,), positive=True),
+    }
+
+
+RELAXED: frozenset[str] = frozenset(
+    {
+        "relu",
+        "leaky_relu",
+        "hardtanh",
+        "relu6",
+        "hardsigmoid",
+        "elu",
+        "gelu",
+        "gelu_tanh",
+        "silu",
+        "hardswish",
+        "sigmoid",
+        "tanh",
+        "softplus",
+        "exp",
+        "square",
+        "reciprocal",
+        "rsqrt",
+    }
+)
+"""The names :func:`relax` and :func:`evaluate` take (``leaky_relu`` also as
+``leaky_relu:<slope>``)."""
+
+
+def _shape(name: str) -> _Shape:
+    """The description of ``name``; ValueError for a name not in ``RELAXED``."""
+    base, _, parameter = name.partition(":")
+    if base == "leaky_relu":
+        try:
+            slope = float(parameter) if parameter else 0.01
+        except ValueError:
+            raise ValueError(f"leaky_relu slope {parameter!r} is not a number") from None
+        if not math.isfinite(slope):
+            raise ValueError(f"leaky_relu slope {parameter!r} is not finite")
+        return _piecewise_linear((0.0,), (slope, 1.0), lambda x: torch.where(x >= 0, x, slope * x))
+    if parameter or base not in _shapes():
+        raise ValueError(f"no relaxation for {name!r}; known: {sorted(RELAXED)}")
+    return _shapes()[base]
+
+
+def evaluate(name: str, x: Tensor) -> Tensor:
+    """``f(x)`` elementwise, in ``x``'s dtype: the function the lines of :func:`relax` bound.
+
+    GELU (both forms) and softplus are computed without cancellation (``x * erfc(-x/sqrt2)/2``,
+    ``x * sigmoid(2k(x + c x^3))``, ``max(x,0) + log1p(exp(-|x|))``); see the module docstring
+    for how PyTorch's own versions differ. Raises ValueError for an unknown name.
+    """
+    return _shape(name).f(x)
+
+
+def _bisect_root(shape: _Shape, a: Tensor, lo: Tensor, hi: Tensor, convex: bool) -> Tensor:
+    """A bound on the extremum of ``g = f - a x`` over ``[lo, hi]`` (a convex or concave piece
+    of ``f``): the minimum from below when ``convex``, the maximum from above otherwise.
+
+    Bisection keeps a bracket around the extremum (the root of the monotone ``g'``, or the end
+    it runs to); at its midpoint ``x~``, ``g(x~) -+ |g'(x~)| * width`` bounds ``g`` at any point
+    of the bracket, by the tangent of the convex/concave ``g``. Shapes: all alike, float64.
+    """
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        rising = shape.df(mid) - a > 0
+        go_left = rising if convex else ~rising
+        hi = torch.where(go_left, mid, hi)
+        lo = torch.where(go_left, lo, mid)
+    mid = 0.5 * (lo + hi)
+    g = shape.f(mid) - a * mid
+    slack = (shape.df(mid) - a).abs() * (hi - lo)
+    return g - slack if convex else g + slack
+
+
+def _intercepts(shape: _Shape, a: Tensor, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """``(min, max)`` of ``f(x) - a x`` over ``[lower, upper]``, the min from below and the max
+    from above (up to float64 rounding of ``f``). ``a``: ``(C, *S)``; bounds: ``S``; float64.
+    """
+    points = [lower, upper] + [b_.clamp(lower, upper) for b_ in _break_tensors(shape, lower)]
+    values = torch.stack([shape.f(p) - a * p for p in points])  # (P, C, *S)
+    low, high = values.amin(0), values.amax(0)
+    edges = [-math.inf, *shape.breaks, math.inf]
+    for (start, end), curvature in zip(itertools.pairwise(edges), shape.curvature, strict=True):
+        if curvature == 0:
+            continue
+        lo = torch.full_like(lower, start).clamp(lower, upper).expand_as(a)
+        hi = torch.full_like(lower, end).clamp(lower, upper).expand_as(a)
+        bound = _bisect_root(shape, a, lo, hi, convex=curvature > 0)
+        low = torch.minimum(low, bound) if curvature > 0 else low
+        high = torch.maximum(high, bound) if curvature < 0 else high
+    return low, high
+
+
+def _break_tensors(shape: _Shape, like: Tensor) -> list[Tensor]:
+    return [torch.full_like(like, point) for point in shape.breaks]
+
+
+def _candidate_slopes(shape: _Shape, lower: Tensor, upper: Tensor) -> Tensor:
+    """``(C, *S)``: the chord slope (the derivative at ``lower`` where ``lower == upper``), then
+    ``f'`` at ``_SLOPE_POINTS`` evenly spaced points of ``[lower, upper]``."""
+    width = upper - lower
+    safe = torch.where(width > 0, width, torch.ones_like(width))
+    chord = torch.where(width > 0, (shape.f(upper) - shape.f(lower)) / safe, shape.df(lower))
+    steps = torch.linspace(0, 1, _SLOPE_POINTS, dtype=lower.dtype, device=lower.device)
+    steps = steps.reshape(-1, *([1] * lower.dim()))
+    return torch.cat([chord.unsqueeze(0), shape.df(lower + steps * width)])
+
+
+def _check_bounds(name: str, shape: _Shape, lower: Tensor, upper: Tensor) -> None:
+    """ValueError for bounds that are not same-shaped finite floats with ``lower <= upper``
+    (and ``lower > 0`` for ``reciprocal`` and ``rsqrt``)."""
+    if lower.shape != upper.shape:
+        raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ")
+    if not (lower.is_floating_point() and upper.is_floating_point()):
+        raise ValueError(f"bounds must be floating point, not {lower.dtype}, {upper.dtype}")
+    if not bool(torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+        raise ValueError("bounds must be finite")
+    if bool((lower > upper).any()):
+        raise ValueError("lower > upper somewhere")
+    if shape.positive and bool((lower <= 0).any()):
+        raise ValueError(f"{name} is relaxed only on intervals with lower > 0")
+
+
+def _pick(a: Tensor, b: Tensor, mid: Tensor, highest: bool) -> tuple[Tensor, Tensor]:
+    """The candidate line (``a``, ``b``: ``(C, *S)``) highest or lowest at ``mid`` (``S``);
+    ties go to the first candidate (the chord)."""
+    at_mid = a * mid + b
+    index = (at_mid.argmax(0) if highest else at_mid.argmin(0)).unsqueeze(0)
+    return a.gather(0, index).squeeze(0), b.gather(0, index).squeeze(0)
+
+
+def relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Lines (a_lo, b_lo, a_hi, b_hi), each shaped like lower/upper, with
+    a_lo*x + b_lo <= f(x) <= a_hi*x + b_hi for every x in [lower, upper]
+    (elementwise, lower <= upper). Raises ValueError for an unknown name.
+
+    Outputs have ``lower``'s dtype and device; the work is done in float64 (module docstring:
+    how slopes are chosen, how intercepts are made sound, and the float widening). Also raises
+    ValueError for bounds of different shapes, non-float or non-finite bounds, ``lower > upper``
+    anywhere, and ``lower <= 0`` for ``reciprocal`` / ``rsqrt``.
+    """
+    shape = _shape(name)
+    _check_bounds(name, shape, lower, upper)
+    out = lower.dtype
+    lo64, up64 = lower.to(torch.float64), upper.to(torch.float64)
+    # Slopes rounded to the output dtype first: the intercepts are then sound for them.
+    slopes = _candidate_slopes(shape, lo64, up64).to(out).to(torch.float64)
+    slopes = torch.nan_to_num(slopes, nan=0.0)
+    b_min, b_max = _intercepts(shape, slopes, lo64, up64)
+    mid = 0.5 * (lo64 + up64)
+    a_lo, b_lo = _pick(slopes, b_min, mid, highest=True)
+    a_hi, b_hi = _pick(slopes, b_max, mid, highest=False)
+    reach = torch.maximum(lo64.abs(), up64.abs())
+    finfo = torch.finfo(out)
+    size = torch.maximum(a_lo.abs() * reach + b_lo.abs(), a_hi.abs() * reach + b_hi.abs())
+    widen = _WIDEN_RELATIVE * finfo.eps * size + _WIDEN_TINY * finfo.tiny
+    widen = widen + shape.torch_abs * finfo.eps * reach
+    b_lo = b_lo - widen
+    if name == "softplus":
+        b_lo = b_lo - torch.where(up64 > 20, _SOFTPLUS_THRESHOLD_GAP, 0.0)
+    b_hi = b_hi + widen
+    return a_lo.to(out), _round(b_lo, out, down=True), a_hi.to(out), _round(b_hi, out, down=False)
+
+
+def _round(b: Tensor, dtype: torch.dtype, down: bool) -> Tensor:
+    """``b`` (float64) in ``dtype``, rounded down (or up): never above (below) ``b``."""
+    rounded = b.to(dtype)
+    back = rounded.to(torch.float64)
+    toward = torch.full_like(rounded, -math.inf if down else math.inf)
+    wrong = back > b if down else back < b
+    return torch.where(wrong, torch.nextafter(rounded, toward), rounded)
