@@ -32,11 +32,14 @@ How the lines are made (all in float64, whatever the input dtype):
   ``eps * S``) and evaluating ``f`` in that dtype (a couple of ulps of ``|f| <= S``; ``tiny``
   covers underflow).
   Two of PyTorch's own functions are less exact than that in float32, and the lines also cover
-  them: ``F.gelu`` (both forms) computes ``1 + erf`` / ``1 + tanh`` with cancellation for
-  ``x < -4`` (absolute error up to about ``eps * |x|``), so for ``gelu`` and ``gelu_tanh`` the
-  widening also has ``2 * eps * max(|l|, |u|)``; ``F.softplus``'s default ``threshold=20``
-  returns ``x`` for ``x > 20`` (short by ``log1p(exp(-x)) < 2.1e-9``), so ``softplus``'s lower
-  intercept also drops by ``2.1e-9`` where ``u > 20``.
+  them: ``F.gelu`` computes ``1 + erf`` (``approximate="tanh"``: ``1 + tanh``) with
+  cancellation for negative ``x``; measured on CPU over 2e7 points of [-50, 50], its absolute
+  error reaches ``3.1 * eps * |x|`` (tanh form ``0.94 * eps * |x|``), so the widening also has
+  ``8 * eps * max(|l|, |u|)`` for ``gelu`` and ``4 * eps * max(|l|, |u|)`` for ``gelu_tanh``.
+  ``F.softplus``'s default ``threshold=20`` returns ``x`` for ``x > 20`` (short by
+  ``log1p(exp(-x)) < 2.1e-9``), so ``softplus``'s lower intercept also drops by ``2.1e-9`` where
+  ``u > 20``. (The other functions' float32 errors measured there stay within 1.5 ulps of
+  ``|f|``.)
 * **Degenerate intervals** (``l == u``) give the tangent there: exact up to that widening.
 
 Functions (``RELAXED``; :func:`evaluate` is the reference the lines bound): ``relu``,
@@ -184,9 +187,9 @@ def _shapes() -> dict[str, _Shape]:
             (0.0,),
             (1, 0),
         ),
-        "gelu": _Shape(_gelu, _dgelu, (-root2, root2), (-1, 1, -1), torch_abs=2.0),
+        "gelu": _Shape(_gelu, _dgelu, (-root2, root2), (-1, 1, -1), torch_abs=8.0),
         "gelu_tanh": _Shape(
-            _gelu_tanh, _dgelu_tanh, (-gelu_tanh_turn, gelu_tanh_turn), (-1, 1, -1), torch_abs=2.0
+            _gelu_tanh, _dgelu_tanh, (-gelu_tanh_turn, gelu_tanh_turn), (-1, 1, -1), torch_abs=4.0
         ),
         "silu": _Shape(_silu, _dsilu, (-silu_turn, silu_turn), (-1, 1, -1)),
         "hardswish": _Shape(

@@ -1,0 +1,275 @@
+"""Linear relaxations of elementwise functions (connectivity.engine.relaxations, issue 21).
+
+Soundness is checked on dense grids over many random intervals (narrow, wide, degenerate,
+across zero, kinks, inflection points and saturation), in float64 and float32, against the
+reference ``evaluate`` and against PyTorch's own functions; tightness against known answers
+(exact lines on linear pieces, the chord and the midpoint tangent on convex/concave pieces).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from connectivity.engine.relaxations import RELAXED, evaluate, relax
+
+NAMES = sorted(RELAXED | {"leaky_relu:0.2", "leaky_relu:-0.5", "leaky_relu:3"})
+POSITIVE = {"reciprocal", "rsqrt"}
+# Points where the shape changes: kinks, inflections, the ends of saturation.
+TURNS = [-6.0, -3.0, -2.3994, -1.4185, -math.sqrt(2), -1.0, 0.0, 1.0, 1.4185, math.sqrt(2)]
+TURNS += [2.3994, 3.0, 6.0, 20.0]
+
+
+def torch_version(name: str) -> Callable[[Tensor], Tensor]:
+    """PyTorch's own function for ``name`` (what a network computes)."""
+    base, _, parameter = name.partition(":")
+    table: dict[str, Callable[[Tensor], Tensor]] = {
+        "relu": F.relu,
+        "leaky_relu": lambda x: F.leaky_relu(x, float(parameter) if parameter else 0.01),
+        "hardtanh": F.hardtanh,
+        "relu6": F.relu6,
+        "hardsigmoid": F.hardsigmoid,
+        "elu": F.elu,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "silu": F.silu,
+        "hardswish": F.hardswish,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "softplus": F.softplus,
+        "exp": torch.exp,
+        "square": lambda x: x * x,
+        "reciprocal": torch.reciprocal,
+        "rsqrt": torch.rsqrt,
+    }
+    return table[base]
+
+
+def intervals(name: str, count: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``count`` random intervals plus fixed hard ones, as float32 ``(lower, upper)``: ``(N,)``.
+
+    Random centres over [-50, 50], over [-8, 8] and next to the turns; widths log-uniform
+    from 1e-7 to 100; a tenth degenerate. Positive-only functions get [1e-3, 1e3] instead.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    third = count // 3
+    turns = torch.tensor(TURNS, dtype=torch.float64)
+    centres = torch.cat(
+        [
+            torch.rand(third, generator=gen, dtype=torch.float64) * 100 - 50,
+            torch.rand(third, generator=gen, dtype=torch.float64) * 16 - 8,
+            turns[torch.randint(len(TURNS), (count - 2 * third,), generator=gen)]
+            + torch.randn(count - 2 * third, generator=gen, dtype=torch.float64) * 0.1,
+        ]
+    )
+    widths = 10 ** (torch.rand(count, generator=gen, dtype=torch.float64) * 9 - 7)
+    widths[: count // 10] = 0.0
+    offset = torch.rand(count, generator=gen, dtype=torch.float64)
+    lower = (centres - offset * widths).clamp(-50, 50)
+    upper = (lower + widths).clamp(-50, 50)
+    fixed = [(-50.0, 50.0), (-50.0, -49.0), (49.0, 50.0), (0.0, 0.0), (-1e-7, 1e-7), (-3, 3)]
+    fixed += [(t, t) for t in TURNS] + [(t - 1, t) for t in TURNS] + [(t, t + 1) for t in TURNS]
+    if name in POSITIVE:
+        lower = 10 ** (torch.rand(count, generator=gen, dtype=torch.float64) * 6 - 3)
+        upper = lower * (1 + widths)
+        fixed = [(1e-3, 1e3), (1.0, 1.0), (1e-3, 1e-3 * (1 + 1e-6)), (0.5, 2.0), (100.0, 101.0)]
+    lower = torch.cat([lower, torch.tensor([f[0] for f in fixed], dtype=torch.float64)])
+    upper = torch.cat([upper, torch.tensor([f[1] for f in fixed], dtype=torch.float64)])
+    lower, upper = lower.float(), upper.float()
+    return torch.minimum(lower, upper), torch.maximum(lower, upper)
+
+
+def grid(lower: Tensor, upper: Tensor, points: int) -> Tensor:
+    """``(N, points)`` evenly spaced points of each interval, both ends in, in lower's dtype and
+    never outside ``[lower, upper]`` in that dtype."""
+    t = torch.linspace(0, 1, points, dtype=torch.float64)
+    l64, u64 = lower.double()[:, None], upper.double()[:, None]
+    x = (l64 + (u64 - l64) * t).to(lower.dtype)
+    return torch.minimum(torch.maximum(x, lower[:, None]), upper[:, None])
+
+
+def violations(name: str, lower: Tensor, upper: Tensor, points: int) -> dict[str, float]:
+    """Largest violation (0 when sound) of ``lower line <= f <= upper line`` on a grid of each
+    interval, by check: float64 lines and f; float32 lines evaluated exactly (float64) against
+    the exact f; float32 lines evaluated in float32 against ``evaluate`` and against PyTorch's
+    own function in float32 (and in float64)."""
+    found: dict[str, float] = {}
+    ours = torch_version(name)
+    l64, u64 = lower.double(), upper.double()
+    for key, lo, up in (("float64", l64, u64), ("float32", lower, upper)):
+        a_lo, b_lo, a_hi, b_hi = relax(name, lo, up)
+        assert a_lo.dtype == lo.dtype and b_hi.shape == lo.shape
+        x = grid(lo, up, points)
+        exact = evaluate(name, x.double())
+        line_lo = a_lo.double()[:, None] * x.double() + b_lo.double()[:, None]
+        line_hi = a_hi.double()[:, None] * x.double() + b_hi.double()[:, None]
+        found[f"{key} exact"] = gap(line_lo, exact, line_hi)
+        in_dtype_lo = a_lo[:, None] * x + b_lo[:, None]
+        in_dtype_hi = a_hi[:, None] * x + b_hi[:, None]
+        found[f"{key} evaluate"] = gap(in_dtype_lo, evaluate(name, x), in_dtype_hi)
+        found[f"{key} torch"] = gap(in_dtype_lo, ours(x), in_dtype_hi)
+    return found
+
+
+def gap(below: Tensor, value: Tensor, above: Tensor) -> float:
+    """The largest amount by which ``below <= value <= above`` fails (0.0 when it holds);
+    NaN anywhere counts as infinite (``max`` propagates it)."""
+    worst = max(float((below - value).max()), float((value - above).max()), 0.0)
+    return math.inf if math.isnan(worst) else worst
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lines_hold_on_dense_grids(name: str) -> None:
+    """Zero violations over 100 random and ~45 fixed intervals, 129 points each."""
+    lower, upper = intervals(name, 100, seed=zlib.crc32(name.encode()))
+    found = violations(name, lower, upper, 129)
+    assert all(v == 0.0 for v in found.values()), found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_lines_hold_on_a_big_sweep(name: str) -> None:
+    """Zero violations over 4,000 random intervals, 10^4 points each (chunks of 250)."""
+    lower, upper = intervals(name, 4000, seed=1234)
+    for start in range(0, len(lower), 250):
+        chunk = slice(start, start + 250)
+        found = violations(name, lower[chunk], upper[chunk], 10_000)
+        assert all(v == 0.0 for v in found.values()), (start, found)
+
+
+def lines(name: str, low: float, high: float) -> tuple[float, float, float, float]:
+    out = relax(name, torch.tensor([low], dtype=torch.float64), torch.tensor([high]).double())
+    return tuple(float(t) for t in out)  # type: ignore[return-value]
+
+
+def test_linear_pieces_are_exact() -> None:
+    """On a piece where the function is linear both lines are that piece (to 1e-13)."""
+    cases = {
+        ("relu", 1.0, 2.0): (1.0, 0.0),
+        ("relu", -2.0, -1.0): (0.0, 0.0),
+        ("relu6", 7.0, 9.0): (0.0, 6.0),
+        ("hardtanh", -0.5, 0.5): (1.0, 0.0),
+        ("hardsigmoid", -2.0, 1.0): (1 / 6, 0.5),
+        ("hardswish", 4.0, 40.0): (1.0, 0.0),
+        ("leaky_relu:0.2", -5.0, -1.0): (0.2, 0.0),
+        ("elu", 0.0, 3.0): (1.0, 0.0),
+    }
+    for (name, low, high), (slope, intercept) in cases.items():
+        a_lo, b_lo, a_hi, b_hi = lines(name, low, high)
+        assert a_lo == pytest.approx(slope, abs=1e-13) and a_hi == pytest.approx(slope, abs=1e-13)
+        assert b_lo == pytest.approx(intercept, abs=1e-13), name
+        assert b_hi == pytest.approx(intercept, abs=1e-13), name
+
+
+def test_convex_and_concave_pieces_get_chord_and_midpoint_tangent() -> None:
+    """Convex: the chord above, the tangent at the midpoint below; concave: the reverse
+    (CROWN's choices), to 1e-12 relative."""
+    chord_above = {"exp": (-1.0, 2.0), "square": (-1.0, 3.0), "reciprocal": (1.0, 2.0)}
+    chord_above |= {"softplus": (-4.0, 1.0), "sigmoid": (-5.0, -1.0), "rsqrt": (0.5, 4.0)}
+    derivative = {
+        "exp": math.exp,
+        "square": lambda x: 2 * x,
+        "reciprocal": lambda x: -1 / x**2,
+        "softplus": lambda x: 1 / (1 + math.exp(-x)),
+        "sigmoid": lambda x: math.exp(-x) / (1 + math.exp(-x)) ** 2,
+        "rsqrt": lambda x: -0.5 * x**-1.5,
+        "tanh": lambda x: 1 - math.tanh(x) ** 2,
+    }
+    for name, (low, high) in chord_above.items():
+        f = lambda x, n=name: float(evaluate(n, torch.tensor(x, dtype=torch.float64)))  # noqa: E731
+        a_lo, b_lo, a_hi, b_hi = lines(name, low, high)
+        chord = (f(high) - f(low)) / (high - low)
+        assert a_hi == pytest.approx(chord, rel=1e-12), name
+        assert b_hi == pytest.approx(f(low) - chord * low, rel=1e-12, abs=1e-13), name
+        mid = 0.5 * (low + high)
+        assert a_lo == pytest.approx(derivative[name](mid), rel=1e-12), name
+        assert a_lo * mid + b_lo == pytest.approx(f(mid), rel=1e-12), name
+    a_lo, b_lo, a_hi, b_hi = lines("tanh", 0.5, 2.5)  # concave: chord below, tangent above
+    assert a_lo == pytest.approx((math.tanh(2.5) - math.tanh(0.5)) / 2, rel=1e-12)
+    assert a_hi == pytest.approx(derivative["tanh"](1.5), rel=1e-12)
+    assert a_hi * 1.5 + b_hi == pytest.approx(math.tanh(1.5), rel=1e-12)
+
+
+def test_relu_across_zero_is_crowns_relaxation() -> None:
+    """ReLU on [l, u] with l < 0 < u: the chord above; below slope 1 when u > -l, else 0."""
+    assert lines("relu", -1.0, 3.0) == pytest.approx((1.0, 0.0, 0.75, 0.75), abs=1e-13)
+    assert lines("relu", -3.0, 1.0) == pytest.approx((0.0, 0.0, 0.25, 0.75), abs=1e-13)
+
+
+def test_degenerate_intervals_are_exact() -> None:
+    """At ``l == u`` both lines pass through ``f(l)``, to a few ulps of the magnitudes."""
+    for name in NAMES:
+        points = [0.7, 2.0, 100.0] if name in POSITIVE else [-7.0, -1.0, 0.0, 0.3, 2.5, 9.0]
+        x = torch.tensor(points, dtype=torch.float64)
+        a_lo, b_lo, a_hi, b_hi = relax(name, x, x)
+        value = evaluate(name, x)
+        scale = 1e-13 * (1 + value.abs() + a_lo.abs() * x.abs() + x.abs())
+        assert torch.all((a_lo * x + b_lo - value).abs() <= scale), name
+        assert torch.all((a_hi * x + b_hi - value).abs() <= scale), name
+
+
+def area(name: str, lower: Tensor, upper: Tensor) -> Tensor:
+    """Area between the two lines over each interval: ``(u - l) * (gap at the midpoint)``."""
+    a_lo, b_lo, a_hi, b_hi = relax(name, lower, upper)
+    mid = 0.5 * (lower + upper)
+    return (upper - lower) * ((a_hi - a_lo) * mid + b_hi - b_lo)
+
+
+def test_area_between_lines_shrinks_with_the_interval() -> None:
+    """Halving the width around a centre (inflections and kinks included) always shrinks the
+    area between the lines; at width 1e-3 the gap of smooth functions is below 1e-6."""
+    widths = torch.tensor(
+        [20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.01, 1e-3], dtype=torch.float64
+    )
+    for name in NAMES:
+        centres = [1.5, 3.0, 10.0] if name in POSITIVE else [-3.0, -1.0, 0.0, 0.5, 2.4, 6.0]
+        for centre in centres:
+            half = widths / 2 if name not in POSITIVE else centre * widths / 20.01
+            areas = area(name, centre - half, centre + half)
+            assert torch.all(areas[1:] < areas[:-1]), (name, centre, areas)
+    for name in ["gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "softplus", "exp", "square"]:
+        low = torch.tensor(TURNS, dtype=torch.float64)
+        a_lo, b_lo, a_hi, b_hi = relax(name, low, low + 1e-3)
+        gaps = torch.maximum(
+            (a_hi - a_lo) * low + b_hi - b_lo, (a_hi - a_lo) * (low + 1e-3) + b_hi - b_lo
+        )
+        assert float(gaps.max()) < 1e-6 * max(1.0, math.exp(20.0) * (name == "exp")), name
+
+
+def test_bad_calls_raise_value_error() -> None:
+    """Unknown names and parameters, mismatched, reversed, non-finite or non-positive bounds."""
+    one, two = torch.tensor([1.0]), torch.tensor([2.0])
+    bad = [
+        ("cosine", one, two),
+        ("relu:2", one, two),
+        ("leaky_relu:abc", one, two),
+        ("leaky_relu:inf", one, two),
+        ("relu", two, one),
+        ("relu", one, torch.tensor([2.0, 3.0])),
+        ("relu", torch.tensor([math.nan]), two),
+        ("relu", one, torch.tensor([math.inf])),
+        ("relu", torch.tensor([1]), torch.tensor([2])),
+        ("reciprocal", torch.tensor([0.0]), two),
+        ("rsqrt", torch.tensor([-1.0]), two),
+    ]
+    for name, lower, upper in bad:
+        with pytest.raises(ValueError):
+            relax(name, lower, upper)
+    with pytest.raises(ValueError):
+        evaluate("cosine", one)
+
+
+def test_shapes_and_dtypes_are_kept() -> None:
+    """Any shape; float32 and float64 in, the same out; RELAXED names all evaluate."""
+    lower = -torch.rand(2, 3, 4)
+    for name in sorted(RELAXED - POSITIVE):
+        for dtype in (torch.float32, torch.float64):
+            out = relax(name, lower.to(dtype), (lower + 1).to(dtype))
+            assert all(t.shape == (2, 3, 4) and t.dtype == dtype for t in out)
+            assert evaluate(name, lower.to(dtype)).shape == (2, 3, 4)
