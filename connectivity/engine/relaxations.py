@@ -154,8 +154,9 @@ def _inflection(df: Callable[[Tensor], Tensor], low: float, high: float) -> floa
     cost about ``|f'''| d^3``)."""
 
     def second(x: float) -> float:
-        point = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        return float(torch.autograd.grad(df(point), point)[0])
+        with torch.enable_grad():
+            point = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+            return float(torch.autograd.grad(df(point), point)[0])
 
     lo, hi = low, high
     for _ in range(200):
@@ -346,12 +347,12 @@ def _candidate_slopes(shape: _Shape, lower: Tensor, upper: Tensor) -> Tensor:
 
 
 def _check_bounds(name: str, shape: _Shape, lower: Tensor, upper: Tensor) -> None:
-    """ValueError for bounds that are not same-shaped finite floats with ``lower <= upper``
-    (and ``lower > 0`` for ``reciprocal`` and ``rsqrt``)."""
+    """ValueError for bounds that are not same-shaped, same-dtype finite floats with
+    ``lower <= upper`` (and ``lower > 0`` for ``reciprocal`` and ``rsqrt``)."""
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ")
-    if not (lower.is_floating_point() and upper.is_floating_point()):
-        raise ValueError(f"bounds must be floating point, not {lower.dtype}, {upper.dtype}")
+    if not lower.is_floating_point() or lower.dtype != upper.dtype:
+        raise ValueError(f"bounds must share one floating dtype, not {lower.dtype}, {upper.dtype}")
     if not bool(torch.isfinite(lower).all() and torch.isfinite(upper).all()):
         raise ValueError("bounds must be finite")
     if bool((lower > upper).any()):
@@ -360,15 +361,17 @@ def _check_bounds(name: str, shape: _Shape, lower: Tensor, upper: Tensor) -> Non
         raise ValueError(f"{name} is relaxed only on intervals with lower > 0")
 
 
+@torch.no_grad()
 def relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Lines (a_lo, b_lo, a_hi, b_hi), each shaped like lower/upper, with
     a_lo*x + b_lo <= f(x) <= a_hi*x + b_hi for every x in [lower, upper]
     (elementwise, lower <= upper). Raises ValueError for an unknown name.
 
-    Outputs have ``lower``'s dtype and device; the work is done in float64 (module docstring:
+    Outputs have ``lower``'s dtype and device and carry no gradient (``torch.no_grad``); the
+    work is done in float64 (module docstring:
     how slopes are chosen, how intercepts are made sound, and the float widening). Also raises
-    ValueError for bounds of different shapes, non-float or non-finite bounds, ``lower > upper``
-    anywhere, and ``lower <= 0`` for ``reciprocal`` / ``rsqrt``.
+    ValueError for bounds of different shapes or dtypes, non-float or non-finite bounds,
+    ``lower > upper`` anywhere, and ``lower <= 0`` for ``reciprocal`` / ``rsqrt``.
     """
     shape = _shape(name)
     _check_bounds(name, shape, lower, upper)

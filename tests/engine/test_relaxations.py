@@ -229,10 +229,10 @@ def test_area_between_lines_shrinks_with_the_interval() -> None:
     )
     for name in NAMES:
         centres = [1.5, 3.0, 10.0] if name in POSITIVE else [-3.0, -1.0, 0.0, 0.5, 2.4, 6.0]
-        for centre in centres:
-            half = widths / 2 if name not in POSITIVE else centre * widths / 20.01
-            areas = area(name, centre - half, centre + half)
-            assert torch.all(areas[1:] < areas[:-1]), (name, centre, areas)
+        centre = torch.tensor(centres, dtype=torch.float64)[:, None]  # (centres, widths)
+        half = widths / 2 if name not in POSITIVE else centre * widths / 20.01
+        areas = area(name, centre - half, centre + half)
+        assert torch.all(areas[:, 1:] < areas[:, :-1]), (name, areas)
     for name in ["gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "softplus", "exp", "square"]:
         low = torch.tensor(TURNS, dtype=torch.float64)
         a_lo, b_lo, a_hi, b_hi = relax(name, low, low + 1e-3)
@@ -255,6 +255,7 @@ def test_bad_calls_raise_value_error() -> None:
         ("relu", torch.tensor([math.nan]), two),
         ("relu", one, torch.tensor([math.inf])),
         ("relu", torch.tensor([1]), torch.tensor([2])),
+        ("relu", one, two.double()),
         ("reciprocal", torch.tensor([0.0]), two),
         ("rsqrt", torch.tensor([-1.0]), two),
     ]
@@ -273,3 +274,25 @@ def test_shapes_and_dtypes_are_kept() -> None:
             out = relax(name, lower.to(dtype), (lower + 1).to(dtype))
             assert all(t.shape == (2, 3, 4) and t.dtype == dtype for t in out)
             assert evaluate(name, lower.to(dtype)).shape == (2, 3, 4)
+
+
+def test_scalars_empty_tensors_and_gradients() -> None:
+    """0-d and empty bounds work; bounds that require grad give lines without a graph."""
+    low = torch.tensor(-1.0, requires_grad=True)
+    out = relax("gelu", low, torch.tensor(2.0))
+    assert all(t.shape == () and not t.requires_grad for t in out)
+    assert all(t.shape == (0, 3) for t in relax("silu", torch.zeros(0, 3), torch.zeros(0, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_lines_hold_exactly(dtype: torch.dtype) -> None:
+    """Half-precision lines, evaluated exactly (float64), hold on intervals within [-8, 8]
+    (``[1e-3, 1e3]`` for the positive-only functions) at 129 points each."""
+    for name in NAMES:
+        lower, upper = intervals(name, 20, seed=7)
+        if name not in POSITIVE:
+            lower, upper = lower.clamp(-8, 8), upper.clamp(-8, 8)
+        lower, upper = lower.to(dtype), upper.to(dtype)
+        a_lo, b_lo, a_hi, b_hi = (t.double()[:, None] for t in relax(name, lower, upper))
+        x = grid(lower, upper, 129).double()
+        assert gap(a_lo * x + b_lo, evaluate(name, x), a_hi * x + b_hi) == 0.0, name
