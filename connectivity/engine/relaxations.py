@@ -25,9 +25,11 @@ How the lines are made (all in float64, whatever the input dtype):
   sampling. Each function is described by its breakpoints (kinks and inflection points) and
   the curvature of each piece between them (convex, concave or linear); ``g = f - a x`` has the
   same curvature. The maximum of ``g`` is at ``l``, ``u``, a breakpoint, or the root of
-  ``g' = f' - a`` on a concave piece (bisection on the monotone ``g'``, 64 steps); the minimum
-  likewise with convex pieces. The value at a bisected root is taken as ``g(x~) +- |g'(x~)| *
-  (bracket width)``: a bound (tangent of a concave / convex ``g``), not an estimate.
+  ``g' = f' - a`` on a concave piece (bisection on the monotone ``g'``, 40 steps); the minimum
+  likewise with convex pieces. What is taken there is a bound, not an estimate: the extreme of
+  the tangent of the concave (convex) ``g`` over the final bracket, which lies above (below)
+  ``g``; so an inexact root costs tightness only (about ``|g''|`` times the bracket width
+  squared), never soundness.
 * **Float safety.** Slopes are rounded to the output dtype *before* the intercepts are computed,
   so rounding a slope never breaks a line. Then both intercepts are widened (``b_lo`` down,
   ``b_hi`` up) by ``4 * eps * max(S_lo, S_hi) + 4 * tiny`` with ``eps``, ``tiny`` those of the
@@ -48,18 +50,19 @@ How the lines are made (all in float64, whatever the input dtype):
 * **Degenerate intervals** (``l == u``) give the tangent there: exact up to that widening.
 
 Functions (``RELAXED``; :func:`evaluate` is the reference the lines bound): ``relu``,
-``leaky_relu`` (slope 0.01; ``leaky_relu:<slope>`` for any other slope, e.g.
-``leaky_relu:0.2``), ``hardtanh`` (``[-1, 1]``), ``relu6``, ``hardsigmoid`` (``relu6(x+3)/6``),
-``elu`` (``alpha=1``), ``gelu`` (erf form), ``gelu_tanh`` (tanh approximation), ``silu``,
-``hardswish``, ``sigmoid``, ``tanh``, ``softplus`` (``beta=1``), ``exp``, ``square``,
-``reciprocal`` and ``rsqrt`` (both only on intervals with ``lower > 0``).
+``leaky_relu`` (``leaky_relu:<negative_slope>``, default 0.01), ``hardtanh``
+(``hardtanh:<min_val>:<max_val>``, default -1 and 1), ``relu6``, ``hardsigmoid``
+(``relu6(x+3)/6``), ``elu`` (``elu:<alpha>``, default 1), ``gelu`` (erf form), ``gelu_tanh``
+(tanh approximation), ``silu``, ``hardswish``, ``sigmoid``, ``tanh``, ``softplus``
+(``beta=1``), ``exp``, ``square``, ``reciprocal`` and ``rsqrt`` (both only on intervals with
+``lower > 0``). Parameters follow the name after colons, as PyTorch's layers take them.
 
 Covered by this slice: the elementwise relaxations above, on any shape, CPU or GPU (float64
 support needed), float16/bfloat16/float32/float64 outputs. Not covered yet (later sessions of
 issue 21): bilinear bounds for products of two bounded values (``square`` is the one-input case),
-softmax, LayerNorm / GroupNorm as wholes (``reciprocal``/``rsqrt`` are their pieces), ``elu``
-with other ``alpha``, ``hardtanh`` with other limits, the exact CROWN tangent-through-endpoint
-slopes for S-shaped functions, and optimisable slopes (alpha-CROWN). Results can overflow to
+softmax, LayerNorm / GroupNorm as wholes (``reciprocal``/``rsqrt`` are their pieces), softplus
+with other ``beta``/``threshold``, ``pow`` / ``sqrt`` / ``log`` / ``sin``, gradients through the
+lines and optimisable slopes (alpha-CROWN). Results can overflow to
 ``inf`` where ``f`` itself does in the output dtype (``exp`` above about 88 in float32).
 """
 
@@ -74,7 +77,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-_BISECTION_STEPS = 64
+_BISECTION_STEPS = 40
 _REFINE_ROUNDS = 2  # rounds of slope refinement after the first candidates
 _SLOPE_POINTS = 9  # points of [l, u] whose derivative is a candidate slope (odd: midpoint in)
 _WIDEN_RELATIVE = 4.0  # times eps of the output dtype, times the lines' magnitudes
@@ -102,7 +105,9 @@ class _Shape:
     torch_abs: float = 0.0
 
 
-def _piecewise_linear(points: tuple[float, ...], slopes: tuple[float, ...], f: Callable) -> _Shape:
+def _piecewise_linear(
+    points: tuple[float, ...], slopes: tuple[float, ...], f: Callable[[Tensor], Tensor]
+) -> _Shape:
     """A piecewise-linear function with kinks at ``points`` and ``slopes`` on the pieces."""
 
     def df(x: Tensor) -> Tensor:
@@ -120,6 +125,7 @@ def _gelu(x: Tensor) -> Tensor:
 
 
 def _dgelu(x: Tensor) -> Tensor:
+    """GELU's derivative ``Phi(x) + x phi(x)``."""
     return 0.5 * torch.special.erfc(-x / math.sqrt(2.0)) + x * torch.exp(-0.5 * x * x) / math.sqrt(
         2.0 * math.pi
     )
@@ -131,20 +137,24 @@ def _gelu_tanh_z(x: Tensor) -> Tensor:
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
+    """GELU, tanh approximation ``x (1 + tanh(k (x + c x^3))) / 2``, as ``x sigmoid(z)``."""
     return x * torch.sigmoid(_gelu_tanh_z(x))
 
 
 def _dgelu_tanh(x: Tensor) -> Tensor:
+    """The tanh-GELU's derivative ``sigmoid(z) + x sigmoid(z) sigmoid(-z) z'``."""
     z = _gelu_tanh_z(x)
     dz = 2.0 * _GELU_K * (1.0 + 3.0 * _GELU_C * x * x)
     return torch.sigmoid(z) + x * torch.sigmoid(z) * torch.sigmoid(-z) * dz
 
 
 def _silu(x: Tensor) -> Tensor:
+    """SiLU ``x sigmoid(x)``."""
     return x * torch.sigmoid(x)
 
 
 def _dsilu(x: Tensor) -> Tensor:
+    """SiLU's derivative ``sigmoid(x) (1 + x sigmoid(-x))``."""
     return torch.sigmoid(x) * (1.0 + x * torch.sigmoid(-x))
 
 
@@ -168,10 +178,12 @@ def _inflection(df: Callable[[Tensor], Tensor], low: float, high: float) -> floa
 
 
 def _softplus(x: Tensor) -> Tensor:
+    """Softplus ``log(1 + e^x)`` without overflow or threshold."""
     return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
 
 
 def _dtanh(x: Tensor) -> Tensor:
+    """tanh's derivative ``1 - tanh^2 = 4 sigmoid(2x) sigmoid(-2x)``, without cancellation."""
     return 4.0 * torch.sigmoid(2.0 * x) * torch.sigmoid(-2.0 * x)
 
 
@@ -183,16 +195,9 @@ def _shapes() -> dict[str, _Shape]:
     root2 = math.sqrt(2.0)
     return {
         "relu": _piecewise_linear((0.0,), (0.0, 1.0), lambda x: x.clamp(min=0)),
-        "hardtanh": _piecewise_linear((-1.0, 1.0), (0.0, 1.0, 0.0), lambda x: x.clamp(-1, 1)),
         "relu6": _piecewise_linear((0.0, 6.0), (0.0, 1.0, 0.0), lambda x: x.clamp(0, 6)),
         "hardsigmoid": _piecewise_linear(
             (-3.0, 3.0), (0.0, 1.0 / 6.0, 0.0), lambda x: (x + 3).clamp(0, 6) / 6
-        ),
-        "elu": _Shape(
-            lambda x: torch.where(x > 0, x, torch.expm1(x.clamp(max=0))),
-            lambda x: torch.where(x > 0, torch.ones_like(x), torch.exp(x.clamp(max=0))),
-            (0.0,),
-            (1, 0),
         ),
         "gelu": _Shape(_gelu, _dgelu, (-root2, root2), (-1, 1, -1), torch_abs=8.0),
         "gelu_tanh": _Shape(
@@ -238,22 +243,55 @@ RELAXED: frozenset[str] = frozenset(
         "rsqrt",
     }
 )
-"""The names :func:`relax` and :func:`evaluate` take (``leaky_relu`` also as
-``leaky_relu:<slope>``)."""
+"""The names :func:`relax` and :func:`evaluate` take; three also take parameters after colons:
+``leaky_relu:<negative_slope>``, ``elu:<alpha>``, ``hardtanh:<min_val>:<max_val>`` (PyTorch's
+defaults without them: 0.01, 1, -1 and 1)."""
+
+
+_DEFAULTS = {"leaky_relu": ["0.01"], "elu": ["1"], "hardtanh": ["-1", "1"]}  # PyTorch's
+
+
+def _numbers(name: str, parameters: list[str], count: int) -> list[float]:
+    """``count`` finite numbers parsed from ``parameters`` (ValueError otherwise)."""
+    if len(parameters) != count:
+        raise ValueError(f"{name!r}: expected {count} parameter(s) after the name")
+    try:
+        values = [float(p) for p in parameters]
+    except ValueError:
+        raise ValueError(f"{name!r}: parameters must be numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name!r}: parameters must be finite")
+    return values
+
+
+def _with_parameters(name: str, base: str, parameters: list[str]) -> _Shape:
+    """``leaky_relu:<slope>``, ``elu:<alpha>`` and ``hardtanh:<min>:<max>``."""
+    if base == "leaky_relu":
+        (slope,) = _numbers(name, parameters, 1)
+        return _piecewise_linear((0.0,), (slope, 1.0), lambda x: torch.where(x >= 0, x, slope * x))
+    if base == "elu":
+        (alpha,) = _numbers(name, parameters, 1)
+        return _Shape(
+            lambda x: torch.where(x > 0, x, alpha * torch.expm1(x.clamp(max=0))),
+            lambda x: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(x.clamp(max=0))),
+            (0.0,),
+            (int(math.copysign(1, alpha)) if alpha else 0, 0),
+        )
+    if base == "hardtanh":
+        low, high = _numbers(name, parameters, 2)
+        if not low < high:
+            raise ValueError(f"{name!r}: needs min < max")
+        return _piecewise_linear((low, high), (0.0, 1.0, 0.0), lambda x: x.clamp(low, high))
+    raise ValueError(f"no relaxation for {name!r}; known: {sorted(RELAXED)}")
 
 
 def _shape(name: str) -> _Shape:
-    """The description of ``name``; ValueError for a name not in ``RELAXED``."""
-    base, _, parameter = name.partition(":")
-    if base == "leaky_relu":
-        try:
-            slope = float(parameter) if parameter else 0.01
-        except ValueError:
-            raise ValueError(f"leaky_relu slope {parameter!r} is not a number") from None
-        if not math.isfinite(slope):
-            raise ValueError(f"leaky_relu slope {parameter!r} is not finite")
-        return _piecewise_linear((0.0,), (slope, 1.0), lambda x: torch.where(x >= 0, x, slope * x))
-    if parameter or base not in _shapes():
+    """The description of ``name``; ValueError for a name not in ``RELAXED`` (or with
+    parameters it does not take, or that are not finite numbers)."""
+    base, *parameters = name.split(":")
+    if base in _DEFAULTS:
+        return _with_parameters(name, base, parameters or _DEFAULTS[base])
+    if parameters or base not in _shapes():
         raise ValueError(f"no relaxation for {name!r}; known: {sorted(RELAXED)}")
     return _shapes()[base]
 
@@ -272,9 +310,12 @@ def _bisect_root(shape: _Shape, a: Tensor, lo: Tensor, hi: Tensor, convex: bool)
     """A bound on the extremum of ``g = f - a x`` over ``[lo, hi]`` (a convex or concave piece
     of ``f``): the minimum from below when ``convex``, the maximum from above otherwise.
 
-    Bisection keeps a bracket around the extremum (the root of the monotone ``g'``, or the end
-    it runs to); at its midpoint ``x~``, ``g(x~) -+ |g'(x~)| * width`` bounds ``g`` at any point
-    of the bracket, by the tangent of the convex/concave ``g``. Shapes: all alike, float64.
+    Bisection on the sign of the monotone ``g'`` keeps a bracket ``[lo, hi]`` around the
+    extremum (the root of ``g'``, or the end of the piece it runs to). The tangent of a
+    concave ``g`` at any ``x~`` lies above ``g``, so ``g(x~) + max(g'(x~)(lo - x~),
+    g'(x~)(hi - x~))`` bounds ``g`` on the bracket from above (convex: the tangent's minimum,
+    from below); the tightest of those at ``lo``, ``hi`` and the midpoint is returned (exact
+    where the extremum is an end of the piece). Shapes: all alike, float64.
     """
     for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
@@ -282,10 +323,14 @@ def _bisect_root(shape: _Shape, a: Tensor, lo: Tensor, hi: Tensor, convex: bool)
         go_left = rising if convex else ~rising
         hi = torch.where(go_left, mid, hi)
         lo = torch.where(go_left, lo, mid)
-    mid = 0.5 * (lo + hi)
-    g = shape.f(mid) - a * mid
-    slack = (shape.df(mid) - a).abs() * (hi - lo)
-    return g - slack if convex else g + slack
+    bounds = []
+    for x in (lo, 0.5 * (lo + hi), hi):
+        slope = shape.df(x) - a
+        g = shape.f(x) - a * x
+        reach = torch.stack([slope * (lo - x), slope * (hi - x)])
+        bounds.append(g + (reach.amin(0) if convex else reach.amax(0)))
+    stacked = torch.stack(bounds)
+    return stacked.amax(0) if convex else stacked.amin(0)
 
 
 def _intercept(shape: _Shape, a: Tensor, lower: Tensor, upper: Tensor, above: bool) -> Tensor:
@@ -318,7 +363,8 @@ def _best_line(
     intercepts are made. Returns ``(a, b)``: ``S``, float64."""
     mid = 0.5 * (lower + upper)
     for round_ in range(_REFINE_ROUNDS + 1):
-        slopes = torch.nan_to_num(slopes.to(dtype).to(torch.float64), nan=0.0)
+        # A slope that is NaN or overflows in ``dtype`` becomes 0 (sound, only looser).
+        slopes = torch.nan_to_num(slopes.to(dtype), nan=0.0, posinf=0.0, neginf=0.0).double()
         b = _intercept(shape, slopes, lower, upper, above)
         at_mid = slopes * mid + b
         index = (at_mid.argmin(0) if above else at_mid.argmax(0)).unsqueeze(0)
@@ -368,8 +414,8 @@ def relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tens
     (elementwise, lower <= upper). Raises ValueError for an unknown name.
 
     Outputs have ``lower``'s dtype and device and carry no gradient (``torch.no_grad``); the
-    work is done in float64 (module docstring:
-    how slopes are chosen, how intercepts are made sound, and the float widening). Also raises
+    work is done in float64 (the module docstring says how slopes are chosen, how intercepts
+    are made sound, and how they are widened against float rounding). Also raises
     ValueError for bounds of different shapes or dtypes, non-float or non-finite bounds,
     ``lower > upper`` anywhere, and ``lower <= 0`` for ``reciprocal`` / ``rsqrt``.
     """

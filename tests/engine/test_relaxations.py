@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 from connectivity.engine.relaxations import RELAXED, evaluate, relax
 
-NAMES = sorted(RELAXED | {"leaky_relu:0.2", "leaky_relu:-0.5", "leaky_relu:3"})
+NAMES = sorted(RELAXED | {"leaky_relu:0.2", "leaky_relu:-0.5", "leaky_relu:3", "elu:0.5"})
+NAMES += ["elu:2", "elu:-1", "hardtanh:-2:3", "hardtanh:0:6"]
 POSITIVE = {"reciprocal", "rsqrt"}
 # Points where the shape changes: kinks, inflections, the ends of saturation.
 TURNS = [-6.0, -3.0, -2.3994, -1.4185, -math.sqrt(2), -1.0, 0.0, 1.0, 1.4185, math.sqrt(2)]
@@ -28,14 +29,15 @@ TURNS += [2.3994, 3.0, 6.0, 20.0]
 
 def torch_version(name: str) -> Callable[[Tensor], Tensor]:
     """PyTorch's own function for ``name`` (what a network computes)."""
-    base, _, parameter = name.partition(":")
+    base, *parameters = name.split(":")
+    values = [float(p) for p in parameters]
     table: dict[str, Callable[[Tensor], Tensor]] = {
         "relu": F.relu,
-        "leaky_relu": lambda x: F.leaky_relu(x, float(parameter) if parameter else 0.01),
-        "hardtanh": F.hardtanh,
+        "leaky_relu": lambda x: F.leaky_relu(x, *values),
+        "hardtanh": lambda x: F.hardtanh(x, *values),
         "relu6": F.relu6,
         "hardsigmoid": F.hardsigmoid,
-        "elu": F.elu,
+        "elu": lambda x: F.elu(x, *values),
         "gelu": F.gelu,
         "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
         "silu": F.silu,
@@ -182,6 +184,8 @@ def test_linear_pieces_are_exact() -> None:
         ("hardswish", 4.0, 40.0): (1.0, 0.0),
         ("leaky_relu:0.2", -5.0, -1.0): (0.2, 0.0),
         ("elu", 0.0, 3.0): (1.0, 0.0),
+        ("hardtanh:-2:3", -1.0, 2.5): (1.0, 0.0),
+        ("hardtanh:-2:3", 3.0, 8.0): (0.0, 3.0),
     }
     for (name, low, high), (slope, intercept) in cases.items():
         a_lo, b_lo, a_hi, b_hi = lines(name, low, high)
@@ -273,6 +277,10 @@ def test_bad_calls_raise_value_error() -> None:
         ("relu:2", one, two),
         ("leaky_relu:abc", one, two),
         ("leaky_relu:inf", one, two),
+        ("leaky_relu:1:2", one, two),
+        ("hardtanh:1", one, two),
+        ("hardtanh:2:1", one, two),
+        ("elu:nan", one, two),
         ("relu", two, one),
         ("relu", one, torch.tensor([2.0, 3.0])),
         ("relu", torch.tensor([math.nan]), two),
