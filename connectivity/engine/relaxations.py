@@ -95,6 +95,9 @@ class _Shape:
     the pieces ``(-inf, breaks[0]), ..., (breaks[-1], inf)``: 1 convex, -1 concave, 0 linear.
     ``positive`` functions are defined only for ``x > 0``. ``torch_abs`` (times eps of the
     output dtype and ``max(|l|, |u|)``) is the absolute error of PyTorch's own version.
+    ``root(a, curvature)``, where given, solves ``f'(x) = a`` on the convex (``curvature``
+    1) or concave (-1) piece in closed form (``+-inf`` where ``f' - a`` keeps one sign there);
+    its accuracy matters for tightness only.
     """
 
     f: Callable[[Tensor], Tensor]
@@ -103,6 +106,7 @@ class _Shape:
     curvature: tuple[int, ...]
     positive: bool = False
     torch_abs: float = 0.0
+    root: Callable[[Tensor, int], Tensor] | None = None
 
 
 def _piecewise_linear(
@@ -187,6 +191,22 @@ def _dtanh(x: Tensor) -> Tensor:
     return 4.0 * torch.sigmoid(2.0 * x) * torch.sigmoid(-2.0 * x)
 
 
+def _sigmoid_root(a: Tensor, curvature: int) -> Tensor:
+    """``sigmoid'(x) = a``: ``sigmoid(x) = 2a / (1 + sqrt(1 - 4a))`` on ``x < 0`` (convex),
+    its mirror on ``x > 0``."""
+    s = 2 * a / (1 + torch.sqrt((1 - 4 * a).clamp(min=0)))
+    x = torch.logit(s.clamp(0, 0.5))
+    return x if curvature > 0 else -x
+
+
+def _tanh_root(a: Tensor, curvature: int) -> Tensor:
+    """``tanh'(x) = a``: ``x = log((1 + sqrt(1 - a)) / sqrt(a))`` on ``x > 0`` (concave), its
+    mirror on ``x < 0``."""
+    t = torch.sqrt((1 - a).clamp(min=0))
+    x = torch.log((1 + t) / torch.sqrt(a.clamp(min=0))).clamp(min=0)
+    return x if curvature < 0 else -x
+
+
 @functools.cache
 def _shapes() -> dict[str, _Shape]:
     """The functions by name (built once: the SiLU and tanh-GELU inflections are solved)."""
@@ -209,16 +229,37 @@ def _shapes() -> dict[str, _Shape]:
             lambda x: torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, (2 * x + 3) / 6)),
             (-3.0, 3.0),
             (0, 1, 0),
+            root=lambda a, _: (6 * a - 3) / 2,
         ),
         "sigmoid": _Shape(
-            torch.sigmoid, lambda x: torch.sigmoid(x) * torch.sigmoid(-x), (0.0,), (1, -1)
+            torch.sigmoid,
+            lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
+            (0.0,),
+            (1, -1),
+            root=_sigmoid_root,
         ),
-        "tanh": _Shape(torch.tanh, _dtanh, (0.0,), (1, -1)),
-        "softplus": _Shape(_softplus, torch.sigmoid, (), (1,)),
-        "exp": _Shape(torch.exp, torch.exp, (), (1,)),
-        "square": _Shape(lambda x: x * x, lambda x: 2 * x, (), (1,)),
-        "reciprocal": _Shape(torch.reciprocal, lambda x: -1 / (x * x), (), (1,), positive=True),
-        "rsqrt": _Shape(torch.rsqrt, lambda x: -0.5 * torch.rsqrt(x) / x, (), (1,), positive=True),
+        "tanh": _Shape(torch.tanh, _dtanh, (0.0,), (1, -1), root=_tanh_root),
+        "softplus": _Shape(
+            _softplus, torch.sigmoid, (), (1,), root=lambda a, _: torch.logit(a.clamp(0, 1))
+        ),
+        "exp": _Shape(torch.exp, torch.exp, (), (1,), root=lambda a, _: torch.log(a.clamp(min=0))),
+        "square": _Shape(lambda x: x * x, lambda x: 2 * x, (), (1,), root=lambda a, _: a / 2),
+        "reciprocal": _Shape(
+            torch.reciprocal,
+            lambda x: -1 / (x * x),
+            (),
+            (1,),
+            positive=True,
+            root=lambda a, _: torch.rsqrt((-a).clamp(min=0)),
+        ),
+        "rsqrt": _Shape(
+            torch.rsqrt,
+            lambda x: -0.5 * torch.rsqrt(x) / x,
+            (),
+            (1,),
+            positive=True,
+            root=lambda a, _: (-2 * a).clamp(min=0).pow(-2.0 / 3.0),
+        ),
     }
 
 
@@ -276,6 +317,7 @@ def _with_parameters(name: str, base: str, parameters: list[str]) -> _Shape:
             lambda x: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(x.clamp(max=0))),
             (0.0,),
             (int(math.copysign(1, alpha)) if alpha else 0, 0),
+            root=lambda a, _: torch.log((a / alpha).clamp(min=0)),
         )
     if base == "hardtanh":
         low, high = _numbers(name, parameters, 2)
@@ -306,31 +348,40 @@ def evaluate(name: str, x: Tensor) -> Tensor:
     return _shape(name).f(x)
 
 
-def _bisect_root(shape: _Shape, a: Tensor, lo: Tensor, hi: Tensor, convex: bool) -> Tensor:
+def _tangent_bound(
+    shape: _Shape, a: Tensor, x: Tensor, lo: Tensor, hi: Tensor, convex: bool
+) -> Tensor:
+    """The tangent of ``g = f - a x`` at ``x`` (in ``[lo, hi]``), at its extreme over
+    ``[lo, hi]``: its maximum when ``g`` is concave there (it lies above ``g``, so it bounds
+    ``max g`` from above), its minimum when convex. Exact when ``x`` is the extremum of ``g``."""
+    slope = shape.df(x) - a
+    reach = torch.stack([slope * (lo - x), slope * (hi - x)])
+    return shape.f(x) - a * x + (reach.amin(0) if convex else reach.amax(0))
+
+
+def _piece_extremum(shape: _Shape, a: Tensor, lo: Tensor, hi: Tensor, convex: bool) -> Tensor:
     """A bound on the extremum of ``g = f - a x`` over ``[lo, hi]`` (a convex or concave piece
     of ``f``): the minimum from below when ``convex``, the maximum from above otherwise.
 
-    Bisection on the sign of the monotone ``g'`` keeps a bracket ``[lo, hi]`` around the
-    extremum (the root of ``g'``, or the end of the piece it runs to). The tangent of a
-    concave ``g`` at any ``x~`` lies above ``g``, so ``g(x~) + max(g'(x~)(lo - x~),
-    g'(x~)(hi - x~))`` bounds ``g`` on the bracket from above (convex: the tangent's minimum,
-    from below); the tightest of those at ``lo``, ``hi`` and the midpoint is returned (exact
-    where the extremum is an end of the piece). Shapes: all alike, float64.
+    With a closed-form root of ``f' = a`` (``shape.root``) the tangent there, clamped to the
+    piece, gives it (:func:`_tangent_bound`). Otherwise bisection on the sign of the monotone
+    ``g'`` keeps a bracket around the extremum (the root, or the end it runs to) and the
+    tightest tangent bound over the bracket at its ends and midpoint is taken (exact where the
+    extremum is an end of the piece). Either way a bound, whatever the root's accuracy.
+    Shapes: all alike, float64.
     """
+    if shape.root is not None:
+        x = shape.root(a, 1 if convex else -1)
+        x = torch.where(torch.isnan(x), lo, x).clamp(lo, hi)
+        return _tangent_bound(shape, a, x, lo, hi, convex)
     for _ in range(_BISECTION_STEPS):
         mid = 0.5 * (lo + hi)
         rising = shape.df(mid) - a > 0
         go_left = rising if convex else ~rising
         hi = torch.where(go_left, mid, hi)
         lo = torch.where(go_left, lo, mid)
-    bounds = []
-    for x in (lo, 0.5 * (lo + hi), hi):
-        slope = shape.df(x) - a
-        g = shape.f(x) - a * x
-        reach = torch.stack([slope * (lo - x), slope * (hi - x)])
-        bounds.append(g + (reach.amin(0) if convex else reach.amax(0)))
-    stacked = torch.stack(bounds)
-    return stacked.amax(0) if convex else stacked.amin(0)
+    bounds = torch.stack([_tangent_bound(shape, a, x, lo, hi, convex) for x in (lo, hi)])
+    return bounds.amax(0) if convex else bounds.amin(0)
 
 
 def _intercept(shape: _Shape, a: Tensor, lower: Tensor, upper: Tensor, above: bool) -> Tensor:
@@ -347,7 +398,7 @@ def _intercept(shape: _Shape, a: Tensor, lower: Tensor, upper: Tensor, above: bo
             continue
         lo = torch.full_like(lower, start).clamp(lower, upper).expand_as(a)
         hi = torch.full_like(lower, end).clamp(lower, upper).expand_as(a)
-        bound = _bisect_root(shape, a, lo, hi, convex=not above)
+        bound = _piece_extremum(shape, a, lo, hi, convex=not above)
         best = torch.maximum(best, bound) if above else torch.minimum(best, bound)
     return best
 
