@@ -25,11 +25,12 @@ How the lines are made (all in float64, whatever the input dtype):
   sampling. Each function is described by its breakpoints (kinks and inflection points) and
   the curvature of each piece between them (convex, concave or linear); ``g = f - a x`` has the
   same curvature. The maximum of ``g`` is at ``l``, ``u``, a breakpoint, or the root of
-  ``g' = f' - a`` on a concave piece (bisection on the monotone ``g'``, 40 steps); the minimum
-  likewise with convex pieces. What is taken there is a bound, not an estimate: the extreme of
-  the tangent of the concave (convex) ``g`` over the final bracket, which lies above (below)
-  ``g``; so an inexact root costs tightness only (about ``|g''|`` times the bracket width
-  squared), never soundness.
+  ``g' = f' - a`` on a concave piece (in closed form where there is one; else bisection on
+  the monotone ``g'``, ended by Newton steps inside the bracket); the minimum likewise with
+  convex pieces. What is taken there is a bound, not an estimate: the extreme, over the
+  piece (closed form) or the final bracket, of the tangent of the concave (convex) ``g`` at
+  the root found, which lies above (below) ``g``. An inexact root costs tightness only,
+  never soundness.
 * **Float safety.** Slopes are rounded to the output dtype *before* the intercepts are computed,
   so rounding a slope never breaks a line. Then both intercepts are widened (``b_lo`` down,
   ``b_hi`` up) by ``4 * eps * max(S_lo, S_hi) + 4 * tiny`` with ``eps``, ``tiny`` those of the
@@ -78,6 +79,8 @@ import torch
 from torch import Tensor
 
 _BISECTION_STEPS = 40
+_NEWTON_AFTER = 12  # bisection steps before Newton's, where f'' is known
+_NEWTON_STEPS = 4
 _REFINE_ROUNDS = 2  # rounds of slope refinement after the first candidates
 _SLOPE_POINTS = 9  # points of [l, u] whose derivative is a candidate slope (odd: midpoint in)
 _WIDEN_RELATIVE = 4.0  # times eps of the output dtype, times the lines' magnitudes
@@ -97,7 +100,8 @@ class _Shape:
     output dtype and ``max(|l|, |u|)``) is the absolute error of PyTorch's own version.
     ``root(a, curvature)``, where given, solves ``f'(x) = a`` on the convex (``curvature``
     1) or concave (-1) piece in closed form (``+-inf`` where ``f' - a`` keeps one sign there);
-    its accuracy matters for tightness only.
+    its accuracy matters for tightness only. ``d2f`` (``f''``), where given, replaces the end
+    of the bisection by Newton steps inside the bracket (again only tightness depends on it).
     """
 
     f: Callable[[Tensor], Tensor]
@@ -107,6 +111,7 @@ class _Shape:
     positive: bool = False
     torch_abs: float = 0.0
     root: Callable[[Tensor, int], Tensor] | None = None
+    d2f: Callable[[Tensor], Tensor] | None = None
 
 
 def _piecewise_linear(
@@ -135,6 +140,11 @@ def _dgelu(x: Tensor) -> Tensor:
     )
 
 
+def _d2gelu(x: Tensor) -> Tensor:
+    """GELU's second derivative ``phi(x) (2 - x^2)``."""
+    return torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi) * (2.0 - x * x)
+
+
 def _gelu_tanh_z(x: Tensor) -> Tensor:
     """``2 k (x + c x^3)``: ``(1 + tanh(z/2)) / 2 = sigmoid(z)``, no cancellation."""
     return 2.0 * _GELU_K * (x + _GELU_C * x * x * x)
@@ -150,6 +160,22 @@ def _dgelu_tanh(x: Tensor) -> Tensor:
     z = _gelu_tanh_z(x)
     dz = 2.0 * _GELU_K * (1.0 + 3.0 * _GELU_C * x * x)
     return torch.sigmoid(z) + x * torch.sigmoid(z) * torch.sigmoid(-z) * dz
+
+
+def _d2gelu_tanh(x: Tensor) -> Tensor:
+    """The tanh-GELU's second derivative ``s(1-s) (2 z' + x ((1 - 2s) z'^2 + z''))``,
+    ``s = sigmoid(z)``."""
+    z = _gelu_tanh_z(x)
+    dz = 2.0 * _GELU_K * (1.0 + 3.0 * _GELU_C * x * x)
+    d2z = 12.0 * _GELU_K * _GELU_C * x
+    s, r = torch.sigmoid(z), torch.sigmoid(-z)
+    return s * r * (2.0 * dz + x * ((r - s) * dz * dz + d2z))
+
+
+def _d2silu(x: Tensor) -> Tensor:
+    """SiLU's second derivative ``sigmoid(x) sigmoid(-x) (2 + x (sigmoid(-x) - sigmoid(x)))``."""
+    s, r = torch.sigmoid(x), torch.sigmoid(-x)
+    return s * r * (2.0 + x * (r - s))
 
 
 def _silu(x: Tensor) -> Tensor:
@@ -219,11 +245,16 @@ def _shapes() -> dict[str, _Shape]:
         "hardsigmoid": _piecewise_linear(
             (-3.0, 3.0), (0.0, 1.0 / 6.0, 0.0), lambda x: (x + 3).clamp(0, 6) / 6
         ),
-        "gelu": _Shape(_gelu, _dgelu, (-root2, root2), (-1, 1, -1), torch_abs=8.0),
+        "gelu": _Shape(_gelu, _dgelu, (-root2, root2), (-1, 1, -1), torch_abs=8.0, d2f=_d2gelu),
         "gelu_tanh": _Shape(
-            _gelu_tanh, _dgelu_tanh, (-gelu_tanh_turn, gelu_tanh_turn), (-1, 1, -1), torch_abs=4.0
+            _gelu_tanh,
+            _dgelu_tanh,
+            (-gelu_tanh_turn, gelu_tanh_turn),
+            (-1, 1, -1),
+            torch_abs=4.0,
+            d2f=_d2gelu_tanh,
         ),
-        "silu": _Shape(_silu, _dsilu, (-silu_turn, silu_turn), (-1, 1, -1)),
+        "silu": _Shape(_silu, _dsilu, (-silu_turn, silu_turn), (-1, 1, -1), d2f=_d2silu),
         "hardswish": _Shape(
             lambda x: x * (x + 3).clamp(0, 6) / 6,
             lambda x: torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, (2 * x + 3) / 6)),
@@ -365,22 +396,31 @@ def _piece_extremum(shape: _Shape, a: Tensor, lo: Tensor, hi: Tensor, convex: bo
 
     With a closed-form root of ``f' = a`` (``shape.root``) the tangent there, clamped to the
     piece, gives it (:func:`_tangent_bound`). Otherwise bisection on the sign of the monotone
-    ``g'`` keeps a bracket around the extremum (the root, or the end it runs to) and the
-    tightest tangent bound over the bracket at its ends and midpoint is taken (exact where the
-    extremum is an end of the piece). Either way a bound, whatever the root's accuracy.
+    ``g'`` keeps a bracket around the extremum (the root, or the end it runs to), then (given
+    ``f''``) Newton steps kept inside the bracket polish the root, and the tightest tangent
+    bound over the bracket at its ends and that root is taken (exact where the extremum is an
+    end of the piece). Either way a bound, whatever the root's accuracy.
     Shapes: all alike, float64.
     """
     if shape.root is not None:
         x = shape.root(a, 1 if convex else -1)
         x = torch.where(torch.isnan(x), lo, x).clamp(lo, hi)
         return _tangent_bound(shape, a, x, lo, hi, convex)
-    for _ in range(_BISECTION_STEPS):
+    steps = _BISECTION_STEPS if shape.d2f is None else _NEWTON_AFTER
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
         rising = shape.df(mid) - a > 0
         go_left = rising if convex else ~rising
         hi = torch.where(go_left, mid, hi)
         lo = torch.where(go_left, lo, mid)
-    bounds = torch.stack([_tangent_bound(shape, a, x, lo, hi, convex) for x in (lo, hi)])
+    if shape.d2f is None:
+        bounds = torch.stack([_tangent_bound(shape, a, x, lo, hi, convex) for x in (lo, hi)])
+        return bounds.amax(0) if convex else bounds.amin(0)
+    x = 0.5 * (lo + hi)
+    for _ in range(_NEWTON_STEPS):
+        step = (shape.df(x) - a) / shape.d2f(x)
+        x = torch.where(torch.isfinite(step), x - step, x).clamp(lo, hi)
+    bounds = torch.stack([_tangent_bound(shape, a, x, lo, hi, convex) for x in (lo, x, hi)])
     return bounds.amax(0) if convex else bounds.amin(0)
 
 
