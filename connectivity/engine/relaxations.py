@@ -444,23 +444,29 @@ def _intercept(shape: _Shape, a: Tensor, lower: Tensor, upper: Tensor, above: bo
 
 
 def _best_line(
-    shape: _Shape, slopes: Tensor, lower: Tensor, upper: Tensor, dtype: torch.dtype, above: bool
+    shape: _Shape,
+    slopes: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    dtype: torch.dtype,
+    above: bool,
+    rounds: int,
 ) -> tuple[Tensor, Tensor]:
     """The sound line above (``above``) or below ``f`` on ``[lower, upper]`` closest to ``f`` at
-    the midpoint, among ``slopes`` (``(C, *S)``, float64) and then ``_REFINE_ROUNDS`` rounds of
+    the midpoint, among ``slopes`` (``(C, *S)``, float64) and then ``rounds`` rounds of
     8 slopes between the best one's nearest distinct neighbours. The midpoint value of the best
     line for a slope is convex in the slope (a maximum of affine functions of it), so the
     optimum stays between those neighbours. Slopes are rounded to ``dtype`` before their
     intercepts are made. Returns ``(a, b)``: ``S``, float64."""
     mid = 0.5 * (lower + upper)
-    for round_ in range(_REFINE_ROUNDS + 1):
+    for round_ in range(rounds + 1):
         # A slope that is NaN or overflows in ``dtype`` becomes 0 (sound, only looser).
         slopes = torch.nan_to_num(slopes.to(dtype), nan=0.0, posinf=0.0, neginf=0.0).double()
         b = _intercept(shape, slopes, lower, upper, above)
         at_mid = slopes * mid + b
         index = (at_mid.argmin(0) if above else at_mid.argmax(0)).unsqueeze(0)
         best_a, best_b = slopes.gather(0, index), b.gather(0, index)
-        if round_ == _REFINE_ROUNDS:
+        if round_ == rounds:
             return best_a.squeeze(0), best_b.squeeze(0)
         below = torch.where(slopes < best_a, slopes, -math.inf).amax(0, keepdim=True)
         beyond = torch.where(slopes > best_a, slopes, math.inf).amin(0, keepdim=True)
@@ -473,14 +479,67 @@ def _best_line(
 
 
 def _candidate_slopes(shape: _Shape, lower: Tensor, upper: Tensor) -> Tensor:
-    """``(C, *S)``: the chord slope (the derivative at ``lower`` where ``lower == upper``), then
-    ``f'`` at ``_SLOPE_POINTS`` evenly spaced points of ``[lower, upper]``."""
-    width = upper - lower
-    safe = torch.where(width > 0, width, torch.ones_like(width))
-    chord = torch.where(width > 0, (shape.f(upper) - shape.f(lower)) / safe, shape.df(lower))
+    """``(C, *S)``: the chord slope, then ``f'`` at ``_SLOPE_POINTS`` evenly spaced points of
+    ``[lower, upper]``."""
     steps = torch.linspace(0, 1, _SLOPE_POINTS, dtype=lower.dtype, device=lower.device)
     steps = steps.reshape(-1, *([1] * lower.dim()))
-    return torch.cat([chord.unsqueeze(0), shape.df(lower + steps * width)])
+    tangents = shape.df(lower + steps * (upper - lower))
+    return torch.cat([_chord(shape, lower, upper).unsqueeze(0), tangents])
+
+
+def _chord(shape: _Shape, lower: Tensor, upper: Tensor) -> Tensor:
+    """The chord slope over ``[lower, upper]``; ``f'(lower)`` where ``lower == upper``."""
+    width = upper - lower
+    safe = torch.where(width > 0, width, torch.ones_like(width))
+    return torch.where(width > 0, (shape.f(upper) - shape.f(lower)) / safe, shape.df(lower))
+
+
+def _kink_slopes(shape: _Shape, lower: Tensor, upper: Tensor) -> Tensor:
+    """``(C, *S)``: the slopes between every two of ``lower``, ``upper`` and the kinks inside
+    (clamped in): for a piecewise-linear ``f`` the best lines are among them (the concave and
+    convex envelopes of ``f`` on ``[lower, upper]`` join such points)."""
+    points = [lower, upper] + [torch.full_like(lower, p).clamp(lower, upper) for p in shape.breaks]
+    return torch.stack([_chord(shape, p, q) for p, q in itertools.combinations(points, 2)])
+
+
+def _lines(
+    shape: _Shape, lower: Tensor, upper: Tensor, dtype: torch.dtype, kind: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(a_lo, b_lo, a_hi, b_hi)`` (float64, like ``lower``) before widening, for ``kind``:
+    ``"piece"`` (each interval within one convex, concave or linear piece: the chord and the
+    midpoint tangent are the best lines, CROWN's), ``"linear"`` (a piecewise-linear ``f``:
+    :func:`_kink_slopes`) or ``"search"`` (candidates refined in ``_REFINE_ROUNDS`` rounds)."""
+    rounds = 0
+    if kind == "piece":
+        slopes = torch.stack([_chord(shape, lower, upper), shape.df(0.5 * (lower + upper))])
+    elif kind == "linear":
+        slopes = _kink_slopes(shape, lower, upper)
+    else:
+        slopes, rounds = _candidate_slopes(shape, lower, upper), _REFINE_ROUNDS
+    a_lo, b_lo = _best_line(shape, slopes, lower, upper, dtype, False, rounds)
+    a_hi, b_hi = _best_line(shape, slopes, lower, upper, dtype, True, rounds)
+    return a_lo, b_lo, a_hi, b_hi
+
+
+def _all_lines(
+    shape: _Shape, lower: Tensor, upper: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_lines` for every interval: piecewise-linear functions at once; otherwise the
+    intervals within one piece apart from those across a breakpoint (the search)."""
+    if not any(shape.curvature):
+        return _lines(shape, lower, upper, dtype, "linear")
+    low, high = lower.reshape(-1), upper.reshape(-1)
+    crossing = torch.zeros_like(low, dtype=torch.bool)
+    for point in shape.breaks:
+        crossing |= (low < point) & (point < high)
+    result = [torch.empty_like(low) for _ in range(4)]
+    for mask, kind in ((~crossing, "piece"), (crossing, "search")):
+        index = mask.nonzero().squeeze(1)
+        if index.numel():
+            lines = _lines(shape, low[index], high[index], dtype, kind)
+            for whole, part in zip(result, lines, strict=True):
+                whole[index] = part
+    return tuple(r.reshape(lower.shape) for r in result)  # type: ignore[return-value]
 
 
 def _check_bounds(name: str, shape: _Shape, lower: Tensor, upper: Tensor) -> None:
@@ -514,9 +573,7 @@ def relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tens
     _check_bounds(name, shape, lower, upper)
     out = lower.dtype
     lo64, up64 = lower.to(torch.float64), upper.to(torch.float64)
-    slopes = _candidate_slopes(shape, lo64, up64)
-    a_lo, b_lo = _best_line(shape, slopes, lo64, up64, out, above=False)
-    a_hi, b_hi = _best_line(shape, slopes, lo64, up64, out, above=True)
+    a_lo, b_lo, a_hi, b_hi = _all_lines(shape, lo64, up64, out)
     reach = torch.maximum(lo64.abs(), up64.abs())
     finfo = torch.finfo(out)
     size = torch.maximum(a_lo.abs() * reach + b_lo.abs(), a_hi.abs() * reach + b_hi.abs())
