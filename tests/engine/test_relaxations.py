@@ -8,6 +8,7 @@ reference ``evaluate`` and against PyTorch's own functions; tightness against kn
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Callable
@@ -327,3 +328,44 @@ def test_half_precision_lines_hold_exactly(dtype: torch.dtype) -> None:
         a_lo, b_lo, a_hi, b_hi = (t.double()[:, None] for t in relax(name, lower, upper))
         x = grid(lower, upper, 129).double()
         assert gap(a_lo * x + b_lo, evaluate(name, x), a_hi * x + b_hi) == 0.0, name
+
+
+def crown_upper_at_mid(
+    f: Callable[[Tensor], Tensor], df: Callable[[Tensor], Tensor], low: Tensor, high: Tensor
+) -> Tensor:
+    """CROWN's upper line for an S-shaped ``f`` (convex left of 0, concave right) on intervals
+    with ``low < 0 < high``, at the midpoint: the tangent at ``d`` in ``[0, high]`` that passes
+    through ``(low, f(low))`` (found by bisection: ``f(d) + f'(d)(low - d) - f(low)`` increases
+    with ``d``), or the chord when that ``d`` is beyond ``high``."""
+    mid = 0.5 * (low + high)
+    d_lo, d_hi = torch.zeros_like(low), high.clone()
+    for _ in range(100):
+        d = 0.5 * (d_lo + d_hi)
+        above = f(d) + df(d) * (low - d) - f(low) > 0
+        d_hi, d_lo = torch.where(above, d, d_hi), torch.where(above, d_lo, d)
+    tangent = f(d_hi) + df(d_hi) * (mid - d_hi)
+    chord = f(low) + (f(high) - f(low)) / (high - low) * (mid - low)
+    tangent_reaches = f(high) + df(high) * (low - high) - f(low) >= 0
+    return torch.where(tangent_reaches, tangent, chord)
+
+
+def test_s_shapes_at_least_as_tight_as_crowns_tangent_through_the_end() -> None:
+    """On intervals across the inflection of sigmoid and tanh, the upper line at the midpoint
+    is no higher than CROWN's (Zhang et al. 2018) tangent-through-the-end line (to 1e-9); the
+    lower line, by symmetry (``f(-x) = c - f(x)``), no lower than its mirror."""
+    gen = torch.Generator().manual_seed(3)
+    low = -(10 ** (torch.rand(300, generator=gen, dtype=torch.float64) * 3 - 2))
+    high = 10 ** (torch.rand(300, generator=gen, dtype=torch.float64) * 3 - 2)
+    derivatives = {
+        "sigmoid": lambda x: torch.sigmoid(x) * torch.sigmoid(-x),
+        "tanh": lambda x: 1 - torch.tanh(x) ** 2,
+    }
+    for name, df in derivatives.items():
+        f = functools.partial(evaluate, name)
+        a_lo, b_lo, a_hi, b_hi = relax(name, low, high)
+        mid = 0.5 * (low + high)
+        crown = crown_upper_at_mid(f, df, low, high)
+        assert torch.all(a_hi * mid + b_hi <= crown + 1e-9), name
+        shift = 2 * f(torch.zeros(1, dtype=torch.float64))  # f(x) + f(-x) = shift
+        crown_lower = shift - crown_upper_at_mid(f, df, -high, -low)
+        assert torch.all(a_lo * mid + b_lo >= crown_lower - 1e-9), name
