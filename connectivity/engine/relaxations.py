@@ -19,7 +19,10 @@ How the lines are made (all in float64, whatever the input dtype):
   refined by 30 bisection steps on the slope (the midpoint value is convex in the slope, its
   derivative ``m - x*`` known from where the intercept's extremum lies): this approaches the
   optimal line at the midpoint, at least as tight there as CROWN's tangent through an
-  endpoint (tested for sigmoid and tanh).
+  endpoint (tested for sigmoid and tanh). Measured 2026-12-06 on 200 random intervals with
+  ``-8 < l < 0 < u < 8``: the area between the lines was never more than that of the best
+  pair among 1,501 slopes (brute force, 4,001 points) for sigmoid, tanh, both GELUs, SiLU,
+  hard-swish, ELU, softplus and ReLU.
 * **Intercepts** are what makes the lines sound, whatever the slope: ``b_hi = max (f(x) - a x)``
   and ``b_lo = min (f(x) - a x)`` over ``[l, u]``, found from the function's known shape, not by
   sampling. Each function is described by its breakpoints (kinks and inflection points) and
@@ -58,13 +61,16 @@ Functions (``RELAXED``; :func:`evaluate` is the reference the lines bound): ``re
 (``beta=1``), ``exp``, ``square``, ``reciprocal`` and ``rsqrt`` (both only on intervals with
 ``lower > 0``). Parameters follow the name after colons, as PyTorch's layers take them.
 
-Covered by this slice: the elementwise relaxations above, on any shape, CPU or GPU (float64
-support needed), float16/bfloat16/float32/float64 outputs. Not covered yet (later sessions of
+Covered by this slice: the elementwise relaxations above, on any shape, float16/bfloat16/
+float32/float64 outputs, on CPU (tested) and any device with float64 (written for it, not run
+on a GPU yet). Cost, 1e5 elements of widths up to 0.5 on one thread of this project's busy
+2-core CPU: 0.07-0.15 s (piecewise-linear, exp, sigmoid, tanh, hard-swish), 0.5-0.8 s (GELU,
+SiLU, tanh-GELU, whose roots need bisection and Newton steps). Not covered yet (later sessions of
 issue 21): bilinear bounds for products of two bounded values (``square`` is the one-input case),
 softmax, LayerNorm / GroupNorm as wholes (``reciprocal``/``rsqrt`` are their pieces), softplus
 with other ``beta``/``threshold``, ``pow`` / ``sqrt`` / ``log`` / ``sin``, gradients through the
-lines and optimisable slopes (alpha-CROWN). Results can overflow to
-``inf`` where ``f`` itself does in the output dtype (``exp`` above about 88 in float32).
+lines and optimisable slopes (alpha-CROWN), a GPU run. Results can overflow to ``inf`` where
+``f`` itself does in the output dtype (``exp`` above about 88 in float32).
 """
 
 from __future__ import annotations
