@@ -369,3 +369,26 @@ def test_s_shapes_at_least_as_tight_as_crowns_tangent_through_the_end() -> None:
         shift = 2 * f(torch.zeros(1, dtype=torch.float64))  # f(x) + f(-x) = shift
         crown_lower = shift - crown_upper_at_mid(f, df, -high, -low)
         assert torch.all(a_lo * mid + b_lo >= crown_lower - 1e-9), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_extreme_magnitudes(dtype: torch.dtype) -> None:
+    """Very wide (1e4), far out (500 to 1e4), tiny and subnormal intervals: finite lines whose
+    closest approach to ``f`` (2,001 points, zoomed in) is never negative (``exp`` excepted:
+    it overflows there)."""
+    for name in sorted(RELAXED - {"exp"}):
+        if name in POSITIVE:
+            low, high = [1e-6, 1e-6, 1.0, 1e3], [1e6, 1.0000001e-6, 1e6, 1e3 + 1e-3]
+        else:
+            low, high = (
+                [-1e4, -1e3, -1e3, 500.0, -1e-30, -3e-45],
+                [1e4, 1e3, -999.0, 1e4, 1e-30, 3e-45],
+            )
+        lower, upper = torch.tensor(low, dtype=dtype), torch.tensor(high, dtype=dtype)
+        a_lo, b_lo, a_hi, b_hi = relax(name, lower, upper)
+        assert all(bool(torch.isfinite(t).all()) for t in (a_lo, b_lo, a_hi, b_hi)), name
+        for side, a, b in (("below", a_lo, b_lo), ("above", a_hi, b_hi)):
+            closest = closest_approach(
+                name, a.double(), b.double(), lower.double(), upper.double(), 2001, side
+            )
+            assert bool((closest >= 0).all()), (name, side, closest)
