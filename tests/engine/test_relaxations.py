@@ -255,7 +255,7 @@ def test_area_between_lines_shrinks_with_the_interval() -> None:
     widths = torch.tensor(
         [20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.01, 1e-3], dtype=torch.float64
     )
-    for name in NAMES:
+    for name in sorted(RELAXED):
         centres = [1.5, 3.0, 10.0] if name in POSITIVE else [-3.0, -1.0, 0.0, 0.5, 2.4, 6.0]
         centre = torch.tensor(centres, dtype=torch.float64)[:, None]  # (centres, widths)
         half = widths / 2 if name not in POSITIVE else centre * widths / 20.01
@@ -320,7 +320,7 @@ def test_scalars_empty_tensors_and_gradients() -> None:
 def test_half_precision_lines_hold_exactly(dtype: torch.dtype) -> None:
     """Half-precision lines, evaluated exactly (float64), hold on intervals within [-8, 8]
     (``[1e-3, 1e3]`` for the positive-only functions) at 129 points each."""
-    for name in NAMES:
+    for name in sorted(RELAXED):
         lower, upper = intervals(name, 20, seed=7)
         if name not in POSITIVE:
             lower, upper = lower.clamp(-8, 8), upper.clamp(-8, 8)
@@ -371,7 +371,9 @@ def test_s_shapes_at_least_as_tight_as_crowns_tangent_through_the_end() -> None:
         assert torch.all(a_lo * mid + b_lo >= crown_lower - 1e-9), name
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, pytest.param(torch.float64, marks=pytest.mark.slow)]
+)
 def test_extreme_magnitudes(dtype: torch.dtype) -> None:
     """Very wide (1e4), far out (500 to 1e4), tiny and subnormal intervals: finite lines whose
     closest approach to ``f`` (2,001 points, zoomed in) is never negative (``exp`` excepted:
