@@ -126,6 +126,7 @@ def _piecewise_linear(
     """A piecewise-linear function with kinks at ``points`` and ``slopes`` on the pieces."""
 
     def df(x: Tensor) -> Tensor:
+        """The slope of the piece ``x`` is in (the right one at a kink)."""
         out = torch.full_like(x, slopes[0])
         for point, slope in zip(points, slopes[1:], strict=True):
             out = torch.where(x > point, torch.full_like(x, slope), out)
@@ -200,6 +201,7 @@ def _inflection(df: Callable[[Tensor], Tensor], low: float, high: float) -> floa
     cost about ``|f'''| d^3``)."""
 
     def second(x: float) -> float:
+        """``f''(x)``."""
         with torch.enable_grad():
             point = torch.tensor(x, dtype=torch.float64, requires_grad=True)
             return float(torch.autograd.grad(df(point), point)[0])

@@ -170,6 +170,7 @@ def test_lines_hold_on_a_big_sweep(name: str) -> None:
 
 
 def lines(name: str, low: float, high: float) -> tuple[float, float, float, float]:
+    """``relax`` on the one float64 interval ``[low, high]``, as four floats."""
     out = relax(name, torch.tensor([low], dtype=torch.float64), torch.tensor([high]).double())
     return tuple(float(t) for t in out)  # type: ignore[return-value]
 
