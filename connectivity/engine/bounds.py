@@ -27,12 +27,9 @@ How each traced operation is bounded (what an operation computes decides, throug
   kink the bounds are exact, so a piecewise-linear tail is proved exactly on a sub-interval
   where it is affine.
 * Elementwise GELU (erf and tanh forms), SiLU, sigmoid, tanh, softplus (beta 1, threshold 20),
-  hard-swish and exp go through :func:`_relax`, which has the signature of
-  ``connectivity.engine.relaxations.relax`` (another helper's module): until that lands,
-  :func:`_relax` gives constant lines (the function's range over the input interval: monotone
-  functions at the interval's ends, the unimodal GELU / SiLU / hard-swish with their minimum
-  when the interval holds it). Sound, and tight as the sub-intervals shrink; swap the import
-  for the tangent / chord lines of relaxations.py.
+  hard-swish and exp go through :func:`_relax`: the chord and tangent lines of
+  :func:`connectivity.engine.relaxations.relax` (CROWN's, with sound intercepts), or constant
+  lines of the function's range where an input interval is not finite.
 * Max pooling and pointwise ``max`` / ``min`` of two values: the max of lines is convex in ``t``,
   so its chord over ``[t0, t1]`` bounds it above (exact when one operand wins on the whole
   sub-interval); below, pools take the constant max of the window's lowest values, pairwise
@@ -53,7 +50,7 @@ Not covered yet (the next slice; these raise :class:`NotBoundedError` naming the
 LayerNorm and GroupNorm, softmax, scaled dot-product / multi-head attention, products of two
 point-dependent values (bilinear bounds), exp-based normalisations, rolls and window partitions
 with point-dependent indices, bicubic interpolation; records (``certificate="bounds"``) and the
-drivers' ``certify="bounds"`` / ``"auto"``; tighter relaxations from relaxations.py; backward
+drivers' ``certify="bounds"`` / ``"auto"``; backward
 (CROWN) bounds of the margin itself, which would keep the correlation between logits that the
 forward lines lose (here the margin bound is ``min_k (L_y - U_k)``); a probe, like exact.py's
 ``_probe``, refusing tails whose output for one point depends on the other points of the batch
@@ -100,6 +97,7 @@ from connectivity.engine.exact import (
     _operation_name,
     _trace,
 )
+from connectivity.engine.relaxations import relax
 from connectivity.engine.split import LayerError
 
 __all__ = [
@@ -154,13 +152,15 @@ class NotBoundedError(LayerError):
 def _relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Lines ``a_lo x + b_lo <= f(x) <= a_hi x + b_hi`` for ``x`` in ``[lower, upper]``.
 
-    Same signature as ``connectivity.engine.relaxations.relax`` (swap the import when it lands).
     ReLU: CROWN's triangle (Zhang et al. 2018, Section 3.2), lower slope 1 where ``upper >
-    -lower`` else 0. Other names: constant lines, the function's range on the interval.
+    -lower`` else 0, in closed form (the hot path). Smooth names: the sound lines of
+    :func:`connectivity.engine.relaxations.relax`; where a bound is not finite (an overflowed
+    interval), constant lines of the function's range there.
 
     Args:
         name: ``"relu"`` or a key of :data:`_SMOOTH_FUNCTIONS`.
-        lower, upper: Same-shaped tensors, ``lower <= upper``.
+        lower, upper: Same-shaped tensors, ``lower <= upper`` up to rounding (crossed bounds are
+            widened to their union, which is sound).
 
     Returns:
         ``(a_lo, b_lo, a_hi, b_hi)``, each shaped like ``lower``.
@@ -175,9 +175,22 @@ def _relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Ten
         slope = torch.where(crossing, upper / width, (lower >= 0).to(lower.dtype))
         a_lo = torch.where(crossing, (upper > -lower).to(lower.dtype), slope)
         return a_lo, zero, slope, torch.where(crossing, -lower * slope, zero)
-    function = _SMOOTH_FUNCTIONS.get(name)
-    if function is None:
+    if name not in _SMOOTH_FUNCTIONS:
         raise NotBoundedError(f"no relaxation of {name!r}")
+    lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper)
+    finite = torch.isfinite(lower) & torch.isfinite(upper)
+    if bool(finite.all()):
+        return relax(name, lower, upper)
+    lines = relax(name, torch.where(finite, lower, zero), torch.where(finite, upper, zero))
+    ranges = _range_lines(name, lower, upper)
+    return tuple(torch.where(finite, a, b) for a, b in zip(lines, ranges, strict=True))  # type: ignore[return-value]
+
+
+def _range_lines(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Constant lines: the range of a smooth function over ``[lower, upper]`` (monotone ones at
+    the ends; those with one minimum, see :data:`_MINIMA`, also there)."""
+    zero = torch.zeros_like(lower)
+    function = _SMOOTH_FUNCTIONS[name]
     at_lower, at_upper = function(lower), function(upper)
     low, high = torch.minimum(at_lower, at_upper), torch.maximum(at_lower, at_upper)
     if name in _MINIMA:  # decreasing then increasing: the maximum is at an end
