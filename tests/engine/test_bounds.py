@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,34 +21,15 @@ from connectivity.engine.bounds import (
     prove_segments,
 )
 from connectivity.engine.exact import check_segments, margin_tolerance
+from tests.engine.test_exact import Kinks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors: on a shared 2-core machine two threads cost 1,000 times one (lock waits).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class Kinks(nn.Module):
-    """The class-0 margin along (0, 0) -> (1, 0) is ``1/8 + relu(t - 1/4) - 2 relu(t - 1/2) +
-    relu(3/4 - t)``: 0.875 - t, 0.625, 1.625 - 2 t and 0.875 - t on the quarters (zero at
-    t = 7/8)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(2, 3)
-        self.out = nn.Linear(3, 2)
-        with torch.no_grad():
-            self.hidden.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]))
-            self.hidden.bias.copy_(torch.tensor([-0.25, -0.5, 0.75]))
-            self.out.weight.copy_(torch.tensor([[1.0, -2.0, 1.0], [0.0, 0.0, 0.0]]))
-            self.out.bias.copy_(torch.tensor([0.125, 0.0]))
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.out(F.relu(self.hidden(z)))
+# Kinks (tests/engine/test_exact.py), on the segment (0, 0) -> (1, 0):
+# The class-0 margin along (0, 0) -> (1, 0) is ``1/8 + relu(t - 1/4) - 2 relu(t - 1/2) +
+# relu(3/4 - t)``: 0.875 - t, 0.625, 1.625 - 2 t and 0.875 - t on the quarters (zero at
+# t = 7/8).
 
 
 def _kinks_margin(t: float) -> float:
