@@ -50,12 +50,12 @@ Not covered yet (the next slice; these raise :class:`NotBoundedError` naming the
 LayerNorm and GroupNorm, softmax, scaled dot-product / multi-head attention, products of two
 point-dependent values (bilinear bounds), exp-based normalisations, rolls and window partitions
 with point-dependent indices, bicubic interpolation; records (``certificate="bounds"``) and the
-drivers' ``certify="bounds"`` / ``"auto"``; backward
-(CROWN) bounds of the margin itself, which would keep the correlation between logits that the
-forward lines lose (here the margin bound is ``min_k (L_y - U_k)``); a probe, like exact.py's
-``_probe``, refusing tails whose output for one point depends on the other points of the batch
-(such a tail is bounded as if each row were one point; the check of the segments' ends against
-the tail's own margins catches gross disagreements only); GPU runs and benchmarks.
+drivers' ``certify="bounds"`` / ``"auto"``; backward (CROWN) bounds of the margin itself,
+which would keep the correlation between logits that the forward lines lose (here the margin
+bound is ``min_k (L_y - U_k)``); the value-by-value invariants of exact.py's ``_probe`` (points
+on the first dimension of every intermediate value; today only the logits are checked: a tail
+whose logits of a point depend on the other points of its batch is refused); GPU runs and
+benchmarks.
 """
 
 from __future__ import annotations
@@ -893,11 +893,52 @@ class SegmentProof:
     counterexample_t: Tensor
 
 
+def _check_points_apart(program: BoundProgram, start: Tensor, end: Tensor) -> None:
+    """Refuse a tail whose logits of a point depend on the other points of its batch.
+
+    Bound propagation keeps one sub-interval per row of every value, as each batch row is one
+    point; a tail that mixes rows (a batch mean, batch norm in training mode, a transpose of the
+    batch dimension) would be bounded as some other function. The traced program and the tail
+    itself each run on three points of the segment, as batches of 2 and 3 in another order:
+    each point's logits must agree across batches (to 1e-9 of the largest logit) and between
+    program and tail (to exact.py's tolerance of the tail's dtype).
+
+    Raises:
+        NotBoundedError: they disagree.
+    """
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64, device=start.device)
+    shape = (-1, *[1] * start.dim())
+    points = torch.lerp(start.double().unsqueeze(0), end.double().unsqueeze(0), t.view(shape))
+    with torch.no_grad():
+        two = program.module(points[:2]).flatten(1)
+        three = program.module(points[[2, 0, 1]]).flatten(1)[[1, 2, 0]]
+        own = _tail_logits(program.tail, points)
+    scale = 1e-9 * max(1.0, float(three.abs().amax()))
+    if not torch.allclose(two, three[:2], rtol=0.0, atol=scale):
+        raise NotBoundedError(
+            "the tail's logits of a point depend on the other points of its batch (a batch "
+            "mean, batch norm in training mode...): bounds need each point classified alone"
+        )
+    dtype = next((q.dtype for q in program.tail.parameters() if q.is_floating_point()), start.dtype)
+    # The tail computes in its own dtype: agreement to exact.py's tolerance of that dtype.
+    slack = TOLERANCE_EPSILONS * torch.finfo(dtype).eps * max(1.0, float(own.abs().amax()))
+    if not torch.allclose(own, three, rtol=0.0, atol=slack):
+        raise NotBoundedError(
+            "the traced tail computes other logits than the tail itself; bounds cannot follow "
+            "this tail"
+        )
+
+
+def _tail_logits(tail: nn.Module, points: Tensor) -> Tensor:
+    """The tail's own logits of ``points``, in float64 (computed in the tail's dtype)."""
+    dtype = next((p.dtype for p in tail.parameters() if p.is_floating_point()), points.dtype)
+    return tail(points.to(dtype)).flatten(1).double()
+
+
 def _real_margins(tail: nn.Module, points: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """``(margins (K,) float64, largest absolute logit (K,) float64)`` of the tail itself."""
-    dtype = next((p.dtype for p in tail.parameters() if p.is_floating_point()), points.dtype)
     with torch.no_grad():
-        logits = tail(points.to(dtype)).flatten(1).double()
+        logits = _tail_logits(tail, points)
     target = logits.gather(1, targets.long().unsqueeze(1)).squeeze(1)
     others = logits.scatter(1, targets.long().unsqueeze(1), -math.inf).amax(1)
     margin = (target - others).nan_to_num(nan=-math.inf)
@@ -998,6 +1039,8 @@ def prove_segments(
         NotBoundedError: see :func:`bound_program`.
     """
     program = tail if isinstance(tail, BoundProgram) else bound_program(tail)
+    if starts.shape[0]:
+        _check_points_apart(program, starts[0], ends[0])
     count, device = starts.shape[0], starts.device
     targets = targets.to(device).long()
     status, counterexample, min_margin, scale = _at_ends(program, starts, ends, targets)

@@ -367,3 +367,22 @@ def test_a_sliver_between_sampled_points_is_found() -> None:
 class Sliver(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         return torch.cat([z.abs() - 5e-4, torch.zeros_like(z)], dim=1)
+
+
+class BatchMean(nn.Module):
+    """Logits ``2 z - mean over the batch``: a point's class depends on the batch it is in."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        return 2 * z - z.mean(0, keepdim=True)
+
+
+def test_a_tail_that_mixes_the_points_of_a_batch_is_refused_before_any_bound() -> None:
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.5]])
+    with pytest.raises(NotBoundedError, match="depend on the other points of its batch"):
+        prove_segments(BatchMean(), a, b, torch.tensor([0]))
+    # The same tail without the mean (2 z) is bounded and proved as usual.
+    plain = nn.Sequential(nn.Linear(2, 2))
+    with torch.no_grad():
+        plain[0].weight.copy_(2 * torch.eye(2))
+        plain[0].bias.zero_()
+    assert prove_segments(plain.eval(), a, b, torch.tensor([0])).status == ["proved"]
