@@ -78,6 +78,7 @@ from connectivity.engine.exact import (
     _FACTORIES,
     _PRODUCT_FUNCTIONS,
     _PRODUCT_METHODS,
+    _WEIGHTED_FUNCTIONS,
     AFFINE,
     FIXED,
     INPUT,
@@ -98,7 +99,7 @@ from connectivity.engine.exact import (
     _trace,
 )
 from connectivity.engine.relaxations import relax
-from connectivity.engine.split import LayerError
+from connectivity.engine.split import LayerError, floating_dtype
 
 __all__ = [
     "RELATIVE_WIDENING",
@@ -405,16 +406,7 @@ def _smooth_name(node: fx.Node, root: nn.Module) -> str | None:
     return functions.get(node.target)
 
 
-_SIGNED_FUNCTIONS: set[Any] = {
-    F.linear,
-    F.conv1d,
-    F.conv2d,
-    F.conv3d,
-    F.conv_transpose1d,
-    F.conv_transpose2d,
-    F.conv_transpose3d,
-    F.batch_norm,
-}
+_SIGNED_FUNCTIONS: set[Any] = {*_WEIGHTED_FUNCTIONS, F.batch_norm}
 _MODULE_PARAMETERS = {"weight", "bias"}
 _MODULE_BUFFERS = {"running_mean", "running_var", "num_batches_tracked"}
 
@@ -919,7 +911,7 @@ def _check_points_apart(program: BoundProgram, start: Tensor, end: Tensor) -> No
             "the tail's logits of a point depend on the other points of its batch (a batch "
             "mean, batch norm in training mode...): bounds need each point classified alone"
         )
-    dtype = next((q.dtype for q in program.tail.parameters() if q.is_floating_point()), start.dtype)
+    dtype = floating_dtype(program.tail) or start.dtype
     # The tail computes in its own dtype: agreement to exact.py's tolerance of that dtype.
     slack = TOLERANCE_EPSILONS * torch.finfo(dtype).eps * max(1.0, float(own.abs().amax()))
     if not torch.allclose(own, three, rtol=0.0, atol=slack):
@@ -931,7 +923,7 @@ def _check_points_apart(program: BoundProgram, start: Tensor, end: Tensor) -> No
 
 def _tail_logits(tail: nn.Module, points: Tensor) -> Tensor:
     """The tail's own logits of ``points``, in float64 (computed in the tail's dtype)."""
-    dtype = next((p.dtype for p in tail.parameters() if p.is_floating_point()), points.dtype)
+    dtype = floating_dtype(tail) or points.dtype
     return tail(points.to(dtype)).flatten(1).double()
 
 
@@ -1044,9 +1036,7 @@ def prove_segments(
     count, device = starts.shape[0], starts.device
     targets = targets.to(device).long()
     status, counterexample, min_margin, scale = _at_ends(program, starts, ends, targets)
-    dtype = next(
-        (p.dtype for p in program.tail.parameters() if p.is_floating_point()), starts.dtype
-    )
+    dtype = floating_dtype(program.tail) or starts.dtype
     epsilon = TOLERANCE_EPSILONS * torch.finfo(dtype).eps
     nan = torch.full((count,), math.nan, dtype=torch.float64, device=device)
     zeros = torch.zeros(count, dtype=torch.float64, device=device)

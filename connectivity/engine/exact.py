@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from connectivity.engine.split import FrozenTail, LayerError
+from connectivity.engine.split import FrozenTail, LayerError, floating_dtype
 from connectivity.errors import ConnectivityError
 
 __all__ = [
@@ -240,6 +240,17 @@ def _known_module(module: nn.Module) -> str | None:
     return None
 
 
+# Weighted sums of their input (linear layers and convolutions): affine, with weights of
+# either sign (bounds.py applies them to lower and upper lines by sign).
+_WEIGHTED_FUNCTIONS: set[Any] = {
+    F.linear,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.conv_transpose3d,
+}
 _AFFINE_FUNCTIONS: set[Any] = {
     operator.neg,
     operator.pos,
@@ -258,13 +269,7 @@ _AFFINE_FUNCTIONS: set[Any] = {
     torch.sum,
     torch.flip,
     torch.roll,
-    F.linear,
-    F.conv1d,
-    F.conv2d,
-    F.conv3d,
-    F.conv_transpose1d,
-    F.conv_transpose2d,
-    F.conv_transpose3d,
+    *_WEIGHTED_FUNCTIONS,
     F.avg_pool1d,
     F.avg_pool2d,
     F.avg_pool3d,
@@ -551,7 +556,7 @@ def piecewise_linear_program(tail: nn.Module) -> Program:
             "module"
         )
     module = _trace(network)
-    return Program(module, _steps(module), _floating_dtype(network))
+    return Program(module, _steps(module), floating_dtype(network))
 
 
 def _trace(network: nn.Module) -> fx.GraphModule:
@@ -651,13 +656,6 @@ def _assertion_nodes(nodes: list[fx.Node]) -> set[fx.Node]:
         if check or (only_for_checks and all(user in found for user in node.users)):
             found.add(node)
     return found
-
-
-def _floating_dtype(module: nn.Module) -> torch.dtype | None:
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return None
 
 
 def _nodes_in(value: Any) -> list[fx.Node]:
