@@ -39,23 +39,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from connectivity.engine.options import (
-    DEFAULT_BACKOFFS,
-    DEFAULT_MAX_ENERGY_RISE,
-    DEFAULT_MAX_STEP,
-    DEFAULT_NUDGE,
-    METHODS,
-    OPTIMIZERS,
-    BandOptions,
-)
+from connectivity.engine.options import METHODS, BandOptions
 
 __all__ = [
-    "DEFAULT_BACKOFFS",
-    "DEFAULT_MAX_ENERGY_RISE",
-    "DEFAULT_MAX_STEP",
-    "DEFAULT_NUDGE",
-    "METHODS",
-    "OPTIMIZERS",
     "ElasticBand",
     "PathResult",
     "neb_gradient",

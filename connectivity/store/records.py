@@ -27,7 +27,7 @@ from connectivity.store.files import (
     write_tensor,
 )
 
-__all__ = ["Pair", "RunFolderError", "RunStore", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["Pair", "RunFolderError", "RunStore"]
 
 
 @dataclass(frozen=True)
