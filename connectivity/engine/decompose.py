@@ -72,9 +72,10 @@ class DecompositionError(LayerError):
 # Replacements written in primitive operations
 
 
-def _split_heads(x: Tensor, length: int, heads: int) -> Tensor:
-    """``(B, length, heads * D)`` to ``(B, heads, length, D)``; B stays free."""
-    return x.reshape(-1, length, heads, x.shape[-1] // heads).transpose(1, 2)
+def _split_heads(x: Tensor, length: int, heads: int, width: int) -> Tensor:
+    """``(B, length, heads * width)`` to ``(B, heads, length, width)``; B stays free (sizes are
+    constants: reading ``x.shape`` would put size nodes into the traced program)."""
+    return x.reshape(-1, length, heads, width).transpose(1, 2)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None) -> Tensor:
@@ -138,9 +139,10 @@ class MultiheadAttention(nn.Module):
         self, query: Tensor, key: Tensor, value: Tensor, *args: Any, **kwargs: Any
     ) -> tuple[Tensor, Tensor | None]:
         # The remaining arguments (no masks, need_weights...) were fixed when this was built.
-        q = _split_heads(self.q(self._batch_first(query)), self.length, self.heads)
-        k = _split_heads(self.k(self._batch_first(key)), self.source, self.heads)
-        v = _split_heads(self.v(self._batch_first(value)), self.source, self.heads)
+        width = self.embed // self.heads
+        q = _split_heads(self.q(self._batch_first(query)), self.length, self.heads, width)
+        k = _split_heads(self.k(self._batch_first(key)), self.source, self.heads, width)
+        v = _split_heads(self.v(self._batch_first(value)), self.source, self.heads, width)
         scores = torch.matmul(q * self.scale, k.transpose(-2, -1))
         weights = F.softmax(scores, dim=-1)  # (B, heads, L, S)
         x = torch.matmul(weights, v).transpose(1, 2).reshape(-1, self.length, self.embed)
@@ -333,7 +335,7 @@ class ShiftedWindowAttention(nn.Module):
         logit_scale: Tensor | None,
     ) -> Tensor:
         x = self._windows(input)
-        n, c, heads = x.shape[1], self.channels, self.heads
+        n, c, heads = self.window[0] * self.window[1], self.channels, self.heads
         if self.keep is not None and qkv_bias is not None:
             qkv_bias = qkv_bias * self.keep
         qkv = F.linear(x, qkv_weight, qkv_bias).reshape(-1, n, 3, heads, c // heads)
@@ -341,7 +343,7 @@ class ShiftedWindowAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         scores = self._scores(q, k, logit_scale) + relative_position_bias
         if self.mask is not None:
-            windows = self.mask.shape[1]
+            windows = (self.padded[0] // self.window[0]) * (self.padded[1] // self.window[1])
             scores = (scores.view(-1, windows, heads, n, n) + self.mask).view(-1, heads, n, n)
         x = torch.matmul(F.softmax(scores, dim=-1), v).transpose(1, 2).reshape(-1, n, c)
         return self._merge(F.linear(x, proj_weight, proj_bias))

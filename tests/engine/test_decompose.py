@@ -115,7 +115,7 @@ def _check_tail(network: nn.Module, layer: str, dtype: torch.dtype) -> None:
 
 
 _VIT_CUTS = ["input", "encoder.layers.encoder_layer_0.add", "encoder.layers.encoder_layer_1"]
-_SWIN_CUTS = ["features.0", "features.1.0.add", "features.2._patch_merging_pad", "features.3.0"]
+_SWIN_CUTS = ["features.0", "features.1.0.add", "features.3.0"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -349,3 +349,52 @@ def test_difference_known_answers() -> None:
     assert "shape" in str(_difference(a, a[:2]))
     assert "outputs" in str(_difference((a, None), (a,)))
     assert "NoneType" in str(_difference((a, a), (a, None)))
+
+
+@pytest.mark.slow  # importing timm alone takes about a second
+def test_timm_vision_transformer_tail() -> None:
+    """timm's Attention calls F.scaled_dot_product_attention: rewritten as matmul / softmax."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(3)
+    network = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        num_heads=2,
+        embed_dim=32,
+        num_classes=10,
+    ).eval()
+    _check_tail(network.double(), "blocks.0", torch.float64)
+
+
+@pytest.mark.slow
+def test_swin_t_tail() -> None:
+    """torchvision's swin_t (random weights) at 64x64: windows of 7 padded, shifts dropped."""
+    torch.manual_seed(4)
+    network = torchvision.models.swin_t(num_classes=10).eval()
+    head, tail = split(network, "features.4")
+    with torch.no_grad():
+        example = head(torch.randn(2, 3, 64, 64))
+    decomposed = decompose(tail, example)
+    assert _opaque_nodes(_trace(decomposed.network)) == []
+    points = example[:1] + torch.randn(3, *example.shape[1:])
+    with torch.no_grad():
+        assert _close(decomposed(points), tail(points))
+
+
+def test_mask_computed_from_the_points_is_caught() -> None:
+    """A boolean mask is specialised to the example's; one that depends on the points differs
+    on other points, which the final check of the whole network finds."""
+
+    class PointMask(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:  # x (B, 4, 8)
+            keys = x[:, 1:, 0] > 0  # key 0 always takes part: no row is all -inf
+            mask = torch.cat([torch.ones_like(keys[:, :1]), keys], dim=1)[:, None, None, :]
+            q = x.unsqueeze(1)
+            return F.scaled_dot_product_attention(q, q, q, attn_mask=mask).squeeze(1)
+
+    torch.manual_seed(5)
+    with pytest.raises(DecompositionError, match="does not compute what it computes"):
+        decompose(PointMask(), torch.randn(2, 4, 8, dtype=torch.float64))
