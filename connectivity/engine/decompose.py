@@ -349,6 +349,61 @@ class ShiftedWindowAttention(nn.Module):
         return self._merge(F.linear(x, proj_weight, proj_bias))
 
 
+class TransformerEncoderLayer(nn.Module):
+    """``nn.TransformerEncoderLayer`` (no masks, eval) on ``src`` of fixed length, with its
+    self-attention as :class:`MultiheadAttention`; its own linear layers, norms and activation
+    are kept. Post-norm ``x = norm1(x + sa(x)); x = norm2(x + ff(x))`` or, with
+    ``norm_first``, pre-norm ``x = x + sa(norm1(x)); x = x + ff(norm2(x))``, where ``ff(x) =
+    linear2(activation(linear1(x)))`` (dropout is the identity in eval). ``src`` and the result
+    are ``(B, L, E)`` with ``batch_first``, ``(L, B, E)`` without."""
+
+    def __init__(self, layer: nn.TransformerEncoderLayer, src: Tensor, name: str) -> None:
+        super().__init__()
+        attention = _MODULE_KINDS[nn.MultiheadAttention].signature.bind(
+            src, src, src, need_weights=False
+        )
+        attention.apply_defaults()
+        self.self_attn = _build_multihead(layer.self_attn, attention, f"{name}, its self_attn")
+        self.linear1, self.linear2 = layer.linear1, layer.linear2
+        self.norm1, self.norm2 = layer.norm1, layer.norm2
+        self.activation = layer.activation  # a module or a function such as F.relu
+        self.norm_first = layer.norm_first
+
+    def _attend(self, x: Tensor) -> Tensor:
+        return self.self_attn(x, x, x)[0]
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.activation(self.linear1(x)))
+
+    def forward(self, src: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        # no masks (refused when built)
+        x = src
+        if self.norm_first:
+            x = x + self._attend(self.norm1(x))
+            return x + self._feed_forward(self.norm2(x))
+        x = self.norm1(x + self._attend(x))
+        return self.norm2(x + self._feed_forward(x))
+
+
+class TransformerEncoder(nn.Module):
+    """``nn.TransformerEncoder`` (no masks, eval): its layers as
+    :class:`TransformerEncoderLayer`, one after the other, then its norm if it has one."""
+
+    def __init__(self, encoder: nn.TransformerEncoder, src: Tensor, name: str) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            _build_encoder_layer(layer, src, f"{name}, its layer {i}")
+            for i, layer in enumerate(encoder.layers)
+        )
+        self.norm = encoder.norm
+
+    def forward(self, src: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        x = src
+        for layer in self.layers:
+            x = layer(x)
+        return x if self.norm is None else self.norm(x)
+
+
 class PatchMergingPad(nn.Module):
     """torchvision's ``_patch_merging_pad`` on ``(..., H, W, C)`` of fixed ``H, W``: pad to even
     sides, then the four interleaved quarters side by side, ``(..., H/2, W/2, 4C)``."""
@@ -408,6 +463,33 @@ def _build_multihead(layer: Any, call: inspect.BoundArguments, name: str) -> nn.
     ]
     _refuse(name, reasons)
     return MultiheadAttention(layer, call)
+
+
+_MASKS = ("src_mask", "mask", "src_key_padding_mask")
+
+
+def _build_encoder_layer(layer: Any, src: Tensor, name: str) -> nn.Module:
+    reasons = [
+        reason
+        for reason, holds in (
+            ("it is in training mode with dropout", layer.training and layer.dropout.p > 0),
+            ("its src is not (B, L, E) or (L, B, E)", src.dim() != 3),
+        )
+        if holds
+    ]
+    _refuse(name, reasons)
+    return TransformerEncoderLayer(layer, src, name)
+
+
+def _build_encoder(original: Any, call: inspect.BoundArguments, name: str) -> nn.Module:
+    """A :class:`TransformerEncoderLayer` or :class:`TransformerEncoder` replacement."""
+    arguments = call.arguments
+    masks = [m for m in _MASKS if arguments.get(m) is not None]
+    _refuse(name, [f"it is called with {', '.join(masks)}"] if masks else [])
+    _refuse(name, ["it is called with is_causal=True"] if arguments["is_causal"] else [])
+    if isinstance(original, nn.TransformerEncoder):
+        return TransformerEncoder(original, arguments["src"], name)
+    return _build_encoder_layer(original, arguments["src"], name)
 
 
 def _build_sdpa(function: Any, call: inspect.BoundArguments, name: str) -> nn.Module:
@@ -487,6 +569,12 @@ _MODULE_KINDS: dict[type[nn.Module], _Kind] = {
         _build_multihead,
         ("query", "key", "value"),
     ),
+    nn.TransformerEncoderLayer: _Kind(
+        _method_signature(nn.TransformerEncoderLayer.forward), _build_encoder, ("src",)
+    ),
+    nn.TransformerEncoder: _Kind(
+        _method_signature(nn.TransformerEncoder.forward), _build_encoder, ("src",)
+    ),
     torchvision.ops.StochasticDepth: _Kind(
         _method_signature(torchvision.ops.StochasticDepth.forward), _build_depth, ("input",)
     ),
@@ -515,8 +603,9 @@ def _module_kind(module: nn.Module) -> _Kind | None:
         return None
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return None
-    if any(callable(v) and not isinstance(v, nn.Module) for v in vars(module).values()):
-        return None  # a forward (or another method) set on the instance
+    cls_of = type(module)
+    if any(callable(v) and hasattr(cls_of, k) for k, v in vars(module).items()):
+        return None  # a forward (or another method) replaced on the instance
     for cls, kind in _MODULE_KINDS.items():
         if isinstance(module, cls) and type(module).forward is cls.forward:
             return kind

@@ -398,3 +398,49 @@ def test_mask_computed_from_the_points_is_caught() -> None:
     torch.manual_seed(5)
     with pytest.raises(DecompositionError, match="does not compute what it computes"):
         decompose(PointMask(), torch.randn(2, 4, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("norm_first", "activation", "batch_first", "stack"),
+    [(False, "relu", True, False), (True, "gelu", False, False), (False, "gelu", True, True)],
+)
+def test_transformer_encoder(norm_first: bool, activation: str, batch_first: bool, stack: bool):
+    """PyTorch's encoder layer (and encoder), whose fast-path checks torch.fx cannot trace."""
+    torch.manual_seed(6)
+    layer = nn.TransformerEncoderLayer(
+        8, 2, 16, activation=activation, norm_first=norm_first, batch_first=batch_first
+    )
+    block: nn.Module = layer
+    if stack:
+        block = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8), enable_nested_tensor=False)
+
+    class Tail(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = block
+
+        def forward(self, x: Tensor) -> Tensor:  # x (B, L, E)
+            x = x if batch_first else x.transpose(0, 1)
+            x = self.block(x)
+            return (x if batch_first else x.transpose(0, 1)).mean(1)
+
+    network = Tail().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    with pytest.raises(LayerError, match="TransformerEncoder"):
+        _trace(network)  # as PyTorch writes it
+    decomposed = decompose(network, x)
+    assert _opaque_nodes(_trace(decomposed)) == []
+    y = x[:1] + torch.randn(4, 5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert _close(decomposed(y), network(y))
+    with pytest.raises(DecompositionError, match="training mode with dropout"):
+        decompose(network.train(), x)
+
+
+def test_forward_set_on_the_instance_is_not_replaced() -> None:
+    attention = nn.MultiheadAttention(6, 2, batch_first=True).eval()
+    library = attention.forward
+    attention.forward = lambda *args, **kwargs: (2 * library(*args, **kwargs)[0], None)
+    network = _Attend(attention)
+    decomposed = decompose(network, torch.randn(2, 3, 6))
+    assert not isinstance(decomposed, fx.GraphModule)  # left as it is (not traceable)
