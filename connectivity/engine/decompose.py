@@ -6,7 +6,8 @@ such operations: ``nn.MultiheadAttention`` runs ``F.multi_head_attention_forward
 control flow reads its inputs; torchvision's Swin calls the ``torch.fx.wrap``-ped functions
 ``shifted_window_attention`` and ``_patch_merging_pad``; timm's ``Attention`` and others call
 ``F.scaled_dot_product_attention``; torchvision's ``StochasticDepth`` calls the wrapped
-``stochastic_depth``. Each would be one opaque node.
+``stochastic_depth``; ``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder`` check their
+inputs for a fast path. Each would be one opaque node, or stop torch.fx.
 
 :func:`decompose` returns a copy of the network (traced with torch.fx) in which every such call
 is replaced by a module written only in primitive operations: ``nn.Linear`` / ``F.linear``,
@@ -49,7 +50,7 @@ from torch import Tensor, fx, nn
 from torchvision.models import swin_transformer
 
 from connectivity.engine.exact import _Tracer
-from connectivity.engine.split import FrozenTail, LayerError
+from connectivity.engine.split import FrozenTail, LayerError, floating_dtype
 
 __all__ = ["TOLERANCE_EPSILONS", "DecompositionError", "decompose"]
 
@@ -425,7 +426,7 @@ class PatchMergingPad(nn.Module):
         return torch.cat(quarters, -1)
 
 
-class Identity(nn.Module):
+class StochasticDepthInEval(nn.Module):
     """Stochastic depth in eval mode (or with ``p == 0``): returns its input."""
 
     def forward(self, input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -539,7 +540,7 @@ def _build_depth(original: Any, call: inspect.BoundArguments, name: str) -> nn.M
     else:
         training, p = arguments["training"], arguments["p"]
     _refuse(name, ["it is in training mode (it drops at random)"] if training and p > 0 else [])
-    return Identity()
+    return StochasticDepthInEval()
 
 
 _Builder = Callable[[Any, inspect.BoundArguments, str], nn.Module]
@@ -817,9 +818,10 @@ def decompose(network: nn.Module, example: Tensor) -> nn.Module:
 
     Replaced (see the module docstring): ``nn.MultiheadAttention`` modules (no masks, ``kdim ==
     vdim == embed_dim``, no ``add_bias_kv`` / ``add_zero_attn``, dropout only in eval),
-    ``F.scaled_dot_product_attention`` calls (``dropout_p == 0``, masks and ``is_causal``
-    allowed), torchvision's ``shifted_window_attention`` (Swin V1 and V2) and
-    ``_patch_merging_pad``, and stochastic depth in eval (module or function: the identity).
+    ``F.scaled_dot_product_attention`` calls (``dropout_p == 0``, no grouped-query attention;
+    masks and ``is_causal`` allowed), torchvision's ``shifted_window_attention`` (Swin V1 and
+    V2) and ``_patch_merging_pad``, stochastic depth in eval (module or function: the
+    identity), ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` (no masks, eval).
 
     Args:
         network: Maps points ``(B, *point_shape)`` to its outputs (a tail: to logits). A
@@ -827,7 +829,8 @@ def decompose(network: nn.Module, example: Tensor) -> nn.Module:
             again. Never changed: the work is done on copies.
         example: Points ``(B, *point_shape)`` on which the network runs (dtype and device of
             the network); each replacement is specialised to the shapes seen on them except
-            the batch size.
+            the batch size. The network should be in eval mode: the final comparison runs
+            both networks, and dropout left on elsewhere would make them differ at random.
 
     Returns:
         The copy, as a ``torch.fx.GraphModule`` whose replaced calls run submodules named
@@ -841,7 +844,7 @@ def decompose(network: nn.Module, example: Tensor) -> nn.Module:
     """
     if isinstance(network, FrozenTail):
         inner = network.network
-        dtype = next((p.dtype for p in inner.parameters() if p.is_floating_point()), None)
+        dtype = floating_dtype(inner)
         points = example if dtype is None else example.to(dtype)
         return FrozenTail(decompose(inner, points))
     module = _traced(copy.deepcopy(network))
