@@ -4,6 +4,7 @@
     python benchmarks/zoo_cuts.py --run           # also run one band step at every listed cut
     python benchmarks/zoo_cuts.py --models resnet18 vit_b_16
     python benchmarks/zoo_cuts.py --timm --run    # timm's six (issue 18), with the exact check
+    python benchmarks/zoo_cuts.py --bounds        # which cuts bounds cover, one line proved each
 
 Prints one row per model: named places (``layer_names`` candidates: every node name and module
 prefix), cuts listed, cuts that ran a band step and kept the head's output (with ``--run``), and
@@ -12,6 +13,12 @@ With ``--timm`` (timm's models of ``tests/test_zoo_timm.py``, 32-pixel images) a
 gives, per model, the listed cuts the exact check accepts, why it refuses the others (the
 operation its message names), and at how many cuts its verdict agrees with the tail's
 operations (``tests.test_zoo_timm.not_piecewise_linear``, an independent list).
+With ``--bounds`` (issue 21) a table gives, per model (torchvision's, or timm's with ``--timm``),
+the listed cuts whose tails bound propagation covers (``bound_program`` accepts them), the
+operations it refuses at the others, and the straight lines it decides: at every covered cut, the
+line between the representations of two random images, with the start's predicted class as the
+target, through ``prove_segments`` (``--max-splits``): proved, refuted (a counterexample) or out of
+budget, and the seconds it took.
 """
 
 from __future__ import annotations
@@ -104,11 +111,53 @@ def _exact_row(name: str) -> str:
     return f"| {name} | {len(names)} | {accepted} | {why_text} | {agree} of {len(names)} |"
 
 
+def _bounds_row(name: str, model: torch.nn.Module, side: int, max_splits: int) -> str:
+    """Listed cuts bounds cover, the operations they refuse elsewhere, and one line per covered
+    cut: proved / counterexample / budget."""
+    from connectivity.engine.bounds import NotBoundedError, bound_program, prove_segments
+    from connectivity.engine.split import layer_names
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, side, side)
+    names = layer_names(model)
+    covered, outcome, refused = 0, Counter(), Counter()
+    start = time.perf_counter()
+    for layer in names:
+        head, tail = split(model, layer)
+        try:
+            program = bound_program(tail)
+        except NotBoundedError as error:
+            refused[_operation(str(error))] += 1
+            continue
+        covered += 1
+        with torch.no_grad():
+            z = head(x)
+            target = tail(z[:1]).argmax(dim=1)
+        try:
+            proof = prove_segments(program, z[:1], z[1:], target, max_splits=max_splits)
+            outcome[proof.status[0]] += 1
+        except NotBoundedError as error:  # found only when run
+            outcome["refused when run"] += 1
+            refused[_operation(str(error))] += 1
+    seconds = time.perf_counter() - start
+    lines = ", ".join(f"{k} {v}" for k, v in sorted(outcome.items())) or "-"
+    why = ", ".join(f"{k} {v}" for k, v in refused.most_common()) or "-"
+    return f"| {name} | {len(names)} | {covered} | {why} | {lines} | {seconds:.0f} |"
+
+
+def _operation(message: str) -> str:
+    """The operation a refusal names (its first quoted or bracketed word), else its start."""
+    found = re.search(r"covers? ([\w.<>]+)|'([^']+)'|\(([^)]+)\)", message)
+    return next((g for g in found.groups() if g), message[:50]) if found else message[:50]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--run", action="store_true", help="run a band step at every cut")
     parser.add_argument("--timm", action="store_true", help="timm's six models (issue 18)")
+    parser.add_argument("--bounds", action="store_true", help="bounds' cover and lines (issue 21)")
+    parser.add_argument("--max-splits", type=int, default=256)
     args = parser.parse_args()
     if args.timm:
         import timm
@@ -129,6 +178,17 @@ def main() -> None:
         else:
             kwargs, side = MODELS[name]
             print(_row(name, kwargs, side, args.run), flush=True)
+    if args.bounds:
+        print()
+        print("| model | cuts listed | bounds cover | refused (operation named) | lines | s |")
+        print("|---|---|---|---|---|---|")
+        for name in names:
+            if args.timm:
+                model, side = timm_model(name), SIDE
+            else:
+                kwargs, side = MODELS[name]
+                model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
+            print(_bounds_row(name, model, side, args.max_splits), flush=True)
     if args.timm:
         print()
         print("| model | cuts listed | exact check accepts | refused (operation named) | agrees |")

@@ -124,9 +124,9 @@ def connect(
 
     Returns:
         One :class:`connectivity.engine.decisions.PairRecord` per pair: the verdicts (``verdict`` by
-        the check ``certificate`` names, ``exact`` or ``sampled``; ``pivot_verdict`` as the
-        paper checks), the path in the layer's space, the softmax at every path point and the
-        path metrics.
+        the check ``certificate`` names, ``exact``, ``bounds`` or ``sampled``; ``pivot_verdict``
+        as the paper checks), the path in the layer's space, the softmax at every path point and
+        the path metrics.
 
     Raises:
         InputError: inputs of another dtype, shape or range (e.g. float images in 0..255),

@@ -10,8 +10,6 @@ forward, attention) in the default run.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 import torchvision
@@ -156,12 +154,11 @@ def _check_certify_at_cuts(name: str, kwargs: dict, side: int, every: int) -> No
     names = layer_names(model)
     for layer in [*names[:-1:every], names[-1]]:
         head, tail = split(model, layer)
-        certifier = Certifier.for_tail(tail, auto)
+        certifier = Certifier.for_tail(tail, auto)  # ExactLine beside bounds where it applies
         if EXACT[name]:
-            assert certifier.exact, (layer, certifier.note)
-        if not certifier.exact:
+            assert certifier.program is not None, (layer, certifier.note)
+        if certifier.program is None:
             words = "not piecewise linear|cannot be traced"
-            assert re.search(words, certifier.note), layer
             with pytest.raises(NotPiecewiseLinearError, match=words):
                 Certifier.for_tail(tail, exact)
             continue

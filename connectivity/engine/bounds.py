@@ -875,6 +875,11 @@ class SegmentProof:
         sub_intervals: ``(S,)`` long: final sub-intervals.
         bound_evaluations: ``(S,)`` long: sub-intervals bounded.
         counterexample_t: ``(S,)`` float64, NaN where none was found.
+        counterexample_margin: ``(S,)`` float64: the tail's margin at ``counterexample_t``
+            (NaN where none was found).
+        tolerance: ``(S,)`` float64: a margin within this of zero is left to rounding
+            (:func:`connectivity.engine.exact.margin_tolerance`'s rule over the logits seen on
+            the segment).
     """
 
     status: list[str]
@@ -883,6 +888,8 @@ class SegmentProof:
     sub_intervals: Tensor
     bound_evaluations: Tensor
     counterexample_t: Tensor
+    counterexample_margin: Tensor
+    tolerance: Tensor
 
 
 def _check_points_apart(program: BoundProgram, start: Tensor, end: Tensor) -> None:
@@ -1035,7 +1042,7 @@ def prove_segments(
         _check_points_apart(program, starts[0], ends[0])
     count, device = starts.shape[0], starts.device
     targets = targets.to(device).long()
-    status, counterexample, min_margin, scale = _at_ends(program, starts, ends, targets)
+    status, counterexample, found, min_margin, scale = _at_ends(program, starts, ends, targets)
     dtype = floating_dtype(program.tail) or starts.dtype
     epsilon = TOLERANCE_EPSILONS * torch.finfo(dtype).eps
     nan = torch.full((count,), math.nan, dtype=torch.float64, device=device)
@@ -1072,6 +1079,7 @@ def prove_segments(
             if not status[s] or float(middle[i]) < float(counterexample[s]):
                 status[s] = "counterexample"
                 counterexample[s] = float(middle[i])
+                found[s] = float(margin[i])
         leaves = _split(leaves, chosen, middle)
     return SegmentProof(
         status,
@@ -1080,14 +1088,17 @@ def prove_segments(
         torch.bincount(leaves.segment, minlength=count),
         evaluations,
         counterexample,
+        found,
+        epsilon * scale,
     )
 
 
 def _at_ends(
     program: BoundProgram, starts: Tensor, ends: Tensor, targets: Tensor
-) -> tuple[list[str], Tensor, Tensor, Tensor]:
-    """The tail's margins at the segments' ends: ``(status, counterexample t, lowest margin,
-    largest absolute logit (at least 1))``; a margin ``<= 0`` at an end is a counterexample."""
+) -> tuple[list[str], Tensor, Tensor, Tensor, Tensor]:
+    """The tail's margins at the segments' ends: ``(status, counterexample t, margin there,
+    lowest margin, largest absolute logit (at least 1))``; a margin ``<= 0`` at an end is a
+    counterexample."""
     count = starts.shape[0]
     margin0, scale0 = _real_margins(program.tail, starts, targets)
     margin1, scale1 = _real_margins(program.tail, ends, targets)
@@ -1098,7 +1109,9 @@ def _at_ends(
         if float(margin0[s]) <= 0 or float(margin1[s]) <= 0:
             status[s] = "counterexample"
             counterexample[s] = 0.0 if float(margin0[s]) <= 0 else 1.0
-    return status, counterexample, torch.minimum(margin0, margin1), scale
+    found = torch.where(counterexample == 0.0, margin0, margin1)
+    found = torch.where(torch.isnan(counterexample), math.nan, found)
+    return status, counterexample, found, torch.minimum(margin0, margin1), scale
 
 
 def _check_program(bound: Tensor, margin: Tensor, tolerance: Tensor) -> None:

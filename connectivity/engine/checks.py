@@ -1,14 +1,16 @@
 """Checks of polyline paths: is every point of a path in its target class?
 
 The sampled check (:func:`path_log_probabilities` at ``line_points`` evenly spaced points of
-each path, :func:`on_target`), the exact check of a piecewise-linear tail (:class:`Certifier`,
-on :mod:`connectivity.engine.exact`: every point of a path), the check of each pair's straight
+each path, :func:`on_target`), the checks of every point of a path (:class:`Certifier`: the
+exact check of a piecewise-linear tail, :mod:`connectivity.engine.exact`, and bound
+propagation, :mod:`connectivity.engine.bound_paths`), the check of each pair's straight
 line (:func:`check_lines`), and the stop rule of a band (:func:`certification_stop`: a pair is
 done once its path is certified).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from connectivity.engine.band import StopFn, straight_line
+from connectivity.engine.bound_paths import bound_paths
+from connectivity.engine.bounds import BoundProgram, NotBoundedError, bound_program
 from connectivity.engine.exact import (
     NotPiecewiseLinearError,
     PathCheck,
@@ -26,7 +30,7 @@ from connectivity.engine.exact import (
     piecewise_linear_program,
     undecided_checks,
 )
-from connectivity.engine.options import PathOptions
+from connectivity.engine.options import DEFAULT_MAX_SPLITS, PathOptions
 
 
 def refine(path: Tensor, per_segment: int) -> Tensor:
@@ -130,49 +134,86 @@ def distances_from_line(path: Tensor, line: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Certifier:
-    """Which check decides a tail's paths, and the exact check itself (one per tail).
+    """Which check decides a tail's paths, and that check itself (one per tail).
 
     Built once per tail with :meth:`for_tail`, before any work: ``certify="exact"`` with a tail
-    that is not piecewise linear is refused there.
+    that is not piecewise linear, or ``certify="bounds"`` with one that holds an operation bound
+    propagation does not cover, is refused there.
 
     Attributes:
-        kind: ``"exact"`` or ``"sampled"``.
-        note: Why ``"auto"`` chose the sampled check (the operation that is not piecewise
-            linear), else empty.
+        kind: ``"exact"`` (ExactLine, :mod:`connectivity.engine.exact`), ``"bounds"`` (bound
+            propagation with branch and bound, :mod:`connectivity.engine.bounds`) or
+            ``"sampled"``.
+        note: Why ``"auto"`` chose what it chose where it could not prove (the operation no
+            proof covers), else empty.
+        program: The exact check's program (``kind == "exact"``; with ``"bounds"`` under
+            ``"auto"`` on a piecewise-linear tail: the fallback for segments whose split budget
+            ran out).
+        bounds: The bound program (``kind == "bounds"``).
+        max_splits: The branch and bound's budget per segment.
     """
 
-    def __init__(self, kind: str, note: str = "", program: Program | None = None) -> None:
-        self.kind, self.note, self.program = kind, note, program
+    def __init__(
+        self,
+        kind: str,
+        note: str = "",
+        program: Program | None = None,
+        bounds: BoundProgram | None = None,
+        max_splits: int = DEFAULT_MAX_SPLITS,
+    ) -> None:
+        self.kind, self.note, self.program, self.bounds = kind, note, program, bounds
+        self.max_splits = max_splits
         self._cache: dict[tuple[bytes, int], PathCheck] = {}  # (path digest, target)
 
     @staticmethod
     def for_tail(tail: nn.Module, options: PathOptions) -> Certifier:
         """The certifier of ``tail`` under ``options.certify``.
 
+        ``"auto"`` proves with bounds where they cover the tail, with ExactLine as the fallback
+        of a piecewise-linear tail's segments that the split budget leaves open; ExactLine alone
+        where bounds do not cover a piecewise-linear tail; the sampled check where neither
+        covers it (the note names the operation).
+
         Raises:
             NotPiecewiseLinearError: ``certify="exact"`` and the tail holds an operation that is
                 not piecewise linear (named in the message).
+            NotBoundedError: ``certify="bounds"`` and the tail holds an operation bound
+                propagation does not cover (named in the message).
         """
-        if options.certify == "sampled":
+        certify, splits = options.certify, options.max_splits
+        if certify == "sampled":
             return Certifier("sampled")
+        bounds, bounds_error = _bound_program(tail) if certify != "exact" else (None, None)
+        if certify == "bounds" and bounds is None:
+            raise NotBoundedError(
+                f"certify='bounds' is impossible here: {bounds_error}; use certify='auto' or "
+                "'sampled'"
+            )
+        if certify == "bounds":
+            return Certifier("bounds", bounds=bounds, max_splits=splits)
         try:
             program = piecewise_linear_program(tail)
         except NotPiecewiseLinearError as error:
-            if options.certify == "exact":
+            if certify == "exact":
                 raise NotPiecewiseLinearError(
                     f"certify='exact' is impossible here: {error}; use certify='auto' or 'sampled'"
                 ) from error
-            return Certifier("sampled", f"auto chose sampled: {error}")
-        return Certifier("exact", program=program)
+            if bounds is not None:
+                return Certifier("bounds", bounds=bounds, max_splits=splits)
+            return Certifier("sampled", f"auto chose sampled: {bounds_error}")
+        if bounds is None:
+            return Certifier("exact", program=program)
+        return Certifier("bounds", program=program, bounds=bounds, max_splits=splits)
 
     @property
-    def exact(self) -> bool:
-        return self.kind == "exact"
+    def proves(self) -> bool:
+        """Whether a whole-path check runs (exact or bounds), beside the sampled points."""
+        return self.kind != "sampled"
 
     def check(self, paths: Tensor, targets: Tensor) -> list[PathCheck]:
-        """The exact check of each path ``(pairs, N, *point_shape)``, one :class:`PathCheck` of
-        one pair each; paths checked before (the band's stop, then its record) are reused."""
-        assert self.program is not None
+        """The whole-path check of each path ``(pairs, N, *point_shape)``, one
+        :class:`PathCheck` (a :class:`BoundCheck` where bounds decided) of one pair each; paths
+        checked before (the band's stop, then its record) are reused."""
         # A digest, not the bytes: a key of the path itself would keep megabytes per pair of
         # a large input space alive in the cache.
         keys = [(_digest(paths[i]), int(targets[i])) for i in range(paths.shape[0])]
@@ -180,22 +221,47 @@ class Certifier:
         todo = [i for i, key in enumerate(keys) if key not in found]
         if todo:
             index = torch.tensor(todo, device=paths.device)
-            try:
-                result = check_paths(self.program, paths[index].detach(), targets[index])
-            except (UnreliableExactCheckError, NotPiecewiseLinearError) as error:
-                # Rounding the exact check cannot vouch for, or an operation found only when
-                # run (values that are not floating point): these paths are decided at the
-                # sampled points, and their records say why.
-                result = undecided_checks(
-                    paths[index], f"the exact check failed, decided at the sampled points: {error}"
-                )
-            found.update((keys[i], _pick(result, row)) for row, i in enumerate(todo))
+            results = self._check(paths[index].detach(), targets[index])
+            found.update((keys[i], results[row]) for row, i in enumerate(todo))
             # The cache bridges the checks of one band evaluation (its stop, its growth, its
             # record); each entry holds every piece end of its path.
             if len(self._cache) + len(todo) > _CACHED_CHECKS:
                 self._cache.clear()
             self._cache.update((keys[i], found[keys[i]]) for i in todo)
         return [found[key] for key in keys]
+
+    def _check(self, paths: Tensor, targets: Tensor) -> list[PathCheck]:
+        """One check per path, by this certifier's kind (bounds first, then ExactLine for the
+        paths bounds left undecided where ``program`` is set)."""
+        rows = list(range(paths.shape[0]))
+        results: list[PathCheck | None] = [None] * len(rows)
+        if self.bounds is not None:
+            bound = bound_paths(self.bounds, paths, targets, max_splits=self.max_splits)
+            for row in rows:
+                results[row] = _pick(bound, row)
+            rows = [row for row in rows if not bool(bound.decided[row])]
+        if self.program is not None and rows:
+            index = torch.tensor(rows, device=paths.device)
+            try:
+                exact = check_paths(self.program, paths[index], targets[index])
+            except (UnreliableExactCheckError, NotPiecewiseLinearError) as error:
+                # Rounding the exact check cannot vouch for, or an operation found only when
+                # run (values that are not floating point): these paths are decided at the
+                # sampled points, and their records say why.
+                exact = undecided_checks(
+                    paths[index], f"the exact check failed, decided at the sampled points: {error}"
+                )
+            for k, row in enumerate(rows):
+                results[row] = _pick(exact, k)
+        return results  # type: ignore[return-value]
+
+
+def _bound_program(tail: nn.Module) -> tuple[BoundProgram | None, str]:
+    """The tail's bound program, or None and why bounds do not cover it."""
+    try:
+        return bound_program(tail), ""
+    except NotBoundedError as error:
+        return None, str(error)
 
 
 _CACHED_CHECKS = 1024
@@ -209,23 +275,22 @@ def _digest(path: Tensor) -> bytes:
 
 
 def _pick(check: PathCheck, row: int) -> PathCheck:
-    """The :class:`PathCheck` of one pair of a batch."""
-    return PathCheck(
-        min_margin=check.min_margin[row : row + 1],
-        tolerance=check.tolerance[row : row + 1],
-        passed=check.passed[row : row + 1],
-        decided=check.decided[row : row + 1],
-        pieces=check.pieces[row : row + 1],
-        off_target=[check.off_target[row]],
-        positions=[check.positions[row]],
-        margins=[check.margins[row]],
-        note=check.note,
-    )
+    """The check (of the same class: :class:`PathCheck` or :class:`BoundCheck`) of one pair of
+    a batch."""
+    values = {}
+    for item in dataclasses.fields(check):
+        value = getattr(check, item.name)
+        if isinstance(value, Tensor):
+            value = value[row : row + 1]
+        elif isinstance(value, list):
+            value = [value[row]]
+        values[item.name] = value
+    return type(check)(**values)
 
 
-def exact_or_sampled(checks: list[PathCheck], sampled_ok: Tensor) -> tuple[Tensor, Tensor]:
-    """``(ok, decided)`` per path: the exact verdict where decided, the sampled one where a
-    margin within the tolerance of zero leaves the exact check undecided."""
+def proved_or_sampled(checks: list[PathCheck], sampled_ok: Tensor) -> tuple[Tensor, Tensor]:
+    """``(ok, decided)`` per path: the whole-path check's verdict where it decided, the sampled
+    one where it did not (a margin within the tolerance of zero, a split budget spent)."""
     decided = torch.tensor([bool(c.decided[0]) for c in checks], dtype=torch.bool)
     passed = torch.tensor([bool(c.passed[0]) for c in checks], dtype=torch.bool)
     decided, passed = decided.to(sampled_ok.device), passed.to(sampled_ok.device)
@@ -239,12 +304,13 @@ class LineCheck:
     line: Tensor  # (pairs, num_pivots + 2, *point_shape)
     log_probabilities: Tensor  # (pairs, M, classes) at the refined line's points
     ok: Tensor  # (pairs,) bool: the line stays in the class (by the check that decided it)
-    exact: list[PathCheck] | None = None  # the exact check of each line (one segment)
+    # The whole-path check (exact or bounds) of each line (one segment), None with none.
+    proofs: list[PathCheck] | None = None
 
     def subset(self, index: Tensor) -> LineCheck:
         """The check of the pairs at ``index``."""
-        exact = None if self.exact is None else [self.exact[i] for i in index.tolist()]
-        return LineCheck(self.line[index], self.log_probabilities[index], self.ok[index], exact)
+        proofs = None if self.proofs is None else [self.proofs[i] for i in index.tolist()]
+        return LineCheck(self.line[index], self.log_probabilities[index], self.ok[index], proofs)
 
 
 def check_lines(
@@ -256,18 +322,19 @@ def check_lines(
     certifier: Certifier | None = None,
 ) -> LineCheck:
     """Check the straight line of each pair: at evenly spaced points (pivots and points between
-    them), and exactly (the whole segment from start to end) with an exact ``certifier``."""
+    them), and at every point (the whole segment from start to end) with a ``certifier`` that
+    proves (exact or bounds)."""
     if starts.shape != ends.shape or targets.shape != (starts.shape[0],):
         raise ValueError("starts and ends must be (pairs, *point_shape) and targets (pairs,)")
     line = straight_line(starts, ends, options.num_pivots)
     log_p = path_log_probabilities(tail, line, options.points_per_segment, options.chunk_size)
     ok = on_target(log_p, targets).all(dim=1)
-    exact = None
-    if certifier is not None and certifier.exact and starts.shape[0]:
-        # The line is one segment: its exact check needs no pivots.
-        exact = certifier.check(torch.stack([starts, ends], dim=1), targets)
-        ok, _ = exact_or_sampled(exact, ok)
-    return LineCheck(line, log_p, ok, exact)
+    proofs = None
+    if certifier is not None and certifier.proves and starts.shape[0]:
+        # The line is one segment: its whole-path check needs no pivots.
+        proofs = certifier.check(torch.stack([starts, ends], dim=1), targets)
+        ok, _ = proved_or_sampled(proofs, ok)
+    return LineCheck(line, log_p, ok, proofs)
 
 
 def certification_stop(
@@ -278,7 +345,8 @@ def certification_stop(
 ) -> StopFn:
     """The ``stop`` callback of the path search: a pair is done once its band is certified.
 
-    With an exact ``certifier``, a band whose sampled points all pass is checked exactly; it
+    With a ``certifier`` that proves, a band whose sampled points all pass is checked at every
+    point (exact or bounds); it
     is done when every point passes, and also, when it has fewer than ``options.most_pivots``
     pivots, when stretches of it are off target between pivots: the band would not see them,
     so the driver inserts pivots there and goes on in another round (see :class:`Decisions`).
@@ -297,11 +365,11 @@ def certification_stop(
                 tail, band[maybe], options.points_per_segment, options.chunk_size
             )
             done[maybe] = on_target(dense, labels[maybe]).all(dim=1)
-        if certifier is not None and certifier.exact:
+        if certifier is not None and certifier.proves:
             sampled = done.nonzero().squeeze(1)
             if sampled.numel():
                 checks = certifier.check(band[sampled], labels[sampled])
-                ok, decided = exact_or_sampled(checks, done[sampled])
+                ok, decided = proved_or_sampled(checks, done[sampled])
                 can_grow = band.shape[1] - 2 < options.most_pivots
                 done[sampled] = ok | (decided & can_grow)
         return done

@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from connectivity.engine.band import ElasticBand, PathResult
+from connectivity.engine.bound_paths import BoundCheck
 from connectivity.engine.checks import (
     Certifier,
     LineCheck,
     distances_from_line,
-    exact_or_sampled,
     on_target,
     path_log_probabilities,
     polyline_length_ratio,
+    proved_or_sampled,
     target_margin,
 )
 from connectivity.engine.exact import PathCheck
@@ -99,12 +100,25 @@ class PairRecord:
     line_check_predicted: Tensor | None = None
     # With certificate "exact": the closed stretches of positions along the path (and the line)
     # where it is off the target, (K, 2) float64, merged and in order (empty: none), and how
-    # many linear pieces the exact check went through. None / 0 where the exact check did not
-    # decide that path.
+    # many linear pieces the exact check went through. With certificate "bounds": the points
+    # found off the target (stretches [p, p], see engine.bound_paths.BoundCheck). None / 0
+    # where no whole-path check decided that path.
     off_target_intervals: Tensor | None = None
     line_off_target_intervals: Tensor | None = None
     pieces: int = 0
     line_pieces: int = 0
+    # A proved lower bound of the margin over every point of the path (and the line): the exact
+    # minimum (certificate "exact") or the branch and bound's bound ("bounds"); NaN where no
+    # whole-path check decided. With "bounds", min_margin is the lowest margin at evaluated
+    # points (the sampled ones, segment ends and split points), so the true minimum lies
+    # between the two.
+    min_margin_lower_bound: float = math.nan
+    line_min_margin_lower_bound: float = math.nan
+    # The bounds' branch and bound: final sub-intervals, and sub-intervals bounded (0 without).
+    sub_intervals: int = 0
+    line_sub_intervals: int = 0
+    bound_evaluations: int = 0
+    line_bound_evaluations: int = 0
     # Why the certificate is what it is where "auto" or the tolerance chose "sampled".
     certificate_note: str = ""
     # Length of the symmetry nudge(s) the band got (0: none): a band that converged before it
@@ -245,8 +259,8 @@ class Decisions:
                 continue
             path = self.check.line[i]
             inserted = torch.zeros(path.shape[0], dtype=torch.bool, device=path.device)
-            if self.check.exact is not None:
-                off_target = self.check.exact[i].off_target[0]
+            if self.check.proofs is not None:
+                off_target = self.check.proofs[i].off_target[0]
                 path, inserted = insert_pivots(path, off_target, room)
             self._queued[i] = (path, 0, inserted)
 
@@ -333,7 +347,7 @@ class Decisions:
                 if float(nudged[r]) > 0:
                     i = int(pairs[r])
                     self._nudges[i] = self._nudges.get(i, 0.0) + float(nudged[r])
-        if self.certifier.exact:
+        if self.certifier.proves:
             rows = self._grow(band, pairs, rows)
             if not rows:
                 return
@@ -441,7 +455,7 @@ def make_records(
     dense, path_ok, path_exact, path_decided = _check_bands(
         tail, targets, check, path, options, certifier
     )
-    line_exact = check.exact if check.exact is not None else [None] * len(targets)
+    line_exact = check.proofs if check.proofs is not None else [None] * len(targets)
     line_pivots, path_pivots = _pivot_rows(line_dense, per_segment), _pivot_rows(dense, per_segment)
     line_pivots_ok = on_target(line_pivots, targets).all(dim=1)
     path_pivots_ok = on_target(path_pivots, targets).all(dim=1)
@@ -500,6 +514,12 @@ def make_records(
                 line_off_target_intervals=_stretches(exact_line),
                 pieces=_pieces(exact_path),
                 line_pieces=_pieces(exact_line),
+                min_margin_lower_bound=_lower_bound(exact_path),
+                line_min_margin_lower_bound=_lower_bound(exact_line),
+                sub_intervals=_count(exact_path, "sub_intervals"),
+                line_sub_intervals=_count(exact_line, "sub_intervals"),
+                bound_evaluations=_count(exact_path, "bound_evaluations"),
+                line_bound_evaluations=_count(exact_line, "bound_evaluations"),
                 certificate_note=note,
                 line_probabilities=line_pivots[i].exp().cpu(),
                 path_probabilities=path_pivots[i].exp().cpu(),
@@ -537,9 +557,9 @@ def _check_bands(
     path_ok = on_target(dense, targets).all(dim=1)
     path_exact: list[PathCheck | None] = [None] * len(targets)
     path_decided = torch.zeros_like(path_ok)
-    if certifier.exact and need.numel():
+    if certifier.proves and need.numel():
         checks = certifier.check(path[need], targets[need])
-        ok, decided = exact_or_sampled(checks, path_ok[need])
+        ok, decided = proved_or_sampled(checks, path_ok[need])
         path_ok[need], path_decided[need] = ok, decided
         for k, i in enumerate(need.tolist()):
             path_exact[i] = checks[k]
@@ -555,12 +575,29 @@ def _status(status: str, verdict: Verdict) -> str:
     return status
 
 
-def _min_margin(sampled: Tensor, exact: PathCheck | None) -> float:
-    """The lowest margin of one path: the exact check's where it decided, else the sampled
-    points' ``(M,)``."""
-    if exact is not None and bool(exact.decided[0]):
-        return float(exact.min_margin[0])
-    return float(sampled.min())
+def _min_margin(sampled: Tensor, check: PathCheck | None) -> float:
+    """The lowest margin of one path: the exact check's where it decided, else the lowest of
+    the sampled points' ``(M,)`` and the points the bounds evaluated."""
+    if check is not None and bool(check.decided[0]) and not isinstance(check, BoundCheck):
+        return float(check.min_margin[0])
+    lowest = float(sampled.min())
+    if isinstance(check, BoundCheck) and not math.isnan(float(check.min_margin[0])):
+        lowest = min(lowest, float(check.min_margin[0]))
+    return lowest
+
+
+def _lower_bound(check: PathCheck | None) -> float:
+    """A proved lower bound of one path's margin (NaN where no whole-path check decided)."""
+    if not _decided(check):
+        return math.nan
+    if isinstance(check, BoundCheck):
+        return float(check.min_margin_lower_bound[0])
+    return float(check.min_margin[0])  # type: ignore[union-attr]
+
+
+def _count(check: PathCheck | None, name: str) -> int:
+    """A count of the bounds' branch and bound of one path (0 without one)."""
+    return int(getattr(check, name)[0]) if isinstance(check, BoundCheck) else 0
 
 
 def _decided(check: PathCheck | None) -> bool:
@@ -582,20 +619,25 @@ def _certificate(
     path: PathCheck | None,
     path_decided: bool,
 ) -> tuple[str, str]:
-    """``("exact" | "sampled", note)``: exact when every check the verdict rests on (the line;
-    for a band also its path) was decided by the exact check."""
-    if not certifier.exact:
+    """``("exact" | "bounds" | "sampled", note)``: a proof when every check the verdict rests
+    on (the line; for a band also its path) was decided by a whole-path check: ``"bounds"``
+    where bound propagation decided one of them, ``"exact"`` where ExactLine decided all."""
+    if not certifier.proves:
         return "sampled", certifier.note
     if verdict == Verdict.DIVERGED:
         return "sampled", "diverged: nothing to certify"
     rests_on = [line] if verdict == Verdict.LINEAR else [line, path]
     if all(_decided(c) for c in rests_on) and path_decided:
+        if any(isinstance(c, BoundCheck) for c in rests_on):
+            fallback = [c for c in rests_on if not isinstance(c, BoundCheck)]
+            note = "ExactLine decided what the bounds' split budget left open" if fallback else ""
+            return "bounds", note
         return "exact", ""
-    failed = [c.note for c in rests_on if c is not None and c.note]
+    failed = [c.note for c in rests_on if c is not None and c.note and not _decided(c)]
     if failed:
         return "sampled", failed[0]
     return "sampled", (
-        "a margin within the exact check's floating-point tolerance of zero: decided at the "
+        "a margin within the check's floating-point tolerance of zero: decided at the "
         "sampled points"
     )
 

@@ -17,7 +17,10 @@ from connectivity.errors import OptionsError
 
 METHODS = ("neb", "string")
 OPTIMIZERS = ("adam", "sgd", "fire", "lbfgs")
-CERTIFY = ("exact", "sampled", "auto")
+CERTIFY = ("exact", "bounds", "sampled", "auto")
+# Midpoint splits per segment before the bounds' branch and bound gives up on it: 2^10
+# sub-intervals resolve a kink or a sliver to about 1/1000 of a segment.
+DEFAULT_MAX_SPLITS = 1024
 # The band's cap on a pivot's move per step (a fraction of its pair's pivot spacing on the
 # straight line) when none is given: fire and lbfgs take steps of their own length, which the
 # cap keeps from jumping across the band, as ASE's ``maxstep`` does; adam and sgd keep the
@@ -198,9 +201,17 @@ class PathOptions(BandOptions):
         chunk_size: Most points per network call in the dense check (bounds memory).
         certify: Which check a verdict rests on. ``"exact"``: every point of the line and the
             path (:mod:`connectivity.engine.exact`, ExactLine); refused for a tail that is not
-            piecewise linear. ``"sampled"``: ``line_points`` evenly spaced points only.
-            ``"auto"``: exact where the tail is piecewise linear, sampled otherwise (the record
-            says which, and why).
+            piecewise linear. ``"bounds"``: every point too, by bound propagation with branch
+            and bound on each segment (:mod:`connectivity.engine.bounds`); refused for a tail
+            holding an operation it does not cover. ``"sampled"``: ``line_points`` evenly
+            spaced points only. ``"auto"``: bounds where they cover the tail (with ExactLine
+            for the segments their split budget leaves open, where the tail is piecewise
+            linear), ExactLine where only it covers the tail, sampled where neither does (the
+            record says which, and why). A path a proof leaves undecided (a margin within
+            rounding of zero, a spent budget) is decided at the sampled points, and its record
+            says so.
+        max_splits: Most midpoint splits of one segment in the bounds' branch and bound; a
+            segment neither proved nor refuted by then is left undecided.
         max_pivots: Most pivots a band may grow to when the exact check finds stretches of it
             off the target between pivots: a pivot is inserted in each (as AutoNEB does) and
             the band goes on. None: ``4 * num_pivots``. Both drivers insert pivots
@@ -220,11 +231,12 @@ class PathOptions(BandOptions):
     converge: bool = False
     chunk_size: int = 512
     certify: str = "sampled"
+    max_splits: int = DEFAULT_MAX_SPLITS
     max_pivots: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, minimum in (("line_points", 2), ("chunk_size", 1)):
+        for name, minimum in (("line_points", 2), ("chunk_size", 1), ("max_splits", 0)):
             self._set(name, _checked_int(getattr(self, name), name, minimum))
         if self.certify not in CERTIFY:
             raise OptionsError(f"certify must be one of {CERTIFY}, got {self.certify!r}")

@@ -295,8 +295,8 @@ class PathSearch:
 
     Raises:
         InputError: ends that are not floating point or outside ``options.bounds``.
-        NotPiecewiseLinearError: ``options.certify == "exact"`` with a tail that is not
-            piecewise linear.
+        NotPiecewiseLinearError, NotBoundedError: ``options.certify`` ``"exact"`` (``"bounds"``)
+            with a tail that is not piecewise linear (holds an operation bounds do not cover).
     """
 
     def __init__(
@@ -519,8 +519,9 @@ def connect_points(
 
     Raises:
         InputError: ends that are not floating point or outside ``options.bounds``.
-        NotPiecewiseLinearError: ``options.certify == "exact"`` with a tail that is not
-            piecewise linear (before any work).
+        NotPiecewiseLinearError, NotBoundedError: ``options.certify`` ``"exact"`` (``"bounds"``)
+            with a tail that is not piecewise linear (holds an operation bounds do not cover),
+            before any work.
         BatchDependenceError: a tail whose logits of a point depend on the rest of its batch
             (batch statistics in eval mode; before any work).
     """

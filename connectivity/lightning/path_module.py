@@ -64,8 +64,9 @@ class PathModule(L.LightningModule):
         decided: ``[(pair_index, record)]`` decided since a callback last emptied it.
 
     Raises:
-        NotPiecewiseLinearError: ``options.certify == "exact"`` with a tail that is not
-            piecewise linear (here, before any work).
+        NotPiecewiseLinearError, NotBoundedError: ``options.certify`` ``"exact"`` (``"bounds"``)
+            with a tail that is not piecewise linear (holds an operation bounds do not cover),
+            here, before any work.
     """
 
     def __init__(

@@ -338,15 +338,23 @@ def _draw_track(
             fontsize=SMALL_PT,
             color=OFF_COLOUR,
         )
-    # Where the exact check decided, its off-target stretches are drawn too (hatched): they
-    # can be far narrower than the spacing of the sampled points.
+    # Where a whole-path check decided, what it found off the target is drawn too (hatched
+    # stretches of the exact check, lines at the points bounds found): they can be far
+    # narrower than the spacing of the sampled points.
     prefix = "line_" if which == "line" else ""
     stretches = record.get(f"{prefix}off_target_intervals")
     if stretches is not None:
         for low, high in stretches.tolist():
-            ax.axvspan(low, high, color=OFF_COLOUR, alpha=0.7, hatch="////", lw=0.5)
-        pieces = record.get(f"{prefix}pieces", 0)
-        label = f"exact check\n{pieces} pieces, {len(stretches)} off"
+            if high > low:
+                ax.axvspan(low, high, color=OFF_COLOUR, alpha=0.7, hatch="////", lw=0.5)
+            else:
+                ax.axvline(low, color=OFF_COLOUR, lw=1.0)
+        if record.get("certificate") == "bounds":
+            sub = record.get(f"{prefix}sub_intervals", 0)
+            label = f"bounds check\n{sub} sub-intervals, {len(stretches)} off"
+        else:
+            pieces = record.get(f"{prefix}pieces", 0)
+            label = f"exact check\n{pieces} pieces, {len(stretches)} off"
     else:
         label = f"sampled check\n{len(position)} pts, {int(off.sum())} off"
     ax.text(-0.01, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=SMALL_PT)

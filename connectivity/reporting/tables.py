@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from typing import Any
 
@@ -58,13 +59,14 @@ def count_verdicts(records: list[dict[str, Any]], key: str = "verdict") -> dict[
     return {v: counts.get(v, 0) for v in VERDICTS}
 
 
-CERTIFICATES = ("exact", "sampled")
+CERTIFICATES = ("exact", "bounds", "sampled")
 
 
 def verdict_table(by_space: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict]]:
     """``{space: {"dense": counts, "pivots": counts, "exact": counts, "sampled": counts}}``:
     the verdicts, the pivots-only verdicts, and the verdicts that rest on each certificate
-    (``exact + sampled = dense``; records from before certificates count as sampled)."""
+    (``exact + bounds + sampled = dense``; records from before certificates count as
+    sampled)."""
     table = {}
     for space, rs in by_space.items():
         table[space] = {"dense": count_verdicts(rs), "pivots": count_verdicts(rs, "pivot_verdict")}
@@ -91,13 +93,15 @@ def _cell(checks: dict[str, dict], verdict: str) -> str:
 
 def table_markdown(table: dict[str, dict[str, dict]], pairs: int) -> str:
     """The paper's Table 1 layout, with the pivot-only count in brackets beside each count and
-    the check each count rests on: ``exact`` (every point of the line or path proven in the
-    class, or proven to leave it) or ``sampled`` (evenly spaced points only)."""
+    the check each count rests on: ``exact`` or ``bounds`` (every point of the line or path
+    proven in the class, or a point proven off it: ExactLine, or bound propagation) or
+    ``sampled`` (evenly spaced points only)."""
     spaces = list(table)
     lines = [
         f"Pairs: {pairs}. Each cell: pairs with that verdict (pivots-only verdict as in the "
-        "paper, in brackets), and the check the verdicts rest on: exact (every point of the "
-        "path) or sampled (evenly spaced points).",
+        "paper, in brackets), and the check the verdicts rest on: exact or bounds (every "
+        "point of the path, by ExactLine or by bound propagation) or sampled (evenly spaced "
+        "points).",
         "",
         "| | " + " | ".join(spaces) + " |",
         "|---|" + "---|" * len(spaces),
@@ -109,7 +113,7 @@ def table_markdown(table: dict[str, dict[str, dict]], pairs: int) -> str:
 
 
 def table_csv(table: dict[str, dict[str, dict]]) -> str:
-    """``table.csv``: one row per space and check (dense, pivots, exact, sampled), one count
+    """``table.csv``: one row per space and check (dense, pivots, exact, bounds, sampled), one count
     column per verdict."""
     rows = [
         [space, check, *(counts[v] for v in VERDICTS)]
@@ -146,6 +150,10 @@ PAIR_COLUMNS = [
     "line_min_margin",
     "pieces",
     "line_pieces",
+    "min_margin_lower_bound",
+    "line_min_margin_lower_bound",
+    "sub_intervals",
+    "line_sub_intervals",
     "off_target",
     "line_off_target",
     "length_ratio",
@@ -169,11 +177,13 @@ def pair_rows(
     drawn: set[tuple[str, int]] | None = None,
 ) -> list[list[Any]]:
     """One row of :data:`PAIR_COLUMNS` per pair and space (``pairs.csv`` and W&B's ``pairs``):
-    its indices, class, verdicts, the check they rest on (``certificate``: exact or sampled, and
-    why sampled where ``auto`` or the exact check's tolerance chose it), how its search ended
-    (``status``: linear, converged, certified, out_of_steps or diverged; empty for records
-    saved before there was one), the lowest margins, the linear pieces the exact check went
-    through and the stretches it found off the target, how far its path moved from the straight
+    its indices, class, verdicts, the check they rest on (``certificate``: exact, bounds or
+    sampled, and why sampled where ``auto`` or a proof's tolerance or budget chose it), how its
+    search ended (``status``: linear, converged, certified, out_of_steps or diverged; empty for
+    records saved before there was one), the lowest margins, the linear pieces the exact check
+    went through, the proved lower bounds of the margins (the exact minimum, or the bounds'
+    bound) and the bounds' sub-intervals, and the stretches found off the target (points
+    ``p-p`` for bounds), how far its path moved from the straight
     line (largest L2 and L-infinity distance of a point, in the space's units: pixels in [0, 1]
     in the input space), and the file of its figure (empty where ``drawn``, the ``(space, pair
     id)`` of the figures there are, holds none; None: every pair has one)."""
@@ -203,6 +213,10 @@ def pair_rows(
                     lowest_margin(record, "line"),
                     record.get("pieces", 0),
                     record.get("line_pieces", 0),
+                    record.get("min_margin_lower_bound", math.nan),
+                    record.get("line_min_margin_lower_bound", math.nan),
+                    record.get("sub_intervals", 0),
+                    record.get("line_sub_intervals", 0),
                     _stretches_text(record.get("off_target_intervals")),
                     _stretches_text(record.get("line_off_target_intervals")),
                     record["length_ratio"],

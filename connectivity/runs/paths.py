@@ -314,6 +314,7 @@ def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -
 # nudge_seed were fixed at their defaults before they were options).
 _LATER_PATH_OPTIONS = (
     *("max_step", "max_energy_rise", "backoffs", "certify", "max_pivots", "nudge"),
+    "max_splits",
     *("climb_after", "nudge_seed"),
 )
 
@@ -385,7 +386,8 @@ def run_paths(
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
         _, tail = split(network, space)  # a wrong layer name fails here, before any work
-        # certify="exact" on a space whose tail is not piecewise linear fails here too.
+        # certify="exact" ("bounds") on a space whose tail is not piecewise linear (holds an
+        # operation bounds do not cover) fails here too.
         Certifier.for_tail(tail, experiment.path)
     check_decoders(experiment.decoders, experiment.spaces)
     # Loaded once here, so that a decoder of another layer or classifier fails before any work.

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from connectivity.engine.bounds import NotBoundedError
 from connectivity.engine.checks import (
     Certifier,
     certification_stop,
@@ -66,7 +67,7 @@ def test_the_line_check_decides_lines_at_their_sampled_points() -> None:
     check = check_lines(Stripes(), starts, ends, torch.tensor([0, 0]), options)
     assert check.ok.tolist() == [True, False]
     assert check.line.shape == (2, 5, 2) and check.log_probabilities.shape == (2, 9, 2)
-    assert check.exact is None
+    assert check.proofs is None
     assert check.subset(torch.tensor([1])).ok.tolist() == [False]
 
 
@@ -82,16 +83,29 @@ def test_the_stop_rule_stops_bands_whose_every_sampled_point_is_on_target() -> N
     assert converge(bands, energies, torch.tensor([0, 0])).tolist() == [False, False]
 
 
-def test_the_certifier_is_exact_for_piecewise_linear_tails_only() -> None:
+def test_each_certify_value_picks_the_check_that_covers_the_tail() -> None:
     relu = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
     gelu = nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2)).eval()
-    assert Certifier.for_tail(relu, PathOptions(certify="exact")).exact
-    assert Certifier.for_tail(relu, PathOptions(certify="auto")).exact
-    assert not Certifier.for_tail(relu, PathOptions()).exact
+    erf = nn.Sequential(nn.Linear(2, 4), Erf(), nn.Linear(4, 2)).eval()  # no proof covers erf
+    assert Certifier.for_tail(relu, PathOptions(certify="exact")).kind == "exact"
+    assert Certifier.for_tail(relu, PathOptions(certify="bounds")).kind == "bounds"
+    auto = Certifier.for_tail(relu, PathOptions(certify="auto"))
+    # bounds first, ExactLine for the segments the split budget leaves open
+    assert auto.kind == "bounds" and auto.program is not None and auto.bounds is not None
+    assert not Certifier.for_tail(relu, PathOptions()).proves
     auto = Certifier.for_tail(gelu, PathOptions(certify="auto"))
-    assert auto.kind == "sampled" and "auto chose sampled" in auto.note
+    assert auto.kind == "bounds" and auto.program is None
+    auto = Certifier.for_tail(erf, PathOptions(certify="auto"))
+    assert auto.kind == "sampled" and "auto chose sampled" in auto.note and "erf" in auto.note
     with pytest.raises(NotPiecewiseLinearError, match="certify='exact' is impossible"):
         Certifier.for_tail(gelu, PathOptions(certify="exact"))
+    with pytest.raises(NotBoundedError, match=r"certify='bounds' is impossible.*erf"):
+        Certifier.for_tail(erf, PathOptions(certify="bounds"))
+
+
+class Erf(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x)
 
 
 def test_the_exact_check_finds_where_a_segment_leaves_the_class() -> None:

@@ -277,22 +277,22 @@ def test_resnet18_tail_is_affine_between_breakpoints_and_no_relu_sign_change_is_
         assert not bool(((sign[0] * sign[1]) < 0).any())
 
 
-def _refused_by_exact_sampled_by_auto(tail: nn.Module, name: str) -> None:
-    """``certify="exact"`` refuses ``tail`` naming ``name``; ``auto`` decides it sampled and
-    says why."""
+def _refused_by_exact(tail: nn.Module, name: str, auto: str) -> None:
+    """``certify="exact"`` refuses ``tail`` naming ``name``; ``auto`` decides it with the
+    ``auto`` certificate (``"bounds"`` where they cover the tail; ``"sampled"``, saying why,
+    where they do not)."""
     starts, ends = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
     with pytest.raises(NotPiecewiseLinearError, match=name):
         connect_points(tail, starts, ends, torch.tensor([0]), PathOptions(certify="exact"))
     (record,) = connect_points(
         tail, starts, ends, torch.tensor([0]), PathOptions(certify="auto", steps=2)
     )
-    assert record.certificate == "sampled" and name in record.certificate_note
+    assert record.certificate == auto
+    assert auto != "sampled" or name in record.certificate_note
 
 
 def test_non_piecewise_linear_tails_are_refused_with_the_operation_named() -> None:
-    _refused_by_exact_sampled_by_auto(
-        nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2)), "GELU"
-    )
+    _refused_by_exact(nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 2)), "GELU", "bounds")
     assert "softmax" in why_not_piecewise_linear(nn.Softmax(dim=1)).lower()
     for bad in (nn.LayerNorm(2), nn.SiLU(), nn.Sigmoid()):
         assert why_not_piecewise_linear(nn.Sequential(nn.Linear(2, 2), bad)) is not None
@@ -417,7 +417,8 @@ def test_a_split_tail_wrapped_again_by_the_lightning_driver_is_checked_exactly()
     points = torch.randn(2, 512, 1, 1)
     options = PathOptions(certify="exact")
     module = PathModule(tail, points[:1], points[1:], torch.tensor([3]), options)
-    assert Certifier.for_tail(module.tail, module.options).exact
+    assert Certifier.for_tail(module.tail, module.options).kind == "exact"
+    assert Certifier.for_tail(module.tail, options.with_values(certify="bounds")).kind == "bounds"
 
 
 # Run as a script (the ddp_pairs launcher starts it again for rank 1): the two pairs of
@@ -557,7 +558,7 @@ def test_affine_operations_of_one_value_used_twice_are_still_accepted() -> None:
 
 def test_a_squared_value_gives_no_exact_certificate() -> None:
     # The issue's case: h * h in the tail was taken as affine (linear, exact, a wrong margin).
-    _refused_by_exact_sampled_by_auto(Tail(lambda h: h * h), "mul")
+    _refused_by_exact(Tail(lambda h: h * h), "mul", "sampled")
 
 
 class ActBatchNorm(nn.BatchNorm2d):

@@ -107,6 +107,7 @@ def test_path_options_are_band_options_with_the_same_defaults() -> None:
         "converge",
         "chunk_size",
         "certify",
+        "max_splits",
         "max_pivots",
     }
     assert (BandOptions().steps, BandOptions().backoffs, BandOptions().max_step) == (200, 4, None)

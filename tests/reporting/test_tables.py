@@ -23,17 +23,20 @@ from tests.reporting.folders import NAMES, line_records
 def test_counts_per_space_split_by_the_check_they_rest_on() -> None:
     linear, crossing = line_records()
     exact = {**crossing, "certificate": "exact", "pair": {**crossing["pair"], "id": 2}}
-    table = verdict_table({"input": [linear, crossing, exact], "layer": [linear]})
-    assert table["input"]["dense"] == {"linear": 1, "nonlinear": 0, "none": 2, "diverged": 0}
+    bounds = {**crossing, "certificate": "bounds", "pair": {**crossing["pair"], "id": 3}}
+    table = verdict_table({"input": [linear, crossing, exact, bounds], "layer": [linear]})
+    assert table["input"]["dense"] == {"linear": 1, "nonlinear": 0, "none": 3, "diverged": 0}
     assert table["input"]["exact"]["none"] == 1 and table["input"]["sampled"]["none"] == 1
+    assert table["input"]["bounds"]["none"] == 1
     assert table["layer"]["pivots"]["linear"] == 1
-    markdown = table_markdown(table, 3)
-    assert "| No path found | 2 (2): 1 exact, 1 sampled | 0 (0) |" in markdown
+    markdown = table_markdown(table, 4)
+    assert "| No path found | 3 (3): 1 exact, 1 bounds, 1 sampled | 0 (0) |" in markdown
     assert "| Linear path exists | 1 (1) sampled | 1 (1) sampled |" in markdown
-    assert markdown.startswith("Pairs: 3.")
+    assert markdown.startswith("Pairs: 4.")
     rows = list(csv.reader(io.StringIO(table_csv(table))))
     assert rows[0] == ["space", "check", "linear", "nonlinear", "none", "diverged"]
-    assert ["input", "exact", "0", "0", "1", "0"] in rows and len(rows) == 1 + 2 * 4
+    assert ["input", "exact", "0", "0", "1", "0"] in rows and len(rows) == 1 + 2 * 5
+    assert ["input", "bounds", "0", "0", "1", "0"] in rows
 
 
 def test_records_from_before_certificates_count_as_sampled() -> None:

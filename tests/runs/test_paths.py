@@ -71,7 +71,7 @@ def test_run_writes_records_table_and_figures_and_resumes(
     csv_rows = (store.folder / "table.csv").read_text().splitlines()
     assert csv_rows[0] == "space,check,linear,nonlinear,none,diverged"
     # per space: all verdicts, pivots-only verdicts, and the verdicts per certificate
-    assert len(csv_rows) == 1 + 4 * len(SPACES)
+    assert len(csv_rows) == 1 + 5 * len(SPACES)  # dense, pivots, exact, bounds, sampled
     totals: dict[tuple[str, str], int] = {}
     for row in csv_rows[1:]:
         space, check, *counts = row.split(",")
