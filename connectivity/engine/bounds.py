@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -260,15 +261,27 @@ def _range_lines(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tenso
 
 @dataclass
 class _Lines:
-    """``lw * t + lb <= v(t) <= uw * t + ub``; each ``(N, *shape)``, ``N`` sub-intervals."""
+    """``lw * t + lb <= v(t) <= uw * t + ub``; each ``(N, *shape)``, ``N`` sub-intervals.
+    ``low <= v(t) <= high`` on the sub-interval too where given (elementwise functions set
+    their range there, copies and sums keep it): a square or an exponential is known to be
+    positive even where its lower line dips below 0, which the domains of sqrt, rsqrt, log and
+    the reciprocal need."""
 
     lw: Tensor
     lb: Tensor
     uw: Tensor
     ub: Tensor
+    low: Tensor | None = None
+    high: Tensor | None = None
 
 
 def _column(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` (``(N,)``, one per sub-interval) shaped to broadcast against ``like``, whose first
+    dimension holds the sub-intervals in ``N`` blocks of ``k`` rows (``k > 1`` after, say,
+    ``flatten(0, 1)`` of ``(N, heads, ...)``; :func:`_check_rows` saw that layout)."""
+    rows = like.shape[0] if like.dim() else 1
+    if rows != t.shape[0] and t.shape[0] and rows % t.shape[0] == 0:
+        t = t.repeat_interleave(rows // t.shape[0])
     return t.reshape(-1, *([1] * (like.dim() - 1)))
 
 
@@ -278,13 +291,32 @@ def _range(lines: _Lines, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
     a, b = _column(t0, lines.lb), _column(t1, lines.lb)
     low = torch.minimum(lines.lw * a + lines.lb, lines.lw * b + lines.lb)
     high = torch.maximum(lines.uw * a + lines.ub, lines.uw * b + lines.ub)
+    if lines.low is not None and lines.high is not None:
+        low, high = torch.maximum(low, lines.low), torch.minimum(high, lines.high)
     return low, high
 
 
 def _widen(lines: _Lines) -> _Lines:
     size = lines.lw.abs() + lines.lb.abs() + lines.uw.abs() + lines.ub.abs()
     margin = RELATIVE_WIDENING * size
-    return _Lines(lines.lw, lines.lb - margin, lines.uw, lines.ub + margin)
+    low, high = lines.low, lines.high
+    if low is not None and high is not None:  # float64 values of f or sums of a few of them
+        low, high = low - RELATIVE_WIDENING * low.abs(), high + RELATIVE_WIDENING * high.abs()
+    return _Lines(lines.lw, lines.lb - margin, lines.uw, lines.ub + margin, low, high)
+
+
+def _function_range(name: str, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """The range of the elementwise function ``name`` over ``[low, high]`` (``-inf``,
+    ``inf`` where the interval leaves its domain)."""
+    _, least, _, most = _range_lines(name, low, high)
+    if name in _DOMAIN_FUNCTIONS:
+        if name == "reciprocal":
+            valid = (low > 0) | (high < 0)
+        else:
+            valid = low >= 0 if name == "sqrt" else low > 0
+        least = torch.where(valid, least, -math.inf)
+        most = torch.where(valid, most, math.inf)
+    return least.nan_to_num(nan=-math.inf), most.nan_to_num(nan=math.inf)
 
 
 def _constant(value: Tensor) -> _Lines:
@@ -332,6 +364,9 @@ class BoundProgram:
     module: fx.GraphModule
     steps: list[_Step]
     tail: nn.Module
+    # Whether every point-dependent value was seen to keep the points of a batch apart, in
+    # blocks of its first dimension (_check_rows); checked once, at the first bound.
+    rows_checked: bool = False
 
 
 def bound_program(tail: nn.Module) -> BoundProgram:
@@ -515,6 +550,17 @@ _BILINEAR_METHODS = {"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "mm",
 _QUOTIENT_METHODS = {"div", "__truediv__"}
 
 
+def _eval_stochastic_depth(node: fx.Node) -> bool:
+    """torchvision's ``stochastic_depth`` (a leaf of torch.fx, ``torch.fx.wrap``-ed) called with
+    ``training=False``: it returns its input (torchvision.ops.stochastic_depth's first line), so
+    it is a copy. The function is recognised by identity, not by name."""
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    function = getattr(module, "stochastic_depth", None)
+    if function is None or node.op != "call_function" or node.target is not function:
+        return False
+    return _argument(node, 3, "training", True) is False
+
+
 def _nonlinear_step(
     node: fx.Node, root: nn.Module, depends: dict[fx.Node, bool], sizes: set[fx.Node]
 ) -> _Step | None:
@@ -552,6 +598,10 @@ def _nonlinear_step(
         fine = len(values) == 1 and first is values[0]
         return (
             _Step(node, NORM, rule="layer" if target is F.layer_norm else "group") if fine else None
+        )
+    if _eval_stochastic_depth(node):
+        return (
+            _Step(node, AFFINE, rule=_MONOTONE) if len(values) == 1 and first is values[0] else None
         )
     if target is torch.unbind or method == "unbind":
         return (
@@ -674,7 +724,9 @@ def _monotone(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> Any
     zero = run(lambda n, v: torch.zeros_like(v.lb))
     rising: dict[fx.Node, bool] = {}
     for operand in operands:
-        probes = run(lambda n, v, o=operand: torch.ones_like(v.lb) if n is o else v.lb * 0)
+        probes = run(
+            lambda n, v, o=operand: torch.ones_like(v.lb) if n is o else torch.zeros_like(v.lb)
+        )
         if all(bool((p - z >= 0).all()) for p, z in zip(probes, zero, strict=True)):
             rising[operand] = True
         elif all(bool((p - z <= 0).all()) for p, z in zip(probes, zero, strict=True)):
@@ -874,6 +926,12 @@ def _kink(
         relu = _widen(_scaled(shifted, *_relax("relu", low, high)))
         change = slopes[i + 1] - slopes[i]
         result = _sum(result, _scaled(relu, change, zero, change, zero))
+    low, high = _range(x, t0, t1)
+    candidates = [low, high] + [torch.full_like(low, k).clamp(low, high) for k in kinks]
+    outputs = torch.stack(
+        [_call(node, root, _picker(values, lambda n, w, c=c: c)) for c in candidates]
+    )
+    result.low, result.high = outputs.amin(0), outputs.amax(0)  # pieces are linear: ends, kinks
     return result
 
 
@@ -883,7 +941,9 @@ def _smooth(
     (operand,) = [n for n in node.all_input_nodes if isinstance(values[n], _Lines)]
     x: _Lines = values[operand]
     low, high = _range(x, t0, t1)
-    return _scaled(x, *_relax(step.rule, low, high))
+    out = _scaled(x, *_relax(step.rule, low, high))
+    out.low, out.high = _function_range(step.rule, low, high)
+    return out
 
 
 def _pair(node: fx.Node, step: _Step, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor) -> _Lines:
@@ -1052,7 +1112,9 @@ def _composed(x: _Lines, a_lo: Tensor, b_lo: Tensor, a_hi: Tensor, b_hi: Tensor)
     size of the products it sums."""
     size = _size(x)
     magnitude = (a_lo.abs() + a_hi.abs()) * size + b_lo.abs() + b_hi.abs()
-    return _widen_by(_scaled(x, a_lo, b_lo, a_hi, b_hi), magnitude.nan_to_num(nan=math.inf))
+    return _widen_by(
+        _scaled(x, a_lo, b_lo, a_hi, b_hi), magnitude.nan_to_num(nan=math.inf, posinf=math.inf)
+    )
 
 
 def _mccormick(
@@ -1100,7 +1162,7 @@ def _mccormick(
         torch.where(first_above, above[0][1], above[1][1]),
     )
     magnitude = op(_size(x) + lx.abs() + ux.abs(), _size(y) + ly.abs() + uy.abs())
-    return _widen_by(lines, magnitude.nan_to_num(nan=math.inf))
+    return _widen_by(lines, magnitude.nan_to_num(nan=math.inf, posinf=math.inf))
 
 
 def _positional(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any], operands: list) -> Any:
@@ -1306,6 +1368,8 @@ def margin_bounds(
         NotBoundedError: see :func:`bound_program`.
     """
     program = program if isinstance(program, BoundProgram) else bound_program(program)
+    if not program.rows_checked and a.shape[0]:
+        _check_rows(program, a[0], b[0])
     device = next(iter(program.module.parameters()), a).device
     a, b = a.to(device, torch.float64), b.to(device, torch.float64)
     t0, t1 = t0.to(device, torch.float64), t1.to(device, torch.float64)
@@ -1321,8 +1385,9 @@ def margin_bounds(
     low = torch.minimum(at0, at1) - RELATIVE_WIDENING * size
     low = low.scatter(1, y, math.inf).amin(1)
     low = torch.where(poisoned, -math.inf, low)
+    # (nan_to_num's defaults would also turn -inf into the lowest finite number)
     return torch.where(torch.isfinite(low) | (low == math.inf), low, -math.inf).nan_to_num(
-        nan=-math.inf
+        nan=-math.inf, posinf=math.inf, neginf=-math.inf
     )
 
 
@@ -1384,6 +1449,63 @@ def _check_points_apart(program: BoundProgram, start: Tensor, end: Tensor) -> No
             "the traced tail computes other logits than the tail itself; bounds cannot follow "
             "this tail"
         )
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a traced program and keeps the floating-point tensors each node gives (items of
+    tuples as ``name.i``)."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.seen: dict[str, Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        items = enumerate(out) if isinstance(out, tuple | list) else [("", out)]
+        for i, item in items:
+            if isinstance(item, Tensor) and item.is_floating_point():
+                self.seen[f"{n.name}.{i}" if i != "" else n.name] = item
+        return out
+
+
+def _check_rows(program: BoundProgram, start: Tensor, end: Tensor) -> None:
+    """Refuse a tail with a point-dependent value whose first dimension does not hold the
+    points of a batch in blocks, one after the other (row ``r`` of a value of a batch of
+    ``B`` points belongs to point ``r // (rows / B)``): bound propagation reads each row's
+    sub-interval off that layout (:func:`_column`). Seen by running the float64 program on two
+    points together and on each alone: every dependent value of the pair must be the two
+    values alone, stacked (to 1e-9 of its largest entry).
+
+    Raises:
+        NotBoundedError: a value that mixes points or lays them out otherwise, named.
+    """
+    points = (
+        torch.stack([start, end]).double().to(next(iter(program.module.parameters()), start).device)
+    )
+    with torch.no_grad():
+        runs = []
+        for batch in (points, points[:1], points[1:]):
+            recorder = _Recorder(program.module)
+            recorder.run(batch)
+            runs.append(recorder.seen)
+    dependent = {
+        s.node.name for s in program.steps if s.kind not in (FIXED, SIZE, NO_OP, INPUT, OUTPUT)
+    }
+    for name, both in runs[0].items():
+        if name.split(".")[0] not in dependent or name not in runs[1] or name not in runs[2]:
+            continue
+        alone = torch.cat([runs[1][name].reshape(-1), runs[2][name].reshape(-1)])
+        scale = 1e-9 * max(1.0, float(both.abs().nan_to_num(posinf=0.0, neginf=0.0).amax()))
+        rows = both.shape[0] if both.dim() else 0
+        apart = rows % 2 == 0 and both.numel() == alone.numel()
+        if not apart or not torch.allclose(
+            both.reshape(-1), alone, rtol=0.0, atol=scale, equal_nan=True
+        ):
+            raise NotBoundedError(
+                f"the value of node {name} does not keep the points of a batch apart in blocks "
+                "of its first dimension, which bound propagation needs"
+            )
+    program.rows_checked = True
 
 
 def _tail_logits(tail: nn.Module, points: Tensor) -> Tensor:

@@ -1,0 +1,352 @@
+"""Bound propagation through the operations of transformers and modern CNNs
+(engine/bounds.py, issue 21): products of two point-dependent values, quotients, reciprocal /
+rsqrt / sqrt / log / square / powers, softmax and log-softmax, LayerNorm and GroupNorm (module
+and functional forms, with and without affine parts), ``chunk`` / ``unbind`` and ``getitem``
+of their tuples. Soundness against dense sampling (the relaxations on 2,001 points of each of
+hundreds of intervals; margin bounds against 10,001 points of every sub-interval), exactness
+where an operand is constant, proofs of clearly positive segments and no proof of a segment
+whose sampled margin dips to zero, and a ConvNeXt tail."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from connectivity.engine.bounds import (
+    _DOMAIN_FUNCTIONS,
+    _relax,
+    bound_program,
+    margin_bounds,
+    prove_segments,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---------------------------------------------------------------------------------------------
+# Relaxations of the functions defined on part of the line
+
+
+@pytest.mark.parametrize("name", sorted(_DOMAIN_FUNCTIONS))
+def test_domain_relaxations_hold_on_dense_grids(name: str) -> None:
+    """Lines below and above at 2,001 points of each of 300 intervals inside the domain (the
+    reciprocal also on negative ones; sqrt also from 0), and infinite lines where an interval
+    leaves it (a reciprocal's through 0)."""
+    torch.manual_seed(2)
+    ends = 10 ** (torch.rand(300, 2, dtype=torch.float64) * 6 - 3)
+    lower, upper = ends.amin(1), ends.amax(1)
+    lower[:20] = upper[:20] * (1 - 1e-9)  # nearly degenerate
+    if name == "reciprocal":
+        lower[150:], upper[150:] = -upper[150:], -lower[150:]
+    if name == "sqrt":
+        lower[-10:] = 0.0
+    a_lo, b_lo, a_hi, b_hi = _relax(name, lower, upper)
+    s = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    x = torch.minimum(lower[:, None] + s * (upper - lower)[:, None], upper[:, None])
+    f = _DOMAIN_FUNCTIONS[name](x)
+    assert bool((a_lo[:, None] * x + b_lo[:, None] <= f).all())
+    assert bool((f <= a_hi[:, None] * x + b_hi[:, None]).all())
+    outside = torch.tensor([-1.0, -1e-9, 0.0 if name != "sqrt" else -1e-12], dtype=torch.float64)
+    a_lo, b_lo, a_hi, b_hi = _relax(name, outside, outside.abs() + 1.0)
+    assert bool((b_lo == -math.inf).all() and (b_hi == math.inf).all())
+    assert bool((a_lo == 0).all() and (a_hi == 0).all())
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny networks of each operation
+
+
+class Product(nn.Module):
+    """Elementwise products of two point-dependent values, with broadcasting, as operator,
+    function and method; a square as ``h * h``, ``pow`` and ``square``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, 6), nn.Linear(4, 3), nn.Linear(18 + 9, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, g = self.a(x), torch.tanh(self.b(x))
+        outer = (h.unsqueeze(2) * g.unsqueeze(1)).flatten(1)  # (B, 6, 1) * (B, 1, 3)
+        mixed = torch.mul(h[:, :3], g) - g.mul(h[:, 3:]) + h[:, :3] * h[:, :3]
+        powers = torch.pow(h, 2)[:, :3] - 0.5 * h[:, 3:].square() + (g**2) * 0.3
+        return self.out(torch.cat([outer, mixed, powers, h[:, :3] * g.exp()], 1))
+
+
+class Quotient(nn.Module):
+    """Divisions by point-dependent values of both signs (never through 0), reciprocal,
+    rsqrt, sqrt and log of positive values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(3, 4), nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.a(x)
+        positive = F.softplus(h) + 0.5
+        negative = -1.0 - h.square()
+        ratio = h / positive + torch.div(h.flip(1), negative) + 2.0 / negative
+        roots = torch.sqrt(positive) - torch.rsqrt(positive) + positive.log() + h.pow(2).sqrt()
+        inverse = positive.reciprocal() + 1 / (h.abs() + 1) + positive**-0.5 + positive**0.5
+        return self.out(torch.cat([ratio, roots, inverse], 1))
+
+
+class Attention(nn.Module):
+    """One attention block written with matmul, softmax and LayerNorm: two heads, ``q @ k^T``
+    (``transpose``), ``softmax`` as method, function and module, ``attn @ v`` (``bmm`` after a
+    reshape), a residual and a GELU MLP."""
+
+    def __init__(self, length: int = 3, width: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        self.length, self.width = length, width
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(width, 8), nn.GELU(), nn.Linear(8, width))
+        self.softmax = nn.Softmax(dim=-1)
+        self.head = nn.Linear(length * width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.view(-1, self.length, self.width)
+        q, k, v = self.qkv(self.norm1(h)).chunk(3, dim=-1)
+        q = q.reshape(-1, self.length, 2, self.width // 2).transpose(1, 2)
+        k = k.reshape(-1, self.length, 2, self.width // 2).transpose(1, 2)
+        v = v.reshape(-1, self.length, 2, self.width // 2).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.width // 2)
+        weights = 0.5 * scores.softmax(-1) + 0.3 * F.softmax(scores, dim=-1)
+        weights = weights + 0.2 * self.softmax(scores)
+        heads = torch.bmm(weights.flatten(0, 1), v.flatten(0, 1)).view(-1, 2, self.length, 2)
+        h = h + self.proj(heads.transpose(1, 2).reshape(-1, self.length, self.width))
+        h = h + self.mlp(self.norm2(h))
+        return self.head(F.layer_norm(h, (self.width,), eps=1e-6).flatten(1))
+
+
+class Normalised(nn.Module):
+    """GroupNorm (module, affine and not; ``F.group_norm``), LayerNorm over two dimensions
+    (``F.layer_norm`` with weight and bias), ConvNeXt's LayerNorm2d (permute, layer norm,
+    permute), log-softmax, ``unbind`` and ``getitem`` of its tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.group = nn.GroupNorm(2, 4)
+        self.plain = nn.GroupNorm(4, 4, affine=False)
+        self.channels = nn.LayerNorm(4, eps=1e-6)
+        self.register_buffer("weight", torch.randn(4, 4))
+        self.register_buffer("bias", torch.randn(4, 4))
+        self.out = nn.Linear(4 * 16 + 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.silu(self.group(self.conv(x)))
+        h = self.plain(h) + F.group_norm(h, 1, None, None, 1e-5)
+        h = self.channels(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        h = F.layer_norm(h, (4, 4), self.weight, self.bias)
+        rows = h.mean(1).unbind(1)
+        tail = F.log_softmax(rows[0] + rows[2], dim=1)
+        return self.out(torch.cat([h.flatten(1), tail], 1))
+
+
+NETWORKS: dict[str, tuple[type[nn.Module], tuple[int, ...]]] = {
+    "product": (Product, (4,)),
+    "quotient": (Quotient, (3,)),
+    "attention": (Attention, (12,)),
+    "normalised": (Normalised, (2, 4, 4)),
+}
+
+
+def network(name: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """A seeded float32 network of :data:`NETWORKS`, eval mode, and its point shape."""
+    torch.manual_seed(seed)
+    cls, shape = NETWORKS[name]
+    return cls().eval(), shape
+
+
+def margins(net: nn.Module, a: Tensor, b: Tensor, y: int, t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The target margin of ``net`` (in ``dtype``) at ``a + t (b - a)``, float64 ``(len(t),)``."""
+    a, b = a.to(dtype), b.to(dtype)
+    points = a + t.to(dtype).view(-1, *[1] * (a.dim() - 1)) * (b - a)
+    with torch.no_grad():
+        logits = net.to(dtype)(points).double()
+    other = logits.clone()
+    other[:, y] = -math.inf
+    return logits[:, y] - other.amax(1)
+
+
+def bounds_against_samples(name: str, seed: int, count: int, points: int) -> float:
+    """The largest ``bound - sampled minimum`` (must be <= 0) over ``count`` random
+    sub-intervals (a third of them narrow) of random segments, ``points`` samples each, all
+    bounded in one batch."""
+    net, shape = network(name, seed)
+    net64 = copy.deepcopy(net).double()
+    a, b = torch.randn(count, *shape).double(), torch.randn(count, *shape).double()
+    with torch.no_grad():
+        targets = net64(a).argmax(1)
+    t0 = torch.rand(count, dtype=torch.float64) * 0.9
+    width = torch.rand(count, dtype=torch.float64) * (1 - t0)
+    width[: count // 3] *= 1e-3
+    t1 = t0 + width
+    bounds = margin_bounds(net, a, b, targets, t0, t1)
+    worst = -math.inf
+    s = torch.linspace(0, 1, points, dtype=torch.float64)
+    for i in range(count):
+        t = t0[i] + s * (t1[i] - t0[i])
+        sampled = margins(net64, a[i : i + 1], b[i : i + 1], int(targets[i]), t, torch.float64)
+        worst = max(worst, float(bounds[i]) - float(sampled.min()))
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_margin_bounds_are_below_10k_sampled_points_of_each_sub_interval(name: str) -> None:
+    for seed in range(2):
+        assert bounds_against_samples(name, seed, 6, 10_001) <= 0
+
+
+def test_bounds_tighten_to_the_margin_on_narrow_sub_intervals() -> None:
+    """On a sub-interval of width 1e-6 every relaxation is nearly exact: the bound is within
+    1e-4 of the margin (no operation is bounded by a constant that ignores the point)."""
+    for name in NETWORKS:
+        net, shape = network(name, 0)
+        a, b = torch.randn(1, *shape), torch.randn(1, *shape)
+        target = net(a).argmax(1)
+        t0 = torch.tensor([0.4], dtype=torch.float64)
+        bound = float(margin_bounds(net, a, b, target, t0, t0 + 1e-6)[0])
+        at = margins(
+            copy.deepcopy(net).double(), a.double(), b.double(), int(target), t0, torch.float64
+        )
+        assert float(at[0]) - 1e-4 <= bound <= float(at[0]), name
+
+
+class Scaled(nn.Module):
+    """A linear map times a point-dependent value that is the constant 2 on every segment
+    (``zeros_like(h) + 2``), divided by another (``ones_like(h) * 4``): McCormick's planes
+    over a range that is one point are exact, so the network is bounded as the affine
+    ``W z / 2``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.linear(z)
+        return h * (torch.zeros_like(h) + 2) / (torch.ones_like(h) * 4)
+
+
+def test_products_and_quotients_with_constant_ranges_are_exact() -> None:
+    torch.manual_seed(3)
+    net = Scaled().double().eval()
+    a, b = torch.randn(1, 3).double(), torch.randn(1, 3).double()
+    target = net(a).argmax(1)
+    for t0, t1 in [(0.0, 1.0), (0.2, 0.3)]:
+        t = torch.tensor([t0, t1], dtype=torch.float64)
+        # the margin of an affine tail is a minimum of affine functions: lowest at an end
+        exact = float(margins(net, a, b, int(target), t, torch.float64).min())
+        one = torch.ones(1, dtype=torch.float64)
+        bound = float(margin_bounds(net, a, b, target, one * t0, one * t1)[0])
+        assert bound <= exact and bound == pytest.approx(exact, abs=1e-7)
+
+
+class Divided(nn.Module):
+    """Logits ``(1 / x, 0)``: the reciprocal of the coordinate, which crosses 0 on the segment
+    from -1 to 1 (margin ``1/x`` changes sign through infinity)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.cat([1 / z, torch.zeros_like(z)], dim=1)
+
+
+def test_a_divisor_through_zero_gives_no_bound_and_no_proof() -> None:
+    a, b = torch.tensor([[-1.0]]).double(), torch.tensor([[1.0]]).double()
+    one = torch.ones(1, dtype=torch.float64)
+    bound = margin_bounds(Divided(), a, b, torch.tensor([0]), one * 0, one)
+    assert float(bound[0]) == -math.inf
+    proof = prove_segments(Divided(), b, a * -2, torch.tensor([0]))  # 1 -> 2: 1/x > 0
+    assert proof.status == ["proved"]
+    crossing = prove_segments(Divided(), b, a, torch.tensor([0]), max_splits=32)
+    assert crossing.status == ["counterexample"]  # 1 -> -1
+
+
+class Pieces(nn.Module):
+    """An affine tail through ``chunk``, ``unbind`` and ``getitem`` of their tuples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 6)
+
+    def forward(self, z: Tensor) -> Tensor:
+        first, second = self.linear(z).chunk(2, dim=1)
+        columns = second.unbind(1)
+        return first - torch.stack([columns[2], columns[0], columns[1]], 1) * 0.5
+
+
+def test_tuples_of_chunk_and_unbind_are_exact() -> None:
+    torch.manual_seed(4)
+    net = Pieces().double().eval()
+    a, b = torch.randn(1, 4).double(), torch.randn(1, 4).double()
+    target = net(a).argmax(1)
+    ends = margins(net, a, b, int(target), torch.tensor([0.0, 1.0]).double(), torch.float64)
+    one = torch.ones(1, dtype=torch.float64)
+    bound = float(margin_bounds(net, a, b, target, one * 0, one)[0])
+    assert bound == pytest.approx(float(ends.min()), abs=1e-7) and bound <= float(ends.min())
+
+
+def proofs_against_samples(name: str, seed: int, points: int) -> dict[str, float]:
+    """Short and long segments of a network: the lowest float32 margin at ``points`` points of
+    each proved segment (must be > 0), the highest margin at each counterexample (<= 0), and
+    how many clearly positive segments (sampled minimum > 0.05) were not proved."""
+    net, shape = network(name, seed)
+    a = torch.randn(6, *shape)
+    b = a + torch.tensor([0.02, 0.05, 0.1, 0.5, 1.0, 2.0]).view(-1, *[1] * len(shape)) * (
+        torch.randn(6, *shape)
+    )
+    with torch.no_grad():
+        targets = net(a).argmax(1)
+    proof = prove_segments(net, a, b, targets, max_splits=256)
+    found = {"proved": math.inf, "counterexample": -math.inf, "missed": 0.0}
+    t = torch.linspace(0, 1, points, dtype=torch.float64)
+    for s in range(6):
+        ends = (a[s : s + 1], b[s : s + 1], int(targets[s]))
+        dense = float(margins(net, *ends, t, torch.float32).min())
+        if proof.status[s] == "proved":
+            found["proved"] = min(found["proved"], dense)
+        if proof.status[s] == "counterexample":
+            at = proof.counterexample_t[s : s + 1]
+            found["counterexample"] = max(
+                found["counterexample"], float(margins(net, *ends, at, torch.float32)[0])
+            )
+        if dense > 0.05 and proof.status[s] != "proved":
+            found["missed"] += 1
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_proofs_hold_at_10k_points_and_clear_margins_are_proved(name: str) -> None:
+    found = proofs_against_samples(name, 0, 10_001)
+    assert found["proved"] > 0 and found["counterexample"] <= 0
+    assert found["missed"] == 0
+
+
+@pytest.mark.slow  # about 5 s: torchvision's ConvNeXt-T (28M parameters) built and cut
+def test_a_convnext_tail_is_bounded_soundly_and_proved() -> None:
+    torchvision = pytest.importorskip("torchvision")
+    from connectivity.engine.split import split
+
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(weights=None, num_classes=10).eval()
+    head, tail = split(model, "features.7.1")  # the last block, LayerNorm2d, the classifier
+    with torch.no_grad():
+        h = head(torch.randn(2, 3, 32, 32))
+    a, b = h[:1], h[:1] + 0.05 * (h[1:] - h[:1])
+    target = tail(a).argmax(1)
+    program = bound_program(tail)
+    t = torch.linspace(0, 1, 10_001, dtype=torch.float64)
+    dense = margins(tail, a.double(), b.double(), int(target), t, torch.float32)
+    one = torch.ones(1, dtype=torch.float64)
+    for t0, t1 in [(0.0, 1.0), (0.3, 0.35)]:
+        inside = dense[(t >= t0) & (t <= t1)]
+        bound = float(margin_bounds(program, a, b, target, one * t0, one * t1)[0])
+        # the tail runs in float32: its sampled margins carry float32 rounding
+        assert bound <= float(inside.min()) + 1e-5 * float(inside.abs().max())
+    proof = prove_segments(program, a, b, target, max_splits=64)
+    assert float(dense.min()) > 0.01 and proof.status == ["proved"]
