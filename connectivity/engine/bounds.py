@@ -581,7 +581,7 @@ def _nonlinear_step(
             return None
         kinds = {nn.Softmax: SOFTMAX, nn.LogSoftmax: "log_softmax"}
         kinds |= {nn.LayerNorm: "layer", nn.GroupNorm: "group"}
-        kind = next((k for cls, k in kinds.items() if type(m) is cls), None)
+        kind = next((k for cls, k in kinds.items() if isinstance(m, cls)), None)
         if kind in (SOFTMAX, "log_softmax") and getattr(m, "dim", None) is not None:
             return _Step(node, SOFTMAX, rule=kind)
         return _Step(node, NORM, rule=kind) if kind in ("layer", "group") else None
@@ -1305,15 +1305,14 @@ def _norm(
         bias = fixed(_argument(node, 3, "bias", None))
         eps = float(fixed(_argument(node, 4, "eps", 1e-5)))
         groups = None if layer else int(fixed(_argument(node, 1, "num_groups", None)))
-        shape = tuple(fixed(_argument(node, 1, "normalized_shape", None))) if layer else None
-        if isinstance(shape[0] if shape else None, tuple | list):
-            shape = tuple(shape[0])
+        shape = fixed(_argument(node, 1, "normalized_shape", None)) if layer else None
+        shape = (shape,) if isinstance(shape, int) else (None if shape is None else tuple(shape))
     full = x.lb.shape
-    if shape is not None:
-        flat = (*full[: len(full) - len(shape)], -1)
+    if shape is not None:  # explicit sizes: a batch of no sub-intervals has no -1 to infer
+        flat = (*full[: len(full) - len(shape)], math.prod(shape))
         broadcast = tuple(shape)
     else:
-        flat = (full[0], int(groups), -1)
+        flat = (full[0], int(groups), math.prod(full[1:]) // int(groups))
         broadcast = (full[1], *[1] * (len(full) - 2))
     y = _normalized(_Lines(*(v.reshape(flat) for v in _parts(x))), eps, t0, t1)
     y = _Lines(*(v.reshape(full) for v in _parts(y)))

@@ -350,3 +350,109 @@ def test_a_convnext_tail_is_bounded_soundly_and_proved() -> None:
         assert bound <= float(inside.min()) + 1e-5 * float(inside.abs().max())
     proof = prove_segments(program, a, b, target, max_splits=64)
     assert float(dense.min()) > 0.01 and proof.status == ["proved"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Random networks of these operations (the slow fuzz in test_bounds_fuzz.py)
+
+BLOCKS = ("norm", "attention", "mlp", "gate", "rms", "groups", "log_softmax")
+ACTIVATIONS = (nn.GELU(), nn.SiLU(), nn.ReLU(), nn.Tanh(), nn.GELU(approximate="tanh"))
+
+
+class Block(nn.Module):
+    """One residual block on tokens ``(B, L, d)``, of kind :data:`BLOCKS`: LayerNorm (with or
+    without affine part), single-head attention (``q @ k^T``, softmax, ``@ v``), an MLP, a
+    gate ``h * sigmoid(W h)``, RMS normalisation ``h * rsqrt(mean h^2 + eps)`` and a division
+    by a positive value, GroupNorm over the tokens, a log-softmax."""
+
+    def __init__(self, kind: str, length: int, width: int, act: nn.Module) -> None:
+        super().__init__()
+        self.kind, self.act = kind, act
+        self.norm = nn.LayerNorm(width, elementwise_affine=bool(torch.rand(()) < 0.5))
+        self.a, self.b, self.c = (
+            nn.Linear(width, width),
+            nn.Linear(width, width),
+            nn.Linear(width, width),
+        )
+        self.groups = nn.GroupNorm(1 if length % 2 else 2, length)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if self.kind == "norm":
+            return self.norm(h)
+        if self.kind == "attention":
+            weights = torch.softmax(self.a(h) @ self.b(h).transpose(1, 2), dim=-1)
+            return h + weights @ self.c(h)
+        if self.kind == "mlp":
+            return h + self.b(self.act(self.a(h)))
+        if self.kind == "gate":
+            return h * torch.sigmoid(self.a(h))
+        if self.kind == "rms":
+            scaled = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-3)
+            return scaled / (F.softplus(self.a(h)) + 0.5)
+        if self.kind == "groups":
+            return self.act(self.groups(h))
+        return h + 0.5 * F.log_softmax(self.a(h), dim=-1)
+
+
+class Random(nn.Module):
+    """A seeded stack of 2-4 :class:`Block` s on ``(B, L * d)`` points, then a linear head."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.length = int(torch.randint(2, 4, (), generator=gen))
+        self.width = int(torch.randint(2, 5, (), generator=gen))
+        count = int(torch.randint(2, 5, (), generator=gen))
+        kinds = [BLOCKS[int(i)] for i in torch.randint(len(BLOCKS), (count,), generator=gen)]
+        act = ACTIVATIONS[int(torch.randint(len(ACTIVATIONS), (), generator=gen))]
+        self.blocks = nn.Sequential(*(Block(k, self.length, self.width, act) for k in kinds))
+        self.head = nn.Linear(self.length * self.width, 3)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.head(self.blocks(z.view(-1, self.length, self.width)).flatten(1))
+
+
+def random_soundness(seeds: range | list[int], points: int) -> dict[str, float]:
+    """For each seed, three segments of varied length: bounds on a random sub-interval of each
+    never above 1,001 sampled margins there (float64), proofs positive at ``points`` points
+    (the net's float32), counterexamples off target (float32). Returns the worst of each
+    (``bound_above_sampled``, ``cex_margin`` <= 0; ``proved_margin_min`` > 0) and counts."""
+    worst = {"bound_above_sampled": -math.inf, "proved_margin_min": math.inf}
+    worst |= {"cex_margin": -math.inf, "proved": 0, "counterexample": 0, "budget": 0}
+    t = torch.linspace(0, 1, points, dtype=torch.float64)
+    for seed in seeds:
+        net = Random(seed).eval()
+        net64 = copy.deepcopy(net).double()
+        size = net.length * net.width
+        a = torch.randn(3, size)
+        b = a + torch.tensor([[0.05], [0.3], [1.5]]) * torch.randn(3, size)
+        with torch.no_grad():
+            targets = net(a).argmax(1)
+        proof = prove_segments(net, a, b, targets, max_splits=48)
+        t0 = torch.rand(3, dtype=torch.float64) * 0.8
+        t1 = t0 + torch.rand(3, dtype=torch.float64) * (1 - t0)
+        bounds = margin_bounds(net, a, b, targets, t0, t1)
+        for s in range(3):
+            ends = (a[s : s + 1], b[s : s + 1], int(targets[s]))
+            inner = t0[s] + (t1[s] - t0[s]) * torch.linspace(0, 1, 1001, dtype=torch.float64)
+            sampled = float(margins(net64, *ends, inner, torch.float64).min())
+            lowest = float(margins(net64, *ends, t, torch.float64).min())
+            above = max(float(bounds[s]) - sampled, float(proof.min_margin_lower_bound[s]) - lowest)
+            worst["bound_above_sampled"] = max(worst["bound_above_sampled"], above)
+            worst[proof.status[s]] += 1
+            if proof.status[s] == "proved":
+                dense = float(margins(net, *ends, t, torch.float32).min())
+                worst["proved_margin_min"] = min(worst["proved_margin_min"], dense)
+            if proof.status[s] == "counterexample":
+                at = proof.counterexample_t[s : s + 1]
+                cex = float(margins(net, *ends, at, torch.float32)[0])
+                worst["cex_margin"] = max(worst["cex_margin"], cex)
+    return worst
+
+
+def test_random_networks_of_these_operations_are_bounded_soundly() -> None:
+    worst = random_soundness(range(3), 10_001)
+    assert worst["bound_above_sampled"] <= 0
+    assert worst["proved_margin_min"] > 0 and worst["cex_margin"] <= 0
+    assert worst["proved"] >= 2
