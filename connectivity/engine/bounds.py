@@ -34,28 +34,84 @@ How each traced operation is bounded (what an operation computes decides, throug
   so its chord over ``[t0, t1]`` bounds it above (exact when one operand wins on the whole
   sub-interval); below, pools take the constant max of the window's lowest values, pairwise
   max the line of the operand that is larger at the midpoint (min: mirrored).
+* Functions on part of the line and powers: ``reciprocal``, ``rsqrt``, ``sqrt``, ``log``,
+  ``square`` (``h * h`` with one node twice, ``pow(h, 2)``, ``h ** 2``, ``square``) and
+  ``pow`` with exponent 0.5, -1, -0.5, in function and method forms, through :func:`_relax`
+  like the activations. A range leaving the domain (the reciprocal's touching 0; rsqrt and log
+  at or below 0; sqrt below 0) gets the lines ``-inf``, ``+inf`` (:func:`_relax_on_domain`):
+  the sub-interval's bound is ``-inf`` and branch and bound splits it, so a divisor that is
+  truly 0 somewhere leaves its segment unproved (``"budget"`` or a counterexample), never
+  proved; no error is raised, since a wide sub-interval's loose range may touch 0 where a
+  narrower one does not.
+* Products of two point-dependent values (``mul``, ``*``, ``matmul``, ``@``, ``mm``, ``bmm``,
+  ``einsum``; broadcasting included): McCormick's planes over the operands' ranges on
+  ``[t0, t1]`` (CROWN's bilinear bounds, Shi et al., "Robustness Verification for
+  Transformers", ICLR 2020), one plane for all the terms of an output element, so that each
+  bound is a few calls of the operation itself on lines and ranges (:func:`_mccormick`) and
+  never the tensor of all products: attention's ``q @ k^T`` costs about 36 matmuls of the
+  size of ``q @ k^T``, no ``L x L x d`` tensor. Of the two planes below (above) the one better
+  at the sub-interval's midpoint is kept per output element. Divisions by a point-dependent
+  value are products with its reciprocal (a constant numerator scales it).
+* Softmax and log-softmax over a dimension (``F.softmax``, ``torch.softmax``,
+  ``Tensor.softmax``, ``nn.Softmax``; the same for log-softmax): ``softmax_i = 1 / S_i``,
+  ``log_softmax_i = -log S_i`` with ``S_i = sum_j exp(x_j - x_i)`` (shift invariant, the form
+  of Shi et al. 2020 and DeepT, Bonaert et al., PLDI 2021): the differences' lines (the
+  diagonal exactly 0), exp relaxed on their ranges, the sum, and the reciprocal (log) relaxed
+  on ``S_i``'s range cut to the interval ``[sum_j exp(l_ij), sum_j exp(u_ij)]`` (so
+  ``S_i >= 1``). Memory: ``n`` times the input's (``(N, ..., n, n)`` differences).
+* LayerNorm and GroupNorm (``nn.LayerNorm``, ``F.layer_norm``, ``nn.GroupNorm``,
+  ``F.group_norm``, with or without affine parts; ConvNeXt's LayerNorm2d is traced into as
+  its permutes and ``F.layer_norm``): the centring ``x - mean x`` exactly (each output's
+  coefficients have known signs), the biased variance as the mean of relaxed squares (its range
+  cut to the interval range, at least 0), ``rsqrt(var + eps)`` relaxed on that range, the
+  product by McCormick's planes, then the affine part by the weight's sign (Shi et al.'s
+  decomposition). A zero ``eps`` whose variance range reaches 0 gives no bound (above).
+* Intervals beside the lines: where an elementwise function's range is known (the activations',
+  kink operations' and the functions above', over the input's range) it is kept with the
+  lines, carried through copies and sums (:func:`_monotone`), and ranges are cut to it, so a
+  square, ``exp`` or ``softplus(h) + c`` keeps its sign for the functions that need one.
+* Tuples: ``chunk``, ``split`` and ``unbind`` give tuples of lines, ``getitem`` picks from
+  them. torchvision's ``stochastic_depth`` with ``training=False`` (a torch.fx leaf) is a copy.
+
+Sub-intervals and rows: each value holds the ``N`` sub-intervals in blocks of its first
+dimension (``N`` rows, or ``N * k`` after ``flatten(0, 1)`` of ``(N, heads, ...)``, row ``r``
+belonging to sub-interval ``r // k``). :func:`_check_rows` runs the float64 program on two
+points together and alone once per program and refuses a tail with a value laid out otherwise
+(or mixing the points of a batch), naming the node. A sub-interval whose lines meet a NaN on the
+way (``0 * inf`` after an overflow of exp, a reciprocal's infinite lines) gets the bound
+``-inf`` (:func:`_poisoned`): a NaN could otherwise turn into finite, wrong lines later (a ReLU
+relaxes a NaN range as an inactive one).
 
 Floating point: bounds are computed in float64 on a float64 copy of the tail, and after every
 operation each bound is widened by :data:`RELATIVE_WIDENING` (1e-9) times the size of the
 value's lines (``|lw| + |lb| + |uw| + |ub|``, for ``t`` in [0, 1]): float64 rounding of one
 operation is some 1e-16 of the terms it sums, so this covers sums of up to ~10^6 terms whose
-cancellation is below ~10^1 relative. A sub-interval is proved only when its margin lower bound
+cancellation is below ~10^1 relative. Where an operation of this module may cancel more (the
+centring of a normalisation, the differences of a softmax, a relaxation's line composed with
+its input's lines, each call of a McCormick plane), the widening is 1e-9 times the absolute sum
+of the terms instead (:func:`_widen_by`: for a product, ``op(|x|, |y|)`` of the operands'
+line sizes and ranges, which bounds every term of every call). Interval floors and ceilings
+computed from sums of exponentials or squares are moved out by the same relative 1e-9, as are
+the kept intervals at every step; the range fed to ``rsqrt`` is ``(var + eps)`` scaled by
+``1 -+ 1e-9``. A sub-interval is proved only when its margin lower bound
 exceeds :func:`connectivity.engine.exact.margin_tolerance` of the logits seen on its segment
 (1,000 machine epsilons of the network's dtype times the largest absolute logit), the rule by
 which the exact check leaves the network's own rounding (float32) undecided. A margin that
 touches zero therefore ends ``"counterexample"`` or ``"budget"``, never ``"proved"``.
 Counterexamples are the tail's own margins (the tail as given, in its dtype) at split points.
 
-Not covered yet (the next slice; these raise :class:`NotBoundedError` naming the operation):
-LayerNorm and GroupNorm, softmax, scaled dot-product / multi-head attention, products of two
-point-dependent values (bilinear bounds), exp-based normalisations, rolls and window partitions
-with point-dependent indices, bicubic interpolation; records (``certificate="bounds"``) and the
-drivers' ``certify="bounds"`` / ``"auto"``; backward (CROWN) bounds of the margin itself,
-which would keep the correlation between logits that the forward lines lose (here the margin
-bound is ``min_k (L_y - U_k)``); the value-by-value invariants of exact.py's ``_probe`` (points
-on the first dimension of every intermediate value; today only the logits are checked: a tail
-whose logits of a point depend on the other points of its batch is refused); GPU runs and
-benchmarks.
+Not covered yet (these raise :class:`NotBoundedError` naming the operation): PyTorch's
+``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention`` as such, and Swin's
+``shifted_window_attention`` (a torch.fx leaf; their decompositions into the operations above
+are another part of issue 21), rolls and window partitions with point-dependent indices,
+products with a third tensor operand (an ``einsum`` of three), powers other than 2, 0.5, -1,
+-0.5, ELU, sin and other elementwise functions, bicubic interpolation; tighter dedicated bounds
+of softmax and LayerNorm (the decompositions here are sound but lose the correlation between
+numerator and denominator, and chained normalisations on wide sub-intervals give wide lines
+that branch and bound must split); records (``certificate="bounds"``) and the drivers'
+``certify="bounds"`` / ``"auto"``; backward (CROWN) bounds of the margin itself, which would
+keep the correlation between logits that the forward lines lose (here the margin bound is
+``min_k (L_y - U_k)``); GPU runs and benchmarks.
 """
 
 from __future__ import annotations
@@ -1246,7 +1302,12 @@ def _softmax(x: _Lines, dim: int, log: bool, t0: Tensor, t1: Tensor) -> _Lines:
     s_low, s_high = _range(total, t0, t1)
     s_low, s_high = torch.maximum(s_low, floor), torch.minimum(s_high, ceiling)
     out = _composed(total, *_relax("log" if log else "reciprocal", s_low, s_high))
-    return _moved(_negated(out) if log else out, -1, dim)
+    if log:
+        return _moved(_negated(out), -1, dim)
+    moved = _moved(out, -1, dim)
+    least, most = _function_range("reciprocal", s_low, s_high)  # within (0, 1]
+    moved.low, moved.high = least.movedim(-1, dim), most.movedim(-1, dim)
+    return moved
 
 
 def _normalized(x: _Lines, eps: float, t0: Tensor, t1: Tensor) -> _Lines:
@@ -1478,6 +1539,8 @@ def _check_rows(program: BoundProgram, start: Tensor, end: Tensor) -> None:
     Raises:
         NotBoundedError: a value that mixes points or lays them out otherwise, named.
     """
+    if torch.equal(start, end):  # two distinct points, or a transposed layout could pass
+        end = start + 1e-3 * (1 + start.abs())
     points = (
         torch.stack([start, end]).double().to(next(iter(program.module.parameters()), start).device)
     )

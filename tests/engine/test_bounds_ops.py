@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from connectivity.engine.bounds import (
     _DOMAIN_FUNCTIONS,
+    NotBoundedError,
     _relax,
     bound_program,
     margin_bounds,
@@ -456,3 +457,21 @@ def test_random_networks_of_these_operations_are_bounded_soundly() -> None:
     assert worst["bound_above_sampled"] <= 0
     assert worst["proved_margin_min"] > 0 and worst["cex_margin"] <= 0
     assert worst["proved"] >= 2
+
+
+class Interleaved(nn.Module):
+    """Points laid out point-minor in the first dimension (``(2 N, 2)`` rows ``h * N + n``)
+    through an elementwise function and back: correct logits, but row ``r`` of the middle value
+    is not point ``r // 2``, which bound propagation would assume."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        count = z.shape[0]
+        u = torch.tanh(z.view(count, 2, 2).transpose(0, 1).reshape(2 * count, 2))
+        return u.view(2, count, 2).transpose(0, 1).reshape(count, 4)
+
+
+def test_a_value_that_lays_points_out_otherwise_is_refused_by_node() -> None:
+    a, b = torch.randn(1, 4).double(), torch.randn(1, 4).double()
+    one = torch.ones(1, dtype=torch.float64)
+    with pytest.raises(NotBoundedError, match="does not keep the points of a batch apart"):
+        margin_bounds(Interleaved(), a, b, torch.tensor([0]), one * 0, one)
