@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from connectivity.engine.bounds import (
     _DOMAIN_FUNCTIONS,
     NotBoundedError,
+    _propagate,
     _relax,
     bound_program,
     margin_bounds,
@@ -480,3 +482,62 @@ def test_a_value_that_lays_points_out_otherwise_is_refused_by_node() -> None:
     one = torch.ones(1, dtype=torch.float64)
     with pytest.raises(NotBoundedError, match="does not keep the points of a batch apart"):
         margin_bounds(Interleaved(), a, b, torch.tensor([0]), one * 0, one)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every output's lines against dense samples, one operation at a time
+
+
+class Operation(nn.Module):
+    """``function`` of two random linear maps of the point ``(B, 6)``, shaped ``(B, 2, 3)``
+    and ``(B, 3, 2)`` (``x``, ``y``), flattened: each output element's lines are checked."""
+
+    def __init__(self, function: Callable[[Tensor, Tensor], Tensor]) -> None:
+        super().__init__()
+        self.function = function
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x, y = self.a(z).view(-1, 2, 3), self.b(z).view(-1, 3, 2)
+        return self.function(x, y).flatten(1)
+
+
+OPERATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mul broadcast": lambda x, y: x.unsqueeze(-1) * y.transpose(1, 2).unsqueeze(-2),
+    "matmul": lambda x, y: x @ y,
+    "bmm": lambda x, y: torch.bmm(y, x),
+    "einsum": lambda x, y: torch.einsum("bij,bjk->bik", x, y),
+    "square": lambda x, y: x * x,
+    "divide": lambda x, y: x / (y.transpose(1, 2).square() + 0.2),
+    "divide negative": lambda x, y: 1.5 / (-0.3 - y.abs()),
+    "sqrt rsqrt log": lambda x, y: x.square().sqrt() + (x.abs() + 0.1).rsqrt() + (x * x + 1).log(),
+    "softmax": lambda x, y: F.softmax(3 * x, dim=-1),
+    "log_softmax": lambda x, y: torch.log_softmax(3 * y, dim=1),
+    "layer_norm": lambda x, y: F.layer_norm(x, (3,), eps=1e-5),
+    "layer_norm 2d": lambda x, y: F.layer_norm(
+        y, (3, 2), torch.linspace(-1.5, 1.0, 6).view(3, 2), torch.linspace(2.0, -1.0, 6).view(3, 2)
+    ),
+    "group_norm": lambda x, y: F.group_norm(y.reshape(-1, 6, 1), 3, eps=1e-5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_every_output_lies_between_its_lines_at_10k_points(name: str) -> None:
+    """Lines of every output element at or around its value at 10,001 points of each of 6
+    random sub-intervals (two narrow) of random segments (float64, no tolerance)."""
+    torch.manual_seed(5)
+    program = bound_program(Operation(OPERATIONS[name]).double().eval())
+    a, b = torch.randn(6, 6).double() * 2, torch.randn(6, 6).double() * 2
+    t0 = torch.rand(6, dtype=torch.float64) * 0.8
+    t1 = t0 + torch.rand(6, dtype=torch.float64) * (1 - t0)
+    t1[:2] = t0[:2] + 1e-3
+    with torch.no_grad():
+        lines, poisoned = _propagate(program, a, b, t0, t1)
+    assert not bool(poisoned.any())
+    s = torch.linspace(0, 1, 10_001, dtype=torch.float64)
+    for i in range(6):
+        t = (t0[i] + s * (t1[i] - t0[i])).unsqueeze(1)
+        with torch.no_grad():
+            values = program.module(a[i] + t * (b[i] - a[i]))
+        assert bool((lines.lw[i] * t + lines.lb[i] <= values).all()), name
+        assert bool((values <= lines.uw[i] * t + lines.ub[i]).all()), name
