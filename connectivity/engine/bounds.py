@@ -34,34 +34,91 @@ How each traced operation is bounded (what an operation computes decides, throug
   so its chord over ``[t0, t1]`` bounds it above (exact when one operand wins on the whole
   sub-interval); below, pools take the constant max of the window's lowest values, pairwise
   max the line of the operand that is larger at the midpoint (min: mirrored).
+* Functions on part of the line and powers: ``reciprocal``, ``rsqrt``, ``sqrt``, ``log``,
+  ``square`` (``h * h`` with one node twice, ``pow(h, 2)``, ``h ** 2``, ``square``) and
+  ``pow`` with exponent 0.5, -1, -0.5, in function and method forms, through :func:`_relax`
+  like the activations. A range leaving the domain (the reciprocal's touching 0; rsqrt and log
+  at or below 0; sqrt below 0) gets the lines ``-inf``, ``+inf`` (:func:`_relax_on_domain`):
+  the sub-interval's bound is ``-inf`` and branch and bound splits it, so a divisor that is
+  truly 0 somewhere leaves its segment unproved (``"budget"`` or a counterexample), never
+  proved; no error is raised, since a wide sub-interval's loose range may touch 0 where a
+  narrower one does not.
+* Products of two point-dependent values (``mul``, ``*``, ``matmul``, ``@``, ``mm``, ``bmm``,
+  ``einsum``; broadcasting included): McCormick's planes over the operands' ranges on
+  ``[t0, t1]`` (CROWN's bilinear bounds, Shi et al., "Robustness Verification for
+  Transformers", ICLR 2020), one plane for all the terms of an output element, so that each
+  bound is a few calls of the operation itself on lines and ranges (:func:`_mccormick`) and
+  never the tensor of all products: attention's ``q @ k^T`` costs about 36 matmuls of the
+  size of ``q @ k^T``, no ``L x L x d`` tensor. Of the two planes below (above) the one better
+  at the sub-interval's midpoint is kept per output element. Divisions by a point-dependent
+  value are products with its reciprocal (a constant numerator scales it).
+* Softmax and log-softmax over a dimension (``F.softmax``, ``torch.softmax``,
+  ``Tensor.softmax``, ``nn.Softmax``; the same for log-softmax): ``softmax_i = 1 / S_i``,
+  ``log_softmax_i = -log S_i`` with ``S_i = sum_j exp(x_j - x_i)`` (shift invariant, the form
+  of Shi et al. 2020 and DeepT, Bonaert et al., PLDI 2021): the differences' lines (the
+  diagonal exactly 0), exp relaxed on their ranges, the sum, and the reciprocal (log) relaxed
+  on ``S_i``'s range cut to the interval ``[sum_j exp(l_ij), sum_j exp(u_ij)]`` (so
+  ``S_i >= 1``). Memory: ``n`` times the input's (``(N, ..., n, n)`` differences).
+* LayerNorm and GroupNorm (``nn.LayerNorm``, ``F.layer_norm``, ``nn.GroupNorm``,
+  ``F.group_norm``, with or without affine parts; ConvNeXt's LayerNorm2d is traced into as
+  its permutes and ``F.layer_norm``): the centring ``x - mean x`` exactly (each output's
+  coefficients have known signs), the biased variance as the mean of relaxed squares (its range
+  cut to the interval range, at least 0), ``rsqrt(var + eps)`` relaxed on that range, the
+  product by McCormick's planes, then the affine part by the weight's sign (Shi et al.'s
+  decomposition). A zero ``eps`` whose variance range reaches 0 gives no bound (above).
+* Intervals beside the lines: where an elementwise function's range is known (the activations',
+  kink operations' and the functions above', over the input's range) it is kept with the
+  lines, carried through copies and sums (:func:`_monotone`), and ranges are cut to it, so a
+  square, ``exp`` or ``softplus(h) + c`` keeps its sign for the functions that need one.
+* Tuples: ``chunk``, ``split`` and ``unbind`` give tuples of lines, ``getitem`` picks from
+  them. torchvision's ``stochastic_depth`` with ``training=False`` (a torch.fx leaf) is a copy.
+
+Sub-intervals and rows: each value holds the ``N`` sub-intervals in blocks of its first
+dimension (``N`` rows, or ``N * k`` after ``flatten(0, 1)`` of ``(N, heads, ...)``, row ``r``
+belonging to sub-interval ``r // k``). :func:`_check_rows` runs the float64 program on two
+points together and alone once per program and refuses a tail with a value laid out otherwise
+(or mixing the points of a batch), naming the node. A sub-interval whose lines meet a NaN on the
+way (``0 * inf`` after an overflow of exp, a reciprocal's infinite lines) gets the bound
+``-inf`` (:func:`_poisoned`): a NaN could otherwise turn into finite, wrong lines later (a ReLU
+relaxes a NaN range as an inactive one).
 
 Floating point: bounds are computed in float64 on a float64 copy of the tail, and after every
 operation each bound is widened by :data:`RELATIVE_WIDENING` (1e-9) times the size of the
 value's lines (``|lw| + |lb| + |uw| + |ub|``, for ``t`` in [0, 1]): float64 rounding of one
 operation is some 1e-16 of the terms it sums, so this covers sums of up to ~10^6 terms whose
-cancellation is below ~10^1 relative. A sub-interval is proved only when its margin lower bound
+cancellation is below ~10^1 relative. Where an operation of this module may cancel more (the
+centring of a normalisation, the differences of a softmax, a relaxation's line composed with
+its input's lines, each call of a McCormick plane), the widening is 1e-9 times the absolute sum
+of the terms instead (:func:`_widen_by`: for a product, ``op(|x|, |y|)`` of the operands'
+line sizes and ranges, which bounds every term of every call). Interval floors and ceilings
+computed from sums of exponentials or squares are moved out by the same relative 1e-9, as are
+the kept intervals at every step; the range fed to ``rsqrt`` is ``(var + eps)`` scaled by
+``1 -+ 1e-9``. A sub-interval is proved only when its margin lower bound
 exceeds :func:`connectivity.engine.exact.margin_tolerance` of the logits seen on its segment
 (1,000 machine epsilons of the network's dtype times the largest absolute logit), the rule by
 which the exact check leaves the network's own rounding (float32) undecided. A margin that
 touches zero therefore ends ``"counterexample"`` or ``"budget"``, never ``"proved"``.
 Counterexamples are the tail's own margins (the tail as given, in its dtype) at split points.
 
-Not covered yet (the next slice; these raise :class:`NotBoundedError` naming the operation):
-LayerNorm and GroupNorm, softmax, scaled dot-product / multi-head attention, products of two
-point-dependent values (bilinear bounds), exp-based normalisations, rolls and window partitions
-with point-dependent indices, bicubic interpolation; records (``certificate="bounds"``) and the
-drivers' ``certify="bounds"`` / ``"auto"``; backward (CROWN) bounds of the margin itself,
-which would keep the correlation between logits that the forward lines lose (here the margin
-bound is ``min_k (L_y - U_k)``); the value-by-value invariants of exact.py's ``_probe`` (points
-on the first dimension of every intermediate value; today only the logits are checked: a tail
-whose logits of a point depend on the other points of its batch is refused); GPU runs and
-benchmarks.
+Not covered yet (these raise :class:`NotBoundedError` naming the operation): PyTorch's
+``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention`` as such, and Swin's
+``shifted_window_attention`` (a torch.fx leaf; their decompositions into the operations above
+are another part of issue 21), rolls and window partitions with point-dependent indices,
+products with a third tensor operand (an ``einsum`` of three), powers other than 2, 0.5, -1,
+-0.5, ELU, sin and other elementwise functions, bicubic interpolation; tighter dedicated bounds
+of softmax and LayerNorm (the decompositions here are sound but lose the correlation between
+numerator and denominator, and chained normalisations on wide sub-intervals give wide lines
+that branch and bound must split); records (``certificate="bounds"``) and the drivers'
+``certify="bounds"`` / ``"auto"``; backward (CROWN) bounds of the margin itself, which would
+keep the correlation between logits that the forward lines lose (here the margin bound is
+``min_k (L_y - U_k)``); GPU runs and benchmarks.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +152,9 @@ from connectivity.engine.exact import (
     _classify,
     _computes_as_library,
     _network,
+    _nodes_in,
     _operation_name,
+    _plain_division,
     _trace,
 )
 from connectivity.engine.relaxations import relax
@@ -115,6 +174,8 @@ RELATIVE_WIDENING = 1e-9
 # Sub-intervals narrower than this get constant bounds in place of chords.
 _NARROWEST_CHORD = 1e-6
 SMOOTH = "smooth"
+# Operations of two point-dependent values, and normalisations (this module's own kinds).
+BILINEAR, QUOTIENT, SOFTMAX, NORM = "bilinear", "quotient", "softmax", "norm"
 _SIGNED_MODULE, _SIGNED_FUNCTION, _PRODUCT, _DIVISION, _MONOTONE = (
     "signed module",
     "signed function",
@@ -128,6 +189,7 @@ _MINIMA: dict[str, tuple[float, float]] = {
     "gelu_tanh": (-0.7522, -0.1701),
     "silu": (-1.2784645, -0.2785),
     "hardswish": (-1.5, -0.375),
+    "square": (0.0, 0.0),
 }
 _SMOOTH_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": torch.sigmoid,
@@ -138,7 +200,17 @@ _SMOOTH_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
     "hardswish": F.hardswish,
+    "square": torch.square,
 }
+# Defined on part of the line only: reciprocal off 0 (a negative range through 1/x = -1/(-x)),
+# rsqrt and log above 0, sqrt from 0 (see _relax_on_domain).
+_DOMAIN_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "reciprocal": torch.reciprocal,
+    "rsqrt": torch.rsqrt,
+    "sqrt": torch.sqrt,
+    "log": torch.log,
+}
+_FUNCTIONS = {**_SMOOTH_FUNCTIONS, **_DOMAIN_FUNCTIONS}
 
 
 class NotBoundedError(LayerError):
@@ -170,6 +242,8 @@ def _relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Ten
         NotBoundedError: an unknown name.
     """
     zero = torch.zeros_like(lower)
+    if name in _DOMAIN_FUNCTIONS:
+        return _relax_on_domain(name, lower, upper)
     if name == "relu":
         crossing = (lower < 0) & (upper > 0)
         width = torch.where(crossing, upper - lower, torch.ones_like(lower))
@@ -187,11 +261,47 @@ def _relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Ten
     return tuple(torch.where(finite, a, b) for a, b in zip(lines, ranges, strict=True))  # type: ignore[return-value]
 
 
+def _relax_on_domain(
+    name: str, lower: Tensor, upper: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_relax` of a function of :data:`_DOMAIN_FUNCTIONS` (reciprocal, rsqrt, sqrt, log).
+
+    Where ``[lower, upper]`` leaves the function's domain (reciprocal: touches 0; rsqrt, log:
+    reaches 0 or below; sqrt: goes below 0; or NaN) the lines are ``-inf`` and ``+inf``, which
+    is sound: the sub-interval gets no margin bound and branch and bound splits it (a value
+    truly at 0 keeps it unproved). A negative range of the reciprocal is relaxed as ``-1/s``
+    on ``s = -x`` in ``[-upper, -lower]``: the lines of ``1/s`` swapped and negated.
+    """
+    lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper)
+    negative = (upper < 0) if name == "reciprocal" else torch.zeros_like(lower, dtype=torch.bool)
+    low, high = torch.where(negative, -upper, lower), torch.where(negative, -lower, upper)
+    valid = (low >= 0) if name == "sqrt" else (low > 0)
+    one = torch.ones_like(low)
+    low, high = torch.where(valid, low, one), torch.where(valid, high, one)
+    finite = torch.isfinite(low) & torch.isfinite(high)
+    lines = relax(name, torch.where(finite, low, one), torch.where(finite, high, one))
+    ranges = _range_lines(name, low, high)
+    a_lo, b_lo, a_hi, b_hi = (torch.where(finite, a, b) for a, b in zip(lines, ranges, strict=True))
+    a_lo, b_lo, a_hi, b_hi = (
+        torch.where(negative, a_hi, a_lo),
+        torch.where(negative, -b_hi, b_lo),
+        torch.where(negative, a_lo, a_hi),
+        torch.where(negative, -b_lo, b_hi),
+    )
+    zero, infinite = torch.zeros_like(low), torch.full_like(low, math.inf)
+    return (
+        torch.where(valid, a_lo, zero),
+        torch.where(valid, b_lo, -infinite),
+        torch.where(valid, a_hi, zero),
+        torch.where(valid, b_hi, infinite),
+    )
+
+
 def _range_lines(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Constant lines: the range of a smooth function over ``[lower, upper]`` (monotone ones at
     the ends; those with one minimum, see :data:`_MINIMA`, also there)."""
     zero = torch.zeros_like(lower)
-    function = _SMOOTH_FUNCTIONS[name]
+    function = _FUNCTIONS[name]
     at_lower, at_upper = function(lower), function(upper)
     low, high = torch.minimum(at_lower, at_upper), torch.maximum(at_lower, at_upper)
     if name in _MINIMA:  # decreasing then increasing: the maximum is at an end
@@ -207,15 +317,27 @@ def _range_lines(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tenso
 
 @dataclass
 class _Lines:
-    """``lw * t + lb <= v(t) <= uw * t + ub``; each ``(N, *shape)``, ``N`` sub-intervals."""
+    """``lw * t + lb <= v(t) <= uw * t + ub``; each ``(N, *shape)``, ``N`` sub-intervals.
+    ``low <= v(t) <= high`` on the sub-interval too where given (elementwise functions set
+    their range there, copies and sums keep it): a square or an exponential is known to be
+    positive even where its lower line dips below 0, which the domains of sqrt, rsqrt, log and
+    the reciprocal need."""
 
     lw: Tensor
     lb: Tensor
     uw: Tensor
     ub: Tensor
+    low: Tensor | None = None
+    high: Tensor | None = None
 
 
 def _column(t: Tensor, like: Tensor) -> Tensor:
+    """``t`` (``(N,)``, one per sub-interval) shaped to broadcast against ``like``, whose first
+    dimension holds the sub-intervals in ``N`` blocks of ``k`` rows (``k > 1`` after, say,
+    ``flatten(0, 1)`` of ``(N, heads, ...)``; :func:`_check_rows` saw that layout)."""
+    rows = like.shape[0] if like.dim() else 1
+    if rows != t.shape[0] and t.shape[0] and rows % t.shape[0] == 0:
+        t = t.repeat_interleave(rows // t.shape[0])
     return t.reshape(-1, *([1] * (like.dim() - 1)))
 
 
@@ -225,13 +347,32 @@ def _range(lines: _Lines, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
     a, b = _column(t0, lines.lb), _column(t1, lines.lb)
     low = torch.minimum(lines.lw * a + lines.lb, lines.lw * b + lines.lb)
     high = torch.maximum(lines.uw * a + lines.ub, lines.uw * b + lines.ub)
+    if lines.low is not None and lines.high is not None:
+        low, high = torch.maximum(low, lines.low), torch.minimum(high, lines.high)
     return low, high
 
 
 def _widen(lines: _Lines) -> _Lines:
     size = lines.lw.abs() + lines.lb.abs() + lines.uw.abs() + lines.ub.abs()
     margin = RELATIVE_WIDENING * size
-    return _Lines(lines.lw, lines.lb - margin, lines.uw, lines.ub + margin)
+    low, high = lines.low, lines.high
+    if low is not None and high is not None:  # float64 values of f or sums of a few of them
+        low, high = low - RELATIVE_WIDENING * low.abs(), high + RELATIVE_WIDENING * high.abs()
+    return _Lines(lines.lw, lines.lb - margin, lines.uw, lines.ub + margin, low, high)
+
+
+def _function_range(name: str, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
+    """The range of the elementwise function ``name`` over ``[low, high]`` (``-inf``,
+    ``inf`` where the interval leaves its domain)."""
+    _, least, _, most = _range_lines(name, low, high)
+    if name in _DOMAIN_FUNCTIONS:
+        if name == "reciprocal":
+            valid = (low > 0) | (high < 0)
+        else:
+            valid = low >= 0 if name == "sqrt" else low > 0
+        least = torch.where(valid, least, -math.inf)
+        most = torch.where(valid, most, math.inf)
+    return least.nan_to_num(nan=-math.inf), most.nan_to_num(nan=math.inf)
 
 
 def _constant(value: Tensor) -> _Lines:
@@ -279,6 +420,9 @@ class BoundProgram:
     module: fx.GraphModule
     steps: list[_Step]
     tail: nn.Module
+    # Whether every point-dependent value was seen to keep the points of a batch apart, in
+    # blocks of its first dimension (_check_rows); checked once, at the first bound.
+    rows_checked: bool = False
 
 
 def bound_program(tail: nn.Module) -> BoundProgram:
@@ -357,6 +501,9 @@ def _dependent_step(
     dependent = [n for n in inputs if depends[n] and n not in sizes]
     if smooth is not None and len(dependent) == 1 and node.args and node.args[0] is dependent[0]:
         return _Step(node, SMOOTH, rule=smooth)
+    own = _nonlinear_step(node, module, depends, sizes)
+    if own is not None:
+        return own
     try:
         step = _classify(node, module, depends, sizes)
     except NotPiecewiseLinearError as error:
@@ -385,9 +532,18 @@ def _smooth_name(node: fx.Node, root: nn.Module) -> str | None:
         kinds = {nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Hardswish: "hardswish"}
         return next((name for cls, name in kinds.items() if isinstance(m, cls)), None)
     if node.op == "call_method":
-        return {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp"}.get(str(node.target))
+        name = str(node.target)
+        if name in ("pow", "__pow__"):
+            return _power_name(node)
+        if name in ("mul", "__mul__") and _same_operands(node):
+            return "square"
+        return _METHOD_FUNCTIONS.get(name)
     if node.op != "call_function":
         return None
+    if node.target in (torch.pow, operator.pow):
+        return _power_name(node)
+    if node.target in (operator.mul, torch.mul) and _same_operands(node):
+        return "square"
     if node.target is F.gelu:
         tanh = _argument(node, 1, "approximate", "none") == "tanh"
         return "gelu_tanh" if tanh else "gelu"
@@ -402,8 +558,121 @@ def _smooth_name(node: fx.Node, root: nn.Module) -> str | None:
         F.tanh: "tanh",
         F.hardswish: "hardswish",
         torch.exp: "exp",
+        torch.square: "square",
+        torch.reciprocal: "reciprocal",
+        torch.rsqrt: "rsqrt",
+        torch.sqrt: "sqrt",
+        torch.log: "log",
     }
     return functions.get(node.target)
+
+
+_METHOD_FUNCTIONS = {
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "exp": "exp",
+    "square": "square",
+    "reciprocal": "reciprocal",
+    "rsqrt": "rsqrt",
+    "sqrt": "sqrt",
+    "log": "log",
+}
+# Exponents (numbers) whose power is one of the relaxed functions.
+_POWERS = {2: "square", 0.5: "sqrt", -1: "reciprocal", -0.5: "rsqrt"}
+
+
+def _power_name(node: fx.Node) -> str | None:
+    """``x ** p`` with a number ``p`` of :data:`_POWERS` (elementwise), else None."""
+    exponent = _argument(node, 1, "exponent", None)
+    if isinstance(exponent, bool) or not isinstance(exponent, int | float):
+        return None
+    return _POWERS.get(exponent)
+
+
+def _same_operands(node: fx.Node) -> bool:
+    """``h * h``: both operands the same node (a square, tighter than a product's bound)."""
+    operands = [*node.args, *node.kwargs.values()]
+    return len(operands) == 2 and isinstance(operands[0], fx.Node) and operands[0] is operands[1]
+
+
+_SOFTMAX_FUNCTIONS: dict[Any, str] = {
+    F.softmax: SOFTMAX,
+    torch.softmax: SOFTMAX,
+    F.log_softmax: "log_softmax",
+    torch.log_softmax: "log_softmax",
+}
+_SOFTMAX_METHODS = {"softmax": SOFTMAX, "log_softmax": "log_softmax"}
+_BILINEAR_METHODS = {"mul", "__mul__", "__rmul__", "matmul", "__matmul__", "mm", "bmm"}
+_QUOTIENT_METHODS = {"div", "__truediv__"}
+
+
+def _eval_stochastic_depth(node: fx.Node) -> bool:
+    """torchvision's ``stochastic_depth`` (a leaf of torch.fx, ``torch.fx.wrap``-ed) called with
+    ``training=False``: it returns its input (torchvision.ops.stochastic_depth's first line), so
+    it is a copy. The function is recognised by identity, not by name."""
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    function = getattr(module, "stochastic_depth", None)
+    if function is None or node.op != "call_function" or node.target is not function:
+        return False
+    return _argument(node, 3, "training", True) is False
+
+
+def _nonlinear_step(
+    node: fx.Node, root: nn.Module, depends: dict[fx.Node, bool], sizes: set[fx.Node]
+) -> _Step | None:
+    """This module's own kinds (beyond exact.py's classification): softmax / log-softmax,
+    LayerNorm / GroupNorm, products of two point-dependent values (``mul``, ``matmul``,
+    ``bmm``, ``einsum``...), divisions by a point-dependent value, ``unbind``; None for any
+    other node. As in exact.py, what decides is the operation and how many of its operands
+    depend on the point, counted by position."""
+    nodes = _nodes_in([node.args, node.kwargs])
+    values = [n for n in nodes if depends[n] and n not in sizes]
+    if any(depends[n] and n in sizes for n in nodes):
+        return None  # arithmetic with the batch's size: not these operations
+    target = node.target
+    method = str(target) if node.op == "call_method" else None
+    if node.op == "call_module":
+        m = root.get_submodule(str(target))
+        if len(values) != 1 or not _computes_as_library(m):
+            return None
+        kinds = {nn.Softmax: SOFTMAX, nn.LogSoftmax: "log_softmax"}
+        kinds |= {nn.LayerNorm: "layer", nn.GroupNorm: "group"}
+        kind = next((k for cls, k in kinds.items() if isinstance(m, cls)), None)
+        if kind in (SOFTMAX, "log_softmax") and getattr(m, "dim", None) is not None:
+            return _Step(node, SOFTMAX, rule=kind)
+        return _Step(node, NORM, rule=kind) if kind in ("layer", "group") else None
+    if node.op not in ("call_function", "call_method"):
+        return None
+    first = node.args[0] if node.args else None
+    if target in _SOFTMAX_FUNCTIONS or method in _SOFTMAX_METHODS:
+        kind = _SOFTMAX_FUNCTIONS.get(target) or _SOFTMAX_METHODS[str(method)]
+        fine = (
+            len(values) == 1 and first is values[0] and _argument(node, 1, "dim", None) is not None
+        )
+        return _Step(node, SOFTMAX, rule=kind) if fine else None
+    if target in (F.layer_norm, F.group_norm):
+        fine = len(values) == 1 and first is values[0]
+        return (
+            _Step(node, NORM, rule="layer" if target is F.layer_norm else "group") if fine else None
+        )
+    if _eval_stochastic_depth(node):
+        return (
+            _Step(node, AFFINE, rule=_MONOTONE) if len(values) == 1 and first is values[0] else None
+        )
+    if target is torch.unbind or method == "unbind":
+        return (
+            _Step(node, AFFINE, rule=_MONOTONE) if len(values) == 1 and first is values[0] else None
+        )
+    bilinear = target in _PRODUCT_FUNCTIONS or method in _BILINEAR_METHODS
+    if bilinear and target is not operator.imul and len(values) == 2 and len(nodes) == 2:
+        return _Step(node, BILINEAR)
+    division = target in (operator.truediv, torch.div) or method in _QUOTIENT_METHODS
+    divisor = _argument(node, 1, "other", None)
+    if division and _plain_division(node) and isinstance(divisor, fx.Node) and divisor in values:
+        numerator = node.args[0] if node.args else node.kwargs.get("input")
+        if numerator is not divisor and len(nodes) <= 2:
+            return _Step(node, QUOTIENT)
+    return None
 
 
 _SIGNED_FUNCTIONS: set[Any] = {*_WEIGHTED_FUNCTIONS, F.batch_norm}
@@ -493,25 +762,30 @@ def _operands(node: fx.Node, values: dict[fx.Node, Any]) -> list[fx.Node]:
     return found
 
 
-def _monotone(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> _Lines:
+def _monotone(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> Any:
     """An affine operation whose linear part has entries of one sign per operand (copies,
     averages, sums, differences, negation): each operand's sign is read off the operation
-    (one operand set to ones, the others to zeros), and each bound takes the matching line."""
+    (one operand set to ones, the others to zeros), and each bound takes the matching line.
+    Operations giving several tensors (``chunk``, ``split``, ``unbind``) give a tuple of
+    lines."""
     operands = _operands(node, values)
     if not operands:  # point-dependent through sizes only: a constant of the batch's shape
-        return _constant(_call(node, root, _picker(values, lambda n, v: v.lb)))
+        return _each(_call(node, root, _picker(values, lambda n, v: v.lb)), _constant)
 
-    def run(choose: Callable[[fx.Node, _Lines], Tensor]) -> Tensor:
+    def run(choose: Callable[[fx.Node, _Lines], Tensor]) -> list[Tensor]:
         pick = _picker(values, lambda n, v: choose(n, v) if n in operands else v.lb)
-        return _call(node, root, pick)
+        out = _call(node, root, pick)
+        return list(out) if isinstance(out, tuple | list) else [out]
 
     zero = run(lambda n, v: torch.zeros_like(v.lb))
     rising: dict[fx.Node, bool] = {}
     for operand in operands:
-        probe = run(lambda n, v, o=operand: torch.ones_like(v.lb) if n is o else v.lb * 0) - zero
-        if bool((probe >= 0).all()):
+        probes = run(
+            lambda n, v, o=operand: torch.ones_like(v.lb) if n is o else torch.zeros_like(v.lb)
+        )
+        if all(bool((p - z >= 0).all()) for p, z in zip(probes, zero, strict=True)):
             rising[operand] = True
-        elif bool((probe <= 0).all()):
+        elif all(bool((p - z <= 0).all()) for p, z in zip(probes, zero, strict=True)):
             rising[operand] = False
         else:
             raise NotBoundedError(
@@ -519,9 +793,53 @@ def _monotone(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any]) -> _Li
             )
     lb = run(lambda n, v: v.lb if rising[n] else v.ub)
     ub = run(lambda n, v: v.ub if rising[n] else v.lb)
-    lw = run(lambda n, v: v.lw if rising[n] else v.uw) - zero
-    uw = run(lambda n, v: v.uw if rising[n] else v.lw) - zero
-    return _Lines(lw, lb, uw, ub)
+    lw = run(lambda n, v: v.lw if rising[n] else v.uw)
+    uw = run(lambda n, v: v.uw if rising[n] else v.lw)
+    parts = [_Lines(lw[i] - zero[i], lb[i], uw[i] - zero[i], ub[i]) for i in range(len(zero))]
+    if all(values[o].low is not None and values[o].high is not None for o in operands):
+        _keep_intervals(parts, run, rising, zero)
+    sample = _call(node, root, _picker(values, lambda n, v: v.lb))
+    return tuple(parts) if isinstance(sample, tuple | list) else parts[0]
+
+
+def _keep_intervals(
+    parts: list[_Lines],
+    run: Callable[[Callable[[fx.Node, _Lines], Tensor]], list[Tensor]],
+    rising: dict[fx.Node, bool],
+    zero: list[Tensor],
+) -> None:
+    """The intervals of a monotone affine operation's outputs from its operands' intervals
+    (each operand's low or high by its sign), moved out by :data:`RELATIVE_WIDENING` times
+    the absolute sum of the terms (``run`` on the operands' magnitudes, signed, less the
+    offset ``zero``): float64 rounding of a sum of ``n`` terms is at most ``n * 1.1e-16`` of
+    that."""
+    least = run(lambda n, v: v.low if rising[n] else v.high)
+    most = run(lambda n, v: v.high if rising[n] else v.low)
+    terms = run(
+        lambda n, v: torch.maximum(v.low.abs(), v.high.abs()) * (1.0 if rising[n] else -1.0)
+    )
+    for part, low, high, size, offset in zip(parts, least, most, terms, zero, strict=True):
+        slack = RELATIVE_WIDENING * ((size - offset).abs() + offset.abs())
+        part.low, part.high = low - slack, high + slack
+
+
+def _each(value: Any, function: Callable[[Any], Any]) -> Any:
+    """``function`` of a value or of each item of a tuple / list of values."""
+    if isinstance(value, tuple | list):
+        return tuple(function(v) for v in value)
+    return function(value)
+
+
+def _picks_from_tuple(node: fx.Node, values: dict[fx.Node, Any]) -> bool:
+    """``getitem`` of a tuple of lines (the output of ``chunk``, ``split``, ``unbind``)."""
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return False
+    source = node.args[0]
+    return (
+        isinstance(source, fx.Node)
+        and isinstance(values.get(source), tuple)
+        and isinstance(node.args[1], int)
+    )
 
 
 def _signed_parts(
@@ -687,6 +1005,12 @@ def _kink(
         relu = _widen(_scaled(shifted, *_relax("relu", low, high)))
         change = slopes[i + 1] - slopes[i]
         result = _sum(result, _scaled(relu, change, zero, change, zero))
+    low, high = _range(x, t0, t1)
+    candidates = [low, high] + [torch.full_like(low, k).clamp(low, high) for k in kinks]
+    outputs = torch.stack(
+        [_call(node, root, _picker(values, lambda n, w, c=c: c)) for c in candidates]
+    )
+    result.low, result.high = outputs.amin(0), outputs.amax(0)  # pieces are linear: ends, kinks
     return result
 
 
@@ -696,7 +1020,9 @@ def _smooth(
     (operand,) = [n for n in node.all_input_nodes if isinstance(values[n], _Lines)]
     x: _Lines = values[operand]
     low, high = _range(x, t0, t1)
-    return _scaled(x, *_relax(step.rule, low, high))
+    out = _scaled(x, *_relax(step.rule, low, high))
+    out.low, out.high = _function_range(step.rule, low, high)
+    return out
 
 
 def _pair(node: fx.Node, step: _Step, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor) -> _Lines:
@@ -764,11 +1090,16 @@ def _pool(
     return _Lines(torch.zeros_like(lb), lb, uw, ub)
 
 
-def _propagate(program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tensor) -> _Lines:
-    """Lines of the logits ``(N, classes)`` on each sub-interval; ``a``, ``b``: ``(N,
+def _propagate(
+    program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tensor
+) -> tuple[_Lines, Tensor]:
+    """Lines of the logits ``(N, classes)`` on each sub-interval, and ``(N,)`` which
+    sub-intervals met a NaN on the way (their lines mean nothing: ``0 * inf`` after an
+    overflow, or a reciprocal's infinite lines; see :func:`_poisoned`); ``a``, ``b``: ``(N,
     *point_shape)`` float64 ends of the sub-intervals' segments; ``t0``, ``t1``: ``(N,)``."""
     root = program.module
     values: dict[fx.Node, Any] = {}
+    poisoned = torch.zeros(t0.shape[0], dtype=torch.bool, device=t0.device)
     for step in program.steps:
         node = step.node
         if step.kind == INPUT:
@@ -778,7 +1109,7 @@ def _propagate(program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tens
             out = values[node.args[0]]  # type: ignore[index]
             if not isinstance(out, _Lines):
                 raise NotBoundedError("the tail's output is not one point-dependent tensor")
-            return out
+            return out, poisoned
         if step.kind == NO_OP:
             values[node] = None
         elif step.kind == FIXED:
@@ -788,8 +1119,25 @@ def _propagate(program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tens
         elif step.kind == SIZE:
             values[node] = _call(node, root, _picker(values, lambda n, v: v.lb))
         else:
-            values[node] = _widen(_lines_of(step, root, values, t0, t1))
+            values[node] = _each(_lines_of(step, root, values, t0, t1), _widen)
+            poisoned |= _poisoned(values[node], t0.shape[0])
     raise NotBoundedError("the traced tail has no output")
+
+
+def _poisoned(value: Any, rows: int) -> Tensor:
+    """``(rows,)``: which sub-intervals' lines hold a NaN. A NaN can turn into finite, wrong
+    lines further on (a ReLU of a NaN range is relaxed as an inactive one), so a sub-interval
+    that meets one gets no bound at all. A value whose first dimension is not the
+    sub-intervals' marks all of them."""
+    bad = torch.zeros(rows, dtype=torch.bool)
+    for lines in value if isinstance(value, tuple) else (value,):
+        for v in _parts(lines):
+            nan = torch.isnan(v)
+            if v.dim() and v.shape[0] == rows:
+                bad = bad.to(v.device) | nan.reshape(rows, math.prod(v.shape[1:])).any(1)
+            elif bool(nan.any()):
+                bad = torch.ones(rows, dtype=torch.bool, device=v.device)
+    return bad
 
 
 def _lines_of(
@@ -798,6 +1146,16 @@ def _lines_of(
     node = step.node
     if step.kind == KINK:
         return _kink(node, step, root, values, t0, t1)
+    if step.kind == BILINEAR:
+        return _bilinear(node, root, values, t0, t1)
+    if step.kind == QUOTIENT:
+        return _quotient(node, root, values, t0, t1)
+    if step.kind == SOFTMAX:
+        return _softmax_step(node, step, root, values, t0, t1)
+    if step.kind == NORM:
+        return _norm(node, step, root, values, t0, t1)
+    if step.kind == AFFINE and _picks_from_tuple(node, values):
+        return values[node.args[0]][node.args[1]]  # type: ignore[index]
     if step.kind == SMOOTH:
         return _smooth(node, step, values, t0, t1)
     if step.kind == PAIR:
@@ -809,6 +1167,257 @@ def _lines_of(
     if step.kind == AFFINE:
         return _signed(node, step, root, values)
     raise NotBoundedError(f"bound propagation does not cover {_operation_name(node, root)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Products of two point-dependent values, quotients, softmax, normalisations
+
+
+def _size(lines: _Lines) -> Tensor:
+    """``|lw| + |lb| + |uw| + |ub|``: bounds ``|line|`` for ``t`` in [0, 1]."""
+    return lines.lw.abs() + lines.lb.abs() + lines.uw.abs() + lines.ub.abs()
+
+
+def _widen_by(lines: _Lines, magnitude: Tensor) -> _Lines:
+    """Both bounds moved out by :data:`RELATIVE_WIDENING` times ``magnitude``: the sum of the
+    absolute terms a value was computed from, where they may cancel (float64 rounding of a sum
+    of ``n`` terms is at most ``n`` * 1.1e-16 of their absolute sum)."""
+    margin = RELATIVE_WIDENING * magnitude
+    return _Lines(lines.lw, lines.lb - margin, lines.uw, lines.ub + margin)
+
+
+def _composed(x: _Lines, a_lo: Tensor, b_lo: Tensor, a_hi: Tensor, b_hi: Tensor) -> _Lines:
+    """:func:`_scaled` (a relaxation's lines of ``x`` composed with ``x``'s lines), widened by the
+    size of the products it sums."""
+    size = _size(x)
+    magnitude = (a_lo.abs() + a_hi.abs()) * size + b_lo.abs() + b_hi.abs()
+    return _widen_by(
+        _scaled(x, a_lo, b_lo, a_hi, b_hi), magnitude.nan_to_num(nan=math.inf, posinf=math.inf)
+    )
+
+
+def _mccormick(
+    op: Callable[[Tensor, Tensor], Tensor], x: _Lines, y: _Lines, t0: Tensor, t1: Tensor
+) -> _Lines:
+    """Lines of ``op(x, y)`` for a bilinear ``op`` whose terms are products ``x_i y_j`` summed
+    with coefficient 1 (elementwise products with broadcasting, ``matmul``, ``bmm``,
+    ``einsum``): McCormick's planes of each product over the operands' ranges on ``[t0, t1]``
+    (CROWN's bilinear bounds: Shi et al., "Robustness Verification for Transformers", ICLR
+    2020, Section 3.2), ``xy >= y_l x + x_l y - x_l y_l`` and ``xy >= y_u x + x_u y - x_u y_u``
+    below, ``xy <= y_u x + x_l y - x_l y_u`` and ``xy <= y_l x + x_u y - x_u y_l`` above. Every
+    term takes the same plane, so each plane's sum is ``op(x, c) + op(d, y) - op(d, c)`` with
+    constants ``c`` (shaped like ``y``) and ``d`` (like ``x``): a few calls of ``op`` itself, on
+    lines in place of values (``op(x, c)`` is bounded below by ``op(L_x, c+) + op(U_x, c-)``),
+    never the tensor of all products (for attention's ``q @ k^T`` that would be ``L x L x d``
+    per sub-interval and head). Per output element the better plane at the sub-interval's
+    midpoint is kept. Widened by :data:`RELATIVE_WIDENING` times ``op(|x|, |y|)`` of the
+    operands' sizes (every term of every call is at most that)."""
+    lx, ux = _range(x, t0, t1)
+    ly, uy = _range(y, t0, t1)
+
+    def left(c: Tensor, lower: bool) -> tuple[Tensor, Tensor]:  # bounds of op(x, c)
+        pos, neg = c.clamp(min=0), c.clamp(max=0)
+        (aw, ab), (bw, bb) = ((x.lw, x.lb), (x.uw, x.ub)) if lower else ((x.uw, x.ub), (x.lw, x.lb))
+        return op(aw, pos) + op(bw, neg), op(ab, pos) + op(bb, neg)
+
+    def right(d: Tensor, lower: bool) -> tuple[Tensor, Tensor]:  # bounds of op(d, y)
+        pos, neg = d.clamp(min=0), d.clamp(max=0)
+        (aw, ab), (bw, bb) = ((y.lw, y.lb), (y.uw, y.ub)) if lower else ((y.uw, y.ub), (y.lw, y.lb))
+        return op(pos, aw) + op(neg, bw), op(pos, ab) + op(neg, bb)
+
+    def plane(c: Tensor, d: Tensor, lower: bool) -> tuple[Tensor, Tensor]:
+        (w1, b1), (w2, b2) = left(c, lower), right(d, lower)
+        return w1 + w2, b1 + b2 - op(d, c)
+
+    below = [plane(ly, lx, True), plane(uy, ux, True)]
+    above = [plane(uy, lx, False), plane(ly, ux, False)]
+    middle = _column((t0 + t1) / 2, below[0][0])
+    first_below = below[0][0] * middle + below[0][1] >= below[1][0] * middle + below[1][1]
+    first_above = above[0][0] * middle + above[0][1] <= above[1][0] * middle + above[1][1]
+    lines = _Lines(
+        torch.where(first_below, below[0][0], below[1][0]),
+        torch.where(first_below, below[0][1], below[1][1]),
+        torch.where(first_above, above[0][0], above[1][0]),
+        torch.where(first_above, above[0][1], above[1][1]),
+    )
+    magnitude = op(_size(x) + lx.abs() + ux.abs(), _size(y) + ly.abs() + uy.abs())
+    return _widen_by(lines, magnitude.nan_to_num(nan=math.inf, posinf=math.inf))
+
+
+def _positional(node: fx.Node, root: nn.Module, values: dict[fx.Node, Any], operands: list) -> Any:
+    """Run ``node`` with its point-dependent arguments, by position (``matmul(h, h)`` has two),
+    replaced by ``operands`` in order, and its other arguments by their values."""
+    queue = list(operands)
+
+    def pick(n: fx.Node) -> Any:
+        return queue.pop(0) if isinstance(values[n], _Lines) else values[n]
+
+    args = fx.node.map_arg(node.args, pick)
+    kwargs = fx.node.map_arg(node.kwargs, pick)
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)  # type: ignore[operator]
+
+
+def _bilinear(
+    node: fx.Node, root: nn.Module, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor
+) -> _Lines:
+    """A product of two point-dependent values (:func:`_mccormick` with the node's own op)."""
+    x, y = [values[n] for n in _nodes_in([node.args, node.kwargs])]
+    return _mccormick(lambda p, q: _positional(node, root, values, [p, q]), x, y, t0, t1)
+
+
+def _quotient(
+    node: fx.Node, root: nn.Module, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor
+) -> _Lines:
+    """``n / d`` with a point-dependent ``d``: ``n * (1 / d)``, the reciprocal relaxed over
+    ``d``'s range (:func:`_relax_on_domain`: no bound where the range touches 0), then a
+    product with ``n`` (:func:`_mccormick` when ``n`` depends on the point, else ``n``'s
+    sign)."""
+    numerator = node.args[0] if node.args else node.kwargs.get("input")
+    divisor: _Lines = values[_argument(node, 1, "other", None)]
+    low, high = _range(divisor, t0, t1)
+    inverse = _composed(divisor, *_relax("reciprocal", low, high))
+    top = values[numerator] if isinstance(numerator, fx.Node) else numerator
+    if isinstance(top, _Lines):
+        return _mccormick(torch.mul, top, inverse, t0, t1)
+    scale = torch.as_tensor(top, dtype=torch.float64, device=low.device)
+    zero = torch.zeros_like(scale)
+    return _scaled(inverse, scale, zero, scale, zero)
+
+
+def _moved(lines: _Lines, source: int, destination: int) -> _Lines:
+    return _Lines(*(v.movedim(source, destination) for v in _parts(lines)))
+
+
+def _parts(lines: _Lines) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return lines.lw, lines.lb, lines.uw, lines.ub
+
+
+def _softmax(x: _Lines, dim: int, log: bool, t0: Tensor, t1: Tensor) -> _Lines:
+    """``softmax(x)_i = 1 / S_i`` (``log_softmax(x)_i = -log S_i``) over ``dim``, with
+    ``S_i = sum_j exp(x_j - x_i)`` (the form of Shi et al. 2020 and of DeepT, Bonaert et al.,
+    PLDI 2021, that keeps the softmax's shift invariance): the differences' lines (``x_i - x_i``
+    exactly 0), :func:`_relax` of ``exp`` on their ranges, the sum, and the reciprocal (log)
+    relaxed on ``S_i``'s range, which is also cut to ``[sum_j exp(l_ij), sum_j exp(u_ij)]``
+    (``l``, ``u``: the differences' ranges; so ``S_i >= 1``). Memory: ``n`` times the input's
+    (``(N, ..., n, n)`` differences)."""
+    m = _moved(x, dim, -1)
+    n = m.lb.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=m.lb.device)
+
+    def difference(own: Tensor, other: Tensor) -> Tensor:  # [..., i, j] = own_j - other_i
+        return (own.unsqueeze(-2) - other.unsqueeze(-1)).masked_fill(eye, 0.0)
+
+    d = _Lines(
+        difference(m.lw, m.uw),
+        difference(m.lb, m.ub),
+        difference(m.uw, m.lw),
+        difference(m.ub, m.lb),
+    )
+    size = _size(m)
+    d = _widen_by(d, (size.unsqueeze(-2) + size.unsqueeze(-1)).masked_fill(eye, 0.0))
+    low, high = _range(d, t0, t1)
+    e = _composed(d, *_relax("exp", low, high))
+    total = _widen_by(_Lines(*(v.sum(-1) for v in _parts(e))), _size(e).sum(-1))
+    floor = torch.exp(low).sum(-1) * (1 - RELATIVE_WIDENING)  # float64 sums: see _widen_by
+    ceiling = torch.exp(high).sum(-1) * (1 + RELATIVE_WIDENING)
+    s_low, s_high = _range(total, t0, t1)
+    s_low, s_high = torch.maximum(s_low, floor), torch.minimum(s_high, ceiling)
+    out = _composed(total, *_relax("log" if log else "reciprocal", s_low, s_high))
+    if log:
+        return _moved(_negated(out), -1, dim)
+    moved = _moved(out, -1, dim)
+    least, most = _function_range("reciprocal", s_low, s_high)  # within (0, 1]
+    moved.low, moved.high = least.movedim(-1, dim), most.movedim(-1, dim)
+    return moved
+
+
+def _normalized(x: _Lines, eps: float, t0: Tensor, t1: Tensor) -> _Lines:
+    """``(x - mean x) / sqrt(var x + eps)`` over the last dimension (LayerNorm without its
+    affine part; the biased variance, as PyTorch): the centring is exact (``c_i = x_i - mean
+    x`` bounded through its coefficients' signs), the variance ``mean c^2`` from
+    :func:`_relax` of ``square`` (its range also cut to the interval range of ``mean c^2``,
+    at least 0), ``rsqrt(var + eps)`` relaxed on that range, and the product by
+    :func:`_mccormick` (Shi et al. 2020's decomposition of LayerNorm). ``eps = 0`` with a
+    variance range that reaches 0 gives no bound (:func:`_relax_on_domain`)."""
+    n = x.lb.shape[-1]
+
+    def centred(own: Tensor, other: Tensor) -> Tensor:  # own_i - mean(other) + (other_i - own_i)/n
+        return own - other.mean(-1, keepdim=True) + (other - own) / n
+
+    c = _Lines(centred(x.lw, x.uw), centred(x.lb, x.ub), centred(x.uw, x.lw), centred(x.ub, x.lb))
+    size = _size(x)
+    c = _widen_by(c, 3 * (size + size.mean(-1, keepdim=True)))
+    low, high = _range(c, t0, t1)
+    squares = _composed(c, *_relax("square", low, high))
+    variance = _Lines(*(v.mean(-1, keepdim=True) for v in _parts(squares)))
+    variance = _widen_by(variance, _size(squares).mean(-1, keepdim=True))
+    crossing = (low <= 0) & (high >= 0)
+    least = torch.where(crossing, 0.0, torch.minimum(low * low, high * high))
+    floor = least.mean(-1, keepdim=True) * (1 - RELATIVE_WIDENING)
+    ceiling = torch.maximum(low * low, high * high).mean(-1, keepdim=True) * (1 + RELATIVE_WIDENING)
+    v_low, v_high = _range(variance, t0, t1)
+    v_low = (torch.maximum(v_low, floor) + eps) * (1 - RELATIVE_WIDENING)
+    v_high = (torch.minimum(v_high, ceiling) + eps) * (1 + RELATIVE_WIDENING)
+    shifted = _Lines(variance.lw, variance.lb + eps, variance.uw, variance.ub + eps)
+    scale = _composed(shifted, *_relax("rsqrt", v_low, v_high))
+    return _mccormick(torch.mul, c, scale, t0, t1)
+
+
+def _norm(
+    node: fx.Node,
+    step: _Step,
+    root: nn.Module,
+    values: dict[fx.Node, Any],
+    t0: Tensor,
+    t1: Tensor,
+) -> _Lines:
+    """LayerNorm (``normalized_shape``: the trailing dimensions) or GroupNorm (``(N, C, *)``
+    in ``num_groups`` groups of channels) as :func:`_normalized` over the flattened group,
+    then the elementwise affine part (``weight * y + bias``, by the weight's sign)."""
+    x: _Lines = values[_operands(node, values)[0]]
+    if node.op == "call_module":
+        m = root.get_submodule(str(node.target))
+        weight, bias, eps = m.weight, m.bias, float(m.eps)
+        groups = m.num_groups if step.rule == "group" else None
+        shape = tuple(m.normalized_shape) if step.rule == "layer" else None
+    else:
+        fixed = lambda v: values[v] if isinstance(v, fx.Node) else v  # noqa: E731
+        layer = step.rule == "layer"
+        weight = fixed(_argument(node, 2, "weight", None))
+        bias = fixed(_argument(node, 3, "bias", None))
+        eps = float(fixed(_argument(node, 4, "eps", 1e-5)))
+        groups = None if layer else int(fixed(_argument(node, 1, "num_groups", None)))
+        shape = fixed(_argument(node, 1, "normalized_shape", None)) if layer else None
+        shape = (shape,) if isinstance(shape, int) else (None if shape is None else tuple(shape))
+    full = x.lb.shape
+    if shape is not None:  # explicit sizes: a batch of no sub-intervals has no -1 to infer
+        flat = (*full[: len(full) - len(shape)], math.prod(shape))
+        broadcast = tuple(shape)
+    else:
+        flat = (full[0], int(groups), math.prod(full[1:]) // int(groups))
+        broadcast = (full[1], *[1] * (len(full) - 2))
+    y = _normalized(_Lines(*(v.reshape(flat) for v in _parts(x))), eps, t0, t1)
+    y = _Lines(*(v.reshape(full) for v in _parts(y)))
+    if weight is None and bias is None:
+        return y
+    w = torch.ones(broadcast, dtype=y.lb.dtype, device=y.lb.device)
+    w = w if weight is None else weight.detach().to(y.lb).reshape(broadcast)
+    b = torch.zeros_like(w) if bias is None else bias.detach().to(y.lb).reshape(broadcast)
+    return _widen_by(_scaled(y, w, b, w, b), w.abs() * _size(y) + b.abs())
+
+
+def _softmax_step(
+    node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, Any], t0: Tensor, t1: Tensor
+) -> _Lines:
+    """Softmax / log-softmax of a module, function or method (the dimension from it)."""
+    x: _Lines = values[_operands(node, values)[0]]
+    if node.op == "call_module":
+        dim = root.get_submodule(str(node.target)).dim
+    else:
+        dim = _argument(node, 1, "dim", None)
+    return _softmax(x, int(dim), step.rule == "log_softmax", t0, t1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -842,11 +1451,13 @@ def margin_bounds(
         NotBoundedError: see :func:`bound_program`.
     """
     program = program if isinstance(program, BoundProgram) else bound_program(program)
+    if not program.rows_checked and a.shape[0]:
+        _check_rows(program, a[0], b[0])
     device = next(iter(program.module.parameters()), a).device
     a, b = a.to(device, torch.float64), b.to(device, torch.float64)
     t0, t1 = t0.to(device, torch.float64), t1.to(device, torch.float64)
     with torch.no_grad():
-        logits = _propagate(program, a, b, t0, t1)
+        logits, poisoned = _propagate(program, a, b, t0, t1)
     lw, lb, uw, ub = (v.flatten(1) for v in (logits.lw, logits.lb, logits.uw, logits.ub))
     y = targets.to(device).long().unsqueeze(1)
     slope = lw.gather(1, y) - uw
@@ -856,8 +1467,10 @@ def margin_bounds(
     size = slope.abs() + intercept.abs()
     low = torch.minimum(at0, at1) - RELATIVE_WIDENING * size
     low = low.scatter(1, y, math.inf).amin(1)
+    low = torch.where(poisoned, -math.inf, low)
+    # (nan_to_num's defaults would also turn -inf into the lowest finite number)
     return torch.where(torch.isfinite(low) | (low == math.inf), low, -math.inf).nan_to_num(
-        nan=-math.inf
+        nan=-math.inf, posinf=math.inf, neginf=-math.inf
     )
 
 
@@ -926,6 +1539,65 @@ def _check_points_apart(program: BoundProgram, start: Tensor, end: Tensor) -> No
             "the traced tail computes other logits than the tail itself; bounds cannot follow "
             "this tail"
         )
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a traced program and keeps the floating-point tensors each node gives (items of
+    tuples as ``name.i``)."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.seen: dict[str, Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        items = enumerate(out) if isinstance(out, tuple | list) else [("", out)]
+        for i, item in items:
+            if isinstance(item, Tensor) and item.is_floating_point():
+                self.seen[f"{n.name}.{i}" if i != "" else n.name] = item
+        return out
+
+
+def _check_rows(program: BoundProgram, start: Tensor, end: Tensor) -> None:
+    """Refuse a tail with a point-dependent value whose first dimension does not hold the
+    points of a batch in blocks, one after the other (row ``r`` of a value of a batch of
+    ``B`` points belongs to point ``r // (rows / B)``): bound propagation reads each row's
+    sub-interval off that layout (:func:`_column`). Seen by running the float64 program on two
+    points together and on each alone: every dependent value of the pair must be the two
+    values alone, stacked (to 1e-9 of its largest entry).
+
+    Raises:
+        NotBoundedError: a value that mixes points or lays them out otherwise, named.
+    """
+    if torch.equal(start, end):  # two distinct points, or a transposed layout could pass
+        end = start + 1e-3 * (1 + start.abs())
+    points = (
+        torch.stack([start, end]).double().to(next(iter(program.module.parameters()), start).device)
+    )
+    with torch.no_grad():
+        runs = []
+        for batch in (points, points[:1], points[1:]):
+            recorder = _Recorder(program.module)
+            recorder.run(batch)
+            runs.append(recorder.seen)
+    dependent = {
+        s.node.name for s in program.steps if s.kind not in (FIXED, SIZE, NO_OP, INPUT, OUTPUT)
+    }
+    for name, both in runs[0].items():
+        if name.split(".")[0] not in dependent or name not in runs[1] or name not in runs[2]:
+            continue
+        alone = torch.cat([runs[1][name].reshape(-1), runs[2][name].reshape(-1)])
+        scale = 1e-9 * max(1.0, float(both.abs().nan_to_num(posinf=0.0, neginf=0.0).amax()))
+        rows = both.shape[0] if both.dim() else 0
+        apart = rows % 2 == 0 and both.numel() == alone.numel()
+        if not apart or not torch.allclose(
+            both.reshape(-1), alone, rtol=0.0, atol=scale, equal_nan=True
+        ):
+            raise NotBoundedError(
+                f"the value of node {name} does not keep the points of a batch apart in blocks "
+                "of its first dimension, which bound propagation needs"
+            )
+    program.rows_checked = True
 
 
 def _tail_logits(tail: nn.Module, points: Tensor) -> Tensor:

@@ -58,17 +58,19 @@ Functions (``RELAXED``; :func:`evaluate` is the reference the lines bound): ``re
 (``hardtanh:<min_val>:<max_val>``, default -1 and 1), ``relu6``, ``hardsigmoid``
 (``relu6(x+3)/6``), ``elu`` (``elu:<alpha>``, default 1), ``gelu`` (erf form), ``gelu_tanh``
 (tanh approximation), ``silu``, ``hardswish``, ``sigmoid``, ``tanh``, ``softplus``
-(``beta=1``), ``exp``, ``square``, ``reciprocal`` and ``rsqrt`` (both only on intervals with
-``lower > 0``). Parameters follow the name after colons, as PyTorch's layers take them.
+(``beta=1``), ``exp``, ``square``, ``reciprocal``, ``rsqrt`` and ``log`` (these three only on
+intervals with ``lower > 0``), ``sqrt`` (``lower >= 0``; its infinite slope at 0 is never
+taken: a line's slope there becomes 0). Parameters follow the name after colons, as PyTorch's
+layers take them.
 
 Covered by this slice: the elementwise relaxations above, on any shape, float16/bfloat16/
 float32/float64 outputs, on CPU (tested) and any device with float64 (written for it, not run
 on a GPU yet). Cost, 1e5 elements of widths up to 0.5 on one thread of this project's busy
 2-core CPU: 0.07-0.15 s (piecewise-linear, exp, sigmoid, tanh, hard-swish), 0.5-0.8 s (GELU,
-SiLU, tanh-GELU, whose roots need bisection and Newton steps). Not covered yet (later sessions of
-issue 21): bilinear bounds for products of two bounded values (``square`` is the one-input case),
-softmax, LayerNorm / GroupNorm as wholes (``reciprocal``/``rsqrt`` are their pieces), softplus
-with other ``beta``/``threshold``, ``pow`` / ``sqrt`` / ``log`` / ``sin``, gradients through the
+SiLU, tanh-GELU, whose roots need bisection and Newton steps). Products of two bounded values
+(McCormick planes), softmax and LayerNorm / GroupNorm are bounded in
+:mod:`connectivity.engine.bounds` from these pieces. Not covered yet (later sessions of issue
+21): softplus with other ``beta``/``threshold``, general ``pow``, ``sin``, gradients through the
 lines and optimisable slopes (alpha-CROWN), a GPU run. Results can overflow to ``inf`` where
 ``f`` itself does in the output dtype (``exp`` above about 88 in float32).
 """
@@ -102,7 +104,8 @@ class _Shape:
 
     ``breaks`` are sorted kinks and inflection points; ``curvature`` has one entry more, for
     the pieces ``(-inf, breaks[0]), ..., (breaks[-1], inf)``: 1 convex, -1 concave, 0 linear.
-    ``positive`` functions are defined only for ``x > 0``. ``torch_abs`` (times eps of the
+    ``positive`` functions are defined only for ``x > 0``, ``nonnegative`` ones (``sqrt``) for
+    ``x >= 0``. ``torch_abs`` (times eps of the
     output dtype and ``max(|l|, |u|)``) is the absolute error of PyTorch's own version.
     ``root(a, curvature)``, where given, solves ``f'(x) = a`` on the convex (``curvature``
     1) or concave (-1) piece in closed form (``+-inf`` where ``f' - a`` keeps one sign there);
@@ -115,6 +118,7 @@ class _Shape:
     breaks: tuple[float, ...]
     curvature: tuple[int, ...]
     positive: bool = False
+    nonnegative: bool = False
     torch_abs: float = 0.0
     root: Callable[[Tensor, int], Tensor] | None = None
     d2f: Callable[[Tensor], Tensor] | None = None
@@ -299,6 +303,24 @@ def _shapes() -> dict[str, _Shape]:
             positive=True,
             root=lambda a, _: (-2 * a).clamp(min=0).pow(-2.0 / 3.0),
         ),
+        # concave; f'(0) is infinite: a slope there becomes 0 (_sound_slopes), an intercept
+        # found there NaN, which no comparison keeps (the interval's ends stay the candidates)
+        "sqrt": _Shape(
+            torch.sqrt,
+            lambda x: 0.5 * torch.rsqrt(x),
+            (),
+            (-1,),
+            nonnegative=True,
+            root=lambda a, _: torch.where(a > 0, 0.25 / (a * a), math.inf),
+        ),
+        "log": _Shape(
+            torch.log,
+            torch.reciprocal,
+            (),
+            (-1,),
+            positive=True,
+            root=lambda a, _: torch.where(a > 0, 1 / a, math.inf),
+        ),
     }
 
 
@@ -321,6 +343,8 @@ RELAXED: frozenset[str] = frozenset(
         "square",
         "reciprocal",
         "rsqrt",
+        "sqrt",
+        "log",
     }
 )
 """The names :func:`relax` and :func:`evaluate` take; three also take parameters after colons:
@@ -573,7 +597,8 @@ def _all_lines(
 
 def _check_bounds(name: str, shape: _Shape, lower: Tensor, upper: Tensor) -> None:
     """ValueError for bounds that are not same-shaped, same-dtype finite floats with
-    ``lower <= upper`` (and ``lower > 0`` for ``reciprocal`` and ``rsqrt``)."""
+    ``lower <= upper`` (and ``lower > 0`` for ``reciprocal``, ``rsqrt`` and ``log``, ``lower >=
+    0`` for ``sqrt``)."""
     if lower.shape != upper.shape:
         raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} differ")
     if not lower.is_floating_point() or lower.dtype != upper.dtype:
@@ -584,6 +609,8 @@ def _check_bounds(name: str, shape: _Shape, lower: Tensor, upper: Tensor) -> Non
         raise ValueError("lower > upper somewhere")
     if shape.positive and bool((lower <= 0).any()):
         raise ValueError(f"{name} is relaxed only on intervals with lower > 0")
+    if shape.nonnegative and bool((lower < 0).any()):
+        raise ValueError(f"{name} is relaxed only on intervals with lower >= 0")
 
 
 @torch.no_grad()
@@ -596,7 +623,8 @@ def relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Tens
     work is done in float64 (the module docstring says how slopes are chosen, how intercepts
     are made sound, and how they are widened against float rounding). Also raises
     ValueError for bounds of different shapes or dtypes, non-float or non-finite bounds,
-    ``lower > upper`` anywhere, and ``lower <= 0`` for ``reciprocal`` / ``rsqrt``.
+    ``lower > upper`` anywhere, ``lower <= 0`` for ``reciprocal`` / ``rsqrt`` / ``log`` and
+    ``lower < 0`` for ``sqrt``.
     """
     shape = _shape(name)
     _check_bounds(name, shape, lower, upper)

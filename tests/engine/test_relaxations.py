@@ -22,7 +22,7 @@ from connectivity.engine.relaxations import RELAXED, evaluate, relax
 
 NAMES = sorted(RELAXED | {"leaky_relu:0.2", "leaky_relu:-0.5", "leaky_relu:3", "elu:0.5"})
 NAMES += ["elu:2", "elu:-1", "hardtanh:-2:3", "hardtanh:0:6"]
-POSITIVE = {"reciprocal", "rsqrt"}
+POSITIVE = {"reciprocal", "rsqrt", "log", "sqrt"}
 # Points where the shape changes: kinks, inflections, the ends of saturation.
 TURNS = [-6.0, -3.0, -2.3994, -1.4185, -math.sqrt(2), -1.0, 0.0, 1.0, 1.4185, math.sqrt(2)]
 TURNS += [2.3994, 3.0, 6.0, 20.0]
@@ -50,6 +50,8 @@ def torch_version(name: str) -> Callable[[Tensor], Tensor]:
         "square": lambda x: x * x,
         "reciprocal": torch.reciprocal,
         "rsqrt": torch.rsqrt,
+        "sqrt": torch.sqrt,
+        "log": torch.log,
     }
     return table[base]
 
@@ -82,6 +84,8 @@ def intervals(name: str, count: int, seed: int) -> tuple[Tensor, Tensor]:
         lower = 10 ** (torch.rand(count, generator=gen, dtype=torch.float64) * 6 - 3)
         upper = lower * (1 + widths)
         fixed = [(1e-3, 1e3), (1.0, 1.0), (1e-3, 1e-3 * (1 + 1e-6)), (0.5, 2.0), (100.0, 101.0)]
+        if name == "sqrt":  # defined at 0, with an infinite slope there
+            fixed += [(0.0, 0.0), (0.0, 1e-6), (0.0, 1.0), (0.0, 1e3)]
     lower = torch.cat([lower, torch.tensor([f[0] for f in fixed], dtype=torch.float64)])
     upper = torch.cat([upper, torch.tensor([f[1] for f in fixed], dtype=torch.float64)])
     lower, upper = lower.float(), upper.float()
@@ -219,10 +223,15 @@ def test_convex_and_concave_pieces_get_chord_and_midpoint_tangent() -> None:
         mid = 0.5 * (low + high)
         assert a_lo == pytest.approx(derivative[name](mid), rel=1e-12), name
         assert a_lo * mid + b_lo == pytest.approx(f(mid), rel=1e-12), name
-    a_lo, b_lo, a_hi, b_hi = lines("tanh", 0.5, 2.5)  # concave: chord below, tangent above
-    assert a_lo == pytest.approx((math.tanh(2.5) - math.tanh(0.5)) / 2, rel=1e-12)
-    assert a_hi == pytest.approx(derivative["tanh"](1.5), rel=1e-12)
-    assert a_hi * 1.5 + b_hi == pytest.approx(math.tanh(1.5), rel=1e-12)
+    concave = {"tanh": (0.5, 2.5, math.tanh), "sqrt": (0.0, 4.0, math.sqrt)}
+    concave |= {"log": (0.5, 3.0, math.log)}
+    derivative |= {"sqrt": lambda x: 0.5 / math.sqrt(x), "log": lambda x: 1 / x}
+    for name, (low, high, f) in concave.items():  # concave: chord below, tangent above
+        a_lo, b_lo, a_hi, b_hi = lines(name, low, high)
+        mid = 0.5 * (low + high)
+        assert a_lo == pytest.approx((f(high) - f(low)) / (high - low), rel=1e-12), name
+        assert a_hi == pytest.approx(derivative[name](mid), rel=1e-12), name
+        assert a_hi * mid + b_hi == pytest.approx(f(mid), rel=1e-12), name
 
 
 def test_relu_across_zero_is_crowns_relaxation() -> None:
@@ -291,6 +300,8 @@ def test_bad_calls_raise_value_error() -> None:
         ("relu", one, two.double()),
         ("reciprocal", torch.tensor([0.0]), two),
         ("rsqrt", torch.tensor([-1.0]), two),
+        ("log", torch.tensor([0.0]), two),
+        ("sqrt", torch.tensor([-1e-9]), two),
     ]
     for name, lower, upper in bad:
         with pytest.raises(ValueError):
