@@ -127,6 +127,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from connectivity.engine.decompose import DecompositionError, decompose
 from connectivity.engine.exact import (
     _CAST_METHODS,
     _DIVISION_FUNCTIONS,
@@ -425,22 +426,36 @@ class BoundProgram:
     rows_checked: bool = False
 
 
-def bound_program(tail: nn.Module) -> BoundProgram:
+def bound_program(tail: nn.Module, example: Tensor | None = None) -> BoundProgram:
     """Trace ``tail`` (a copy, in float64) for :func:`margin_bounds` and :func:`prove_segments`.
 
     Args:
         tail: Maps points ``(B, *point_shape)`` to logits ``(B, classes)``; a ``FrozenTail`` is
             unwrapped for tracing. Must be in eval mode.
+        example: Points ``(B, *point_shape)`` of the tail's space. With them, attention
+            (``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``, torchvision's Swin
+            windows) is first rewritten into primitive operations specialised to their shapes
+            (:func:`connectivity.engine.decompose.decompose`); without them a tail holding
+            attention is refused.
 
     Raises:
         NotBoundedError: the tail cannot be traced, is in training mode, or holds an operation
-            this slice does not bound (see the module docstring); the message names it.
+            bound propagation does not cover (see the module docstring), or its attention cannot
+            be rewritten; the message names it.
     """
     network = _network(tail)
     if any(isinstance(m, _EVAL_AFFINE_MODULES) and m.training for m in network.modules()):
         raise NotBoundedError(
             "the tail is in training mode: batch norm and dropout are bounded in eval mode only"
         )
+    if example is not None:
+        dtype = floating_dtype(network) or example.dtype
+        device = next(iter(network.parameters()), example).device
+        try:
+            with torch.no_grad():
+                network = decompose(network, example.detach().to(device, dtype))
+        except DecompositionError as error:
+            raise NotBoundedError(str(error)) from error
     try:
         module = _trace(network)
     except NotPiecewiseLinearError as error:
@@ -1450,7 +1465,7 @@ def margin_bounds(
     Raises:
         NotBoundedError: see :func:`bound_program`.
     """
-    program = program if isinstance(program, BoundProgram) else bound_program(program)
+    program = program if isinstance(program, BoundProgram) else bound_program(program, a[:1])
     if not program.rows_checked and a.shape[0]:
         _check_rows(program, a[0], b[0])
     device = next(iter(program.module.parameters()), a).device
@@ -1709,7 +1724,7 @@ def prove_segments(
     Raises:
         NotBoundedError: see :func:`bound_program`.
     """
-    program = tail if isinstance(tail, BoundProgram) else bound_program(tail)
+    program = tail if isinstance(tail, BoundProgram) else bound_program(tail, starts[:1])
     if starts.shape[0]:
         _check_points_apart(program, starts[0], ends[0])
     count, device = starts.shape[0], starts.device

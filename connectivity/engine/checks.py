@@ -166,8 +166,11 @@ class Certifier:
         self._cache: dict[tuple[bytes, int], PathCheck] = {}  # (path digest, target)
 
     @staticmethod
-    def for_tail(tail: nn.Module, options: PathOptions) -> Certifier:
-        """The certifier of ``tail`` under ``options.certify``.
+    def for_tail(tail: nn.Module, options: PathOptions, example: Tensor | None = None) -> Certifier:
+        """The certifier of ``tail`` under ``options.certify``; ``example``: points ``(B,
+        *point_shape)`` of the tail's space, on which attention is rewritten for bounds (see
+        :func:`connectivity.engine.bounds.bound_program`; without them a tail with attention
+        gets no bounds).
 
         ``"auto"`` proves with bounds where they cover the tail, with ExactLine as the fallback
         of a piecewise-linear tail's segments that the split budget leaves open; ExactLine alone
@@ -183,7 +186,9 @@ class Certifier:
         certify, splits = options.certify, options.max_splits
         if certify == "sampled":
             return Certifier("sampled")
-        bounds, bounds_error = _bound_program(tail) if certify != "exact" else (None, None)
+        bounds, bounds_error = (None, "")
+        if certify != "exact":
+            bounds, bounds_error = _bound_program(tail, example)
         if certify == "bounds" and bounds is None:
             raise NotBoundedError(
                 f"certify='bounds' is impossible here: {bounds_error}; use certify='auto' or "
@@ -256,10 +261,10 @@ class Certifier:
         return results  # type: ignore[return-value]
 
 
-def _bound_program(tail: nn.Module) -> tuple[BoundProgram | None, str]:
+def _bound_program(tail: nn.Module, example: Tensor | None) -> tuple[BoundProgram | None, str]:
     """The tail's bound program, or None and why bounds do not cover it."""
     try:
-        return bound_program(tail), ""
+        return bound_program(tail, example), ""
     except NotBoundedError as error:
         return None, str(error)
 

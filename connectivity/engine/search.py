@@ -314,7 +314,7 @@ class PathSearch:
         self.tail = tail
         self.starts, self.ends, self.targets = prepare_pairs(starts, ends, targets, options.bounds)
         self.on_band = on_band
-        self.certifier = Certifier.for_tail(tail, options)
+        self.certifier = Certifier.for_tail(tail, options, self.starts[:1])
         check = self._check_lines()
         self.decisions = Decisions(tail, self.targets, check, options, on_record, self.certifier)
         self.decisions.decide_lines()

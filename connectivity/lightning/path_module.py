@@ -89,7 +89,7 @@ class PathModule(L.LightningModule):
         # certify="exact" on a tail that is not piecewise linear is refused here, before any
         # work; the search builds its own certifier where the fit starts, with the tail on its
         # device (its traced copy is no submodule, so it would not move, nor need pickling).
-        Certifier.for_tail(self.tail, self.options)
+        Certifier.for_tail(self.tail, self.options, None if starts is None else starts[:1])
         # Every pair's band on its line, until the fit starts (see the module docstring).
         self.lines: ElasticBand | None = None
         self.search: PathSearch | None = None

@@ -508,7 +508,7 @@ def run_graph(
     loaded = [n.to(device) for n in loaded]
     dataset = data.dataset(experiment.inputs.split)
     for network in loaded:  # before the run folder, on two images
-        probe_spaces(network, experiment.spaces, dataset)
+        probe_spaces(network, experiment.spaces, dataset, experiment.path)
     selections = select_inputs(loaded, dataset, experiment.inputs, data.class_names, device)
     store = GraphStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:

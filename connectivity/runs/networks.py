@@ -10,6 +10,8 @@ from torch.utils.data import Dataset
 
 from connectivity.classifier import ClassifierModule
 from connectivity.data import stack_images
+from connectivity.engine.checks import Certifier
+from connectivity.engine.options import PathOptions
 from connectivity.engine.split import floating_dtype, probe_split, split
 
 
@@ -32,20 +34,30 @@ def load_network(classifier: str | nn.Module) -> nn.Module:
     return ClassifierModule.from_checkpoint(classifier).network.eval()
 
 
-def probe_spaces(network: nn.Module, spaces: list[str], dataset: Dataset) -> None:
+def probe_spaces(
+    network: nn.Module, spaces: list[str], dataset: Dataset, options: PathOptions | None = None
+) -> None:
     """Check every space's split on two images of ``dataset`` before any work: one tensor at
-    the layer, ``(B, classes)`` logits, and logits of a point that do not depend on its batch.
+    the layer, ``(B, classes)`` logits, and logits of a point that do not depend on its batch;
+    with ``options``, also that ``options.certify`` can check the tail (on the layer's value of
+    one image, on which bounds rewrite attention).
 
     Raises:
         LayerError: see :func:`connectivity.engine.split.probe_split`.
         BatchDependenceError: the class of an image would depend on the batch it is in.
+        NotPiecewiseLinearError, NotBoundedError: see
+            :meth:`connectivity.engine.checks.Certifier.for_tail`.
     """
     device = next(network.parameters(), torch.empty(0)).device
     images, _ = stack_images(dataset, list(range(min(2, len(dataset)))))  # type: ignore[arg-type]
     for space in spaces:
         head, tail = split(network, space)
         dtype = floating_dtype(head) or images.dtype
-        probe_split(head.to(device), tail.to(device), images.to(device=device, dtype=dtype))
+        images = images.to(device=device, dtype=dtype)
+        probe_split(head.to(device), tail.to(device), images)
+        if options is not None:
+            with torch.no_grad():
+                Certifier.for_tail(tail, options, head(images[:1]))
 
 
 @torch.no_grad()

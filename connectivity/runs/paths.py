@@ -25,7 +25,6 @@ from torch.utils.data import Dataset
 from connectivity.api import encode_pairs
 from connectivity.checkpoints import CheckpointError, file_digest, nearest_checkpoint
 from connectivity.data import ImageDataModule, stack_images
-from connectivity.engine.checks import Certifier
 from connectivity.engine.options import PathOptions
 from connectivity.engine.split import INPUT, Frozen, floating_dtype, split
 from connectivity.errors import ConnectivityError
@@ -385,15 +384,14 @@ def run_paths(
     own_classifier = experiment.classifier if network is None else None
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
-        _, tail = split(network, space)  # a wrong layer name fails here, before any work
-        # certify="exact" ("bounds") on a space whose tail is not piecewise linear (holds an
-        # operation bounds do not cover) fails here too.
-        Certifier.for_tail(tail, experiment.path)
+        split(network, space)  # a wrong layer name fails here, before any work
     check_decoders(experiment.decoders, experiment.spaces)
     # Loaded once here, so that a decoder of another layer or classifier fails before any work.
     load_decoders(experiment.decoders, own_classifier)
     dataset = data.dataset(experiment.pairs.split)
-    probe_spaces(network, experiment.spaces, dataset)  # before the run folder, on two images
+    # Before the run folder, on two images; certify="exact" ("bounds") on a space whose tail is
+    # not piecewise linear (holds an operation bounds do not cover) fails here too.
+    probe_spaces(network, experiment.spaces, dataset, experiment.path)
     settings, probe = trainer_settings(trainer)
     device = str(probe.strategy.root_device)
     pairs = select_pairs(network.to(device), dataset, experiment.pairs, data.class_names, device)

@@ -558,7 +558,7 @@ def test_affine_operations_of_one_value_used_twice_are_still_accepted() -> None:
 
 def test_a_squared_value_gives_no_exact_certificate() -> None:
     # The case: h * h in the tail was taken as affine (linear, exact, a wrong margin).
-    _refused_by_exact(Tail(lambda h: h * h), "mul", "sampled")
+    _refused_by_exact(Tail(lambda h: h * h), "mul", "bounds")
 
 
 class ActBatchNorm(nn.BatchNorm2d):
