@@ -1,0 +1,426 @@
+"""The three checks of a segment side by side: sampled, exact (ExactLine) and bounds (issue 21).
+
+On the same segments, in one run, per setting (network and space):
+
+* **sampled**: the 64-point check: :func:`connectivity.engine.checks.path_log_probabilities`
+  with 63 points inside each segment, then :func:`~connectivity.engine.checks.on_target`
+  (``on``: segments on target at all 65 points);
+* **exact**: ExactLine, :func:`connectivity.engine.exact.check_paths` (one segment per path):
+  ``pieces/seg`` (median), verdicts ``passed / left the class / undecided``;
+* **bounds**: branch and bound on ``t``, :func:`connectivity.engine.bounds.prove_segments`
+  (``--max-splits``): ``sub-int/seg`` (final sub-intervals, median), ``evals/seg`` (bound
+  evaluations, median), verdicts ``proved / counterexample / budget``.
+
+``s/seg`` is each check's wall time on all segments at once (one call, as the tool batches
+them), divided by the segments; the tracing of the program is not counted. Each check first
+runs on one segment under ``--time-limit`` seconds (a warm-up that also decides whether the
+setting is feasible); over the limit, the check is skipped there and ``> limit`` printed. The
+batch then runs under ``--time-limit`` times the segments. ``b/e`` and ``b/s``: bounds' time
+over exact's and over sampled's. Goals (issue 21): in the input space ``b/e <= 1/5``, at hidden
+layers ``b/e <= 1/3``, and ``b/s <= 10``. ``agree``: segments where bounds' proof (or
+counterexample) and the exact verdict agree, of those both decided; a bounds proof where exact
+finds the path leaving the class would be a soundness defect.
+
+Settings:
+
+* ``resnet18``: the trained ResNet18 of ``configs/classifier/cifar10_jpeg_resnet18.yaml``
+  (``--checkpoint``, loaded with :func:`connectivity.runs.networks.load_network`), split with
+  :func:`connectivity.engine.split.split` in the input space, at ``layer1`` and at ``layer3``;
+  segments join pairs of correctly classified test images of one class (the first in file
+  order, classes in turn), target that class.
+* ``vit``, ``swin``, ``convnext``: random-weight torchvision tails (``VisionTransformer`` with
+  32-pixel images, patches of 8, 2 layers, 2 heads, width 32, MLP 64; ``swin_t`` and
+  ``convnext_tiny`` as torchvision builds them, 10 classes, 32-pixel images), in the input
+  space and at one hidden layer; segments join test images of one *predicted* class. Where a
+  check does not cover an operation yet it prints ``not covered: <reason>`` for that check.
+
+Usage::
+
+    python benchmarks/bounds_check.py --checkpoint ../ckpt/cifar10_jpeg_resnet18.ckpt \\
+        [--segments 4] [--models resnet18,vit,swin,convnext] [--device cpu|cuda] [--threads N] \\
+        [--max-splits 1024] [--time-limit 60] [--data ../shared/data/cifar10-jpeg/test]
+
+Measured 2026-12-06 on this project's shared 2-core CPU (4 jobs on it), ``--threads 1``; the
+ResNet18 trained 2 epochs here (test accuracy see below):
+
+(table: see the end of this docstring once measured)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from connectivity.data import ImageFolderDataModule, stack_images
+from connectivity.engine.bounds import NotBoundedError, bound_program, prove_segments
+from connectivity.engine.checks import on_target, path_log_probabilities
+from connectivity.engine.exact import (
+    NotPiecewiseLinearError,
+    UnreliableExactCheckError,
+    check_paths,
+    piecewise_linear_program,
+)
+from connectivity.engine.split import split
+from connectivity.runs.networks import load_network
+
+SPACES = {
+    "resnet18": ["input", "layer1", "layer3"],
+    "vit": ["input", "encoder.layers.encoder_layer_1"],
+    "swin": ["input", "features.5"],
+    "convnext": ["input", "features.5"],
+}
+# Goal of bounds' time against exact's: a fifth in the input space, a third at hidden layers.
+INPUT_GOAL, HIDDEN_GOAL, SAMPLED_GOAL = 5.0, 3.0, 10.0
+
+
+class _OverTime(BaseException):
+    """Raised by the alarm; a BaseException, so no ``except Exception`` of a check turns it into
+    an error of its own."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, seconds: float, function: Callable[[], Any]) -> tuple[Any, float]:
+    """``(result, wall seconds)``, result None when the call ran past ``seconds`` (it is
+    interrupted by SIGALRM at the next Python bytecode after the limit)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _OverTime
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    began = time.perf_counter()
+    try:
+        result = function()
+        _sync(device)
+    except _OverTime:
+        return None, time.perf_counter() - began
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    return result, time.perf_counter() - began
+
+
+def _random_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "vit":
+        model: nn.Module = torchvision.models.VisionTransformer(
+            image_size=32,
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            mlp_dim=64,
+            num_classes=10,
+        )
+    elif name == "swin":
+        model = torchvision.models.swin_t(num_classes=10)
+    elif name == "convnext":
+        model = torchvision.models.convnext_tiny(num_classes=10)
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    return model.eval()
+
+
+def _pairs(labels: Tensor, right: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``count`` pairs ``(first index, second index, class)`` of items of one class among those
+    ``right`` marks, classes in turn (each class's items in order, consecutive ones paired)."""
+    pools = {int(c): (labels.eq(c) & right).nonzero().squeeze(1).tolist() for c in labels.unique()}
+    pools = {c: items for c, items in pools.items() if len(items) >= 2}
+    if not pools:
+        raise ValueError("no class has two usable images; use more images (--images)")
+    firsts, seconds, classes = [], [], []
+    taken = dict.fromkeys(pools, 0)
+    while len(firsts) < count:
+        grew = False
+        for c, items in pools.items():
+            k = taken[c]
+            if len(firsts) < count and k + 1 < len(items):
+                firsts.append(items[k])
+                seconds.append(items[k + 1])
+                classes.append(c)
+                taken[c] = k + 2
+                grew = True
+        if not grew:
+            break
+    return torch.tensor(firsts), torch.tensor(seconds), torch.tensor(classes)
+
+
+@dataclass
+class _Row:
+    """One setting's measurements; strings already formatted for the table."""
+
+    cells: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # s/seg of each check that ran
+
+
+NOTES: list[str] = []  # why a check did not cover a setting, printed under the table
+
+
+def _not_covered(error: Exception) -> str:
+    """``not covered [k]``; the reason, the error's first line, is note ``k`` under the table."""
+    NOTES.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    return f"not covered [{len(NOTES)}]"
+
+
+def _median(values: list[int]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.0f} ({min(values)}-{max(values)})"
+
+
+def _run_sampled(
+    tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor, row: _Row, limit: float
+) -> None:
+    device = starts.device
+    count = starts.shape[0]
+
+    def check(first: int, last: int) -> Tensor:
+        path = torch.stack([starts[first:last], ends[first:last]], dim=1)
+        log_p = path_log_probabilities(tail, path, 63, 65 * (last - first))
+        return on_target(log_p, targets[first:last]).all(dim=1)
+
+    _timed(device, limit, lambda: check(0, 1))  # warm-up
+    result, elapsed = _timed(device, limit * count, lambda: check(0, count))
+    if result is None:
+        row.cells["sampled"] = f"> {limit:g}"
+        return
+    row.seconds["sampled"] = elapsed / count
+    row.cells["sampled"] = f"{elapsed / count:.3f}"
+    row.cells["on"] = f"{int(result.sum())}/{count}"
+
+
+def _run_exact(
+    tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor, row: _Row, limit: float
+) -> Any:
+    device = starts.device
+    count = starts.shape[0]
+    try:
+        program = piecewise_linear_program(tail)
+
+        def check(first: int, last: int) -> Any:
+            path = torch.stack([starts[first:last], ends[first:last]], dim=1)
+            return check_paths(program, path, targets[first:last])
+
+        pilot, _ = _timed(device, limit, lambda: check(0, 1))
+        if pilot is None:
+            row.cells["exact"] = f"> {limit:g}"
+            return None
+        result, elapsed = _timed(device, limit * count, lambda: check(0, count))
+    except (NotPiecewiseLinearError, UnreliableExactCheckError) as error:
+        row.cells["exact"] = _not_covered(error)
+        return None
+    if result is None:
+        row.cells["exact"] = f"> {limit:g}"
+        return None
+    row.seconds["exact"] = elapsed / count
+    row.cells["exact"] = f"{elapsed / count:.3f}"
+    row.cells["pieces"] = _median(result.pieces.tolist())
+    passed, decided = int(result.passed.sum()), int(result.decided.sum())
+    row.cells["exact verdicts"] = f"{passed}/{decided - passed}/{count - decided}"
+    return result
+
+
+def _run_bounds(
+    tail: nn.Module,
+    starts: Tensor,
+    ends: Tensor,
+    targets: Tensor,
+    row: _Row,
+    limit: float,
+    max_splits: int,
+) -> Any:
+    device = starts.device
+    count = starts.shape[0]
+    try:
+        program = bound_program(tail)
+
+        def check(first: int, last: int) -> Any:
+            return prove_segments(
+                program,
+                starts[first:last],
+                ends[first:last],
+                targets[first:last],
+                max_splits=max_splits,
+            )
+
+        pilot, _ = _timed(device, limit, lambda: check(0, 1))
+        if pilot is None:
+            row.cells["bounds"] = f"> {limit:g}"
+            return None
+        result, elapsed = _timed(device, limit * count, lambda: check(0, count))
+    except NotBoundedError as error:
+        row.cells["bounds"] = _not_covered(error)
+        return None
+    if result is None:
+        row.cells["bounds"] = f"> {limit:g}"
+        return None
+    row.seconds["bounds"] = elapsed / count
+    row.cells["bounds"] = f"{elapsed / count:.3f}"
+    row.cells["sub-int"] = _median(result.sub_intervals.tolist())
+    row.cells["evals"] = _median(result.bound_evaluations.tolist())
+    states = [result.status.count(s) for s in ("proved", "counterexample", "budget")]
+    row.cells["bounds verdicts"] = "/".join(str(n) for n in states)
+    return result
+
+
+def _compare(row: _Row, exact: Any, bounds: Any, space: str, limit: float) -> None:
+    """Ratios, goals and agreement of one setting (cells ``b/e``, ``b/s``, ``goals``, ``agree``)."""
+    seconds = row.seconds
+    goal = INPUT_GOAL if space == "input" else HIDDEN_GOAL
+    goals = []
+    if "bounds" in seconds and "exact" in seconds:
+        ratio = seconds["bounds"] / seconds["exact"]
+        row.cells["b/e"] = f"{ratio:.2f}"
+        goals.append(f"e/{goal:g} {'yes' if ratio <= 1 / goal else 'no'}")
+    elif "bounds" in seconds and row.cells.get("exact", "").startswith(">"):
+        ratio = seconds["bounds"] / limit
+        row.cells["b/e"] = f"< {ratio:.2f}"
+        goals.append(f"e/{goal:g} {'yes' if ratio <= 1 / goal else '?'}")
+    if "bounds" in seconds and "sampled" in seconds:
+        ratio = seconds["bounds"] / seconds["sampled"]
+        row.cells["b/s"] = f"{ratio:.1f}"
+        goals.append(f"s*{SAMPLED_GOAL:g} {'yes' if ratio <= SAMPLED_GOAL else 'no'}")
+    row.cells["goals"] = ", ".join(goals) or "-"
+    if exact is None or bounds is None:
+        return
+    same = both = 0
+    for s, state in enumerate(bounds.status):
+        if state == "budget" or not bool(exact.decided[s]):
+            continue
+        both += 1
+        same += (state == "proved") == bool(exact.passed[s])
+    row.cells["agree"] = f"{same}/{both}"
+
+
+COLUMNS = [
+    "model",
+    "space",
+    "point",
+    "sampled",
+    "on",
+    "exact",
+    "pieces",
+    "exact verdicts",
+    "bounds",
+    "sub-int",
+    "evals",
+    "bounds verdicts",
+    "b/e",
+    "b/s",
+    "goals",
+    "agree",
+]
+
+
+def _header() -> None:
+    names = [c if c not in ("sampled", "exact", "bounds") else f"{c} s/seg" for c in COLUMNS]
+    print("| " + " | ".join(names) + " |")
+    print("|" + "---|" * len(COLUMNS), flush=True)
+
+
+def _test_images(root: str, per_class: int) -> tuple[Tensor, Tensor]:
+    """The first ``per_class`` test images of every class, in file order, and their labels."""
+    data = ImageFolderDataModule(train_root=f"{root}/train", test_root=f"{root}/test")
+    test = data.dataset("test")
+    labels = torch.as_tensor(test.targets)  # type: ignore[attr-defined]
+    indices = [
+        i for c in labels.unique() for i in labels.eq(c).nonzero().squeeze(1)[:per_class].tolist()
+    ]
+    return stack_images(test, indices)
+
+
+def _setting(
+    name: str,
+    space: str,
+    network: nn.Module,
+    segments: tuple[Tensor, Tensor, Tensor],
+    args: argparse.Namespace,
+) -> None:
+    device = torch.device(args.device)
+    first, second, targets = segments
+    row = _Row()
+    row.cells.update(model=name, space=space)
+    try:
+        head, tail = split(network, space)
+    except ValueError as error:
+        row.cells["sampled"] = _not_covered(error)
+        print("| " + " | ".join(row.cells.get(c, "-") for c in COLUMNS) + " |", flush=True)
+        return
+    head, tail = head.to(device), tail.to(device)
+    with torch.no_grad():
+        starts, ends = head(first.to(device)), head(second.to(device))
+    targets = targets.to(device)
+    row.cells["point"] = "x".join(str(s) for s in starts.shape[1:])
+    limit = args.time_limit
+    _run_sampled(tail, starts, ends, targets, row, limit)
+    exact = _run_exact(tail, starts, ends, targets, row, limit) if not args.skip_exact else None
+    bounds = _run_bounds(tail, starts, ends, targets, row, limit, args.max_splits)
+    _compare(row, exact, bounds, space, limit)
+    print("| " + " | ".join(row.cells.get(c, "-") for c in COLUMNS) + " |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="../ckpt/cifar10_jpeg_resnet18.ckpt")
+    parser.add_argument("--data", default="../shared/data/cifar10-jpeg")
+    parser.add_argument("--models", default="resnet18,vit,swin,convnext")
+    parser.add_argument("--spaces", default="", help="comma-separated; default: each model's")
+    parser.add_argument("--segments", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--max-splits", type=int, default=1024)
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per segment")
+    parser.add_argument("--skip-exact", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    per_class = 2 * math.ceil(args.segments / 10) + 6  # spare ones for misclassified images
+    images, labels = _test_images(args.data, per_class)
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{args.segments} segments, max splits {args.max_splits}, time limit {args.time_limit:g} "
+        "s/seg"
+    )
+    _header()
+    for name in args.models.split(","):
+        network = load_network(args.checkpoint) if name == "resnet18" else _random_model(name)
+        network = network.to(device).eval()
+        with torch.no_grad():
+            predicted = network(images.to(device)).argmax(1).cpu()
+        if name == "resnet18":
+            right = predicted.eq(labels)
+            print(
+                f"<!-- {name}: {args.checkpoint}, {int(right.sum())}/{len(labels)} of the loaded "
+                "test images correct -->",
+                flush=True,
+            )
+            first, second, targets = _pairs(labels, right, args.segments)
+        else:
+            # Random weights: pairs of one predicted class, that class the target.
+            anyone = torch.ones_like(predicted, dtype=torch.bool)
+            first, second, targets = _pairs(predicted, anyone, args.segments)
+        segments = (images[first], images[second], targets)
+        spaces = args.spaces.split(",") if args.spaces else SPACES[name]
+        for space in spaces:
+            _setting(name, space, network, segments, args)
+    for k, note in enumerate(NOTES, 1):
+        print(f"\n[{k}] {note}")
+
+
+if __name__ == "__main__":
+    main()
