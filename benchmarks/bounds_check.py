@@ -32,18 +32,71 @@ Settings:
   32-pixel images, patches of 8, 2 layers, 2 heads, width 32, MLP 64; ``swin_t`` and
   ``convnext_tiny`` as torchvision builds them, 10 classes, 32-pixel images), in the input
   space and at one hidden layer; segments join test images of one *predicted* class. Where a
-  check does not cover an operation yet it prints ``not covered: <reason>`` for that check.
+  check does not cover an operation yet, its cell says ``not covered [k]`` and note ``k`` under
+  the tables gives the reason (the check's error message).
 
 Usage::
 
     python benchmarks/bounds_check.py --checkpoint ../ckpt/cifar10_jpeg_resnet18.ckpt \\
         [--segments 4] [--models resnet18,vit,swin,convnext] [--device cpu|cuda] [--threads N] \\
-        [--max-splits 1024] [--time-limit 60] [--data ../shared/data/cifar10-jpeg/test]
+        [--spaces input,layer1] [--max-splits 1024] [--time-limit 60] [--skip-exact] \\
+        [--data ../shared/data/cifar10-jpeg]
 
-Measured 2026-12-06 on this project's shared 2-core CPU (4 jobs on it), ``--threads 1``; the
-ResNet18 trained 2 epochs here (test accuracy see below):
+Measured 2026-12-06 on this project's 2-core CPU shared with other jobs (load average 4-5, so
+times are upper bounds; the checks of a row ran one after another in one process), ``--threads
+1``, 4 segments, ``--time-limit 60``, ``--max-splits 1024``; ``bounds`` as of main d6972f4
+(forward lines in ``t``). The ResNet18 was trained here (``connectivity fit -c
+configs/classifier/cifar10_jpeg_resnet18.yaml --trainer.max_epochs 4
+--trainer.limit_val_batches 10``, stopped after 2 epochs; validation accuracy 0.629, test
+accuracy 0.641):
 
-(table: see the end of this docstring once measured)
+| model | space | point | sampled s/seg | exact s/seg | bounds s/seg | b/e | b/s | goals |
+|---|---|---|---|---|---|---|---|---|
+| resnet18 | input | 3x32x32 | 0.090 | 32.169 | > 60 | - | - | - |
+| resnet18 | layer1 | 64x8x8 | 0.038 | 1.614 | > 60 | - | - | - |
+| resnet18 | layer3 | 256x2x2 | 0.012 | 0.041 | 0.573 | 13.88 | 48.5 | e/3 no, s*10 no |
+
+| model | space | on | pieces/seg | exact p/l/u | sub-int/seg | evals/seg | bounds p/c/b | agree |
+|---|---|---|---|---|---|---|---|---|
+| resnet18 | input | 3/4 | 24680 (23689-28391) | 3/1/0 | - | - | - | - |
+| resnet18 | layer1 | 4/4 | 4345 (4054-4867) | 4/0/0 | - | - | - | - |
+| resnet18 | layer3 | 4/4 | 486 (289-611) | 4/0/0 | 4 (4-6) | 8 (7-11) | 4/0/0 | 4/4 |
+
+(``exact p/l/u``: passed / left the class / undecided; ``bounds p/c/b``: proved /
+counterexample / out of budget.)
+
+With ``--max-splits 32 --skip-exact`` the same segments end out of budget: input 5.5 s/seg,
+33 sub-intervals, 65 evaluations, 0 proved / 1 counterexample / 3 budget; ``layer1`` 3.4 s/seg,
+0 / 0 / 4. The random-weight tails (``--models vit,swin,convnext``): sampled 0.003 (vit input),
+0.82 (swin input), 0.48 (swin ``features.5``), 0.25 (convnext input), 0.12 (convnext
+``features.5``) s/seg; exact and bounds both "not covered" (MultiheadAttention's control flow
+for tracing, LayerNorm, torchvision's ``_patch_merging_pad``).
+
+Where bounds loses (scratch measurements on these segments, not part of this script):
+
+* In the input space and at ``layer1`` the forward lines are tight until the first ReLU whose
+  input crosses zero on the sub-interval; from there every convolution multiplies the width of
+  the bounds, relative to the true range of the value, by about 8 (its slack goes through
+  ``|W|``, without the cancellation of the signal): on ``t`` in [0.5, 0.501] at ``layer1`` the
+  bound is 1.4 times the true range after ``layer2``, 36 times after ``layer3.0``, 10^4 at
+  ``layer4.0``, 5 10^6 at the logits (margin bound -1.0e4, true margin 2.07); in the input
+  space on a width of 1e-4 (2 ReLUs crossing of 16,384) 3.5 10^15 at the logits. The width
+  does not help: a sub-interval holding one kink early in the tail is never proved, so bounds
+  needs sub-intervals narrower than ExactLine's pieces. At ``layer3`` (4 convolutions left) the
+  bounds stay within 2.2 times the true range and 8 evaluations prove a segment; there each
+  evaluation's cost loses (~50 ms per sub-interval against 0.3 ms for a float32 forward).
+* A noise symbol per crossing ReLU (a zonotope, DeepZ: Singh et al., NeurIPS 2018) keeps that
+  cancellation: at ``layer1`` on [0.5, 0.5625] the margin bound is 1.98 (true minimum 2.07;
+  forward lines -5.9e7) with 461 symbols, where ExactLine finds 349 pieces; on [0.5, 0.516] 2.06
+  with 96 symbols, 92 pieces. Symbols cannot be dropped: boxing all but the 16 largest per layer
+  gives -1.7e7, boxing those after the 4th ReLU layer -2.3e3. Its cost grows like ExactLine's
+  (one row per crossing neuron against one per piece), so on piecewise-linear tails it matches
+  ExactLine rather than beating it; it is what makes deep non-piecewise-linear tails provable.
+* Per evaluation: the signed layers run 8 float64 convolutions per layer (``A+``, ``A-`` of 4
+  lines) and clamp the weights at every call. The centre-radius form (``W c -+ |W| r``, 2 calls
+  on 2N rows, ``|W|`` cached) gives the same bounds (1e-13 relative) 2 to 7 times faster
+  (layer3: 47 -> 22 ms per sub-interval at 64 per call; 359 -> 49 at 1), and float64
+  convolutions are 4 to 12 times slower than float32 ones on this CPU.
 """
 
 from __future__ import annotations
@@ -306,30 +359,42 @@ def _compare(row: _Row, exact: Any, bounds: Any, space: str, limit: float) -> No
     row.cells["agree"] = f"{same}/{both}"
 
 
-COLUMNS = [
-    "model",
-    "space",
-    "point",
-    "sampled",
-    "on",
-    "exact",
-    "pieces",
-    "exact verdicts",
-    "bounds",
-    "sub-int",
-    "evals",
-    "bounds verdicts",
-    "b/e",
-    "b/s",
-    "goals",
-    "agree",
+# Two tables, each narrow enough to read: times and goals, then counts and verdicts.
+TABLES = [
+    [
+        ("model", "model"),
+        ("space", "space"),
+        ("point", "point"),
+        ("sampled", "sampled s/seg"),
+        ("exact", "exact s/seg"),
+        ("bounds", "bounds s/seg"),
+        ("b/e", "b/e"),
+        ("b/s", "b/s"),
+        ("goals", "goals"),
+    ],
+    [
+        ("model", "model"),
+        ("space", "space"),
+        ("on", "on"),
+        ("pieces", "pieces/seg"),
+        ("exact verdicts", "exact p/l/u"),
+        ("sub-int", "sub-int/seg"),
+        ("evals", "evals/seg"),
+        ("bounds verdicts", "bounds p/c/b"),
+        ("agree", "agree"),
+    ],
 ]
 
 
-def _header() -> None:
-    names = [c if c not in ("sampled", "exact", "bounds") else f"{c} s/seg" for c in COLUMNS]
-    print("| " + " | ".join(names) + " |")
-    print("|" + "---|" * len(COLUMNS), flush=True)
+def _print_tables(rows: list[_Row]) -> None:
+    """Both tables (markdown), then the notes of the ``not covered [k]`` cells."""
+    for table in TABLES:
+        print("\n| " + " | ".join(title for _, title in table) + " |")
+        print("|" + "---|" * len(table))
+        for row in rows:
+            print("| " + " | ".join(row.cells.get(key, "-") for key, _ in table) + " |")
+    for k, note in enumerate(NOTES, 1):
+        print(f"\n[{k}] {note}")
 
 
 def _test_images(root: str, per_class: int) -> tuple[Tensor, Tensor]:
@@ -349,7 +414,8 @@ def _setting(
     network: nn.Module,
     segments: tuple[Tensor, Tensor, Tensor],
     args: argparse.Namespace,
-) -> None:
+) -> _Row:
+    """Run the three checks on one setting; prints a progress line, returns the row."""
     device = torch.device(args.device)
     first, second, targets = segments
     row = _Row()
@@ -358,8 +424,7 @@ def _setting(
         head, tail = split(network, space)
     except ValueError as error:
         row.cells["sampled"] = _not_covered(error)
-        print("| " + " | ".join(row.cells.get(c, "-") for c in COLUMNS) + " |", flush=True)
-        return
+        return row
     head, tail = head.to(device), tail.to(device)
     with torch.no_grad():
         starts, ends = head(first.to(device)), head(second.to(device))
@@ -370,7 +435,9 @@ def _setting(
     exact = _run_exact(tail, starts, ends, targets, row, limit) if not args.skip_exact else None
     bounds = _run_bounds(tail, starts, ends, targets, row, limit, args.max_splits)
     _compare(row, exact, bounds, space, limit)
-    print("| " + " | ".join(row.cells.get(c, "-") for c in COLUMNS) + " |", flush=True)
+    done = ", ".join(f"{k} {row.cells.get(k, '-')}" for k in ("sampled", "exact", "bounds"))
+    print(f"<!-- {name} {space}: s/seg {done} -->", flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -396,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.segments} segments, max splits {args.max_splits}, time limit {args.time_limit:g} "
         "s/seg"
     )
-    _header()
+    rows = []
     for name in args.models.split(","):
         network = load_network(args.checkpoint) if name == "resnet18" else _random_model(name)
         network = network.to(device).eval()
@@ -416,10 +483,8 @@ def main(argv: list[str] | None = None) -> None:
             first, second, targets = _pairs(predicted, anyone, args.segments)
         segments = (images[first], images[second], targets)
         spaces = args.spaces.split(",") if args.spaces else SPACES[name]
-        for space in spaces:
-            _setting(name, space, network, segments, args)
-    for k, note in enumerate(NOTES, 1):
-        print(f"\n[{k}] {note}")
+        rows += [_setting(name, space, network, segments, args) for space in spaces]
+    _print_tables(rows)
 
 
 if __name__ == "__main__":
