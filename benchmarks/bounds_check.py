@@ -15,11 +15,12 @@ On the same segments, in one run, per setting (network and space):
 them), divided by the segments; the tracing of the program is not counted. Each check first
 runs on one segment under ``--time-limit`` seconds (a warm-up that also decides whether the
 setting is feasible); over the limit, the check is skipped there and ``> limit`` printed. The
-batch then runs under ``--time-limit`` times the segments. ``b/e`` and ``b/s``: bounds' time
-over exact's and over sampled's. Goals (issue 21): in the input space ``b/e <= 1/5``, at hidden
-layers ``b/e <= 1/3``, and ``b/s <= 10``. ``agree``: segments where bounds' proof (or
-counterexample) and the exact verdict agree, of those both decided; a bounds proof where exact
-finds the path leaving the class would be a soundness defect.
+batch then runs under ``--time-limit`` times the segments; when it runs over, the cells show
+the first segment's time and counts (``> limit (1st 12.3)``, ``1st: ...``). ``b/e`` and
+``b/s``: bounds' time over exact's and over sampled's. Goals (issue 21): in the input space
+``b/e <= 1/5``, at hidden layers ``b/e <= 1/3``, and ``b/s <= 10``. ``agree``: segments where
+bounds' proof (or counterexample) and the exact verdict agree, of those both decided; a bounds
+proof where exact finds the path leaving the class would be a soundness defect.
 
 Settings:
 
@@ -261,10 +262,36 @@ def _run_sampled(
     row.cells["on"] = f"{int(result.sum())}/{count}"
 
 
+def _pilot_then_all(
+    device: torch.device, limit: float, count: int, check: Callable[[int, int], Any]
+) -> tuple[Any, float, bool]:
+    """Run ``check(0, 1)`` under ``limit`` seconds, then ``check(0, count)`` under ``limit *
+    count``: ``(result, seconds per segment, whole)``. The first segment's result when the batch
+    ran over (``whole`` False); None when the first segment did."""
+    pilot, first = _timed(device, limit, lambda: check(0, 1))
+    if pilot is None:
+        return None, first, False
+    result, elapsed = _timed(device, limit * count, lambda: check(0, count))
+    if result is None:
+        return pilot, first, False
+    return result, elapsed / count, True
+
+
+def _time_cell(row: _Row, name: str, seconds: float, whole: bool, limit: float) -> str:
+    """The ``s/seg`` cell; a batch over the limit shows the first segment's time (its counts,
+    marked ``1st:``, fill the other cells)."""
+    if whole:
+        row.seconds[name] = seconds
+        row.cells[name] = f"{seconds:.3f}"
+        return ""
+    row.cells[name] = f"> {limit:g} (1st {seconds:.1f})"
+    return "1st: "
+
+
 def _run_exact(
     tail: nn.Module, starts: Tensor, ends: Tensor, targets: Tensor, row: _Row, limit: float
 ) -> Any:
-    device = starts.device
+    """ExactLine's cells; returns its :class:`PathCheck` of all segments (None if none)."""
     count = starts.shape[0]
     try:
         program = piecewise_linear_program(tail)
@@ -273,23 +300,19 @@ def _run_exact(
             path = torch.stack([starts[first:last], ends[first:last]], dim=1)
             return check_paths(program, path, targets[first:last])
 
-        pilot, _ = _timed(device, limit, lambda: check(0, 1))
-        if pilot is None:
-            row.cells["exact"] = f"> {limit:g}"
-            return None
-        result, elapsed = _timed(device, limit * count, lambda: check(0, count))
+        result, seconds, whole = _pilot_then_all(starts.device, limit, count, check)
     except (NotPiecewiseLinearError, UnreliableExactCheckError) as error:
         row.cells["exact"] = _not_covered(error)
         return None
     if result is None:
         row.cells["exact"] = f"> {limit:g}"
         return None
-    row.seconds["exact"] = elapsed / count
-    row.cells["exact"] = f"{elapsed / count:.3f}"
-    row.cells["pieces"] = _median(result.pieces.tolist())
+    mark = _time_cell(row, "exact", seconds, whole, limit)
+    done = count if whole else 1
+    row.cells["pieces"] = mark + _median(result.pieces.tolist())
     passed, decided = int(result.passed.sum()), int(result.decided.sum())
-    row.cells["exact verdicts"] = f"{passed}/{decided - passed}/{count - decided}"
-    return result
+    row.cells["exact verdicts"] = f"{mark}{passed}/{decided - passed}/{done - decided}"
+    return result if whole else None
 
 
 def _run_bounds(
@@ -301,7 +324,7 @@ def _run_bounds(
     limit: float,
     max_splits: int,
 ) -> Any:
-    device = starts.device
+    """Bounds' cells; returns its :class:`SegmentProof` of all segments (None if none)."""
     count = starts.shape[0]
     try:
         program = bound_program(tail)
@@ -315,24 +338,19 @@ def _run_bounds(
                 max_splits=max_splits,
             )
 
-        pilot, _ = _timed(device, limit, lambda: check(0, 1))
-        if pilot is None:
-            row.cells["bounds"] = f"> {limit:g}"
-            return None
-        result, elapsed = _timed(device, limit * count, lambda: check(0, count))
+        result, seconds, whole = _pilot_then_all(starts.device, limit, count, check)
     except NotBoundedError as error:
         row.cells["bounds"] = _not_covered(error)
         return None
     if result is None:
         row.cells["bounds"] = f"> {limit:g}"
         return None
-    row.seconds["bounds"] = elapsed / count
-    row.cells["bounds"] = f"{elapsed / count:.3f}"
-    row.cells["sub-int"] = _median(result.sub_intervals.tolist())
-    row.cells["evals"] = _median(result.bound_evaluations.tolist())
+    mark = _time_cell(row, "bounds", seconds, whole, limit)
+    row.cells["sub-int"] = mark + _median(result.sub_intervals.tolist())
+    row.cells["evals"] = mark + _median(result.bound_evaluations.tolist())
     states = [result.status.count(s) for s in ("proved", "counterexample", "budget")]
-    row.cells["bounds verdicts"] = "/".join(str(n) for n in states)
-    return result
+    row.cells["bounds verdicts"] = mark + "/".join(str(n) for n in states)
+    return result if whole else None
 
 
 def _compare(row: _Row, exact: Any, bounds: Any, space: str, limit: float) -> None:
