@@ -66,7 +66,10 @@ accuracy 0.641):
 (``exact p/l/u``: passed / left the class / undecided; ``bounds p/c/b``: proved /
 counterexample / out of budget.)
 
-With ``--max-splits 32 --skip-exact`` the same segments end out of budget: input 5.5 s/seg,
+Bounds ran over the limit on the batch of 4 in the input space and at ``layer1``; in the input
+space its first segment, the one that leaves the class, took 2.3 s (a counterexample after 15
+evaluations; a later run). With ``--max-splits 32 --skip-exact`` the same segments end out of
+budget: input 5.5 s/seg,
 33 sub-intervals, 65 evaluations, 0 proved / 1 counterexample / 3 budget; ``layer1`` 3.4 s/seg,
 0 / 0 / 4. The random-weight tails (``--models vit,swin,convnext``): sampled 0.003 (vit input),
 0.82 (swin input), 0.48 (swin ``features.5``), 0.25 (convnext input), 0.12 (convnext
