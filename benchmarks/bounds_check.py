@@ -69,12 +69,12 @@ counterexample / out of budget.)
 Bounds ran over the limit on the batch of 4 in the input space and at ``layer1``; in the input
 space its first segment, the one that leaves the class, took 2.3 s (a counterexample after 15
 evaluations; a later run). With ``--max-splits 32 --skip-exact`` the same segments end out of
-budget: input 5.5 s/seg,
-33 sub-intervals, 65 evaluations, 0 proved / 1 counterexample / 3 budget; ``layer1`` 3.4 s/seg,
-0 / 0 / 4. The random-weight tails (``--models vit,swin,convnext``): sampled 0.003 (vit input),
-0.82 (swin input), 0.48 (swin ``features.5``), 0.25 (convnext input), 0.12 (convnext
-``features.5``) s/seg; exact and bounds both "not covered" (MultiheadAttention's control flow
-for tracing, LayerNorm, torchvision's ``_patch_merging_pad``).
+budget: input 5.5 s/seg, 33 sub-intervals, 65 evaluations, 0 proved / 1 counterexample / 3
+budget; ``layer1`` 3.4 s/seg, 0 / 0 / 4. The random-weight tails (``--models
+vit,swin,convnext``): sampled 0.003 (vit input), 0.82 (swin input), 0.48 (swin ``features.5``),
+0.25 (convnext input), 0.12 (convnext ``features.5``) s/seg; exact and bounds both "not
+covered" (MultiheadAttention's control flow for tracing, LayerNorm, torchvision's
+``_patch_merging_pad``).
 
 Where bounds loses (scratch measurements on these segments, not part of this script):
 
@@ -93,7 +93,8 @@ Where bounds loses (scratch measurements on these segments, not part of this scr
   cancellation: at ``layer1`` on [0.5, 0.5625] the margin bound is 1.98 (true minimum 2.07;
   forward lines -5.9e7) with 461 symbols, where ExactLine finds 349 pieces; on [0.5, 0.516] 2.06
   with 96 symbols, 92 pieces. Symbols cannot be dropped: boxing all but the 16 largest per layer
-  gives -1.7e7, boxing those after the 4th ReLU layer -2.3e3. Its cost grows like ExactLine's
+  gives -1.7e7, keeping symbols in the first 4 of the 12 ReLU layers only -2.3e3 (the first 8:
+  1.18). Its cost grows like ExactLine's
   (one row per crossing neuron against one per piece), so on piecewise-linear tails it matches
   ExactLine rather than beating it; it is what makes deep non-piecewise-linear tails provable.
 * Per evaluation: the signed layers run 8 float64 convolutions per layer (``A+``, ``A-`` of 4
