@@ -144,11 +144,9 @@ class Certifier:
         kind: ``"exact"`` (ExactLine, :mod:`connectivity.engine.exact`), ``"bounds"`` (bound
             propagation with branch and bound, :mod:`connectivity.engine.bounds`) or
             ``"sampled"``.
-        note: Why ``"auto"`` chose what it chose where it could not prove (the operation no
-            proof covers), else empty.
-        program: The exact check's program (``kind == "exact"``; with ``"bounds"`` under
-            ``"auto"`` on a piecewise-linear tail: the fallback for segments whose split budget
-            ran out).
+        note: Why ``"auto"`` chose the sampled check (the operation no proof covers), else
+            empty.
+        program: The exact check's program (``kind == "exact"``).
         bounds: The bound program (``kind == "bounds"``).
         max_splits: The branch and bound's budget per segment.
     """
@@ -172,9 +170,10 @@ class Certifier:
         :func:`connectivity.engine.bounds.bound_program`; without them a tail with attention
         gets no bounds).
 
-        ``"auto"`` proves with bounds where they cover the tail, with ExactLine as the fallback
-        of a piecewise-linear tail's segments that the split budget leaves open; ExactLine alone
-        where bounds do not cover a piecewise-linear tail; the sampled check where neither
+        ``"auto"`` proves with ExactLine where the tail is piecewise linear (on trained ReLU
+        networks it costs a fraction of the bounds' branch and bound, which needs sub-intervals
+        finer than ExactLine's pieces once a kink is crossed: docs/certificates.md), with bounds
+        where they cover a tail that is not, and falls back to the sampled check where neither
         covers it (the note names the operation).
 
         Raises:
@@ -186,29 +185,23 @@ class Certifier:
         certify, splits = options.certify, options.max_splits
         if certify == "sampled":
             return Certifier("sampled")
-        bounds, bounds_error = (None, "")
-        if certify != "exact":
-            bounds, bounds_error = _bound_program(tail, example)
-        if certify == "bounds" and bounds is None:
-            raise NotBoundedError(
-                f"certify='bounds' is impossible here: {bounds_error}; use certify='auto' or "
-                "'sampled'"
-            )
-        if certify == "bounds":
+        if certify in ("exact", "auto"):
+            try:
+                return Certifier("exact", program=piecewise_linear_program(tail))
+            except NotPiecewiseLinearError as error:
+                if certify == "exact":
+                    raise NotPiecewiseLinearError(
+                        f"certify='exact' is impossible here: {error}; use certify='auto' or "
+                        "'sampled'"
+                    ) from error
+        bounds, why = _bound_program(tail, example)
+        if bounds is not None:
             return Certifier("bounds", bounds=bounds, max_splits=splits)
-        try:
-            program = piecewise_linear_program(tail)
-        except NotPiecewiseLinearError as error:
-            if certify == "exact":
-                raise NotPiecewiseLinearError(
-                    f"certify='exact' is impossible here: {error}; use certify='auto' or 'sampled'"
-                ) from error
-            if bounds is not None:
-                return Certifier("bounds", bounds=bounds, max_splits=splits)
-            return Certifier("sampled", f"auto chose sampled: {bounds_error}")
-        if bounds is None:
-            return Certifier("exact", program=program)
-        return Certifier("bounds", program=program, bounds=bounds, max_splits=splits)
+        if certify == "bounds":
+            raise NotBoundedError(
+                f"certify='bounds' is impossible here: {why}; use certify='auto' or 'sampled'"
+            )
+        return Certifier("sampled", f"auto chose sampled: {why}")
 
     @property
     def proves(self) -> bool:
@@ -236,29 +229,21 @@ class Certifier:
         return [found[key] for key in keys]
 
     def _check(self, paths: Tensor, targets: Tensor) -> list[PathCheck]:
-        """One check per path, by this certifier's kind (bounds first, then ExactLine for the
-        paths bounds left undecided where ``program`` is set)."""
-        rows = list(range(paths.shape[0]))
-        results: list[PathCheck | None] = [None] * len(rows)
+        """One check per path, by this certifier's kind."""
         if self.bounds is not None:
             bound = bound_paths(self.bounds, paths, targets, max_splits=self.max_splits)
-            for row in rows:
-                results[row] = _pick(bound, row)
-            rows = [row for row in rows if not bool(bound.decided[row])]
-        if self.program is not None and rows:
-            index = torch.tensor(rows, device=paths.device)
-            try:
-                exact = check_paths(self.program, paths[index], targets[index])
-            except (UnreliableExactCheckError, NotPiecewiseLinearError) as error:
-                # Rounding the exact check cannot vouch for, or an operation found only when
-                # run (values that are not floating point): these paths are decided at the
-                # sampled points, and their records say why.
-                exact = undecided_checks(
-                    paths[index], f"the exact check failed, decided at the sampled points: {error}"
-                )
-            for k, row in enumerate(rows):
-                results[row] = _pick(exact, k)
-        return results  # type: ignore[return-value]
+            return [_pick(bound, row) for row in range(paths.shape[0])]
+        assert self.program is not None
+        try:
+            exact = check_paths(self.program, paths, targets)
+        except (UnreliableExactCheckError, NotPiecewiseLinearError) as error:
+            # Rounding the exact check cannot vouch for, or an operation found only when run
+            # (values that are not floating point): these paths are decided at the sampled
+            # points, and their records say why.
+            exact = undecided_checks(
+                paths, f"the exact check failed, decided at the sampled points: {error}"
+            )
+        return [_pick(exact, row) for row in range(paths.shape[0])]
 
 
 def _bound_program(tail: nn.Module, example: Tensor | None) -> tuple[BoundProgram | None, str]:

@@ -619,20 +619,15 @@ def _certificate(
     path: PathCheck | None,
     path_decided: bool,
 ) -> tuple[str, str]:
-    """``("exact" | "bounds" | "sampled", note)``: a proof when every check the verdict rests
-    on (the line; for a band also its path) was decided by a whole-path check: ``"bounds"``
-    where bound propagation decided one of them, ``"exact"`` where ExactLine decided all."""
+    """``("exact" | "bounds" | "sampled", note)``: the certifier's proof when every check the
+    verdict rests on (the line; for a band also its path) was decided by it."""
     if not certifier.proves:
         return "sampled", certifier.note
     if verdict == Verdict.DIVERGED:
         return "sampled", "diverged: nothing to certify"
     rests_on = [line] if verdict == Verdict.LINEAR else [line, path]
     if all(_decided(c) for c in rests_on) and path_decided:
-        if any(isinstance(c, BoundCheck) for c in rests_on):
-            fallback = [c for c in rests_on if not isinstance(c, BoundCheck)]
-            note = "ExactLine decided what the bounds' split budget left open" if fallback else ""
-            return "bounds", note
-        return "exact", ""
+        return ("bounds" if isinstance(line, BoundCheck) else "exact"), ""
     failed = [c.note for c in rests_on if c is not None and c.note and not _decided(c)]
     if failed:
         return "sampled", failed[0]

@@ -340,8 +340,10 @@ class ShiftedWindowAttention(nn.Module):
         if self.keep is not None and qkv_bias is not None:
             qkv_bias = qkv_bias * self.keep
         qkv = F.linear(x, qkv_weight, qkv_bias).reshape(-1, n, 3, heads, c // heads)
-        qkv = qkv.permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # (windows, 3, heads, n, c / heads): the points stay on the first dimension, in blocks,
+        # which is how bound propagation reads which sub-interval a row belongs to.
+        qkv = qkv.permute(0, 2, 3, 1, 4)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         scores = self._scores(q, k, logit_scale) + relative_position_bias
         if self.mask is not None:
             windows = (self.padded[0] // self.window[0]) * (self.padded[1] // self.window[1])

@@ -204,12 +204,11 @@ class PathOptions(BandOptions):
             piecewise linear. ``"bounds"``: every point too, by bound propagation with branch
             and bound on each segment (:mod:`connectivity.engine.bounds`); refused for a tail
             holding an operation it does not cover. ``"sampled"``: ``line_points`` evenly
-            spaced points only. ``"auto"``: bounds where they cover the tail (with ExactLine
-            for the segments their split budget leaves open, where the tail is piecewise
-            linear), ExactLine where only it covers the tail, sampled where neither does (the
-            record says which, and why). A path a proof leaves undecided (a margin within
-            rounding of zero, a spent budget) is decided at the sampled points, and its record
-            says so.
+            spaced points only. ``"auto"``: ExactLine where the tail is piecewise linear (it is
+            the cheaper proof there), bounds where they cover a tail that is not, sampled where
+            neither does (the record says which, and why). A path a proof leaves undecided (a
+            margin within rounding of zero, a spent budget) is decided at the sampled points,
+            and its record says so.
         max_splits: Most midpoint splits of one segment in the bounds' branch and bound; a
             segment neither proved nor refuted by then is left undecided.
         max_pivots: Most pivots a band may grow to when the exact check finds stretches of it

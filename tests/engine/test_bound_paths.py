@@ -110,18 +110,13 @@ def test_both_drivers_insert_pivots_at_the_counterexamples_of_bounds(tmp_path) -
         assert a.off_target_intervals.shape == (0, 2) and a.sub_intervals >= 1
 
 
-def test_auto_falls_back_to_the_exact_check_where_the_split_budget_runs_out() -> None:
+def test_a_spent_split_budget_leaves_the_verdict_to_the_sampled_points() -> None:
     starts, ends = SLIVER_ENDS
-    auto = PathOptions(num_pivots=8, steps=0, certify="auto", max_splits=2)
-    (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), auto)
-    # two splits cannot find a strip 1/2000 of the line wide: ExactLine decides the line (the
-    # band, steps=0, is the line with 8 pivots: on its segments bounds find the strip)
-    assert record.verdict == Verdict.NONE and record.certificate == "bounds"
-    assert "ExactLine decided" in record.certificate_note
-    assert record.line_pieces >= 3 and record.line_sub_intervals == 0
-    bounds = auto.with_values(certify="bounds")
+    bounds = PathOptions(num_pivots=8, steps=0, certify="bounds", max_splits=2)
     (record,) = connect_points(Sliver(), starts, ends, torch.tensor([0]), bounds)
+    # two splits cannot find a strip 1/2000 of the line wide
     assert record.certificate == "sampled" and "split budget" in record.certificate_note
     assert record.verdict == Verdict.LINEAR  # the sampled points miss the strip
-    certifier = Certifier.for_tail(Sliver(), auto)
-    assert certifier.kind == "bounds" and certifier.program is not None
+    assert math.isnan(record.line_min_margin_lower_bound)
+    auto = Certifier.for_tail(Sliver(), bounds.with_values(certify="auto"))
+    assert auto.kind == "exact"  # the cheaper proof of a piecewise-linear tail
