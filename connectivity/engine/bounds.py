@@ -256,8 +256,10 @@ def _relax(name: str, lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor, Ten
     lower, upper = torch.minimum(lower, upper), torch.maximum(lower, upper)
     finite = torch.isfinite(lower) & torch.isfinite(upper)
     if bool(finite.all()):
-        return relax(name, lower, upper)
-    lines = relax(name, torch.where(finite, lower, zero), torch.where(finite, upper, zero))
+        return relax(name, lower, upper, search=False)
+    lines = relax(
+        name, torch.where(finite, lower, zero), torch.where(finite, upper, zero), search=False
+    )
     ranges = _range_lines(name, lower, upper)
     return tuple(torch.where(finite, a, b) for a, b in zip(lines, ranges, strict=True))  # type: ignore[return-value]
 

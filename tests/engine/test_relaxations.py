@@ -101,7 +101,9 @@ def grid(lower: Tensor, upper: Tensor, points: int) -> Tensor:
     return torch.minimum(torch.maximum(x, lower[:, None]), upper[:, None])
 
 
-def violations(name: str, lower: Tensor, upper: Tensor, points: int) -> dict[str, float]:
+def violations(
+    name: str, lower: Tensor, upper: Tensor, points: int, search: bool = True
+) -> dict[str, float]:
     """Largest violation (0 when sound) of ``lower line <= f <= upper line`` on a grid of each
     interval, by check: float64 lines and f; float32 lines evaluated exactly (float64) against
     the exact f; float32 lines evaluated in float32 against ``evaluate`` and against PyTorch's
@@ -110,7 +112,7 @@ def violations(name: str, lower: Tensor, upper: Tensor, points: int) -> dict[str
     ours = torch_version(name)
     l64, u64 = lower.double(), upper.double()
     for key, lo, up in (("float64", l64, u64), ("float32", lower, upper)):
-        a_lo, b_lo, a_hi, b_hi = relax(name, lo, up)
+        a_lo, b_lo, a_hi, b_hi = relax(name, lo, up, search=search)
         assert a_lo.dtype == lo.dtype and b_hi.shape == lo.shape
         x = grid(lo, up, points)
         exact = evaluate(name, x.double())
@@ -154,12 +156,27 @@ def gap(below: Tensor, value: Tensor, above: Tensor) -> float:
     return math.inf if math.isnan(worst) else worst
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_lines_hold_on_dense_grids(name: str) -> None:
-    """Zero violations over 100 random and ~45 fixed intervals, 129 points each."""
+# The functions whose relaxation searches slopes (intervals across an inflection point).
+S_SHAPES = [n for n in NAMES if n.split(":")[0] in {"gelu", "gelu_tanh", "silu", "sigmoid"}]
+S_SHAPES += [n for n in NAMES if n.split(":")[0] in {"tanh", "hardswish", "elu", "softplus"}]
+
+
+@pytest.mark.parametrize(
+    ("name", "search"), [(n, True) for n in NAMES] + [(n, False) for n in S_SHAPES]
+)
+def test_lines_hold_on_dense_grids(name: str, search: bool) -> None:
+    """Zero violations over 100 random and ~45 fixed intervals, 129 points each, with the
+    slope search and with the candidate slopes only (what bound propagation uses)."""
     lower, upper = intervals(name, 100, seed=zlib.crc32(name.encode()))
-    found = violations(name, lower, upper, 129)
+    found = violations(name, lower, upper, 129, search)
     assert all(v == 0.0 for v in found.values()), found
+    if not search:  # the search's lines are at least as close to f at the midpoint
+        lower, upper = lower.double(), upper.double()
+        mid = 0.5 * (lower + upper)
+        fast, tight = relax(name, lower, upper, search=False), relax(name, lower, upper)
+        slack = 1e-9 * (1 + evaluate(name, mid).abs())
+        assert bool((tight[0] * mid + tight[1] >= fast[0] * mid + fast[1] - slack).all())
+        assert bool((tight[2] * mid + tight[3] <= fast[2] * mid + fast[3] + slack).all())
 
 
 @pytest.mark.slow
