@@ -30,7 +30,8 @@ Settings:
   segments join pairs of correctly classified test images of one class (the first in file
   order, classes in turn), target that class.
 * ``vit``, ``swin``, ``convnext``: random-weight torchvision tails (``VisionTransformer`` with
-  32-pixel images, patches of 8, 2 layers, 2 heads, width 32, MLP 64; ``swin_t`` and
+  32-pixel images, patches of 8, 2 layers, 2 heads, width 32, MLP 64, its head (zero in
+  torchvision) drawn from N(0, 1/32); ``swin_t`` and
   ``convnext_tiny`` as torchvision builds them, 10 classes, 32-pixel images), in the input
   space and at one hidden layer; segments join test images of one *predicted* class. Where a
   check does not cover an operation yet, its cell says ``not covered [k]`` and note ``k`` under
@@ -189,6 +190,8 @@ def _random_model(name: str) -> nn.Module:
             mlp_dim=64,
             num_classes=10,
         )
+        # torchvision starts the head at zero: every logit equal, every margin 0
+        nn.init.normal_(model.heads.head.weight, std=32**-0.5)
     elif name == "swin":
         model = torchvision.models.swin_t(num_classes=10)
     elif name == "convnext":
@@ -331,7 +334,7 @@ def _run_bounds(
     """Bounds' cells; returns its :class:`SegmentProof` of all segments (None if none)."""
     count = starts.shape[0]
     try:
-        program = bound_program(tail)
+        program = bound_program(tail, starts[:1])
 
         def check(first: int, last: int) -> Any:
             return prove_segments(

@@ -38,6 +38,7 @@ class BoundCheck(PathCheck):
         bound_evaluations: ``(pairs,)`` long: sub-intervals bounded (one propagation row each).
         budget: ``(pairs,)`` long: segments whose split budget ran out before a proof or a
             counterexample.
+        max_splits: The budget per segment the check ran with.
         off_target: (inherited) per pair ``(K, 2)``: the counterexamples, as stretches of one
             position each (``[p, p]``): points where the margin is ``<= 0``, located to the
             split resolution (the off-target stretch around each lies within the sub-intervals
@@ -48,6 +49,22 @@ class BoundCheck(PathCheck):
     sub_intervals: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     bound_evaluations: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     budget: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    max_splits: int = DEFAULT_MAX_SPLITS
+
+    def note_of(self, row: int) -> str:
+        """Why path ``row`` is undecided (empty where it is decided)."""
+        if bool(self.decided[row]):
+            return ""
+        out = int(self.budget[row])
+        if out:
+            return (
+                f"bounds: {out} segment(s) of the path ran out of the split budget "
+                f"(max_splits={self.max_splits}); decided at the sampled points"
+            )
+        return (
+            "bounds: a margin within the floating-point tolerance of zero; decided at the "
+            "sampled points"
+        )
 
 
 def bound_paths(
@@ -102,14 +119,7 @@ def bound_paths(
         )
         for k, p in enumerate(rows.tolist()):
             _fill(check, p, proof, slice(k * segments, (k + 1) * segments), segments)
-    undecided = int((~check.decided).sum())
-    if undecided:
-        out = int((check.budget > 0).sum())
-        check.note = (
-            f"bounds decided {pairs - undecided} of {pairs} paths: {out} ran out of the split "
-            f"budget (max_splits={max_splits}), the others met a margin within the "
-            "floating-point tolerance of zero; decided at the sampled points"
-        )
+    check.max_splits = max_splits
     return check
 
 

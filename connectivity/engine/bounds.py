@@ -1,4 +1,4 @@
-"""Bound propagation along a path segment, with branch and bound on ``t`` (issue 21, first slice).
+"""Bound propagation along a path segment, with branch and bound on ``t`` (issue 21).
 
 Pure PyTorch (torch.fx), no Lightning. On a segment ``z(t) = a + t (b - a)`` and a sub-interval
 ``t`` in ``[t0, t1]``, every traced value ``v`` of the tail is bounded elementwise by two lines
@@ -100,18 +100,22 @@ which the exact check leaves the network's own rounding (float32) undecided. A m
 touches zero therefore ends ``"counterexample"`` or ``"budget"``, never ``"proved"``.
 Counterexamples are the tail's own margins (the tail as given, in its dtype) at split points.
 
-Not covered yet (these raise :class:`NotBoundedError` naming the operation): PyTorch's
-``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention`` as such, and Swin's
-``shifted_window_attention`` (a torch.fx leaf; their decompositions into the operations above
-are another part of issue 21), rolls and window partitions with point-dependent indices,
-products with a third tensor operand (an ``einsum`` of three), powers other than 2, 0.5, -1,
--0.5, ELU, sin and other elementwise functions, bicubic interpolation; tighter dedicated bounds
-of softmax and LayerNorm (the decompositions here are sound but lose the correlation between
-numerator and denominator, and chained normalisations on wide sub-intervals give wide lines
-that branch and bound must split); records (``certificate="bounds"``) and the drivers'
-``certify="bounds"`` / ``"auto"``; backward (CROWN) bounds of the margin itself, which would
-keep the correlation between logits that the forward lines lose (here the margin bound is
-``min_k (L_y - U_k)``); GPU runs and benchmarks.
+Attention: :func:`bound_program` given an example point first rewrites
+``nn.MultiheadAttention``, ``F.scaled_dot_product_attention``, torchvision's Swin windows and
+stochastic depth into the operations above (:func:`connectivity.engine.decompose.decompose`);
+both drivers and ``certify`` checks pass one (:class:`connectivity.engine.checks.Certifier`).
+Paths: :mod:`connectivity.engine.bound_paths` gathers the segments of polylines into the
+drivers' checks and records (``certificate="bounds"``).
+
+Not covered (these raise :class:`NotBoundedError` naming the operation): attention the rewrite
+refuses (masks of ``nn.MultiheadAttention``, grouped-query attention), rolls and window
+partitions with point-dependent indices, products with a third tensor operand (an ``einsum`` of
+three), powers other than 2, 0.5, -1, -0.5, ELU, sin and other elementwise functions, bicubic
+interpolation. Not done: tighter dedicated bounds of softmax and LayerNorm (the decompositions
+here are sound but lose the correlation between numerator and denominator); bounds whose
+intermediate ranges stay tight through many crossing ReLUs (a zonotope's noise symbols: on a
+trained ResNet one kink crossed early makes every later range loose, see docs/certificates.md,
+which is why ``certify="auto"`` proves piecewise-linear tails with ExactLine).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from connectivity.engine.band import StopFn, straight_line
-from connectivity.engine.bound_paths import bound_paths
+from connectivity.engine.bound_paths import BoundCheck, bound_paths
 from connectivity.engine.bounds import BoundProgram, NotBoundedError, bound_program
 from connectivity.engine.exact import (
     NotPiecewiseLinearError,
@@ -275,6 +275,8 @@ def _pick(check: PathCheck, row: int) -> PathCheck:
         elif isinstance(value, list):
             value = [value[row]]
         values[item.name] = value
+    if isinstance(check, BoundCheck):
+        values["note"] = check.note_of(row)
     return type(check)(**values)
 
 
