@@ -982,14 +982,17 @@ def _crossings(
     lefts, ts, units, levels = [], [], [], []
     for kink in kinks:
         shifted = flat if kink == 0.0 else flat - kink
-        below = shifted < 0
-        # A strict sign change between the ends; an end exactly at the kink gives t* at that
-        # end, which insert() drops (no kink strictly inside).
-        cross = (below[:-1] ^ below[1:]) & (shifted[:-1] != shifted[1:])
-        cross &= same.unsqueeze(1)
-        index = cross.nonzero()
+        # A sign change between the ends, read off the sign bits (one pass of one byte per
+        # value, where comparisons and their combinations took five): every pair of ends on
+        # both sides of zero is found. The other pairs it finds (-0.0 against a positive
+        # value, NaN) give t* at an end or NaN, which insert() drops as not strictly inside;
+        # and so do the pairs it leaves out (a negative value against -0.0, NaN).
+        sign = torch.signbit(shifted)
+        index = (sign[:-1] != sign[1:]).nonzero()
         if index.numel() == 0:
             continue
+        # Pairs of rows of two different units are no intervals (rare: one per unit).
+        index = index[same[index[:, 0]]]
         row, column = index[:, 0], index[:, 1]
         x_left = shifted[row, column].double()
         x_right = shifted[row + 1, column].double()
