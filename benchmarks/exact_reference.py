@@ -1,16 +1,16 @@
 """A straightforward, independent ExactLine for comparison with ``connectivity.engine.exact``.
 
 Walks each segment ``z(t) = a + t (b - a)`` piece by piece (Sotoudeh & Thakur, NeurIPS 2019,
-the walk their Section 3 describes): at ``t`` one pass of the point and the direction ``b - a``
-through the tail linearised at the point (one batch ``[point; direction]``, biases added to the
-first half only, ReLUs' masks read off the first half) gives every ReLU's pre-activation ``p`` and its
-derivative ``dp`` along the segment under the activation pattern at ``t``; the pre-activations
-are affine in ``t`` until the first one reaches zero, at ``t + min(-p / dp)`` over the
-pre-activations heading for zero; the walk steps there and counts one piece. A pre-activation
-within ``MIN_STEP`` (in ``t``) of its kink is taken as on it, and the side it heads to decides
-its state (so the walk never takes steps shorter than ``MIN_STEP``: pieces that short merge
-with a neighbour, which only the counts can show). The segments are walked in one batch, in
-lockstep, each with its own ``t``.
+the walk their Section 3 describes): at ``t``, one pass of the point and the direction
+``b - a`` through the tail linearised at the point (one batch ``[point; direction]``, biases
+added to the first half only, each ReLU's mask read off the first half) gives every ReLU's
+pre-activation ``p`` and its derivative ``dp`` along the segment under the activation pattern
+at ``t``; the pre-activations are affine in ``t`` until the first one reaches zero, at
+``t + min(-p / dp)`` over the pre-activations heading for zero; the walk steps there and counts
+one piece. A pre-activation within ``MIN_STEP`` (in ``t``) of its kink is taken as on it, and
+the side it heads to decides its state (so the walk never takes steps shorter than
+``MIN_STEP``: pieces that short merge with a neighbour, which only the counts show). The
+segments are walked in one batch, in lockstep, each with its own ``t``.
 
 Only what the CIFAR ResNets of ``benchmarks/exact_check.py`` hold is handled (ReLU, 2-d
 convolutions, batch norm in eval, linear layers, average pooling, sums, flatten); anything else
