@@ -30,8 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-# Shortest step of the walk, in t: a kink closer than this counts as reached.
-MIN_STEP = 1e-6
+# Shortest step of the walk, in t: a kink closer than this counts as reached. Float32 rounding
+# of the point at a kink leaves its pre-activation a little off zero; at 1e-6 that made
+# spurious steps (40% more pieces than the project's check on trained ResNet-20 segments), at
+# 1e-5 the counts agree within a few per cent, at 1e-4 pieces merge.
+MIN_STEP = 1e-5
 
 
 def _network(tail: nn.Module) -> fx.GraphModule:

@@ -56,6 +56,7 @@ from connectivity.errors import ConnectivityError
 __all__ = [
     "MAX_VALUES",
     "MAX_VALUES_CPU",
+    "SUSPENDED_BATCHES",
     "NotPiecewiseLinearError",
     "PathCheck",
     "SegmentCheck",
@@ -68,14 +69,16 @@ __all__ = [
     "why_not_piecewise_linear",
 ]
 
-# Most values the live activations of the check may hold at once (points x values per point),
-# and so its memory: 2**27 float32 values are 512 MB. A batch of points that would grow past it
-# is cut into shorter stretches of its segments, each checked on its own (ResNet50 at 224x224,
-# whose widest activation has 802,816 values per point, gets at most 160 points at a time on a
-# GPU). On a CPU the bound is 2**24 (64 MB in float32): blocks that large come from the system
-# afresh at every allocation, and the page faults of 512 MB blocks took as long as the
-# arithmetic (benchmarks/exact_check.py, ResNet18 input space: 11.6 s at 2**27, 6.3 s at 2**24,
-# 7.6 s at 2**22 for two segments; peak memory 3.9, 2.0 and 1.2 GB).
+# Most values the live activations of the batch being checked may hold at once (points x values per
+# point), and so its memory: 2**27 float32 values are 512 MB. A batch of points that would grow past
+# it is cut into shorter stretches of its segments, each checked on its own, going on from the
+# operation where the batch overflowed (the stretches waiting hold at most SUSPENDED_BATCHES times
+# the bound more). ResNet50 at 224x224, whose widest activation has 802,816 values per point, gets
+# at most 160 points at a time on a GPU. On a CPU the bound is 2**24 (64 MB in float32): blocks that
+# large come from the system afresh at every allocation, and the page faults of 512 MB blocks took
+# as long as the arithmetic (benchmarks/exact_check.py, ResNet18 input space: 11.6 s at 2**27, 6.3 s
+# at 2**24, 7.6 s at 2**22 for two segments; peak memory 3.9, 2.0 and 1.2 GB; measured when cut
+# stretches started again from the input).
 MAX_VALUES = 2**27
 MAX_VALUES_CPU = 2**24
 # A batch that would grow past the bound is cut, at the step where it overflowed, into shorter
@@ -909,7 +912,9 @@ class _Points:
                 w = weight.to(value.dtype).view(-1, *([1] * (value.dim() - 1)))
                 out = value.new_empty((total, *value.shape[1:]))
                 out.index_copy_(0, old_rows, value)
-                out.index_copy_(0, new_rows, torch.lerp(value[rows], value[rows + 1], w))
+                left_values = value.index_select(0, rows)
+                right_values = value.index_select(0, rows + 1)
+                out.index_copy_(0, new_rows, left_values.lerp_(right_values, w))
                 done[id(value)] = out
                 return out
             if isinstance(value, tuple | list) and not isinstance(value, torch.Size):
@@ -1412,9 +1417,10 @@ def check_segments(
         starts: ``(S, *point_shape)`` first end of each segment (``t = 0``).
         ends: ``(S, *point_shape)`` second end (``t = 1``).
         targets: ``(S,)`` long target class of each segment (for the margins).
-        max_values: Most values the live activations hold at once (bounds memory); longer
-            batches are cut into shorter stretches of segments. None: :data:`MAX_VALUES`, or
-            :data:`MAX_VALUES_CPU` for points on a CPU.
+        max_values: Most values the live activations of a batch hold at once (bounds memory;
+            the stretches of cut batches that wait hold at most :data:`SUSPENDED_BATCHES` times
+            more); longer batches are cut into shorter stretches of segments. None:
+            :data:`MAX_VALUES`, or :data:`MAX_VALUES_CPU` for points on a CPU.
         verify_ends: Compare the logits at the segments' ends with a plain forward of the
             tail (one batch of ``2 S`` points): a traced program that does not compute what the
             network computes is an error, not a wrong verdict.
