@@ -856,7 +856,7 @@ class _Points:
             for tensor in _tensors(self.values[node]):
                 if id(tensor) not in seen and tensor.dim() and tensor.shape[0] == self.count:
                     seen.add(id(tensor))
-                    total += tensor[0].numel()
+                    total += tensor.numel() // max(self.count, 1)
         return max(total, 1)
 
     def insert(self, left: Tensor, t_new: Tensor) -> Tensor:
