@@ -56,6 +56,7 @@ from connectivity.errors import ConnectivityError
 __all__ = [
     "MAX_VALUES",
     "MAX_VALUES_CPU",
+    "SUSPENDED_BATCHES",
     "NotPiecewiseLinearError",
     "PathCheck",
     "SegmentCheck",
@@ -68,16 +69,22 @@ __all__ = [
     "why_not_piecewise_linear",
 ]
 
-# Most values the live activations of the check may hold at once (points x values per point),
-# and so its memory: 2**27 float32 values are 512 MB. A batch of points that would grow past it
-# is cut into shorter stretches of its segments, each checked on its own (ResNet50 at 224x224,
-# whose widest activation has 802,816 values per point, gets at most 160 points at a time on a
-# GPU). On a CPU the bound is 2**24 (64 MB in float32): blocks that large come from the system
-# afresh at every allocation, and the page faults of 512 MB blocks took as long as the
-# arithmetic (benchmarks/exact_check.py, ResNet18 input space: 11.6 s at 2**27, 6.3 s at 2**24,
-# 7.6 s at 2**22 for two segments; peak memory 3.9, 2.0 and 1.2 GB).
+# Most values the live activations of the batch being checked may hold at once (points x values per
+# point), and so its memory: 2**27 float32 values are 512 MB. A batch of points that would grow past
+# it is cut into shorter stretches of its segments, each checked on its own, going on from the
+# operation where the batch overflowed (the stretches waiting hold at most SUSPENDED_BATCHES times
+# the bound more). ResNet50 at 224x224, whose widest activation has 802,816 values per point, gets
+# at most 160 points at a time on a GPU. On a CPU the bound is 2**24 (64 MB in float32): blocks that
+# large come from the system afresh at every allocation, and the page faults of 512 MB blocks took
+# as long as the arithmetic (benchmarks/exact_check.py, ResNet18 input space: 11.6 s at 2**27, 6.3 s
+# at 2**24, 7.6 s at 2**22 for two segments; peak memory 3.9, 2.0 and 1.2 GB; measured when cut
+# stretches started again from the input).
 MAX_VALUES = 2**27
 MAX_VALUES_CPU = 2**24
+# A batch that would grow past the bound is cut, at the step where it overflowed, into shorter
+# stretches that go on from there, one at a time; the stretches waiting hold at most this many
+# times the bound (beyond it, the batch's stretches start again from the network's input).
+SUSPENDED_BATCHES = 2
 
 # Piece ends whose margin is within this many machine epsilons of the largest logit of the path
 # are undecided (float32: 1.2e-4 relative; float64: 2.2e-13): the rounding of a deep network's
@@ -818,6 +825,7 @@ class _OverflowError(Exception):
     def __init__(self, unit: Tensor, t: Tensor) -> None:
         super().__init__()
         self.unit, self.t = unit, t
+        self.step = -1  # the program step that overflowed (set by _run)
 
 
 class _Points:
@@ -848,7 +856,7 @@ class _Points:
             for tensor in _tensors(self.values[node]):
                 if id(tensor) not in seen and tensor.dim() and tensor.shape[0] == self.count:
                     seen.add(id(tensor))
-                    total += tensor[0].numel()
+                    total += tensor.numel() // max(self.count, 1)
         return max(total, 1)
 
     def insert(self, left: Tensor, t_new: Tensor) -> Tensor:
@@ -904,7 +912,9 @@ class _Points:
                 w = weight.to(value.dtype).view(-1, *([1] * (value.dim() - 1)))
                 out = value.new_empty((total, *value.shape[1:]))
                 out.index_copy_(0, old_rows, value)
-                out.index_copy_(0, new_rows, torch.lerp(value[rows], value[rows + 1], w))
+                left_values = value.index_select(0, rows)
+                right_values = value.index_select(0, rows + 1)
+                out.index_copy_(0, new_rows, left_values.lerp_(right_values, w))
                 done[id(value)] = out
                 return out
             if isinstance(value, tuple | list) and not isinstance(value, torch.Size):
@@ -982,14 +992,17 @@ def _crossings(
     lefts, ts, units, levels = [], [], [], []
     for kink in kinks:
         shifted = flat if kink == 0.0 else flat - kink
-        below = shifted < 0
-        # A strict sign change between the ends; an end exactly at the kink gives t* at that
-        # end, which insert() drops (no kink strictly inside).
-        cross = (below[:-1] ^ below[1:]) & (shifted[:-1] != shifted[1:])
-        cross &= same.unsqueeze(1)
-        index = cross.nonzero()
+        # A sign change between the ends, read off the sign bits (one pass of one byte per
+        # value, where comparisons and their combinations took five): every pair of ends on
+        # both sides of zero is found. The other pairs it finds (-0.0 against a positive
+        # value, NaN) give t* at an end or NaN, which insert() drops as not strictly inside;
+        # and so do the pairs it leaves out (a negative value against -0.0, NaN).
+        sign = torch.signbit(shifted)
+        index = (sign[:-1] != sign[1:]).nonzero()
         if index.numel() == 0:
             continue
+        # Pairs of rows of two different units are no intervals (rare: one per unit).
+        index = index[same[index[:, 0]]]
         row, column = index[:, 0], index[:, 1]
         x_left = shifted[row, column].double()
         x_right = shifted[row + 1, column].double()
@@ -1089,53 +1102,36 @@ def _settle_pool(points: _Points, node: fx.Node, module: nn.Module, rounds: int 
 
 
 def _run(
-    program: Program, points: _Points, starts: Tensor, ends: Tensor, segment: Tensor
+    program: Program,
+    points: _Points,
+    starts: Tensor,
+    ends: Tensor,
+    segment: Tensor,
+    first: int = 0,
 ) -> Tensor:
-    """Run the program on ``points``; returns the logits ``(P, classes)`` at the final points."""
-    module = program.module
+    """Run the program on ``points`` from step ``first`` on (the values of the steps before it
+    already in ``points``); returns the logits ``(P, classes)`` at the final points.
+
+    Raises:
+        _OverflowError: with the step that overflowed, the values of the steps before it left
+            in ``points`` (see :func:`_suspend`).
+    """
     steps = program.steps
-
-    def value(n: fx.Node) -> Any:
-        return points.values[n]
-
     # Values die after their last use (a size read off a tensor lives as long as the size).
     expiring: dict[int, list[fx.Node]] = {}
     for step in steps:
         expiring.setdefault(step.last_use, []).append(step.node)
     output = None
     for i, step in enumerate(steps):
-        node = step.node
-        if step.kind == INPUT:
-            rows = segment[points.unit]
-            weight = points.t.to(starts.dtype).view(-1, *([1] * (starts.dim() - 1)))
-            x = torch.lerp(starts[rows], ends[rows], weight)
-            points.values[node] = x.to(program.dtype) if program.dtype is not None else x
-            points.dependent.add(node)
-        elif step.kind == OUTPUT:
-            output = fx.node.map_arg(node.args[0], value)
+        if i < first:
+            continue
+        try:
+            output = _run_step(program, points, i, starts, ends, segment)
+        except _OverflowError as overflow:
+            overflow.step = i
+            raise
+        if step.kind == OUTPUT:
             break
-        elif step.kind == NO_OP:
-            points.values[node] = None  # an assertion: nothing to compute at the points
-        else:
-            if step.kind == KINK:
-                _add_kink_crossings(points, node, step.kinks)
-            if step.kind == PAIR:
-                _add_pair_crossings(points, node)
-            if step.kind == POOL:
-                result = _settle_pool(points, node, module)
-            else:
-                result = _execute(node, module, points.values)
-            if step.kind not in (FIXED, SIZE) and not _floating(result):
-                raise NotPiecewiseLinearError(
-                    f"the exact check needs a piecewise-linear tail, and "
-                    f"{_operation_name(node, module)} (node {node.name}) gives values that are "
-                    "not floating point"
-                )
-            points.values[node] = result
-            if step.kind != FIXED:
-                points.dependent.add(node)
-            if step.kind in (KINK, PAIR, POOL):
-                _refresh_sizes(points, steps, i, module)
         for gone in expiring.get(i, []):
             points.values.pop(gone, None)
             points.dependent.discard(gone)
@@ -1143,6 +1139,51 @@ def _run(
         raise NotPiecewiseLinearError("the tail does not return one logits tensor")
     if output.dim() > 2 and all(size == 1 for size in output.shape[2:]):
         output = output.flatten(1)
+    return output
+
+
+def _run_step(
+    program: Program, points: _Points, i: int, starts: Tensor, ends: Tensor, segment: Tensor
+) -> Any:
+    """Step ``i`` of the program on ``points``; returns the output at the OUTPUT step."""
+    module, steps = program.module, program.steps
+    step = steps[i]
+
+    def value(n: fx.Node) -> Any:
+        return points.values[n]
+
+    output = None
+    node = step.node
+    if step.kind == INPUT:
+        rows = segment[points.unit]
+        weight = points.t.to(starts.dtype).view(-1, *([1] * (starts.dim() - 1)))
+        x = torch.lerp(starts[rows], ends[rows], weight)
+        points.values[node] = x.to(program.dtype) if program.dtype is not None else x
+        points.dependent.add(node)
+    elif step.kind == OUTPUT:
+        output = fx.node.map_arg(node.args[0], value)
+    elif step.kind == NO_OP:
+        points.values[node] = None  # an assertion: nothing to compute at the points
+    else:
+        if step.kind == KINK:
+            _add_kink_crossings(points, node, step.kinks)
+        if step.kind == PAIR:
+            _add_pair_crossings(points, node)
+        if step.kind == POOL:
+            result = _settle_pool(points, node, module)
+        else:
+            result = _execute(node, module, points.values)
+        if step.kind not in (FIXED, SIZE) and not _floating(result):
+            raise NotPiecewiseLinearError(
+                f"the exact check needs a piecewise-linear tail, and "
+                f"{_operation_name(node, module)} (node {node.name}) gives values that are "
+                "not floating point"
+            )
+        points.values[node] = result
+        if step.kind != FIXED:
+            points.dependent.add(node)
+        if step.kind in (KINK, PAIR, POOL):
+            _refresh_sizes(points, steps, i, module)
     return output
 
 
@@ -1376,9 +1417,10 @@ def check_segments(
         starts: ``(S, *point_shape)`` first end of each segment (``t = 0``).
         ends: ``(S, *point_shape)`` second end (``t = 1``).
         targets: ``(S,)`` long target class of each segment (for the margins).
-        max_values: Most values the live activations hold at once (bounds memory); longer
-            batches are cut into shorter stretches of segments. None: :data:`MAX_VALUES`, or
-            :data:`MAX_VALUES_CPU` for points on a CPU.
+        max_values: Most values the live activations of a batch hold at once (bounds memory;
+            the stretches of cut batches that wait hold at most :data:`SUSPENDED_BATCHES` times
+            more); longer batches are cut into shorter stretches of segments. None:
+            :data:`MAX_VALUES`, or :data:`MAX_VALUES_CPU` for points on a CPU.
         verify_ends: Compare the logits at the segments' ends with a plain forward of the
             tail (one batch of ``2 S`` points): a traced program that does not compute what the
             network computes is an error, not a wrong verdict.
@@ -1401,29 +1443,34 @@ def check_segments(
         max_values = MAX_VALUES_CPU if device.type == "cpu" else MAX_VALUES
     # Work units: stretches [t0, t1] of segments, each run from the network's input, as
     # (segment, the sorted t's of the unit's points known so far): a unit starts from its two
-    # ends only; the inner points found before tell how many points it will need.
+    # ends only; the inner points found before tell how many points it will need. And batches
+    # suspended at the step where they overflowed, cut into shorter stretches (_Suspended).
     units_segment: list[Tensor] = []
     units_t: list[Tensor] = []
     units_logits: list[Tensor] = []
     whole = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device)
-    pending: list[tuple[int, Tensor]] = [(s, whole) for s in range(count)]
+    pending: list[Any] = [(s, whole) for s in range(count)]
     budget: int | None = None  # points per batch, learnt from the first overflow
+    held = 0  # values held by the suspended batches in ``pending``
     with torch.no_grad():
         while pending:
-            batch, size = [], 0
-            while pending and (budget is None or not batch or size + len(pending[0][1]) <= budget):
-                unit = pending.pop(0)
-                batch.append(unit)
-                size += len(unit[1])
-            segment = torch.tensor([s for s, _ in batch], device=device)
-            t0 = torch.stack([known[0] for _, known in batch])
-            t1 = torch.stack([known[-1] for _, known in batch])
-            unit_index = torch.arange(len(batch), device=device).repeat_interleave(2)
-            t = torch.stack([t0, t1], dim=1).reshape(-1)
-            points = _Points(unit_index, t, max_values)
+            if isinstance(pending[0], _Suspended):
+                suspended = pending.pop(0)
+                held -= suspended.held
+                points, segment, first = suspended.points, suspended.segment, suspended.step
+                batch = [(s, None) for s in segment.tolist()]
+            else:
+                batch, points, segment = _next_batch(pending, budget, max_values, device)
+                first = 0
             try:
-                logits = _run(program, points, starts, ends, segment)
+                logits = _run(program, points, starts, ends, segment, first)
             except _OverflowError as overflow:
+                chunks = _suspend(points, overflow.step, segment, program, max_values)
+                if chunks and held + sum(c.held for c in chunks) <= SUSPENDED_BATCHES * max_values:
+                    held += sum(c.held for c in chunks)
+                    pending = chunks + pending
+                    budget = max(4, chunks[0].fit // 2)
+                    continue
                 budget, pieces = _split_units(overflow, batch, max_values, points)
                 pending = pieces + pending
                 continue
@@ -1444,6 +1491,82 @@ def check_segments(
     )
 
 
+def _next_batch(
+    pending: list[Any], budget: int | None, max_values: int, device: torch.device
+) -> tuple[list[tuple[int, Tensor]], _Points, Tensor]:
+    """Take the next units from the front of ``pending`` (up to ``budget`` known points, and
+    never a suspended batch): the units, their points (each unit's two ends) and segments."""
+    batch: list[tuple[int, Tensor]] = []
+    size = 0
+    while (
+        pending
+        and not isinstance(pending[0], _Suspended)
+        and (budget is None or not batch or size + len(pending[0][1]) <= budget)
+    ):
+        unit = pending.pop(0)
+        batch.append(unit)
+        size += len(unit[1])
+    segment = torch.tensor([s for s, _ in batch], device=device)
+    t0 = torch.stack([known[0] for _, known in batch])
+    t1 = torch.stack([known[-1] for _, known in batch])
+    unit_index = torch.arange(len(batch), device=device).repeat_interleave(2)
+    t = torch.stack([t0, t1], dim=1).reshape(-1)
+    return batch, _Points(unit_index, t, max_values), segment
+
+
+@dataclass
+class _Suspended:
+    """A stretch of the rows of a batch that overflowed at program step ``step``, with the
+    values of the steps before it: it goes on from there (nothing is computed twice)."""
+
+    points: _Points
+    segment: Tensor  # (units,) the segment of each unit index of the batch
+    step: int
+    held: int  # values its live tensors hold
+    fit: int  # points that fit in the memory bound at that step
+
+
+def _suspend(
+    points: _Points, step: int, segment: Tensor, program: Program, max_values: int
+) -> list[_Suspended]:
+    """Cut the rows of a batch that overflowed at ``step`` into stretches of at most a quarter
+    of the points that fit (neighbouring stretches share their boundary row; the results'
+    duplicates are dropped in :func:`_assemble`), each with a copy of its rows of every live
+    value (the batch's own tensors are freed). Empty when the batch is already that short:
+    then its units start again from the network's input (:func:`_split_units`)."""
+    per_point = max(1, points._live_values_per_point())
+    fit = max(4, points.max_values // per_point)
+    most = max(2, fit // 4)
+    count = points.count
+    if count <= most or step <= 0:
+        return []
+    cuts = [*range(0, count - 1, most - 1), count - 1]
+    chunks = []
+    for a, b in itertools.pairwise(cuts):
+        done: dict[int, Tensor] = {}
+
+        def cut(value: Any, a: int = a, b: int = b, done: dict[int, Tensor] = done) -> Any:
+            if isinstance(value, Tensor):
+                if value.dim() == 0 or value.shape[0] != count:
+                    return value
+                if id(value) not in done:  # aliases (in-place operations) stay one tensor
+                    done[id(value)] = value[a : b + 1].clone()
+                return done[id(value)]
+            if isinstance(value, tuple | list) and not isinstance(value, torch.Size):
+                return type(value)(cut(v) for v in value)
+            return value
+
+        rows = _Points(points.unit[a : b + 1].clone(), points.t[a : b + 1].clone(), max_values)
+        rows.dependent = set(points.dependent)
+        rows.values = {
+            node: cut(value) if node in points.dependent else value
+            for node, value in points.values.items()
+        }
+        _refresh_sizes(rows, program.steps, step, program.module)
+        chunks.append(_Suspended(rows, segment, step, rows.count * per_point, fit))
+    return chunks
+
+
 def _split_units(
     overflow: _OverflowError, batch: list[tuple[int, Tensor]], max_values: int, points: _Points
 ) -> tuple[int, list[tuple[int, Tensor]]]:
@@ -1458,6 +1581,8 @@ def _split_units(
     pieces: list[tuple[int, Tensor]] = []
     for u, (segment, _) in enumerate(batch):
         known = torch.unique(t[unit == u])
+        if known.numel() < 2:
+            continue  # a suspended stretch's row of a unit that its neighbour holds
         if known.numel() <= most:
             pieces.append((segment, known))
             continue

@@ -1007,3 +1007,54 @@ def test_constants_made_with_a_points_dtype_are_checked_exactly() -> None:
     batch = MadeConstants(batch=True).double()
     with pytest.raises(NotPiecewiseLinearError, match="changes with the number of points"):
         check_paths(batch, torch.stack([starts, ends], dim=1), targets)
+
+
+class Tents(nn.Module):
+    """The tent map ``T(x) = 2 relu(x) - 4 relu(x - 1/2)`` (1 - |2x - 1| on [0, 1]) composed
+    ``depth`` times: on [0, 1] the activation pattern changes at the dyadic points ``m /
+    2^depth`` and nowhere else (``relu(T^j)`` only touches 0 there, ``relu(T^j - 1/2)`` crosses
+    at the next level). Logits ``[T^depth(x), 1/2]``. Each tent keeps its input alive across
+    its ReLU (``+ (x - x)``, exactly 0) and reshapes by a size read off the points, so that a
+    batch cut at a ReLU carries both."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+        self.up = _linear([[1.0], [1.0]], [0.0, -0.5])
+        self.down = _linear([[2.0, -4.0]], [0.0])
+        self.head = _linear([[1.0], [0.0]], [0.0, 0.5])
+
+    def forward(self, x: Tensor) -> Tensor:
+        for _ in range(self.depth):
+            y = self.down(F.relu(self.up(x)))
+            x = (y + (x - x)).view(x.size(0), -1)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("max_values", [None, 48, 20, 8])
+def test_batches_cut_for_memory_find_every_breakpoint_exactly_once(max_values: int | None) -> None:
+    # Memory bounds of a few points make the batches overflow at every depth: they are cut and
+    # go on from the ReLU where they overflowed, or start again from the input when too short.
+    depth = 7
+    starts = torch.tensor([[0.0], [1.0], [0.25]])
+    ends = torch.tensor([[1.0], [0.0], [0.8125]])
+    check = check_segments(
+        Tents(depth).eval(), starts, ends, torch.ones(3, dtype=torch.long), max_values=max_values
+    )
+    dyadic = torch.arange(2**depth + 1, dtype=torch.float64) / 2**depth
+    inside = dyadic[(dyadic > 0.25) & (dyadic < 0.8125)]
+    expected = [
+        dyadic,
+        1.0 - dyadic.flip(0),
+        torch.cat([torch.tensor([0.0]), (inside - 0.25) / 0.5625, torch.tensor([1.0])]),
+    ]
+    for s, want in enumerate(expected):
+        t = check.t[check.offsets[s] : check.offsets[s + 1]]
+        torch.testing.assert_close(t, want, rtol=0.0, atol=1e-12)
+        x = starts[s].double() + t * (ends[s] - starts[s]).double()
+        on_grid = (x * 2**depth).round() / 2**depth
+        # T^depth is 0 at even and 1 at odd multiples of 2^-depth: margin 1/2 - T.
+        tent = (on_grid * 2**depth).round() % 2
+        margins = check.margin[check.offsets[s] : check.offsets[s + 1]]
+        torch.testing.assert_close(margins, 0.5 - tent, rtol=0.0, atol=1e-5)
+    assert check.pieces().tolist() == [2**depth, 2**depth, inside.numel() + 1]
