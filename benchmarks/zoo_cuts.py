@@ -16,9 +16,9 @@ operations (``tests.test_zoo_timm.not_piecewise_linear``, an independent list).
 With ``--bounds`` (issue 21) a table gives, per model (torchvision's, or timm's with ``--timm``),
 the listed cuts whose tails bound propagation covers (``bound_program`` accepts them), the
 operations it refuses at the others, and the straight lines it decides: at every covered cut, the
-line between the representations of two random images, with the start's predicted class as the
-target, through ``prove_segments`` (``--max-splits``): proved, refuted (a counterexample) or out of
-budget, and the seconds it took.
+first ``--fraction`` (0.05) of the line between the representations of two random images, with the
+start's predicted class as the target, through ``prove_segments`` (``--max-splits``, 16): proved,
+refuted (a counterexample) or out of budget, and the seconds it took.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def _exact_row(name: str) -> str:
     return f"| {name} | {len(names)} | {accepted} | {why_text} | {agree} of {len(names)} |"
 
 
-def _bounds_row(name: str, model: torch.nn.Module, side: int, max_splits: int) -> str:
+def _bounds_row(
+    name: str, model: torch.nn.Module, side: int, max_splits: int, fraction: float
+) -> str:
     """Listed cuts bounds cover, the operations they refuse elsewhere, and one line per covered
     cut: proved / counterexample / budget."""
     from connectivity.engine.bounds import NotBoundedError, bound_program, prove_segments
@@ -124,17 +126,18 @@ def _bounds_row(name: str, model: torch.nn.Module, side: int, max_splits: int) -
     start = time.perf_counter()
     for layer in names:
         head, tail = split(model, layer)
-        try:
-            program = bound_program(tail)
-        except NotBoundedError as error:
-            refused[_operation(str(error))] += 1
-            continue
-        covered += 1
         with torch.no_grad():
             z = head(x)
             target = tail(z[:1]).argmax(dim=1)
         try:
-            proof = prove_segments(program, z[:1], z[1:], target, max_splits=max_splits)
+            program = bound_program(tail, z[:1])
+        except NotBoundedError as error:
+            refused[_operation(str(error))] += 1
+            continue
+        covered += 1
+        try:
+            end = torch.lerp(z[:1], z[1:], fraction)
+            proof = prove_segments(program, z[:1], end, target, max_splits=max_splits)
             outcome[proof.status[0]] += 1
         except NotBoundedError as error:  # found only when run
             outcome["refused when run"] += 1
@@ -157,7 +160,8 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="run a band step at every cut")
     parser.add_argument("--timm", action="store_true", help="timm's six models (issue 18)")
     parser.add_argument("--bounds", action="store_true", help="bounds' cover and lines (issue 21)")
-    parser.add_argument("--max-splits", type=int, default=256)
+    parser.add_argument("--max-splits", type=int, default=16)
+    parser.add_argument("--fraction", type=float, default=0.05, help="of the line, from its start")
     args = parser.parse_args()
     if args.timm:
         import timm
@@ -188,7 +192,7 @@ def main() -> None:
             else:
                 kwargs, side = MODELS[name]
                 model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
-            print(_bounds_row(name, model, side, args.max_splits), flush=True)
+            print(_bounds_row(name, model, side, args.max_splits, args.fraction), flush=True)
     if args.timm:
         print()
         print("| model | cuts listed | exact check accepts | refused (operation named) | agrees |")
