@@ -1028,17 +1028,15 @@ def _centre_radius(
     return _Lines(aw - pw, ab - pb, aw + pw, ab + pb)
 
 
-def _rounding(row: Tensor) -> float:
+def _rounding(n: int) -> float:
     """The relative widening, of ``|A| M`` (:func:`_centre_radius`), that covers the float64
-    rounding of the centre-radius form on rows like ``row``: a linear map of a row of ``n``
-    elements sums at most ``n`` nonzero products per output, computed to within ``gamma_n
-    |A| |v|`` in any order of summation (Higham, "Accuracy and Stability of Numerical
-    Algorithms", 2nd ed., 3.1, ``gamma_n = n u / (1 - n u)``, ``u = 2^-53``); the centre and
-    radius are within ``u`` of theirs (the halving is exact), the fold and the final sum add
-    ``u`` of ``|A| M`` each, so ``(n + 4) u`` (plus second-order terms) bounds the error of
-    each bound; twice that is used. The output's own rounding (the offset's sum) is
-    :func:`_widen`'s, after every operation."""
-    n = row.numel()
+    rounding of the centre-radius form on rows of ``n`` elements: a linear map of such a row
+    sums at most ``n`` nonzero products per output, computed to within ``gamma_n |A| |v|`` in
+    any order of summation (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed.,
+    3.1, ``gamma_n = n u / (1 - n u)``, ``u = 2^-53``); the centre and radius are within ``u``
+    of theirs (the halving is exact), the fold and the final sum add ``u`` of ``|A| M`` each, so
+    ``(n + 4) u`` (plus second-order terms) bounds the error of each bound; twice that is used.
+    The output's own rounding (the offset's sum) is :func:`_widen`'s, after every operation."""
     return 2.0 * (n + 4) * 2.0**-53
 
 
@@ -1050,13 +1048,12 @@ def _signed(node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, A
     (operand,) = _operands(node, values)
     x: _Lines = values[operand]
     apply, absolute, stack = _signed_parts(node, step, root, values)
-    row = x.lb[0] if x.lb.dim() else x.lb
-    out = _centre_radius(x, apply, absolute, stack, _rounding(row))
+    out = _centre_radius(x, apply, absolute, stack, _rounding(math.prod(x.lb.shape[1:])))
     if step.rule == _SIGNED_MODULE:
         key = ("offset", tuple(x.lb.shape[1:]), x.lb.device)
         offset = step.cache.get(key)
         if offset is None:
-            zero = torch.zeros_like(x.lb[:1])
+            zero = x.lb.new_zeros(1, *x.lb.shape[1:])
             offset = step.cache[key] = root.get_submodule(str(node.target))(zero)
     else:
         zeros = lambda n, v: torch.zeros_like(v.lb) if n is operand else v.lb  # noqa: E731
