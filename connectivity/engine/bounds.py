@@ -923,11 +923,50 @@ def _signed_parts(
     return (*_product_parts(node, operand, root, values), False)
 
 
+# A layer whose matrix (one row of its input to one row of its output) has at most this many
+# entries, this share of them nonzero or more, is applied as that matrix (see _dense).
+_DENSE_ENTRIES = 2**21
+_DENSE_SHARE = 0.5
+
+
+def _dense(
+    step: _Step,
+    run: Callable[[Tensor, Tensor], Tensor],
+    weight: Tensor,
+    shape: tuple[int, ...],
+) -> tuple[Tensor, Tensor, tuple[int, ...]] | None:
+    """The matrix ``M`` (``(n_in, n_out)``) of a layer on rows of ``shape``, ``|M|`` and the
+    output row's shape, or None where a matrix product would not pay: a convolution whose
+    output is a few pixels (ResNet's last stages) runs as many small products of mostly
+    padding, where one product with its (dense) matrix costs 10 to 100 times less. ``M`` is
+    read off the layer itself, run on the ``n_in`` unit rows (each entry a single term ``w *
+    1``, exact), once per input shape, and kept in ``step.cache`` with the weight it was read
+    from. Only layers of at most :data:`_DENSE_ENTRIES` entries with at least
+    :data:`_DENSE_SHARE` of them nonzero (counted first as the layer with a weight of ones on
+    a row of ones) are taken: the product sums the zeros too. ``|M|`` is the matrix's own
+    absolute value (a single term per entry: ``|W|``'s entries)."""
+    key = ("dense", shape, weight.device)
+    kept = step.cache.get(key)
+    if kept is not None and kept[0] is weight and kept[1] == weight._version:
+        return kept[2]
+    n_in = math.prod(shape)
+    ones = weight.new_ones(1, *shape)
+    counts = run(ones, torch.ones_like(weight))
+    entries = n_in * counts.numel()
+    dense = None
+    if entries <= _DENSE_ENTRIES and float(counts.sum()) >= _DENSE_SHARE * entries:
+        basis = torch.eye(n_in, dtype=weight.dtype, device=weight.device).view(n_in, *shape)
+        matrix = run(basis, weight).reshape(n_in, -1)
+        dense = (matrix, matrix.abs(), tuple(counts.shape[1:]))
+    step.cache[key] = (weight, weight._version, dense)
+    return dense
+
+
 def _module_parts(module: nn.Module, step: _Step) -> tuple[_Operator, _Operator]:
     """A layer with a signed weight (linear, convolution, batch norm): ``A`` (the weight, no
     bias, zero running mean) and ``|A|`` (the weight's absolute value, cached in ``step``);
     batch norm's scale ``weight / sqrt(var + eps)`` has the weight's sign, so ``|A|`` is the
-    layer with ``|weight|`` there too."""
+    layer with ``|weight|`` there too. Small layers run as their matrix (:func:`_dense`)."""
     state = dict(module.named_parameters())
     state.update(dict(module.named_buffers()))
     base: dict[str, Any] = {}
@@ -944,7 +983,15 @@ def _module_parts(module: nn.Module, step: _Step) -> tuple[_Operator, _Operator]
     if weight is None:  # batch norm without affine weight: a positive scale, A = |A|
         return (lambda x: run(x, None)), (lambda x: run(x, None))
     absolute = _absolute(step, weight)
-    return (lambda x: run(x, weight)), (lambda x: run(x, absolute))
+
+    def part(x: Tensor, which: int) -> Tensor:
+        dense = _dense(step, run, weight, tuple(x.shape[1:]))
+        if dense is None:
+            return run(x, absolute if which else weight)
+        rows = x.reshape(x.shape[0], dense[which].shape[0])
+        return (rows @ dense[which]).view(x.shape[0], *dense[2])
+
+    return (lambda x: part(x, 0)), (lambda x: part(x, 1))
 
 
 def _product_parts(

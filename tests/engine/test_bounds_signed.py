@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layers() -> list[tuple[nn.Module, tuple[int, ...]]]:
-    """Layers with random weights, bias and running statistics, and their input shape."""
+    """Layers with random weights, bias and running statistics, and their input shape (the
+    linear layer and the convolution of one pixel run as their matrices, the others as
+    themselves)."""
     torch.manual_seed(0)
     norm = nn.BatchNorm2d(6)
     norm.running_mean.normal_()
@@ -30,6 +32,7 @@ def _layers() -> list[tuple[nn.Module, tuple[int, ...]]]:
         (nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), (4, 7, 7)),
         (nn.Conv2d(3, 5, 2, bias=False), (3, 5, 5)),
         (nn.Linear(9, 7), (2, 9)),
+        (nn.Conv2d(8, 6, 3, padding=1), (8, 1, 1)),  # a pixel: run as its matrix
         (norm, (6, 3, 3)),
     ]
 
@@ -67,7 +70,7 @@ def _through(layer: nn.Module, lines: _Lines) -> tuple[_Lines, _Lines, Tensor]:
     return ours, direct, terms + offset.abs()
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_centre_radius_equals_the_positive_and_negative_parts(index: int) -> None:
     """Random lines (upper ones above the lower on ``[0, 1]``, slopes of either sign): every
     line part within 1e-10 of the size of its terms of the direct one, the widening included;
@@ -85,7 +88,7 @@ def test_centre_radius_equals_the_positive_and_negative_parts(index: int) -> Non
     assert (ours.lb <= direct.lb).all() and (ours.ub >= direct.ub).all()
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_dyadic_lines_are_enclosed_exactly(index: int) -> None:
     """Weights, bias and lines on grids of powers of two (float64 sums them exactly): the
     slopes equal the exact ones, the intercepts enclose them strictly where the terms are not
