@@ -1048,31 +1048,47 @@ def _product_parts(
 
 
 def _centre_radius(
-    x: _Lines, apply: _Operator, absolute: _Operator, stack: bool, widening: float
+    x: _Lines,
+    apply: _Operator,
+    absolute: _Operator,
+    stack: bool,
+    widening: float,
+    offset: Tensor | None = None,
 ) -> _Lines:
-    """``A x`` for ``x`` between its lines ``L``, ``U`` (no offset), through the centre ``C =
-    (L + U) / 2`` and radius ``R = (U - L) / 2`` of the lines (slopes and intercepts each):
-    ``A C -+ |A| R``, which equals ``A+ L + A- U`` and ``A+ U + A- L`` (``A = A+ + A-``,
-    ``|A| = A+ - A-``; the midpoint-radius form of interval arithmetic), so two calls of the
-    operation per line part (``A`` on the centre, ``|A|`` on the radius) in place of four. With
-    ``stack`` the slopes' and intercepts' rows go through each call together (``(2 N, ...)``).
+    """``A x + c`` for ``x`` between its lines ``L``, ``U``, through the centre ``C = (L + U) /
+    2`` and radius ``R = (U - L) / 2`` of the lines (slopes and intercepts each): ``A C -+ |A|
+    R``, which equals ``A+ L + A- U`` and ``A+ U + A- L`` (``A = A+ + A-``, ``|A| = A+ - A-``;
+    the midpoint-radius form of interval arithmetic), so two calls of the operation per line
+    part (``A`` on the centre, ``|A|`` on the radius) in place of four. With ``stack`` the
+    slopes' and intercepts' rows go through each call together (``(2 N, ...)``). ``offset``
+    (``c``, broadcast against the output) is added to the intercepts' centre.
 
     Both intercepts move out by ``widening * |A| M``, ``M = |C_w| + |R_w| + |C_b| + |R_b|``
     (for ``t`` in [0, 1] this covers the slopes' errors too), folded into the radius' call as
     ``|A| (R_b + widening M)``; :func:`_rounding` gives a ``widening`` that covers the
     rounding of this form.
     """
-    cw, cb = (x.lw + x.uw) / 2, (x.lb + x.ub) / 2
-    rw, rb = (x.uw - x.lw) / 2, (x.ub - x.lb) / 2
-    if widening:
-        rb = rb + widening * (cw.abs() + rw.abs() + cb.abs() + rb.abs())
-    if stack:
-        rows = cw.shape[0]
-        centre, radius = apply(torch.cat([cw, cb])), absolute(torch.cat([rw, rb]))
-        aw, ab, pw, pb = centre[:rows], centre[rows:], radius[:rows], radius[rows:]
-    else:
+    if not stack:
+        cw, cb = (x.lw + x.uw) / 2, (x.lb + x.ub) / 2
+        rw, rb = (x.uw - x.lw) / 2, (x.ub - x.lb) / 2
+        if widening:
+            rb = rb + widening * (cw.abs() + rw.abs() + cb.abs() + rb.abs())
         aw, ab, pw, pb = apply(cw), apply(cb), absolute(rw), absolute(rb)
-    return _Lines(aw - pw, ab - pb, aw + pw, ab + pb)
+        if offset is not None:
+            ab = ab + offset
+        return _Lines(aw - pw, ab - pb, aw + pw, ab + pb)
+    rows = x.lw.shape[0]
+    lower, upper = torch.cat([x.lw, x.lb]), torch.cat([x.uw, x.ub])
+    centre = torch.add(lower, upper).mul_(0.5)  # halving is exact: no rounding of its own
+    radius = torch.sub(upper, lower).mul_(0.5)
+    if widening:
+        size = centre.abs().add_(radius.abs())
+        radius[rows:].add_(size[:rows] + size[rows:], alpha=widening)
+    middle, spread = apply(centre), absolute(radius)  # new tensors: written in place below
+    if offset is not None:
+        middle[rows:] += offset
+    low, high = middle - spread, middle.add_(spread)
+    return _Lines(low[:rows], low[rows:], high[:rows], high[rows:])
 
 
 def _rounding(n: int) -> float:
@@ -1095,7 +1111,7 @@ def _signed(node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, A
     (operand,) = _operands(node, values)
     x: _Lines = values[operand]
     apply, absolute, stack = _signed_parts(node, step, root, values)
-    out = _centre_radius(x, apply, absolute, stack, _rounding(math.prod(x.lb.shape[1:])))
+    widening = _rounding(math.prod(x.lb.shape[1:]))
     if step.rule == _SIGNED_MODULE:
         key = ("offset", tuple(x.lb.shape[1:]), x.lb.device)
         offset = step.cache.get(key)
@@ -1105,7 +1121,7 @@ def _signed(node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, A
     else:
         zeros = lambda n, v: torch.zeros_like(v.lb) if n is operand else v.lb  # noqa: E731
         offset = _call(node, root, _picker(values, zeros))
-    return _Lines(out.lw, out.lb + offset, out.uw, out.ub + offset)
+    return _centre_radius(x, apply, absolute, stack, widening, offset)
 
 
 def _kink(
