@@ -18,7 +18,10 @@ How each traced operation is bounded (what an operation computes decides, throug
   line of each operand, the sign read off the operation itself (one probe). Signed maps (linear,
   convolution, transposed convolution, batch norm in eval, products with one constant operand,
   division by a constant) are applied through their positive and negative parts ``A+``, ``A-``
-  (parameters replaced by their positive / negative parts): ``lower = A+ L + A- U + c``.
+  (parameters replaced by their positive / negative parts): ``lower = A+ L + A- U + c``,
+  computed as ``A C - |A| R + c`` from the lines' centre and radius (:func:`_centre_radius`:
+  two calls of the operation per line part, ``|W|`` kept per program; a layer whose output is
+  a few pixels runs as its dense matrix, :func:`_dense`).
 * Elementwise piecewise-linear operations (ReLU, LeakyReLU, ReLU6, Hardtanh, Hardsigmoid,
   clamp, abs: exact.py's kink operations) are written as ``f(k1) + s0 (x - k1) + sum_i d_i
   relu(x - k_i)``, slopes read off the operation at its kinks, each ReLU relaxed by CROWN's
@@ -93,7 +96,9 @@ of the terms instead (:func:`_widen_by`: for a product, ``op(|x|, |y|)`` of the 
 line sizes and ranges, which bounds every term of every call). Interval floors and ceilings
 computed from sums of exponentials or squares are moved out by the same relative 1e-9, as are
 the kept intervals at every step; the range fed to ``rsqrt`` is ``(var + eps)`` scaled by
-``1 -+ 1e-9``. A sub-interval is proved only when its margin lower bound
+``1 -+ 1e-9``. Signed maps are widened besides by a bound of their rounding in any order of
+summation, ``2 (n + 4) u`` times ``|A|`` of their operand's line sizes (:func:`_rounding`).
+A sub-interval is proved only when its margin lower bound
 exceeds :func:`connectivity.engine.exact.margin_tolerance` of the logits seen on its segment
 (1,000 machine epsilons of the network's dtype times the largest absolute logit), the rule by
 which the exact check leaves the network's own rounding (float32) undecided. A margin that
@@ -354,8 +359,16 @@ def _range(lines: _Lines, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _widen(lines: _Lines) -> _Lines:
-    size = lines.lw.abs() + lines.lb.abs() + lines.uw.abs() + lines.ub.abs()
-    margin = RELATIVE_WIDENING * size
+    # RELATIVE_WIDENING * (|lw| + |lb| + |uw| + |ub|), summed in that order; in place where
+    # the parts have one shape (fewer temporaries), broadcast otherwise
+    parts = (lines.lw, lines.lb, lines.uw, lines.ub)
+    if all(p.shape == lines.lw.shape for p in parts):
+        margin = lines.lw.abs().add_(lines.lb.abs()).add_(lines.uw.abs()).add_(lines.ub.abs())
+        margin.mul_(RELATIVE_WIDENING)
+    else:
+        margin = RELATIVE_WIDENING * (
+            parts[0].abs() + parts[1].abs() + parts[2].abs() + parts[3].abs()
+        )
     low, high = lines.low, lines.high
     if low is not None and high is not None:  # float64 values of f or sums of a few of them
         low, high = low - RELATIVE_WIDENING * low.abs(), high + RELATIVE_WIDENING * high.abs()
