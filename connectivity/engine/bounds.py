@@ -18,7 +18,10 @@ How each traced operation is bounded (what an operation computes decides, throug
   line of each operand, the sign read off the operation itself (one probe). Signed maps (linear,
   convolution, transposed convolution, batch norm in eval, products with one constant operand,
   division by a constant) are applied through their positive and negative parts ``A+``, ``A-``
-  (parameters replaced by their positive / negative parts): ``lower = A+ L + A- U + c``.
+  (parameters replaced by their positive / negative parts): ``lower = A+ L + A- U + c``,
+  computed as ``A C - |A| R + c`` from the lines' centre and radius (:func:`_centre_radius`:
+  two calls of the operation per line part, ``|W|`` kept per program; a layer whose output is
+  a few pixels runs as its dense matrix, :func:`_dense`).
 * Elementwise piecewise-linear operations (ReLU, LeakyReLU, ReLU6, Hardtanh, Hardsigmoid,
   clamp, abs: exact.py's kink operations) are written as ``f(k1) + s0 (x - k1) + sum_i d_i
   relu(x - k_i)``, slopes read off the operation at its kinks, each ReLU relaxed by CROWN's
@@ -93,7 +96,9 @@ of the terms instead (:func:`_widen_by`: for a product, ``op(|x|, |y|)`` of the 
 line sizes and ranges, which bounds every term of every call). Interval floors and ceilings
 computed from sums of exponentials or squares are moved out by the same relative 1e-9, as are
 the kept intervals at every step; the range fed to ``rsqrt`` is ``(var + eps)`` scaled by
-``1 -+ 1e-9``. A sub-interval is proved only when its margin lower bound
+``1 -+ 1e-9``. Signed maps are widened besides by a bound of their rounding in any order of
+summation, ``2 (n + 4) u`` times ``|A|`` of their operand's line sizes (:func:`_rounding`).
+A sub-interval is proved only when its margin lower bound
 exceeds :func:`connectivity.engine.exact.margin_tolerance` of the logits seen on its segment
 (1,000 machine epsilons of the network's dtype times the largest absolute logit), the rule by
 which the exact check leaves the network's own rounding (float32) undecided. A margin that
@@ -124,7 +129,7 @@ import math
 import operator
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -360,8 +365,16 @@ def _range(lines: _Lines, t0: Tensor, t1: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _widen(lines: _Lines) -> _Lines:
-    size = lines.lw.abs() + lines.lb.abs() + lines.uw.abs() + lines.ub.abs()
-    margin = RELATIVE_WIDENING * size
+    # RELATIVE_WIDENING * (|lw| + |lb| + |uw| + |ub|), summed in that order; in place where
+    # the parts have one shape (fewer temporaries), broadcast otherwise
+    parts = (lines.lw, lines.lb, lines.uw, lines.ub)
+    if all(p.shape == lines.lw.shape for p in parts):
+        margin = lines.lw.abs().add_(lines.lb.abs()).add_(lines.uw.abs()).add_(lines.ub.abs())
+        margin.mul_(RELATIVE_WIDENING)
+    else:
+        margin = RELATIVE_WIDENING * (
+            parts[0].abs() + parts[1].abs() + parts[2].abs() + parts[3].abs()
+        )
     low, high = lines.low, lines.high
     if low is not None and high is not None:  # float64 values of f or sums of a few of them
         low, high = low - RELATIVE_WIDENING * low.abs(), high + RELATIVE_WIDENING * high.abs()
@@ -416,6 +429,8 @@ class _Step:
     kind: str
     kinks: tuple[float, ...] = ()
     rule: str = ""  # the affine rule, the smooth function's name, or the pair's "max" / "min"
+    # What propagation keeps between calls (a layer's |weight| and offset; see _signed).
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -863,11 +878,28 @@ def _picks_from_tuple(node: fx.Node, values: dict[fx.Node, Any]) -> bool:
     )
 
 
+_Operator = Callable[[Tensor], Tensor]
+
+
+def _absolute(step: _Step, weight: Tensor) -> Tensor:
+    """``|weight|``, kept in ``step.cache`` while ``weight`` is the same tensor, unmodified (a
+    program's parameters are fixed, so each layer takes it once; a weight computed anew at
+    every propagation is taken anew)."""
+    kept = step.cache.get("absolute")
+    if kept is not None and kept[0] is weight and kept[1] == weight._version:
+        return kept[2]
+    absolute = weight.abs()
+    step.cache["absolute"] = (weight, weight._version, absolute)
+    return absolute
+
+
 def _signed_parts(
     node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, Any]
-) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
-    """The positive and negative parts ``A+``, ``A-`` of a signed affine node's linear part,
-    as functions of its point-dependent operand (no offset)."""
+) -> tuple[_Operator, _Operator, bool]:
+    """The linear part ``A`` of a signed affine node and its entrywise absolute value ``|A|``
+    (``A+ - A-``), as functions of its point-dependent operand (no offset), and whether they
+    may take the rows of several line parts stacked along the first dimension (true of layers
+    and weighted functions, whose other operands are parameters)."""
     (operand,) = _operands(node, values)
 
     def with_input(x: Tensor, overrides: dict[tuple[int, str], Any]) -> Tensor:
@@ -883,34 +915,77 @@ def _signed_parts(
         return node.target(*args, **kwargs)  # type: ignore[operator]
 
     if step.rule == _SIGNED_MODULE:
-        return _module_parts(root.get_submodule(str(node.target)))
+        return (*_module_parts(root.get_submodule(str(node.target)), step), True)
+    stack = node.args[:1] == (operand,)
     if step.rule == _SIGNED_FUNCTION and node.target is F.batch_norm:
         mean = values[node.args[1]] if isinstance(node.args[1], fx.Node) else node.args[1]
         weight = _argument(node, 3, "weight", None)
         weight = values[weight] if isinstance(weight, fx.Node) else weight
         fixed = {(1, "running_mean"): torch.zeros_like(mean), (4, "bias"): None}
-        if weight is None:
-            return (lambda x: with_input(x, fixed)), (lambda x: torch.zeros_like(x))
+        if weight is None:  # a positive scale, 1 / sqrt(var + eps): A = |A|
+            return (lambda x: with_input(x, fixed)), (lambda x: with_input(x, fixed)), stack
+        absolute = _absolute(step, weight)
         return (
-            lambda x: with_input(x, {**fixed, (3, "weight"): weight.clamp(min=0)}),
-            lambda x: with_input(x, {**fixed, (3, "weight"): weight.clamp(max=0)}),
+            lambda x: with_input(x, {**fixed, (3, "weight"): weight}),
+            lambda x: with_input(x, {**fixed, (3, "weight"): absolute}),
+            stack,
         )
     if step.rule == _SIGNED_FUNCTION:
         weight = _argument(node, 1, "weight", None)
         weight = values[weight] if isinstance(weight, fx.Node) else weight
+        absolute = _absolute(step, weight)
         return (
-            lambda x: with_input(x, {(1, "weight"): weight.clamp(min=0), (2, "bias"): None}),
-            lambda x: with_input(x, {(1, "weight"): weight.clamp(max=0), (2, "bias"): None}),
+            lambda x: with_input(x, {(1, "weight"): weight, (2, "bias"): None}),
+            lambda x: with_input(x, {(1, "weight"): absolute, (2, "bias"): None}),
+            stack,
         )
-    return _product_parts(node, operand, root, values)
+    return (*_product_parts(node, operand, root, values), False)
 
 
-def _module_parts(
-    module: nn.Module,
-) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
-    """A layer with a signed weight (linear, convolution, batch norm): run with the weight's
-    positive / negative part, no bias, zero running mean (batch norm's scale is ``weight /
-    sqrt(var + eps)``, of the weight's sign)."""
+# A layer whose matrix (one row of its input to one row of its output) has at most this many
+# entries, this share of them nonzero or more, is applied as that matrix (see _dense).
+_DENSE_ENTRIES = 2**21
+_DENSE_SHARE = 0.5
+
+
+def _dense(
+    step: _Step,
+    run: Callable[[Tensor, Tensor], Tensor],
+    weight: Tensor,
+    shape: tuple[int, ...],
+) -> tuple[Tensor, Tensor, tuple[int, ...]] | None:
+    """The matrix ``M`` (``(n_in, n_out)``) of a layer on rows of ``shape``, ``|M|`` and the
+    output row's shape, or None where a matrix product would not pay: a convolution whose
+    output is a few pixels (ResNet's last stages) runs as many small products of mostly
+    padding, where one product with its (dense) matrix costs 10 to 100 times less. ``M`` is
+    read off the layer itself, run on the ``n_in`` unit rows (each entry a single term ``w *
+    1``, exact), once per input shape, and kept in ``step.cache`` with the weight it was read
+    from. Only layers of at most :data:`_DENSE_ENTRIES` entries with at least
+    :data:`_DENSE_SHARE` of them nonzero (counted first as the layer with a weight of ones on
+    a row of ones) are taken: the product sums the zeros too. ``|M|`` is the matrix's own
+    absolute value (a single term per entry: ``|W|``'s entries)."""
+    key = ("dense", shape, weight.device)
+    kept = step.cache.get(key)
+    if kept is not None and kept[0] is weight and kept[1] == weight._version:
+        return kept[2]
+    n_in = math.prod(shape)
+    ones = weight.new_ones(1, *shape)
+    counts = run(ones, torch.ones_like(weight))
+    entries = n_in * counts.numel()
+    dense = None
+    if entries <= _DENSE_ENTRIES and float(counts.sum()) >= _DENSE_SHARE * entries:
+        basis = torch.eye(n_in, dtype=weight.dtype, device=weight.device).view(n_in, *shape)
+        matrix = run(basis, weight).reshape(n_in, -1)
+        dense = (matrix, matrix.abs(), tuple(counts.shape[1:]))
+    step.cache[key] = (weight, weight._version, dense)
+    return dense
+
+
+def _module_parts(module: nn.Module, step: _Step) -> tuple[_Operator, _Operator]:
+    """A layer with a signed weight (linear, convolution, batch norm): ``A`` (the weight, no
+    bias, zero running mean) and ``|A|`` (the weight's absolute value, cached in ``step``);
+    batch norm's scale ``weight / sqrt(var + eps)`` has the weight's sign, so ``|A|`` is the
+    layer with ``|weight|`` there too. Small layers run as their matrix (:func:`_dense`)."""
     state = dict(module.named_parameters())
     state.update(dict(module.named_buffers()))
     base: dict[str, Any] = {}
@@ -924,9 +999,18 @@ def _module_parts(
         swapped = {**base, "weight": w} if w is not None else base
         return torch.func.functional_call(module, swapped, (x,))
 
-    if weight is None:  # batch norm without affine weight: a positive scale
-        return (lambda x: run(x, None)), (lambda x: torch.zeros_like(run(x, None)))
-    return (lambda x: run(x, weight.clamp(min=0))), (lambda x: run(x, weight.clamp(max=0)))
+    if weight is None:  # batch norm without affine weight: a positive scale, A = |A|
+        return (lambda x: run(x, None)), (lambda x: run(x, None))
+    absolute = _absolute(step, weight)
+
+    def part(x: Tensor, which: int) -> Tensor:
+        dense = _dense(step, run, weight, tuple(x.shape[1:]))
+        if dense is None:
+            return run(x, absolute if which else weight)
+        rows = x.reshape(x.shape[0], dense[which].shape[0])
+        return (rows @ dense[which]).view(x.shape[0], *dense[2])
+
+    return (lambda x: part(x, 0)), (lambda x: part(x, 1))
 
 
 def _product_parts(
@@ -934,18 +1018,23 @@ def _product_parts(
     operand: fx.Node,
     root: nn.Module,
     values: dict[fx.Node, Any],
-) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+) -> tuple[_Operator, _Operator]:
     """A product with constants (one constant tensor at most, numbers) or a division by a
-    constant: the constant tensor replaced by its positive / negative part (by the numbers'
-    sign); a division is a product with the reciprocal."""
+    constant: ``A`` (the operation itself) and ``|A|`` (the constant tensor replaced by its
+    absolute value, negated for a negative product of the numbers); a division is a product
+    with the reciprocal.
+
+    Raises:
+        NotBoundedError: two constant tensors, or numbers in an operation other than ``mul``.
+    """
     name = f"{_operation_name(node, root)} (node {node.name})"
     if node.target in _DIVISION_FUNCTIONS or str(node.target) in _DIVISION_METHODS:
         divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
         divisor = values[divisor] if isinstance(divisor, fx.Node) else divisor
         reciprocal = 1.0 / torch.as_tensor(divisor, dtype=torch.float64)
         return (
-            lambda x: x * reciprocal.clamp(min=0).to(x.device),
-            lambda x: x * reciprocal.clamp(max=0).to(x.device),
+            lambda x: x * reciprocal.to(x.device),
+            lambda x: x * reciprocal.abs().to(x.device),
         )
     leaves = fx.node.map_aggregate([node.args, node.kwargs], lambda v: v)
     flat: list[Any] = []
@@ -962,41 +1051,96 @@ def _product_parts(
         and node.target not in (operator.mul, operator.imul, torch.mul)
     ):
         raise NotBoundedError(f"bound propagation does not cover {name} (its constants)")
-    scale = math.prod(numbers) if numbers else 1.0
-    if not constants:
-        same = lambda x: _call(node, root, lambda n: x if n is operand else values[n])  # noqa: E731
-        zero = lambda x: torch.zeros_like(same(x))  # noqa: E731
-        return (same, zero) if scale >= 0 else (zero, same)
-    constant = constants[0]
-    tensor = values[constant]
-    up, down = tensor.clamp(min=0), tensor.clamp(max=0)
-    if scale < 0:
-        up, down = down, up
+    sign = 1.0 if (math.prod(numbers) if numbers else 1.0) >= 0 else -1.0
 
-    def part(x: Tensor, replacement: Tensor) -> Tensor:
+    def part(x: Tensor, replacement: Tensor | None) -> Tensor:
         return _call(
             node,
             root,
             lambda n: x if n is operand else (replacement if n is constant else values[n]),
         )
 
-    return (lambda x: part(x, up)), (lambda x: part(x, down))
+    constant = constants[0] if constants else None
+    tensor = values[constant] if constant is not None else None
+    absolute = tensor.abs() if tensor is not None else None
+    return (lambda x: part(x, tensor)), (lambda x: sign * part(x, absolute))
+
+
+def _centre_radius(
+    x: _Lines,
+    apply: _Operator,
+    absolute: _Operator,
+    stack: bool,
+    widening: float,
+    offset: Tensor | None = None,
+) -> _Lines:
+    """``A x + c`` for ``x`` between its lines ``L``, ``U``, through the centre ``C = (L + U) /
+    2`` and radius ``R = (U - L) / 2`` of the lines (slopes and intercepts each): ``A C -+ |A|
+    R``, which equals ``A+ L + A- U`` and ``A+ U + A- L`` (``A = A+ + A-``, ``|A| = A+ - A-``;
+    the midpoint-radius form of interval arithmetic), so two calls of the operation per line
+    part (``A`` on the centre, ``|A|`` on the radius) in place of four. With ``stack`` the
+    slopes' and intercepts' rows go through each call together (``(2 N, ...)``). ``offset``
+    (``c``, broadcast against the output) is added to the intercepts' centre.
+
+    Both intercepts move out by ``widening * |A| M``, ``M = |C_w| + |R_w| + |C_b| + |R_b|``
+    (for ``t`` in [0, 1] this covers the slopes' errors too), folded into the radius' call as
+    ``|A| (R_b + widening M)``; :func:`_rounding` gives a ``widening`` that covers the
+    rounding of this form.
+    """
+    if not stack:
+        cw, cb = (x.lw + x.uw) / 2, (x.lb + x.ub) / 2
+        rw, rb = (x.uw - x.lw) / 2, (x.ub - x.lb) / 2
+        if widening:
+            rb = rb + widening * (cw.abs() + rw.abs() + cb.abs() + rb.abs())
+        aw, ab, pw, pb = apply(cw), apply(cb), absolute(rw), absolute(rb)
+        if offset is not None:
+            ab = ab + offset
+        return _Lines(aw - pw, ab - pb, aw + pw, ab + pb)
+    rows = x.lw.shape[0]
+    lower, upper = torch.cat([x.lw, x.lb]), torch.cat([x.uw, x.ub])
+    centre = torch.add(lower, upper).mul_(0.5)  # halving is exact: no rounding of its own
+    radius = torch.sub(upper, lower).mul_(0.5)
+    if widening:
+        size = centre.abs().add_(radius.abs())
+        radius[rows:].add_(size[:rows] + size[rows:], alpha=widening)
+    middle, spread = apply(centre), absolute(radius)  # new tensors: written in place below
+    if offset is not None:
+        middle[rows:] += offset
+    low, high = middle - spread, middle.add_(spread)
+    return _Lines(low[:rows], low[rows:], high[:rows], high[rows:])
+
+
+def _rounding(n: int) -> float:
+    """The relative widening, of ``|A| M`` (:func:`_centre_radius`), that covers the float64
+    rounding of the centre-radius form on rows of ``n`` elements: a linear map of such a row
+    sums at most ``n`` nonzero products per output, computed to within ``gamma_n |A| |v|`` in
+    any order of summation (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed.,
+    3.1, ``gamma_n = n u / (1 - n u)``, ``u = 2^-53``); the centre and radius are within ``u``
+    of theirs (the halving is exact), the fold and the final sum add ``u`` of ``|A| M`` each, so
+    ``(n + 4) u`` (plus second-order terms) bounds the error of each bound; twice that is used.
+    The output's own rounding (the offset's sum) is :func:`_widen`'s, after every operation."""
+    return 2.0 * (n + 4) * 2.0**-53
 
 
 def _signed(node: fx.Node, step: _Step, root: nn.Module, values: dict[fx.Node, Any]) -> _Lines:
-    """``lower = A+ L + A- U + c``, ``upper = A+ U + A- L + c`` with ``c`` the value at zero."""
+    """``lower = A+ L + A- U + c``, ``upper = A+ U + A- L + c`` with ``c`` the value at zero,
+    computed in :func:`_centre_radius`'s form, widened by :func:`_rounding`. A layer's ``c``
+    (its bias, less batch norm's scaled running mean) is the same for every row: it is taken
+    once per input shape, on one row, and kept in ``step.cache``."""
     (operand,) = _operands(node, values)
     x: _Lines = values[operand]
-    pos, neg = _signed_parts(node, step, root, values)
-    offset = _call(
-        node, root, _picker(values, lambda n, v: torch.zeros_like(v.lb) if n is operand else v.lb)
-    )
-    return _Lines(
-        pos(x.lw) + neg(x.uw),
-        pos(x.lb) + neg(x.ub) + offset,
-        pos(x.uw) + neg(x.lw),
-        pos(x.ub) + neg(x.lb) + offset,
-    )
+    apply, absolute, stack = _signed_parts(node, step, root, values)
+    widening = _rounding(math.prod(x.lb.shape[1:]))
+    if step.rule == _SIGNED_MODULE:
+        key = ("offset", tuple(x.lb.shape[1:]), x.lb.device)
+        offset = step.cache.get(key)
+        if offset is None:
+            zero = x.lb.new_zeros(1, *x.lb.shape[1:])
+            offset = step.cache[key] = root.get_submodule(str(node.target))(zero)
+    else:
+        zeros = lambda n, v: torch.zeros_like(v.lb) if n is operand else v.lb  # noqa: E731
+        offset = _call(node, root, _picker(values, zeros))
+    return _centre_radius(x, apply, absolute, stack, widening, offset)
 
 
 def _kink(
