@@ -445,6 +445,9 @@ class BoundProgram:
     # Whether every point-dependent value was seen to keep the points of a batch apart, in
     # blocks of its first dimension (_check_rows); checked once, at the first bound.
     rows_checked: bool = False
+    # Whether the program was seen to give the tail's own logits, each point alone
+    # (_check_points_apart); checked once, on the first segment proved.
+    points_checked: bool = False
 
 
 def bound_program(tail: nn.Module, example: Tensor | None = None) -> BoundProgram:
@@ -1875,8 +1878,9 @@ def prove_segments(
         NotBoundedError: see :func:`bound_program`.
     """
     program = tail if isinstance(tail, BoundProgram) else bound_program(tail, starts[:1])
-    if starts.shape[0]:
+    if starts.shape[0] and not program.points_checked:
         _check_points_apart(program, starts[0], ends[0])
+        program.points_checked = True
     count, device = starts.shape[0], starts.device
     targets = targets.to(device).long()
     status, counterexample, found, min_margin, scale = _at_ends(program, starts, ends, targets)
