@@ -164,30 +164,32 @@ class _Accumulator:
         self.slack = torch.zeros_like(self.slope)
         self.n = n
 
-    def per_interval(self, value: Tensor) -> Tensor:
-        """``(K, rows, ...)`` summed to ``(K, N)``: rows come in ``N`` blocks (bounds.py's
-        layout, checked by its ``_check_rows``)."""
-        return value.reshape(value.shape[0], self.n, -1).sum(2)
+    def dot(self, coefficients: Tensor, values: Tensor) -> Tensor:
+        """``(K, N)``: ``sum coefficients * values`` over each sub-interval's entries, with
+        ``0 * inf = 0`` (a zero coefficient ignores its value). ``coefficients``: ``(K, rows,
+        ...)``; ``values`` broadcast to ``(rows, ...)``; rows come in ``N`` blocks
+        (bounds.py's layout, checked by its ``_check_rows``)."""
+        k, rows = coefficients.shape[0], coefficients.shape[1]
+        c = coefficients.reshape(k, rows, -1)
+        v = torch.broadcast_to(values, coefficients.shape[1:]).reshape(rows, -1)
+        if bool(torch.isfinite(v).all()):
+            summed = torch.einsum("krm,rm->kr", c, v)
+        else:
+            summed = torch.where(c == 0, 0.0, c * v).sum(2)
+        return summed.reshape(k, self.n, -1).sum(2)
 
     def add_slack(self, coefficients: Tensor, magnitude: Tensor) -> None:
-        """Slack ``1e-9 * sum |lambda| * magnitude`` (a zero coefficient adds nothing, even
-        against an infinite magnitude)."""
-        terms = coefficients.abs() * magnitude
-        terms = torch.where(coefficients == 0, 0.0, terms)
-        self.slack += RELATIVE_WIDENING * self.per_interval(terms)
+        """Slack ``1e-9 * sum |lambda| * magnitude`` (the size of the terms summed)."""
+        self.slack += RELATIVE_WIDENING * self.dot(coefficients.abs(), magnitude)
 
-    def concretise(self, coefficients: Tensor, lines: _Lines) -> None:
-        """Add ``lambda+ (lw t + lb) + lambda- (uw t + ub)`` (a lower bound of ``lambda . v``)."""
+    def concretise(self, coefficients: Tensor, lines: _Lines, reach: Tensor) -> None:
+        """Add ``lambda+ (lw t + lb) + lambda- (uw t + ub)`` (a lower bound of ``lambda . v``);
+        slack of the lines' size and ``reach``."""
         pos, neg = coefficients.clamp(min=0), coefficients.clamp(max=0)
-        self.slope += self.per_interval(_times(pos, lines.lw) + _times(neg, lines.uw))
-        self.bias += self.per_interval(_times(pos, lines.lb) + _times(neg, lines.ub))
+        self.slope += self.dot(pos, lines.lw) + self.dot(neg, lines.uw)
+        self.bias += self.dot(pos, lines.lb) + self.dot(neg, lines.ub)
         size = lines.lw.abs() + lines.lb.abs() + lines.uw.abs() + lines.ub.abs()
-        self.add_slack(coefficients, size)
-
-
-def _times(coefficients: Tensor, values: Tensor) -> Tensor:
-    """``coefficients * values`` with ``0 * inf = 0`` (a zero coefficient ignores the value)."""
-    return torch.where(coefficients == 0, 0.0, coefficients * values)
+        self.add_slack(coefficients, size + reach)
 
 
 def _substitute(
@@ -210,17 +212,17 @@ def _substitute(
         value = values[node]
         if isinstance(value, tuple):
             coefficients = _tuple_coefficients(coefficients, value)
-        if not isinstance(value, tuple):
-            low, high = _range(value, t0, t1)
-            total.add_slack(coefficients, torch.maximum(low.abs(), high.abs()))
-        else:
-            for c, v in zip(coefficients, value, strict=True):
-                low, high = _range(v, t0, t1)
-                total.add_slack(c, torch.maximum(low.abs(), high.abs()))
         inputs = _backward_step(program, step, coefficients, values, total, t0, t1)
         for operand, c in inputs:
             _accumulate(pending, operand, c)
     return total.slope, total.bias, total.slack
+
+
+def _reach(lines: _Lines, t0: Tensor, t1: Tensor) -> Tensor:
+    """``max |v(t)|`` on the sub-interval from the forward lines: the size of the terms of
+    ``lambda . v`` (the identity each node rewrites)."""
+    low, high = _range(lines, t0, t1)
+    return torch.maximum(low.abs(), high.abs())
 
 
 def _tuple_coefficients(coefficients: Any, value: tuple) -> tuple[Tensor, ...]:
@@ -255,13 +257,17 @@ def _backward_step(
     t0: Tensor,
     t1: Tensor,
 ) -> list[tuple[Any, Tensor]]:
-    """One node: add its bias / concretised part to ``total``; return the coefficients it
-    passes to its operands (``(node, tensor)``, or ``((tuple node, index), tensor)``)."""
-    node, root = step.node, program.module
+    """One node: add its bias / concretised part and its slack to ``total``; return the
+    coefficients it passes to its operands (``(node, tensor)``, or ``((tuple node, index),
+    tensor)``)."""
+    node, root, value = step.node, program.module, values[step.node]
     if step.kind == AFFINE and _picks_from_tuple(node, values):
-        return [((node.args[0], node.args[1]), coefficients)]
+        return [((node.args[0], node.args[1]), coefficients)]  # a copy: nothing to add
+    items = value if isinstance(value, tuple) else (value,)
+    parts = coefficients if isinstance(value, tuple) else (coefficients,)
+    reach = [_reach(v, t0, t1) for v in items]
     if step.kind == AFFINE:
-        passed = _affine(node, root, coefficients, values, total)
+        passed = _affine(node, root, coefficients, values, total, reach)
         if passed is not None:
             return passed
     elif step.kind in (KINK, SMOOTH) and len(_operands(node, values)) == 1:
@@ -272,25 +278,29 @@ def _backward_step(
             lines = _kink_lines(f, sorted(set(step.kinks)), low, high)
         else:
             lines = _relax(step.rule, low, high)
-        return [(operand, _relaxed(coefficients, lines, total))]
-    if isinstance(values[node], tuple):
-        for c, v in zip(coefficients, values[node], strict=True):
-            total.concretise(c, v)
-    else:
-        total.concretise(coefficients, values[node])
+        return [(operand, _relaxed(coefficients, lines, total, reach[0]))]
+    for c, v, r in zip(parts, items, reach, strict=True):
+        total.concretise(c, v, r)
     return []
 
 
 def _relaxed(
-    coefficients: Tensor, lines: tuple[Tensor, Tensor, Tensor, Tensor], total: _Accumulator
+    coefficients: Tensor,
+    lines: tuple[Tensor, Tensor, Tensor, Tensor],
+    total: _Accumulator,
+    reach: Tensor,
 ) -> Tensor:
     """``lambda+ (a_lo, b_lo) + lambda- (a_hi, b_hi)``: the intercepts into ``total``, the
-    slopes returned as the input's coefficients."""
+    slopes returned as the input's coefficients (``0 * inf = 0``)."""
     a_lo, b_lo, a_hi, b_hi = lines
+    up = coefficients >= 0
     pos, neg = coefficients.clamp(min=0), coefficients.clamp(max=0)
-    total.bias += total.per_interval(_times(pos, b_lo) + _times(neg, b_hi))
-    total.add_slack(coefficients, b_lo.abs() + b_hi.abs())
-    return _times(pos, a_lo) + _times(neg, a_hi)
+    total.bias += total.dot(pos, b_lo) + total.dot(neg, b_hi)
+    total.add_slack(coefficients, reach + b_lo.abs() + b_hi.abs())
+    passed = coefficients * torch.where(up, a_lo, a_hi)
+    if bool(torch.isfinite(a_lo).all() and torch.isfinite(a_hi).all()):
+        return passed
+    return torch.where(coefficients == 0, 0.0, passed)
 
 
 def _affine(
@@ -299,6 +309,7 @@ def _affine(
     coefficients: Any,
     values: dict[fx.Node, Any],
     total: _Accumulator,
+    reach: list[Tensor],
 ) -> list[tuple[Any, Tensor]] | None:
     """``lambda_in = A^T lambda_out`` per operand by the node's VJP (vmapped over the
     specification rows, row by row where vmap does not cover the operation), and ``lambda_out
@@ -322,9 +333,9 @@ def _affine(
         return None
     outputs = offset if isinstance(offset, tuple | list) else (offset,)
     parts = coefficients if isinstance(coefficients, tuple) else (coefficients,)
-    for c, o in zip(parts, outputs, strict=True):
-        total.bias += total.per_interval(c * o.detach())
-        total.add_slack(c, o.detach().abs())
+    for c, o, r in zip(parts, outputs, reach, strict=True):
+        total.bias += total.dot(c, o.detach())
+        total.add_slack(c, o.detach().abs() + r)
     return [(n, p.detach()) for n, p in zip(operands, passed, strict=True)]
 
 
