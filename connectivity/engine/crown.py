@@ -130,7 +130,9 @@ def backward_margin_bounds(
         at1 = slope * t1 + bias
         size = slope.abs() + bias.abs()
         low = torch.minimum(at0, at1) - RELATIVE_WIDENING * size - slack
-        lows.append(low.nan_to_num(nan=-math.inf).amin(0))
+        lows.append(
+            torch.where(torch.isnan(low), -math.inf, low).amin(0)
+        )  # not nan_to_num: it makes inf finite
     low = torch.stack(lows).amin(0)
     return torch.where(torch.isnan(low), -math.inf, low)
 

@@ -284,3 +284,23 @@ def test_branch_and_bound_needs_fewer_evaluations(name: str) -> None:
         counts[backward] = (int(proof.bound_evaluations.sum()), proof.status)
     assert counts[True][1] == counts[False][1]
     assert counts[True][0] < 0.7 * counts[False][0], counts
+
+
+class Reciprocal(nn.Module):
+    """Margin ``1 / x - 0.5`` along ``x`` in [-1, 1] (undefined at ``x = 0``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([torch.reciprocal(x) - 0.5, torch.zeros_like(x)], dim=1)
+
+
+def test_an_unbounded_range_gives_minus_infinity_never_nan() -> None:
+    net = Reciprocal()
+    a, b = torch.tensor([[-1.0], [-1.0]]).double(), torch.tensor([[1.0], [1.0]]).double()
+    t0 = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    t1 = torch.tensor([0.75, 1.0], dtype=torch.float64)
+    y = torch.zeros(2, dtype=torch.long)
+    backward = _backward(bound_program(net, a[:1]), a, b, y, t0, t1)
+    assert float(backward[0]) == -math.inf  # x crosses 0 there
+    assert math.isfinite(float(backward[1])) and float(backward[1]) <= 0.5  # 1 / x >= 1
+    lines = _kink_lines(F.relu, [0.0], torch.tensor([-math.inf, 0.0]), torch.tensor([1.0, 1.0]))
+    assert lines[1][0] == -math.inf and lines[3][0] == math.inf
