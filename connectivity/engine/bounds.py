@@ -424,8 +424,9 @@ class BoundProgram:
     # Whether every point-dependent value was seen to keep the points of a batch apart, in
     # blocks of its first dimension (_check_rows); checked once, at the first bound.
     rows_checked: bool = False
-    # Whether margin_bounds also back-substitutes the margin (engine/crown.py) and keeps the best.
-    backward: bool = True
+    # A second margin bound from every node's forward values (crown.backward_margin_bounds, set
+    # by crown.crown_program); margin_bounds keeps the better of it and the forward one.
+    backward: Callable[..., Tensor] | None = None
 
 
 def bound_program(tail: nn.Module, example: Tensor | None = None) -> BoundProgram:
@@ -1455,8 +1456,8 @@ def margin_bounds(
     """A lower bound of ``logit[y] - max_{k != y} logit[k]`` over each sub-interval.
 
     The margin is ``min_k (x_y - x_k) >= min_k (L_y(t) - U_k(t))``, an affine function of
-    ``t`` per ``k``, lowest at an end of ``[t0, t1]``; with ``program.backward`` (the default)
-    the larger of that and :func:`connectivity.engine.crown.backward_margin_bounds`.
+    ``t`` per ``k``, lowest at an end of ``[t0, t1]``; where ``program.backward`` is set
+    (:func:`connectivity.engine.crown.crown_program`), the larger of that and its bound.
 
     Args:
         program: A :func:`bound_program` (or a tail, traced here).
@@ -1489,10 +1490,8 @@ def margin_bounds(
     size = slope.abs() + intercept.abs()
     low = torch.minimum(at0, at1) - RELATIVE_WIDENING * size
     low = low.scatter(1, y, math.inf).amin(1)
-    if program.backward:  # both sound: keep the better (crown.py imports this module)
-        from connectivity.engine.crown import backward_margin_bounds
-
-        low = torch.maximum(low, backward_margin_bounds(program, a, b, y[:, 0], t0, t1, kept))
+    if program.backward is not None:  # both sound: keep the better
+        low = torch.maximum(low, program.backward(program, a, b, y[:, 0], t0, t1, kept))
     low = torch.where(poisoned, -math.inf, low)
     # (nan_to_num's defaults would also turn -inf into the lowest finite number)
     return torch.where(torch.isfinite(low) | (low == math.inf), low, -math.inf).nan_to_num(

@@ -76,13 +76,29 @@ from connectivity.engine.bounds import (
     _picks_from_tuple,
     _range,
     _relax,
+    bound_program,
 )
 
-__all__ = ["SPECIFICATION_ELEMENTS", "backward_margin_bounds"]
+__all__ = ["SPECIFICATION_ELEMENTS", "backward_margin_bounds", "crown_program"]
 
 # Most entries of one node's coefficients (specification rows x sub-interval rows x value
 # size) in one backward pass: 2^25 float64 entries, 256 MiB.
 SPECIFICATION_ELEMENTS = 1 << 25
+
+
+def crown_program(tail: torch.nn.Module, example: Tensor | None = None) -> BoundProgram:
+    """:func:`connectivity.engine.bounds.bound_program` of ``tail`` whose margin bounds
+    (:func:`~connectivity.engine.bounds.margin_bounds`, and so
+    :func:`~connectivity.engine.bounds.prove_segments`) are the better of the forward bound and
+    :func:`backward_margin_bounds` (both sound). bounds.py does not import this module (no
+    import cycle): the program carries the function.
+
+    Raises:
+        NotBoundedError: see :func:`~connectivity.engine.bounds.bound_program`.
+    """
+    program = bound_program(tail, example)
+    program.backward = backward_margin_bounds
+    return program
 
 
 def backward_margin_bounds(
