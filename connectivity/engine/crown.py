@@ -47,6 +47,16 @@ over the node's forward range, plus ``|lambda| |b|`` of a relaxation's intercept
 of the lines a node is concretised with. A sub-interval whose terms are not finite (an
 unbounded range, a NaN) gets ``-inf``.
 
+Use: :func:`crown_program` (a :func:`connectivity.engine.bounds.bound_program` carrying
+:func:`backward_margin_bounds`); its ``margin_bounds`` and ``prove_segments`` keep the better of
+the forward and the backward bound on each sub-interval.
+
+Not covered yet (concretised with forward lines, sound): backward steps through products,
+softmax and normalisations (Shi et al., ICLR 2020; DeepT, Bonaert et al., PLDI 2021); the
+relaxations' ranges are the forward pass's (full CROWN would also bound each intermediate
+pre-activation backwards, which on a deep ResNet is what keeps the ranges from growing with
+depth); optimised slopes (alpha-CROWN).
+
 Memory: ``K = classes - 1`` specification rows per sub-interval, held as ``(K, rows, *shape)``
 float64 coefficients per live node; :func:`backward_margin_bounds` runs the rows in chunks
 of at most :data:`SPECIFICATION_ELEMENTS` coefficient entries of the largest value.
@@ -146,9 +156,8 @@ def backward_margin_bounds(
         at1 = slope * t1 + bias
         size = slope.abs() + bias.abs()
         low = torch.minimum(at0, at1) - RELATIVE_WIDENING * size - slack
-        lows.append(
-            torch.where(torch.isnan(low), -math.inf, low).amin(0)
-        )  # not nan_to_num: it makes inf finite
+        # (not nan_to_num: it would also make -inf finite)
+        lows.append(torch.where(torch.isnan(low), -math.inf, low).amin(0))
     low = torch.stack(lows).amin(0)
     return torch.where(torch.isnan(low), -math.inf, low)
 
