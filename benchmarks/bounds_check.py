@@ -126,9 +126,8 @@ import torchvision
 from torch import Tensor, nn
 
 from connectivity.data import ImageFolderDataModule, stack_images
-from connectivity.engine.bounds import NotBoundedError, prove_segments
+from connectivity.engine.bounds import NotBoundedError, bound_program, prove_segments
 from connectivity.engine.checks import on_target, path_log_probabilities
-from connectivity.engine.crown import crown_program
 from connectivity.engine.exact import (
     NotPiecewiseLinearError,
     UnreliableExactCheckError,
@@ -335,7 +334,7 @@ def _run_bounds(
     """Bounds' cells; returns its :class:`SegmentProof` of all segments (None if none)."""
     count = starts.shape[0]
     try:
-        program = crown_program(tail, starts[:1])
+        program = bound_program(tail, starts[:1])
 
         def check(first: int, last: int) -> Any:
             return prove_segments(

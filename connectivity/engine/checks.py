@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from connectivity.engine.band import StopFn, straight_line
 from connectivity.engine.bound_paths import BoundCheck, bound_paths
-from connectivity.engine.bounds import BoundProgram, NotBoundedError
-from connectivity.engine.crown import crown_program
+from connectivity.engine.bounds import BoundProgram, NotBoundedError, bound_program
 from connectivity.engine.exact import (
     NotPiecewiseLinearError,
     PathCheck,
@@ -248,11 +247,9 @@ class Certifier:
 
 
 def _bound_program(tail: nn.Module, example: Tensor | None) -> tuple[BoundProgram | None, str]:
-    """The tail's bound program (forward and backward bounds: the better of the two on each
-    sub-interval, :func:`connectivity.engine.crown.crown_program`), or None and why bounds do
-    not cover it."""
+    """The tail's bound program, or None and why bounds do not cover it."""
     try:
-        return crown_program(tail, example), ""
+        return bound_program(tail, example), ""
     except NotBoundedError as error:
         return None, str(error)
 
