@@ -448,9 +448,6 @@ class BoundProgram:
     # Whether the program was seen to give the tail's own logits, each point alone
     # (_check_points_apart); checked once, on the first segment proved.
     points_checked: bool = False
-    # A second margin bound from every node's forward values (crown.backward_margin_bounds, set
-    # by crown.crown_program); margin_bounds keeps the better of it and the forward one.
-    backward: Callable[..., Tensor] | None = None
 
 
 def bound_program(tail: nn.Module, example: Tensor | None = None) -> BoundProgram:
@@ -1262,13 +1259,12 @@ def _pool(
 
 
 def _propagate(
-    program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tensor, keep: dict | None = None
+    program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tensor
 ) -> tuple[_Lines, Tensor]:
     """Lines of the logits ``(N, classes)`` on each sub-interval, and ``(N,)`` which
     sub-intervals met a NaN on the way (their lines mean nothing: ``0 * inf`` after an
     overflow, or a reciprocal's infinite lines; see :func:`_poisoned`); ``a``, ``b``: ``(N,
-    *point_shape)`` float64 ends of the sub-intervals' segments; ``t0``, ``t1``: ``(N,)``;
-    ``keep``, where given, receives every node's value (lines, tuples, fixed values)."""
+    *point_shape)`` float64 ends of the sub-intervals' segments; ``t0``, ``t1``: ``(N,)``."""
     root = program.module
     values: dict[fx.Node, Any] = {}
     poisoned = torch.zeros(t0.shape[0], dtype=torch.bool, device=t0.device)
@@ -1281,8 +1277,6 @@ def _propagate(
             out = values[node.args[0]]  # type: ignore[index]
             if not isinstance(out, _Lines):
                 raise NotBoundedError("the tail's output is not one point-dependent tensor")
-            if keep is not None:
-                keep.update(values)
             return out, poisoned
         if step.kind == NO_OP:
             values[node] = None
@@ -1609,8 +1603,7 @@ def margin_bounds(
     """A lower bound of ``logit[y] - max_{k != y} logit[k]`` over each sub-interval.
 
     The margin is ``min_k (x_y - x_k) >= min_k (L_y(t) - U_k(t))``, an affine function of
-    ``t`` per ``k``, lowest at an end of ``[t0, t1]``; where ``program.backward`` is set
-    (:func:`connectivity.engine.crown.crown_program`), the larger of that and its bound.
+    ``t`` per ``k``, lowest at an end of ``[t0, t1]``.
 
     Args:
         program: A :func:`bound_program` (or a tail, traced here).
@@ -1631,9 +1624,8 @@ def margin_bounds(
     device = next(iter(program.module.parameters()), a).device
     a, b = a.to(device, torch.float64), b.to(device, torch.float64)
     t0, t1 = t0.to(device, torch.float64), t1.to(device, torch.float64)
-    kept: dict[fx.Node, Any] = {}
     with torch.no_grad():
-        logits, poisoned = _propagate(program, a, b, t0, t1, kept if program.backward else None)
+        logits, poisoned = _propagate(program, a, b, t0, t1)
     lw, lb, uw, ub = (v.flatten(1) for v in (logits.lw, logits.lb, logits.uw, logits.ub))
     y = targets.to(device).long().unsqueeze(1)
     slope = lw.gather(1, y) - uw
@@ -1643,8 +1635,6 @@ def margin_bounds(
     size = slope.abs() + intercept.abs()
     low = torch.minimum(at0, at1) - RELATIVE_WIDENING * size
     low = low.scatter(1, y, math.inf).amin(1)
-    if program.backward is not None:  # both sound: keep the better
-        low = torch.maximum(low, program.backward(program, a, b, y[:, 0], t0, t1, kept))
     low = torch.where(poisoned, -math.inf, low)
     # (nan_to_num's defaults would also turn -inf into the lowest finite number)
     return torch.where(torch.isfinite(low) | (low == math.inf), low, -math.inf).nan_to_num(
