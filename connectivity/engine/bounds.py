@@ -448,6 +448,9 @@ class BoundProgram:
     # Whether the program was seen to give the tail's own logits, each point alone
     # (_check_points_apart); checked once, on the first segment proved.
     points_checked: bool = False
+    # Per step, the nodes whose value no later step reads (freed after it: a propagation of
+    # many sub-intervals holds four lines per value, so the whole tail's would not fit).
+    frees: list[list[fx.Node]] = field(default_factory=list)
 
 
 def bound_program(tail: nn.Module, example: Tensor | None = None) -> BoundProgram:
@@ -485,7 +488,20 @@ def bound_program(tail: nn.Module, example: Tensor | None = None) -> BoundProgra
     except NotPiecewiseLinearError as error:
         raise NotBoundedError(str(error).replace("the exact check", "bounds")) from error
     module = module.double()
-    return BoundProgram(module, _steps(module), tail)
+    steps = _steps(module)
+    return BoundProgram(module, steps, tail, frees=_last_uses(steps))
+
+
+def _last_uses(steps: list[_Step]) -> list[list[fx.Node]]:
+    """For each step, the nodes it is the last reader of."""
+    last: dict[fx.Node, int] = {}
+    for i, step in enumerate(steps):
+        for node in step.node.all_input_nodes:
+            last[node] = i
+    frees: list[list[fx.Node]] = [[] for _ in steps]
+    for node, i in last.items():
+        frees[i].append(node)
+    return frees
 
 
 def _steps(module: fx.GraphModule) -> list[_Step]:
@@ -1268,8 +1284,11 @@ def _propagate(
     root = program.module
     values: dict[fx.Node, Any] = {}
     poisoned = torch.zeros(t0.shape[0], dtype=torch.bool, device=t0.device)
-    for step in program.steps:
+    for i, step in enumerate(program.steps):
         node = step.node
+        if i and program.frees:
+            for dead in program.frees[i - 1]:
+                values.pop(dead, None)
         if step.kind == INPUT:
             values[node] = _Lines(b - a, a, b - a, a)
             continue
