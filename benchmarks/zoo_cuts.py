@@ -52,12 +52,18 @@ MODELS = {
 REASONS = {"skip connection": "skip", "reads sizes": "sizes", "its value is": "not one tensor"}
 
 
-def _row(name: str, kwargs: dict, side: int, run: bool) -> str:
+def _zoo_model(name: str, kwargs: dict) -> torch.nn.Module:
+    """A torchvision model with random weights, its last layer redrawn (some start at zero:
+    every logit equal)."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
     torch.nn.init.normal_(last.weight, std=1.0 / last.weight[0].numel() ** 0.5)
-    return _model_row(name, model, side, run)
+    return model
+
+
+def _row(name: str, kwargs: dict, side: int, run: bool) -> str:
+    return _model_row(name, _zoo_model(name, kwargs), side, run)
 
 
 def _model_row(name: str, model: torch.nn.Module, side: int, run: bool) -> str:
@@ -191,7 +197,7 @@ def main() -> None:
                 model, side = timm_model(name), SIDE
             else:
                 kwargs, side = MODELS[name]
-                model = torchvision.models.get_model(name, num_classes=10, **kwargs).eval()
+                model = _zoo_model(name, kwargs)
             print(_bounds_row(name, model, side, args.max_splits, args.fraction), flush=True)
     if args.timm:
         print()
