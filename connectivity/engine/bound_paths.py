@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from connectivity.engine.bounds import BoundProgram, SegmentProof, prove_segments
-from connectivity.engine.exact import PathCheck
+from connectivity.engine.exact import PathCheck, off_target_everywhere
 from connectivity.engine.options import DEFAULT_MAX_SPLITS
 
 __all__ = ["BoundCheck", "bound_paths"]
@@ -127,14 +127,7 @@ def _empty(pairs: int, count: int) -> BoundCheck:
     """Every path off target on its whole length (the outcome for a path that is not finite),
     to be filled in for the others."""
     return BoundCheck(
-        min_margin=torch.full((pairs,), -math.inf, dtype=torch.float64),
-        tolerance=torch.zeros(pairs, dtype=torch.float64),
-        passed=torch.zeros(pairs, dtype=torch.bool),
-        decided=torch.ones(pairs, dtype=torch.bool),
-        pieces=torch.zeros(pairs, dtype=torch.long),
-        off_target=[torch.tensor([[0.0, 1.0]], dtype=torch.float64)] * pairs,
-        positions=[torch.linspace(0.0, 1.0, count, dtype=torch.float64)] * pairs,
-        margins=[torch.full((count,), -math.inf, dtype=torch.float64)] * pairs,
+        **off_target_everywhere(pairs, count),
         min_margin_lower_bound=torch.full((pairs,), -math.inf, dtype=torch.float64),
         sub_intervals=torch.zeros(pairs, dtype=torch.long),
         bound_evaluations=torch.zeros(pairs, dtype=torch.long),

@@ -1844,17 +1844,7 @@ def _with_points_that_are_not_points(
     target, as a NaN logit counts in the sampled check); the others are checked as usual."""
     rows = finite.nonzero().squeeze(1)
     fine = check_paths(tail, paths[rows], targets[rows], **options) if rows.numel() else None
-    pairs, count = paths.shape[0], paths.shape[1]
-    check = PathCheck(
-        min_margin=torch.full((pairs,), -math.inf, dtype=torch.float64),
-        tolerance=torch.zeros(pairs, dtype=torch.float64),
-        passed=torch.zeros(pairs, dtype=torch.bool),
-        decided=torch.ones(pairs, dtype=torch.bool),
-        pieces=torch.zeros(pairs, dtype=torch.long),
-        off_target=[torch.tensor([[0.0, 1.0]], dtype=torch.float64)] * pairs,
-        positions=[torch.linspace(0.0, 1.0, count, dtype=torch.float64)] * pairs,
-        margins=[torch.full((count,), -math.inf, dtype=torch.float64)] * pairs,
-    )
+    check = PathCheck(**off_target_everywhere(paths.shape[0], paths.shape[1]))
     if fine is not None:
         index = rows.cpu()
         for name in ("min_margin", "tolerance", "passed", "decided", "pieces"):
@@ -1864,6 +1854,22 @@ def _with_points_that_are_not_points(
             for k, i in enumerate(index.tolist()):
                 column[i] = getattr(fine, name)[k]
     return check
+
+
+def off_target_everywhere(pairs: int, count: int) -> dict[str, Any]:
+    """The :class:`PathCheck` fields of ``pairs`` paths of ``count`` points each that are off
+    the target on their whole length, decided (paths with a point that is not a point), as
+    fresh tensors, to be filled in for the others."""
+    return {
+        "min_margin": torch.full((pairs,), -math.inf, dtype=torch.float64),
+        "tolerance": torch.zeros(pairs, dtype=torch.float64),
+        "passed": torch.zeros(pairs, dtype=torch.bool),
+        "decided": torch.ones(pairs, dtype=torch.bool),
+        "pieces": torch.zeros(pairs, dtype=torch.long),
+        "off_target": [torch.tensor([[0.0, 1.0]], dtype=torch.float64)] * pairs,
+        "positions": [torch.linspace(0.0, 1.0, count, dtype=torch.float64)] * pairs,
+        "margins": [torch.full((count,), -math.inf, dtype=torch.float64)] * pairs,
+    }
 
 
 def pair_boundaries(offsets: Tensor, segments: int) -> Tensor:
