@@ -82,9 +82,10 @@ def bound_paths(
     segments and pairs). A path is ``passed`` when every segment is proved; ``decided`` when
     passed or some counterexample's margin is below minus the tolerance (a margin closer to zero
     is left to the network's rounding, as in the exact check); otherwise (a segment out of
-    budget, or a counterexample within the tolerance) the path is undecided and ``note`` says
-    why. A path with a NaN or infinite coordinate has points the classifier gives no class:
-    decided, off the target on its whole length, as in the exact check.
+    budget, or a counterexample within the tolerance) the path is undecided and
+    :meth:`BoundCheck.note_of` says why. A path with a NaN or infinite coordinate has points the
+    classifier gives no class: decided, off the target on its whole length, as in the exact
+    check.
 
     Args:
         program: :func:`connectivity.engine.bounds.bound_program` of the tail.

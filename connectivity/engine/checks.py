@@ -231,7 +231,15 @@ class Certifier:
     def _check(self, paths: Tensor, targets: Tensor) -> list[PathCheck]:
         """One check per path, by this certifier's kind."""
         if self.bounds is not None:
-            bound = bound_paths(self.bounds, paths, targets, max_splits=self.max_splits)
+            try:
+                bound = bound_paths(self.bounds, paths, targets, max_splits=self.max_splits)
+            except NotBoundedError as error:
+                # What the bounds find only when run (the traced program computing other
+                # values than the tail on these points): decided at the sampled points.
+                failed = undecided_checks(
+                    paths, f"bounds failed, decided at the sampled points: {error}"
+                )
+                return [_pick(failed, row) for row in range(paths.shape[0])]
             return [_pick(bound, row) for row in range(paths.shape[0])]
         assert self.program is not None
         try:

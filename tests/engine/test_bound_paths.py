@@ -124,3 +124,26 @@ def test_a_spent_split_budget_leaves_the_verdict_to_the_sampled_points() -> None
     assert math.isnan(record.line_min_margin_lower_bound)
     auto = Certifier.for_tail(Sliver(), bounds.with_values(certify="auto"))
     assert auto.kind == "exact"  # the cheaper proof of a piecewise-linear tail
+
+
+class Swaps(nn.Module):
+    """Kinks' logits, swapped for points with x > 0.5 in the tail as run, but not in the program
+    traced of it (a module that tells tracing from running): bounds find out only when run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Kinks().double()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        logits = self.net(z)
+        if not isinstance(z, torch.fx.Proxy) and bool((z[:, 0] > 0.5).any()):
+            return logits.flip(1)
+        return logits
+
+
+def test_a_tail_bounds_cannot_follow_when_run_is_decided_at_the_sampled_points() -> None:
+    start = torch.tensor([[0.9, 0.0]], dtype=torch.float64)
+    end = torch.tensor([[0.95, 0.0]], dtype=torch.float64)
+    certifier = Certifier.for_tail(Swaps(), PathOptions(certify="bounds"), start)
+    (check,) = certifier.check(torch.stack([start, end], dim=1), torch.tensor([1]))
+    assert not bool(check.decided[0]) and check.note.startswith("bounds failed")
