@@ -446,16 +446,16 @@ def make_records(
     """Check the final bands and give each pair its verdicts and metrics.
 
     The sampled check (``line_points`` evenly spaced points) always runs: its points are kept
-    for figures, and it decides wherever the exact check did not (a sampled certifier, or a
-    margin within the exact check's tolerance of zero).
+    for figures, and it decides wherever no proof did (a sampled certifier, a margin within a
+    proof's tolerance of zero, or a spent split budget).
     """
     certifier = certifier or Certifier("sampled")
     per_segment = options.points_per_segment
     line, line_dense, path = check.line, check.log_probabilities, outcome.path
-    dense, path_ok, path_exact, path_decided = _check_bands(
+    dense, path_ok, path_proofs, path_decided = _check_bands(
         tail, targets, check, path, options, certifier
     )
-    line_exact = check.proofs if check.proofs is not None else [None] * len(targets)
+    line_proofs = check.proofs if check.proofs is not None else [None] * len(targets)
     line_pivots, path_pivots = _pivot_rows(line_dense, per_segment), _pivot_rows(dense, per_segment)
     line_pivots_ok = on_target(line_pivots, targets).all(dim=1)
     path_pivots_ok = on_target(path_pivots, targets).all(dim=1)
@@ -477,11 +477,11 @@ def make_records(
         pivot_verdict = _verdict(
             bool(line_pivots_ok[i]), bool(diverged[i]), bool(path_pivots_ok[i])
         )
-        exact_line, exact_path = line_exact[i], path_exact[i]
+        line_proof, path_proof = line_proofs[i], path_proofs[i]
         if line_ok:
-            exact_path = exact_line  # the path is the line
+            path_proof = line_proof  # the path is the line
         certificate, note = _certificate(
-            certifier, verdict, exact_line, exact_path, bool(path_decided[i]) or line_ok
+            certifier, verdict, line_proof, path_proof, bool(path_decided[i]) or line_ok
         )
         l2, linf = distances_from_line(path[i].detach(), line[i].detach())
         records.append(
@@ -502,24 +502,24 @@ def make_records(
                 distance_l2=l2.cpu(),
                 distance_linf=linf.cpu(),
                 certificate=certificate,
-                min_margin=_min_margin(margin[i], exact_path),
-                line_min_margin=_min_margin(line_margin[i], exact_line),
+                min_margin=_min_margin(margin[i], path_proof),
+                line_min_margin=_min_margin(line_margin[i], line_proof),
                 check_position=position,
                 check_margin=margin[i].float(),
                 check_predicted=predicted[i],
                 line_check_position=line_position,
                 line_check_margin=line_margin[i].float(),
                 line_check_predicted=line_predicted[i],
-                off_target_intervals=_stretches(exact_path),
-                line_off_target_intervals=_stretches(exact_line),
-                pieces=_pieces(exact_path),
-                line_pieces=_pieces(exact_line),
-                min_margin_lower_bound=_lower_bound(exact_path),
-                line_min_margin_lower_bound=_lower_bound(exact_line),
-                sub_intervals=_count(exact_path, "sub_intervals"),
-                line_sub_intervals=_count(exact_line, "sub_intervals"),
-                bound_evaluations=_count(exact_path, "bound_evaluations"),
-                line_bound_evaluations=_count(exact_line, "bound_evaluations"),
+                off_target_intervals=_stretches(path_proof),
+                line_off_target_intervals=_stretches(line_proof),
+                pieces=_pieces(path_proof),
+                line_pieces=_pieces(line_proof),
+                min_margin_lower_bound=_lower_bound(path_proof),
+                line_min_margin_lower_bound=_lower_bound(line_proof),
+                sub_intervals=_count(path_proof, "sub_intervals"),
+                line_sub_intervals=_count(line_proof, "sub_intervals"),
+                bound_evaluations=_count(path_proof, "bound_evaluations"),
+                line_bound_evaluations=_count(line_proof, "bound_evaluations"),
                 certificate_note=note,
                 line_probabilities=line_pivots[i].exp().cpu(),
                 path_probabilities=path_pivots[i].exp().cpu(),
@@ -541,10 +541,10 @@ def _check_bands(
     """The checks of the final paths ``(pairs, N, *point_shape)`` (the line for linear pairs).
 
     Returns:
-        ``(dense, ok, exact, decided)``: the log-probabilities at the sampled points
+        ``(dense, ok, proofs, decided)``: the log-probabilities at the sampled points
         ``(pairs, M, classes)``, whether each path stays in the class ``(pairs,)`` (by the
-        exact check where it decided, else the sampled one), each path's exact check (None
-        where none ran) and whether the exact check decided it ``(pairs,)``.
+        whole-path check where it decided, else the sampled one), each path's whole-path
+        check (exact or bounds; None where none ran) and whether it decided ``(pairs,)``.
     """
     per_segment = options.points_per_segment
     need = (~check.ok).nonzero().squeeze(1)
@@ -555,15 +555,15 @@ def _check_bands(
     else:  # bands with inserted pivots: every pair here needed its band
         dense = path_log_probabilities(tail, path, per_segment, options.chunk_size)
     path_ok = on_target(dense, targets).all(dim=1)
-    path_exact: list[PathCheck | None] = [None] * len(targets)
+    path_proofs: list[PathCheck | None] = [None] * len(targets)
     path_decided = torch.zeros_like(path_ok)
     if certifier.proves and need.numel():
         checks = certifier.check(path[need], targets[need])
         ok, decided = proved_or_sampled(checks, path_ok[need])
         path_ok[need], path_decided[need] = ok, decided
         for k, i in enumerate(need.tolist()):
-            path_exact[i] = checks[k]
-    return dense, path_ok, path_exact, path_decided
+            path_proofs[i] = checks[k]
+    return dense, path_ok, path_proofs, path_decided
 
 
 def _status(status: str, verdict: Verdict) -> str:
