@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from connectivity.engine.bounds import (
     _SMOOTH_FUNCTIONS,
     NotBoundedError,
+    SegmentProof,
     _relax,
     bound_program,
     margin_bounds,
@@ -206,7 +207,8 @@ def random_network(seed: int, activation: str) -> tuple[nn.Module, tuple[int, ..
     return Functional(act).eval(), (6,)
 
 
-def _margins(net: nn.Module, a: Tensor, b: Tensor, y: int, t: Tensor, dtype: torch.dtype) -> Tensor:
+def margins(net: nn.Module, a: Tensor, b: Tensor, y: int, t: Tensor, dtype: torch.dtype) -> Tensor:
+    """The target margin of ``net`` (in ``dtype``) at ``a + t (b - a)``, float64 ``(len(t),)``."""
     a, b = a.to(dtype), b.to(dtype)  # (b - a) in float32 would move a float64 point
     points = a + t.to(dtype).view(-1, *[1] * (a.dim() - 1)) * (b - a)
     with torch.no_grad():
@@ -239,21 +241,29 @@ def soundness(seeds: range | list[int], points: int) -> dict[str, float]:
                 ends = (a[s : s + 1], b[s : s + 1], int(targets[s]))
                 t0, t1 = sorted(torch.rand(2, dtype=torch.float64).tolist())
                 inner = t0 + (t1 - t0) * torch.linspace(0, 1, 1001, dtype=torch.float64)
-                sampled = float(_margins(net64, *ends, inner, torch.float64).min())
+                sampled = float(margins(net64, *ends, inner, torch.float64).min())
                 bound = _bounds(net, *ends, t0, t1)
-                lowest = float(_margins(net64, *ends, t, torch.float64).min())
+                lowest = float(margins(net64, *ends, t, torch.float64).min())
                 lower = float(proof.min_margin_lower_bound[s])
                 above = max(bound - sampled, lower - lowest)
                 worst["bound_above_sampled"] = max(worst["bound_above_sampled"], above)
-                worst[proof.status[s]] += 1
-                if proof.status[s] == "proved":
-                    dense = float(_margins(net, *ends, t, torch.float32).min())
-                    worst["proved_margin_min"] = min(worst["proved_margin_min"], dense)
-                if proof.status[s] == "counterexample":
-                    at = proof.counterexample_t[s : s + 1]
-                    cex = float(_margins(net, *ends, at, torch.float32)[0])
-                    worst["cex_margin"] = max(worst["cex_margin"], cex)
+                tally(worst, proof, s, net, ends, t)
     return worst
+
+
+def tally(
+    worst: dict[str, float], proof: SegmentProof, s: int, net: nn.Module, ends: tuple, t: Tensor
+) -> None:
+    """Count segment ``s``'s outcome in ``worst``, with the lowest float32 margin at the points
+    ``t`` of a proved segment and the margin at a counterexample."""
+    worst[proof.status[s]] += 1
+    if proof.status[s] == "proved":
+        dense = float(margins(net, *ends, t, torch.float32).min())
+        worst["proved_margin_min"] = min(worst["proved_margin_min"], dense)
+    if proof.status[s] == "counterexample":
+        at = proof.counterexample_t[s : s + 1]
+        cex = float(margins(net, *ends, at, torch.float32)[0])
+        worst["cex_margin"] = max(worst["cex_margin"], cex)
 
 
 def _double(net: nn.Module) -> nn.Module:
@@ -362,7 +372,7 @@ def test_a_sliver_between_sampled_points_is_found() -> None:
     """The margin ``|x| - 5e-4`` is off target only for |x| < 5e-4: no point of a 64-point
     sampling of x in [-1, 0.9] lands there, branch and bound does."""
     a, b = torch.tensor([[-1.0]]).double(), torch.tensor([[0.9]]).double()
-    samples = _margins(Sliver().double(), a, b, 0, torch.linspace(0, 1, 64).double(), torch.float64)
+    samples = margins(Sliver().double(), a, b, 0, torch.linspace(0, 1, 64).double(), torch.float64)
     assert bool((samples > 0).all())
     proof = prove_segments(Sliver().double(), a, b, torch.tensor([0]))
     assert proof.status == ["counterexample"]

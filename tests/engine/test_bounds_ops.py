@@ -27,6 +27,7 @@ from connectivity.engine.bounds import (
     margin_bounds,
     prove_segments,
 )
+from tests.engine.test_bounds import margins, tally
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -171,17 +172,6 @@ def network(name: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(seed)
     cls, shape = NETWORKS[name]
     return cls().eval(), shape
-
-
-def margins(net: nn.Module, a: Tensor, b: Tensor, y: int, t: Tensor, dtype: torch.dtype) -> Tensor:
-    """The target margin of ``net`` (in ``dtype``) at ``a + t (b - a)``, float64 ``(len(t),)``."""
-    a, b = a.to(dtype), b.to(dtype)
-    points = a + t.to(dtype).view(-1, *[1] * (a.dim() - 1)) * (b - a)
-    with torch.no_grad():
-        logits = net.to(dtype)(points).double()
-    other = logits.clone()
-    other[:, y] = -math.inf
-    return logits[:, y] - other.amax(1)
 
 
 def bounds_against_samples(name: str, seed: int, count: int, points: int) -> float:
@@ -448,14 +438,7 @@ def random_soundness(seeds: range | list[int], points: int) -> dict[str, float]:
             lowest = float(margins(net64, *ends, t, torch.float64).min())
             above = max(float(bounds[s]) - sampled, float(proof.min_margin_lower_bound[s]) - lowest)
             worst["bound_above_sampled"] = max(worst["bound_above_sampled"], above)
-            worst[proof.status[s]] += 1
-            if proof.status[s] == "proved":
-                dense = float(margins(net, *ends, t, torch.float32).min())
-                worst["proved_margin_min"] = min(worst["proved_margin_min"], dense)
-            if proof.status[s] == "counterexample":
-                at = proof.counterexample_t[s : s + 1]
-                cex = float(margins(net, *ends, at, torch.float32)[0])
-                worst["cex_margin"] = max(worst["cex_margin"], cex)
+            tally(worst, proof, s, net, ends, t)
     return worst
 
 

@@ -17,6 +17,7 @@ from connectivity.engine.bounds import prove_segments
 from connectivity.engine.decisions import Verdict
 from connectivity.engine.options import PathOptions
 from connectivity.engine.split import split
+from tests.engine.test_exact import _dense_margins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,16 +50,6 @@ def _swin() -> nn.Module:
     return model.eval()
 
 
-def _dense_margins(tail: nn.Module, start: Tensor, end: Tensor, target: int) -> Tensor:
-    """The target margin at 10,001 evenly spaced points of the segment."""
-    t = torch.linspace(0, 1, 10_001, dtype=start.dtype).view(-1, *[1] * (start.dim() - 1))
-    with torch.no_grad():
-        logits = torch.cat([tail(torch.lerp(start, end, w)) for w in t.split(1000)])
-    others = logits.clone()
-    others[:, target] = -torch.inf
-    return logits[:, target] - others.amax(dim=1)
-
-
 @pytest.mark.parametrize(
     ("build", "layer"),
     [
@@ -81,7 +72,7 @@ def test_a_transformer_line_is_proved_linear_by_bounds(build, layer: str) -> Non
     head, tail = split(model, layer)
     with torch.no_grad():
         start, end = head(images[:1]), head(near[None])
-    dense = _dense_margins(tail, start, end, target)
+    dense = _dense_margins(tail, start[0], end[0], target, 10_001)
     assert float(dense.min()) > 0  # what was proved holds at every sampled point
     assert record.line_min_margin_lower_bound <= float(dense.min()) + 1e-6
 
@@ -110,7 +101,7 @@ def test_a_smooth_sliver_across_a_line_is_never_proved() -> None:
     net = SmoothSliver().double()
     start = torch.tensor([[-1.0, 0.1]], dtype=torch.float64)
     end = torch.tensor([[1.0, 0.1]], dtype=torch.float64)
-    dense = _dense_margins(net, start, end, 0)
+    dense = _dense_margins(net, start[0], end[0], 0, 10_001)
     assert float(dense.min()) < 0  # the line does leave class 0, on the bump
     sampled = PathOptions(num_pivots=8, steps=0, certify="sampled")
     (record,) = connect_points(net, start, end, torch.tensor([0]), sampled)
