@@ -128,7 +128,7 @@ class RunStore:
     def _has_records(self) -> bool:
         # Any depth: a graph run keeps its records one level deeper (records/<model>/<space>/),
         # and a paths run must never claim a graph run's folder, nor the reverse.
-        return any(self.records_dir.rglob("pair_*.pt"))
+        return any(self.records_dir.rglob("pair_*.pt")) or any(self.records_dir.rglob("loop_*.pt"))
 
     def start(self, manifest: dict[str, Any]) -> None:
         """Claim the folder for ``manifest``; refuse one that holds a different experiment.
@@ -143,8 +143,9 @@ class RunStore:
         path = self.folder / "run.json"
         # Leftovers of writes a crash interrupted; the records they were meant to replace are
         # intact (or absent, and will be redone).
-        for leftover in self.records_dir.rglob(".pair_*.tmp"):
-            leftover.unlink(missing_ok=True)
+        for pattern in (".pair_*.tmp", ".loop_*.tmp"):
+            for leftover in self.records_dir.rglob(pattern):
+                leftover.unlink(missing_ok=True)
         text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
         if path.is_file():
             new = json.loads(text)
@@ -181,9 +182,9 @@ class RunStore:
         path = self.folder / "decoders.json"
         return read_json(path) if path.is_file() else {}
 
-    def _files(self, space: str) -> list[Path]:
-        """Record files of ``space`` in pair-id order (numeric, not by name)."""
-        return sorted((self.records_dir / space).glob("pair_*.pt"), key=_pair_id)
+    def _files(self, space: str, stem: str = "pair") -> list[Path]:
+        """Record files ``<stem>_<id>.pt`` of ``space`` in id order (numeric, not by name)."""
+        return sorted((self.records_dir / space).glob(f"{stem}_*.pt"), key=_pair_id)
 
     @staticmethod
     def _read(file: Path) -> dict[str, Any]:
@@ -198,14 +199,15 @@ class RunStore:
         """
         return self._read(self.record_path(space, pair_id))
 
-    def done(self, space: str) -> set[int]:
-        """Ids of the pairs already decided in ``space``.
+    def done(self, space: str, stem: str = "pair") -> set[int]:
+        """Ids of the pairs (records ``<stem>_<id>.pt``: a surfaces run's loops are ``loop``)
+        already decided in ``space``.
 
         Only records that load count: a damaged one (a disk that filled up, a copy cut short)
         is renamed to ``<name>.damaged-<time>`` with a warning, and its pair is decided again.
         """
         ids = set()
-        for file in self._files(space):
+        for file in self._files(space, stem):
             try:
                 self._read(file)
             except FileNotFoundError:
@@ -250,14 +252,14 @@ class RunStore:
             )
         write_tensor(self.record_path(space, pair.id), payload)
 
-    def load(self, space: str) -> list[dict[str, Any]]:
-        """All saved records of ``space``, ordered by pair id.
+    def load(self, space: str, stem: str = "pair") -> list[dict[str, Any]]:
+        """All saved records (``<stem>_<id>.pt``) of ``space``, ordered by id.
 
         Raises:
             RunFolderError: A record cannot be read; the message names its file.
         """
         records = []
-        for file in self._files(space):
+        for file in self._files(space, stem):
             try:
                 records.append(self._read(file))
             except Exception as error:  # pickle, zip and unpickler errors all mean "damaged"
