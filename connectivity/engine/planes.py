@@ -295,6 +295,8 @@ def surface_domain_map(
         OptionsError: ``resolution`` or ``chunk_size`` out of range.
     """
     _check_mesh(points, triangles, uv)
+    # The domain's bookkeeping is small and stays on the CPU; only mapped points go to the tail.
+    triangles, uv = triangles.long().cpu(), uv.detach().double().cpu()
     u, v = grid_axes(uv, resolution, 0.0)
     chunk_size = _checked_int(chunk_size, "chunk_size", 1)
     query = grid_coordinates(u, v)
@@ -304,7 +306,7 @@ def surface_domain_map(
     inside = (found >= 0).nonzero().squeeze(1)
     for first in range(0, inside.numel(), chunk_size):
         rows = inside[first : first + chunk_size]
-        corners = points[triangles.long()[found[rows]].to(points.device)]  # (n, 3, *shape)
+        corners = points[triangles[found[rows]].to(points.device)]  # (n, 3, *shape)
         w = weights[rows].to(points.device, torch.float64)
         w = w.view(*w.shape, *([1] * (points.dim() - 1)))
         mapped = (w * corners.double()).sum(dim=1).to(points.dtype)

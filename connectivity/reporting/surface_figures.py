@@ -65,9 +65,18 @@ def _draw_inputs(ax: Axes, corners: np.ndarray, closed: bool = True) -> None:
     in the order given)."""
     loop = np.vstack([corners, corners[:1]]) if closed else corners
     ax.plot(loop[:, 0], loop[:, 1], "--", color=LINE_COLOUR, lw=1.2, label="straight lines")
-    ax.scatter(corners[:, 0], corners[:, 1], s=70, c="white", edgecolors=LINE_COLOUR, zorder=3)
+    # Not clipped: the inputs lie on the edge of a surface's domain.
+    ax.scatter(
+        corners[:, 0],
+        corners[:, 1],
+        s=70,
+        c="white",
+        edgecolors=LINE_COLOUR,
+        zorder=3,
+        clip_on=False,
+    )
     for k, (x, y) in enumerate(corners):
-        ax.text(x, y, str(k), ha="center", va="center", fontsize=SMALL_PT, zorder=4)
+        ax.text(x, y, str(k), ha="center", va="center", fontsize=SMALL_PT, zorder=4, clip_on=False)
 
 
 def _class_legend(fig: Figure, shown: set[int], num_classes: int, names: list[str] | None) -> None:
@@ -79,7 +88,7 @@ def _class_legend(fig: Figure, shown: set[int], num_classes: int, names: list[st
         handles.append(Patch(facecolor=NO_CLASS_COLOUR, edgecolor="0.5", label="no class"))
     fig.legend(
         handles=handles,
-        loc="lower center",
+        loc="outside lower center",
         ncol=min(len(handles), 8),
         fontsize=SMALL_PT,
         frameon=False,
@@ -104,8 +113,9 @@ def plane_map_figure(
     titles = list(titles) if titles is not None else [f"classifier {m}" for m in range(count)]
     panels = count + (1 if count > 1 else 0)
     num_classes = max(int(found.classes.max()) + 1, len(class_names or []), 1)
-    fig = Figure(figsize=(PANEL_IN * panels + 0.6, PANEL_IN + 1.3))
-    grid = fig.add_gridspec(1, panels, left=0.06, right=0.97, bottom=0.22, top=0.82, wspace=0.3)
+    # Constrained layout: the panels keep the plane's aspect and the colour bar its room.
+    fig = Figure(figsize=(PANEL_IN * panels + 0.6, PANEL_IN + 1.0), layout="constrained")
+    grid = fig.add_gridspec(1, panels)
     u, v = found.u.numpy(), found.v.numpy()
     extent = _pixel_extent(u, v)
     corners = found.corners.numpy()
@@ -130,7 +140,7 @@ def plane_map_figure(
         _draw_inputs(ax, corners)
         _axes_labels(ax, found.layer, first=False)
         ax.set_title(f"agreement with {titles[0]}", fontsize=TEXT_PT)
-        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+        bar = fig.colorbar(shown, ax=ax, shrink=0.8)
         bar.ax.tick_params(labelsize=SMALL_PT)
     _class_legend(fig, set(found.classes.unique().tolist()), num_classes, class_names)
     fig.suptitle(_plane_title(found, titles), fontsize=TITLE_PT)
@@ -188,8 +198,8 @@ def surface_domain_figure(
     corners = corners_uv.detach().double().cpu().numpy()
     maps = [_domain_classes(m, corners) for m in (before, after)]
     num_classes = max(max(int(c.max()) for c, _ in maps) + 1, len(class_names or []), 1)
-    fig = Figure(figsize=(2 * PANEL_IN + 0.6, PANEL_IN + 1.3))
-    grid = fig.add_gridspec(1, 2, left=0.07, right=0.97, bottom=0.22, top=0.84, wspace=0.2)
+    fig = Figure(figsize=(2 * PANEL_IN + 0.6, PANEL_IN + 1.0), layout="constrained")
+    grid = fig.add_gridspec(1, 2)
     shown: set[int] = set()
     for k, (name, (classes, extent)) in enumerate(
         zip(("before relaxation (flat fill)", "after relaxation"), maps, strict=True)
