@@ -173,7 +173,8 @@ def _split_choice(
         elif int(left[s]) <= 0 or not bool(can[s]):
             status[s] = BUDGET
     rows = splittable.nonzero().squeeze(1)
-    rows = rows[torch.tensor([not status[int(t)] for t in leaves.triangle[rows]], dtype=torch.bool)]
+    undecided = [not status[int(t)] for t in leaves.triangle[rows]]
+    rows = rows[torch.tensor(undecided, dtype=torch.bool, device=rows.device)]
     # rank of each candidate within its triangle, lowest bound first (two stable sorts)
     rows = rows[leaves.bound[rows].argsort(stable=True)]
     rows = rows[leaves.triangle[rows].argsort(stable=True)]

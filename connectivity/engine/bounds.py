@@ -111,6 +111,10 @@ stochastic depth into the operations above (:func:`connectivity.engine.decompose
 both drivers and ``certify`` checks pass one (:class:`connectivity.engine.checks.Certifier`).
 Paths: :mod:`connectivity.engine.bound_paths` gathers the segments of polylines into the
 drivers' checks and records (``certificate="bounds"``).
+Triangles: :func:`margin_bounds` with ``radius`` bounds a box around the segment whose
+half-width is affine in ``t`` (the input's lower and upper lines then differ, which every rule
+above already handles); :mod:`connectivity.engine.bound_triangles` encloses each sub-triangle
+in such a box (issue 22).
 
 Not covered (these raise :class:`NotBoundedError` naming the operation): attention the rewrite
 refuses (masks of ``nn.MultiheadAttention``, grouped-query attention), rolls and window
