@@ -27,19 +27,27 @@ encloses it:
   reused unchanged.
 * Subdivision: a sub-triangle whose bound is not above the tolerance (the rule of
   :func:`connectivity.engine.bounds.prove_segments`: 1,000 machine epsilons of the tail's dtype
-  times the largest absolute logit seen on the triangle) is split into four by its edges'
-  midpoints, where the tail's real margin is evaluated (``<= 0``: a counterexample, with its
-  barycentric weights relative to the original triangle). Four children rather than
-  longest-edge bisection: the children are similar to their parent, so the shortest edge (the
-  box's width) and the segment's length both halve at every split and triangles never turn into
-  slivers, in any norm; bisection halves the box only every other split and needs a norm for
-  "longest". Open sub-triangles are split lowest bound first, up to ``max_splits`` splits per
-  triangle (status ``"budget"`` after).
+  times the largest absolute logit seen on the triangle) is split, and the tail's real margin
+  is evaluated at the new vertices (``<= 0``: a counterexample, with its barycentric weights
+  relative to the original triangle). How: while the sub-triangle's shortest edge is longer
+  than :data:`_THIN` (1/16) of its longest, that edge (the one the box collapsed) is bisected:
+  two children, each with the box half as wide and the segment as long; a thinner one is split
+  into four by its edges' midpoints (children similar to it: box and segment both halve, so it
+  stays a sliver of that ratio). Why: the box costs far more than the segment's length. On
+  random 16-dimensional tails (``benchmarks/bound_triangles_check.py``) the whole-triangle
+  bound fell 60 to 1,500 times further below the sampled minimum than the bounds of the
+  triangle's three edges did; splitting only in four needed 2 to 10 times the bound evaluations
+  of this rule and proved fewer triangles within the budget, bisecting the collapsed edge only
+  (never shrinking the segment) stalled where the segment itself needs splitting, and the
+  ratio 1/16 did as well as or better than 1/32, 1/8 and 1/4 there (in more dimensions the box
+  loses more, see above, and a smaller ratio may pay). Open sub-triangles are split lowest
+  bound first, up to ``max_splits`` splits (in two or four) per triangle (status ``"budget"``
+  after).
 * Cost: one bound of a sub-triangle is one forward propagation of a segment (the box's lines
-  are as many as a segment's); a split costs four bounds and three evaluations of the tail. A
-  piecewise-linear tail is bounded exactly on a sub-triangle where no kink is crossed only
-  when the box crosses none either: the box is wider than the sub-triangle, so proofs there
-  need a little more subdivision than the sub-triangle alone would.
+  are as many as a segment's); a split costs two or four bounds and one or three evaluations of
+  the tail. A piecewise-linear tail is bounded exactly on a sub-triangle only where its box
+  crosses no kink: the box is wider than the sub-triangle, so proofs there need more
+  subdivision than the sub-triangle alone would.
 
 Floating point: the sub-triangles' corners are computed in float64 from dyadic barycentric
 weights (exact to a depth of :data:`_MAX_DEPTH` halvings, so the sub-triangles tile the
@@ -86,6 +94,9 @@ _MAX_DEPTH = 48
 _SLACK = 1e-12
 # Barycentric weights of the corners of the original triangle: row k is corner k.
 _CORNERS = torch.eye(3, dtype=torch.float64)
+# A sub-triangle whose shortest edge is at most this share of its longest is split in four, a
+# fatter one in two across its shortest edge (see the module docstring).
+_THIN = 1 / 16
 
 
 @dataclass
@@ -99,6 +110,7 @@ class _Leaves:
     depth: Tensor
     bound: Tensor
     inherited: Tensor
+    cut: Tensor  # (L,) long: how to split (see _enclosures), set when bounded
 
     def lowest(self, count: int) -> Tensor:
         """``(count,)`` the lowest bound of each triangle's sub-triangles."""
@@ -118,9 +130,10 @@ def _points(a: Tensor, b: Tensor, c: Tensor, weights: Tensor) -> Tensor:
 
 def _enclosures(
     corners: tuple[Tensor, Tensor, Tensor], leaves: _Leaves, rows: Tensor
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor]:
     """The thick segment of each sub-triangle ``rows``: ``(m, r, (radius at t = 0, at t =
-    1))``, float64 ``(K, *point_shape)`` each (see the module docstring)."""
+    1), apex)``, float64 ``(K, *point_shape)`` each, and ``(K,)`` long which corner is ``r``
+    (see the module docstring)."""
     a, b, c = (x[leaves.triangle[rows]] for x in corners)
     weights = leaves.weights[rows]
     points = torch.stack([_points(a, b, c, weights[:, k]) for k in range(3)], 1)
@@ -134,7 +147,10 @@ def _enclosures(
     ]
     p, q, r = picked
     slack = _SLACK * (a.abs() + b.abs() + c.abs())
-    return (p + q) / 2, r, ((p - q).abs() / 2 + slack, slack)
+    # (<=: a point splits in four, not into copies of itself)
+    thin = lengths.amin(1) <= _THIN * lengths.amax(1)
+    cut = torch.where(thin, -1, shortest[:, 2])
+    return (p + q) / 2, r, ((p - q).abs() / 2 + slack, slack), cut
 
 
 def _bound_leaves(
@@ -146,7 +162,8 @@ def _bound_leaves(
 ) -> None:
     a, b, c, targets = triangles
     for chunk in todo.nonzero().squeeze(1).split(batch_size):
-        m, r, radius = _enclosures((a, b, c), leaves, chunk)
+        m, r, radius, cut = _enclosures((a, b, c), leaves, chunk)
+        leaves.cut[chunk] = cut.to(leaves.cut.device)
         ones = torch.ones(len(chunk), dtype=torch.float64, device=m.device)
         y = targets[leaves.triangle[chunk]]
         bound = margin_bounds(program, m, r, y, ones * 0, ones, radius=radius)
@@ -184,34 +201,49 @@ def _split_choice(
     return rows[rank < left[group]]
 
 
-def _children(leaves: _Leaves, chosen: Tensor) -> tuple[_Leaves, Tensor]:
-    """The leaves with each ``chosen`` one split in four by its edges' midpoints, and the
-    midpoints' weights ``(len(chosen), 3, 3)`` (rows: midpoints of edges 01, 12, 02)."""
-    w = leaves.weights[chosen]
+def _quarters(w: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The four children ``(K, 3, 3)`` of sub-triangles of corner weights ``w`` ``(K, 3, 3)``
+    split by their edges' midpoints, and the midpoints ``(K, 3, 3)``."""
     m01, m12, m02 = (w[:, 0] + w[:, 1]) / 2, (w[:, 1] + w[:, 2]) / 2, (w[:, 0] + w[:, 2]) / 2
-    kids = [
-        torch.stack(corners, 1)
-        for corners in (
-            (w[:, 0], m01, m02),
-            (m01, w[:, 1], m12),
-            (m02, m12, w[:, 2]),
-            (m12, m02, m01),
-        )
-    ]
+    corners = ((w[:, 0], m01, m02), (m01, w[:, 1], m12), (m02, m12, w[:, 2]), (m12, m02, m01))
+    return [torch.stack(c, 1) for c in corners], torch.stack([m01, m12, m02], 1)
+
+
+def _halves(w: Tensor, cut: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The two children ``(K, 3, 3)`` of sub-triangles ``w`` ``(K, 3, 3)`` split at the
+    midpoint of the edge opposite corner ``cut`` ``(K,)``, and the midpoints ``(K, 1, 3)``."""
+    rows = torch.arange(w.shape[0], device=w.device)
+    r, p, q = w[rows, cut], w[rows, (cut + 1) % 3], w[rows, (cut + 2) % 3]
+    middle = (p + q) / 2
+    return [torch.stack([p, middle, r], 1), torch.stack([middle, q, r], 1)], middle.unsqueeze(1)
+
+
+def _split(leaves: _Leaves, chosen: Tensor) -> tuple[_Leaves, Tensor, Tensor]:
+    """The leaves with each ``chosen`` one split (in four where its ``cut`` is -1, else in two
+    at the midpoint of the edge opposite ``cut``), and the new vertices: ``(V,)`` their
+    triangles, ``(V, 3)`` their weights."""
     keep = torch.ones_like(leaves.triangle, dtype=torch.bool)
     keep[chosen] = False
-    parent = torch.where(
-        torch.isnan(leaves.bound[chosen]), leaves.inherited[chosen], leaves.bound[chosen]
-    )
-    nan = torch.full_like(parent, math.nan)
-    new = _Leaves(
-        torch.cat([leaves.triangle[keep], *[leaves.triangle[chosen]] * 4]),
-        torch.cat([leaves.weights[keep], *kids]),
-        torch.cat([leaves.depth[keep], *[leaves.depth[chosen] + 1] * 4]),
-        torch.cat([leaves.bound[keep], nan, nan, nan, nan]),
-        torch.cat([leaves.inherited[keep], parent, parent, parent, parent]),
-    )
-    return new, torch.stack([m01, m12, m02], 1)
+    kept = (leaves.triangle, leaves.weights, leaves.depth, leaves.bound, leaves.inherited)
+    parts: list[tuple[Tensor, ...]] = [(*(x[keep] for x in kept), leaves.cut[keep])]
+    vertices: list[tuple[Tensor, Tensor]] = []
+    cut = leaves.cut[chosen]
+    for rows in (chosen[cut < 0], chosen[cut >= 0]):
+        if not len(rows):
+            continue
+        w = leaves.weights[rows]
+        kids, middles = _quarters(w) if leaves.cut[rows[0]] < 0 else _halves(w, leaves.cut[rows])
+        bound = leaves.bound[rows]
+        parent = torch.where(torch.isnan(bound), leaves.inherited[rows], bound)
+        for kid in kids:
+            unknown = torch.full_like(parent, math.nan)
+            depth = leaves.depth[rows] + 1
+            parts.append((leaves.triangle[rows], kid, depth, unknown, parent, leaves.cut[rows]))
+        vertices.append((leaves.triangle[rows].repeat_interleave(middles.shape[1]), middles))
+    columns = [torch.cat(column) for column in zip(*parts, strict=True)]
+    where = torch.cat([v[0] for v in vertices])
+    weights = torch.cat([v[1].flatten(0, 1) for v in vertices])
+    return _Leaves(*columns), where, weights
 
 
 @dataclass
@@ -281,10 +313,11 @@ def prove_triangles(
     gives the enclosure, the subdivision and the tolerance).
 
     Each round bounds the new sub-triangles; one whose bound is not above the tolerance is
-    split in four by its edges' midpoints, where the tail's real margin is evaluated (as at the
-    corners first): a margin ``<= 0`` is a counterexample and ends the triangle's search. A
-    triangle ends ``"proved"`` when no sub-triangle is left open, ``"budget"`` after
-    ``max_splits`` splits (or when its open sub-triangles are :data:`_MAX_DEPTH` halvings deep).
+    split in two (across its shortest edge) or in four (a sliver), and the tail's real margin
+    is evaluated at the new vertices (as at the corners first): a margin ``<= 0`` is a
+    counterexample and ends the triangle's search. A triangle ends ``"proved"`` when no
+    sub-triangle is left open, ``"budget"`` after ``max_splits`` splits (or when its open
+    sub-triangles are :data:`_MAX_DEPTH` halvings deep).
 
     Args:
         program: The tail (points ``(B, *point_shape)`` to logits ``(B, classes)``, eval mode)
@@ -292,12 +325,12 @@ def prove_triangles(
             attention needs, built with an example point).
         a, b, c: ``(T, *point_shape)`` corners.
         targets: ``(T,)`` long target classes.
-        max_splits: Most splits (into four) per triangle.
+        max_splits: Most splits (in two or four) per triangle.
         batch_size: Most sub-triangles bounded in one propagation (bounds memory).
 
     Returns:
         A :class:`connectivity.engine.triangles.TriangleCheck` of kind ``"bounds"``:
-        ``min_margin`` the lowest real margin evaluated (corners and midpoints),
+        ``min_margin`` the lowest real margin evaluated (corners and new vertices),
         ``min_margin_lower_bound`` the lowest bound of the final sub-triangles (``-inf`` where
         one is not finite), ``counterexample`` barycentric weights relative to the triangle,
         ``pieces`` final sub-triangles, ``evaluations`` sub-triangles bounded.
@@ -323,6 +356,7 @@ def prove_triangles(
         torch.zeros(count, dtype=torch.long, device=device),
         zeros + math.nan,
         zeros - math.inf,
+        torch.zeros(count, dtype=torch.long, device=device),
     )
     splits = torch.zeros(count, dtype=torch.long, device=device)
     evaluations = torch.zeros(count, dtype=torch.long, device=device)
@@ -341,8 +375,7 @@ def prove_triangles(
             break
         triangle = leaves.triangle[chosen]
         splits += torch.bincount(triangle, minlength=count)
-        leaves, middles = _children(leaves, chosen)
-        where, weights = triangle.repeat_interleave(3), middles.flatten(0, 1)
+        leaves, where, weights = _split(leaves, chosen)
         points = _points(a[where], b[where], c[where], weights)
         margin, largest = _real_margins(program.tail, points, targets[where])
         found.add(where, weights, margin, largest)
