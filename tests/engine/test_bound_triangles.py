@@ -148,16 +148,20 @@ def test_the_minimum_of_a_hand_built_relu_tail_is_bounded_and_proved() -> None:
 
 
 class Hole(nn.Module):
-    """Class 0 outside the L1 ball of radius ``r`` about ``centre`` on the plane, class 1
-    inside: margin ``|z - centre|_1 - r`` (two ReLUs per coordinate)."""
+    """Class 0 outside the L1 ball of radius ``r`` about ``centre`` on the plane (its
+    coordinates divided by ``scale``), class 1 inside: margin ``|(z - centre) / scale|_1 - r``
+    (two ReLUs per coordinate)."""
 
-    def __init__(self, centre: tuple[float, float], r: float) -> None:
+    def __init__(
+        self, centre: tuple[float, float], r: float, scale: tuple[float, float] = (1.0, 1.0)
+    ) -> None:
         super().__init__()
         self.centre = torch.tensor(centre, dtype=torch.float64)
+        self.scale = torch.tensor(scale, dtype=torch.float64)
         self.r = r
 
     def forward(self, z: Tensor) -> Tensor:
-        d = z - self.centre
+        d = (z - self.centre) / self.scale
         distance = (F.relu(d) + F.relu(-d)).sum(1, keepdim=True)
         return torch.cat([distance - self.r, torch.zeros_like(distance)], 1)
 
@@ -178,6 +182,19 @@ def test_a_hole_inside_is_found_and_a_hole_outside_is_proved_away() -> None:
     outside = prove_triangles(Hole((0.6, 0.6), 0.1), a, b, c, y, max_splits=512)
     assert outside.status == ["proved"]
     assert 0 < float(outside.min_margin_lower_bound[0]) <= 0.1 + 1e-12
+
+
+def test_a_hole_inside_a_sliver_is_found() -> None:
+    # the sliver (0, 0), (1, 0), (1, 0.05) (shortest edge 0.05 of the longest 1.05) splits in
+    # four; the hole (radius 0.1 once y is divided by 0.05) about the centroid of its first
+    # middle child (1, 0.025), (0.5, 0.025), (0.5, 0) lies inside that child and holds its
+    # grid point (0.625, 0.01875) of three splits
+    a, b, c = (torch.tensor([p], dtype=torch.float64) for p in ([0, 0], [1, 0], [1, 0.05]))
+    centre = (2 / 3, 0.05 / 3)
+    check = prove_triangles(Hole(centre, 0.1, (1.0, 0.05)), a, b, c, torch.tensor([0]))
+    assert check.status == ["counterexample"]
+    point = triangle_points(a, b, c, check.counterexample)[0, 0]
+    assert float((point[0] - centre[0]).abs() + (point[1] - centre[1]).abs() / 0.05) <= 0.1
 
 
 def test_an_affine_tail_with_room_is_proved_after_few_splits() -> None:
@@ -248,6 +265,25 @@ def test_degenerate_triangles_reduce_to_segments_and_points() -> None:
     assert (point.min_margin_lower_bound <= margin).all()
 
 
+def test_degenerate_triangles_with_splits_inside_reduce_to_segments() -> None:
+    # segments that need splitting: Kinks on x in [0, 0.8] (kinks at 1/4, 1/2, 3/4; proved),
+    # the hole of radius 0.05 about (0.5, 0.5) on the diagonal (corners on target, the middle
+    # off: a counterexample inside), as triangles with a corner twice and with a corner between
+    origin, x, diagonal = (
+        torch.tensor([p], dtype=torch.float64) for p in ([0, 0], [0.8, 0], [1, 1])
+    )
+    y = torch.tensor([0])
+    cases = ((Kinks().double(), x, "proved"), (Hole((0.5, 0.5), 0.05), diagonal, "counterexample"))
+    for net, end, expected in cases:
+        assert prove_segments(net, origin, end, y).status == [expected]
+        for corners in ((origin, origin, end), (origin, end, (origin + end) / 2)):
+            check = prove_triangles(net, *corners, y, max_splits=256)
+            assert check.status == [expected]
+            if expected == "counterexample":
+                point = triangle_points(*corners, check.counterexample)[0, 0]
+                assert float((point - 0.5).abs().sum()) <= 0.05
+
+
 def test_tails_bounds_cannot_follow_are_refused() -> None:
     a, b, c = torch.randn(3, 2, 3)
     with pytest.raises(NotBoundedError, match="other points of its batch"):
@@ -272,3 +308,25 @@ def test_the_tails_own_points_agree_with_the_sampled_check() -> None:
             assert float(check.min_margin_lower_bound[s]) <= float(sampled.min_margin[s])
         if sampled.status[s] == "counterexample":
             assert status != "proved"
+
+
+def test_triangles_checked_together_and_alone_end_alike() -> None:
+    net, width = tail("smooth", 9)
+    torch.manual_seed(9)
+    a, b, c = random_triangles(width, 6, 0.3)
+    with torch.no_grad():
+        y = net((a + b + c) / 3).argmax(1)
+    program = bound_program(net, a[:1])
+    together = prove_triangles(program, a, b, c, y, max_splits=32, batch_size=7)
+    alone = [
+        prove_triangles(
+            program, a[i : i + 1], b[i : i + 1], c[i : i + 1], y[i : i + 1], max_splits=32
+        )
+        for i in range(6)
+    ]
+    assert together.status == [one.status[0] for one in alone]
+    assert len(set(together.status)) >= 2
+    for name in ("pieces", "evaluations"):
+        assert getattr(together, name).tolist() == [int(getattr(one, name)[0]) for one in alone]
+    bounds = torch.cat([one.min_margin_lower_bound for one in alone])
+    assert torch.allclose(together.min_margin_lower_bound, bounds, rtol=0, atol=1e-9)
