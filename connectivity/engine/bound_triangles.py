@@ -27,22 +27,22 @@ encloses it:
   reused unchanged.
 * Subdivision: a sub-triangle whose bound is not above the tolerance (the rule of
   :func:`connectivity.engine.bounds.prove_segments`: 1,000 machine epsilons of the tail's dtype
-  times the largest absolute logit seen on the triangle) is split, and the tail's real margin
-  is evaluated at the new vertices (``<= 0``: a counterexample, with its barycentric weights
-  relative to the original triangle). How: while the sub-triangle's shortest edge is longer
-  than :data:`_THIN` (1/16) of its longest, that edge (the one the box collapsed) is bisected:
-  two children, each with the box half as wide and the segment as long; a thinner one is split
-  into four by its edges' midpoints (children similar to it: box and segment both halve, so it
-  stays a sliver of that ratio). Why: the box costs far more than the segment's length. On
-  random 16-dimensional tails (``benchmarks/bound_triangles_check.py``) the whole-triangle
-  bound fell 60 to 1,500 times further below the sampled minimum than the bounds of the
-  triangle's three edges did; splitting only in four needed 2 to 10 times the bound evaluations
-  of this rule and proved fewer triangles within the budget, bisecting the collapsed edge only
-  (never shrinking the segment) stalled where the segment itself needs splitting, and the
-  ratio 1/16 did as well as or better than 1/32, 1/8 and 1/4 there (in more dimensions the box
-  loses more, see above, and a smaller ratio may pay). Open sub-triangles are split lowest
-  bound first, up to ``max_splits`` splits (in two or four) per triangle (status ``"budget"``
-  after).
+  times the largest absolute logit seen on the triangle) is split, and the tail's real margin is
+  evaluated at the new vertices (``<= 0``: a counterexample, with its barycentric weights relative
+  to the original triangle). How: while the sub-triangle's shortest edge is longer than
+  :data:`_THIN` (1/16) of its longest, that edge (the one the box collapsed) is bisected: two
+  children, each with the box half as wide and the segment as long; a thinner one is split into
+  four by its edges' midpoints (children similar to it: box and segment both halve, so it stays a
+  sliver of that ratio). Why: the box costs far more than the segment's length. On random
+  16-dimensional tails (``benchmarks/bound_triangles_check.py``) the whole-triangle bound fell 30
+  to 1,300 times further below the sampled minimum than the bounds of the triangle's three edges
+  did (on the smallest ReLU triangles the edges' bounds were exact); splitting only in four needed
+  2 to 10 times the bound evaluations of this rule and proved fewer triangles within the budget,
+  bisecting the collapsed edge only (never shrinking the segment) stalled where the segment itself
+  needs splitting, and the ratio 1/16 did as well as or better than 1/32, 1/8 and 1/4 there (in
+  more dimensions the box loses more, see above, and a smaller ratio may pay). Open sub-triangles
+  are split lowest bound first, up to ``max_splits`` splits (in two or four) per triangle (status
+  ``"budget"`` after).
 * Cost: one bound of a sub-triangle is one forward propagation of a segment (the box's lines
   are as many as a segment's); a split costs two or four bounds and one or three evaluations of
   the tail. A piecewise-linear tail is bounded exactly on a sub-triangle only where its box
