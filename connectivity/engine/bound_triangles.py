@@ -15,8 +15,8 @@ encloses it:
   (elementwise), whose lower and upper lines in ``t`` in ``[0, 1]`` are the input of
   :func:`connectivity.engine.bounds.margin_bounds` with ``radius`` (lower ``(r - m + rho) t +
   m - rho``, upper ``(r - m - rho) t + m + rho``, ``rho = |p - q| / 2``). A degenerate
-  triangle whose two corners coincide is the segment case exactly (``rho = 0``); one that is a
-  point is the point's bound.
+  triangle whose two corners coincide is the segment case (``rho = 0``; its bound is the
+  segment's less the widenings below); one that is a point is the point's bound.
 * Its looseness against a genuinely two-parameter bound (``z = m + t (r - m) + s (p - q) / 2``
   with ``s`` a second parameter): the box forgets that its width lies along the one direction
   ``p - q``, so after a linear layer its radius is ``|W| |p - q| / 2`` where the two-parameter
@@ -132,8 +132,9 @@ def _enclosures(
     corners: tuple[Tensor, Tensor, Tensor], leaves: _Leaves, rows: Tensor
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor], Tensor]:
     """The thick segment of each sub-triangle ``rows``: ``(m, r, (radius at t = 0, at t =
-    1), apex)``, float64 ``(K, *point_shape)`` each, and ``(K,)`` long which corner is ``r``
-    (see the module docstring)."""
+    1))``, float64 ``(K, *point_shape)`` each (see the module docstring), and ``(K,)`` long how
+    to split it: -1 in four (a sliver), else in two across the edge opposite that corner (the
+    edge the box collapsed)."""
     a, b, c = (x[leaves.triangle[rows]] for x in corners)
     weights = leaves.weights[rows]
     points = torch.stack([_points(a, b, c, weights[:, k]) for k in range(3)], 1)
