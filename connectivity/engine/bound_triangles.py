@@ -22,9 +22,9 @@ encloses it:
   ``p - q``, so after a linear layer its radius is ``|W| |p - q| / 2`` where the two-parameter
   bound keeps ``|W (p - q)| / 2`` (up to some ``sqrt(d)`` larger for a random direction in
   ``d`` dimensions), and every later relaxation sees the wider ranges. Both errors shrink
-  linearly with the sub-triangle's size, so subdivision closes the gap at a constant factor
-  more splits; the one-parameter machinery (every covered operation, its float rounding) is
-  reused unchanged.
+  linearly with the sub-triangle's size, so subdivision closes the gap, at the price of more
+  splits (the box's loss is measured below: it dominates); the one-parameter machinery (every
+  covered operation, its float rounding) is reused unchanged.
 * Subdivision: a sub-triangle whose bound is not above the tolerance (the rule of
   :func:`connectivity.engine.bounds.prove_segments`: 1,000 machine epsilons of the tail's dtype
   times the largest absolute logit seen on the triangle) is split, and the tail's real margin is
