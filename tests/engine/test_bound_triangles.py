@@ -22,7 +22,7 @@ from connectivity.engine.triangles import (
     sampled_triangles,
     triangle_points,
 )
-from tests.engine.test_bounds import BatchMean, Sine
+from tests.engine.test_bounds import BatchMean, Residual, Sine
 from tests.engine.test_exact import Kinks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,18 +44,21 @@ class Attention(nn.Module):
         return self.head(self.norm(x + weights @ self.v(x)).mean(1))
 
 
-def tail(kind: str, seed: int) -> tuple[nn.Module, int]:
-    """A seeded small tail in eval mode (float32) and its input width."""
+def tail(kind: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
+    """A seeded small tail in eval mode (float32) and its point shape: a ReLU MLP, a GELU/tanh
+    MLP, :class:`Attention`, or test_bounds' convolutional ``Residual`` with ReLU."""
     torch.manual_seed(seed)
     if kind == "relu":
         net: nn.Module = nn.Sequential(
             nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
         )
-        return net.eval(), 3
+        return net.eval(), (3,)
     if kind == "smooth":
         net = nn.Sequential(nn.Linear(3, 8), nn.GELU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
-        return net.eval(), 3
-    return Attention().eval(), 8
+        return net.eval(), (3,)
+    if kind == "conv":
+        return Residual(nn.ReLU()).eval(), (2, 4, 4)
+    return Attention().eval(), (8,)
 
 
 def dense_margins(net: nn.Module, a: Tensor, b: Tensor, c: Tensor, y: Tensor, per_edge: int):
@@ -66,9 +69,11 @@ def dense_margins(net: nn.Module, a: Tensor, b: Tensor, c: Tensor, y: Tensor, pe
     return logit_margins(logits, y.repeat_interleave(points.shape[1])).view(a.shape[0], -1)
 
 
-def random_triangles(width: int, count: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    centre = torch.randn(count, width)
-    a, b, c = (centre + scale * torch.randn(count, width) for _ in range(3))
+def random_triangles(
+    shape: tuple[int, ...], count: int, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    centre = torch.randn(count, *shape)
+    a, b, c = (centre + scale * torch.randn(count, *shape) for _ in range(3))
     return a, b, c
 
 
@@ -84,8 +89,8 @@ def fuzz(kinds: tuple[str, ...], seeds: range, count: int, splits: int) -> dict[
     worst.update({"proved": 0, "counterexample": 0, "budget": 0})
     for kind in kinds:
         for seed in seeds:
-            net, width = tail(kind, seed)
-            a, b, c = random_triangles(width, count, 0.4)
+            net, shape = tail(kind, seed)
+            a, b, c = random_triangles(shape, count, 0.4)
             with torch.no_grad():
                 y = net((a + b + c) / 3).argmax(1)
             net64 = copy.deepcopy(net).double()
@@ -118,9 +123,9 @@ def tally(worst: dict[str, float], check: TriangleCheck, net: nn.Module, corners
             worst["cex"] = max(worst["cex"], margin)
 
 
-def test_bounds_are_sound_on_random_relu_smooth_and_attention_tails() -> None:
-    worst = fuzz(("relu", "smooth", "attention"), range(3), 8, 8)
-    assert worst["proved"] >= 5 and worst["counterexample"] >= 5
+def test_bounds_are_sound_on_random_relu_smooth_attention_and_conv_tails() -> None:
+    worst = fuzz(("relu", "smooth", "attention", "conv"), range(3), 8, 8)
+    assert worst["proved"] >= 30 and worst["counterexample"] >= 10
     assert worst["bound_above"] <= 0
     assert worst["proved_min"] > 0
     assert worst["cex"] <= 0
@@ -128,7 +133,7 @@ def test_bounds_are_sound_on_random_relu_smooth_and_attention_tails() -> None:
 
 @pytest.mark.slow
 def test_bounds_are_sound_on_many_random_tails() -> None:
-    worst = fuzz(("relu", "smooth", "attention"), range(2, 12), 12, 64)
+    worst = fuzz(("relu", "smooth", "attention", "conv"), range(3, 13), 12, 64)
     assert worst["proved"] >= 40 and worst["counterexample"] >= 40
     assert worst["bound_above"] <= 0
     assert worst["proved_min"] > 0
@@ -200,7 +205,7 @@ def test_a_hole_inside_a_sliver_is_found() -> None:
 def test_an_affine_tail_with_room_is_proved_after_few_splits() -> None:
     torch.manual_seed(3)
     net = nn.Linear(5, 3).double().eval()
-    a, b, c = random_triangles(5, 8, 0.05)
+    a, b, c = random_triangles((5,), 8, 0.05)
     a, b, c = a.double(), b.double(), c.double()
     margins = dense_margins(net, a, b, c, net(a).argmax(1), 1)  # the corners
     y = net(a).argmax(1)
@@ -242,9 +247,9 @@ def test_a_corner_off_target_is_a_counterexample_at_once() -> None:
 
 
 def test_degenerate_triangles_reduce_to_segments_and_points() -> None:
-    net, width = tail("relu", 5)
+    net, shape = tail("relu", 5)
     torch.manual_seed(5)
-    a, b = torch.randn(12, width), torch.randn(12, width)
+    a, b = torch.randn(12, *shape), torch.randn(12, *shape)
     b = a + 0.3 * (b - a)
     with torch.no_grad():
         y = net((a + b) / 2).argmax(1)
@@ -295,9 +300,9 @@ def test_tails_bounds_cannot_follow_are_refused() -> None:
 def test_the_tails_own_points_agree_with_the_sampled_check() -> None:
     # a counterexample of bounds is a real off-target point, and a proved triangle has no
     # off-target grid point of the sampled check (the shared contract's points)
-    net, width = tail("relu", 7)
+    net, shape = tail("relu", 7)
     torch.manual_seed(7)
-    a, b, c = random_triangles(width, 10, 0.3)
+    a, b, c = random_triangles(shape, 10, 0.3)
     with torch.no_grad():
         y = net((a + b + c) / 3).argmax(1)
     check = prove_triangles(net, a, b, c, y, max_splits=64)
@@ -311,9 +316,9 @@ def test_the_tails_own_points_agree_with_the_sampled_check() -> None:
 
 
 def test_triangles_checked_together_and_alone_end_alike() -> None:
-    net, width = tail("smooth", 9)
+    net, shape = tail("smooth", 9)
     torch.manual_seed(9)
-    a, b, c = random_triangles(width, 6, 0.3)
+    a, b, c = random_triangles(shape, 6, 0.3)
     with torch.no_grad():
         y = net((a + b + c) / 3).argmax(1)
     program = bound_program(net, a[:1])
@@ -330,3 +335,15 @@ def test_triangles_checked_together_and_alone_end_alike() -> None:
         assert getattr(together, name).tolist() == [int(getattr(one, name)[0]) for one in alone]
     bounds = torch.cat([one.min_margin_lower_bound for one in alone])
     assert torch.allclose(together.min_margin_lower_bound, bounds, rtol=0, atol=1e-9)
+
+
+def test_a_margin_touching_zero_is_never_proved_and_no_triangles_is_no_work() -> None:
+    # the hole touches the edge y = 0 of the triangle at (1/3, 0) (margin 0 there, positive
+    # elsewhere on the triangle): within the tolerance, so never proved
+    a, b, c = (torch.tensor([p], dtype=torch.float64) for p in ([0, 0], [1, 0], [0, 1]))
+    check = prove_triangles(Hole((1 / 3, -0.05), 0.05), a, b, c, torch.tensor([0]), max_splits=64)
+    assert check.status[0] in ("budget", "counterexample")
+    assert float(check.min_margin_lower_bound[0]) <= 0
+    empty = torch.zeros(0, 2, dtype=torch.float64)
+    none = prove_triangles(Kinks().double(), empty, empty, empty, torch.zeros(0, dtype=torch.long))
+    assert none.status == [] and none.pieces.shape == (0,)
