@@ -111,6 +111,10 @@ stochastic depth into the operations above (:func:`connectivity.engine.decompose
 both drivers and ``certify`` checks pass one (:class:`connectivity.engine.checks.Certifier`).
 Paths: :mod:`connectivity.engine.bound_paths` gathers the segments of polylines into the
 drivers' checks and records (``certificate="bounds"``).
+Triangles: :func:`margin_bounds` with ``radius`` bounds a box around the segment whose
+half-width is affine in ``t`` (the input's lower and upper lines then differ, which every rule
+above already handles); :mod:`connectivity.engine.bound_triangles` encloses each sub-triangle
+in such a box (issue 22).
 
 Not covered (these raise :class:`NotBoundedError` naming the operation): attention the rewrite
 refuses (masks of ``nn.MultiheadAttention``, grouped-query attention), rolls and window
@@ -1274,13 +1278,33 @@ def _pool(
     return _Lines(torch.zeros_like(lb), lb, uw, ub)
 
 
+def _input_lines(a: Tensor, b: Tensor, radius: tuple[Tensor, Tensor] | None) -> _Lines:
+    """The input's lines: the segment ``a + t (b - a)`` itself, or (``radius``, for the
+    triangles of :mod:`connectivity.engine.bound_triangles`) the box around it whose half-width
+    goes linearly from ``radius[0]`` at ``t = 0`` to ``radius[1]`` at ``t = 1``. The box's lines
+    are widened like every operation's (:func:`_widen`), which covers the float64 rounding of
+    forming them and of the caller's centre and radius (a few machine epsilons of the same
+    terms)."""
+    if radius is None:
+        return _Lines(b - a, a, b - a, a)
+    start, end = radius
+    shrink = start - end  # the half-width is start - shrink * t
+    return _widen(_Lines(b - a + shrink, a - start, b - a - shrink, a + start))
+
+
 def _propagate(
-    program: BoundProgram, a: Tensor, b: Tensor, t0: Tensor, t1: Tensor
+    program: BoundProgram,
+    a: Tensor,
+    b: Tensor,
+    t0: Tensor,
+    t1: Tensor,
+    radius: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[_Lines, Tensor]:
     """Lines of the logits ``(N, classes)`` on each sub-interval, and ``(N,)`` which
     sub-intervals met a NaN on the way (their lines mean nothing: ``0 * inf`` after an
     overflow, or a reciprocal's infinite lines; see :func:`_poisoned`); ``a``, ``b``: ``(N,
-    *point_shape)`` float64 ends of the sub-intervals' segments; ``t0``, ``t1``: ``(N,)``."""
+    *point_shape)`` float64 ends of the sub-intervals' segments; ``t0``, ``t1``: ``(N,)``;
+    ``radius``: the input box's half-widths at ``t = 0`` and ``1`` (:func:`_input_lines`)."""
     root = program.module
     values: dict[fx.Node, Any] = {}
     poisoned = torch.zeros(t0.shape[0], dtype=torch.bool, device=t0.device)
@@ -1290,7 +1314,7 @@ def _propagate(
             for dead in program.frees[i - 1]:
                 values.pop(dead, None)
         if step.kind == INPUT:
-            values[node] = _Lines(b - a, a, b - a, a)
+            values[node] = _input_lines(a, b, radius)
             continue
         if step.kind == OUTPUT:
             out = values[node.args[0]]  # type: ignore[index]
@@ -1618,11 +1642,14 @@ def margin_bounds(
     targets: Tensor,
     t0: Tensor,
     t1: Tensor,
+    radius: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """A lower bound of ``logit[y] - max_{k != y} logit[k]`` over each sub-interval.
 
     The margin is ``min_k (x_y - x_k) >= min_k (L_y(t) - U_k(t))``, an affine function of
-    ``t`` per ``k``, lowest at an end of ``[t0, t1]``.
+    ``t`` per ``k``, lowest at an end of ``[t0, t1]``. With ``radius`` the bound holds over a
+    box around the segment instead (the hook of
+    :mod:`connectivity.engine.bound_triangles`, which encloses a triangle in one).
 
     Args:
         program: A :func:`bound_program` (or a tail, traced here).
@@ -1630,6 +1657,9 @@ def margin_bounds(
             sub-interval.
         targets: ``(N,)`` long target class.
         t0, t1: ``(N,)`` the sub-intervals, ``0 <= t0 <= t1 <= 1``.
+        radius: ``None`` (the segment), or two ``(N, *point_shape)`` tensors ``>= 0``: the
+            bound then holds at every point ``x`` with ``|x - (a + t (b - a))| <= (1 - t)
+            radius[0] + t radius[1]`` elementwise, for ``t`` in ``[t0, t1]``.
 
     Returns:
         ``(N,)`` float64 lower bounds (``-inf`` where a bound is not finite).
@@ -1643,8 +1673,10 @@ def margin_bounds(
     device = next(iter(program.module.parameters()), a).device
     a, b = a.to(device, torch.float64), b.to(device, torch.float64)
     t0, t1 = t0.to(device, torch.float64), t1.to(device, torch.float64)
+    if radius is not None:
+        radius = (radius[0].to(device, torch.float64), radius[1].to(device, torch.float64))
     with torch.no_grad():
-        logits, poisoned = _propagate(program, a, b, t0, t1)
+        logits, poisoned = _propagate(program, a, b, t0, t1, radius)
     lw, lb, uw, ub = (v.flatten(1) for v in (logits.lw, logits.lb, logits.uw, logits.ub))
     y = targets.to(device).long().unsqueeze(1)
     slope = lw.gather(1, y) - uw
