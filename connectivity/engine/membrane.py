@@ -621,7 +621,7 @@ class Membrane(nn.Module):
         rows = self._active_rows().nonzero().squeeze(1)
         dtype = self.free.dtype
         e = energies.detach().to(dtype).reshape(-1)
-        g = grad.detach().to(dtype).reshape(rows.numel(), -1)
+        g = grad.detach().to(dtype).reshape(rows.numel(), math.prod(self.point_shape))
         loops = self.row_loop[rows]
         finite = torch.isfinite(e) & torch.isfinite(g).all(dim=1)
         bad = self.active & ~_per_loop_all(finite, loops, self.loops)
