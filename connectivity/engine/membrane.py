@@ -39,6 +39,7 @@ References:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -123,7 +124,7 @@ def _polygon(k: int) -> Tensor:
 def _check_corners(count: int, corners: list[int]) -> None:
     if len(corners) < 3:
         raise ValueError(f"a loop needs at least 3 corners, got {len(corners)}")
-    if any(b <= a for a, b in zip(corners, corners[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(corners)):
         raise ValueError(f"corners must be increasing, got {corners}")
     if corners[0] < 0 or corners[-1] >= count:
         raise ValueError(f"corners {corners} must index the loop's {count} points")
@@ -133,7 +134,7 @@ def _boundary_parameters(loop: Tensor, corners: list[int]) -> tuple[Tensor, Tens
     """Per loop point: its side ``(B,)`` long (side ``i`` runs from corner ``i`` to corner
     ``i + 1``) and its arc-length fraction ``(B,)`` float64 along that side."""
     count, k = loop.shape[0], len(corners)
-    flat = loop.detach().reshape(count, -1).double()
+    flat = loop.detach().reshape(count, -1).to("cpu", torch.float64)
     side = torch.empty(count, dtype=torch.long)
     fraction = torch.empty(count, dtype=torch.float64)
     for i in range(k):
@@ -184,7 +185,7 @@ def loop_mesh(loop: Tensor, corners: list[int], rings: int = 3) -> Mesh:
     w = fraction.unsqueeze(1)
     uv_ring = (1 - w) * polygon[side] + w * polygon[after]
     shape = (-1, *([1] * (loop.dim() - 1)))
-    wf = fraction.to(loop.dtype).view(shape)
+    wf = fraction.to(device=loop.device, dtype=loop.dtype).view(shape)
     flat_ring = (1 - wf) * x[side] + wf * x[after]
     points, flat, uv = [centre.unsqueeze(0)], [centre.unsqueeze(0)], [torch.zeros(1, 2).double()]
     for j in range(1, rings + 1):
@@ -249,7 +250,8 @@ def flat_points(uv: Tensor, corners: Tensor) -> Tensor:
     t = (a[:, 0] * uv[:, 1] - a[:, 1] * uv[:, 0]) / det
     centre = corners.mean(dim=0)
     shape = (-1, *([1] * (corners.dim() - 1)))
-    s, t = s.to(corners.dtype).view(shape), t.to(corners.dtype).view(shape)
+    s = s.to(device=corners.device, dtype=corners.dtype).view(shape)
+    t = t.to(device=corners.device, dtype=corners.dtype).view(shape)
     x = corners[sector.to(corners.device)]
     y = corners[((sector + 1) % k).to(corners.device)]
     return centre + s * (x - centre) + t * (y - centre)
@@ -289,14 +291,14 @@ def refine(mesh: Mesh, marked: Tensor) -> Mesh:
     if not bool(marked.any()):
         return mesh
     edges, counts = mesh_edges(tri)
-    V = mesh.vertices
+    first_new = mesh.vertices
     key = {(int(a), int(b)): e for e, (a, b) in enumerate(edges.tolist())}
     split: dict[int, int] = {}  # edge -> new vertex
     for t in marked.nonzero().squeeze(1).tolist():
         for u, v in _triangle_edges(tri[t].tolist()):
             e = key[(min(u, v), max(u, v))]
             if e not in split:
-                split[e] = V + len(split)
+                split[e] = first_new + len(split)
     order = sorted(split, key=split.get)  # type: ignore[arg-type]
     ends = edges[order]
     device = mesh.points.device
@@ -318,9 +320,7 @@ def _triangle_edges(row: list[int]) -> list[tuple[int, int]]:
     return [(row[0], row[1]), (row[1], row[2]), (row[2], row[0])]
 
 
-def _children(
-    row: list[int], mids: list[int | None], uv: Tensor
-) -> list[tuple[int, int, int]]:
+def _children(row: list[int], mids: list[int | None], uv: Tensor) -> list[tuple[int, int, int]]:
     """The children of triangle ``row`` whose edge ``i`` (``row[i] -> row[i+1]``) has midpoint
     vertex ``mids[i]`` (None: not split), in the parent's orientation."""
     splits = sum(m is not None for m in mids)
@@ -559,8 +559,12 @@ class Membrane(nn.Module):
         self.register_buffer("active", torch.ones(loops, dtype=torch.bool, device=device))
         self.register_buffer("converged", torch.zeros(loops, dtype=torch.bool, device=device))
         self.register_buffer("diverged", torch.zeros(loops, dtype=torch.bool, device=device))
-        self.register_buffer("max_force", torch.full((loops,), math.inf, dtype=dtype, device=device))
-        self.register_buffer("max_energy", torch.full((loops,), math.nan, dtype=dtype, device=device))
+        self.register_buffer(
+            "max_force", torch.full((loops,), math.inf, dtype=dtype, device=device)
+        )
+        self.register_buffer(
+            "max_energy", torch.full((loops,), math.nan, dtype=dtype, device=device)
+        )
         self.register_buffer("on_target", torch.zeros(loops, dtype=torch.bool, device=device))
         rows = free_index.numel()
         self.register_buffer("vertex_on_target", torch.zeros(rows, dtype=torch.bool, device=device))
@@ -601,9 +605,19 @@ class Membrane(nn.Module):
         """``(n,)`` normal force norms and ``(n, D)`` effective gradients (minus the membrane
         force) at free-vertex ``rows`` ``(n,)`` with energy gradient ``grad`` ``(n, D)``."""
         points = self.points().reshape(self.anchor.shape[0], -1)
-        tangent, laplacian = in_surface(
-            points, self.free_index[rows], self.neighbours[rows], self.neighbour_count[rows], grad
-        )
+        tangent, laplacian = torch.empty_like(grad), torch.empty_like(grad)
+        counts = self.neighbour_count[rows]
+        # Vertices of one valence at a time, without padding: a vertex's sums then do not
+        # depend on the valences of other loops' vertices in the batch.
+        for count in torch.unique(counts).tolist():
+            part = (counts == count).nonzero().squeeze(1)
+            tangent[part], laplacian[part] = in_surface(
+                points,
+                self.free_index[rows[part]],
+                self.neighbours[rows[part], :count],
+                counts[part],
+                grad[part],
+            )
         normal = grad - tangent
         return normal.norm(dim=1), normal - self.options.spring_constant * laplacian
 

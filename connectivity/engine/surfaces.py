@@ -123,11 +123,7 @@ class SurfaceRecord:
 
     def metrics(self) -> dict[str, float | int | str]:
         """The scalar part, for tables."""
-        return {
-            k: v
-            for k, v in asdict(self).items()
-            if not isinstance(v, (Tensor, list))
-        }
+        return {k: v for k, v in asdict(self).items() if not isinstance(v, (Tensor, list))}
 
 
 @dataclass
@@ -277,7 +273,10 @@ class SurfaceSearch:
         """Check every loop's flat fill; decide the straight loops whose fill passes."""
         if not self.loops:
             return
-        fans = [fan_triangles(loop[torch.tensor(c)]) for loop, c in zip(self.loops, self.corners)]
+        fans = [
+            fan_triangles(loop[torch.tensor(c)])
+            for loop, c in zip(self.loops, self.corners, strict=True)
+        ]
         a, b, c = (torch.cat([f[i] for f in fans]) for i in range(3))
         sizes = [len(c) for c in self.corners]
         targets = self.targets.repeat_interleave(torch.tensor(sizes)).to(a.device)

@@ -23,6 +23,8 @@ from connectivity.engine.optimizers import make_optimizer
 from connectivity.engine.options import SurfaceOptions
 from connectivity.engine.search import ClassifierEnergy
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def circle(count: int, dims: int = 3, radius: float = 1.0) -> torch.Tensor:
     """``(count, dims)`` float64 points of a circle in the first two coordinates."""
@@ -129,10 +131,11 @@ def test_refinement_is_conforming_and_keeps_the_loop_and_the_flat_fill() -> None
         marked = torch.rand(mesh.triangles.shape[0], generator=generator) < 0.3
         refined = refine(mesh, marked)
         added = refined.vertices - mesh.vertices
-        edges, _ = mesh_edges(mesh.triangles)
         # each edge of a marked triangle got exactly one midpoint
         marked_edges = {
-            tuple(sorted(e)) for t in mesh.triangles[marked].tolist() for e in (t[:2], t[1:], t[::2])
+            tuple(sorted(e))
+            for t in mesh.triangles[marked].tolist()
+            for e in (t[:2], t[1:], t[::2])
         }
         assert added == len(marked_edges)
         assert torch.equal(refined.points[: mesh.vertices], mesh.points)
