@@ -17,15 +17,19 @@ vertices slide within the surface to low energy and leave the hard places unreso
 over its one-ring (the springs: they keep triangles well shaped and do not pull the surface
 flat, as NEB's springs act only along the band).
 
-Tangent plane. The tangent plane of a vertex is the best-fit plane (top-2 principal directions)
-of its one-ring's edge vectors ``d_j = x_j - x_i``, found from their small Gram matrix
-``G = d d^T`` (neighbours x neighbours): with ``U`` its top-2 eigenvectors and ``Lambda`` their
-eigenvalues, the projection onto the plane is ``P v = d^T U Lambda^-1 U^T d v``. It works in
-any dimension (a 65536-dim layer space too) without a ``D x D`` matrix, does not depend on the
-order of the ring, and in least squares fits all the ring's edges; averaging the triangles'
-own planes would need their normals, which exist only in 3-D. Where the ring is (nearly)
-collinear only its main direction is kept. In a 2-D space the plane is the whole space: no
-normal force is left, and the membrane only respaces (a loop in the plane bounds one disk).
+Tangent plane. The tangent plane of a vertex is the plane through its one-ring that fits it
+best (the top-2 principal directions of the ring's points ``x_j``, centred on their mean
+``m``): from the small Gram matrix ``G = c c^T`` of ``c_j = x_j - m`` (neighbours x
+neighbours), with ``U`` its top-2 eigenvectors and ``Lambda`` their eigenvalues, the
+projection onto the plane is ``P v = c^T U Lambda^-1 U^T c v``. It works in any dimension (a
+65536-dim layer space too) without a ``D x D`` matrix and does not depend on the order of the
+ring; centring removes the offset every edge of a curved surface shares towards its centre of
+curvature (uncentred edge vectors tilt the plane by about half the longest edge's angle).
+Averaging the triangles' own planes would need their normals, which exist only in 3-D. Where
+the ring is (nearly) collinear only its main direction is kept. In a 2-D space the plane is
+the whole space: no normal force is left, and the membrane only respaces (a loop in the plane
+bounds one disk). Each vertex is one system (one row) of the ``fire`` and ``lbfgs``
+optimizers.
 
 References:
     G. Henkelman, H. Jonsson, J. Chem. Phys. 113, 9978 (2000): NEB, the projection of the
@@ -130,13 +134,13 @@ def _check_corners(count: int, corners: list[int]) -> None:
         raise ValueError(f"corners {corners} must index the loop's {count} points")
 
 
-def _boundary_parameters(loop: Tensor, corners: list[int]) -> tuple[Tensor, Tensor]:
-    """Per loop point: its side ``(B,)`` long (side ``i`` runs from corner ``i`` to corner
-    ``i + 1``) and its arc-length fraction ``(B,)`` float64 along that side."""
+def _sides(loop: Tensor, corners: list[int]) -> list[tuple[Tensor, Tensor]]:
+    """Per side ``i`` (corner ``i`` to corner ``i + 1``): the loop indices of its points
+    ``(n_i + 1,)`` long, both corners included, and their arc-length fractions along the side
+    ``(n_i + 1,)`` float64 (index fractions for a side of length 0)."""
     count, k = loop.shape[0], len(corners)
     flat = loop.detach().reshape(count, -1).to("cpu", torch.float64)
-    side = torch.empty(count, dtype=torch.long)
-    fraction = torch.empty(count, dtype=torch.float64)
+    sides = []
     for i in range(k):
         first, last = corners[i], corners[(i + 1) % k] + (count if i == k - 1 else 0)
         index = torch.arange(first, last + 1) % count
@@ -144,19 +148,34 @@ def _boundary_parameters(loop: Tensor, corners: list[int]) -> tuple[Tensor, Tens
         arc = torch.cat([steps.new_zeros(1), steps.cumsum(0)])
         total = float(arc[-1])
         share = arc / total if total > 0 else torch.linspace(0, 1, len(index), dtype=arc.dtype)
-        side[index[:-1]] = i
-        fraction[index[:-1]] = share[:-1]
-    return side, fraction
+        sides.append((index, share))
+    return sides
+
+
+def _on_side(loop: Tensor, side: tuple[Tensor, Tensor], fraction: float) -> Tensor:
+    """The point of the loop's polyline at arc-length ``fraction`` of ``side``."""
+    index, share = side
+    at = int(torch.searchsorted(share, torch.tensor([fraction], dtype=share.dtype), right=True))
+    at = min(max(at - 1, 0), len(index) - 2)
+    width = float(share[at + 1] - share[at])
+    w = (fraction - float(share[at])) / width if width > 0 else 0.0
+    return torch.lerp(loop[index[at]], loop[index[at + 1]], w)
 
 
 def loop_mesh(loop: Tensor, corners: list[int], rings: int = 3) -> Mesh:
     """The fan (cone) mesh of a closed polyline from its corners' centroid.
 
-    Vertex 0 is the centroid ``c`` of the corners; ring ``j = 1..rings`` holds one vertex per
-    loop point, ring ``j`` vertex ``i`` at ``c + (j / rings)(loop_i - c)`` (the last ring is the
-    loop itself, bit for bit); the quads between rings are split into two triangles. For a
-    loop of straight sides this is the flat fill, the ``k`` triangles ``(c, x_i, x_{i+1})``,
-    subdivided (``points == flat``).
+    The surface is the cone from the centroid ``c`` of the corners over the loop: the point
+    at ``c + s (gamma - c)`` for ``gamma`` on the loop and ``s`` in ``[0, 1]``. Vertex 0 is
+    ``c``; ring ``j = 1..rings`` lies at ``s = j / rings``; the last ring is the loop's own
+    points, bit for bit, and ring ``j`` has about ``j / rings`` as many vertices on each side
+    (at least one segment per side), evenly spaced by arc length along the loop, with a vertex
+    on each corner's ray; neighbouring rings are joined side by side by triangles in order of
+    their arc-length positions. Rings of equal counts (``c + (j / rings)(loop_i - c)``) would
+    make slivers near ``c`` whose tangent planes no ring fit resolves (their error stays while
+    the mesh is refined); graded rings keep the triangles about as wide as long. For a loop of
+    straight sides the cone is its flat fill, the ``k`` triangles ``(c, x_i, x_{i+1})``,
+    subdivided (``points == flat``), and no edge crosses from one of them to another.
 
     Args:
         loop: ``(B, *point_shape)`` the closed polyline, its first point not repeated.
@@ -164,66 +183,88 @@ def loop_mesh(loop: Tensor, corners: list[int], rings: int = 3) -> Mesh:
         rings: Rings of vertices, the loop included (``>= 1``).
 
     Returns:
-        A :class:`Mesh` of ``1 + rings * B`` vertices and ``B (2 rings - 1)`` triangles.
+        A :class:`Mesh`, its boundary the loop from ``corners[0]`` on, counter-clockwise in
+        ``uv``.
 
     Raises:
         ValueError: fewer than 3 corners, corners not increasing or outside the loop, or
             ``rings < 1``.
     """
-    count = loop.shape[0]
-    _check_corners(count, corners)
+    _check_corners(loop.shape[0], corners)
     if rings < 1:
         raise ValueError(f"rings must be at least 1, got {rings}")
     loop = loop.detach()
     k = len(corners)
-    index = torch.tensor(corners, dtype=torch.long)
-    x = loop[index]
+    x = loop[torch.tensor(corners, dtype=torch.long)]
     centre = x.mean(dim=0)
-    side, fraction = _boundary_parameters(loop, corners)
     polygon = _polygon(k)
-    after = (side + 1) % k
-    w = fraction.unsqueeze(1)
-    uv_ring = (1 - w) * polygon[side] + w * polygon[after]
-    shape = (-1, *([1] * (loop.dim() - 1)))
-    wf = fraction.to(device=loop.device, dtype=loop.dtype).view(shape)
-    flat_ring = (1 - wf) * x[side] + wf * x[after]
-    points, flat, uv = [centre.unsqueeze(0)], [centre.unsqueeze(0)], [torch.zeros(1, 2).double()]
+    sides = _sides(loop, corners)
+    points, flat, uv = [centre], [centre], [torch.zeros(2, dtype=torch.float64)]
+    ring_ids: list[list[list[int]]] = []  # ring -> side -> vertex ids, both ends included
     for j in range(1, rings + 1):
-        if j == rings:
-            points.append(loop.clone())
-            flat.append(flat_ring)
-        else:
-            s = j / rings
-            points.append(centre + s * (loop - centre))
-            flat.append(centre + s * (flat_ring - centre))
-        uv.append(uv_ring * (j / rings))
-    triangles = _fan_triangles(count, rings)
-    fixed = torch.zeros(1 + rings * count, dtype=torch.bool)
-    fixed[1 + (rings - 1) * count :] = True
-    return Mesh(
-        torch.cat(points),
-        torch.cat(flat),
-        torch.cat(uv),
-        triangles,
-        fixed,
-        index + 1 + (rings - 1) * count,
-    )
+        s = j / rings
+        ids: list[list[int]] = []
+        for i, side in enumerate(sides):
+            segments = len(side[0]) - 1
+            count = segments if j == rings else max(1, round(segments * s))
+            own = []
+            for q in range(count):
+                fraction = float(side[1][q]) if j == rings else q / count
+                on_loop = (
+                    loop[side[0][q]].clone() if j == rings else _on_side(loop, side, q / count)
+                )
+                on_fill = torch.lerp(x[i], x[(i + 1) % k], fraction)
+                points.append(on_loop if j == rings else centre + s * (on_loop - centre))
+                flat.append(centre + s * (on_fill - centre) if j < rings else on_fill)
+                uv.append(s * torch.lerp(polygon[i], polygon[(i + 1) % k], fraction))
+                own.append(len(points) - 1)
+            ids.append(own)
+        ring_ids.append([[*own, ids[(i + 1) % k][0]] for i, own in enumerate(ids)])
+    uv_all = torch.stack(uv)
+    triangles = _ring_triangles(ring_ids, uv_all)
+    fixed = torch.zeros(len(points), dtype=torch.bool)
+    last = [v for side in ring_ids[-1] for v in side[:-1]]
+    fixed[last] = True
+    corner_ids = torch.tensor([side[0] for side in ring_ids[-1]], dtype=torch.long)
+    return Mesh(torch.stack(points), torch.stack(flat), uv_all, triangles, fixed, corner_ids)
 
 
-def _fan_triangles(count: int, rings: int) -> Tensor:
-    """``(count (2 rings - 1), 3)`` counter-clockwise triangles of the fan's vertex layout."""
+def _ring_triangles(ring_ids: list[list[list[int]]], uv: Tensor) -> Tensor:
+    """Counter-clockwise triangles of the graded rings: the centre (vertex 0) fanned to the
+    first ring, then each pair of rings joined side by side in order of position."""
     rows = []
-    nxt = [(i + 1) % count for i in range(count)]
-    for i in range(count):
-        rows.append((0, 1 + i, 1 + nxt[i]))
-    for j in range(1, rings):
-        inner, outer = 1 + (j - 1) * count, 1 + j * count
-        for i in range(count):
-            a, b = inner + i, inner + nxt[i]
-            a_out, b_out = outer + i, outer + nxt[i]
-            rows.append((a, a_out, b_out))
-            rows.append((a, b_out, b))
+    first = [v for side in ring_ids[0] for v in side[:-1]]
+    for a, b in zip(first, first[1:] + first[:1], strict=True):
+        rows.append((0, a, b))
+    for inner_ring, outer_ring in itertools.pairwise(ring_ids):
+        for inner, outer in zip(inner_ring, outer_ring, strict=True):
+            rows.extend(_zip_side(inner, outer, uv))
     return torch.tensor(rows, dtype=torch.long)
+
+
+def _zip_side(inner: list[int], outer: list[int], uv: Tensor) -> list[tuple[int, int, int]]:
+    """Triangles between one side of two neighbouring rings (both ends shared with the
+    neighbouring sides): walk both in order, always advancing the one whose next vertex comes
+    first (position: the fraction along the side, by the rings' own uv)."""
+
+    def position(ring: list[int], at: int) -> float:
+        start, end = uv[ring[0]], uv[ring[-1]]
+        chord = end - start
+        return float((uv[ring[at]] - start) @ chord / (chord @ chord))
+
+    rows = []
+    i = o = 0
+    while i < len(inner) - 1 or o < len(outer) - 1:
+        outer_next = o < len(outer) - 1 and (
+            i == len(inner) - 1 or position(outer, o + 1) <= position(inner, i + 1)
+        )
+        if outer_next:
+            rows.append((inner[i], outer[o], outer[o + 1]))
+            o += 1
+        else:
+            rows.append((inner[i], outer[o], inner[i + 1]))
+            i += 1
+    return rows
 
 
 def fan_triangles(corners: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -449,6 +490,10 @@ def in_surface(
         rows = slice(first, first + chunk)
         x = points[centres[rows]]
         d = points[neighbours[rows]] - x.unsqueeze(1)  # (c, m, D)
+        lap = d.sum(dim=1) / counts[rows].to(d.dtype).unsqueeze(1)
+        # Centred on the ring's mean: on a curved surface every edge leaves the tangent plane
+        # to the same side, and that shared offset would tilt the fitted plane.
+        d = d - d.mean(dim=1, keepdim=True)
         gram = torch.bmm(d, d.transpose(1, 2)).double()
         values, vecs = torch.linalg.eigh(gram)
         top, basis = values[:, -2:], vecs[:, :, -2:]
@@ -456,7 +501,6 @@ def in_surface(
         inverse = torch.where(keep, 1.0 / top.clamp_min(torch.finfo(top.dtype).tiny), 0.0)
         weights = (basis * inverse.unsqueeze(1)) @ basis.transpose(1, 2)  # (c, m, m)
         weights = weights.to(d.dtype)
-        lap = d.sum(dim=1) / counts[rows].to(d.dtype).unsqueeze(1)
 
         def project(v: Tensor, d: Tensor = d, weights: Tensor = weights) -> Tensor:
             coefficients = weights @ torch.bmm(d, v.unsqueeze(2))

@@ -98,8 +98,12 @@ def test_the_fan_mesh_is_a_disk_bounded_by_the_loop(rings: int) -> None:
     loop = bumpy_loop()
     corners = [0, 3, 6, 9]
     mesh = loop_mesh(loop, corners, rings)
-    assert mesh.vertices == 1 + rings * loop.shape[0]
-    assert mesh.triangles.shape == (loop.shape[0] * (2 * rings - 1), 3)
+    count = loop.shape[0]
+    assert int(mesh.fixed.sum()) == count
+    # a triangulated disk whose boundary vertices are the loop's
+    assert mesh.triangles.shape == (2 * mesh.vertices - count - 2, 3)
+    if rings == 1:
+        assert mesh.vertices == 1 + count
     assert_mesh_invariants(mesh, loop, corners)
     # the corners sit on the regular 4-gon's corners in the domain
     assert torch.allclose(mesh.uv[mesh.corners].norm(dim=1), torch.ones(4, dtype=torch.float64))
@@ -190,7 +194,8 @@ def test_the_membrane_keeps_its_vertices_and_its_loop(optimizer: str) -> None:
     fixed = ~torch.isin(torch.arange(anchor.shape[0]), membrane.free_index)
     run_membrane(membrane, opt, 20)
     points = membrane.points()
-    assert points.shape == anchor.shape and membrane.free.shape[0] == 1 + 8 + 1 + 2 * 6
+    free = sum(int((~m.fixed).sum()) for m in meshes)
+    assert points.shape == anchor.shape and membrane.free.shape[0] == free
     assert torch.equal(points[fixed], anchor[fixed])
     assert membrane.steps.tolist() == [15, 15] and membrane.done
     # the interior rose into the bowl (the flat fill at z = 0 is partly outside it)
@@ -255,3 +260,62 @@ def test_a_membrane_running_off_is_diverged_at_its_last_finite_surface(
     assert bool(torch.isfinite(tail(points)).all())  # the last surface the tail took
     away = (points - membrane.flat).norm(dim=1)
     assert float(away.max()) <= MAX_MOVE * 2.0  # the loop's diameter is 2
+
+
+def test_in_surface_parts_in_a_4096_dim_space_are_the_plane_of_a_flat_mesh() -> None:
+    from connectivity.engine.membrane import in_surface
+
+    generator = torch.Generator().manual_seed(0)
+    # a fan mesh of a planar loop, carried into a random 2-D plane of a 4096-dim space
+    plane = torch.linalg.qr(torch.randn(4096, 2, generator=generator, dtype=torch.float64)).Q
+    flat_mesh = loop_mesh(bumpy_loop()[:, :2], [0, 4, 7], 3)
+    points = flat_mesh.points @ plane.T
+    mesh = Mesh(
+        points, points, flat_mesh.uv, flat_mesh.triangles, flat_mesh.fixed, flat_mesh.corners
+    )
+    membrane = Membrane([mesh], torch.tensor([0]), SurfaceOptions())
+    rows = torch.arange(membrane.free.shape[0])
+    inside = torch.randn(rows.numel(), 2, generator=generator, dtype=torch.float64) @ plane.T
+    across = torch.randn(rows.numel(), 4096, generator=generator, dtype=torch.float64)
+    across -= across @ plane @ plane.T
+    counts = membrane.neighbour_count
+    tangent, laplacian = in_surface(
+        points, membrane.free_index, membrane.neighbours, counts, inside + across
+    )
+    assert torch.allclose(tangent, inside, atol=1e-10)
+    # the umbrella Laplacian of a flat mesh lies in its plane: all of it is kept
+    ring = points[membrane.neighbours] - points[membrane.free_index].unsqueeze(1)
+    umbrella = ring.sum(dim=1) / counts.unsqueeze(1)
+    assert torch.allclose(laplacian, umbrella, atol=1e-10)
+    # so the normal force is the part across the plane, and the springs act in it
+    force, effective = membrane.forces(rows, inside + across)
+    assert torch.allclose(force, across.norm(dim=1))
+    assert torch.allclose(effective, across - umbrella, atol=1e-10)
+
+
+def tangent_errors(count: int, rings: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-surface part of the unit normal at each free vertex of the fan mesh of the
+    equator (``count`` points, ``rings`` rings) lifted onto the upper unit hemisphere, and
+    the longest edge of each vertex's ring."""
+    from connectivity.engine.membrane import in_surface
+
+    mesh = loop_mesh(circle(count), [0, count // 3, 2 * count // 3], rings)
+    lifted = mesh.points.clone()
+    lifted[:, 2] = (1 - (lifted[:, :2] ** 2).sum(dim=1)).clamp_min(0).sqrt()
+    membrane = Membrane([mesh.with_points(lifted)], torch.tensor([0]), SurfaceOptions())
+    centres = membrane.free_index
+    radial = lifted[centres] / lifted[centres].norm(dim=1, keepdim=True)
+    tangent, _ = in_surface(lifted, centres, membrane.neighbours, membrane.neighbour_count, radial)
+    ring = lifted[membrane.neighbours] - lifted[centres].unsqueeze(1)
+    return tangent.norm(dim=1), ring.norm(dim=2).amax(dim=1)
+
+
+def test_the_tangent_plane_of_a_sphere_mesh_is_orthogonal_to_its_radius() -> None:
+    # The radius is the sphere's normal. A chord d of the unit sphere leaves the tangent plane
+    # at the angle asin(|d| / 2): the plane fitted to a ring is off by about that much, and
+    # the error falls with the edges (first order) as the mesh gets finer.
+    coarse, longest = tangent_errors(24, 6)
+    assert bool((coarse <= 0.5 * longest).all()), float((coarse / longest).max())
+    assert float(coarse[0]) < 1e-12  # the pole's ring is symmetric round its radius
+    fine, _ = tangent_errors(48, 12)
+    assert float(fine.max()) < 0.8 * float(coarse.max())
