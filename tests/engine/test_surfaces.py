@@ -272,3 +272,168 @@ def test_records_say_scalars_in_metrics_and_inputs_are_checked() -> None:
 def test_surface_options_refuse_values_outside_their_range(values: dict) -> None:
     with pytest.raises(OptionsError):
         SurfaceOptions(**values)
+
+
+def distance_to_origin(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``(T,)`` distance from the origin to each triangle ``(a, b, c)`` (``(T, D)`` each):
+    the nearest of the interior stationary point (where it is inside) and the three edges'
+    nearest points."""
+
+    def to_segment(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        t = (-(p * (q - p)).sum(1) / ((q - p) ** 2).sum(1).clamp_min(1e-300)).clamp(0, 1)
+        return (p + t.unsqueeze(1) * (q - p)).norm(dim=1)
+
+    u, v = b - a, c - a
+    gram = torch.stack(
+        [
+            torch.stack([(u * u).sum(1), (u * v).sum(1)], 1),
+            torch.stack([(u * v).sum(1), (v * v).sum(1)], 1),
+        ],
+        1,
+    )
+    rhs = -torch.stack([(a * u).sum(1), (a * v).sum(1)], 1)
+    st = torch.linalg.solve(gram, rhs)
+    inside = (st >= 0).all(1) & (st.sum(1) <= 1)
+    interior = (a + st[:, :1] * u + st[:, 1:] * v).norm(dim=1)
+    edges = torch.stack([to_segment(a, b), to_segment(b, c), to_segment(c, a)], 1).amin(1)
+    return torch.where(inside, torch.minimum(interior, edges), edges)
+
+
+def radial_bounds(tail: Radial):  # type: ignore[no-untyped-def]
+    """A proof for :class:`Radial` classes: over a triangle the norm lies between its distance
+    from the origin and its largest corner norm, and the margin ``20 (w^2 - (r - 1)^2)`` is
+    lowest at one of these ends. Triangles whose bound is not positive are left
+    ``"budget"``."""
+
+    def check(a, b, c, targets):  # type: ignore[no-untyped-def]
+        from connectivity.engine.triangles import PROVED, TriangleCheck
+
+        low = distance_to_origin(a, b, c) - 1e-9
+        high = torch.stack([a.norm(dim=1), b.norm(dim=1), c.norm(dim=1)], 1).amax(1) + 1e-9
+        worst = torch.maximum((low - 1) ** 2, (high - 1) ** 2)
+        bound = 20 * (tail.width**2 - worst)
+        corners = torch.stack([tail(a)[:, 0], tail(b)[:, 0], tail(c)[:, 0]], 1) * 2
+        count = a.shape[0]
+        nan = torch.full((count,), math.nan, dtype=torch.float64)
+        return TriangleCheck(
+            "bounds",
+            [PROVED if float(x) > 0 else BUDGET for x in bound],
+            corners.amin(1).double(),
+            torch.where(bound > 0, bound, math.nan).double(),
+            torch.full((count, 3), math.nan, dtype=torch.float64),
+            nan,
+            torch.ones(count, dtype=torch.long),
+            torch.ones(count, dtype=torch.long),
+            ["" if float(x) > 0 else "bound not positive" for x in bound],
+        )
+
+    return check
+
+
+def dense_min_margin(record: SurfaceRecord, tail: torch.nn.Module) -> float:
+    p, t = record.points, record.triangles
+    targets = torch.full((t.shape[0],), record.target, dtype=torch.long)
+    dense = sampled_triangles(tail, p[t[:, 0]], p[t[:, 1]], p[t[:, 2]], targets, per_edge=20)
+    return float(dense.min_margin.min())
+
+
+def test_a_fill_every_triangle_of_which_is_proved_rests_on_the_proof() -> None:
+    record = fill_loops(
+        ANNULUS,
+        [arc_loop()],
+        [[0, 1, 2]],
+        torch.tensor([0]),
+        torch.tensor([True]),
+        check=radial_bounds(ANNULUS),
+    )[0]
+    assert record.verdict == "planar" and record.certificate == "bounds"
+    assert record.triangles_proved == 3 and record.note == ""
+    assert 0 < record.min_margin_lower_bound == record.min_margin
+    assert record.min_margin <= dense_min_margin(record, ANNULUS)
+
+
+def test_a_curved_fill_proved_triangle_by_triangle_rests_on_the_proof() -> None:
+    record = fill_loops(
+        SHELL,
+        [circle(16)],
+        [[0, 4, 8, 12]],
+        torch.tensor([0]),
+        torch.tensor([False]),
+        options("fire", steps=300),
+        check=radial_bounds(SHELL),
+    )[0]
+    assert record.verdict == "curved" and record.certificate == "bounds"
+    assert record.triangles_proved == record.triangles.shape[0]
+    assert 0 < record.min_margin_lower_bound == record.min_margin
+    assert record.min_margin <= dense_min_margin(record, SHELL)
+    assert_filled(record, SHELL, circle(16))
+
+
+def test_a_fill_partly_proved_rests_on_the_sampled_check_and_says_why() -> None:
+    proof = radial_bounds(SHELL)
+
+    def half(a, b, c, targets):  # type: ignore[no-untyped-def]
+        # the proof of the first half of the triangles only; the rest left to its budget
+        result = proof(a, b, c, targets)
+        rest = range(a.shape[0] // 2, a.shape[0])
+        for i in rest:
+            result.status[i], result.note[i] = BUDGET, "left for the test"
+        result.min_margin_lower_bound[a.shape[0] // 2 :] = math.nan
+        return result
+
+    record = fill_loops(
+        SHELL,
+        [circle(16)],
+        [[0, 4, 8, 12]],
+        torch.tensor([0]),
+        torch.tensor([False]),
+        options("fire", steps=300),
+        check=half,
+    )[0]
+    assert record.verdict == "curved" and record.certificate == "sampled"
+    assert record.triangles_proved > 0 and record.triangles_sampled > 0
+    assert math.isnan(record.min_margin_lower_bound)
+    assert "decided at sampled points (left for the test)" in record.note
+    assert_filled(record, SHELL, circle(16))
+
+
+def test_a_straight_loop_whose_flat_fill_fails_goes_on_to_a_membrane() -> None:
+    # a hexagon on the shell's equator: its sides stay in the shell, its centre does not
+    hexagon = circle(6)
+    record = fill_loops(
+        SHELL,
+        [hexagon],
+        [list(range(6))],
+        torch.tensor([0]),
+        torch.tensor([True]),
+        options("lbfgs", steps=200),
+    )[0]
+    assert record.planar_min_margin < 0 and record.verdict == "curved"
+    assert_filled(record, SHELL, hexagon)
+
+
+def test_a_loop_whose_membrane_runs_off_is_diverged_and_the_others_go_on() -> None:
+    from tests.engine.test_membrane import NaNAbove
+
+    class ShellBelow(torch.nn.Module):
+        """The shell's class where ``z < 0.5``; NaN logits above (a network that breaks)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return SHELL(x) + 0 * NaNAbove()(x)
+
+    # a circle of latitude below the equator: its cap, round the south pole, stays below
+    south = 0.8 * circle(12)
+    south[:, 2] = -0.6
+    records = fill_loops(
+        ShellBelow(),
+        [circle(16), south],
+        [[0, 4, 8, 12], [0, 4, 8]],
+        torch.tensor([0, 0]),
+        torch.tensor([False, False]),
+        options("fire", steps=300),
+    )
+    assert records[0].verdict == "diverged" and records[0].status == "diverged"
+    assert records[0].steps < 300
+    assert bool(torch.isfinite(ShellBelow()(records[0].points)).all())
+    assert records[1].verdict == "curved" and records[1].planar_min_margin < 0
+    assert_filled(records[1], ShellBelow(), south)
