@@ -131,6 +131,7 @@ def test_refinement_is_conforming_and_keeps_the_loop_and_the_flat_fill() -> None
     corners = [1, 4, 8]
     mesh = loop_mesh(loop, corners, 2)
     generator = torch.Generator().manual_seed(0)
+    seen: set[int] = set()
     for _ in range(4):
         marked = torch.rand(mesh.triangles.shape[0], generator=generator) < 0.3
         refined = refine(mesh, marked)
@@ -142,10 +143,18 @@ def test_refinement_is_conforming_and_keeps_the_loop_and_the_flat_fill() -> None
             for e in (t[:2], t[1:], t[::2])
         }
         assert added == len(marked_edges)
+        # a triangle with s split edges has s + 1 children (green 2, 3, red 4)
+        splits = [
+            sum(tuple(sorted(e)) in marked_edges for e in (t[:2], t[1:], t[::2]))
+            for t in mesh.triangles.tolist()
+        ]
+        assert refined.triangles.shape[0] == mesh.triangles.shape[0] + sum(splits)
+        seen |= set(splits)
         assert torch.equal(refined.points[: mesh.vertices], mesh.points)
         assert_mesh_invariants(refined, loop, corners)
         assert torch.allclose(refined.flat, flat_points(refined.uv, loop[corners]), atol=1e-12)
         mesh = refined
+    assert seen == {0, 1, 2, 3}
     assert refine(mesh, torch.zeros(mesh.triangles.shape[0], dtype=torch.bool)) is mesh
 
 
