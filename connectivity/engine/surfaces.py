@@ -209,6 +209,15 @@ class SurfaceSearch:
         on_record: Called as ``on_record(loop_index, record)`` as soon as a loop is decided.
         on_membrane: Called with the optimiser of each new membrane.
 
+    Attributes:
+        decided: ``{loop: SurfaceRecord}`` of the loops decided so far.
+        membrane: The current round's :class:`~connectivity.engine.membrane.Membrane` (None
+            between rounds and once done); ``rows``: the loop of each of its rows;
+            ``optimizer``: its optimiser.
+        queue: ``{loop: (mesh, steps, refinements)}``: the loops waiting for the next round.
+        planar_margin: Per loop, ``min_margin`` of its flat fill.
+        restored: Loops a membrane decided before a resume (from its checkpoint).
+
     Raises:
         InputError: loops that are not floating point, of another point shape than the first,
             or outside ``options.bounds``; lists of other lengths than ``targets``.
@@ -246,6 +255,7 @@ class SurfaceSearch:
         self.budget_spent: set[int] = set()
         self.planar_margin = [math.nan] * len(self.loops)
         self._started = False
+        self.restored = 0  # loops a membrane decided before a resume (from its checkpoint)
         self._check_flat()
 
     def _sampled(self, a: Tensor, b: Tensor, c: Tensor, targets: Tensor) -> TriangleCheck:
@@ -509,6 +519,15 @@ class SurfaceSearch:
         if self.on_record is not None:
             self.on_record(loop, record)
 
+    def steps_taken(self) -> int:
+        """The most steps of a loop still in the membrane (of any loop of it once none is; 0
+        without a membrane)."""
+        if self.membrane is None:
+            return 0
+        steps = self.membrane.steps
+        active = steps[self.membrane.active]
+        return int(active.max()) if active.numel() else int(steps.max())
+
     def records(self) -> list[SurfaceRecord]:
         """Every loop's record, in loop order (once :attr:`done`)."""
         return [self.decided[i] for i in range(len(self.loops))]
@@ -544,6 +563,7 @@ class SurfaceSearch:
         device = self.loops[0].device if self.loops else torch.device("cpu")
         for i, r in checkpoint.get("decided", {}).items():
             self.decided[int(i)] = SurfaceRecord(**r)
+        self.restored = len(checkpoint.get("decided", {}))
         self.budget_spent = {int(i) for i in checkpoint.get("budget_spent", [])}
         for i, (mesh, steps, refinements) in checkpoint.get("queued", {}).items():
             self.queue[int(i)] = (_mesh_on(mesh, device), int(steps), int(refinements))
