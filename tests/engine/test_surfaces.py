@@ -207,7 +207,25 @@ def test_a_search_resumed_from_its_checkpoint_ends_as_one_not_stopped(
     loops, corners, straight = shell_loops()
     opts = options(optimizer, steps=steps, max_vertices=120, check_every=2)
     targets = torch.zeros(len(loops), dtype=torch.long)
-    whole = fill_loops(SHELL, loops, corners, targets, straight, opts)
+    told: dict[int, SurfaceRecord] = {}
+    optimizers: list[torch.optim.Optimizer] = []
+    search = SurfaceSearch(
+        SHELL,
+        loops,
+        corners,
+        targets,
+        straight,
+        opts,
+        on_record=told.__setitem__,
+        on_membrane=optimizers.append,
+    )
+    search.start()
+    while not search.done:
+        search.step()
+    whole = search.records()
+    assert sorted(told) == [0, 1, 2, 3] and all(told[i] is whole[i] for i in told)
+    # a membrane per round: the first, and one per later round of refined loops
+    assert len(optimizers) >= 1 + (max(r.refinements for r in whole) > 0)
     first = SurfaceSearch(SHELL, loops, corners, targets, straight, opts)
     first.start()
     for _ in range(stop_after):
