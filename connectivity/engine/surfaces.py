@@ -56,7 +56,10 @@ TriangleCheckFn = Callable[[Tensor, Tensor, Tensor, Tensor], TriangleCheck]
 PLANAR, CURVED, NONE, DIVERGED = "planar", "curved", "none", "diverged"
 # how a loop's search ended (``SurfaceRecord.status``)
 CERTIFIED, CONVERGED, OUT_OF_STEPS, SPENT = "certified", "converged", "out_of_steps", "budget"
-_STRENGTH = {"exact": 2, "bounds": 1, "sampled": 0}
+# the step of the last check of a loop never checked
+_NEVER = -(10**9)
+# a loop waiting for the next round: its mesh, steps taken, refinements, step of its last check
+Queued = tuple[Mesh, int, int, int]
 
 
 @dataclass
@@ -214,7 +217,8 @@ class SurfaceSearch:
         membrane: The current round's :class:`~connectivity.engine.membrane.Membrane` (None
             between rounds and once done); ``rows``: the loop of each of its rows;
             ``optimizer``: its optimiser.
-        queue: ``{loop: (mesh, steps, refinements)}``: the loops waiting for the next round.
+        queue: ``{loop: (mesh, steps, refinements, last check)}``: the loops waiting for the
+            next round (last check: the step of the check that refined the mesh).
         planar_margin: Per loop, ``min_margin`` of its flat fill.
         restored: Loops a membrane decided before a resume (from its checkpoint).
 
@@ -246,7 +250,7 @@ class SurfaceSearch:
         self.on_record, self.on_membrane = on_record, on_membrane
         self.energy = ClassifierEnergy(tail)
         self.decided: dict[int, SurfaceRecord] = {}
-        self.queue: dict[int, tuple[Mesh, int, int]] = {}  # loop -> (mesh, steps, refinements)
+        self.queue: dict[int, Queued] = {}
         self.membrane: Membrane | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.rows: list[int] = []  # the loop of each membrane row
@@ -321,7 +325,7 @@ class SurfaceSearch:
             return
         for loop in range(len(self.loops)):
             if loop not in self.decided:
-                self.queue[loop] = (self._initial_mesh(loop), 0, 0)
+                self.queue[loop] = (self._initial_mesh(loop), 0, 0, _NEVER)
         self._next_round()
 
     def _initial_mesh(self, loop: int) -> Mesh:
@@ -338,7 +342,9 @@ class SurfaceSearch:
         membrane = Membrane(meshes, self.targets[rows].to(meshes[0].points.device), self.options)
         membrane.steps.copy_(torch.tensor([self.queue[r][1] for r in rows]))
         self.refinements = [self.queue[r][2] for r in rows]
-        self.last_check = [-(10**9)] * len(rows)
+        # A refined mesh relaxes ``check_every`` steps before its next check (unless it ends
+        # first): checked at once, its new vertices would only refine it again where it is.
+        self.last_check = [self.queue[r][3] for r in rows]
         self.queue = {}
         self._use(membrane, rows)
 
@@ -412,7 +418,8 @@ class SurfaceSearch:
         off[(membrane.free_index[rows] - first).cpu()] = ~membrane.vertex_on_target[rows].cpu()
         marked = off[mesh.triangles.cpu()].any(dim=1)
         if not self._requeue(row, mesh, marked):
-            self._finish(row, NONE, SPENT, None, "converged with vertices off the target")
+            status = OUT_OF_STEPS if steps >= self.options.steps else SPENT
+            self._finish(row, NONE, status, None, "converged with vertices off the target")
 
     def _check_row(self, row: int, finished: bool) -> None:
         membrane = self._membrane()
@@ -427,9 +434,11 @@ class SurfaceSearch:
             return
         if self._requeue(row, mesh, result.failed):
             return
-        self.budget_spent.add(self.rows[row])
+        steps = int(membrane.steps[row])
+        if steps < self.options.steps:
+            self.budget_spent.add(self.rows[row])
         if finished:
-            status = SPENT if bool(membrane.converged[row]) else OUT_OF_STEPS
+            status = SPENT if steps < self.options.steps else OUT_OF_STEPS
             self._finish(row, NONE, status, result, "triangles off the target")
 
     def _check_mesh(self, mesh: Mesh, target: Tensor) -> TriangleCheck:
@@ -448,7 +457,8 @@ class SurfaceSearch:
         if refined.vertices > self.options.max_vertices:
             return False
         membrane.retire_(torch.tensor([row], device=membrane.active.device))
-        self.queue[self.rows[row]] = (refined, steps, self.refinements[row] + 1)
+        checked = self.last_check[row] if self.last_check[row] == steps else _NEVER
+        self.queue[self.rows[row]] = (refined, steps, self.refinements[row] + 1, checked)
         return True
 
     def _finish(
@@ -538,12 +548,13 @@ class SurfaceSearch:
         """What a checkpoint saves to continue this search (:meth:`start`): the membrane
         (``membrane``: its state; ``meshes``: the meshes it was built from; ``rows``: the loop
         of each of its rows, with ``refinements`` and ``last_check``), its optimiser's state
-        (``optimizer``), the queued loops (``queued``: ``{loop: (mesh, steps, refinements)}``),
+        (``optimizer``), the queued loops (``queued``: ``{loop: (mesh, steps, refinements, last
+        check)}``),
         the loops whose budget was spent (``budget_spent``) and the records of the loops the
         membranes decided so far (``decided``)."""
         membrane = self.membrane
         state: dict[str, Any] = {
-            "queued": {i: (m.cpu().to_dict(), s, r) for i, (m, s, r) in self.queue.items()},
+            "queued": {i: (m.cpu().to_dict(), *rest) for i, (m, *rest) in self.queue.items()},
             "decided": {i: asdict(r) for i, r in self.decided.items() if r.verdict != PLANAR},
             "budget_spent": sorted(self.budget_spent),
             "membrane": None,
@@ -565,12 +576,12 @@ class SurfaceSearch:
             self.decided[int(i)] = SurfaceRecord(**r)
         self.restored = len(checkpoint.get("decided", {}))
         self.budget_spent = {int(i) for i in checkpoint.get("budget_spent", [])}
-        for i, (mesh, steps, refinements) in checkpoint.get("queued", {}).items():
-            self.queue[int(i)] = (_mesh_on(mesh, device), int(steps), int(refinements))
+        for i, (mesh, steps, refinements, checked) in checkpoint.get("queued", {}).items():
+            self.queue[int(i)] = (_mesh_on(mesh, device), int(steps), int(refinements), checked)
         rows = [int(r) for r in checkpoint.get("rows", [])]
         for loop in range(len(self.loops)):
             if loop not in self.decided and loop not in self.queue and loop not in rows:
-                self.queue[loop] = (self._initial_mesh(loop), 0, 0)
+                self.queue[loop] = (self._initial_mesh(loop), 0, 0, _NEVER)
         if checkpoint.get("membrane") is None:
             self._next_round()
             return
