@@ -279,3 +279,64 @@ def _checked_bounds(bounds: Any) -> tuple[float, float]:
     if not low < high:
         raise OptionsError(f"bounds must be finite (low, high) with low < high, got {bounds!r}")
     return low, high
+
+
+# Interior rings of the fan mesh a membrane starts from: 3 rings make the fan's triangles about
+# a third of the loop's radius, fine enough for the membrane to bend over a cap.
+DEFAULT_RINGS = 3
+# Vertices one loop's mesh may grow to by refinement.
+DEFAULT_MAX_VERTICES = 256
+# Budget of linear regions of the exact plane check per triangle.
+DEFAULT_MAX_REGIONS = 4096
+
+
+@dataclass(frozen=True)
+class SurfaceOptions(PathOptions):
+    """Options of a surface search (issue 22): the membrane's and the checks of its triangles.
+
+    The membrane (:class:`~connectivity.engine.membrane.Membrane`) takes the band's options
+    where they have a meaning for it: ``steps`` (most membrane steps per loop, over all its
+    rounds of refinement), ``optimizer`` and ``lr``, ``spring_constant`` (weight of the
+    in-surface umbrella Laplacian, the membrane's springs), ``tol`` (a loop converges when the
+    largest normal force of its free vertices is at most ``tol``), ``max_step`` (longest move of a
+    vertex in one step, in units of the loop's mean edge length when its mesh was built; None:
+    the optimizer's default), ``bounds`` (box the vertices are clamped to), ``nudge`` and
+    ``nudge_seed`` (the symmetry nudge of the free vertices when a membrane starts, in units of
+    the loop's diameter). The checks take ``certify``, ``max_splits`` (bounds over a triangle)
+    and ``chunk_size`` (most points per network call). ``num_pivots``, ``method``,
+    ``climbing``, ``climb_after``, ``max_energy_rise``, ``backoffs``, ``line_points``,
+    ``converge`` and ``max_pivots`` are the paths' of the loop's sides.
+
+    Args:
+        rings: Interior rings of the fan mesh a membrane starts from (ring ``j`` of ``rings``
+            is the loop scaled by ``j / rings`` towards its corners' centroid).
+        max_vertices: Most vertices one loop's mesh may grow to by refinement; a loop whose
+            failing triangles cannot be refined within it ends ``none`` (status ``budget``).
+        samples_per_edge: Divisions per edge of the barycentric grid of the sampled check of a
+            triangle (``(n + 1)(n + 2) / 2`` points per triangle).
+        check_every: Membrane steps between two checks of a loop's triangles while all its
+            vertices are on the target (a loop is checked the first time they all are, and
+            when it ends with them all on the target).
+        max_regions: Most linear regions the exact plane check enumerates in one triangle
+            before it leaves the triangle undecided (``"budget"``).
+
+    Raises:
+        OptionsError: when built with a value outside the above.
+    """
+
+    rings: int = DEFAULT_RINGS
+    max_vertices: int = DEFAULT_MAX_VERTICES
+    samples_per_edge: int = 4
+    check_every: int = 10
+    max_regions: int = DEFAULT_MAX_REGIONS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, minimum in (
+            ("rings", 1),
+            ("max_vertices", 4),
+            ("samples_per_edge", 1),
+            ("check_every", 1),
+            ("max_regions", 1),
+        ):
+            self._set(name, _checked_int(getattr(self, name), name, minimum))
