@@ -267,7 +267,7 @@ def pairwise_distances(points: Tensor) -> list[list[float]]:
     return torch.cdist(flat, flat).cpu().tolist()
 
 
-def _warn_outside_the_class(tail: nn.Module, points: Tensor, target: int, chunk_size: int) -> None:
+def warn_outside_the_class(tail: nn.Module, points: Tensor, target: int, chunk_size: int) -> None:
     """Warn about inputs the classifier does not put in ``target``: no path inside the class
     reaches them, so each ends up a component of its own that is not part of the class."""
     with torch.no_grad():
@@ -358,7 +358,7 @@ def connect_all(
     head, tail = head.to(points.device), tail.to(points.device)
     targets = torch.full((points.shape[0],), target, dtype=torch.long, device=points.device)
     z, _ = encode_pairs(head, tail, points, points[:1], targets)
-    _warn_outside_the_class(tail, z, target, options.chunk_size)
+    warn_outside_the_class(tail, z, target, options.chunk_size)
 
     def decide(pairs: list[Pair]) -> list[PairRecord]:
         first = torch.tensor([i for i, _ in pairs], device=z.device)

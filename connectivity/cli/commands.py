@@ -1,4 +1,4 @@
-"""The path experiment's commands (``paths``, ``graph``, ``report``).
+"""The path experiment's commands (``paths``, ``graph``, ``surfaces``, ``report``).
 
 Shared by the ``connectivity`` command (:mod:`connectivity.cli`) and the quickstart
 (:mod:`connectivity.cli.quickstart`), so that neither imports the other.
@@ -19,14 +19,23 @@ from connectivity.lightning.output import quiet_library_output
 from connectivity.reporting.drawing import FIGURES_HELP, check_figures
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.report import write_report
+from connectivity.reporting.surface_report import write_surface_report
 from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.graph import GraphExperiment, run_graph
 from connectivity.runs.paths import Experiment, run_paths
+from connectivity.runs.surfaces import SurfaceExperiment, run_surfaces
 from connectivity.store.graph import GraphStore
 from connectivity.store.records import RunStore
+from connectivity.store.surfaces import SurfaceStore
 
 PATHS_HELP = "Decide same-class pairs in the input space and in layers of a classifier."
-REPORT_HELP = "Rebuild the tables and figures of a paths or graph run from its saved records."
+REPORT_HELP = (
+    "Rebuild the tables and figures of a paths, graph or surfaces run from its saved records."
+)
+SURFACES_HELP = (
+    "Fill loops of same-class inputs with surfaces that keep the class (planar, curved or "
+    "none), in the input space and in layers."
+)
 GRAPH_HELP = (
     "Find the connected components of whole classes (union-find over pairs, near to far), "
     "for one or more classifiers."
@@ -67,6 +76,14 @@ def graph_parser(**kwargs: Any) -> LightningArgumentParser:
     kwargs.setdefault("description", GRAPH_HELP)
     parser = LightningArgumentParser(**kwargs)
     _add_experiment_arguments(parser, GraphExperiment)
+    return parser
+
+
+def surfaces_parser(**kwargs: Any) -> LightningArgumentParser:
+    """A parser of ``connectivity surfaces`` options: the experiment, its data, Trainer, W&B."""
+    kwargs.setdefault("description", SURFACES_HELP)
+    parser = LightningArgumentParser(**kwargs)
+    _add_experiment_arguments(parser, SurfaceExperiment)
     return parser
 
 
@@ -138,6 +155,23 @@ class GraphCommand(ExperimentCommand):
         return run_graph(self.experiment, self.data, self.trainer, self.wandb)
 
 
+@dataclasses.dataclass
+class SurfacesCommand(ExperimentCommand):
+    """A surfaces experiment with its objects built, ready to run (``connectivity surfaces``)."""
+
+    experiment: SurfaceExperiment
+    kind: ClassVar[type] = SurfaceExperiment
+
+    def _start(self) -> SurfaceStore | None:
+        return run_surfaces(self.experiment, self.data, self.trainer, self.wandb)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SurfacesCommand:
+        """Read a ``surfaces`` YAML config file (such as ``configs/surfaces/quick.yaml``)."""
+        parser = surfaces_parser()
+        return cls.from_config(parser, parser.parse_path(str(path)))
+
+
 def report_parser(**kwargs: Any) -> ArgumentParser:
     """A parser of ``connectivity report`` options."""
     kwargs.setdefault("description", REPORT_HELP)
@@ -177,9 +211,16 @@ def report(
     """
     check_figures(figures)
     store = RunStore(folder)
-    if store.manifest().get("kind") == "graph":
+    kind = store.manifest().get("kind")
+    if kind == "graph":
         with quiet_library_output():
             write_graph_report(GraphStore(folder), wandb=wandb or WandbOptions())
+        return
+    if kind == "surfaces":
+        with quiet_library_output():
+            write_surface_report(
+                SurfaceStore(folder), wandb=wandb or WandbOptions(), figures=figures
+            )
         return
     with quiet_library_output():
         write_report(

@@ -1,8 +1,8 @@
 """The ``connectivity`` command: one LightningCLI parser for training and the path experiments.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI's own; ``paths``, ``graph``,
-``report`` and ``quickstart`` are subcommands of the same parser (so ``connectivity --help``
-lists all eight), dispatched without building a model or a trainer for them.
+``surfaces``, ``report`` and ``quickstart`` are subcommands of the same parser (so
+``connectivity --help`` lists all nine), dispatched without building a model or a trainer for them.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from connectivity.cli.commands import (
     GRAPH_HELP,
     PATHS_HELP,
     REPORT_HELP,
+    SURFACES_HELP,
     GraphCommand,
     PathsCommand,
+    SurfacesCommand,
     graph_parser,
     paths_parser,
     report,
     report_parser,
+    surfaces_parser,
 )
 from connectivity.cli.quickstart import quickstart
 from connectivity.cli.training import RunFolderConfigCallback, TrainingCLI
@@ -67,6 +70,10 @@ def _run_graph(parser: ArgumentParser, config: Namespace) -> None:
     GraphCommand.from_config(parser, config).run()
 
 
+def _run_surfaces(parser: ArgumentParser, config: Namespace) -> None:
+    SurfacesCommand.from_config(parser, config).run()
+
+
 def _run_report(parser: ArgumentParser, config: Namespace) -> None:
     objects = parser.instantiate(config)
     report(objects.folder, decoders=objects.decoders, wandb=objects.wandb, figures=objects.figures)
@@ -82,13 +89,15 @@ EXPERIMENT_COMMANDS: dict[
 ] = {
     "paths": (paths_parser, PATHS_HELP, _run_paths),
     "graph": (graph_parser, GRAPH_HELP, _run_graph),
+    "surfaces": (surfaces_parser, SURFACES_HELP, _run_surfaces),
     "report": (report_parser, REPORT_HELP, _run_report),
     "quickstart": (_quickstart_parser, QUICKSTART_HELP, _run_quickstart),
 }
 
 
 class ConnectivityCLI(TrainingCLI):
-    """LightningCLI's training commands plus ``paths``, ``graph``, ``report`` and ``quickstart``.
+    """LightningCLI's training commands plus ``paths``, ``graph``, ``surfaces``, ``report`` and
+    ``quickstart``.
 
     The experiment commands take no model, data or trainer of LightningCLI's: for them no seed
     is set, nothing is instantiated up front, and their own runner is called instead.
@@ -109,7 +118,7 @@ class ConnectivityCLI(TrainingCLI):
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         # LightningCLI's own loop, with one-line help, then ours: one parser parses, checks and
-        # documents all eight commands.
+        # documents all nine commands.
         self._subcommand_parsers: dict[str, ArgumentParser] = {}
         subcommands = parser.add_subcommands()
         for name in self.subcommands():

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from connectivity.engine.band import StopFn, straight_line
 from connectivity.engine.bound_paths import BoundCheck, bound_paths
+from connectivity.engine.bound_triangles import prove_triangles
 from connectivity.engine.bounds import BoundProgram, NotBoundedError, bound_program
 from connectivity.engine.exact import (
     NotPiecewiseLinearError,
@@ -31,6 +32,7 @@ from connectivity.engine.exact import (
     undecided_checks,
 )
 from connectivity.engine.options import DEFAULT_MAX_SPLITS, PathOptions
+from connectivity.engine.triangles import UNDECIDED, TriangleCheck, empty_check
 
 
 def refine(path: Tensor, per_segment: int) -> Tensor:
@@ -252,6 +254,27 @@ class Certifier:
                 paths, f"the exact check failed, decided at the sampled points: {error}"
             )
         return [_pick(exact, row) for row in range(paths.shape[0])]
+
+    def check_triangles(self, a: Tensor, b: Tensor, c: Tensor, targets: Tensor) -> TriangleCheck:
+        """The proof over every point of each flat triangle ``(a, b, c)`` (each ``(T,
+        *point_shape)``; ``targets`` ``(T,)``) by this certifier's kind: bound propagation with
+        subdivision (:func:`connectivity.engine.bound_triangles.prove_triangles`, budget
+        ``max_splits``). A check that fails when run (the traced program disagreeing with the
+        tail, rounding it cannot vouch for) leaves the triangles ``"undecided"`` with the
+        reason, for the sampled check to decide.
+
+        Raises:
+            ValueError: a sampled certifier (it proves nothing; use
+                :func:`connectivity.engine.triangles.sampled_triangles`).
+        """
+        count = a.shape[0]
+        if self.bounds is not None:
+            try:
+                return prove_triangles(self.bounds, a, b, c, targets, max_splits=self.max_splits)
+            except NotBoundedError as error:
+                note = f"bounds failed, decided at the sampled points: {error}"
+                return empty_check("bounds", count, UNDECIDED, note)
+        raise ValueError(f"a {self.kind} certifier proves no triangle")
 
 
 def _bound_program(tail: nn.Module, example: Tensor | None) -> tuple[BoundProgram | None, str]:

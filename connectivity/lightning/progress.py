@@ -125,3 +125,70 @@ class BandProgressBar(TQDMProgressBar):
         decided = len(decisions.records) if decisions is not None else 0
         rows = int(decisions.check.ok.numel()) if decisions is not None else 0
         return {"decided": f"{decided}/{rows}"}
+
+
+class MembraneProgressBar(TQDMProgressBar):
+    """Progress of one space's membranes: one line for the flat fills (loops decided by them,
+    loops decided in an earlier run), the steps of the membranes while they run (no ETA: loops
+    leave as they are decided), and one line when they are done."""
+
+    BAR_FORMAT = "{desc}: {n_fmt} steps [{elapsed}{postfix}]"
+
+    @property
+    def is_enabled(self) -> bool:
+        return super().is_enabled and on_terminal()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        search = pl_module.search
+        self._module = pl_module
+        self._planar = len(search.decided) if search is not None else 0
+        self._runs = search is not None and not search.done
+        loops = len(search.loops) if search is not None else 0
+        if trainer.is_global_zero:
+            words = f"{pl_module.space}: flat fill: {self._planar} of {loops} loops planar"
+            reused = len(getattr(pl_module, "reused", ()))
+            if reused:
+                words += f"; {reused} decided in an earlier run (kept)"
+            print(words, flush=True)
+        self._steps, self._started = 0, time.monotonic()
+        super().on_train_start(trainer, pl_module)
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(
+            desc=f"{self._module.space} membrane",
+            total=None,
+            position=2 * self.process_position,
+            disable=self.is_disabled or not self._runs,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # one bar, made at the start of training
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        search, bar = pl_module.search, self.train_progress_bar
+        if search is None:
+            return
+        self._steps = search.steps_taken() or self._steps + 1
+        if bar is None or bar.disable:
+            return
+        bar.n = self._steps
+        bar.set_postfix({"decided": f"{len(search.decided)}/{len(search.loops)}"}, refresh=False)
+        bar.refresh()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not trainer.is_global_zero or not self._runs:
+            return
+        search = pl_module.search
+        loops = (len(search.decided) if search is not None else 0) - self._planar
+        elapsed = Tqdm.format_interval(time.monotonic() - self._started)
+        print(
+            f"{pl_module.space} membrane: {loops} loop{'' if loops == 1 else 's'} decided "
+            f"({elapsed})",
+            flush=True,
+        )

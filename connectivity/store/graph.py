@@ -29,8 +29,8 @@ class ScopedStore(RunStore):
     def record_path(self, space: str, pair_id: int) -> Path:
         return super().record_path(f"{self.scope}/{space}", pair_id)
 
-    def _files(self, space: str) -> list[Path]:
-        return super()._files(f"{self.scope}/{space}")
+    def _files(self, space: str, stem: str = "pair") -> list[Path]:
+        return super()._files(f"{self.scope}/{space}", stem)
 
 
 class GraphStore(RunStore):

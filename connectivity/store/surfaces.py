@@ -43,12 +43,18 @@ class SurfaceStore(RunStore):
         return self.done(space, LOOP)
 
     def save_loop(
-        self, space: str, loop: dict[str, Any], record: Any, corner_images: torch.Tensor | None
+        self,
+        space: str,
+        loop: dict[str, Any],
+        record: Any,
+        corner_images: torch.Tensor | None,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Write one loop's record (a :class:`~connectivity.engine.surfaces.SurfaceRecord`)
-        atomically, with the loop itself (``loop``: id, dataset indices, label) and, in a
-        latent space, its input images ``(k, C, H, W)`` in [0, 1] as uint8 for figures."""
-        payload = compact({"space": space, "loop": loop, **asdict(record)})
+        atomically, with the loop itself (``loop``: id, dataset indices, label, side ids), in a
+        latent space its input images ``(k, C, H, W)`` in [0, 1] as uint8, and ``extra``
+        entries (the domain maps of its figure)."""
+        payload = compact({"space": space, "loop": loop, **asdict(record), **(extra or {})})
         if corner_images is not None:
             payload["corner_images"] = (
                 (corner_images.detach().float().clamp(0, 1) * 255)

@@ -17,10 +17,13 @@ from tests.conftest import CONFIGS, printed_lines
 
 QUICK = str(CONFIGS / "classifier" / "quick.yaml")
 PATHS_QUICK = str(CONFIGS / "paths" / "quick.yaml")
-COMMANDS = ("fit", "validate", "test", "predict", "paths", "graph", "report", "quickstart")
+COMMANDS = (
+    *("fit", "validate", "test", "predict"),
+    *("paths", "graph", "surfaces", "report", "quickstart"),
+)
 
 
-def test_help_names_all_eight_commands_one_line_each(capsys: pytest.CaptureFixture) -> None:
+def test_help_names_all_nine_commands_one_line_each(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0

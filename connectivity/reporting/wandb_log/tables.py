@@ -306,8 +306,10 @@ def log_graph_report(
     figures: dict[str, Path],
     summary: dict[str, Any],
     options: WandbOptions,
+    job_type: str = "graph",
 ) -> None:
-    """Log a graph run's report into run ``run_id`` and finish it; mark the folder as reported.
+    """Log a graph (or surfaces) run's report into run ``run_id`` and finish it; mark the
+    folder as reported.
 
     Call inside :func:`~connectivity.reporting.wandb_log.runs.run_folder_environment`.
 
@@ -319,8 +321,9 @@ def log_graph_report(
         figures: ``{key: figure file}``, each logged as an image.
         summary: The run's summary values.
         options: W&B settings.
+        job_type: The W&B run's job type (``graph``, ``surfaces``).
     """
-    run = _open_run(store, run_id, options, "graph")
+    run = _open_run(store, run_id, options, job_type)
     logged: dict[str, Any] = {}
     for key, (columns, rows) in tables.items():
         cells = [[_image(v) if isinstance(v, Path) else v for v in row] for row in rows]

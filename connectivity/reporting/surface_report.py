@@ -1,0 +1,98 @@
+"""The report of a surfaces run, rebuilt from its saved records alone: the surfaces table per
+space (``surfaces.md``, ``surfaces.csv``), one row per loop (``loops.csv``), a figure per loop
+and space (its parameter domain coloured by predicted class before and after relaxation,
+``figures/<space>/loop_<id>.png``) and the W&B run of the folder."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from connectivity.reporting.drawing import check_figures
+from connectivity.reporting.surface_figures import surface_domain_figure
+from connectivity.reporting.surface_tables import loops_csv, surfaces_csv, surfaces_markdown
+from connectivity.reporting.wandb_log import (
+    WandbOptions,
+    log_graph_report,
+    relocate_offline_runs,
+    report_run_id,
+    run_folder_environment,
+)
+from connectivity.store.surfaces import SurfaceStore, loop_figure_name
+
+
+def _draw(store: SurfaceStore, space: str, record: dict[str, Any], names: list[str]) -> Path | None:
+    """The loop's figure (None where its record holds no domain maps: an open loop)."""
+    before, after = record.get("domain_before"), record.get("domain_after")
+    if before is None or after is None:
+        return None
+    loop = record["loop"]
+    corners = record["uv"][record["corners"]] if "corners" in record else record["uv"][:0]
+    title = (
+        f"{space}, loop {loop['id']} ({names[loop['label']] if names else loop['label']}): "
+        f"{record['verdict']} ({record['certificate']})"
+    )
+    figure = surface_domain_figure(before, after, corners, names, title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    name = loop_figure_name(space, int(loop["id"]))
+    store.save_bytes(name, buffer.getvalue())
+    return store.path(name)
+
+
+def write_surface_report(
+    store: SurfaceStore, wandb: WandbOptions | None = None, figures: str = "auto"
+) -> str:
+    """Write the tables and figures of a surfaces run from its records; log them to W&B if
+    asked (once per folder, as path runs do).
+
+    Returns:
+        The surfaces table as Markdown (also printed).
+
+    Raises:
+        OptionsError: ``figures`` is not ``auto``, ``all`` or ``none``.
+        RunFolderError: no ``run.json``, or a record cannot be read.
+    """
+    check_figures(figures)
+    manifest = store.manifest()
+    names = manifest.get("class_names") or []
+    by_space = {space: store.load_loops(space) for space in manifest["spaces"]}
+    loops, size = len(manifest["loops"]), manifest["sampling"]["size"]
+    markdown = surfaces_markdown(by_space, loops, size)
+    missing = {s: loops - len(rs) for s, rs in by_space.items()}
+    if any(missing.values()):
+        markdown += (
+            "\nNot yet decided (rerun the same config to finish): "
+            + ", ".join(f"{s}: {n}" for s, n in missing.items() if n)
+            + "\n"
+        )
+    store.save_text("surfaces.md", markdown)
+    store.save_text("surfaces.csv", surfaces_csv(by_space))
+    store.save_text("loops.csv", loops_csv(by_space))
+    print(f"\n{markdown}\nRun folder: {store.folder}", flush=True)
+    drawn: dict[str, Path] = {}
+    if figures != "none":
+        for space, records in by_space.items():
+            for record in records:
+                file = _draw(store, space, record, names)
+                if file is not None:
+                    drawn[f"{space}/loop_{int(record['loop']['id']):04d}"] = file
+    run_id = report_run_id(store, wandb) if wandb is not None and wandb.enabled else None
+    if run_id is not None:
+        assert wandb is not None
+        rows = [
+            [space, r["loop"]["id"], r["verdict"], r["certificate"], float(r["min_margin"])]
+            for space, records in by_space.items()
+            for r in records
+        ]
+        tables = {"loops": (["space", "loop", "verdict", "certificate", "min_margin"], rows)}
+        summary = {
+            f"{space}/{verdict}": sum(r["verdict"] == verdict for r in records)
+            for space, records in by_space.items()
+            for verdict in ("planar", "curved", "none", "diverged", "no-loop")
+        }
+        with run_folder_environment(store.folder):
+            log_graph_report(store, run_id, tables, drawn, summary, wandb, job_type="surfaces")
+    relocate_offline_runs(store.folder, finished=run_id)
+    return markdown

@@ -1,0 +1,327 @@
+"""Surfaces experiments: draw loops per class, decide their sides as path pairs, fill them.
+
+For each space a run makes two Lightning fits: the loops' sides as path pairs (a
+:class:`~connectivity.runs.paths.SpacePathModule` whose records go to ``<space>/sides``, with its
+band checkpoints and resume), then the loops themselves (a :class:`SpaceSurfaceModule`, the
+membranes of its rank's loops). Each loop's record is written the moment it is decided; a rerun
+of the same config decides only the loops without a record (records are the truth: the search is
+deterministic, so a loop killed mid-way is filled again from its flat fill with the same
+result). Rank zero then writes the tables and figures
+(:mod:`connectivity.reporting.surface_report`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ProgressBar
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from connectivity.checkpoints import file_digest
+from connectivity.data import ImageDataModule, stack_images
+from connectivity.engine.decisions import PairRecord
+from connectivity.engine.options import SurfaceOptions
+from connectivity.engine.planes import surface_domain_map
+from connectivity.engine.split import INPUT, split
+from connectivity.engine.surfaces import SurfaceRecord
+from connectivity.fill import PATH_VERDICTS, loop_from_sides, open_loop_record
+from connectivity.lightning.progress import MembraneProgressBar
+from connectivity.lightning.surface_module import SurfaceModule
+from connectivity.reporting.drawing import check_figures
+from connectivity.reporting.surface_report import write_surface_report
+from connectivity.reporting.wandb_log import WandbOptions, paths_logger
+from connectivity.runs.loops import Loop, LoopSampling, loop_sides, select_loops
+from connectivity.runs.networks import load_network, probe_spaces
+from connectivity.runs.paths import (
+    SpacePathModule,
+    check_decoders,
+    data_manifest,
+    encode_each_pair,
+    options_in_space,
+)
+from connectivity.runs.trainer import (
+    check_checkpoint_every,
+    check_trainer_arguments,
+    fit_pairs,
+    trainer_settings,
+)
+from connectivity.store.surfaces import SurfaceStore, sides_key
+
+# Grid points per axis of a loop's domain maps (its figure): 48 x 48 points of the surface.
+DOMAIN_RESOLUTION = 48
+
+
+@dataclass
+class SurfaceExperiment:
+    """What a surfaces experiment asks.
+
+    Args:
+        classifier: Checkpoint of a ClassifierModule (``connectivity fit``).
+        name: Run name; results go to ``<output_dir>/<name>``; rerunning the same config
+            resumes it.
+        spaces: ``input`` and layer names; the same loops are filled in every space.
+        loops: Which loops to fill (``count`` per class, ``size`` 3 or 4, ``seed``).
+        surface: Options of the sides' paths and of the membrane
+            (:class:`~connectivity.engine.options.SurfaceOptions`); ``surface.bounds`` boxes
+            the sides' bands in the input space only (``(0, 1)`` when not given).
+        decoders: ``{layer: decoder checkpoint}`` to show latent surfaces as images.
+        output_dir: Folder of all surfaces runs.
+        checkpoint_every: Steps between the sides' band checkpoints.
+        figures: Which loop figures the report draws: ``auto`` and ``all`` (every loop and
+            space; surfaces runs are small) or ``none``.
+    """
+
+    classifier: str
+    name: str
+    spaces: list[str] = field(default_factory=lambda: [INPUT])
+    loops: LoopSampling = field(default_factory=LoopSampling)
+    surface: SurfaceOptions = field(default_factory=SurfaceOptions)
+    decoders: dict[str, str] = field(default_factory=dict)
+    output_dir: str = "lightning_logs/surfaces"
+    checkpoint_every: int = 20
+    figures: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_checkpoint_every(self.checkpoint_every)
+        check_figures(self.figures)
+
+
+def manifest(experiment: SurfaceExperiment, data: ImageDataModule, loops: list[Loop]) -> dict:
+    """What makes two surfaces runs the same experiment (resume only continues the same one)."""
+    classifier = Path(experiment.classifier)
+    return {
+        "kind": "surfaces",
+        "classifier": experiment.classifier,
+        "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
+        **data_manifest(data),
+        "spaces": experiment.spaces,
+        "loops": [asdict(loop) for loop in loops],
+        "sampling": asdict(experiment.loops),
+        "surface": asdict(experiment.surface),
+    }
+
+
+class SpaceSurfaceModule(SurfaceModule):
+    """The loops of one space that one rank fills, as a :class:`SurfaceModule`: every
+    ``world_size``-th loop from its rank on, minus loops already decided, built in ``setup``
+    (which every launcher runs in every process) from rank zero's draw and the sides' records.
+
+    Args:
+        network: The classifier (logits of images in [0, 1]); split at ``space`` here.
+        space: ``input`` or a layer name.
+        loops: All loops of the experiment.
+        dataset: The dataset the loops index.
+        options: Surface options (:func:`~connectivity.runs.paths.options_in_space` applied).
+        store: The run folder: loops with a record are not filled again.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        space: str,
+        loops: list[Loop],
+        dataset: Dataset,
+        options: SurfaceOptions,
+        store: SurfaceStore,
+    ) -> None:
+        _, tail = split(network, space)
+        super().__init__(tail, options=options_in_space(options, space), space=space)
+        self.all_loops = loops
+        self.dataset = dataset
+        self.store = store
+        self.filled: list[Loop] = []  # the loop of each row of the search
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        done = self.store.loops_done(self.space)
+        strategy.barrier("loop records read")
+        loops = strategy.broadcast(self.all_loops, src=0)
+        polylines, corners, straight, targets, kept = [], [], [], [], []
+        for loop in (loop for loop in loops[rank::world] if loop.id not in done):
+            sides = self._sides(loop)
+            if any(s.verdict not in PATH_VERDICTS for s in sides):
+                # A side without a path: the loop is open, and its record says so at once.
+                self.decided.append((loop, open_loop_record(loop.label, sides)))
+                continue
+            polyline, where, flat = loop_from_sides(sides)
+            polylines.append(polyline)
+            corners.append(where)
+            straight.append(flat)
+            targets.append(loop.label)
+            kept.append(loop)
+        self.filled = kept
+        self.set_loops(
+            polylines,
+            corners,
+            torch.tensor(targets, dtype=torch.long),
+            torch.tensor(straight, dtype=torch.bool),
+        )
+
+    def _sides(self, loop: Loop) -> list[PairRecord]:
+        k = len(loop.indices)
+        fields = set(PairRecord.__dataclass_fields__)
+        sides = []
+        for i in range(k):
+            saved = self.store.read_record(sides_key(self.space), loop.id * k + i)
+            sides.append(PairRecord(**{name: v for name, v in saved.items() if name in fields}))
+        return sides
+
+    def _queue(self, row: int, record: SurfaceRecord) -> None:
+        self.decided.append((self.filled[row], record))
+
+    @torch.no_grad()
+    def domain_maps(self, record: SurfaceRecord) -> dict[str, Tensor]:
+        """The surface's parameter domain coloured by predicted class on the flat fill
+        (``domain_before``) and on the final surface (``domain_after``), ``(H, W)`` int8
+        (``-1`` outside the domain), kept with the record for its figure; none for an open
+        loop (no surface)."""
+        if record.triangles.shape[0] == 0:
+            return {}
+        device = self.device
+        maps = {}
+        for name, points in (("domain_before", record.flat), ("domain_after", record.points)):
+            found = surface_domain_map(
+                self.tail,
+                points.to(device),
+                record.triangles,
+                record.uv,
+                DOMAIN_RESOLUTION,
+                chunk_size=self.options.chunk_size,
+            )
+            maps[name] = found.classes.to(torch.int8)
+        return maps
+
+    def corner_images(self, loop: Loop) -> Tensor | None:
+        """``(k, C, H, W)`` the loop's inputs, kept with its record in a latent space."""
+        if self.space == INPUT:
+            return None
+        return stack_images(self.dataset, list(loop.indices))[0]
+
+
+class LoopRecordWriter(L.Callback):
+    """Saves each loop's record the moment the module decides it (atomically, one file each)."""
+
+    def __init__(self, store: SurfaceStore) -> None:
+        self.store = store
+
+    def _flush(self, module: SpaceSurfaceModule) -> None:
+        for loop, record in module.decided:
+            sides = [loop.id * len(loop.indices) + i for i in range(len(loop.indices))]
+            payload = {**asdict(loop), "sides": sides}
+            images = module.corner_images(loop)
+            maps = module.domain_maps(record)
+            self.store.save_loop(module.space, payload, record, images, maps)
+        module.decided.clear()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, SpaceSurfaceModule)
+        self._flush(pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+        assert isinstance(pl_module, SpaceSurfaceModule)
+        self._flush(pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, SpaceSurfaceModule)
+        self._flush(pl_module)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        assert isinstance(pl_module, SpaceSurfaceModule)
+        self._flush(pl_module)
+
+
+def fit_loops(
+    module: SpaceSurfaceModule, settings: dict[str, Any], store: SurfaceStore
+) -> L.Trainer:
+    """Fill a module's loops in one fit, each record saved the moment it is decided."""
+    callbacks = [*settings["callbacks"], LoopRecordWriter(store)]
+    if settings.get("enable_progress_bar", True) and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        callbacks.append(MembraneProgressBar())
+    fit = L.Trainer(**{**settings, "callbacks": callbacks})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+        # Every loop of this rank decided by its flat fill: no membrane, nothing to optimise.
+        warnings.filterwarnings("ignore", message=r".*configure_optimizers.* returned .None.")
+        fit.fit(module)
+    return fit
+
+
+def run_surfaces(
+    experiment: SurfaceExperiment,
+    data: ImageDataModule,
+    trainer: dict[str, Any] | None = None,
+    wandb: WandbOptions | None = None,
+    network: nn.Module | None = None,
+) -> SurfaceStore | None:
+    """Run (or resume) a surfaces experiment and write its report.
+
+    Args:
+        experiment: Classifier checkpoint, spaces, loops, surface options, run name.
+        data: The datamodule the loops are drawn from.
+        trainer: Keyword arguments of the Lightning ``Trainer`` (as for path runs).
+        wandb: W&B settings of the run.
+        network: A classifier module to use instead of loading ``experiment.classifier``
+            (copied, never changed).
+
+    Returns:
+        The run's store on rank zero (None on other ranks).
+
+    Raises:
+        OptionsError, PairError, LayerError, NotPiecewiseLinearError, NotBoundedError: before
+            any work or run folder.
+    """
+    check_trainer_arguments(trainer)
+    network = load_network(network if network is not None else experiment.classifier)
+    for space in experiment.spaces:
+        split(network, space)
+    check_decoders(experiment.decoders, experiment.spaces)
+    dataset = data.dataset(experiment.loops.split)
+    probe_spaces(network, experiment.spaces, dataset, experiment.surface)
+    settings, probe = trainer_settings(trainer)
+    device = str(probe.strategy.root_device)
+    loops = select_loops(network.to(device), dataset, experiment.loops, data.class_names, device)
+    sides = loop_sides(loops)
+    store = SurfaceStore(Path(experiment.output_dir) / experiment.name)
+    if probe.is_global_zero:
+        store.start(manifest(experiment, data, loops))
+        if experiment.decoders:
+            store.save_decoders(experiment.decoders)
+    if settings["logger"] in (None, True):
+        ours = paths_logger(store, wandb or WandbOptions()) if probe.is_global_zero else None
+        settings["logger"] = ours or False
+    fit = None
+    for space in experiment.spaces:
+        checkpoints = store.folder / "bands" / space
+        module = SpacePathModule(
+            network,
+            space,
+            sides,
+            dataset,
+            experiment.surface,
+            store,
+            checkpoints,
+            key=sides_key(space),
+        )
+        fit_pairs(module, settings, store, checkpoints, experiment.checkpoint_every)
+        surfaces = SpaceSurfaceModule(network, space, loops, dataset, experiment.surface, store)
+        fit = fit_loops(surfaces, settings, store)
+    assert fit is not None
+    fit.strategy.barrier()
+    if not fit.is_global_zero:
+        return None
+    write_surface_report(store, wandb=wandb or WandbOptions(), figures=experiment.figures)
+    return store
+
+
+__all__ = ["SurfaceExperiment", "encode_each_pair", "run_surfaces"]
