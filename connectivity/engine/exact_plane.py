@@ -1,0 +1,764 @@
+"""Exact class checks of flat triangles through a piecewise-linear network (ExactLine's plane
+version).
+
+Pure PyTorch (torch.fx), no Lightning. For a tail that :func:`exact.piecewise_linear_program
+<connectivity.engine.exact.piecewise_linear_program>` accepts, the logits restricted to a
+triangle ``z(w) = w_a a + w_b b + w_c c`` (barycentric weights ``w >= 0``, ``sum w = 1``) are
+piecewise affine in ``w``. This module partitions each triangle into convex polygons on each of
+which every value of the traced network is affine: then the target's margin ``logit[y] -
+max_{k != y} logit[k]`` (a minimum of affine functions) is concave on each polygon, and its
+minimum over the polygon is at one of the polygon's vertices. The lowest margin over all
+vertices of all polygons is the exact minimum over the triangle.
+
+Method: Sotoudeh & Thakur, "SyReNN: A Tool for Analyzing Deep Neural Networks", TACAS 2021,
+and "Computing Linear Restrictions of Neural Networks", NeurIPS 2019 (the partition of a 2-D
+plane region into linear regions), batched over triangles. Regions are convex polygons in
+barycentric coordinates (where every triangle, even one with collinear corners or a single
+point, is the standard simplex), given as cycles of vertex rows; every vertex carries the
+values of the live traced nodes. Invariant: every value computed so far is affine on every
+region, so it is the interpolation of the region's vertex values. An affine operation keeps it
+(it is applied to the vertex values). At a kink operation (ReLU, LeakyReLU, ReLU6, Hardtanh,
+clamp, abs...) every region where an element of the input crosses a kink is cut along the line
+where it equals the kink (one element per region per round, until no region is crossed): a new
+vertex on an edge ``(u, v)`` gets the values ``lerp(u, v, f_u / (f_u - f_v))``, exact by the
+invariant, and the crossing element is set exactly to the kink there (as ExactLine does). A
+pointwise max / min of two tensors cuts where the operands cross; a max pool cuts a region,
+window by window, along the line where two winners are equal until one element of every window
+is the maximum at all the region's vertices (then, and only then, the max of affine functions
+is affine on the region). What each traced operation computes is decided by
+:mod:`connectivity.engine.exact` (the same operations are accepted and refused).
+
+Floating point: weights in float64, values in the network's dtype (as ExactLine). A value
+within ``16`` epsilons of its column's largest magnitude of a kink counts as on it (the error
+this makes is of the size of the rounding); a region whose vertices' signs are not those of an
+affine function beyond that (rounding) makes its triangle undecided, as do a corner or the
+lowest vertex whose logits differ from the tail's own beyond the tolerance
+(:func:`exact.margin_tolerance <connectivity.engine.exact.margin_tolerance>`), and a margin
+within the tolerance of zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from connectivity.engine.exact import (
+    _POOL_EPSILONS,
+    FIXED,
+    INPUT,
+    KINK,
+    NO_OP,
+    OUTPUT,
+    PAIR,
+    POOL,
+    SIZE,
+    TOLERANCE_EPSILONS,
+    NotPiecewiseLinearError,
+    Program,
+    UnreliableExactCheckError,
+    _execute,
+    _execute_argument,
+    _floating,
+    _forward,
+    _operation_name,
+    _pool_dimensions,
+    _pool_with_indices,
+    _probe,
+    _refresh_sizes,
+    _Step,
+    piecewise_linear_program,
+)
+from connectivity.engine.triangles import (
+    BUDGET,
+    COUNTEREXAMPLE,
+    PROVED,
+    UNDECIDED,
+    TriangleCheck,
+    empty_check,
+    logit_margins,
+)
+
+__all__ = ["MAX_GATHERED", "exact_triangles"]
+
+# Most values one gathered block of (regions x vertices x elements) holds while looking for
+# crossings (2**22 float32 values: 16 MB); more regions are looked at in several blocks.
+MAX_GATHERED = 2**22
+# Seed of the order in which a region's crossing elements are cut (any order gives the same
+# partition; a random one keeps chains of parallel lines to a logarithmic number of rounds).
+_ORDER_SEED = 0
+
+
+class _Plane:
+    """The partitions of a batch of ``T`` triangles.
+
+    ``bary``: ``(P, 3)`` float64 barycentric weights of each vertex; ``owner``: ``(P,)`` long
+    triangle of each vertex; ``corner``: ``(P,)`` long, 0, 1, 2 for a triangle's corners, -1
+    for other vertices; ``poly``: ``(R, M)`` long vertex rows of each region in cyclic order,
+    padded with -1; ``region_owner``: ``(R,)`` long. ``values``: the live traced values at the
+    vertices (first dimension ``P``); ``extra``: tensors of the current operation grown with
+    them. ``note``: why a triangle left the batch (undecided or over budget).
+    """
+
+    def __init__(self, count: int, device: torch.device, max_regions: int) -> None:
+        self.bary = torch.eye(3, dtype=torch.float64, device=device).repeat(count, 1)
+        self.owner = torch.arange(count, device=device).repeat_interleave(3)
+        self.corner = torch.arange(3, device=device).repeat(count)
+        self.poly = torch.arange(3 * count, device=device).view(count, 3)
+        self.region_owner = torch.arange(count, device=device)
+        self.active = torch.ones(count, dtype=torch.bool, device=device)  # regions to look at
+        self.values: dict[fx.Node, Any] = {}
+        self.dependent: set[fx.Node] = set()
+        self.extra: list[Tensor] = []
+        self.count = count
+        self.max_regions = max_regions
+        self.status: dict[int, tuple[str, str]] = {}  # triangle -> (status, note)
+        self.dropped_regions: dict[int, int] = {}
+
+    @property
+    def points(self) -> int:
+        return int(self.bary.shape[0])
+
+    def _map_rows(self, change: Callable[[Tensor], Tensor]) -> None:
+        """Apply ``change`` to every per-vertex tensor (live values, aliases kept one)."""
+        done: dict[int, Tensor] = {}
+        count = self.points
+
+        def apply(value: Any) -> Any:
+            if isinstance(value, Tensor):
+                if value.dim() == 0 or value.shape[0] != count:
+                    return value
+                if id(value) not in done:
+                    done[id(value)] = change(value)
+                return done[id(value)]
+            if isinstance(value, tuple | list) and not isinstance(value, torch.Size):
+                return type(value)(apply(v) for v in value)
+            return value
+
+        for node in self.dependent:
+            self.values[node] = apply(self.values[node])
+        self.extra = [apply(t) for t in self.extra]
+        self.bary, self.owner, self.corner = apply(self.bary), apply(self.owner), apply(self.corner)
+
+    def append(self, u: Tensor, v: Tensor, w: Tensor) -> Tensor:
+        """Add vertices ``lerp(u, v, w)`` (rows ``u``, ``v`` ``(k,)`` of one triangle each,
+        ``w`` ``(k,)`` float64 in (0, 1)); every value is interpolated (exact: values are
+        affine on the region holding the edge). Returns the new rows ``(k,)``."""
+        first = self.points
+
+        def grow(value: Tensor) -> Tensor:
+            if not value.is_floating_point():
+                return torch.cat([value, value[u]])
+            weight = w.to(value.dtype).view(-1, *([1] * (value.dim() - 1)))
+            return torch.cat([value, torch.lerp(value[u], value[v], weight)])
+
+        self._map_rows(grow)
+        self.corner[first:] = -1
+        return torch.arange(first, self.points, device=u.device)
+
+    def drop(self, triangles: Tensor, status: str, note: str) -> None:
+        """Remove the regions and vertices of ``triangles`` (``(T,)`` bool), which end
+        ``status`` with ``note`` (and the regions they have now)."""
+        counts = torch.bincount(self.region_owner, minlength=self.count)
+        for t in triangles.nonzero().flatten().tolist():
+            self.status.setdefault(t, (status, note))
+            self.dropped_regions[t] = int(counts[t])
+        keep_region = ~triangles[self.region_owner]
+        keep = ~triangles[self.owner]
+        new_row = torch.cumsum(keep, 0) - 1
+        poly = self.poly[keep_region]
+        self.poly = torch.where(poly >= 0, new_row[poly.clamp_min(0)], -1)
+        self.region_owner = self.region_owner[keep_region]
+        self.active = self.active[keep_region]
+        rows = keep.nonzero().flatten()
+        self._map_rows(lambda value: value.index_select(0, rows))
+
+    def enforce_budget(self) -> None:
+        counts = torch.bincount(self.region_owner, minlength=self.count)
+        over = counts > self.max_regions
+        if bool(over.any()):
+            self.drop(over, BUDGET, f"more than {self.max_regions} linear regions")
+
+
+# ---------------------------------------------------------------------------------------------
+# Cutting regions along lines
+
+
+def _cut(
+    plane: _Plane, rows: Tensor, f: Tensor, delta: Tensor, key: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut regions ``rows`` ``(S,)`` along the zero line of an affine function with values
+    ``f`` ``(S, M)`` float64 at their vertices (``|f| <= delta`` ``(S,)`` counts as zero);
+    ``key`` ``(S,)`` long names the function (regions cut by one function share their new
+    vertices on a common edge). Each region must have vertices beyond ``delta`` on both sides.
+
+    A convex polygon's vertices have the signs of an affine function in one run of each sign;
+    rows where rounding breaks that are not cut, and their triangles are returned as broken
+    (the caller drops them, :func:`_drop_broken`).
+
+    Returns:
+        The new vertex rows ``(k,)``, the index into ``rows`` of a region each came from
+        ``(k,)``, and the broken triangles ``(T,)`` bool.
+    """
+    poly = plane.poly[rows]
+    valid = poly >= 0
+    sign = torch.where(f > delta[:, None], 1, torch.where(f < -delta[:, None], -1, 0))
+    sign = sign.masked_fill(~valid, 0)
+    broken = torch.zeros(plane.count, dtype=torch.bool, device=poly.device)
+    good = _sign_changes(sign) == 2
+    broken[plane.region_owner[rows[~good]]] = True
+    index = good.nonzero().flatten()
+    rows, poly, valid, sign = rows[index], poly[index], valid[index], sign[index]
+    f, key = f[index], key[index]
+    size = valid.sum(1, keepdim=True)
+    position = torch.arange(poly.shape[1], device=poly.device).view(1, -1)
+    after = (position + 1) % size.clamp_min(1)
+    crossing = valid & (sign * sign.gather(1, after) < 0)
+    region, slot = crossing.nonzero().unbind(1)
+    u, v = poly[region, slot], poly[region, after[region, slot]]
+    fu, fv = f[region, slot], f.gather(1, after)[region, slot]
+    # One orientation per edge, so that two regions sharing it make the same vertex.
+    swap = u > v
+    u, v = torch.where(swap, v, u), torch.where(swap, u, v)
+    fu, fv = torch.where(swap, fv, fu), torch.where(swap, fu, fv)
+    edges = torch.stack([u, v, key[region]], dim=1)
+    unique, inverse = torch.unique(edges, dim=0, return_inverse=True)
+    # Any occurrence of an edge gives its vertex (same function, same ends): take the first.
+    first = torch.full((len(unique),), len(inverse), dtype=torch.long, device=poly.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(inverse), device=poly.device), "amin")
+    new = plane.append(unique[:, 0], unique[:, 1], fu[first] / (fu[first] - fv[first]))
+    new_of_edge = torch.full_like(poly, -1)
+    new_of_edge[region, slot] = new[inverse]
+    _replace(plane, rows, poly, sign, new_of_edge)
+    return new, index[region[first]], broken
+
+
+def _drop_broken(plane: _Plane, broken: Tensor) -> None:
+    if bool(broken.any()):
+        plane.drop(broken, UNDECIDED, _ROUNDING_NOTE)
+
+
+_ROUNDING_NOTE = (
+    "rounding: the values at a region's vertices are not those of an affine function "
+    "(their signs cross a kink more than once around the region)"
+)
+
+
+def _sign_changes(sign: Tensor) -> Tensor:
+    """``(S,)``: sign changes between the nonzero entries of each row of ``sign`` ``(S, M)``,
+    read as a cycle."""
+    nonzero = sign != 0
+    order = torch.argsort((~nonzero).to(torch.int8), dim=1, stable=True)
+    packed = sign.gather(1, order)
+    count = nonzero.sum(1)
+    last = packed.gather(1, (count - 1).clamp_min(0).view(-1, 1)).squeeze(1)
+    inner = ((packed[:, 1:] != packed[:, :-1]) & (packed[:, 1:] != 0)).sum(1)
+    return inner + (last != packed[:, 0]).long()
+
+
+def _replace(plane: _Plane, rows: Tensor, poly: Tensor, sign: Tensor, new_of_edge: Tensor) -> None:
+    """Replace regions ``rows`` by their parts with ``sign >= 0`` (in place) and ``<= 0``
+    (appended); the new vertices ``new_of_edge`` ``(S, M)`` (after each slot) are in both."""
+    count, width = poly.shape
+    extended = torch.stack([poly, new_of_edge], dim=2).view(count, 2 * width)
+    signs = torch.stack([sign, torch.zeros_like(sign)], dim=2).view(count, 2 * width)
+    present = extended >= 0
+    parts = []
+    for mask in (present & (signs >= 0), present & (signs <= 0)):
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+        part = torch.where(mask.gather(1, order), extended.gather(1, order), -1)
+        parts.append(part[:, : int(mask.sum(1).max())])
+    width = max(plane.poly.shape[1], *(p.shape[1] for p in parts))
+
+    def padded(x: Tensor) -> Tensor:
+        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=-1)
+
+    plane.poly = padded(plane.poly)
+    plane.poly[rows] = padded(parts[0])
+    plane.poly = torch.cat([plane.poly, padded(parts[1])])
+    plane.region_owner = torch.cat([plane.region_owner, plane.region_owner[rows]])
+    plane.active[rows] = True
+    plane.active = torch.cat([plane.active, torch.ones_like(rows, dtype=torch.bool)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Kinks, pairs and pools
+
+
+def _split_columns(
+    plane: _Plane, flat_of: Callable[[], Tensor], levels: tuple[float, ...], generator: Any
+) -> None:
+    """Cut the regions until no column of ``flat_of()`` ``(P, n)`` (affine on every region)
+    crosses one of ``levels`` strictly inside a region; the crossing column is set exactly to
+    the level at the new vertices (interpolation would leave a rounding error there)."""
+    plane.active[:] = True
+    if plane.points == 0:
+        return
+    n = flat_of().shape[1]
+    priority = torch.randperm(n * len(levels), generator=generator).to(plane.poly.device) + 1
+    while plane.points and bool(plane.active.any()) and n:
+        flat = flat_of()
+        rows, choice, delta = _crossing_columns(plane, flat, levels, priority)
+        plane.active[:] = False
+        if rows.numel() == 0:
+            return
+        level_index, column = choice // n, choice % n
+        level = torch.tensor(levels, dtype=torch.float64, device=flat.device)[level_index]
+        poly = plane.poly[rows]
+        f = flat[poly.clamp_min(0), column.view(-1, 1)].double() - level.view(-1, 1)
+        new, region, broken = _cut(plane, rows, f, delta, choice)
+        flat = flat_of()  # the grown tensor (a view of the value where it is contiguous)
+        flat[new, column[region]] = level[region].to(flat.dtype)
+        _drop_broken(plane, broken)
+        plane.enforce_budget()
+
+
+def _crossing_columns(
+    plane: _Plane, flat: Tensor, levels: tuple[float, ...], priority: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The active regions that a column of ``flat`` ``(P, n)`` crosses at a level (beyond the
+    rounding ``delta``), one chosen (level, column) per region as ``level * n + column``, and
+    its ``delta``, all ``(S,)``."""
+    n = flat.shape[1]
+    eps = torch.finfo(flat.dtype).eps
+    scale = flat.detach().abs().nan_to_num(nan=0.0, posinf=0.0).amax(0).double()
+    found_rows, found_choice, found_delta = [], [], []
+    active = plane.active.nonzero().flatten()
+    width = plane.poly.shape[1]
+    for chunk in active.split(max(1, MAX_GATHERED // max(1, width * n))):
+        poly = plane.poly[chunk]
+        valid = (poly >= 0).unsqueeze(2)
+        gathered = flat[poly.clamp_min(0)].double()  # (c, M, n)
+        high = gathered.masked_fill(~valid, -math.inf).amax(1)
+        low = gathered.masked_fill(~valid, math.inf).amin(1)
+        scores, deltas = [], []
+        for i, level in enumerate(levels):
+            delta = _POOL_EPSILONS * eps * (scale + abs(level))
+            crosses = (low < level - delta) & (high > level + delta)
+            scores.append(crosses * priority[i * n : (i + 1) * n])
+            deltas.append(delta.expand_as(crosses))
+        score = torch.cat(scores, dim=1)
+        best = score.argmax(1)
+        hit = score.gather(1, best.view(-1, 1)).squeeze(1) > 0
+        found_rows.append(chunk[hit])
+        found_choice.append(best[hit])
+        found_delta.append(torch.cat(deltas, dim=1)[hit, best[hit]])
+    empty = torch.zeros(0, dtype=torch.long, device=flat.device)
+    if not found_rows:
+        return empty, empty, empty.double()
+    return torch.cat(found_rows), torch.cat(found_choice), torch.cat(found_delta)
+
+
+def _pair_crossings(plane: _Plane, node: fx.Node, generator: Any) -> None:
+    """Cut where the two operands of a pointwise max / min cross."""
+    a, b = (_execute_argument(v, plane.values) for v in [*node.args, *node.kwargs.values()])
+    difference = torch.as_tensor(a) - torch.as_tensor(b)
+    if difference.dim() == 0 or difference.shape[0] != plane.points:
+        return  # neither operand depends on the point row by row: no crossing
+    # The difference is grown with the values and set to zero where a cut makes a vertex.
+    plane.extra = [difference.reshape(plane.points, -1).clone()]
+    _split_columns(plane, lambda: plane.extra[0], (0.0,), generator)
+    plane.extra = []
+
+
+def _settle_pool(plane: _Plane, node: fx.Node, module: nn.Module, generator: Any) -> Any:
+    """Cut the regions until, in every window, one element is the maximum at all vertices of
+    each region (the max of affine functions is then affine there; exact.py's rule for
+    segments, whose intervals are this one's regions). Returns the pool's output."""
+    source = node.all_input_nodes[0]
+    plane.active[:] = True
+    while True:
+        args = fx.node.map_arg(node.args, lambda n: plane.values[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: plane.values[n])
+        out, index = _pool_with_indices(node, module, args, kwargs)
+        x = plane.values[source]
+        if x.dim() == _pool_dimensions(node, module) + 1:
+            raise NotPiecewiseLinearError(
+                f"{_operation_name(node, module)} (node {node.name}) pools an input without a "
+                "channel dimension; the exact check needs (points, channels, ...)"
+            )
+        flat_x, flat_out, flat_index = x.flatten(2), out.flatten(2), index.flatten(2)
+        scale = flat_out.detach().abs().nan_to_num(nan=0.0, posinf=0.0).amax((0, 2)).double()
+        delta = 2 * _POOL_EPSILONS * torch.finfo(x.dtype).eps * scale  # (C,)
+        rows, window = _unsettled_windows(plane, flat_x, flat_out, flat_index, delta, generator)
+        plane.active[:] = False
+        if rows.numel() == 0:
+            return out
+        channel, spot = window // flat_out.shape[2], window % flat_out.shape[2]
+        f, a, b, broken = _winner_pairs(plane, rows, flat_x, flat_index, channel, spot, delta)
+        keep = ~broken[plane.region_owner[rows]]
+        rows, f, a, b, channel = rows[keep], f[keep], a[keep], b[keep], channel[keep]
+        width = flat_x.shape[2]
+        key = (channel * width + torch.minimum(a, b)) * width + torch.maximum(a, b)
+        new, region, more = _cut(plane, rows, f, delta[channel], key)
+        x = plane.values[source]
+        if x.is_contiguous():
+            # The two winners are equal at the new vertices (as exact.py sets them).
+            view = x.view(*x.shape[:2], -1)
+            c, ia, ib = channel[region], a[region], b[region]
+            tied = torch.maximum(view[new, c, ia], view[new, c, ib])
+            view[new, c, ia] = tied
+            view[new, c, ib] = tied
+        _drop_broken(plane, broken | more)
+        plane.enforce_budget()
+
+
+def _unsettled_windows(
+    plane: _Plane,
+    flat_x: Tensor,
+    flat_out: Tensor,
+    flat_index: Tensor,
+    delta: Tensor,
+    generator: Any,
+) -> tuple[Tensor, Tensor]:
+    """The active regions where the winner at their first vertex trails the maximum at
+    another vertex (beyond ``delta``) in some window, and one such window of each (channel
+    times output length plus position), both ``(S,)``."""
+    channels, length = flat_out.shape[1], flat_out.shape[2]
+    priority = torch.randperm(channels * length, generator=generator).to(flat_x.device) + 1
+    found_rows, found_window = [], []
+    active = plane.active.nonzero().flatten()
+    width = plane.poly.shape[1]
+    for chunk in active.split(max(1, MAX_GATHERED // max(1, width * channels * length))):
+        poly = plane.poly[chunk]
+        candidate = flat_index[poly[:, 0]]
+        bad = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
+        for m in range(1, width):
+            vertex = poly[:, m]
+            present = (vertex >= 0).view(-1, 1, 1)
+            at = flat_x[vertex.clamp_min(0)].gather(2, candidate)
+            bad |= present & (at < flat_out[vertex.clamp_min(0)] - delta.view(1, -1, 1))
+        score = bad.flatten(1) * priority
+        best = score.argmax(1)
+        hit = score.gather(1, best.view(-1, 1)).squeeze(1) > 0
+        found_rows.append(chunk[hit])
+        found_window.append(best[hit])
+    if not found_rows:
+        empty = torch.zeros(0, dtype=torch.long, device=flat_x.device)
+        return empty, empty
+    return torch.cat(found_rows), torch.cat(found_window)
+
+
+def _winner_pairs(
+    plane: _Plane,
+    rows: Tensor,
+    flat_x: Tensor,
+    flat_index: Tensor,
+    channel: Tensor,
+    spot: Tensor,
+    delta: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For each region ``rows`` ``(S,)`` and its window: the two vertices' winners ``a``,
+    ``b`` whose difference changes sign most clearly over the region's vertices, that
+    difference at the vertices ``(S, M)`` float64, and the triangles ``(T,)`` where no pair's
+    does (winners that differ within rounding only)."""
+    poly = plane.poly[rows]
+    present = poly >= 0
+    vertex = torch.where(present, poly, poly[:, :1])
+    winner = flat_index[vertex, channel.view(-1, 1), spot.view(-1, 1)]  # (S, M)
+    # value[s, u, m]: the winner at vertex u, at vertex m
+    value = flat_x[vertex.unsqueeze(1), channel.view(-1, 1, 1), winner.unsqueeze(2)].double()
+    difference = value.unsqueeze(2) - value.unsqueeze(1)  # (S, u, v, m)
+    difference = difference.masked_fill(~present.view(len(rows), 1, 1, -1), 0.0)
+    high, low = difference.amax(3), difference.amin(3)
+    limit = delta[channel].view(-1, 1, 1)
+    score = torch.minimum(high, -low).masked_fill((high <= limit) | (low >= -limit), -math.inf)
+    best = score.flatten(1).argmax(1)
+    u, v = best // poly.shape[1], best % poly.shape[1]
+    found = score.flatten(1).gather(1, best.view(-1, 1)).squeeze(1) > -math.inf
+    broken = torch.zeros(plane.count, dtype=torch.bool, device=poly.device)
+    broken[plane.region_owner[rows[~found]]] = True
+    picked = torch.arange(len(rows), device=poly.device)
+    f = difference[picked, u, v]
+    return f, winner[picked, u], winner[picked, v], broken
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the program on the partitions
+
+
+def _run(program: Program, plane: _Plane, corners: Tensor, generator: Any) -> Tensor | None:
+    """Run the program on the vertices of ``plane``, cutting regions at kinks, pairs and
+    pools; returns the logits ``(P, classes)`` at the final vertices (None when every triangle
+    left the batch). ``corners``: ``(T, 3, *point_shape)``."""
+    steps = program.steps
+    expiring: dict[int, list[fx.Node]] = {}
+    for step in steps:
+        expiring.setdefault(step.last_use, []).append(step.node)
+    output = None
+    for i, step in enumerate(steps):
+        output = _run_step(program, plane, i, corners, generator)
+        if step.kind == OUTPUT:
+            break
+        for gone in expiring.get(i, []):
+            plane.values.pop(gone, None)
+            plane.dependent.discard(gone)
+        if plane.points == 0:
+            return None
+    if not isinstance(output, Tensor):
+        raise NotPiecewiseLinearError("the tail does not return one logits tensor")
+    if output.dim() > 2 and all(size == 1 for size in output.shape[2:]):
+        output = output.flatten(1)
+    return output
+
+
+def _run_step(program: Program, plane: _Plane, i: int, corners: Tensor, generator: Any) -> Any:
+    """Step ``i`` of the program on the vertices; the output at the OUTPUT step."""
+    module, step = program.module, program.steps[i]
+    node = step.node
+    if step.kind == INPUT:
+        x = _points_at(corners, plane.owner, plane.bary)
+        plane.values[node] = x.to(program.dtype) if program.dtype is not None else x
+        plane.dependent.add(node)
+        return None
+    if step.kind == OUTPUT:
+        return fx.node.map_arg(node.args[0], lambda n: plane.values[n])
+    if step.kind == NO_OP:
+        plane.values[node] = None  # an assertion: nothing to compute at the points
+        return None
+    result = _cut_and_execute(program, plane, step, generator)
+    if step.kind not in (FIXED, SIZE) and not _floating(result):
+        raise NotPiecewiseLinearError(
+            f"the exact check needs a piecewise-linear tail, and "
+            f"{_operation_name(node, module)} (node {node.name}) gives values that are "
+            "not floating point"
+        )
+    plane.values[node] = result
+    if step.kind != FIXED:
+        plane.dependent.add(node)
+    if step.kind in (KINK, PAIR, POOL):
+        # the vertices grew: sizes read off the values are read again (duck-typed points)
+        _refresh_sizes(plane, program.steps, i, module)  # type: ignore[arg-type]
+    return None
+
+
+def _cut_and_execute(program: Program, plane: _Plane, step: _Step, generator: Any) -> Any:
+    node, module = step.node, program.module
+    if step.kind == KINK:
+        source = node.all_input_nodes[0]
+        _split_columns(
+            plane,
+            lambda: plane.values[source].reshape(plane.points, -1),
+            step.kinks,
+            generator,
+        )
+    if step.kind == PAIR:
+        _pair_crossings(plane, node, generator)
+    if step.kind == POOL:
+        return _settle_pool(plane, node, module, generator)
+    if plane.points == 0:
+        return None  # every triangle left the batch at this cut
+    return _execute(node, module, plane.values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triangles
+
+
+@torch.no_grad()
+def exact_triangles(
+    program: Program | nn.Module,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    targets: Tensor,
+    *,
+    max_regions: int = 4096,
+    batch_size: int = 16,
+) -> TriangleCheck:
+    """The exact check of flat triangles through a piecewise-linear tail.
+
+    Each triangle is partitioned into the convex polygons on which the traced tail is affine
+    (see the module's docstring); the margin's minimum over the triangle is its minimum over
+    the polygons' vertices. Status per triangle:
+
+    * ``"proved"``: every vertex's margin is above the tolerance (:func:`exact.margin_tolerance
+      <connectivity.engine.exact.margin_tolerance>` over the triangle's vertices' logits), so
+      every point of the triangle is classified as the target;
+    * ``"counterexample"``: the lowest vertex's margin is below minus the tolerance and the
+      tail's own margin there is ``<= 0``; its weights are ``counterexample``;
+    * ``"budget"``: the partition grew past ``max_regions`` regions;
+    * ``"undecided"`` (``note`` says why): the lowest margin is within the tolerance of zero,
+      the traced program's logits at a corner or at the lowest vertex differ from the tail's
+      own beyond the tolerance, or rounding broke a region's cut (as
+      :class:`~connectivity.engine.exact.UnreliableExactCheckError` does for segments).
+
+    Args:
+        program: A piecewise-linear tail (points ``(B, *point_shape)`` to logits ``(B,
+            classes)``) or its :func:`~connectivity.engine.exact.piecewise_linear_program`.
+        a, b, c: ``(T, *point_shape)`` corners (not changed).
+        targets: ``(T,)`` long target classes.
+        max_regions: Most linear regions per triangle.
+        batch_size: Triangles partitioned together (memory grows with it: every vertex holds
+            the live values of the network).
+
+    Returns:
+        A :class:`~connectivity.engine.triangles.TriangleCheck` of kind ``"exact"``;
+        ``pieces`` are the regions, ``min_margin`` and ``min_margin_lower_bound`` the exact
+        minimum over the triangle where proved or a counterexample was found (NaN where over
+        budget or broken by rounding).
+
+    Raises:
+        NotPiecewiseLinearError: see :func:`~connectivity.engine.exact.piecewise_linear_program`.
+    """
+    program = program if isinstance(program, Program) else piecewise_linear_program(program)
+    count = a.shape[0]
+    result = empty_check("exact", count)
+    if count == 0:
+        return result
+    _probe(program, a[0], b[0])
+    corners = torch.stack([a, b, c], dim=1)
+    finite = torch.isfinite(corners.flatten(1)).all(dim=1)
+    generator = torch.Generator().manual_seed(_ORDER_SEED)
+    for first in range(0, count, batch_size):
+        rows = torch.arange(first, min(first + batch_size, count))
+        _check_batch(program, corners, targets, rows[finite[rows]], max_regions, generator, result)
+    _not_points(corners, finite, result)
+    return result
+
+
+def _points_at(corners: Tensor, owner: Tensor, bary: Tensor) -> Tensor:
+    """``(k, *point_shape)``: the points of weights ``bary`` ``(k, 3)`` in triangles ``owner``
+    ``(k,)`` of ``corners`` ``(T, 3, *point_shape)``, in the corners' dtype."""
+    weight = bary.to(corners.dtype).view(*bary.shape, *([1] * (corners.dim() - 2)))
+    return (weight * corners[owner]).sum(1)
+
+
+def _check_batch(
+    program: Program,
+    corners: Tensor,
+    targets: Tensor,
+    rows: Tensor,
+    max_regions: int,
+    generator: Any,
+    result: TriangleCheck,
+) -> None:
+    """Partition triangles ``rows`` together and write their outcome into ``result``."""
+    if rows.numel() == 0:
+        return
+    plane = _Plane(len(rows), corners.device, max_regions)
+    try:
+        logits = _run(program, plane, corners[rows], generator)
+    except NotPiecewiseLinearError:
+        raise
+    except Exception as error:
+        # A valid tail this check has no rule for, or rounding it cannot follow (a max pool
+        # whose winners stay tied): the triangles are undecided with the reason, as
+        # check_segments raises UnreliableExactCheckError for its segments.
+        reason = str(error).splitlines()[0] if str(error) else ""
+        if not isinstance(error, UnreliableExactCheckError):
+            reason = (
+                f"the exact check could not follow this tail ({type(error).__name__}: {reason})"
+            )
+        for row in rows.tolist():
+            result.status[row], result.note[row] = UNDECIDED, reason
+        return
+    for t, (status, note) in plane.status.items():
+        row = int(rows[t])
+        result.status[row], result.note[row] = status, note
+        result.pieces[row] = plane.dropped_regions[t]
+    if logits is not None:
+        _decide(
+            program, plane, logits, corners[rows], targets[rows].to(logits.device), rows, result
+        )
+
+
+def _decide(
+    program: Program,
+    plane: _Plane,
+    logits: Tensor,
+    corners: Tensor,
+    targets: Tensor,
+    rows: Tensor,
+    result: TriangleCheck,
+) -> None:
+    """The status of the triangles still in ``plane`` from the logits ``(P, classes)`` at its
+    vertices."""
+    count, owner = plane.count, plane.owner
+    margins = logit_margins(logits, targets[owner])
+    low = margins.new_full((count,), math.inf).scatter_reduce(0, owner, margins, "amin")
+    vertex = torch.arange(plane.points, device=owner.device)
+    lowest = torch.full((count,), plane.points, device=owner.device)
+    lowest = lowest.scatter_reduce(
+        0, owner, torch.where(margins == low[owner], vertex, plane.points), "amin"
+    )
+    scale = logits.detach().double().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).amax(1)
+    scale = scale.new_ones(count).scatter_reduce(0, owner, scale, "amax")  # at least 1
+    tolerance = TOLERANCE_EPSILONS * torch.finfo(logits.dtype).eps * scale
+    alive = torch.bincount(owner, minlength=count) > 0
+    regions = torch.bincount(plane.region_owner, minlength=count)
+    # The corners and the lowest vertex through the tail's own forward.
+    corner_rows = torch.full((count, 3), -1, device=owner.device)
+    is_corner = plane.corner >= 0
+    corner_rows[owner[is_corner], plane.corner[is_corner]] = vertex[is_corner]
+    checked = torch.cat([corner_rows, lowest.clamp_max(plane.points - 1).view(-1, 1)], dim=1)
+    checked = checked[alive]
+    index = alive.nonzero().flatten()
+    points = _points_at(corners, owner[checked.flatten()], plane.bary[checked.flatten()])
+    direct = torch.cat([_forward(program, chunk) for chunk in points.split(1024)])
+    direct = direct.view(len(index), 4, -1)
+    found = logits[checked.flatten()].view(len(index), 4, -1).to(direct.dtype)
+    limit = direct.detach().abs().nan_to_num(nan=0.0, posinf=0.0).flatten(1).amax(1).clamp_min(1.0)
+    limit = TOLERANCE_EPSILONS * torch.finfo(direct.dtype).eps * limit
+    gap = (found - direct).abs().nan_to_num(nan=0.0, posinf=0.0).flatten(1).amax(1)
+    unequal = (torch.isnan(found) != torch.isnan(direct)).flatten(1).any(1) | (gap > limit)
+    direct_low = logit_margins(direct[:, 3], targets[index])
+    for k, t in enumerate(index.tolist()):
+        row = int(rows[t])
+        result.pieces[row] = int(regions[t])
+        status, note = _status(
+            float(low[t]),
+            float(tolerance[t]),
+            float(direct_low[k]),
+            bool(unequal[k]),
+            float(gap[k]),
+            float(limit[k]),
+        )
+        result.status[row], result.note[row] = status, note
+        if status == UNDECIDED and not note.startswith("the lowest"):
+            continue
+        result.min_margin[row] = float(low[t])
+        if status in (PROVED, COUNTEREXAMPLE):
+            result.min_margin_lower_bound[row] = float(low[t])
+        if status == COUNTEREXAMPLE:
+            result.counterexample[row] = plane.bary[int(lowest[t])].cpu()
+            result.counterexample_margin[row] = float(direct_low[k])
+
+
+def _status(
+    low: float, tolerance: float, direct: float, unequal: bool, gap: float, limit: float
+) -> tuple[str, str]:
+    """A triangle's status from its lowest vertex margin ``low``, the tolerance, the tail's
+    own margin there, and whether its checked logits disagree with the tail's own."""
+    if unequal:
+        return UNDECIDED, (
+            "the exact check's logits at a corner or at the lowest vertex differ from the "
+            f"tail's own by {gap:.3g}, more than its floating-point tolerance {limit:.3g} "
+            "(rounding of large intermediate values)"
+        )
+    if low > tolerance:
+        return PROVED, ""
+    if low < -tolerance and direct <= 0:
+        return COUNTEREXAMPLE, ""
+    return UNDECIDED, (
+        f"the lowest margin {low:.3g} is within the floating-point tolerance {tolerance:.3g} "
+        "of zero"
+    )
+
+
+def _not_points(corners: Tensor, finite: Tensor, result: TriangleCheck) -> None:
+    """Triangles with a NaN or infinite corner coordinate: the classifier gives such a point
+    no class, so they leave it (as check_paths decides such paths), at the first such
+    corner."""
+    for row in (~finite).nonzero().flatten().tolist():
+        bad = ~torch.isfinite(corners[row].flatten(1)).all(dim=1)
+        weights = torch.zeros(3, dtype=torch.float64)
+        weights[int(bad.float().argmax())] = 1.0
+        result.status[row], result.note[row] = COUNTEREXAMPLE, ""
+        result.min_margin[row] = -math.inf
+        result.min_margin_lower_bound[row] = -math.inf
+        result.counterexample[row] = weights
+        result.counterexample_margin[row] = -math.inf
