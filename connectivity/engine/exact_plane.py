@@ -213,6 +213,9 @@ def _cut(
     index = good.nonzero().flatten()
     rows, poly, valid, sign = rows[index], poly[index], valid[index], sign[index]
     f, key = f[index], key[index]
+    if rows.numel() == 0:
+        nothing = torch.zeros(0, dtype=torch.long, device=poly.device)
+        return nothing, nothing, broken
     size = valid.sum(1, keepdim=True)
     position = torch.arange(poly.shape[1], device=poly.device).view(1, -1)
     after = (position + 1) % size.clamp_min(1)
@@ -414,9 +417,9 @@ def _unsettled_windows(
     delta: Tensor,
     generator: Any,
 ) -> tuple[Tensor, Tensor]:
-    """The active regions where the winner at their first vertex trails the maximum at
-    another vertex (beyond ``delta``) in some window, and one such window of each (channel
-    times output length plus position), both ``(S,)``."""
+    """The active regions with a window where the winner at every vertex trails the maximum
+    at some vertex (beyond ``delta``: no element is the maximum all over the region), and
+    one such window of each (channel times output length plus position), both ``(S,)``."""
     channels, length = flat_out.shape[1], flat_out.shape[2]
     priority = torch.randperm(channels * length, generator=generator).to(flat_x.device) + 1
     found_rows, found_window = [], []
@@ -424,13 +427,19 @@ def _unsettled_windows(
     width = plane.poly.shape[1]
     for chunk in active.split(max(1, MAX_GATHERED // max(1, width * channels * length))):
         poly = plane.poly[chunk]
-        candidate = flat_index[poly[:, 0]]
-        bad = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
-        for m in range(1, width):
-            vertex = poly[:, m]
-            present = (vertex >= 0).view(-1, 1, 1)
-            at = flat_x[vertex.clamp_min(0)].gather(2, candidate)
-            bad |= present & (at < flat_out[vertex.clamp_min(0)] - delta.view(1, -1, 1))
+        vertices = torch.where(poly >= 0, poly, poly[:, :1])
+        settled = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
+        for u in range(width):
+            # the winner at vertex u, if it is the maximum at every vertex
+            candidate = flat_index[vertices[:, u]]
+            top = torch.ones_like(settled)
+            for m in range(width):
+                at = flat_x[vertices[:, m]].gather(2, candidate)
+                top &= at >= flat_out[vertices[:, m]] - delta.view(1, -1, 1)
+            settled |= top
+            if bool(settled.all()):
+                break
+        bad = ~settled
         score = bad.flatten(1) * priority
         best = score.argmax(1)
         hit = score.gather(1, best.view(-1, 1)).squeeze(1) > 0
