@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -82,7 +83,7 @@ from connectivity.engine.triangles import (
     logit_margins,
 )
 
-__all__ = ["MAX_GATHERED", "exact_triangles"]
+__all__ = ["MAX_GATHERED", "PlanePartition", "exact_triangles", "linear_regions"]
 
 # Most values one gathered block of (regions x vertices x elements) holds while looking for
 # crossings (2**22 float32 values: 16 MB); more regions are looked at in several blocks.
@@ -275,13 +276,9 @@ def _replace(plane: _Plane, rows: Tensor, poly: Tensor, sign: Tensor, new_of_edg
         part = torch.where(mask.gather(1, order), extended.gather(1, order), -1)
         parts.append(part[:, : int(mask.sum(1).max())])
     width = max(plane.poly.shape[1], *(p.shape[1] for p in parts))
-
-    def padded(x: Tensor) -> Tensor:
-        return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=-1)
-
-    plane.poly = padded(plane.poly)
-    plane.poly[rows] = padded(parts[0])
-    plane.poly = torch.cat([plane.poly, padded(parts[1])])
+    plane.poly = _padded(plane.poly, width)
+    plane.poly[rows] = _padded(parts[0], width)
+    plane.poly = torch.cat([plane.poly, _padded(parts[1], width)])
     plane.region_owner = torch.cat([plane.region_owner, plane.region_owner[rows]])
     plane.active[rows] = True
     plane.active = torch.cat([plane.active, torch.ones_like(rows, dtype=torch.bool)])
@@ -629,11 +626,138 @@ def exact_triangles(
     return result
 
 
+@dataclass
+class PlanePartition:
+    """The linear regions of ``T`` triangles (:func:`linear_regions`).
+
+    Attributes:
+        weights: ``(P, 3)`` float64 barycentric weights of each vertex in its triangle.
+        owner: ``(P,)`` long triangle of each vertex.
+        logits: ``(P, classes)`` the traced tail's logits there (network dtype).
+        regions: ``(R, M)`` long vertex rows of each region, in cyclic order around it
+            (convex in barycentric coordinates), padded with -1; the tail's logits are affine
+            on each region.
+        region_owner: ``(R,)`` long triangle of each region.
+        status: Per triangle ``""`` where partitioned, else ``"budget"`` or ``"undecided"``
+            (that triangle has no vertices or regions here).
+        note: Per triangle why it was not partitioned (empty otherwise).
+    """
+
+    weights: Tensor
+    owner: Tensor
+    logits: Tensor
+    regions: Tensor
+    region_owner: Tensor
+    status: list[str]
+    note: list[str]
+
+
+@torch.no_grad()
+def linear_regions(
+    program: Program | nn.Module,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    *,
+    max_regions: int = 4096,
+    batch_size: int = 16,
+) -> PlanePartition:
+    """The partition of each triangle ``(a, b, c)`` into convex regions on which the tail's
+    logits are affine (what :func:`exact_triangles` decides on; for maps of linear regions,
+    as SplineCam draws them).
+
+    Args:
+        program: A piecewise-linear tail or its program.
+        a, b, c: ``(T, *point_shape)`` finite corners (not changed).
+        max_regions: Most regions per triangle (a triangle past it is left out, ``"budget"``).
+        batch_size: Triangles partitioned together.
+
+    Returns:
+        See :class:`PlanePartition`.
+
+    Raises:
+        NotPiecewiseLinearError: see :func:`~connectivity.engine.exact.piecewise_linear_program`.
+        ValueError: a corner holds a NaN or infinite coordinate.
+    """
+    program = program if isinstance(program, Program) else piecewise_linear_program(program)
+    corners = torch.stack([a, b, c], dim=1)
+    if not bool(torch.isfinite(corners).all()):
+        raise ValueError("linear_regions needs finite corners")
+    count = a.shape[0]
+    if count:
+        _probe(program, a[0], b[0])
+    status, note = [""] * count, [""] * count
+    parts: list[tuple[Tensor, ...]] = []
+    vertices = 0
+    generator = torch.Generator().manual_seed(_ORDER_SEED)
+    for first in range(0, count, batch_size):
+        rows = torch.arange(first, min(first + batch_size, count), device=a.device)
+        plane, logits, reason = _partition(program, corners[rows], max_regions, generator)
+        for t, (why, text) in plane.status.items():
+            status[int(rows[t])], note[int(rows[t])] = why, text
+        if reason:
+            for row in rows.tolist():
+                status[row], note[row] = UNDECIDED, reason
+        if reason or logits is None:
+            continue
+        regions = torch.where(plane.poly >= 0, plane.poly + vertices, -1)
+        parts.append((plane.bary, rows[plane.owner], logits, regions, rows[plane.region_owner]))
+        vertices += plane.points
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long, device=a.device)
+        nothing = (
+            torch.zeros(0, 3, dtype=torch.float64),
+            empty,
+            a.new_zeros(0, 0),
+            empty.view(0, 3),
+            empty,
+        )
+        return PlanePartition(*nothing, status, note)
+    width = max(p[3].shape[1] for p in parts)
+    regions = torch.cat([_padded(p[3], width) for p in parts])
+    return PlanePartition(
+        torch.cat([p[0] for p in parts]),
+        torch.cat([p[1] for p in parts]),
+        torch.cat([p[2] for p in parts]),
+        regions,
+        torch.cat([p[4] for p in parts]),
+        status,
+        note,
+    )
+
+
+def _padded(regions: Tensor, width: int) -> Tensor:
+    """``regions`` ``(R, M)`` padded with -1 to ``(R, width)``."""
+    return torch.nn.functional.pad(regions, (0, width - regions.shape[1]), value=-1)
+
+
 def _points_at(corners: Tensor, owner: Tensor, bary: Tensor) -> Tensor:
     """``(k, *point_shape)``: the points of weights ``bary`` ``(k, 3)`` in triangles ``owner``
     ``(k,)`` of ``corners`` ``(T, 3, *point_shape)``, in the corners' dtype."""
     weight = bary.to(corners.dtype).view(*bary.shape, *([1] * (corners.dim() - 2)))
     return (weight * corners[owner]).sum(1)
+
+
+def _partition(
+    program: Program, corners: Tensor, max_regions: int, generator: Any
+) -> tuple[_Plane, Tensor | None, str]:
+    """The partition of triangles ``corners`` ``(T, 3, *point_shape)``, the logits at its
+    vertices (None when no triangle is left), and why none was made (empty when it was)."""
+    plane = _Plane(corners.shape[0], corners.device, max_regions)
+    try:
+        logits = _run(program, plane, corners, generator)
+    except NotPiecewiseLinearError:
+        raise
+    except Exception as error:
+        # A valid tail this check has no rule for, or rounding it cannot follow: the
+        # triangles are undecided with the reason, as check_segments raises
+        # UnreliableExactCheckError for its segments.
+        reason = str(error).splitlines()[0] if str(error) else ""
+        if not isinstance(error, UnreliableExactCheckError):
+            name = type(error).__name__
+            reason = f"the exact check could not follow this tail ({name}: {reason})"
+        return plane, None, reason or "the exact check could not follow this tail"
+    return plane, logits, ""
 
 
 def _check_batch(
@@ -648,20 +772,8 @@ def _check_batch(
     """Partition triangles ``rows`` together and write their outcome into ``result``."""
     if rows.numel() == 0:
         return
-    plane = _Plane(len(rows), corners.device, max_regions)
-    try:
-        logits = _run(program, plane, corners[rows], generator)
-    except NotPiecewiseLinearError:
-        raise
-    except Exception as error:
-        # A valid tail this check has no rule for, or rounding it cannot follow (a max pool
-        # whose winners stay tied): the triangles are undecided with the reason, as
-        # check_segments raises UnreliableExactCheckError for its segments.
-        reason = str(error).splitlines()[0] if str(error) else ""
-        if not isinstance(error, UnreliableExactCheckError):
-            reason = (
-                f"the exact check could not follow this tail ({type(error).__name__}: {reason})"
-            )
+    plane, logits, reason = _partition(program, corners[rows], max_regions, generator)
+    if reason:
         for row in rows.tolist():
             result.status[row], result.note[row] = UNDECIDED, reason
         return
