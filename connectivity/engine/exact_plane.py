@@ -325,31 +325,37 @@ def _crossing_columns(
     n = flat.shape[1]
     eps = torch.finfo(flat.dtype).eps
     scale = flat.detach().abs().nan_to_num(nan=0.0, posinf=0.0).amax(0).double()
-    found_rows, found_choice, found_delta = [], [], []
+    delta = torch.cat([_POOL_EPSILONS * eps * (scale + abs(level)) for level in levels])
+    low_limit = [
+        (level - delta[i * n : (i + 1) * n]).to(flat.dtype) for i, level in enumerate(levels)
+    ]
+    high_limit = [
+        (level + delta[i * n : (i + 1) * n]).to(flat.dtype) for i, level in enumerate(levels)
+    ]
+    found_rows, found_choice = [], []
     active = plane.active.nonzero().flatten()
     width = plane.poly.shape[1]
     for chunk in active.split(max(1, MAX_GATHERED // max(1, width * n))):
         poly = plane.poly[chunk]
-        valid = (poly >= 0).unsqueeze(2)
-        gathered = flat[poly.clamp_min(0)].double()  # (c, M, n)
-        high = gathered.masked_fill(~valid, -math.inf).amax(1)
-        low = gathered.masked_fill(~valid, math.inf).amin(1)
-        scores, deltas = [], []
-        for i, level in enumerate(levels):
-            delta = _POOL_EPSILONS * eps * (scale + abs(level))
-            crosses = (low < level - delta) & (high > level + delta)
-            scores.append(crosses * priority[i * n : (i + 1) * n])
-            deltas.append(delta.expand_as(crosses))
-        score = torch.cat(scores, dim=1)
+        # a padding slot repeats the first vertex: the extremes stay those of the region
+        gathered = flat[torch.where(poly >= 0, poly, poly[:, :1])]  # (c, M, n)
+        high, low = gathered.amax(1), gathered.amin(1)
+        score = torch.cat(
+            [
+                ((low < below) & (high > above)) * priority[i * n : (i + 1) * n]
+                for i, (below, above) in enumerate(zip(low_limit, high_limit, strict=True))
+            ],
+            dim=1,
+        )
         best = score.argmax(1)
         hit = score.gather(1, best.view(-1, 1)).squeeze(1) > 0
         found_rows.append(chunk[hit])
         found_choice.append(best[hit])
-        found_delta.append(torch.cat(deltas, dim=1)[hit, best[hit]])
-    empty = torch.zeros(0, dtype=torch.long, device=flat.device)
     if not found_rows:
-        return empty, empty, empty.double()
-    return torch.cat(found_rows), torch.cat(found_choice), torch.cat(found_delta)
+        empty = torch.zeros(0, dtype=torch.long, device=flat.device)
+        return empty, empty, delta[:0]
+    choice = torch.cat(found_choice)
+    return torch.cat(found_rows), choice, delta[choice]
 
 
 def _pair_crossings(plane: _Plane, node: fx.Node, generator: Any) -> None:
@@ -422,20 +428,21 @@ def _unsettled_windows(
     found_rows, found_window = [], []
     active = plane.active.nonzero().flatten()
     width = plane.poly.shape[1]
-    for chunk in active.split(max(1, MAX_GATHERED // max(1, width * channels * length))):
+    block = width * channels * flat_x.shape[2]
+    for chunk in active.split(max(1, MAX_GATHERED // max(1, block))):
         poly = plane.poly[chunk]
         vertices = torch.where(poly >= 0, poly, poly[:, :1])
+        values = flat_x[vertices]  # (c, M, C, L_in)
+        floor = flat_out[vertices] - delta.view(1, 1, -1, 1).to(flat_out.dtype)  # (c, M, C, L)
         settled = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
         for u in range(width):
-            # the winner at vertex u, if it is the maximum at every vertex
-            candidate = flat_index[vertices[:, u]]
-            top = torch.ones_like(settled)
-            for m in range(width):
-                at = flat_x[vertices[:, m]].gather(2, candidate)
-                top &= at >= flat_out[vertices[:, m]] - delta.view(1, -1, 1)
-            settled |= top
-            if bool(settled.all()):
+            # the winner at vertex u, where it is the maximum at every vertex of the region
+            open_rows = (~settled).flatten(1).any(1).nonzero().flatten()
+            if open_rows.numel() == 0:
                 break
+            candidate = flat_index[vertices[open_rows, u]].unsqueeze(1).expand(-1, width, -1, -1)
+            at = values[open_rows].gather(3, candidate)
+            settled[open_rows] |= (at >= floor[open_rows]).all(1)
         bad = ~settled
         score = bad.flatten(1) * priority
         best = score.argmax(1)
