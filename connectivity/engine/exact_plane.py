@@ -52,6 +52,8 @@ from connectivity.engine.exact import (
     FIXED,
     INPUT,
     KINK,
+    MAX_VALUES,
+    MAX_VALUES_CPU,
     NO_OP,
     OUTPUT,
     PAIR,
@@ -71,6 +73,7 @@ from connectivity.engine.exact import (
     _probe,
     _refresh_sizes,
     _Step,
+    _tensors,
     piecewise_linear_program,
 )
 from connectivity.engine.triangles import (
@@ -91,21 +94,32 @@ MAX_GATHERED = 2**22
 # Seed of the order in which a region's crossing elements are cut (any order gives the same
 # partition; a random one keeps chains of parallel lines to a logarithmic number of rounds).
 _ORDER_SEED = 0
+# A unit that alone overflows the memory bound is cut into four (midpoints); at most this
+# many times over (a triangle of 4**12 parts), then its triangle is left undecided.
+_MAX_DEPTH = 12
+_BUDGET_NOTE = "more linear regions than max_regions"
+
+
+class _OverflowError(Exception):
+    """The vertices of a batch would hold more than its ``max_values`` live values."""
 
 
 class _Plane:
-    """The partitions of a batch of ``T`` triangles.
+    """The partitions of a batch of ``U`` units (triangles or parts of them, see
+    :func:`_units`).
 
-    ``bary``: ``(P, 3)`` float64 barycentric weights of each vertex; ``owner``: ``(P,)`` long
-    triangle of each vertex; ``corner``: ``(P,)`` long, 0, 1, 2 for a triangle's corners, -1
-    for other vertices; ``poly``: ``(R, M)`` long vertex rows of each region in cyclic order,
-    padded with -1; ``region_owner``: ``(R,)`` long. ``values``: the live traced values at the
-    vertices (first dimension ``P``); ``extra``: tensors of the current operation grown with
-    them. ``note``: why a triangle left the batch (undecided or over budget).
+    ``bary``: ``(P, 3)`` float64 barycentric weights of each vertex in its unit's triangle;
+    ``owner``: ``(P,)`` long unit of each vertex; ``corner``: ``(P,)`` long, 0, 1, 2 for a
+    unit's corners, -1 for other vertices; ``poly``: ``(R, M)`` long vertex rows of each region
+    in cyclic order, padded with -1; ``region_owner``: ``(R,)`` long. ``values``: the live
+    traced values at the vertices (first dimension ``P``); ``extra``: tensors of the current
+    operation grown with them. ``status``: why a unit left the batch (undecided or over
+    budget), with ``dropped_regions`` it had then.
     """
 
-    def __init__(self, count: int, device: torch.device, max_regions: int) -> None:
-        self.bary = torch.eye(3, dtype=torch.float64, device=device).repeat(count, 1)
+    def __init__(self, start: Tensor, max_regions: Tensor, max_values: int) -> None:
+        count, device = start.shape[0], start.device
+        self.bary = start.reshape(-1, 3).clone()
         self.owner = torch.arange(count, device=device).repeat_interleave(3)
         self.corner = torch.arange(3, device=device).repeat(count)
         self.poly = torch.arange(3 * count, device=device).view(count, 3)
@@ -116,8 +130,19 @@ class _Plane:
         self.extra: list[Tensor] = []
         self.count = count
         self.max_regions = max_regions
-        self.status: dict[int, tuple[str, str]] = {}  # triangle -> (status, note)
+        self.max_values = max_values
+        self.status: dict[int, tuple[str, str]] = {}  # unit -> (status, note)
         self.dropped_regions: dict[int, int] = {}
+
+    def live_values_per_point(self) -> int:
+        seen: set[int] = set()
+        total = 0
+        for value in [*(self.values[n] for n in self.dependent), *self.extra]:
+            for tensor in _tensors(value):
+                if id(tensor) not in seen and tensor.dim() and tensor.shape[0] == self.points:
+                    seen.add(id(tensor))
+                    total += tensor.numel() // max(self.points, 1)
+        return max(total, 1)
 
     @property
     def points(self) -> int:
@@ -149,6 +174,8 @@ class _Plane:
         ``w`` ``(k,)`` float64 in (0, 1)); every value is interpolated (exact: values are
         affine on the region holding the edge). Returns the new rows ``(k,)``."""
         first = self.points
+        if (first + len(u)) * self.live_values_per_point() > self.max_values:
+            raise _OverflowError
 
         def grow(value: Tensor) -> Tensor:
             if not value.is_floating_point():
@@ -181,7 +208,7 @@ class _Plane:
         counts = torch.bincount(self.region_owner, minlength=self.count)
         over = counts > self.max_regions
         if bool(over.any()):
-            self.drop(over, BUDGET, f"more than {self.max_regions} linear regions")
+            self.drop(over, BUDGET, _BUDGET_NOTE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,6 +598,256 @@ def _cut_and_execute(program: Program, plane: _Plane, step: _Step, generator: An
 # Triangles
 
 
+@dataclass
+class _Unit:
+    """A triangle, or a part of one, partitioned in one batch: ``corners`` ``(3, 3)`` float64
+    barycentric weights of its corners in triangle ``triangle``."""
+
+    triangle: int
+    corners: Tensor
+    depth: int = 0
+
+    def quarters(self) -> list[_Unit]:
+        """The four triangles between its corners and its edges' midpoints."""
+        p, q, r = self.corners
+        pq, qr, rp = (p + q) / 2, (q + r) / 2, (r + p) / 2
+        parts = [(p, pq, rp), (pq, q, qr), (rp, qr, r), (pq, qr, rp)]
+        return [_Unit(self.triangle, torch.stack(c), self.depth + 1) for c in parts]
+
+
+@dataclass
+class _Outcome:
+    """What the partition of a unit found: ``status`` empty when partitioned (then ``low``,
+    its tolerance, the weights of its lowest vertex, the tail's own margin there and the
+    largest difference of checked logits from the tail's own against its limit), else
+    ``"budget"`` or ``"undecided"`` with ``note``."""
+
+    regions: int
+    status: str = ""
+    note: str = ""
+    low: float = math.nan
+    tolerance: float = math.nan
+    weights: Tensor | None = None
+    direct: float = math.nan
+    gap: float = 0.0
+    limit: float = math.inf
+
+
+def _units(
+    program: Program,
+    corners: Tensor,
+    rows: list[int],
+    max_regions: int,
+    max_values: int,
+    batch_size: int,
+    visit: Callable[[list[_Unit], _Plane, Tensor | None, str], None],
+) -> None:
+    """Partition triangles ``rows`` of ``corners`` ``(T, 3, *point_shape)`` in batches of
+    units, calling ``visit(units, plane, logits, reason)`` for each batch.
+
+    A batch whose vertices would hold more than ``max_values`` values starts again from the
+    network's input in two halves (and later batches are smaller); a unit that overflows
+    alone is cut into four, up to :data:`_MAX_DEPTH` times (then its triangle is undecided).
+    """
+    pending = [_Unit(t, torch.eye(3, dtype=torch.float64, device=corners.device)) for t in rows]
+    generator = torch.Generator().manual_seed(_ORDER_SEED)
+    regions: dict[int, int] = dict.fromkeys(rows, 0)
+    while pending:
+        batch, pending = pending[:batch_size], pending[batch_size:]
+        owners = torch.tensor([u.triangle for u in batch], device=corners.device)
+        budget = torch.tensor([max_regions - regions[u.triangle] for u in batch])
+        start = torch.stack([u.corners for u in batch])
+        try:
+            plane, logits, reason = _partition(
+                program, corners[owners], start, budget.to(corners.device), max_values, generator
+            )
+        except _OverflowError:
+            if len(batch) > 1:
+                batch_size = max(1, len(batch) // 2)
+                pending = batch + pending
+            elif batch[0].depth < _MAX_DEPTH:
+                pending = batch[0].quarters() + pending
+            else:
+                visit(batch, _Plane(start, budget, max_values), None, _MEMORY_NOTE)
+            continue
+        if logits is not None:
+            counts = torch.bincount(plane.region_owner, minlength=len(batch)).tolist()
+            for unit, count in zip(batch, counts, strict=True):
+                regions[unit.triangle] += count
+        visit(batch, plane, logits, reason)
+
+
+_MEMORY_NOTE = (
+    "memory: the partition of a part of this triangle 4**12 times smaller than it needs more "
+    "values than max_values"
+)
+
+
+def _partition(
+    program: Program,
+    corners: Tensor,
+    start: Tensor,
+    max_regions: Tensor,
+    max_values: int,
+    generator: Any,
+) -> tuple[_Plane, Tensor | None, str]:
+    """The partition of units with corners ``start`` ``(U, 3, 3)`` (weights in triangles
+    ``corners`` ``(U, 3, *point_shape)``), the logits at its vertices (None when no unit is
+    left), and why none was made (empty when it was).
+
+    Raises:
+        _OverflowError: the vertices would hold more than ``max_values`` values.
+        NotPiecewiseLinearError: see :func:`~connectivity.engine.exact.piecewise_linear_program`.
+    """
+    plane = _Plane(start, max_regions, max_values)
+    try:
+        logits = _run(program, plane, corners, generator)
+    except (NotPiecewiseLinearError, _OverflowError):
+        raise
+    except Exception as error:
+        # A valid tail this check has no rule for, or rounding it cannot follow: the
+        # triangles are undecided with the reason, as check_segments raises
+        # UnreliableExactCheckError for its segments.
+        reason = str(error).splitlines()[0] if str(error) else ""
+        if not isinstance(error, UnreliableExactCheckError):
+            name = type(error).__name__
+            reason = f"the exact check could not follow this tail ({name}: {reason})"
+        return plane, None, reason or "the exact check could not follow this tail"
+    return plane, logits, ""
+
+
+def _points_at(corners: Tensor, owner: Tensor, bary: Tensor) -> Tensor:
+    """``(k, *point_shape)``: the points of weights ``bary`` ``(k, 3)`` in triangles ``owner``
+    ``(k,)`` of ``corners`` ``(T, 3, *point_shape)``, in the corners' dtype."""
+    weight = bary.to(corners.dtype).view(*bary.shape, *([1] * (corners.dim() - 2)))
+    return (weight * corners[owner]).sum(1)
+
+
+def _default_max_values(device: torch.device, max_values: int | None) -> int:
+    if max_values is not None:
+        return max_values
+    return MAX_VALUES_CPU if device.type == "cpu" else MAX_VALUES
+
+
+def _outcomes(
+    program: Program,
+    plane: _Plane,
+    logits: Tensor | None,
+    reason: str,
+    corners: Tensor,
+    targets: Tensor,
+) -> list[_Outcome]:
+    """What each unit of a batch found: from the logits ``(P, classes)`` at the vertices of
+    ``plane``, for units with corners in triangles ``corners`` ``(U, 3, *point_shape)`` and
+    ``targets`` ``(U,)``."""
+    count = plane.count
+    found = [_Outcome(0, UNDECIDED, reason) for _ in range(count)]
+    for u, (status, note) in plane.status.items():
+        found[u] = _Outcome(plane.dropped_regions[u], status, note)
+    if logits is None or reason:
+        return found
+    owner, targets = plane.owner, targets.to(logits.device)
+    margins = logit_margins(logits, targets[owner])
+    low = margins.new_full((count,), math.inf).scatter_reduce(0, owner, margins, "amin")
+    vertex = torch.arange(plane.points, device=owner.device)
+    lowest = torch.where(margins == low[owner], vertex, plane.points)
+    lowest = torch.full_like(low, plane.points, dtype=torch.long).scatter_reduce(
+        0, owner, lowest, "amin"
+    )
+    # exact.margin_tolerance's rule, over each unit's vertices
+    scale = logits.detach().double().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).amax(1)
+    scale = scale.new_ones(count).scatter_reduce(0, owner, scale, "amax")
+    tolerance = TOLERANCE_EPSILONS * torch.finfo(logits.dtype).eps * scale
+    alive = (torch.bincount(owner, minlength=count) > 0).nonzero().flatten()
+    checked = _checked_rows(plane, lowest)[alive]
+    gap, limit, direct = _verify(program, plane, logits, corners, checked, targets[alive])
+    regions = torch.bincount(plane.region_owner, minlength=count)
+    for k, u in enumerate(alive.tolist()):
+        found[u] = _Outcome(
+            int(regions[u]),
+            low=float(low[u]),
+            tolerance=float(tolerance[u]),
+            weights=plane.bary[int(lowest[u])].cpu(),
+            direct=float(direct[k]),
+            gap=float(gap[k]),
+            limit=float(limit[k]),
+        )
+    return found
+
+
+def _checked_rows(plane: _Plane, lowest: Tensor) -> Tensor:
+    """``(U, 4)`` vertex rows of each unit's three corners and its lowest vertex."""
+    rows = torch.zeros(plane.count, 4, dtype=torch.long, device=lowest.device)
+    is_corner = plane.corner >= 0
+    vertex = torch.arange(plane.points, device=lowest.device)
+    rows[plane.owner[is_corner], plane.corner[is_corner]] = vertex[is_corner]
+    rows[:, 3] = lowest.clamp_max(plane.points - 1)
+    return rows
+
+
+def _verify(
+    program: Program,
+    plane: _Plane,
+    logits: Tensor,
+    corners: Tensor,
+    checked: Tensor,
+    targets: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The traced logits at vertex rows ``checked`` ``(K, 4)`` against the tail's own
+    forward (as exact._assemble checks a segment's ends): per row the largest difference, its
+    limit (the tolerance over the four points), and the tail's own margin at the last one."""
+    flat = checked.flatten()
+    points = _points_at(corners, plane.owner[flat], plane.bary[flat])
+    direct = torch.cat([_forward(program, chunk) for chunk in points.split(1024)])
+    direct = direct.view(len(checked), 4, -1)
+    traced = logits[flat].view(len(checked), 4, -1).to(direct.dtype)
+    scale = direct.detach().abs().nan_to_num(nan=0.0, posinf=0.0).flatten(1).amax(1)
+    limit = TOLERANCE_EPSILONS * torch.finfo(direct.dtype).eps * scale.clamp_min(1.0)
+    gap = (traced - direct).abs().nan_to_num(nan=0.0, posinf=0.0).flatten(1).amax(1)
+    # NaN where the other is not, or infinite against finite: differences beyond any limit
+    odd = (torch.isnan(traced) != torch.isnan(direct)) | (
+        torch.isinf(traced) != torch.isinf(direct)
+    )
+    gap = torch.where(odd.flatten(1).any(1), math.inf, gap)
+    margin = logit_margins(direct[:, 3], targets)
+    return gap.double().cpu(), limit.double().cpu(), margin.cpu()
+
+
+def _merge(parts: list[_Outcome]) -> dict[str, Any]:
+    """A triangle's status, note, minimum margin, its proved bound, counterexample weights
+    and margin, and regions, from the outcomes of its units."""
+    done = [p for p in parts if not p.status]
+    left = [p for p in parts if p.status]
+    merged: dict[str, Any] = {"pieces": sum(p.regions for p in parts), "note": ""}
+    tolerance = max((p.tolerance for p in done), default=0.0)
+    low = min((p.low for p in done), default=math.nan)
+    failed = [p for p in done if p.low < -tolerance and p.direct <= 0 and p.gap <= p.limit]
+    unequal = [p for p in done if p.gap > p.limit]
+    if failed:
+        worst = min(failed, key=lambda p: p.low)
+        merged.update(status=COUNTEREXAMPLE, weights=worst.weights, margin=worst.direct)
+        merged.update(low=low, bound=low if not left else math.nan)
+    elif left:
+        merged.update(status=left[0].status, note=left[0].note, low=math.nan, bound=math.nan)
+    elif unequal:
+        worst = max(unequal, key=lambda p: p.gap / p.limit)
+        note = (
+            "the exact check's logits at a corner or at the lowest vertex differ from the "
+            f"tail's own by {worst.gap:.3g}, more than its floating-point tolerance "
+            f"{worst.limit:.3g} (rounding of large intermediate values)"
+        )
+        merged.update(status=UNDECIDED, note=note, low=math.nan, bound=math.nan)
+    elif low > tolerance:
+        merged.update(status=PROVED, low=low, bound=low)
+    else:
+        note = (
+            f"the lowest margin {low:.3g} is within the floating-point tolerance "
+            f"{tolerance:.3g} of zero"
+        )
+        merged.update(status=UNDECIDED, note=note, low=low, bound=math.nan)
+    return merged
+
+
 @torch.no_grad()
 def exact_triangles(
     program: Program | nn.Module,
@@ -581,6 +858,7 @@ def exact_triangles(
     *,
     max_regions: int = 4096,
     batch_size: int = 16,
+    max_values: int | None = None,
 ) -> TriangleCheck:
     """The exact check of flat triangles through a piecewise-linear tail.
 
@@ -589,15 +867,21 @@ def exact_triangles(
     the polygons' vertices. Status per triangle:
 
     * ``"proved"``: every vertex's margin is above the tolerance (:func:`exact.margin_tolerance
-      <connectivity.engine.exact.margin_tolerance>` over the triangle's vertices' logits), so
-      every point of the triangle is classified as the target;
-    * ``"counterexample"``: the lowest vertex's margin is below minus the tolerance and the
-      tail's own margin there is ``<= 0``; its weights are ``counterexample``;
+      <connectivity.engine.exact.margin_tolerance>`'s rule over the triangle's vertices'
+      logits), so every point of the triangle is classified as the target;
+    * ``"counterexample"``: a vertex's margin is below minus the tolerance and the tail's own
+      margin there is ``<= 0``; its weights are ``counterexample``, the tail's own margin
+      ``counterexample_margin``;
     * ``"budget"``: the partition grew past ``max_regions`` regions;
     * ``"undecided"`` (``note`` says why): the lowest margin is within the tolerance of zero,
       the traced program's logits at a corner or at the lowest vertex differ from the tail's
-      own beyond the tolerance, or rounding broke a region's cut (as
-      :class:`~connectivity.engine.exact.UnreliableExactCheckError` does for segments).
+      own beyond the tolerance, rounding broke a region's cut, or the tail did something the
+      check cannot follow (where :func:`~connectivity.engine.exact.check_segments` raises
+      :class:`~connectivity.engine.exact.UnreliableExactCheckError`).
+
+    A triangle with a NaN or infinite corner coordinate has a counterexample at that corner
+    (the classifier gives it no class), as :func:`~connectivity.engine.exact.check_paths`
+    decides such paths.
 
     Args:
         program: A piecewise-linear tail (points ``(B, *point_shape)`` to logits ``(B,
@@ -605,14 +889,19 @@ def exact_triangles(
         a, b, c: ``(T, *point_shape)`` corners (not changed).
         targets: ``(T,)`` long target classes.
         max_regions: Most linear regions per triangle.
-        batch_size: Triangles partitioned together (memory grows with it: every vertex holds
-            the live values of the network).
+        batch_size: Triangles partitioned together.
+        max_values: Most values the vertices' live activations of a batch hold at once (bounds
+            memory): a batch that would hold more starts again in halves, and a triangle that
+            alone would is cut into four parts, each partitioned on its own (``pieces`` then
+            counts a region cut by the parts' edges once per part). None:
+            :data:`~connectivity.engine.exact.MAX_VALUES`, or ``MAX_VALUES_CPU`` on a CPU.
 
     Returns:
         A :class:`~connectivity.engine.triangles.TriangleCheck` of kind ``"exact"``;
-        ``pieces`` are the regions, ``min_margin`` and ``min_margin_lower_bound`` the exact
-        minimum over the triangle where proved or a counterexample was found (NaN where over
-        budget or broken by rounding).
+        ``pieces`` are the regions; ``min_margin`` is the exact minimum over the triangle
+        where proved, a counterexample was found or it lies within the tolerance of zero
+        (NaN where over budget or not followed), ``min_margin_lower_bound`` the same where
+        proved or a counterexample was found over the whole triangle.
 
     Raises:
         NotPiecewiseLinearError: see :func:`~connectivity.engine.exact.piecewise_linear_program`.
@@ -624,13 +913,43 @@ def exact_triangles(
         return result
     _probe(program, a[0], b[0])
     corners = torch.stack([a, b, c], dim=1)
-    finite = torch.isfinite(corners.flatten(1)).all(dim=1)
-    generator = torch.Generator().manual_seed(_ORDER_SEED)
-    for first in range(0, count, batch_size):
-        rows = torch.arange(first, min(first + batch_size, count))
-        _check_batch(program, corners, targets, rows[finite[rows]], max_regions, generator, result)
+    finite = torch.isfinite(corners.flatten(2)).all(dim=2).all(dim=1)
+    parts: dict[int, list[_Outcome]] = {}
+
+    def visit(units: list[_Unit], plane: _Plane, logits: Tensor | None, reason: str) -> None:
+        owners = torch.tensor([u.triangle for u in units], device=corners.device)
+        outcomes = _outcomes(program, plane, logits, reason, corners[owners], targets[owners])
+        for unit, outcome in zip(units, outcomes, strict=True):
+            parts.setdefault(unit.triangle, []).append(outcome)
+
+    rows = finite.nonzero().flatten().tolist()
+    limit = _default_max_values(a.device, max_values)
+    _units(program, corners, rows, max_regions, limit, batch_size, visit)
+    for t, outcomes in parts.items():
+        merged = _merge(outcomes)
+        result.status[t], result.note[t] = merged["status"], merged["note"]
+        result.pieces[t] = merged["pieces"]
+        result.min_margin[t], result.min_margin_lower_bound[t] = merged["low"], merged["bound"]
+        if merged["status"] == COUNTEREXAMPLE:
+            result.counterexample[t] = merged["weights"]
+            result.counterexample_margin[t] = merged["margin"]
     _not_points(corners, finite, result)
     return result
+
+
+def _not_points(corners: Tensor, finite: Tensor, result: TriangleCheck) -> None:
+    """Triangles with a NaN or infinite corner coordinate: the classifier gives such a point
+    no class, so they leave it (as check_paths decides such paths), at the first such
+    corner."""
+    for row in (~finite).nonzero().flatten().tolist():
+        bad = ~torch.isfinite(corners[row].flatten(1)).all(dim=1)
+        weights = torch.zeros(3, dtype=torch.float64)
+        weights[int(bad.float().argmax())] = 1.0
+        result.status[row], result.note[row] = COUNTEREXAMPLE, ""
+        result.min_margin[row] = -math.inf
+        result.min_margin_lower_bound[row] = -math.inf
+        result.counterexample[row] = weights
+        result.counterexample_margin[row] = -math.inf
 
 
 @dataclass
@@ -646,7 +965,7 @@ class PlanePartition:
             on each region.
         region_owner: ``(R,)`` long triangle of each region.
         status: Per triangle ``""`` where partitioned, else ``"budget"`` or ``"undecided"``
-            (that triangle has no vertices or regions here).
+            (that triangle's vertices and regions are left out).
         note: Per triangle why it was not partitioned (empty otherwise).
     """
 
@@ -668,16 +987,19 @@ def linear_regions(
     *,
     max_regions: int = 4096,
     batch_size: int = 16,
+    max_values: int | None = None,
 ) -> PlanePartition:
     """The partition of each triangle ``(a, b, c)`` into convex regions on which the tail's
     logits are affine (what :func:`exact_triangles` decides on; for maps of linear regions,
-    as SplineCam draws them).
+    as SplineCam draws them). A triangle cut into parts for memory (see
+    :func:`exact_triangles`) has its regions cut along the parts' edges too.
 
     Args:
         program: A piecewise-linear tail or its program.
         a, b, c: ``(T, *point_shape)`` finite corners (not changed).
         max_regions: Most regions per triangle (a triangle past it is left out, ``"budget"``).
         batch_size: Triangles partitioned together.
+        max_values: See :func:`exact_triangles`.
 
     Returns:
         See :class:`PlanePartition`.
@@ -695,198 +1017,46 @@ def linear_regions(
         _probe(program, a[0], b[0])
     status, note = [""] * count, [""] * count
     parts: list[tuple[Tensor, ...]] = []
-    vertices = 0
-    generator = torch.Generator().manual_seed(_ORDER_SEED)
-    for first in range(0, count, batch_size):
-        rows = torch.arange(first, min(first + batch_size, count), device=a.device)
-        plane, logits, reason = _partition(program, corners[rows], max_regions, generator)
-        for t, (why, text) in plane.status.items():
-            status[int(rows[t])], note[int(rows[t])] = why, text
+    held = [0]  # vertices so far
+
+    def visit(units: list[_Unit], plane: _Plane, logits: Tensor | None, reason: str) -> None:
+        owners = torch.tensor([u.triangle for u in units], device=a.device)
+        for u, (why, text) in plane.status.items():
+            status[units[u].triangle], note[units[u].triangle] = why, text
         if reason:
-            for row in rows.tolist():
-                status[row], note[row] = UNDECIDED, reason
+            for unit in units:
+                status[unit.triangle], note[unit.triangle] = UNDECIDED, reason
         if reason or logits is None:
-            continue
-        regions = torch.where(plane.poly >= 0, plane.poly + vertices, -1)
-        parts.append((plane.bary, rows[plane.owner], logits, regions, rows[plane.region_owner]))
-        vertices += plane.points
+            return
+        regions = torch.where(plane.poly >= 0, plane.poly + held[0], -1)
+        parts.append((plane.bary, owners[plane.owner], logits, regions, owners[plane.region_owner]))
+        held[0] += plane.points
+
+    limit = _default_max_values(a.device, max_values)
+    _units(program, corners, list(range(count)), max_regions, limit, batch_size, visit)
     if not parts:
         empty = torch.zeros(0, dtype=torch.long, device=a.device)
-        nothing = (
-            torch.zeros(0, 3, dtype=torch.float64),
-            empty,
-            a.new_zeros(0, 0),
-            empty.view(0, 3),
-            empty,
+        weights = torch.zeros(0, 3, dtype=torch.float64, device=a.device)
+        return PlanePartition(
+            weights, empty, a.new_zeros(0, 0), empty.view(0, 3), empty, status, note
         )
-        return PlanePartition(*nothing, status, note)
+    # triangles left out in a later part (over budget) lose the regions of earlier ones
+    gone = torch.tensor([s != "" for s in status], device=a.device)
     width = max(p[3].shape[1] for p in parts)
+    weights = torch.cat([p[0] for p in parts])
+    owner = torch.cat([p[1] for p in parts])
+    logits = torch.cat([p[2] for p in parts])
     regions = torch.cat([_padded(p[3], width) for p in parts])
+    region_owner = torch.cat([p[4] for p in parts])
+    keep, keep_region = ~gone[owner], ~gone[region_owner]
+    new_row = torch.cumsum(keep, 0) - 1
+    regions = regions[keep_region]
+    regions = torch.where(regions >= 0, new_row[regions.clamp_min(0)], -1)
     return PlanePartition(
-        torch.cat([p[0] for p in parts]),
-        torch.cat([p[1] for p in parts]),
-        torch.cat([p[2] for p in parts]),
-        regions,
-        torch.cat([p[4] for p in parts]),
-        status,
-        note,
+        weights[keep], owner[keep], logits[keep], regions, region_owner[keep_region], status, note
     )
 
 
 def _padded(regions: Tensor, width: int) -> Tensor:
     """``regions`` ``(R, M)`` padded with -1 to ``(R, width)``."""
     return torch.nn.functional.pad(regions, (0, width - regions.shape[1]), value=-1)
-
-
-def _points_at(corners: Tensor, owner: Tensor, bary: Tensor) -> Tensor:
-    """``(k, *point_shape)``: the points of weights ``bary`` ``(k, 3)`` in triangles ``owner``
-    ``(k,)`` of ``corners`` ``(T, 3, *point_shape)``, in the corners' dtype."""
-    weight = bary.to(corners.dtype).view(*bary.shape, *([1] * (corners.dim() - 2)))
-    return (weight * corners[owner]).sum(1)
-
-
-def _partition(
-    program: Program, corners: Tensor, max_regions: int, generator: Any
-) -> tuple[_Plane, Tensor | None, str]:
-    """The partition of triangles ``corners`` ``(T, 3, *point_shape)``, the logits at its
-    vertices (None when no triangle is left), and why none was made (empty when it was)."""
-    plane = _Plane(corners.shape[0], corners.device, max_regions)
-    try:
-        logits = _run(program, plane, corners, generator)
-    except NotPiecewiseLinearError:
-        raise
-    except Exception as error:
-        # A valid tail this check has no rule for, or rounding it cannot follow: the
-        # triangles are undecided with the reason, as check_segments raises
-        # UnreliableExactCheckError for its segments.
-        reason = str(error).splitlines()[0] if str(error) else ""
-        if not isinstance(error, UnreliableExactCheckError):
-            name = type(error).__name__
-            reason = f"the exact check could not follow this tail ({name}: {reason})"
-        return plane, None, reason or "the exact check could not follow this tail"
-    return plane, logits, ""
-
-
-def _check_batch(
-    program: Program,
-    corners: Tensor,
-    targets: Tensor,
-    rows: Tensor,
-    max_regions: int,
-    generator: Any,
-    result: TriangleCheck,
-) -> None:
-    """Partition triangles ``rows`` together and write their outcome into ``result``."""
-    if rows.numel() == 0:
-        return
-    plane, logits, reason = _partition(program, corners[rows], max_regions, generator)
-    if reason:
-        for row in rows.tolist():
-            result.status[row], result.note[row] = UNDECIDED, reason
-        return
-    for t, (status, note) in plane.status.items():
-        row = int(rows[t])
-        result.status[row], result.note[row] = status, note
-        result.pieces[row] = plane.dropped_regions[t]
-    if logits is not None:
-        _decide(
-            program, plane, logits, corners[rows], targets[rows].to(logits.device), rows, result
-        )
-
-
-def _decide(
-    program: Program,
-    plane: _Plane,
-    logits: Tensor,
-    corners: Tensor,
-    targets: Tensor,
-    rows: Tensor,
-    result: TriangleCheck,
-) -> None:
-    """The status of the triangles still in ``plane`` from the logits ``(P, classes)`` at its
-    vertices."""
-    count, owner = plane.count, plane.owner
-    margins = logit_margins(logits, targets[owner])
-    low = margins.new_full((count,), math.inf).scatter_reduce(0, owner, margins, "amin")
-    vertex = torch.arange(plane.points, device=owner.device)
-    lowest = torch.full((count,), plane.points, device=owner.device)
-    lowest = lowest.scatter_reduce(
-        0, owner, torch.where(margins == low[owner], vertex, plane.points), "amin"
-    )
-    scale = logits.detach().double().abs().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).amax(1)
-    scale = scale.new_ones(count).scatter_reduce(0, owner, scale, "amax")  # at least 1
-    tolerance = TOLERANCE_EPSILONS * torch.finfo(logits.dtype).eps * scale
-    alive = torch.bincount(owner, minlength=count) > 0
-    regions = torch.bincount(plane.region_owner, minlength=count)
-    # The corners and the lowest vertex through the tail's own forward.
-    corner_rows = torch.full((count, 3), -1, device=owner.device)
-    is_corner = plane.corner >= 0
-    corner_rows[owner[is_corner], plane.corner[is_corner]] = vertex[is_corner]
-    checked = torch.cat([corner_rows, lowest.clamp_max(plane.points - 1).view(-1, 1)], dim=1)
-    checked = checked[alive]
-    index = alive.nonzero().flatten()
-    points = _points_at(corners, owner[checked.flatten()], plane.bary[checked.flatten()])
-    direct = torch.cat([_forward(program, chunk) for chunk in points.split(1024)])
-    direct = direct.view(len(index), 4, -1)
-    found = logits[checked.flatten()].view(len(index), 4, -1).to(direct.dtype)
-    limit = direct.detach().abs().nan_to_num(nan=0.0, posinf=0.0).flatten(1).amax(1).clamp_min(1.0)
-    limit = TOLERANCE_EPSILONS * torch.finfo(direct.dtype).eps * limit
-    gap = (found - direct).abs().nan_to_num(nan=0.0, posinf=0.0).flatten(1).amax(1)
-    unequal = (torch.isnan(found) != torch.isnan(direct)).flatten(1).any(1) | (gap > limit)
-    direct_low = logit_margins(direct[:, 3], targets[index])
-    for k, t in enumerate(index.tolist()):
-        row = int(rows[t])
-        result.pieces[row] = int(regions[t])
-        status, note = _status(
-            float(low[t]),
-            float(tolerance[t]),
-            float(direct_low[k]),
-            bool(unequal[k]),
-            float(gap[k]),
-            float(limit[k]),
-        )
-        result.status[row], result.note[row] = status, note
-        if status == UNDECIDED and not note.startswith("the lowest"):
-            continue
-        result.min_margin[row] = float(low[t])
-        if status in (PROVED, COUNTEREXAMPLE):
-            result.min_margin_lower_bound[row] = float(low[t])
-        if status == COUNTEREXAMPLE:
-            result.counterexample[row] = plane.bary[int(lowest[t])].cpu()
-            result.counterexample_margin[row] = float(direct_low[k])
-
-
-def _status(
-    low: float, tolerance: float, direct: float, unequal: bool, gap: float, limit: float
-) -> tuple[str, str]:
-    """A triangle's status from its lowest vertex margin ``low``, the tolerance, the tail's
-    own margin there, and whether its checked logits disagree with the tail's own."""
-    if unequal:
-        return UNDECIDED, (
-            "the exact check's logits at a corner or at the lowest vertex differ from the "
-            f"tail's own by {gap:.3g}, more than its floating-point tolerance {limit:.3g} "
-            "(rounding of large intermediate values)"
-        )
-    if low > tolerance:
-        return PROVED, ""
-    if low < -tolerance and direct <= 0:
-        return COUNTEREXAMPLE, ""
-    return UNDECIDED, (
-        f"the lowest margin {low:.3g} is within the floating-point tolerance {tolerance:.3g} "
-        "of zero"
-    )
-
-
-def _not_points(corners: Tensor, finite: Tensor, result: TriangleCheck) -> None:
-    """Triangles with a NaN or infinite corner coordinate: the classifier gives such a point
-    no class, so they leave it (as check_paths decides such paths), at the first such
-    corner."""
-    for row in (~finite).nonzero().flatten().tolist():
-        bad = ~torch.isfinite(corners[row].flatten(1)).all(dim=1)
-        weights = torch.zeros(3, dtype=torch.float64)
-        weights[int(bad.float().argmax())] = 1.0
-        result.status[row], result.note[row] = COUNTEREXAMPLE, ""
-        result.min_margin[row] = -math.inf
-        result.min_margin_lower_bound[row] = -math.inf
-        result.counterexample[row] = weights
-        result.counterexample_margin[row] = -math.inf
