@@ -95,8 +95,8 @@ MAX_GATHERED = 2**22
 # partition; a random one keeps chains of parallel lines to a logarithmic number of rounds).
 _ORDER_SEED = 0
 # A unit that alone overflows the memory bound is cut into four (midpoints); at most this
-# many times over (a triangle of 4**12 parts), then its triangle is left undecided.
-_MAX_DEPTH = 12
+# many times over (a triangle of up to 4**6 parts), then its triangle is left undecided.
+_MAX_DEPTH = 6
 _BUDGET_NOTE = "more linear regions than max_regions"
 
 
@@ -678,7 +678,7 @@ def _units(
 
 
 _MEMORY_NOTE = (
-    "memory: the partition of a part of this triangle 4**12 times smaller than it needs more "
+    "memory: the partition of a part of this triangle 4**6 times smaller than it needs more "
     "values than max_values"
 )
 

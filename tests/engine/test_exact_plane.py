@@ -251,3 +251,76 @@ def test_corners_that_are_not_points_leave_the_class_and_inputs_stay_unchanged()
     assert check.status[0] in (PROVED, COUNTEREXAMPLE)
     for given, before in zip((a, b, c), kept, strict=True):
         assert torch.allclose(given, before, rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_memory_bound_cuts_triangles_into_parts_with_the_same_verdicts() -> None:
+    """Batches that would hold more than ``max_values`` values start again in halves, and a
+    triangle that alone would is cut into four parts: the same statuses and minima, and more
+    pieces (regions cut along the parts' edges)."""
+    tail, shape = _network("residual block")
+    a, b, c = (corner[6:10] for corner in _triangles(shape, 12))
+    with torch.no_grad():
+        targets = tail(a).argmax(dim=1)
+    whole = exact_triangles(tail, a, b, c, targets)
+    parts = exact_triangles(tail, a, b, c, targets, max_values=1000)
+    assert parts.status == whole.status
+    assert torch.allclose(parts.min_margin, whole.min_margin, atol=1e-12)
+    assert bool((parts.pieces >= whole.pieces).all()) and bool((parts.pieces > whole.pieces).any())
+    partition = linear_regions(tail, a, b, c, max_values=1000)
+    assert torch.equal(torch.bincount(partition.region_owner, minlength=4), parts.pieces)
+
+
+class _Block(nn.Module):
+    """A basic residual block (conv-BN-ReLU-conv-BN, identity skip, in-place ReLU)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(x + self.bn2(self.conv2(h)))
+
+
+@pytest.mark.slow
+def test_a_small_resnet_in_float32_matches_a_dense_grid() -> None:
+    torch.manual_seed(8)
+    tail = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        _Block(4),
+        nn.MaxPool2d(2),
+        _Block(4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    for module in tail.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    tail.eval()
+    head = tail[-1]
+    with torch.no_grad():
+        head.bias -= tail(torch.randn(256, 2, 6, 6)).mean(dim=0)
+    count, per_edge = 24, 60
+    a, b, c = (corner.float() for corner in _triangles((2, 6, 6), count, largest=1.0, seed=9))
+    with torch.no_grad():
+        targets = tail(a).argmax(dim=1)
+    check = exact_triangles(tail, a, b, c, targets)
+    assert {PROVED, COUNTEREXAMPLE} <= set(check.status) <= {PROVED, COUNTEREXAMPLE, "budget"}
+    grid = barycentric_grid(per_edge)
+    with torch.no_grad():
+        points = triangle_points(a, b, c, grid).flatten(0, 1)
+        margins = logit_margins(tail(points), targets.repeat_interleave(len(grid)))
+    margins = margins.view(count, -1)
+    decided = check.proved | check.failed
+    pairs = _grid_neighbours(per_edge)
+    step = (margins[:, pairs[:, 0]] - margins[:, pairs[:, 1]]).abs().amax(dim=1)
+    lowest = margins.amin(dim=1)[decided]
+    assert bool((check.min_margin[decided] <= lowest + 1e-4).all())
+    assert bool((lowest - check.min_margin[decided] <= 2 * step[decided] + 1e-4).all())
+    assert bool((margins[check.proved] > 0).all())
+    assert bool((check.counterexample_margin[check.failed] <= 0).all())
