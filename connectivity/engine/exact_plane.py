@@ -346,19 +346,13 @@ def _split_columns(
 def _crossing_columns(
     plane: _Plane, flat: Tensor, levels: tuple[float, ...], priority: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The active regions that a column of ``flat`` ``(P, n)`` crosses at a level (beyond the
-    rounding ``delta``), one chosen (level, column) per region as ``level * n + column``, and
-    its ``delta``, all ``(S,)``."""
+    """The active regions that a column of ``flat`` ``(P, n)`` crosses at a level beyond the
+    rounding ``delta`` (:data:`exact._POOL_EPSILONS` epsilons of the column's largest
+    magnitude in the region's unit, plus the level's), one chosen (level, column) per region
+    as ``level * n + column``, and its ``delta``, all ``(S,)``."""
     n = flat.shape[1]
-    eps = torch.finfo(flat.dtype).eps
-    scale = flat.detach().abs().nan_to_num(nan=0.0, posinf=0.0).amax(0).double()
-    delta = torch.cat([_POOL_EPSILONS * eps * (scale + abs(level)) for level in levels])
-    low_limit = [
-        (level - delta[i * n : (i + 1) * n]).to(flat.dtype) for i, level in enumerate(levels)
-    ]
-    high_limit = [
-        (level + delta[i * n : (i + 1) * n]).to(flat.dtype) for i, level in enumerate(levels)
-    ]
+    eps = _POOL_EPSILONS * torch.finfo(flat.dtype).eps
+    scale = _unit_scale(plane, flat)  # (U, n)
     found_rows, found_choice = [], []
     active = plane.active.nonzero().flatten()
     width = plane.poly.shape[1]
@@ -366,11 +360,16 @@ def _crossing_columns(
         poly = plane.poly[chunk]
         # a padding slot repeats the first vertex: the extremes stay those of the region
         gathered = flat[torch.where(poly >= 0, poly, poly[:, :1])]  # (c, M, n)
-        high, low = gathered.amax(1), gathered.amin(1)
+        high, low = gathered.amax(1).double(), gathered.amin(1).double()
+        own = scale[plane.region_owner[chunk]]
         score = torch.cat(
             [
-                ((low < below) & (high > above)) * priority[i * n : (i + 1) * n]
-                for i, (below, above) in enumerate(zip(low_limit, high_limit, strict=True))
+                (
+                    (low < level - eps * (own + abs(level)))
+                    & (high > level + eps * (own + abs(level)))
+                )
+                * priority[i * n : (i + 1) * n]
+                for i, level in enumerate(levels)
             ],
             dim=1,
         )
@@ -378,11 +377,21 @@ def _crossing_columns(
         hit = score.gather(1, best.view(-1, 1)).squeeze(1) > 0
         found_rows.append(chunk[hit])
         found_choice.append(best[hit])
-    if not found_rows:
-        empty = torch.zeros(0, dtype=torch.long, device=flat.device)
-        return empty, empty, delta[:0]
-    choice = torch.cat(found_choice)
-    return torch.cat(found_rows), choice, delta[choice]
+    empty = torch.zeros(0, dtype=torch.long, device=flat.device)
+    rows = torch.cat(found_rows) if found_rows else empty
+    choice = torch.cat(found_choice) if found_choice else empty
+    level = torch.tensor(levels, dtype=torch.float64, device=flat.device)[choice // n]
+    delta = eps * (scale[plane.region_owner[rows], choice % n] + level.abs())
+    return rows, choice, delta
+
+
+def _unit_scale(plane: _Plane, values: Tensor) -> Tensor:
+    """``(U, *rest)`` float64: the largest magnitude of ``values`` ``(P, *rest)`` over each
+    unit's vertices (the size of their rounding errors)."""
+    magnitude = values.detach().abs().nan_to_num(nan=0.0, posinf=0.0).double()
+    index = plane.owner.view(-1, *[1] * (values.dim() - 1)).expand_as(magnitude)
+    zeros = magnitude.new_zeros(plane.count, *values.shape[1:])
+    return zeros.scatter_reduce(0, index, magnitude, "amax")
 
 
 def _pair_crossings(plane: _Plane, node: fx.Node, generator: Any) -> None:
@@ -414,8 +423,8 @@ def _settle_pool(plane: _Plane, node: fx.Node, module: nn.Module, generator: Any
                 "channel dimension; the exact check needs (points, channels, ...)"
             )
         flat_x, flat_out, flat_index = x.flatten(2), out.flatten(2), index.flatten(2)
-        scale = flat_out.detach().abs().nan_to_num(nan=0.0, posinf=0.0).amax((0, 2)).double()
-        delta = 2 * _POOL_EPSILONS * torch.finfo(x.dtype).eps * scale  # (C,)
+        scale = _unit_scale(plane, flat_out.detach().abs().amax(2))  # (U, C)
+        delta = 2 * _POOL_EPSILONS * torch.finfo(x.dtype).eps * scale
         rows, window = _unsettled_windows(plane, flat_x, flat_out, flat_index, delta, generator)
         plane.active[:] = False
         if rows.numel() == 0:
@@ -426,7 +435,7 @@ def _settle_pool(plane: _Plane, node: fx.Node, module: nn.Module, generator: Any
         rows, f, a, b, channel = rows[keep], f[keep], a[keep], b[keep], channel[keep]
         width = flat_x.shape[2]
         key = (channel * width + torch.minimum(a, b)) * width + torch.maximum(a, b)
-        new, region, more = _cut(plane, rows, f, delta[channel], key)
+        new, region, more = _cut(plane, rows, f, delta[plane.region_owner[rows], channel], key)
         x = plane.values[source]
         if x.is_contiguous():
             # The two winners are equal at the new vertices (as exact.py sets them).
@@ -448,8 +457,9 @@ def _unsettled_windows(
     generator: Any,
 ) -> tuple[Tensor, Tensor]:
     """The active regions with a window where the winner at every vertex trails the maximum
-    at some vertex (beyond ``delta``: no element is the maximum all over the region), and
-    one such window of each (channel times output length plus position), both ``(S,)``."""
+    at some vertex (beyond ``delta`` ``(U, C)``, per unit and channel: no element is the
+    maximum all over the region), and one such window of each (channel times output length
+    plus position), both ``(S,)``."""
     channels, length = flat_out.shape[1], flat_out.shape[2]
     priority = torch.randperm(channels * length, generator=generator).to(flat_x.device) + 1
     found_rows, found_window = [], []
@@ -460,7 +470,8 @@ def _unsettled_windows(
         poly = plane.poly[chunk]
         vertices = torch.where(poly >= 0, poly, poly[:, :1])
         values = flat_x[vertices]  # (c, M, C, L_in)
-        floor = flat_out[vertices] - delta.view(1, 1, -1, 1).to(flat_out.dtype)  # (c, M, C, L)
+        below = delta[plane.region_owner[chunk]].unsqueeze(1).unsqueeze(3)
+        floor = flat_out[vertices] - below.to(flat_out.dtype)  # (c, M, C, L)
         settled = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
         for u in range(width):
             # the winner at vertex u, where it is the maximum at every vertex of the region
@@ -493,8 +504,8 @@ def _winner_pairs(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """For each region ``rows`` ``(S,)`` and its window: the two vertices' winners ``a``,
     ``b`` whose difference changes sign most clearly over the region's vertices, that
-    difference at the vertices ``(S, M)`` float64, and the triangles ``(T,)`` where no pair's
-    does (winners that differ within rounding only)."""
+    difference at the vertices ``(S, M)`` float64, and the units ``(U,)`` where no pair's
+    does beyond ``delta`` ``(U, C)`` (winners that differ within rounding only)."""
     poly = plane.poly[rows]
     present = poly >= 0
     vertex = torch.where(present, poly, poly[:, :1])
@@ -504,7 +515,7 @@ def _winner_pairs(
     difference = value.unsqueeze(2) - value.unsqueeze(1)  # (S, u, v, m)
     difference = difference.masked_fill(~present.view(len(rows), 1, 1, -1), 0.0)
     high, low = difference.amax(3), difference.amin(3)
-    limit = delta[channel].view(-1, 1, 1)
+    limit = delta[plane.region_owner[rows], channel].view(-1, 1, 1)
     score = torch.minimum(high, -low).masked_fill((high <= limit) | (low >= -limit), -math.inf)
     best = score.flatten(1).argmax(1)
     u, v = best // poly.shape[1], best % poly.shape[1]
