@@ -922,9 +922,12 @@ def exact_triangles(
     result = empty_check("exact", count)
     if count == 0:
         return result
-    _probe(program, a[0], b[0])
     corners = torch.stack([a, b, c], dim=1)
     finite = torch.isfinite(corners.flatten(2)).all(dim=2).all(dim=1)
+    rows = finite.nonzero().flatten().tolist()
+    if rows:
+        _probe(program, a[rows[0]], b[rows[0]])
+    targets = targets.to(corners.device)
     parts: dict[int, list[_Outcome]] = {}
 
     def visit(units: list[_Unit], plane: _Plane, logits: Tensor | None, reason: str) -> None:
@@ -933,7 +936,6 @@ def exact_triangles(
         for unit, outcome in zip(units, outcomes, strict=True):
             parts.setdefault(unit.triangle, []).append(outcome)
 
-    rows = finite.nonzero().flatten().tolist()
     limit = _default_max_values(a.device, max_values)
     _units(program, corners, rows, max_regions, limit, batch_size, visit)
     for t, outcomes in parts.items():

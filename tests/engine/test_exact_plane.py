@@ -324,3 +324,28 @@ def test_a_small_resnet_in_float32_matches_a_dense_grid() -> None:
     assert bool((lowest - check.min_margin[decided] <= 2 * step[decided] + 1e-4).all())
     assert bool((margins[check.proved] > 0).all())
     assert bool((check.counterexample_margin[check.failed] <= 0).all())
+
+
+def test_margins_of_a_hand_built_tail_are_exact() -> None:
+    """Logits ``(relu(x), relu(y))``, target 0: the margin is ``relu(x) - relu(y)``."""
+    tail = _lines([[1, 0], [0, 1]], [0, 0], nn.ReLU())
+    with torch.no_grad():
+        tail[2].weight.copy_(torch.eye(2))
+        tail[2].bias.zero_()
+    corners = [
+        ([1, 0], [2, 0], [2, 1]),  # margins 1, 2, 1 at the corners, one region
+        # x = 0 and y = 0 cross it and meet on its edge x + y = 0: 3 regions, lowest -1 at c
+        ([-1, -1], [1, -1], [-1, 1]),
+        ([0, 0], [1, 0], [1, 1]),  # margins 0, 1, 0: on the boundary within rounding
+    ]
+    a, b, c = (
+        torch.tensor(list(column), dtype=torch.float64) for column in zip(*corners, strict=True)
+    )
+    check = exact_triangles(tail, a, b, c, torch.zeros(3, dtype=torch.long))
+    assert check.status[:2] == [PROVED, COUNTEREXAMPLE]
+    assert check.status[2] == "undecided" and "tolerance" in check.note[2]
+    assert check.min_margin.tolist() == [1.0, -1.0, 0.0]
+    assert check.pieces.tolist() == [1, 3, 1]
+    assert check.counterexample[1].tolist() == [0.0, 0.0, 1.0]
+    assert check.counterexample_margin[1] == -1.0
+    assert bool(check.counterexample[[0, 2]].isnan().all())
