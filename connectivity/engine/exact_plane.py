@@ -29,12 +29,21 @@ is affine on the region). What each traced operation computes is decided by
 :mod:`connectivity.engine.exact` (the same operations are accepted and refused).
 
 Floating point: weights in float64, values in the network's dtype (as ExactLine). A value
-within ``16`` epsilons of its column's largest magnitude of a kink counts as on it (the error
-this makes is of the size of the rounding); a region whose vertices' signs are not those of an
-affine function beyond that (rounding) makes its triangle undecided, as do a corner or the
-lowest vertex whose logits differ from the tail's own beyond the tolerance
-(:func:`exact.margin_tolerance <connectivity.engine.exact.margin_tolerance>`), and a margin
-within the tolerance of zero.
+within ``16`` epsilons of its column's largest magnitude over the triangle of a kink counts as
+on it (the error this makes is of the size of the rounding); a region whose vertices' signs
+are not those of an affine function beyond that (rounding) makes its triangle undecided, as do
+a corner or the lowest vertex whose logits differ from the tail's own beyond the tolerance
+(:func:`exact.margin_tolerance <connectivity.engine.exact.margin_tolerance>`'s rule), and a
+margin within the tolerance of zero.
+
+Memory: every vertex holds the live values of the network (each freed after its last reader),
+and a batch of triangles whose vertices would hold more than ``max_values`` values starts again
+in halves; a triangle that alone would is cut into four (its edges' midpoints), each part
+partitioned on its own (see :func:`exact_triangles`).
+
+:func:`linear_regions` returns the partition itself (the regions and the logits at their
+vertices), for maps of linear regions on a plane as SplineCam (Humayun et al., CVPR 2023)
+draws them.
 """
 
 from __future__ import annotations
