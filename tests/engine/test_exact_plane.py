@@ -203,6 +203,24 @@ def test_exact_minimum_margin_matches_a_dense_grid(name: str) -> None:
     assert bool((there <= 0).all())
     assert torch.allclose(there, check.counterexample_margin[found], atol=1e-9)
     assert torch.allclose(there, check.min_margin[found], atol=1e-9)
+    # The tail's own logits at every vertex of the partition are the interpolated ones, and
+    # the lowest of them is the minimum.
+    partition = linear_regions(tail, a, b, c)
+    corners = torch.stack([a, b, c], dim=1)[partition.owner]
+    weights = partition.weights.view(-1, 3, *[1] * len(shape))
+    with torch.no_grad():
+        own = tail((weights * corners).sum(dim=1))
+    assert torch.allclose(own, partition.logits, atol=1e-9)
+    vertex_margins = logit_margins(own, targets[partition.owner])
+    lowest = torch.full((count,), math.inf, dtype=torch.float64)
+    lowest = lowest.scatter_reduce(0, partition.owner, vertex_margins, "amin")
+    assert torch.allclose(lowest, check.min_margin, atol=1e-9)
+    # No lower than the exact minimum over each edge (ExactLine).
+    for start, end in ((a, b), (b, c), (c, a)):
+        edges = check_segments(tail, start, end, targets)
+        for t in range(count):
+            on_edge = edges.margin[edges.offsets[t] : edges.offsets[t + 1]].min()
+            assert float(check.min_margin[t]) <= float(on_edge) + 1e-12
 
 
 def test_a_flat_triangle_is_checked_as_its_segment() -> None:
