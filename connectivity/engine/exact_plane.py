@@ -328,24 +328,34 @@ def _split_columns(
     plane: _Plane, flat_of: Callable[[], Tensor], levels: tuple[float, ...], generator: Any
 ) -> None:
     """Cut the regions until no column of ``flat_of()`` ``(P, n)`` (affine on every region)
-    crosses one of ``levels`` strictly inside a region; the crossing column is set exactly to
-    the level at the new vertices (interpolation would leave a rounding error there)."""
+    crosses one of ``levels`` strictly inside a region, beyond the rounding ``delta``:
+    :data:`exact._POOL_EPSILONS` epsilons of the column's largest magnitude in the region's
+    unit plus the level's (new vertices interpolate old ones, so the largest magnitude stays).
+    The crossing column is set exactly to the level at the new vertices (interpolation would
+    leave a rounding error there)."""
     plane.active[:] = True
     if plane.points == 0:
         return
-    n = flat_of().shape[1]
-    priority = torch.randperm(n * len(levels), generator=generator).to(plane.poly.device) + 1
+    flat = flat_of()
+    n = flat.shape[1]
+    priority = torch.randperm(n * len(levels), generator=generator).to(flat.device) + 1
+    level_of = torch.tensor(levels, dtype=torch.float64, device=flat.device)
+    eps = _POOL_EPSILONS * torch.finfo(flat.dtype).eps
+    delta = eps * (_unit_scale(plane, flat).unsqueeze(1) + level_of.abs().view(1, -1, 1))
+    below = (level_of.view(1, -1, 1) - delta).to(flat.dtype).flatten(1)  # (U, levels * n)
+    above = (level_of.view(1, -1, 1) + delta).to(flat.dtype).flatten(1)
+    delta = delta.flatten(1)
     while plane.points and bool(plane.active.any()) and n:
         flat = flat_of()
-        rows, choice, delta = _crossing_columns(plane, flat, levels, priority)
+        rows, choice = _crossing_columns(plane, flat, below, above, priority)
         plane.active[:] = False
         if rows.numel() == 0:
             return
-        level_index, column = choice // n, choice % n
-        level = torch.tensor(levels, dtype=torch.float64, device=flat.device)[level_index]
+        level, column = level_of[choice // n], choice % n
         poly = plane.poly[rows]
         f = flat[poly.clamp_min(0), column.view(-1, 1)].double() - level.view(-1, 1)
-        new, region, broken = _cut(plane, rows, f, delta, choice)
+        cut = delta[plane.region_owner[rows], choice]
+        new, region, broken = _cut(plane, rows, f, cut, choice)
         flat = flat_of()  # the grown tensor (a view of the value where it is contiguous)
         flat[new, column[region]] = level[region].to(flat.dtype)
         _drop_broken(plane, broken)
@@ -353,15 +363,13 @@ def _split_columns(
 
 
 def _crossing_columns(
-    plane: _Plane, flat: Tensor, levels: tuple[float, ...], priority: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The active regions that a column of ``flat`` ``(P, n)`` crosses at a level beyond the
-    rounding ``delta`` (:data:`exact._POOL_EPSILONS` epsilons of the column's largest
-    magnitude in the region's unit, plus the level's), one chosen (level, column) per region
-    as ``level * n + column``, and its ``delta``, all ``(S,)``."""
+    plane: _Plane, flat: Tensor, below: Tensor, above: Tensor, priority: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The active regions where a column of ``flat`` ``(P, n)`` is under ``below`` at one
+    vertex and over ``above`` at another (``(U, levels * n)``, per unit, level and column),
+    and one such (level, column) per region as ``level * n + column``, both ``(S,)``."""
     n = flat.shape[1]
-    eps = _POOL_EPSILONS * torch.finfo(flat.dtype).eps
-    scale = _unit_scale(plane, flat)  # (U, n)
+    levels = below.shape[1] // max(n, 1)
     found_rows, found_choice = [], []
     active = plane.active.nonzero().flatten()
     width = plane.poly.shape[1]
@@ -369,29 +377,16 @@ def _crossing_columns(
         poly = plane.poly[chunk]
         # a padding slot repeats the first vertex: the extremes stay those of the region
         gathered = flat[torch.where(poly >= 0, poly, poly[:, :1])]  # (c, M, n)
-        high, low = gathered.amax(1).double(), gathered.amin(1).double()
-        own = scale[plane.region_owner[chunk]]
-        score = torch.cat(
-            [
-                (
-                    (low < level - eps * (own + abs(level)))
-                    & (high > level + eps * (own + abs(level)))
-                )
-                * priority[i * n : (i + 1) * n]
-                for i, level in enumerate(levels)
-            ],
-            dim=1,
-        )
+        high, low = gathered.amax(1).repeat(1, levels), gathered.amin(1).repeat(1, levels)
+        owner = plane.region_owner[chunk]
+        score = ((low < below[owner]) & (high > above[owner])) * priority
         best = score.argmax(1)
         hit = score.gather(1, best.view(-1, 1)).squeeze(1) > 0
         found_rows.append(chunk[hit])
         found_choice.append(best[hit])
     empty = torch.zeros(0, dtype=torch.long, device=flat.device)
     rows = torch.cat(found_rows) if found_rows else empty
-    choice = torch.cat(found_choice) if found_choice else empty
-    level = torch.tensor(levels, dtype=torch.float64, device=flat.device)[choice // n]
-    delta = eps * (scale[plane.region_owner[rows], choice % n] + level.abs())
-    return rows, choice, delta
+    return rows, torch.cat(found_choice) if found_choice else empty
 
 
 def _unit_scale(plane: _Plane, values: Tensor) -> Tensor:
@@ -421,6 +416,9 @@ def _settle_pool(plane: _Plane, node: fx.Node, module: nn.Module, generator: Any
     segments, whose intervals are this one's regions). Returns the pool's output."""
     source = node.all_input_nodes[0]
     plane.active[:] = True
+    # The rounding allowance: interpolated inputs keep the largest magnitude of the first ones.
+    x = plane.values[source]
+    scale = _unit_scale(plane, x.detach().flatten(2).abs().amax(2)) if x.dim() > 2 else None
     while True:
         args = fx.node.map_arg(node.args, lambda n: plane.values[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: plane.values[n])
@@ -432,8 +430,8 @@ def _settle_pool(plane: _Plane, node: fx.Node, module: nn.Module, generator: Any
                 "channel dimension; the exact check needs (points, channels, ...)"
             )
         flat_x, flat_out, flat_index = x.flatten(2), out.flatten(2), index.flatten(2)
-        scale = _unit_scale(plane, flat_out.detach().abs().amax(2))  # (U, C)
-        delta = 2 * _POOL_EPSILONS * torch.finfo(x.dtype).eps * scale
+        assert scale is not None  # x has channels (checked above)
+        delta = 2 * _POOL_EPSILONS * torch.finfo(x.dtype).eps * scale  # (U, C)
         rows, window = _unsettled_windows(plane, flat_x, flat_out, flat_index, delta, generator)
         plane.active[:] = False
         if rows.numel() == 0:
@@ -474,11 +472,10 @@ def _unsettled_windows(
     found_rows, found_window = [], []
     active = plane.active.nonzero().flatten()
     width = plane.poly.shape[1]
-    block = width * channels * flat_x.shape[2]
-    for chunk in active.split(max(1, MAX_GATHERED // max(1, block))):
+    channel = torch.arange(channels, device=flat_x.device).view(1, 1, -1, 1)
+    for chunk in active.split(max(1, MAX_GATHERED // max(1, 2 * width * channels * length))):
         poly = plane.poly[chunk]
         vertices = torch.where(poly >= 0, poly, poly[:, :1])
-        values = flat_x[vertices]  # (c, M, C, L_in)
         below = delta[plane.region_owner[chunk]].unsqueeze(1).unsqueeze(3)
         floor = flat_out[vertices] - below.to(flat_out.dtype)  # (c, M, C, L)
         settled = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
@@ -487,9 +484,12 @@ def _unsettled_windows(
             open_rows = (~settled).flatten(1).any(1).nonzero().flatten()
             if open_rows.numel() == 0:
                 break
-            candidate = flat_index[vertices[open_rows, u]].unsqueeze(1).expand(-1, width, -1, -1)
-            at = values[open_rows].gather(3, candidate)
-            settled[open_rows] |= (at >= floor[open_rows]).all(1)
+            every = len(open_rows) == len(chunk)
+            some = vertices if every else vertices[open_rows]
+            candidate = flat_index[some[:, u]].unsqueeze(1)  # (o, 1, C, L)
+            at = flat_x[some.view(*some.shape, 1, 1), channel, candidate]  # (o, M, C, L)
+            top = (at >= (floor if every else floor[open_rows])).all(1)
+            settled[open_rows] |= top
         bad = ~settled
         score = bad.flatten(1) * priority
         best = score.argmax(1)
