@@ -472,25 +472,22 @@ def _unsettled_windows(
     found_rows, found_window = [], []
     active = plane.active.nonzero().flatten()
     width = plane.poly.shape[1]
-    channel = torch.arange(channels, device=flat_x.device).view(1, 1, -1, 1)
     for chunk in active.split(max(1, MAX_GATHERED // max(1, 2 * width * channels * length))):
         poly = plane.poly[chunk]
         vertices = torch.where(poly >= 0, poly, poly[:, :1])
-        below = delta[plane.region_owner[chunk]].unsqueeze(1).unsqueeze(3)
-        floor = flat_out[vertices] - below.to(flat_out.dtype)  # (c, M, C, L)
-        settled = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
-        for u in range(width):
-            # the winner at vertex u, where it is the maximum at every vertex of the region
-            open_rows = (~settled).flatten(1).any(1).nonzero().flatten()
-            if open_rows.numel() == 0:
-                break
-            every = len(open_rows) == len(chunk)
-            some = vertices if every else vertices[open_rows]
-            candidate = flat_index[some[:, u]].unsqueeze(1)  # (o, 1, C, L)
-            at = flat_x[some.view(*some.shape, 1, 1), channel, candidate]  # (o, M, C, L)
-            top = (at >= (floor if every else floor[open_rows])).all(1)
-            settled[open_rows] |= top
-        bad = ~settled
+        winners = flat_index[vertices]  # (c, M, C, L)
+        # A window whose winner is one element at every vertex is settled; the others are
+        # settled where some vertex's winner is the maximum at every vertex.
+        row, channel, spot = (winners != winners[:, :1]).any(1).nonzero().unbind(1)
+        corners = vertices[row]  # (K, M)
+        won = winners[row, :, channel, spot]  # (K, M): the winner at each vertex
+        floor = flat_out[corners, channel.view(-1, 1), spot.view(-1, 1)]
+        floor = floor - delta[plane.region_owner[chunk[row]], channel].view(-1, 1).to(floor.dtype)
+        # value[k, u, m]: the winner at vertex u, at vertex m
+        value = flat_x[corners.unsqueeze(1), channel.view(-1, 1, 1), won.unsqueeze(2)]
+        unsettled = ~(value >= floor.unsqueeze(1)).all(2).any(1)
+        bad = torch.zeros(len(chunk), channels, length, dtype=torch.bool, device=flat_x.device)
+        bad[row[unsettled], channel[unsettled], spot[unsettled]] = True
         score = bad.flatten(1) * priority
         best = score.argmax(1)
         hit = score.gather(1, best.view(-1, 1)).squeeze(1) > 0
