@@ -37,9 +37,11 @@ a corner or the lowest vertex whose logits differ from the tail's own beyond the
 margin within the tolerance of zero.
 
 Memory: every vertex holds the live values of the network (each freed after its last reader),
-and a batch of triangles whose vertices would hold more than ``max_values`` values starts again
-in halves; a triangle that alone would is cut into four (its edges' midpoints), each part
-partitioned on its own (see :func:`exact_triangles`).
+and a batch of triangles whose vertices would hold more than ``max_values`` values goes on in
+two halves from the operation where it overflowed (as check_segments goes on with the
+stretches of a cut batch); a triangle that alone would starts again from the network's input
+cut into four (its edges' midpoints), each part partitioned on its own (see
+:func:`exact_triangles`).
 
 :func:`linear_regions` returns the partition itself (the regions and the logits at their
 vertices), for maps of linear regions on a plane as SplineCam (Humayun et al., CVPR 2023)
@@ -48,6 +50,7 @@ draws them.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,7 +113,10 @@ _BUDGET_NOTE = "more linear regions than max_regions"
 
 
 class _OverflowError(Exception):
-    """The vertices of a batch would hold more than its ``max_values`` live values."""
+    """The vertices of a batch would hold more than its ``max_values`` live values (at
+    program step ``step``, set by :func:`_run`)."""
+
+    step = 0
 
 
 class _Plane:
@@ -212,6 +218,31 @@ class _Plane:
         self.active = self.active[keep_region]
         rows = keep.nonzero().flatten()
         self._map_rows(lambda value: value.index_select(0, rows))
+
+    def subset(self, units: Tensor) -> _Plane:
+        """A plane of ``units`` ``(k,)`` long only (renumbered in that order), with copies of
+        their vertices' values."""
+        keep = torch.zeros(self.count, dtype=torch.bool, device=units.device)
+        keep[units] = True
+        number = torch.full((self.count,), -1, dtype=torch.long, device=units.device)
+        number[units] = torch.arange(len(units), device=units.device)
+        rows = keep[self.owner].nonzero().flatten()
+        part = copy.copy(self)
+        part.values, part.dependent, part.extra = dict(self.values), set(self.dependent), []
+        part._map_rows(lambda value: value.index_select(0, rows))
+        new_row = torch.full((self.points,), -1, dtype=torch.long, device=units.device)
+        new_row[rows] = torch.arange(len(rows), device=units.device)
+        keep_region = keep[self.region_owner]
+        poly = self.poly[keep_region]
+        part.poly = torch.where(poly >= 0, new_row[poly.clamp_min(0)], -1)
+        part.region_owner = number[self.region_owner[keep_region]]
+        part.active = self.active[keep_region]
+        part.owner = number[part.owner]
+        part.count, part.max_regions = len(units), self.max_regions[units]
+        index = {int(u): k for k, u in enumerate(units.tolist())}
+        part.status = {index[u]: v for u, v in self.status.items() if u in index}
+        part.dropped_regions = {index[u]: v for u, v in self.dropped_regions.items() if u in index}
+        return part
 
     def enforce_budget(self) -> None:
         counts = torch.bincount(self.region_owner, minlength=self.count)
@@ -537,17 +568,31 @@ def _winner_pairs(
 # Running the program on the partitions
 
 
-def _run(program: Program, plane: _Plane, corners: Tensor, generator: Any) -> Tensor | None:
-    """Run the program on the vertices of ``plane``, cutting regions at kinks, pairs and
-    pools; returns the logits ``(P, classes)`` at the final vertices (None when every triangle
-    left the batch). ``corners``: ``(T, 3, *point_shape)``."""
+def _run(
+    program: Program, plane: _Plane, corners: Tensor, generator: Any, first: int = 0
+) -> Tensor | None:
+    """Run the program on the vertices of ``plane`` from step ``first`` on (the values of the
+    steps before it in ``plane``), cutting regions at kinks, pairs and pools; returns the
+    logits ``(P, classes)`` at the final vertices (None when every unit left the batch).
+    ``corners``: ``(U, 3, *point_shape)``.
+
+    Raises:
+        _OverflowError: with the step that overflowed (the plane as it was before the
+            vertices that did not fit).
+    """
     steps = program.steps
     expiring: dict[int, list[fx.Node]] = {}
     for step in steps:
         expiring.setdefault(step.last_use, []).append(step.node)
     output = None
     for i, step in enumerate(steps):
-        output = _run_step(program, plane, i, corners, generator)
+        if i < first:
+            continue
+        try:
+            output = _run_step(program, plane, i, corners, generator)
+        except _OverflowError as overflow:
+            overflow.step = i
+            raise
         if step.kind == OUTPUT:
             break
         for gone in expiring.get(i, []):
@@ -660,11 +705,12 @@ def _units(
     visit: Callable[[list[_Unit], _Plane, Tensor | None, str], None],
 ) -> None:
     """Partition triangles ``rows`` of ``corners`` ``(T, 3, *point_shape)`` in batches of
-    units, calling ``visit(units, plane, logits, reason)`` for each batch.
+    units, calling ``visit(units, plane, logits, reason)`` for each part of a batch.
 
-    A batch whose vertices would hold more than ``max_values`` values starts again from the
-    network's input in two halves (and later batches are smaller); a unit that overflows
-    alone is cut into four, up to :data:`_MAX_DEPTH` times (then its triangle is undecided).
+    A batch whose vertices would hold more than ``max_values`` values goes on in two halves
+    from the operation where it overflowed (:func:`_resume`; later batches are as small as
+    its parts); a unit that overflows alone starts again from the network's input cut into
+    four, up to :data:`_MAX_DEPTH` times (then its triangle is undecided).
     """
     pending = [_Unit(t, torch.eye(3, dtype=torch.float64, device=corners.device)) for t in rows]
     generator = torch.Generator().manual_seed(_ORDER_SEED)
@@ -674,53 +720,67 @@ def _units(
         owners = torch.tensor([u.triangle for u in batch], device=corners.device)
         budget = torch.tensor([max_regions - regions[u.triangle] for u in batch])
         start = torch.stack([u.corners for u in batch])
-        try:
-            plane, logits, reason = _partition(
-                program, corners[owners], start, budget.to(corners.device), max_values, generator
-            )
-        except _OverflowError:
-            if len(batch) > 1:
-                batch_size = max(1, len(batch) // 2)
-                pending = batch + pending
-            elif batch[0].depth < _MAX_DEPTH:
-                pending = batch[0].quarters() + pending
-            else:
-                visit(batch, _Plane(start, budget, max_values), None, _MEMORY_NOTE)
-            continue
-        if logits is not None:
-            counts = torch.bincount(plane.region_owner, minlength=len(batch)).tolist()
-            for unit, count in zip(batch, counts, strict=True):
-                regions[unit.triangle] += count
-        visit(batch, plane, logits, reason)
+        plane = _Plane(start, budget.to(corners.device), max_values)
+        found = _resume(program, plane, corners[owners], generator, 0, owners.new_tensor([]))
+        del plane  # its parts hold what is left of it
+        again: list[_Unit] = []
+        for index, part, logits, reason in found:
+            units = [batch[i] for i in index.tolist()]
+            if reason == _OVERFLOW and units[0].depth < _MAX_DEPTH:
+                again += units[0].quarters()
+                continue
+            if logits is not None:
+                counts = torch.bincount(part.region_owner, minlength=len(units)).tolist()
+                for unit, count in zip(units, counts, strict=True):
+                    regions[unit.triangle] += count
+            visit(units, part, logits, _MEMORY_NOTE if reason == _OVERFLOW else reason)
+        if len(found) > 1:
+            batch_size = max(1, min(len(index) for index, *_ in found))
+        pending = again + pending
 
 
+_OVERFLOW = "overflow"  # a unit that alone overflows the memory bound
 _MEMORY_NOTE = (
     "memory: the partition of a part of this triangle 4**6 times smaller than it needs more "
     "values than max_values"
 )
 
 
-def _partition(
+def _resume(
     program: Program,
+    plane: _Plane,
     corners: Tensor,
-    start: Tensor,
-    max_regions: Tensor,
-    max_values: int,
     generator: Any,
-) -> tuple[_Plane, Tensor | None, str]:
-    """The partition of units with corners ``start`` ``(U, 3, 3)`` (weights in triangles
-    ``corners`` ``(U, 3, *point_shape)``), the logits at its vertices (None when no unit is
-    left), and why none was made (empty when it was).
+    first: int,
+    units: Tensor,
+) -> list[tuple[Tensor, _Plane, Tensor | None, str]]:
+    """Run the program on ``plane`` from step ``first`` (see :func:`_run`); where it
+    overflows, go on in two halves of its units from that step. Returns per part the indices
+    of its units in the batch (``units``; empty: all), the part, the logits at its vertices
+    (None when none is left or it failed) and why it failed (empty when it did not;
+    :data:`_OVERFLOW` for a unit that overflows alone).
 
     Raises:
-        _OverflowError: the vertices would hold more than ``max_values`` values.
         NotPiecewiseLinearError: see :func:`~connectivity.engine.exact.piecewise_linear_program`.
     """
-    plane = _Plane(start, max_regions, max_values)
+    if units.numel() == 0:
+        units = torch.arange(plane.count, device=corners.device)
     try:
-        logits = _run(program, plane, corners, generator)
-    except (NotPiecewiseLinearError, _OverflowError):
+        logits = _run(program, plane, corners, generator, first)
+    except NotPiecewiseLinearError:
         raise
+    except _OverflowError as overflow:
+        if plane.count == 1:
+            return [(units, plane, None, _OVERFLOW)]
+        halves = torch.arange(plane.count, device=corners.device).tensor_split(2)
+        parts = [plane.subset(half) for half in halves]
+        del plane
+        found = []
+        for half in halves:
+            part = parts.pop(0)
+            _refresh_sizes(part, program.steps, overflow.step, program.module)  # type: ignore[arg-type]
+            found += _resume(program, part, corners[half], generator, overflow.step, units[half])
+        return found
     except Exception as error:
         # A valid tail this check has no rule for, or rounding it cannot follow: the
         # triangles are undecided with the reason, as check_segments raises
@@ -729,8 +789,8 @@ def _partition(
         if not isinstance(error, UnreliableExactCheckError):
             name = type(error).__name__
             reason = f"the exact check could not follow this tail ({name}: {reason})"
-        return plane, None, reason or "the exact check could not follow this tail"
-    return plane, logits, ""
+        return [(units, plane, None, reason or "the exact check could not follow this tail")]
+    return [(units, plane, logits, "")]
 
 
 def _points_at(corners: Tensor, owner: Tensor, bary: Tensor) -> Tensor:
@@ -908,9 +968,10 @@ def exact_triangles(
         max_regions: Most linear regions per triangle.
         batch_size: Triangles partitioned together.
         max_values: Most values the vertices' live activations of a batch hold at once (bounds
-            memory): a batch that would hold more starts again in halves, and a triangle that
-            alone would is cut into four parts, each partitioned on its own (``pieces`` then
-            counts a region cut by the parts' edges once per part). None:
+            memory): a batch that would hold more goes on in halves from the operation where
+            it overflowed, and a triangle that alone would is cut into four parts, each
+            partitioned on its own from the input (``pieces`` then counts a region cut by the
+            parts' edges once per part), at most 6 times over. None:
             :data:`~connectivity.engine.exact.MAX_VALUES`, or ``MAX_VALUES_CPU`` on a CPU.
 
     Returns:
