@@ -272,9 +272,9 @@ def test_corners_that_are_not_points_leave_the_class_and_inputs_stay_unchanged()
 
 
 def test_a_memory_bound_cuts_triangles_into_parts_with_the_same_verdicts() -> None:
-    """Batches that would hold more than ``max_values`` values start again in halves, and a
-    triangle that alone would is cut into four parts: the same statuses and minima, and more
-    pieces (regions cut along the parts' edges)."""
+    """Batches that would hold more than ``max_values`` values go on in halves, and a triangle
+    that alone would is cut into four parts: the same statuses and minima, and more pieces
+    (regions cut along the parts' edges)."""
     tail, shape = _network("residual block")
     a, b, c = (corner[6:10] for corner in _triangles(shape, 12))
     with torch.no_grad():
