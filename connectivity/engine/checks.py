@@ -31,7 +31,8 @@ from connectivity.engine.exact import (
     piecewise_linear_program,
     undecided_checks,
 )
-from connectivity.engine.options import DEFAULT_MAX_SPLITS, PathOptions
+from connectivity.engine.exact_plane import exact_triangles
+from connectivity.engine.options import DEFAULT_MAX_REGIONS, DEFAULT_MAX_SPLITS, PathOptions
 from connectivity.engine.triangles import UNDECIDED, TriangleCheck, empty_check
 
 
@@ -150,7 +151,9 @@ class Certifier:
             empty.
         program: The exact check's program (``kind == "exact"``).
         bounds: The bound program (``kind == "bounds"``).
-        max_splits: The branch and bound's budget per segment.
+        max_splits: The branch and bound's budget per segment (and per triangle).
+        max_regions: The exact plane check's budget of linear regions per triangle (surface
+            options only; paths have no use for it).
     """
 
     def __init__(
@@ -160,9 +163,10 @@ class Certifier:
         program: Program | None = None,
         bounds: BoundProgram | None = None,
         max_splits: int = DEFAULT_MAX_SPLITS,
+        max_regions: int = DEFAULT_MAX_REGIONS,
     ) -> None:
         self.kind, self.note, self.program, self.bounds = kind, note, program, bounds
-        self.max_splits = max_splits
+        self.max_splits, self.max_regions = max_splits, max_regions
         self._cache: dict[tuple[bytes, int], PathCheck] = {}  # (path digest, target)
 
     @staticmethod
@@ -185,11 +189,13 @@ class Certifier:
                 propagation does not cover (named in the message).
         """
         certify, splits = options.certify, options.max_splits
+        regions = getattr(options, "max_regions", DEFAULT_MAX_REGIONS)  # a SurfaceOptions'
         if certify == "sampled":
             return Certifier("sampled")
         if certify in ("exact", "auto"):
             try:
-                return Certifier("exact", program=piecewise_linear_program(tail))
+                program = piecewise_linear_program(tail)
+                return Certifier("exact", program=program, max_regions=regions)
             except NotPiecewiseLinearError as error:
                 if certify == "exact":
                     raise NotPiecewiseLinearError(
@@ -257,11 +263,13 @@ class Certifier:
 
     def check_triangles(self, a: Tensor, b: Tensor, c: Tensor, targets: Tensor) -> TriangleCheck:
         """The proof over every point of each flat triangle ``(a, b, c)`` (each ``(T,
-        *point_shape)``; ``targets`` ``(T,)``) by this certifier's kind: bound propagation with
-        subdivision (:func:`connectivity.engine.bound_triangles.prove_triangles`, budget
-        ``max_splits``). A check that fails when run (the traced program disagreeing with the
-        tail, rounding it cannot vouch for) leaves the triangles ``"undecided"`` with the
-        reason, for the sampled check to decide.
+        *point_shape)``; ``targets`` ``(T,)``) by this certifier's kind: the partition into
+        linear regions (:func:`connectivity.engine.exact_plane.exact_triangles`, budget
+        ``max_regions``) or bound propagation with subdivision
+        (:func:`connectivity.engine.bound_triangles.prove_triangles`, budget ``max_splits``). A
+        check that fails when run (the traced program disagreeing with the tail, an operation
+        found only when run) leaves the triangles ``"undecided"`` with the reason, for the
+        sampled check to decide.
 
         Raises:
             ValueError: a sampled certifier (it proves nothing; use
@@ -274,6 +282,12 @@ class Certifier:
             except NotBoundedError as error:
                 note = f"bounds failed, decided at the sampled points: {error}"
                 return empty_check("bounds", count, UNDECIDED, note)
+        if self.program is not None:
+            try:
+                return exact_triangles(self.program, a, b, c, targets, max_regions=self.max_regions)
+            except (UnreliableExactCheckError, NotPiecewiseLinearError) as error:
+                note = f"the exact check failed, decided at the sampled points: {error}"
+                return empty_check("exact", count, UNDECIDED, note)
         raise ValueError(f"a {self.kind} certifier proves no triangle")
 
 

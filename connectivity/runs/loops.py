@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from connectivity.data import stack_images
+from connectivity.engine.membrane import fan_triangles
+from connectivity.engine.triangles import sampled_triangles
 from connectivity.runs.networks import working_copy
 from connectivity.runs.pairs import _usable
 from connectivity.runs.sampling import InputDraw, PairError
@@ -42,11 +46,21 @@ class LoopSampling(InputDraw):
         split: Dataset split the inputs come from (``train``, ``val`` or ``test``).
         correctly_classified: Draw only inputs the classifier assigns their true class.
         classes: The classes loops are drawn in (default: every class of the dataset).
+        closest_of: Draw this many random loops per class (an item may be in several loops)
+            and keep the ``count`` closest calls: those whose flat fill (the fan of the
+            inputs' triangles) has the lowest target margin at a barycentric grid of
+            ``screen_points`` per edge in the input space. A sample that shows membranes at
+            work, not an estimate of how often flat fills leave the class: the run prints how
+            many of the drawn fills left it at those points. None: ``count`` random loops of
+            distinct items.
+        screen_points: Grid divisions per edge of each fan triangle screened by
+            ``closest_of``.
 
     Raises:
         PairError: At construction, for a ``count`` that is not a whole number >= 1, a
-            ``size`` other than 3 or 4, a ``split`` other than train/val/test, or ``classes``
-            that are not a non-empty list of distinct class indices.
+            ``size`` other than 3 or 4, a ``split`` other than train/val/test, ``classes``
+            that are not a non-empty list of distinct class indices, a ``closest_of`` below
+            ``count`` or ``screen_points`` below 1.
     """
 
     count: int = 2
@@ -55,6 +69,8 @@ class LoopSampling(InputDraw):
     split: str = "test"
     correctly_classified: bool = True
     classes: list[int] | None = None
+    closest_of: int | None = None
+    screen_points: int = 6
 
     OPTION: ClassVar[str] = "loops"
 
@@ -64,6 +80,15 @@ class LoopSampling(InputDraw):
             raise PairError(f"loops.size must be 3 or 4 (inputs per loop), got {self.size!r}")
         self.check_whole("seed", 0)
         self.check_split()
+        if self.closest_of is not None:
+            self.check_whole(
+                "closest_of",
+                self.count,
+                least=f"loops.count ({self.count})",
+                then="; it is how many random loops per class the closest calls are chosen from "
+                "(leave it out for random loops)",
+            )
+        self.check_whole("screen_points", 1)
         if self.classes is None:
             return
         if (
@@ -100,10 +125,12 @@ def select_loops(
                 f"loops.classes holds {c}, which is not a class of the dataset (0.."
                 f"{len(class_names) - 1})"
             )
-    if sampling.correctly_classified:
+    if sampling.correctly_classified or sampling.closest_of is not None:
         network = working_copy(network).to(device)
     size = len(dataset)  # type: ignore[arg-type]
     order = torch.randperm(size, generator=torch.Generator().manual_seed(sampling.seed)).tolist()
+    if sampling.closest_of is not None:
+        return _closest_calls(network, dataset, sampling, classes, class_names, order, device)
     need = sampling.count * sampling.size
     by_label: dict[int, list[int]] = {c: [] for c in classes}
     for index, label in _usable(network, dataset, order, sampling, device):  # type: ignore[arg-type]
@@ -125,6 +152,73 @@ def select_loops(
             part = tuple(items[k * sampling.size : (k + 1) * sampling.size])
             loops.append(Loop(len(loops), part, c))
     return loops
+
+
+def _closest_calls(
+    network: nn.Module,
+    dataset: Dataset,
+    sampling: LoopSampling,
+    classes: list[int],
+    class_names: list[str],
+    order: list[int],
+    device: str,
+) -> list[Loop]:
+    """Per class, the ``count`` of ``closest_of`` random loops whose flat fills come closest
+    to leaving the class (see :class:`LoopSampling`), in the order drawn."""
+    assert sampling.closest_of is not None
+    by_label: dict[int, list[int]] = {c: [] for c in classes}
+    for index, label in _usable(network, dataset, order, sampling, device):  # type: ignore[arg-type]
+        if label in by_label:
+            by_label[label].append(index)
+    generator = torch.Generator().manual_seed(sampling.seed)
+    loops, left, drawn = [], 0, 0
+    for c in classes:
+        items = by_label[c]
+        if len(items) < sampling.size:
+            raise PairError(
+                f"class {class_names[c]!r} ({c}) has only {len(items)} usable inputs in the "
+                f"{sampling.split} split, fewer than loops.size = {sampling.size}"
+            )
+        candidates = [
+            tuple(
+                items[i] for i in torch.randperm(len(items), generator=generator)[: sampling.size]
+            )
+            for _ in range(sampling.closest_of)
+        ]
+        margins = torch.stack(
+            [_fill_margin(network, dataset, loop, c, sampling, device) for loop in candidates]
+        )
+        left += int((margins <= 0).sum())
+        drawn += len(candidates)
+        keep = sorted(
+            sorted(range(len(candidates)), key=lambda k: (float(margins[k]), k))[: sampling.count]
+        )
+        loops.extend(Loop(len(loops) + n, candidates[k], c) for n, k in enumerate(keep))
+    if rank_zero_only.rank == 0:
+        print(
+            f"loops: the {sampling.count} closest calls per class of {sampling.closest_of} random "
+            f"loops ({left} of {drawn} flat fills leave the class at {sampling.screen_points} "
+            "points per edge)",
+            flush=True,
+        )
+    return loops
+
+
+@torch.no_grad()
+def _fill_margin(
+    network: nn.Module,
+    dataset: Dataset,
+    loop: tuple[int, ...],
+    label: int,
+    sampling: LoopSampling,
+    device: str,
+) -> Tensor:
+    """The lowest target margin of the loop's flat fill at the screening grid."""
+    images, _ = stack_images(dataset, list(loop))
+    a, b, c = fan_triangles(images.to(device))
+    targets = torch.full((a.shape[0],), label, dtype=torch.long, device=device)
+    check = sampled_triangles(network, a, b, c, targets, per_edge=sampling.screen_points)
+    return check.min_margin.min()
 
 
 def loop_sides(loops: list[Loop]) -> list[Pair]:
