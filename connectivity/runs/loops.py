@@ -193,7 +193,8 @@ def _closest_calls(
         keep = sorted(
             sorted(range(len(candidates)), key=lambda k: (float(margins[k]), k))[: sampling.count]
         )
-        loops.extend(Loop(len(loops) + n, candidates[k], c) for n, k in enumerate(keep))
+        first = len(loops)  # ids run on across classes
+        loops.extend(Loop(first + n, candidates[k], c) for n, k in enumerate(keep))
     if rank_zero_only.rank == 0:
         print(
             f"loops: the {sampling.count} closest calls per class of {sampling.closest_of} random "

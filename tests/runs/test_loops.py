@@ -49,6 +49,16 @@ def test_loops_are_per_class_distinct_and_reproducible(digits) -> None:
     assert other != loops
 
 
+def test_closest_calls_are_per_class_with_ids_in_order(digits) -> None:
+    data, dataset, network, labels = digits
+    sampling = LoopSampling(count=2, size=3, classes=[1, 7], closest_of=5)
+    loops = select_loops(network, dataset, sampling, data.class_names)
+    assert [loop.id for loop in loops] == [0, 1, 2, 3]
+    assert [loop.label for loop in loops] == [1, 1, 7, 7]
+    assert all(int(labels[i]) == loop.label for loop in loops for i in loop.indices)
+    assert all(len(set(loop.indices)) == 3 for loop in loops)
+
+
 def test_sides_close_each_loop(digits) -> None:
     data, dataset, network, _ = digits
     loops = select_loops(
