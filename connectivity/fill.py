@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Hashable
 from typing import Any
 
@@ -76,6 +77,23 @@ def loop_from_sides(records: list[PairRecord]) -> tuple[Tensor, list[int], bool]
     return torch.cat(pieces), corners, straight
 
 
+def _warn_degenerate(points: Tensor) -> None:
+    """Warn when the loop's points (``(k, *point_shape)``) coincide or lie on one line: its
+    fill then has no area (a ``planar`` verdict holds for a segment or a point)."""
+    flat = points.detach().flatten(1).double()
+    centre = flat.mean(dim=0)
+    u, v = flat - centre, flat.roll(-1, dims=0) - centre
+    # Twice each fan triangle's area, squared (Gram determinant), against the loop's size.
+    area = (u * u).sum(1) * (v * v).sum(1) - (u * v).sum(1) ** 2
+    size = float(torch.cdist(flat, flat).max()) ** 4
+    if bool((area <= 1e-12 * size).all()):  # every angle below about 1e-6 rad
+        warnings.warn(
+            "the inputs coincide or lie on one line: the loop encloses no area, so its fill is "
+            "a segment or a point (give inputs that span a plane)",
+            stacklevel=3,
+        )
+
+
 def fill_loop(
     classifier: nn.Module,
     layer: str,
@@ -145,6 +163,7 @@ def fill_loop(
     # certify="exact"/"bounds" on a tail it cannot check fails here, before any work.
     certifier = Certifier.for_tail(frozen, options, z[:1])
     warn_outside_the_class(frozen, z, target, options.chunk_size)
+    _warn_degenerate(z)
     sides = connect_points(frozen, z, z.roll(-1, dims=0), targets, options)
     if any(r.verdict not in PATH_VERDICTS for r in sides):
         record = open_loop_record(target, sides)

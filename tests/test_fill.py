@@ -108,3 +108,40 @@ def test_float_images_out_of_range_are_refused() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
     with pytest.raises(InputError, match="pixel_range"):
         fill_loop(model, "input", torch.rand(3, 3, 2, 2) * 255, 0)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [[[0.5, 0.0]] * 3, [[0.1, 0.0], [0.2, 0.0], [0.3, 0.0]]],
+    ids=["coinciding", "collinear"],
+)
+def test_a_loop_that_encloses_no_area_is_warned_about(inputs: list) -> None:
+    with pytest.warns(UserWarning, match="encloses no area"):
+        record = fill_loop(
+            Diamond().double(),
+            "input",
+            torch.tensor(inputs, dtype=torch.float64),
+            0,
+            pixel_range=None,
+        )
+    assert record.verdict == "planar"  # true of the segment or point it fills
+
+
+class Annulus(nn.Module):
+    """Class 0 where ``| |x| - 1.2 | < 0.5`` (logit ``0.25 - (|x| - 1.2)^2``), class 1 else."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inside = 0.25 - (x.norm(dim=1, keepdim=True) - 1.2) ** 2
+        return torch.cat([inside, torch.zeros_like(inside)], dim=1)
+
+
+def test_a_membrane_that_cannot_move_says_why() -> None:
+    # Six points round the annulus' hole, their sides straight in the class: the flat fill
+    # crosses the hole, and in a plane the membrane has no normal direction to move in; nor
+    # does max_vertices leave room to refine.
+    angles = torch.arange(6, dtype=torch.float64)
+    inputs = 1.2 * torch.stack([angles.cos(), angles.sin()], dim=1)
+    record = fill_loop(Annulus(), "input", inputs, 0, pixel_range=None, steps=5, max_vertices=8)
+    assert record.verdict == "none"
+    assert [p.verdict for p in record.pairs] == ["linear"] * 6
+    assert "no normal direction" in record.note and "max_vertices (8)" in record.note

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from connectivity.errors import OptionsError
 
@@ -102,6 +102,9 @@ class BandOptions:
     nudge: float = DEFAULT_NUDGE
     nudge_seed: int = 0
 
+    # What the options are called in messages (a surface search's: "surface").
+    _KIND: ClassVar[str] = "path"
+
     def __post_init__(self) -> None:
         for name, minimum in (
             ("num_pivots", 1),
@@ -150,7 +153,8 @@ class BandOptions:
         unknown = sorted(set(values) - known)
         if unknown:
             raise OptionsError(
-                f"unknown path option {unknown[0]!r}; the options are {', '.join(sorted(known))}"
+                f"unknown {cls._KIND} option {unknown[0]!r}; the options are "
+                f"{', '.join(sorted(known))}"
             )
         return cls(**values)
 
@@ -329,6 +333,8 @@ class SurfaceOptions(PathOptions):
     samples_per_edge: int = 4
     check_every: int = 10
     max_regions: int = DEFAULT_MAX_REGIONS
+
+    _KIND: ClassVar[str] = "surface"
 
     def __post_init__(self) -> None:
         super().__post_init__()

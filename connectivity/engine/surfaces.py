@@ -497,6 +497,8 @@ class SurfaceSearch:
                 counts[s if s in counts else "left"] += 1
             notes = sorted({n for n in result.note if n})
             note = "; ".join([note, *notes]) if note else "; ".join(notes)
+        if verdict == NONE:
+            note = "; ".join(n for n in (note, *self._why_stuck(mesh)) if n)
         top, mean, ratio = _moved(mesh)
         record = SurfaceRecord(
             verdict=verdict,
@@ -528,6 +530,23 @@ class SurfaceSearch:
         self.decided[loop] = record
         if self.on_record is not None:
             self.on_record(loop, record)
+
+    def _why_stuck(self, mesh: Mesh) -> list[str]:
+        """What kept a membrane from filling its loop, where the options or the space did."""
+        why = []
+        dimensions = mesh.points[0].numel() if mesh.vertices else 0
+        if dimensions <= 2:
+            why.append(
+                f"a surface in a space of {dimensions} dimensions has no normal direction: the "
+                "membrane cannot move, only the flat fill is tried"
+            )
+        budget = self.options.max_vertices
+        if mesh.vertices + 3 > budget:  # a refined triangle adds up to 3 vertices
+            why.append(
+                f"max_vertices ({budget}) leaves no room to refine the mesh of "
+                f"{mesh.vertices} vertices"
+            )
+        return why
 
     def steps_taken(self) -> int:
         """The most steps of a loop still in the membrane (of any loop of it once none is; 0

@@ -30,6 +30,7 @@ from connectivity.engine.options import SurfaceOptions
 from connectivity.engine.planes import surface_domain_map
 from connectivity.engine.split import INPUT, split
 from connectivity.engine.surfaces import SurfaceRecord
+from connectivity.errors import ConnectivityError
 from connectivity.fill import PATH_VERDICTS, loop_from_sides, open_loop_record
 from connectivity.lightning.progress import MembraneProgressBar
 from connectivity.lightning.surface_module import SurfaceModule
@@ -42,7 +43,6 @@ from connectivity.runs.paths import (
     SpacePathModule,
     check_decoders,
     data_manifest,
-    encode_each_pair,
     options_in_space,
 )
 from connectivity.runs.trainer import (
@@ -90,6 +90,11 @@ class SurfaceExperiment:
     def __post_init__(self) -> None:
         check_checkpoint_every(self.checkpoint_every)
         check_figures(self.figures)
+        repeated = sorted({s for s in self.spaces if self.spaces.count(s) > 1})
+        if repeated:
+            raise ConnectivityError(
+                f"spaces names {repeated[0]!r} more than once; give each space once"
+            )
 
 
 def manifest(experiment: SurfaceExperiment, data: ImageDataModule, loops: list[Loop]) -> dict:
@@ -136,6 +141,7 @@ class SpaceSurfaceModule(SurfaceModule):
         self.dataset = dataset
         self.store = store
         self.filled: list[Loop] = []  # the loop of each row of the search
+        self.reused: list[Loop] = []  # this rank's loops decided in an earlier run
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -143,6 +149,7 @@ class SpaceSurfaceModule(SurfaceModule):
         done = self.store.loops_done(self.space)
         strategy.barrier("loop records read")
         loops = strategy.broadcast(self.all_loops, src=0)
+        self.reused = [loop for loop in loops[rank::world] if loop.id in done]
         polylines, corners, straight, targets, kept = [], [], [], [], []
         for loop in (loop for loop in loops[rank::world] if loop.id not in done):
             sides = self._sides(loop)
@@ -179,7 +186,7 @@ class SpaceSurfaceModule(SurfaceModule):
     @torch.no_grad()
     def domain_maps(self, record: SurfaceRecord) -> dict[str, Tensor]:
         """The surface's parameter domain coloured by predicted class on the flat fill
-        (``domain_before``) and on the final surface (``domain_after``), ``(H, W)`` int8
+        (``domain_before``) and on the final surface (``domain_after``), ``(H, W)`` int16
         (``-1`` outside the domain), kept with the record for its figure; none for an open
         loop (no surface)."""
         if record.triangles.shape[0] == 0:
@@ -195,7 +202,7 @@ class SpaceSurfaceModule(SurfaceModule):
                 DOMAIN_RESOLUTION,
                 chunk_size=self.options.chunk_size,
             )
-            maps[name] = found.classes.to(torch.int8)
+            maps[name] = found.classes.to(torch.int16)
         return maps
 
     def corner_images(self, loop: Loop) -> Tensor | None:
@@ -324,4 +331,4 @@ def run_surfaces(
     return store
 
 
-__all__ = ["SurfaceExperiment", "encode_each_pair", "run_surfaces"]
+__all__ = ["SpaceSurfaceModule", "SurfaceExperiment", "run_surfaces"]
