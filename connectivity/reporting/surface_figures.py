@@ -157,8 +157,10 @@ def _axes_labels(ax: Axes, layer: str, first: bool) -> None:
 
 def _plane_title(found: PlaneMap, titles: list[str]) -> str:
     """The figure's title: what the colours are, and the pairwise agreement of the maps."""
-    lines = [f"the plane through three inputs in {found.layer!r}, coloured by predicted class"]
     count = found.classes.shape[0]
+    # One panel is narrow: the words go on two lines there.
+    gap = "\n" if count == 1 else " "
+    lines = [f"the plane through three inputs in {found.layer!r},{gap}coloured by predicted class"]
     if 1 < count <= NAMED_PAIRS:
         pairs = [
             f"{titles[i]} / {titles[j]} {float(found.pairwise[i, j]):.2f}"

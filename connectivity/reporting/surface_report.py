@@ -9,8 +9,11 @@ import io
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from connectivity.maps import PlaneMap
 from connectivity.reporting.drawing import check_figures
-from connectivity.reporting.surface_figures import surface_domain_figure
+from connectivity.reporting.surface_figures import plane_map_figure, surface_domain_figure
 from connectivity.reporting.surface_tables import loops_csv, surfaces_csv, surfaces_markdown
 from connectivity.reporting.wandb_log import (
     WandbOptions,
@@ -34,11 +37,37 @@ def _draw(store: SurfaceStore, space: str, record: dict[str, Any], names: list[s
         f"{record['verdict']} ({record['certificate']})"
     )
     figure = surface_domain_figure(before, after, corners, names, title)
+    name = loop_figure_name(space, int(loop["id"]))
+    _save(store, name, figure)
+    if record.get("plane_classes") is not None:
+        _save(store, name.replace(".png", "_plane.png"), _plane_figure(space, record, names))
+    return store.path(name)
+
+
+def _save(store: SurfaceStore, name: str, figure: Any) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    name = loop_figure_name(space, int(loop["id"]))
     store.save_bytes(name, buffer.getvalue())
-    return store.path(name)
+
+
+def _plane_figure(space: str, record: dict[str, Any], names: list[str]) -> Any:
+    """The plane through the loop's first three inputs, coloured by predicted class."""
+    classes = record["plane_classes"].long().unsqueeze(0)
+    u, v = record["plane_u"], record["plane_v"]
+    plane = PlaneMap(
+        u=u,
+        v=v,
+        classes=classes,
+        margins=torch.zeros(classes.shape, dtype=torch.float64),
+        corners=record["plane_corners"],
+        input_classes=torch.full((1, 3), int(record["target"])),
+        agreement=torch.ones(classes.shape[1:], dtype=torch.float64),
+        pairwise=torch.ones(1, 1, dtype=torch.float64),
+        layer=space,
+        target=None,
+    )
+    loop = record["loop"]
+    return plane_map_figure(plane, names, titles=[f"{space}, loop {loop['id']}: inputs 0, 1, 2"])
 
 
 def write_surface_report(

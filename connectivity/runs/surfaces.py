@@ -27,10 +27,10 @@ from connectivity.checkpoints import file_digest
 from connectivity.data import ImageDataModule, stack_images
 from connectivity.engine.decisions import PairRecord
 from connectivity.engine.options import SurfaceOptions
-from connectivity.engine.planes import surface_domain_map
+from connectivity.engine.planes import class_map, plane_grid, surface_domain_map
 from connectivity.engine.split import INPUT, split
 from connectivity.engine.surfaces import SurfaceRecord
-from connectivity.errors import ConnectivityError
+from connectivity.errors import ConnectivityError, InputError
 from connectivity.fill import PATH_VERDICTS, loop_from_sides, open_loop_record
 from connectivity.lightning.progress import MembraneProgressBar
 from connectivity.lightning.surface_module import SurfaceModule
@@ -203,7 +203,25 @@ class SpaceSurfaceModule(SurfaceModule):
                 chunk_size=self.options.chunk_size,
             )
             maps[name] = found.classes.to(torch.int16)
-        return maps
+        return {**maps, **self._plane(record)}
+
+    def _plane(self, record: SurfaceRecord) -> dict[str, Tensor]:
+        """The plane through the loop's first three inputs coloured by predicted class
+        (dbViz's picture, :func:`~connectivity.engine.planes.plane_grid`), for the loop's
+        plane figure: ``plane_u``, ``plane_v``, ``plane_classes`` ``(H, W)`` int16 and
+        ``plane_corners`` ``(3, 2)``; none where the three inputs lie on one line."""
+        x0, x1, x2 = record.points[record.corners[:3]].to(self.device)
+        try:
+            points, u, v, plane = plane_grid(x0, x1, x2, DOMAIN_RESOLUTION, padding=0.25)
+        except InputError:
+            return {}
+        classes, _ = class_map(self.tail, points, chunk_size=self.options.chunk_size)
+        return {
+            "plane_u": u,
+            "plane_v": v,
+            "plane_classes": classes.reshape(v.shape[0], u.shape[0]).to(torch.int16),
+            "plane_corners": plane.corners,
+        }
 
     def corner_images(self, loop: Loop) -> Tensor | None:
         """``(k, C, H, W)`` the loop's inputs, kept with its record in a latent space."""

@@ -50,6 +50,8 @@ def test_a_surfaces_run_saves_each_loop_and_resumes_from_its_records(
         assert record["verdict"] in ("planar", "curved", "none", "diverged")
         assert record["domain_after"].shape == (48, 48)
         assert store.path(f"figures/flatten/loop_{loop['id']:04d}.png").is_file()
+        assert store.path(f"figures/flatten/loop_{loop['id']:04d}_plane.png").is_file()
+        assert record["plane_classes"].shape == (48, 48)
     table = store.path("surfaces.md").read_text()
     assert "Loops: 2 of 3 inputs" in table and "| flatten |" in table
     # Killed before the second loop was saved: the rerun fills it again, the same.
