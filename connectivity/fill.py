@@ -122,7 +122,7 @@ def fill_loop(
         target: Their class (one integer).
         output: As in :func:`connectivity.connect`.
         pixel_range: As in :func:`connectivity.connect`; in the input space of images it is the
-            default ``bounds`` of the sides' bands (the membrane is not boxed).
+            default ``bounds``, the box of the sides' bands and of the membrane's vertices.
         **surface_options: Fields of :class:`connectivity.engine.options.SurfaceOptions` (the
             path options of the sides, and the membrane's).
 
