@@ -292,6 +292,62 @@ def warn_outside_the_class(tail: nn.Module, points: Tensor, target: int, chunk_s
         )
 
 
+def class_points(
+    classifier: nn.Module,
+    layer: str,
+    inputs: Tensor,
+    target: Any,
+    kind: type[PathOptions],
+    values: dict[str, Any],
+    output: Hashable | None,
+    pixel_range: tuple[float, float] | None,
+    least: int = 1,
+) -> tuple[Tensor, nn.Module, Any, int]:
+    """Inputs of one class in ``layer``'s space, for the questions about several inputs of a
+    class (:func:`connect_all`, :func:`connectivity.fill_loop`), validated as :func:`connect`
+    validates them, before any work.
+
+    Args:
+        classifier, layer, output, pixel_range: As in :func:`connect`.
+        inputs: ``(N, *input_shape)``, ``N >= least``.
+        target: Their class (one integer).
+        kind: The options' class (:class:`PathOptions` or a subclass), built from ``values``;
+            in the input space of images ``bounds`` defaults to ``pixel_range``.
+        least: The fewest inputs the question takes.
+
+    Returns:
+        ``(z, tail, options, target)``: the inputs' values at the layer ``(N, *point_shape)``,
+        the classifier's tail there (a copy), the options and the class.
+
+    Raises:
+        InputError: inputs :func:`connect` refuses, fewer than ``least``, or a target that is
+            not one class of the classifier.
+        OptionsError: an invalid option.
+        LayerError: as in :func:`connect`.
+
+    Warns:
+        UserWarning: naming the inputs the classifier does not put in ``target``.
+    """
+    points = as_inputs(inputs, "inputs")
+    if points.shape[0] < least:
+        raise InputError(
+            f"inputs holds {points.shape[0]} input(s); this takes at least {least} "
+            "(N, *input_shape)"
+        )
+    target = as_class(target)
+    if points.dim() == 4 and pixel_range is not None:
+        check_range(points, points, pixel_range, "pixel_range")
+    if layer == INPUT and points.dim() == 4 and pixel_range is not None:
+        values.setdefault("bounds", pixel_range)
+    options = kind.from_dict(values)
+    head, tail = split(classifier, layer, output=output)
+    head, tail = head.to(points.device), tail.to(points.device)
+    targets = torch.full((points.shape[0],), target, dtype=torch.long, device=points.device)
+    z, _ = encode_pairs(head, tail, points, points[:1], targets)
+    warn_outside_the_class(tail, z, target, options.chunk_size)
+    return z, tail, options, target
+
+
 def connect_all(
     classifier: nn.Module,
     layer: str,
@@ -346,19 +402,10 @@ def connect_all(
         OptionsError: an invalid path option, ``round_size`` or ``max_tries``.
         LayerError: as in :func:`connect`.
     """
-    points = as_inputs(inputs, "inputs")
-    target = as_class(target)
     check_graph_options(round_size, max_tries)
-    if points.dim() == 4 and pixel_range is not None:
-        check_range(points, points, pixel_range, "pixel_range")
-    if layer == INPUT and points.dim() == 4 and pixel_range is not None:
-        path_options.setdefault("bounds", pixel_range)
-    options = PathOptions.from_dict(path_options)
-    head, tail = split(classifier, layer, output=output)
-    head, tail = head.to(points.device), tail.to(points.device)
-    targets = torch.full((points.shape[0],), target, dtype=torch.long, device=points.device)
-    z, _ = encode_pairs(head, tail, points, points[:1], targets)
-    warn_outside_the_class(tail, z, target, options.chunk_size)
+    z, tail, options, target = class_points(
+        classifier, layer, inputs, target, PathOptions, path_options, output, pixel_range
+    )
 
     def decide(pairs: list[Pair]) -> list[PairRecord]:
         first = torch.tensor([i for i, _ in pairs], device=z.device)

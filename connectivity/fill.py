@@ -12,14 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from connectivity.api import as_class, as_inputs, encode_pairs, warn_outside_the_class
+from connectivity.api import class_points
 from connectivity.engine.checks import Certifier
 from connectivity.engine.decisions import PairRecord
 from connectivity.engine.options import SurfaceOptions
-from connectivity.engine.search import check_range, connect_points
-from connectivity.engine.split import INPUT, FrozenTail, split
+from connectivity.engine.search import connect_points
+from connectivity.engine.split import FrozenTail
 from connectivity.engine.surfaces import SurfaceRecord, fill_loops
-from connectivity.errors import InputError
 
 PATH_VERDICTS = ("linear", "nonlinear")
 NO_LOOP = "no-loop"
@@ -142,27 +141,14 @@ def fill_loop(
         NotPiecewiseLinearError, NotBoundedError: ``certify`` ``"exact"`` (``"bounds"``) with a
             tail it cannot check, before any work.
     """
-    points = as_inputs(inputs, "inputs")
-    if points.shape[0] < 3:
-        raise InputError(
-            f"inputs holds {points.shape[0]} input(s); a loop needs at least 3 (k, *input_shape)"
-        )
-    target = as_class(target)
-    images = points.dim() == 4
-    if images and pixel_range is not None:
-        check_range(points, points, pixel_range, "pixel_range")
-    if layer == INPUT and images and pixel_range is not None:
-        surface_options.setdefault("bounds", pixel_range)
-    options = SurfaceOptions.from_dict(surface_options)
-    head, tail = split(classifier, layer, output=output)
-    head, tail = head.to(points.device), tail.to(points.device)
-    k = points.shape[0]
-    targets = torch.full((k,), target, dtype=torch.long, device=points.device)
-    z, _ = encode_pairs(head, tail, points, points[:1], targets)
+    z, tail, options, target = class_points(
+        classifier, layer, inputs, target, SurfaceOptions, surface_options, output, pixel_range, 3
+    )
+    k = z.shape[0]
+    targets = torch.full((k,), target, dtype=torch.long, device=z.device)
     frozen = FrozenTail(copy.deepcopy(tail)).to(z.device)
     # certify="exact"/"bounds" on a tail it cannot check fails here, before any work.
     certifier = Certifier.for_tail(frozen, options, z[:1])
-    warn_outside_the_class(frozen, z, target, options.chunk_size)
     _warn_degenerate(z)
     sides = connect_points(frozen, z, z.roll(-1, dims=0), targets, options)
     if any(r.verdict not in PATH_VERDICTS for r in sides):

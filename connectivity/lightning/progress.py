@@ -43,6 +43,26 @@ def line_check_words(module: PathModule) -> str:
     return words
 
 
+def step_bar(
+    owner: TQDMProgressBar, desc: str, total: int | None, initial: int, idle: bool, form: str
+) -> Tqdm:
+    """A bar of optimisation steps (a band's, a membrane's): made with its own description,
+    total and start, so no generic "Training" or "Epoch 0" bar shows first; cleared when done;
+    hidden where ``idle`` (nothing to optimise)."""
+    return Tqdm(
+        desc=desc,
+        total=total,
+        initial=initial,
+        position=2 * owner.process_position,
+        disable=owner.is_disabled or idle,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stdout,
+        smoothing=0,
+        bar_format=form,
+    )
+
+
 class BandProgressBar(TQDMProgressBar):
     """Progress of one space's band, as a person follows it.
 
@@ -73,20 +93,14 @@ class BandProgressBar(TQDMProgressBar):
         super().on_train_start(trainer, pl_module)
 
     def init_train_tqdm(self) -> Tqdm:
-        # Made with its own description, total and start, so no generic "Training" or
-        # "Epoch 0" bar shows first.
         module = self._module
-        return Tqdm(
-            desc=f"{module.space} band",
-            total=module.options.steps,
-            initial=getattr(module, "resumed_at", 0),
-            position=2 * self.process_position,
-            disable=self.is_disabled or not self._band_runs,
-            leave=False,
-            dynamic_ncols=True,
-            file=sys.stdout,
-            smoothing=0,
-            bar_format=self.BAR_FORMAT,
+        return step_bar(
+            self,
+            f"{module.space} band",
+            module.options.steps,
+            getattr(module, "resumed_at", 0),
+            not self._band_runs,
+            self.BAR_FORMAT,
         )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -154,17 +168,8 @@ class MembraneProgressBar(TQDMProgressBar):
         super().on_train_start(trainer, pl_module)
 
     def init_train_tqdm(self) -> Tqdm:
-        return Tqdm(
-            desc=f"{self._module.space} membrane",
-            total=None,
-            position=2 * self.process_position,
-            disable=self.is_disabled or not self._runs,
-            leave=False,
-            dynamic_ncols=True,
-            file=sys.stdout,
-            smoothing=0,
-            bar_format=self.BAR_FORMAT,
-        )
+        space = self._module.space
+        return step_bar(self, f"{space} membrane", None, 0, not self._runs, self.BAR_FORMAT)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pass  # one bar, made at the start of training

@@ -46,6 +46,7 @@ from connectivity.runs.paths import (
     options_in_space,
 )
 from connectivity.runs.trainer import (
+    RecordWriter,
     check_checkpoint_every,
     check_trainer_arguments,
     fit_pairs,
@@ -230,13 +231,12 @@ class SpaceSurfaceModule(SurfaceModule):
         return stack_images(self.dataset, list(loop.indices))[0]
 
 
-class LoopRecordWriter(L.Callback):
-    """Saves each loop's record the moment the module decides it (atomically, one file each)."""
+class LoopRecordWriter(RecordWriter):
+    """Saves each loop's record the moment the module decides it (atomically, one file each),
+    with its domain and plane maps; at the hooks of :class:`RecordWriter`."""
 
-    def __init__(self, store: SurfaceStore) -> None:
-        self.store = store
-
-    def _flush(self, module: SpaceSurfaceModule) -> None:
+    def _flush(self, module: L.LightningModule) -> None:
+        assert isinstance(module, SpaceSurfaceModule) and isinstance(self.store, SurfaceStore)
         for loop, record in module.decided:
             sides = [loop.id * len(loop.indices) + i for i in range(len(loop.indices))]
             payload = {**asdict(loop), "sides": sides}
@@ -244,24 +244,6 @@ class LoopRecordWriter(L.Callback):
             maps = module.domain_maps(record)
             self.store.save_loop(module.space, payload, record, images, maps)
         module.decided.clear()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert isinstance(pl_module, SpaceSurfaceModule)
-        self._flush(pl_module)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        assert isinstance(pl_module, SpaceSurfaceModule)
-        self._flush(pl_module)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert isinstance(pl_module, SpaceSurfaceModule)
-        self._flush(pl_module)
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        assert isinstance(pl_module, SpaceSurfaceModule)
-        self._flush(pl_module)
 
 
 def fit_loops(

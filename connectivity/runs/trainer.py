@@ -151,31 +151,29 @@ class RecordWriter(L.Callback):
     def __init__(self, store: RunStore) -> None:
         self.store = store
 
-    def _flush(self, module: RecordedModule) -> None:
+    def _flush(self, module: L.LightningModule) -> None:
+        """Save the records the module queued since the last flush."""
+        assert isinstance(module, RecordedModule)
         for row, record in module.decided:
             pair = module.rows[row]
             self.store.save(module.space, pair, record, module.end_images(pair))
         module.decided.clear()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert isinstance(pl_module, RecordedModule)
         self._flush(pl_module)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
-        assert isinstance(pl_module, RecordedModule)
         self._flush(pl_module)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        assert isinstance(pl_module, RecordedModule)
         self._flush(pl_module)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         # Lightning ends the process after an interrupt: say what is kept, and how to go on.
-        assert isinstance(pl_module, RecordedModule)
         self._flush(pl_module)
-        if isinstance(exception, KeyboardInterrupt):
+        if isinstance(pl_module, RecordedModule) and isinstance(exception, KeyboardInterrupt):
             done = len(self.store.done(pl_module.space))
             print(
                 f"\n{pl_module.space}: interrupted. {done} decided pairs of this space are saved "
