@@ -219,7 +219,10 @@ def report(
     if kind == "surfaces":
         with quiet_library_output():
             write_surface_report(
-                SurfaceStore(folder), wandb=wandb or WandbOptions(), figures=figures
+                SurfaceStore(folder),
+                wandb=wandb or WandbOptions(),
+                figures=figures,
+                decoders=decoders,
             )
         return
     with quiet_library_output():

@@ -232,3 +232,48 @@ def _domain_classes(
     u = np.linspace(corners[:, 0].min(), corners[:, 0].max(), width)
     v = np.linspace(corners[:, 1].min(), corners[:, 1].max(), height)
     return found, _pixel_extent(u, v)
+
+
+def _as_picture(image: Tensor) -> np.ndarray:
+    """``(C, H, W)`` in [0, 1] as what ``imshow`` takes (grey for one channel)."""
+    picture = image.detach().float().clamp(0, 1).cpu()
+    if picture.shape[0] == 1:
+        return picture[0].numpy()
+    return picture.permute(1, 2, 0).numpy()
+
+
+def surface_images_figure(
+    flat: Tensor,
+    surface: Tensor,
+    flat_classes: Tensor,
+    surface_classes: Tensor,
+    class_names: list[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """Images along a surface: the same places of its parameter domain (a strip from input 0
+    through the domain's centre to the opposite side) on the flat fill (top row) and on the
+    relaxed surface (bottom row), each with the class predicted there.
+
+    Args:
+        flat: ``(n, C, H, W)`` images in [0, 1] (the points themselves in the input space, or
+            decoded) at the strip's vertices of the flat fill.
+        surface: The same at the relaxed surface's vertices.
+        flat_classes, surface_classes: ``(n,)`` the classes predicted there.
+        class_names: Names of the classes.
+        title: The figure's title.
+    """
+    count = flat.shape[0]
+    fig = Figure(figsize=(1.1 * count + 0.8, 2.9), layout="constrained")
+    axes = fig.subplots(2, count, squeeze=False)
+    for row, (images, classes, name) in enumerate(
+        ((flat, flat_classes, "flat fill"), (surface, surface_classes, "surface"))
+    ):
+        for k in range(count):
+            ax = axes[row, k]
+            ax.imshow(_as_picture(images[k]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(_class_name(class_names, int(classes[k])), fontsize=SMALL_PT)
+        axes[row, 0].set_ylabel(name, fontsize=TEXT_PT)
+    fig.suptitle(title, fontsize=TITLE_PT)
+    return fig

@@ -12,8 +12,12 @@ from typing import Any
 import torch
 
 from connectivity.maps import PlaneMap
-from connectivity.reporting.drawing import check_figures
-from connectivity.reporting.surface_figures import plane_map_figure, surface_domain_figure
+from connectivity.reporting.drawing import check_figures, load_decoders, points_as_images
+from connectivity.reporting.surface_figures import (
+    plane_map_figure,
+    surface_domain_figure,
+    surface_images_figure,
+)
 from connectivity.reporting.surface_tables import loops_csv, surfaces_csv, surfaces_markdown
 from connectivity.reporting.wandb_log import (
     WandbOptions,
@@ -25,8 +29,17 @@ from connectivity.reporting.wandb_log import (
 from connectivity.store.surfaces import SurfaceStore, loop_figure_name
 
 
-def _draw(store: SurfaceStore, space: str, record: dict[str, Any], names: list[str]) -> Path | None:
-    """The loop's figure (None where its record holds no domain maps: an open loop)."""
+def _draw(
+    store: SurfaceStore,
+    space: str,
+    record: dict[str, Any],
+    names: list[str],
+    decoders: dict[str, Any],
+) -> Path | None:
+    """The loop's figures: its domain before and after relaxation, the plane through its first
+    three inputs, and images along the surface where its points are images or ``decoders``
+    decode them; the first figure's file (None where the record holds no domain maps: an open
+    loop)."""
     before, after = record.get("domain_before"), record.get("domain_after")
     if before is None or after is None:
         return None
@@ -41,6 +54,20 @@ def _draw(store: SurfaceStore, space: str, record: dict[str, Any], names: list[s
     _save(store, name, figure)
     if record.get("plane_classes") is not None:
         _save(store, name.replace(".png", "_plane.png"), _plane_figure(space, record, names))
+    strip = record.get("strip")
+    if strip is not None:
+        flat = points_as_images(space, record["flat"][strip], decoders)
+        surface = points_as_images(space, record["points"][strip], decoders)
+        if flat is not None and surface is not None and flat.dim() == 4:
+            figure = surface_images_figure(
+                flat,
+                surface,
+                record["strip_flat"],
+                record["strip_surface"],
+                names,
+                f"{space}, loop {loop['id']}: images from input 0 across the surface",
+            )
+            _save(store, name.replace(".png", "_images.png"), figure)
     return store.path(name)
 
 
@@ -71,10 +98,14 @@ def _plane_figure(space: str, record: dict[str, Any], names: list[str]) -> Any:
 
 
 def write_surface_report(
-    store: SurfaceStore, wandb: WandbOptions | None = None, figures: str = "auto"
+    store: SurfaceStore,
+    wandb: WandbOptions | None = None,
+    figures: str = "auto",
+    decoders: dict[str, str] | None = None,
 ) -> str:
     """Write the tables and figures of a surfaces run from its records; log them to W&B if
-    asked (once per folder, as path runs do).
+    asked (once per folder, as path runs do). ``decoders`` (``{space: checkpoint}``, default
+    the run's own) show latent surfaces as images.
 
     Returns:
         The surfaces table as Markdown (also printed).
@@ -101,10 +132,11 @@ def write_surface_report(
     store.save_text("loops.csv", loops_csv(by_space))
     print(f"\n{markdown}\nRun folder: {store.folder}", flush=True)
     drawn: dict[str, Path] = {}
+    shown = load_decoders(decoders or store.decoders(), manifest.get("classifier"))
     if figures != "none":
         for space, records in by_space.items():
             for record in records:
-                file = _draw(store, space, record, names)
+                file = _draw(store, space, record, names, shown)
                 if file is not None:
                     drawn[f"{space}/loop_{int(record['loop']['id']):04d}"] = file
     run_id = report_run_id(store, wandb) if wandb is not None and wandb.enabled else None

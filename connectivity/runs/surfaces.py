@@ -34,7 +34,7 @@ from connectivity.errors import ConnectivityError, InputError
 from connectivity.fill import PATH_VERDICTS, loop_from_sides, open_loop_record
 from connectivity.lightning.progress import MembraneProgressBar
 from connectivity.lightning.surface_module import SurfaceModule
-from connectivity.reporting.drawing import check_figures
+from connectivity.reporting.drawing import check_figures, load_decoders
 from connectivity.reporting.surface_report import write_surface_report
 from connectivity.reporting.wandb_log import WandbOptions, paths_logger
 from connectivity.runs.loops import Loop, LoopSampling, loop_sides, select_loops
@@ -56,6 +56,8 @@ from connectivity.store.surfaces import SurfaceStore, sides_key
 
 # Grid points per axis of a loop's domain maps (its figure): 48 x 48 points of the surface.
 DOMAIN_RESOLUTION = 48
+# Places of the strip of images along a surface (vertices nearest to them, repeats dropped).
+STRIP_POINTS = 7
 
 
 @dataclass
@@ -204,7 +206,25 @@ class SpaceSurfaceModule(SurfaceModule):
                 chunk_size=self.options.chunk_size,
             )
             maps[name] = found.classes.to(torch.int16)
-        return {**maps, **self._plane(record)}
+        return {**maps, **self._plane(record), **self._strip(record)}
+
+    def _strip(self, record: SurfaceRecord) -> dict[str, Tensor]:
+        """The vertices along a strip of the surface's domain (from input 0 through the
+        centre to the opposite side, :data:`STRIP_POINTS` places) and the classes predicted
+        there on the flat fill and on the surface, for the images along the surface."""
+        uv = record.uv.double()
+        start = uv[record.corners[0]]
+        places = torch.linspace(0.0, 2.0, STRIP_POINTS, dtype=torch.float64).unsqueeze(1)
+        wanted = start * (1 - places)  # input 0, the centre (0, 0), then beyond it
+        vertices = torch.cdist(wanted, uv).argmin(dim=1)
+        vertices = vertices[
+            torch.cat([torch.ones(1, dtype=torch.bool), vertices[1:] != vertices[:-1]])
+        ]
+        found = {"strip": vertices}
+        for name, points in (("strip_flat", record.flat), ("strip_surface", record.points)):
+            classes, _ = class_map(self.tail, points[vertices].to(self.device))
+            found[name] = classes.to(torch.int16)
+        return found
 
     def _plane(self, record: SurfaceRecord) -> dict[str, Tensor]:
         """The plane through the loop's first three inputs coloured by predicted class
@@ -289,10 +309,13 @@ def run_surfaces(
             any work or run folder.
     """
     check_trainer_arguments(trainer)
+    own_classifier = experiment.classifier if network is None else None
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
         split(network, space)
     check_decoders(experiment.decoders, experiment.spaces)
+    # Loaded once here, so that a decoder of another layer or classifier fails before any work.
+    load_decoders(experiment.decoders, own_classifier)
     dataset = data.dataset(experiment.loops.split)
     probe_spaces(network, experiment.spaces, dataset, experiment.surface)
     settings, probe = trainer_settings(trainer)
@@ -327,7 +350,12 @@ def run_surfaces(
     fit.strategy.barrier()
     if not fit.is_global_zero:
         return None
-    write_surface_report(store, wandb=wandb or WandbOptions(), figures=experiment.figures)
+    write_surface_report(
+        store,
+        wandb=wandb or WandbOptions(),
+        figures=experiment.figures,
+        decoders=experiment.decoders,
+    )
     return store
 
 

@@ -114,3 +114,24 @@ def test_the_domain_figure_draws_both_maps_with_the_loop() -> None:
     )
     fig = surface_domain_figure(wide, wide, square)
     assert np.allclose(fig.axes[0].images[0].get_extent(), (-0.2, 2.2, -0.1, 1.1))
+
+
+def test_images_along_a_surface_are_two_rows_with_their_classes() -> None:
+    import torch
+
+    from connectivity.reporting.surface_figures import surface_images_figure
+
+    flat, surface = torch.rand(5, 1, 8, 8), torch.rand(5, 3, 8, 8)
+    figure = surface_images_figure(
+        flat,
+        surface,
+        torch.tensor([1, 1, 8, 8, 1]),
+        torch.tensor([1, 1, 1, 1, 1]),
+        [str(k) for k in range(10)],
+        "images",
+    )
+    axes = figure.get_axes()
+    assert len(axes) == 10
+    assert [ax.get_title() for ax in axes[:5]] == ["1", "1", "8", "8", "1"]
+    assert axes[0].get_ylabel() == "flat fill" and axes[5].get_ylabel() == "surface"
+    assert axes[5].get_images()[0].get_array().shape == (8, 8, 3)

@@ -52,6 +52,11 @@ def test_a_surfaces_run_saves_each_loop_and_resumes_from_its_records(
         assert store.path(f"figures/flatten/loop_{loop['id']:04d}.png").is_file()
         assert store.path(f"figures/flatten/loop_{loop['id']:04d}_plane.png").is_file()
         assert record["plane_classes"].shape == (48, 48)
+        # The strip of images along the surface starts at input 0; a filled surface keeps the
+        # class at each of its vertices.
+        assert int(record["strip"][0]) == int(record["corners"][0])
+        if record["verdict"] in ("planar", "curved"):
+            assert bool((record["strip_surface"] == loop["label"]).all())
     table = store.path("surfaces.md").read_text()
     assert "Loops: 2 of 3 inputs" in table and "| flatten |" in table
     # Killed before the second loop was saved: the rerun fills it again, the same.
