@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from connectivity.cli.commands import report
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
 from connectivity.engine.options import SurfaceOptions
@@ -59,6 +60,12 @@ def test_a_surfaces_run_saves_each_loop_and_resumes_from_its_records(
             assert bool((record["strip_surface"] == loop["label"]).all())
     table = store.path("surfaces.md").read_text()
     assert "Loops: 2 of 3 inputs" in table and "| flatten |" in table
+    # `connectivity report` rebuilds the table and the figures from the records alone.
+    store.remove("surfaces.md")
+    store.remove("figures/flatten/loop_0000.png")
+    report(str(store.folder), wandb=NO_WANDB)
+    assert store.path("surfaces.md").read_text() == table
+    assert store.path("figures/flatten/loop_0000.png").is_file()
     # Killed before the second loop was saved: the rerun fills it again, the same.
     store.loop_path("flatten", 1).unlink()
     again = run_surfaces(experiment(digits_classifier, tmp_path, loops=loops), data, wandb=NO_WANDB)
