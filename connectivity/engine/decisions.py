@@ -124,6 +124,12 @@ class PairRecord:
     # Length of the symmetry nudge(s) the band got (0: none): a band that converged before it
     # moved, off the target, had every pivot displaced by this much (PathOptions.nudge).
     nudge: float = 0.0
+    # The energy barrier of the path (and of the line): the highest energy -log p(target) over
+    # its densely checked points above the higher of its two ends' energies (0 where an end is
+    # the highest point), a score of how hard the pair is to join (issue 23; with min_margin).
+    # NaN in records saved before it was kept (pair_barrier then reads it off the energies).
+    barrier: float = math.nan
+    line_barrier: float = math.nan
 
     def metrics(self) -> dict[str, float | int | str]:
         """The scalar part, for tables."""
@@ -525,9 +531,18 @@ def make_records(
                 path_probabilities=path_pivots[i].exp().cpu(),
                 line_energy=_pivot_rows(line_energy, per_segment)[i].cpu(),
                 path_energy=_pivot_rows(path_energy, per_segment)[i].cpu(),
+                barrier=energy_barrier(path_energy[i]),
+                line_barrier=energy_barrier(line_energy[i]),
             )
         )
     return records
+
+
+def energy_barrier(energy: Tensor) -> float:
+    """The barrier of a path whose energies at its points, in order, are ``energy`` ``(M,)``
+    (ends included): its highest energy above the higher of its two ends' (``>= 0``; NaN where
+    an energy is NaN)."""
+    return float(energy.max() - torch.maximum(energy[0], energy[-1]))
 
 
 def _check_bands(

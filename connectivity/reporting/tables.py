@@ -145,6 +145,8 @@ PAIR_COLUMNS = [
     "steps",
     "max_energy",
     "min_target_probability",
+    "barrier",
+    "line_barrier",
     "certificate_note",
     "min_margin",
     "line_min_margin",
@@ -180,7 +182,8 @@ def pair_rows(
     its indices, class, verdicts, the check they rest on (``certificate``: exact, bounds or
     sampled, and why sampled where ``auto`` or a proof's tolerance or budget chose it), how its
     search ended (``status``: linear, converged, certified, out_of_steps or diverged; empty for
-    records saved before there was one), the lowest margins, the linear pieces the exact check
+    records saved before there was one), the energy barriers of the path and the line
+    (:func:`pair_barrier`), the lowest margins, the linear pieces the exact check
     went through, the proved lower bounds of the margins (the exact minimum, or the bounds'
     bound) and the bounds' sub-intervals, and the stretches found off the target (points
     ``p-p`` for bounds), how far its path moved from the straight
@@ -208,6 +211,8 @@ def pair_rows(
                     record["steps"],
                     record["max_energy"],
                     record["min_target_probability"],
+                    pair_barrier(record, "path"),
+                    pair_barrier(record, "line"),
                     record.get("certificate_note", ""),
                     lowest_margin(record, "path"),
                     lowest_margin(record, "line"),
@@ -228,6 +233,20 @@ def pair_rows(
                 ]
             )
     return rows
+
+
+def pair_barrier(record: dict[str, Any], which: str) -> float:
+    """A saved record's energy barrier of its ``"path"`` or ``"line"``
+    (:func:`connectivity.engine.decisions.energy_barrier`): as kept, or for a record saved before
+    it was kept, read off its highest energy and its ends' energies (the same numbers: the ends
+    are among the densely checked points)."""
+    key = "barrier" if which == "path" else "line_barrier"
+    kept = record.get(key, math.nan)
+    if not math.isnan(kept):
+        return float(kept)
+    top = record["max_energy"] if which == "path" else record["line_max_energy"]
+    ends = record[f"{which}_energy"][[0, -1]]
+    return float(top - ends.max())
 
 
 def pairs_csv(
