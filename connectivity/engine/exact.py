@@ -1117,10 +1117,7 @@ def _run(
             in ``points`` (see :func:`_suspend`).
     """
     steps = program.steps
-    # Values die after their last use (a size read off a tensor lives as long as the size).
-    expiring: dict[int, list[fx.Node]] = {}
-    for step in steps:
-        expiring.setdefault(step.last_use, []).append(step.node)
+    expiring = _expiring(steps)
     output = None
     for i, step in enumerate(steps):
         if i < first:
@@ -1135,11 +1132,54 @@ def _run(
         for gone in expiring.get(i, []):
             points.values.pop(gone, None)
             points.dependent.discard(gone)
+    return _as_logits(output)
+
+
+def _expiring(steps: list[_Step]) -> dict[int, list[fx.Node]]:
+    """``{step index: the nodes whose value no later step reads}``: values die after their
+    last use (a size read off a tensor lives as long as the size)."""
+    expiring: dict[int, list[fx.Node]] = {}
+    for step in steps:
+        expiring.setdefault(step.last_use, []).append(step.node)
+    return expiring
+
+
+def _as_logits(output: Any) -> Tensor:
+    """The program's output as ``(P, classes)`` logits (``(P, classes, 1, 1)`` flattened).
+
+    Raises:
+        NotPiecewiseLinearError: the tail does not return one tensor.
+    """
     if not isinstance(output, Tensor):
         raise NotPiecewiseLinearError("the tail does not return one logits tensor")
     if output.dim() > 2 and all(size == 1 for size in output.shape[2:]):
         output = output.flatten(1)
     return output
+
+
+def _keep(points: Any, program: Program, i: int, result: Any) -> None:
+    """Keep step ``i``'s ``result`` at the points (``points``: the segments' :class:`_Points`
+    or the plane check's regions, each with ``values`` and ``dependent``): its value, whether
+    it depends on the points, and, after a step that added points (a kink, pair or pool),
+    the sizes read off values again.
+
+    Raises:
+        NotPiecewiseLinearError: a point-dependent step whose values are not floating point.
+    """
+    module, steps = program.module, program.steps
+    step = steps[i]
+    node = step.node
+    if step.kind not in (FIXED, SIZE) and not _floating(result):
+        raise NotPiecewiseLinearError(
+            f"the exact check needs a piecewise-linear tail, and "
+            f"{_operation_name(node, module)} (node {node.name}) gives values that are "
+            "not floating point"
+        )
+    points.values[node] = result
+    if step.kind != FIXED:
+        points.dependent.add(node)
+    if step.kind in (KINK, PAIR, POOL):
+        _refresh_sizes(points, steps, i, module)
 
 
 def _run_step(
@@ -1173,17 +1213,7 @@ def _run_step(
             result = _settle_pool(points, node, module)
         else:
             result = _execute(node, module, points.values)
-        if step.kind not in (FIXED, SIZE) and not _floating(result):
-            raise NotPiecewiseLinearError(
-                f"the exact check needs a piecewise-linear tail, and "
-                f"{_operation_name(node, module)} (node {node.name}) gives values that are "
-                "not floating point"
-            )
-        points.values[node] = result
-        if step.kind != FIXED:
-            points.dependent.add(node)
-        if step.kind in (KINK, PAIR, POOL):
-            _refresh_sizes(points, steps, i, module)
+        _keep(points, program, i, result)
     return output
 
 

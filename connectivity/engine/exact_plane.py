@@ -61,7 +61,6 @@ from torch import Tensor, fx, nn
 
 from connectivity.engine.exact import (
     _POOL_EPSILONS,
-    FIXED,
     INPUT,
     KINK,
     MAX_VALUES,
@@ -70,15 +69,16 @@ from connectivity.engine.exact import (
     OUTPUT,
     PAIR,
     POOL,
-    SIZE,
     TOLERANCE_EPSILONS,
     NotPiecewiseLinearError,
     Program,
     UnreliableExactCheckError,
+    _as_logits,
     _execute,
     _execute_argument,
-    _floating,
+    _expiring,
     _forward,
+    _keep,
     _operation_name,
     _pool_dimensions,
     _pool_with_indices,
@@ -581,9 +581,7 @@ def _run(
             vertices that did not fit).
     """
     steps = program.steps
-    expiring: dict[int, list[fx.Node]] = {}
-    for step in steps:
-        expiring.setdefault(step.last_use, []).append(step.node)
+    expiring = _expiring(steps)
     output = None
     for i, step in enumerate(steps):
         if i < first:
@@ -600,16 +598,12 @@ def _run(
             plane.dependent.discard(gone)
         if plane.points == 0:
             return None
-    if not isinstance(output, Tensor):
-        raise NotPiecewiseLinearError("the tail does not return one logits tensor")
-    if output.dim() > 2 and all(size == 1 for size in output.shape[2:]):
-        output = output.flatten(1)
-    return output
+    return _as_logits(output)
 
 
 def _run_step(program: Program, plane: _Plane, i: int, corners: Tensor, generator: Any) -> Any:
     """Step ``i`` of the program on the vertices; the output at the OUTPUT step."""
-    module, step = program.module, program.steps[i]
+    step = program.steps[i]
     node = step.node
     if step.kind == INPUT:
         x = _points_at(corners, plane.owner, plane.bary)
@@ -621,19 +615,8 @@ def _run_step(program: Program, plane: _Plane, i: int, corners: Tensor, generato
     if step.kind == NO_OP:
         plane.values[node] = None  # an assertion: nothing to compute at the points
         return None
-    result = _cut_and_execute(program, plane, step, generator)
-    if step.kind not in (FIXED, SIZE) and not _floating(result):
-        raise NotPiecewiseLinearError(
-            f"the exact check needs a piecewise-linear tail, and "
-            f"{_operation_name(node, module)} (node {node.name}) gives values that are "
-            "not floating point"
-        )
-    plane.values[node] = result
-    if step.kind != FIXED:
-        plane.dependent.add(node)
-    if step.kind in (KINK, PAIR, POOL):
-        # the vertices grew: sizes read off the values are read again (duck-typed points)
-        _refresh_sizes(plane, program.steps, i, module)  # type: ignore[arg-type]
+    # the vertices grow at cuts: _keep reads sizes off the values again (duck-typed points)
+    _keep(plane, program, i, _cut_and_execute(program, plane, step, generator))
     return None
 
 
