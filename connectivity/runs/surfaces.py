@@ -12,14 +12,12 @@ result). Rank zero then writes the tables and figures
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ProgressBar
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -49,6 +47,7 @@ from connectivity.runs.trainer import (
     RecordWriter,
     check_checkpoint_every,
     check_trainer_arguments,
+    fit_module,
     fit_pairs,
     trainer_settings,
 )
@@ -270,18 +269,7 @@ def fit_loops(
     module: SpaceSurfaceModule, settings: dict[str, Any], store: SurfaceStore
 ) -> L.Trainer:
     """Fill a module's loops in one fit, each record saved the moment it is decided."""
-    callbacks = [*settings["callbacks"], LoopRecordWriter(store)]
-    if settings.get("enable_progress_bar", True) and not any(
-        isinstance(c, ProgressBar) for c in callbacks
-    ):
-        callbacks.append(MembraneProgressBar())
-    fit = L.Trainer(**{**settings, "callbacks": callbacks})
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
-        # Every loop of this rank decided by its flat fill: no membrane, nothing to optimise.
-        warnings.filterwarnings("ignore", message=r".*configure_optimizers.* returned .None.")
-        fit.fit(module)
-    return fit
+    return fit_module(module, settings, [LoopRecordWriter(store)], MembraneProgressBar())
 
 
 def run_surfaces(

@@ -205,18 +205,32 @@ def fit_pairs(
     Returns:
         The Trainer of the fit (its strategy still up, for a barrier).
     """
-    callbacks = [
-        *settings["callbacks"],
-        RecordWriter(store),
-        BandCheckpoint(checkpoints, checkpoint_every),
-    ]
+    ours = [RecordWriter(store), BandCheckpoint(checkpoints, checkpoint_every)]
+    return fit_module(module, settings, ours, BandProgressBar())
+
+
+def fit_module(
+    module: L.LightningModule,
+    settings: dict[str, Any],
+    callbacks: list[L.Callback],
+    bar: ProgressBar,
+) -> L.Trainer:
+    """One fit of a run's module (a space's pairs or loops) with the run's ``callbacks`` after
+    the user's, and ``bar`` where the progress bar is on and the user gave none.
+
+    Returns:
+        The Trainer of the fit (its strategy still up, for a barrier).
+    """
+    callbacks = [*settings["callbacks"], *callbacks]
     if settings.get("enable_progress_bar", True) and not any(
         isinstance(c, ProgressBar) for c in callbacks
     ):
-        callbacks.append(BandProgressBar())
+        callbacks.append(bar)
     fit = L.Trainer(**{**settings, "callbacks": callbacks})
     with warnings.catch_warnings():
         # The frozen head and tail stay in eval mode on purpose.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+        # A surfaces rank whose loops its flat fills all decided has nothing to optimise.
+        warnings.filterwarnings("ignore", message=r".*configure_optimizers.* returned .None.")
         fit.fit(module)
     return fit
