@@ -110,19 +110,23 @@ def _own_hyperparameters() -> Iterator[None]:
         _given_hyperparameters.reset(token)
 
 
-def load_lightning_module(
+def build_lightning_module(
     cls: type[ModuleT], path: str | Path, **overrides: Any
-) -> tuple[ModuleT, dict[str, Any]]:
-    """Rebuild a LightningModule of class ``cls`` from its checkpoint in one call.
+) -> tuple[ModuleT, dict[str, Any], dict[str, Any]]:
+    """Build a LightningModule of class ``cls`` from the hyperparameters saved in its
+    checkpoint, with freshly initialised weights (the saved ones are not loaded).
 
     Args:
         cls: The module class; its ``__init__`` takes the saved hyperparameters.
         path: The ``.ckpt`` file.
         **overrides: Hyperparameters replaced at construction (for example ``weights=None`` so
-            that no pretrained weights are downloaded before the saved ones are loaded).
+            that no pretrained weights are downloaded).
 
     Returns:
-        The module in eval mode with the saved weights, and the saved hyperparameters.
+        The new module, the saved hyperparameters, and the checkpoint as loaded.
+
+    Raises:
+        CheckpointError: The file is not a Lightning checkpoint of a ``cls``.
     """
     checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(
@@ -140,6 +144,27 @@ def load_lightning_module(
         raise CheckpointError(
             f"{path} was saved by another kind of module, not a {cls.__name__} ({error})"
         ) from error
+    return module, hparams, checkpoint
+
+
+def load_lightning_module(
+    cls: type[ModuleT], path: str | Path, **overrides: Any
+) -> tuple[ModuleT, dict[str, Any]]:
+    """Rebuild a LightningModule of class ``cls`` from its checkpoint in one call.
+
+    Args:
+        cls: The module class; its ``__init__`` takes the saved hyperparameters.
+        path: The ``.ckpt`` file.
+        **overrides: Hyperparameters replaced at construction (for example ``weights=None`` so
+            that no pretrained weights are downloaded before the saved ones are loaded).
+
+    Returns:
+        The module in eval mode with the saved weights, and the saved hyperparameters.
+
+    Raises:
+        CheckpointError: see :func:`build_lightning_module`; weights that do not fit.
+    """
+    module, hparams, checkpoint = build_lightning_module(cls, path, **overrides)
     load_state(module, checkpoint["state_dict"], path)
     # The module's own hook reads what it saved beside its weights, as Lightning's loading does.
     module.on_load_checkpoint(checkpoint)

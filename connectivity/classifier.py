@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from connectivity.checkpoints import (
     CheckpointError,
     best_and_last,
+    build_lightning_module,
     load_file,
     load_lightning_module,
     load_state,
@@ -172,6 +173,14 @@ class ClassifierModule(L.LightningModule):
         """Load a trained classifier (eval mode, on the CPU) without downloading anything."""
         module, _ = load_lightning_module(cls, path, weights=None)
         return module
+
+    @classmethod
+    def untrained_like(cls, path: str | Path) -> ClassifierModule:
+        """The architecture of a saved classifier with freshly initialised weights, as its
+        constructor draws them from the global random state (no pretrained weights, nothing
+        downloaded), in eval mode on the CPU."""
+        module, _, _ = build_lightning_module(cls, path, weights=None)
+        return module.eval()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)

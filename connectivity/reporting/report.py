@@ -15,6 +15,14 @@ from typing import Any
 
 from torch import Tensor
 
+from connectivity.reporting.baselines import (
+    baseline_keys,
+    baseline_records,
+    comparison,
+    comparison_markdown,
+    comparison_rows,
+    record_groups,
+)
 from connectivity.reporting.drawing import (
     check_figures,
     draw_figures,
@@ -22,7 +30,13 @@ from connectivity.reporting.drawing import (
     points_as_images,
 )
 from connectivity.reporting.gallery import gallery_pages
-from connectivity.reporting.tables import pairs_csv, table_csv, table_markdown, verdict_table
+from connectivity.reporting.tables import (
+    csv_text,
+    pairs_csv,
+    table_csv,
+    table_markdown,
+    verdict_table,
+)
 from connectivity.reporting.wandb_log import (
     WandbOptions,
     log_paths_report,
@@ -87,18 +101,27 @@ def write_report(
     missing = {s: len(manifest["pairs"]) - len(rs) for s, rs in by_space.items()}
     table = verdict_table(by_space)
     markdown = table_markdown(table, len(manifest["pairs"]))
+    baselines = baseline_records(store)
+    for key, (_, _, asked) in baseline_keys(manifest).items():
+        missing[key] = asked - len(baselines[key])
     if any(missing.values()):
         markdown += (
             "\nNot yet decided (rerun the same config to finish): "
             + ", ".join(f"{s}: {n}" for s, n in missing.items() if n)
             + "\n"
         )
+    summaries = {}
+    if baselines:
+        compared = comparison(record_groups(manifest, by_space, baselines))
+        markdown += "\n" + comparison_markdown(compared)
+        summaries["baselines"] = comparison_rows(compared)
+        store.save_text("baselines.csv", csv_text(*summaries["baselines"]))
     store.save_text("table.md", markdown)
     store.save_text("table.csv", table_csv(table))
     print(f"\n{markdown}\nRun folder: {store.folder}", flush=True)
 
     drawn = draw_figures(store, by_space, decoders or {}, figures)
-    store.save_text("pairs.csv", pairs_csv(by_space, class_names, drawn))
+    store.save_text("pairs.csv", pairs_csv({**by_space, **baselines}, class_names, drawn))
     run_id = report_run_id(store, wandb) if wandb is not None and wandb.enabled else None
     if run_id is not None:
         assert wandb is not None
@@ -108,7 +131,7 @@ def write_report(
             key: store.path(figure_name(*key)) for key in drawn
         }
         with run_folder_environment(store.folder):
-            log_paths_report(store, run_id, table, by_space, figure_files, shown, wandb)
+            log_paths_report(store, run_id, table, by_space, figure_files, shown, wandb, summaries)
     # Always: the pages link only the figures whose files exist, whichever were drawn.
     for page, text in gallery_pages(by_space, manifest, store.folder, markdown).items():
         store.save_text(page, text)

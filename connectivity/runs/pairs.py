@@ -3,6 +3,7 @@ closest calls (pairs whose straight lines come nearest to leaving their class)."
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -103,33 +104,41 @@ def select_pairs(
     sampling: PairSampling,
     class_names: list[str],
     device: str = "cpu",
+    predicted: bool = False,
 ) -> list[Pair]:
     """Same-class pairs, drawn with a seed or given explicitly; identical on every rank.
 
     ``network`` is only read: predictions come from an eval-mode copy of it.
+
+    Args:
+        network: The classifier (logits of images in [0, 1]).
+        dataset: The split pairs are drawn from.
+        sampling: How to draw them.
+        class_names: Names of the classes, for messages.
+        device: Where predictions are computed.
+        predicted: Classes are ``network``'s predictions, not the dataset's labels (an
+            untrained network's pairs): every item is usable, and pairs of ``indices`` whose
+            ends it puts in different classes are left out (the count is printed).
+
+    Raises:
+        PairError: pairs out of range or of different classes, or too few pairs.
     """
     size = len(dataset)  # type: ignore[arg-type]
-    if sampling.indices is not None:
-        pairs = []
-        for k, (i, j) in enumerate(sampling.indices):
-            if not (0 <= i < size and 0 <= j < size):
-                raise PairError(f"pair {k} ({i}, {j}) is out of range: the split has {size} items")
-            a, b = int(dataset[i][1]), int(dataset[j][1])
-            if a != b:
-                raise PairError(
-                    f"pair {k} ({i}, {j}) joins different labels: {class_names[a]!r} ({a}) and "
-                    f"{class_names[b]!r} ({b}); both ends must share a class"
-                )
-            pairs.append(Pair(k, int(i), int(j), a))
-        return pairs
-    if sampling.correctly_classified or sampling.closest_of is not None:
+    if predicted:  # every item is in the class it is put in
+        sampling = dataclasses.replace(sampling, correctly_classified=False)
+    if predicted or (
+        sampling.indices is None
+        and (sampling.correctly_classified or sampling.closest_of is not None)
+    ):
         network = working_copy(network).to(device)
+    if sampling.indices is not None:
+        return _given_pairs(network, dataset, sampling, class_names, device, predicted)
     if sampling.closest_of is not None:
-        return _closest_calls(network, dataset, sampling, device)
+        return _closest_calls(network, dataset, sampling, device, predicted)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(sampling.seed)).tolist()
     waiting: dict[int, int] = {}
     pairs = []
-    for index, label in _usable(network, dataset, order, sampling, device):
+    for index, label in _usable(network, dataset, order, sampling, device, predicted):
         if label in waiting:
             pairs.append(Pair(len(pairs), waiting.pop(label), index, label))
             if len(pairs) == sampling.count:
@@ -143,14 +152,68 @@ def select_pairs(
     )
 
 
+def _given_pairs(
+    network: nn.Module,
+    dataset: Dataset,
+    sampling: PairSampling,
+    class_names: list[str],
+    device: str,
+    predicted: bool,
+) -> list[Pair]:
+    """The pairs of ``sampling.indices``, checked (see :func:`select_pairs`)."""
+    assert sampling.indices is not None
+    size = len(dataset)  # type: ignore[arg-type]
+    for k, (i, j) in enumerate(sampling.indices):
+        if not (0 <= i < size and 0 <= j < size):
+            raise PairError(f"pair {k} ({i}, {j}) is out of range: the split has {size} items")
+    if not predicted:
+        pairs = []
+        for k, (i, j) in enumerate(sampling.indices):
+            a, b = int(dataset[i][1]), int(dataset[j][1])
+            if a != b:
+                raise PairError(
+                    f"pair {k} ({i}, {j}) joins different labels: {class_names[a]!r} ({a}) and "
+                    f"{class_names[b]!r} ({b}); both ends must share a class"
+                )
+            pairs.append(Pair(k, int(i), int(j), a))
+        return pairs
+    starts = predicted_classes([network], dataset, [i for i, _ in sampling.indices], device)[0]
+    ends = predicted_classes([network], dataset, [j for _, j in sampling.indices], device)[0]
+    kept = [
+        (i, j, a) for (i, j), a, b in zip(sampling.indices, starts, ends, strict=True) if a == b
+    ]
+    if not kept:
+        raise PairError(
+            f"the network puts the two ends of each of the {len(sampling.indices)} pairs of "
+            "pairs.indices in different classes; draw pairs instead (leave pairs.indices out)"
+        )
+    if len(kept) < len(sampling.indices) and rank_zero_only.rank == 0:
+        print(
+            f"pairs: {len(sampling.indices) - len(kept)} of the {len(sampling.indices)} pairs of "
+            "pairs.indices are left out: the network puts their ends in different classes",
+            flush=True,
+        )
+    return [Pair(k, i, j, label) for k, (i, j, label) in enumerate(kept)]
+
+
 def _usable(
-    network: nn.Module, dataset: Dataset, order: list[int], sampling: PairSampling, device: str
+    network: nn.Module,
+    dataset: Dataset,
+    order: list[int],
+    sampling: PairSampling,
+    device: str,
+    predicted: bool = False,
 ) -> Iterator[tuple[int, int]]:
-    """``(dataset index, label)`` of the items in ``order`` that pairs may be drawn from (the
+    """``(dataset index, class)`` of the items in ``order`` that pairs may be drawn from (the
     correctly classified ones, when ``sampling`` asks for them), predicted 256 at a time as
-    they are asked for: a draw that stops early predicts no more."""
+    they are asked for: a draw that stops early predicts no more. With ``predicted``, every
+    item, in the class ``network`` puts it in."""
     for first in range(0, len(order), 256):
         indices = order[first : first + 256]
+        if predicted:
+            (guesses,) = predicted_classes([network], dataset, indices, device)
+            yield from zip(indices, guesses, strict=True)
+            continue
         labels = [int(dataset[i][1]) for i in indices]
         keep = [True] * len(indices)
         if sampling.correctly_classified:
@@ -160,12 +223,12 @@ def _usable(
 
 
 def _usable_items(
-    network: nn.Module, dataset: Dataset, sampling: PairSampling, device: str
+    network: nn.Module, dataset: Dataset, sampling: PairSampling, device: str, predicted: bool
 ) -> dict[int, list[int]]:
     """``{label: [dataset index, ...]}`` of the items pairs may be drawn from."""
     by_label: dict[int, list[int]] = {}
     everything = list(range(len(dataset)))  # type: ignore[arg-type]
-    for index, label in _usable(network, dataset, everything, sampling, device):
+    for index, label in _usable(network, dataset, everything, sampling, device, predicted):
         by_label.setdefault(label, []).append(index)
     return by_label
 
@@ -190,12 +253,12 @@ def line_margins(
 
 
 def _closest_calls(
-    network: nn.Module, dataset: Dataset, sampling: PairSampling, device: str
+    network: nn.Module, dataset: Dataset, sampling: PairSampling, device: str, predicted: bool
 ) -> list[Pair]:
     """``sampling.count`` of ``sampling.closest_of`` random same-class pairs: those whose lines
     come closest to leaving their class (see :class:`PairSampling`), in the order drawn."""
     assert sampling.closest_of is not None
-    by_label = _usable_items(network, dataset, sampling, device)
+    by_label = _usable_items(network, dataset, sampling, device, predicted)
     weights = {label: len(v) * (len(v) - 1) // 2 for label, v in by_label.items()}
     available = sum(weights.values())
     if available < sampling.closest_of:

@@ -32,6 +32,7 @@ from connectivity.lightning.path_module import PathModule
 from connectivity.reporting.drawing import check_figures, load_decoders
 from connectivity.reporting.report import write_report
 from connectivity.reporting.wandb_log import WandbOptions, paths_logger
+from connectivity.runs.baselines import baseline_manifest, check_baseline, untrained_baselines
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.pairs import PairSampling, select_pairs
 from connectivity.runs.takeover import SavedState, take_over
@@ -41,7 +42,7 @@ from connectivity.runs.trainer import (
     fit_pairs,
     trainer_settings,
 )
-from connectivity.store.records import Pair, RunStore
+from connectivity.store.records import Pair, RunStore, untrained_key
 
 
 def options_in_space(options: PathOptions, space: str) -> PathOptions:
@@ -110,6 +111,7 @@ class SpacePathModule(PathModule):
         options = options_in_space(options, space)
         super().__init__(tail, options=options, space=space if key is None else key)
         self.head = Frozen(head)
+        self.point_space = space  # ``space`` is the records' key
         self.all_pairs = pairs
         self.dataset = dataset
         self.store = store
@@ -165,7 +167,7 @@ class SpacePathModule(PathModule):
     def end_images(self, pair: Pair) -> Tensor | None:
         """``(2, C, H, W)``: the pair's two inputs, kept with its record in a latent space,
         whose points are not images, for its figure; None in the input space."""
-        if self.space == INPUT:
+        if self.point_space == INPUT:
             return None
         return stack_images(self.dataset, [pair.start_index, pair.end_index])[0]
 
@@ -263,6 +265,13 @@ class Experiment:
             diverged pair, and the 3 linear pairs closest to a boundary, per space), ``all`` or
             ``none``; only missing or stale ones are drawn. Not part of the experiment: a rerun
             with another value only draws.
+        baseline: ``untrained``: also decide, in every space, the pairs of a freshly
+            initialised network of the classifier's architecture for each seed of
+            ``baseline_seeds`` (:mod:`connectivity.runs.baselines`), drawn from the same split
+            with the same ``pairs`` options but by that network's own predictions; the report
+            sets them beside the trained network's. None: no baseline. Adding or leaving out
+            the baseline on a rerun keeps the trained network's pairs.
+        baseline_seeds: One untrained network per seed (the same seed, the same network).
     """
 
     classifier: str
@@ -274,10 +283,17 @@ class Experiment:
     output_dir: str = "lightning_logs/paths"
     checkpoint_every: int = 20
     figures: str = "auto"
+    baseline: str | None = None
+    baseline_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def __post_init__(self) -> None:
         check_checkpoint_every(self.checkpoint_every)
         check_figures(self.figures)
+        self.baseline_seeds = check_baseline(self.baseline, self.baseline_seeds)
+
+
+# Parts of run.json a rerun may add or leave out without making the run another experiment.
+MANIFEST_ADDITIONS = ("baseline",)
 
 
 def data_manifest(data: ImageDataModule) -> dict[str, Any]:
@@ -292,10 +308,19 @@ def data_manifest(data: ImageDataModule) -> dict[str, Any]:
     }
 
 
-def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -> dict[str, Any]:
-    """What makes two runs the same experiment (resume only continues the same one)."""
+def manifest(
+    experiment: Experiment,
+    data: ImageDataModule,
+    pairs: list[Pair],
+    baseline: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What makes two runs the same experiment (resume only continues the same one); with
+    ``baseline`` (:func:`~connectivity.runs.baselines.baseline_manifest`), its entry too (a part
+    a rerun may add or leave out: :data:`MANIFEST_ADDITIONS`)."""
     classifier = Path(experiment.classifier)
+    extra = {"baseline": baseline} if baseline else {}
     return {
+        **extra,
         "classifier": experiment.classifier,
         # The same path may later hold other weights; their results must not mix.
         "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
@@ -382,6 +407,7 @@ def run_paths(
     check_trainer_arguments(trainer)
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
     own_classifier = experiment.classifier if network is None else None
+    given = network
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
         split(network, space)  # a wrong layer name fails here, before any work
@@ -395,9 +421,25 @@ def run_paths(
     settings, probe = trainer_settings(trainer)
     device = str(probe.strategy.root_device)
     pairs = select_pairs(network.to(device), dataset, experiment.pairs, data.class_names, device)
+    baselines = {}
+    if experiment.baseline is not None:
+        baselines = untrained_baselines(
+            given if given is not None else experiment.classifier,
+            experiment.baseline_seeds,
+            experiment.spaces,
+            dataset,
+            experiment.pairs,
+            experiment.path,
+            data.class_names,
+            device,
+        )
     store = RunStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:
-        store.start(manifest(experiment, data, pairs))
+        baseline = None
+        if baselines:
+            drawn = {seed: [asdict(p) for p in b] for seed, (_, b) in baselines.items()}
+            baseline = baseline_manifest(list(baselines), drawn, from_checkpoint=given is None)
+        store.start(manifest(experiment, data, pairs, baseline), MANIFEST_ADDITIONS)
         if experiment.decoders:  # a rerun without decoders keeps those the run was made with
             store.save_decoders(experiment.decoders)
     if settings["logger"] in (None, True):  # no logger of the user's: the run's W&B run
@@ -411,6 +453,14 @@ def run_paths(
             network, space, pairs, dataset, experiment.path, store, checkpoints
         )
         fit = fit_pairs(module, settings, store, checkpoints, experiment.checkpoint_every)
+    for seed, (untrained, drawn) in baselines.items():
+        for space in experiment.spaces:
+            key = untrained_key(seed, space)
+            checkpoints = store.folder / "bands" / key
+            module = SpacePathModule(
+                untrained, space, drawn, dataset, experiment.path, store, checkpoints, key=key
+            )
+            fit = fit_pairs(module, settings, store, checkpoints, experiment.checkpoint_every)
     assert fit is not None
     fit.strategy.barrier()
     if not fit.is_global_zero:

@@ -55,6 +55,12 @@ def compact(value: Any) -> Any:
     return value
 
 
+def untrained_key(seed: int, space: str) -> str:
+    """Where the records of an untrained baseline network (``seed``) in ``space`` go, relative
+    to ``records/`` (and its band checkpoints, relative to ``bands/``)."""
+    return f"untrained_seed{seed}/{space}"
+
+
 def figure_name(space: str, pair_id: int) -> str:
     """Where a pair's figure lies in its run folder (relative to the folder)."""
     return f"figures/{space}/pair_{pair_id:04d}.png"
@@ -130,12 +136,19 @@ class RunStore:
         # and a paths run must never claim a graph run's folder, nor the reverse.
         return any(self.records_dir.rglob("pair_*.pt")) or any(self.records_dir.rglob("loop_*.pt"))
 
-    def start(self, manifest: dict[str, Any]) -> None:
+    def start(self, manifest: dict[str, Any], additions: tuple[str, ...] = ()) -> None:
         """Claim the folder for ``manifest``; refuse one that holds a different experiment.
 
         A folder whose ``run.json`` differs but that holds no decided pair yet (a run that died
         before its first record, say with options it could not use) is claimed anew, so the
         corrected rerun is never blocked by it.
+
+        Args:
+            manifest: What the run asks (``run.json``).
+            additions: Keys of parts a run may add to the experiment, or leave out, without
+                making it another one (an untrained baseline beside the trained network's
+                pairs): where only one of the two manifests has such a key, the folder keeps
+                it, and the rest must agree.
 
         Raises:
             RunFolderError: The folder holds records of a different experiment.
@@ -155,7 +168,14 @@ class RunStore:
                 if self._has_records():
                     raise
                 old = None  # damaged, but nothing was decided under it: claim anew
+            if old is not None:
+                for key in additions:  # a part only one of them has is kept, not compared
+                    if (key in old) != (key in new):
+                        new.setdefault(key, old.get(key))
+                        old.setdefault(key, new[key])
+                text = json.dumps(new, indent=2, sort_keys=True)
             if old == new:
+                atomic_write_text(path, text)  # unchanged text is left as it is
                 return
             if old is not None and self._has_records():
                 raise RunFolderError(

@@ -254,6 +254,7 @@ def log_paths_report(
     figure_files: dict[tuple[str, int], Path],
     shown: dict[tuple[str, int], tuple[Tensor | None, Tensor | None]],
     options: WandbOptions,
+    summaries: dict[str, tuple[list[str], list[list[Any]]]] | None = None,
 ) -> None:
     """Log a path run's report into run ``run_id`` and finish it; mark the folder as reported.
 
@@ -268,7 +269,11 @@ def log_paths_report(
         figure_files: The figure file of each ``(space, pair id)`` drawn.
         shown: ``(line, path)`` images of each ``(space, pair id)`` (None: not images).
         options: W&B settings.
+        summaries: Further tables of the report, ``{name: (header, rows)}`` (``baselines``:
+            the trained network beside untrained ones), each logged as a table of that name.
     """
+    import wandb
+
     manifest = store.manifest()
     class_names = manifest["class_names"]
     run = _open_run(store, run_id, options, "paths")
@@ -285,6 +290,10 @@ def log_paths_report(
             **table_parts("points", point_columns, points, walks),
             **table_parts("energy_profiles", PROFILE_COLUMNS, profiles, walks),
             **_energy_plots(profiles, list(by_space)),
+            **{
+                name: wandb.Table(columns=header, data=rows)
+                for name, (header, rows) in (summaries or {}).items()
+            },
         }
     )
     run.summary.update(

@@ -1,0 +1,177 @@
+"""What a run's counts mean, side by side: the trained network's pairs beside those of its
+untrained baselines (one group per seed, and their mean and spread), per space.
+
+Plain text from saved records (``table.md``'s second part and ``baselines.csv``); the groups
+come from :func:`record_groups`, the untrained networks from :mod:`connectivity.runs.baselines`
+(Vrabel et al., arXiv 2409.05800, 2024, for why they matter).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from connectivity.engine.decisions import Verdict
+from connectivity.reporting.figures import lowest_margin
+from connectivity.reporting.tables import ROW_NAMES, markdown_table, pair_barrier
+from connectivity.store.records import RunStore, untrained_key
+
+TRAINED = "trained"
+VERDICTS = [v.value for v in Verdict]
+
+
+def untrained_group(seed: int) -> str:
+    return f"untrained seed {seed}"
+
+
+def baseline_keys(manifest: dict[str, Any]) -> dict[str, tuple[str, str, int]]:
+    """``{records key: (group, space, pairs asked)}`` of the run's untrained baselines (none
+    without a ``baseline`` entry in ``run.json``), in seed then space order."""
+    baseline = manifest.get("baseline") or {}
+    return {
+        untrained_key(seed, space): (
+            untrained_group(seed),
+            space,
+            len(baseline["pairs"][str(seed)]),
+        )
+        for seed in baseline.get("seeds", [])
+        for space in manifest["spaces"]
+    }
+
+
+def baseline_records(store: RunStore) -> dict[str, list[dict[str, Any]]]:
+    """``{records key: records}`` of every untrained baseline network and space
+    (:func:`baseline_keys`).
+
+    Raises:
+        RunFolderError: a record cannot be read.
+    """
+    return {key: store.load(key) for key in baseline_keys(store.manifest())}
+
+
+def record_groups(
+    manifest: dict[str, Any],
+    by_space: dict[str, list[dict[str, Any]]],
+    baselines: dict[str, list[dict[str, Any]]],
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``{group: {space: records}}``: ``trained`` (``by_space``), then each untrained seed
+    (``baselines``, as :func:`baseline_records` gives them)."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {TRAINED: by_space}
+    for key, (group, space, _) in baseline_keys(manifest).items():
+        groups.setdefault(group, {})[space] = baselines.get(key, [])
+    return groups
+
+
+def _median(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return statistics.median(kept) if kept else math.nan
+
+
+# The quantities of each group, in table order: (name, what it is computed from).
+QUANTITIES: list[tuple[str, Callable[[list[dict[str, Any]]], float]]] = [
+    ("pairs", len),
+    # An untrained network often puts most inputs in one or two classes.
+    ("classes", lambda rs: float(len({r["target"] for r in rs}))),
+    *((ROW_NAMES[v], lambda rs, v=v: float(sum(r["verdict"] == v for r in rs))) for v in VERDICTS),
+    (
+        "connected (%)",
+        lambda rs: (
+            100.0 * sum(r["verdict"] in ("linear", "nonlinear") for r in rs) / len(rs)
+            if rs
+            else math.nan
+        ),
+    ),
+    ("median line barrier", lambda rs: _median([pair_barrier(r, "line") for r in rs])),
+    ("median path barrier", lambda rs: _median([pair_barrier(r, "path") for r in rs])),
+    ("median lowest line margin", lambda rs: _median([lowest_margin(r, "line") for r in rs])),
+    ("median lowest path margin", lambda rs: _median([lowest_margin(r, "path") for r in rs])),
+    ("median steps", lambda rs: _median([float(r["steps"]) for r in rs])),
+    ("median length ratio", lambda rs: _median([float(r["length_ratio"]) for r in rs])),
+]
+
+
+def summarise(records: list[dict[str, Any]]) -> list[float]:
+    """One value per :data:`QUANTITIES` entry for a group's records of one space.
+
+    Barriers are energies (-log p(target), nats) above the higher end; margins are logit
+    differences (target minus the best other class); the length ratio is the path's length
+    over the straight line's.
+    """
+    return [float(compute(records)) for _, compute in QUANTITIES]
+
+
+def _spread(rows: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Mean and sample standard deviation of each column (0 for one row; NaN values left
+    out)."""
+    means, sds = [], []
+    for column in zip(*rows, strict=True):
+        kept = [v for v in column if not math.isnan(v)]
+        means.append(statistics.fmean(kept) if kept else math.nan)
+        sds.append(statistics.stdev(kept) if len(kept) > 1 else 0.0 if kept else math.nan)
+    return means, sds
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
+
+
+def comparison(groups: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict]:
+    """``{space: {"columns": [...], "values": {column: [value per quantity]}}}``: each group's
+    summary, and with several untrained seeds their mean and standard deviation."""
+    spaces = list(groups[TRAINED])
+    table: dict[str, dict] = {}
+    for space in spaces:
+        values = {name: summarise(by_space.get(space, [])) for name, by_space in groups.items()}
+        seeds = [name for name in values if name.startswith("untrained")]
+        if len(seeds) > 1:
+            mean, sd = _spread([values[s] for s in seeds])
+            values["untrained mean"] = mean
+            values["untrained sd"] = sd
+        table[space] = values
+    return table
+
+
+def comparison_markdown(table: dict[str, dict]) -> str:
+    """One table per space: a column per group (and ``mean ± sd`` over untrained seeds), a row
+    per quantity."""
+    parts = [
+        "## Baselines: the trained network beside untrained ones",
+        "",
+        "Each untrained network is the architecture freshly initialised with its seed; its "
+        "pairs are drawn from the same split by its own predictions. Barriers: highest "
+        "-log p(target) above the higher end (nats); margins: target logit minus the best "
+        "other.",
+    ]
+    for space, values in table.items():
+        columns = [c for c in values if c not in ("untrained mean", "untrained sd")]
+        header = ["", *columns]
+        spread = "untrained mean" in values
+        if spread:
+            seeds = sum(c.startswith("untrained seed") for c in columns)
+            header.insert(2, f"untrained ({seeds} seeds, mean ± sd)")
+        rows = []
+        for k, (quantity, _) in enumerate(QUANTITIES):
+            row = [quantity, *(_number(values[c][k]) for c in columns)]
+            if spread:
+                mean, sd = values["untrained mean"][k], values["untrained sd"][k]
+                row.insert(2, f"{_number(mean)} ± {_number(sd)}")
+            rows.append(row)
+        parts += ["", f"### {space}", "", *markdown_table(header, rows)]
+    return "\n".join(parts) + "\n"
+
+
+def comparison_rows(table: dict[str, dict]) -> tuple[list[str], list[list[Any]]]:
+    """The header and rows of ``baselines.csv`` (and W&B's ``baselines``): one row per space
+    and group (``untrained mean`` and ``untrained sd`` rows with several seeds), one column per
+    quantity."""
+    header = ["space", "group", *(name for name, _ in QUANTITIES)]
+    rows = [
+        [space, group, *summary]
+        for space, values in table.items()
+        for group, summary in values.items()
+    ]
+    return header, rows

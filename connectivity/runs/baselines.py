@@ -1,0 +1,147 @@
+"""Baselines that say what a run's counts mean: the same architecture, untrained.
+
+Vrabel, Shem-Ur, Oz and Krueger ("Input Space Mode Connectivity in Deep Neural Networks",
+arXiv 2409.05800, 2024) find that inputs an **untrained** network puts in one class are joined
+by nearly straight paths too. ``baseline: untrained`` decides, in the same run, pairs of a
+freshly initialised copy of the classifier's architecture (one per seed), drawn from the same
+pool by that network's own predictions; their records go to ``records/untrained_seed<s>/``
+(:func:`~connectivity.store.records.untrained_key`), never beside the trained network's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from connectivity.classifier import ClassifierModule
+from connectivity.engine.options import PathOptions
+from connectivity.errors import ConnectivityError, OptionsError
+from connectivity.runs.networks import probe_spaces, working_copy
+from connectivity.runs.pairs import PairSampling, select_pairs
+from connectivity.runs.sampling import is_whole
+from connectivity.store.records import Pair
+
+UNTRAINED = "untrained"
+BASELINES = (UNTRAINED,)
+
+
+def check_baseline(baseline: str | None, seeds: list[int]) -> list[int]:
+    """Refuse a baseline that does not exist or seeds that are not distinct whole numbers.
+
+    Returns:
+        The seeds as ints.
+
+    Raises:
+        OptionsError: naming the value and the choices.
+    """
+    if baseline is not None and baseline not in BASELINES:
+        raise OptionsError(
+            f"baseline is {baseline!r}; it must be one of {list(BASELINES)}, or left out "
+            "(null) for none"
+        )
+    if (
+        not isinstance(seeds, (list, tuple))
+        or not seeds
+        or not all(is_whole(s) and not isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise OptionsError(
+            f"baseline_seeds is {seeds!r}; give a non-empty list of distinct integers, one "
+            "untrained network per seed (e.g. [0, 1, 2])"
+        )
+    return [int(s) for s in seeds]
+
+
+def untrained_network(classifier: str | Path | nn.Module, seed: int) -> nn.Module:
+    """A freshly initialised network of the classifier's architecture, the same for the same
+    seed (the global random state is left as it was).
+
+    Args:
+        classifier: A ClassifierModule checkpoint: its architecture is built anew from its
+            saved hyperparameters, weights drawn by the architecture's own constructor
+            (torchvision's initialisation), no pretrained weights. Or a network module: a copy
+            whose every submodule's ``reset_parameters`` is called (the input normalisation
+            and other buffers without parameters are kept).
+        seed: Seed of the draw.
+
+    Returns:
+        The network in eval mode on the CPU (a module: on its device).
+
+    Raises:
+        ConnectivityError: a module holding parameters that no ``reset_parameters`` draws
+            again (they would keep their trained values); the message names them.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if not isinstance(classifier, nn.Module):
+            return ClassifierModule.untrained_like(classifier).network.eval()
+        network = working_copy(classifier)
+        kept = _reset(network)
+    if kept:
+        raise ConnectivityError(
+            f"the untrained baseline cannot re-initialise {', '.join(kept[:5])}"
+            + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+            + ": their modules have no reset_parameters(), so they would keep their trained "
+            "values; run the baseline from a checkpoint of `connectivity fit`, or pass an "
+            "untrained network as the classifier of a run of its own"
+        )
+    return network
+
+
+def _reset(network: nn.Module) -> list[str]:
+    """Call every submodule's ``reset_parameters``; the names of parameters none of them
+    covers."""
+    covered: set[int] = set()
+    for module in network.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+            # Batch norm's reset draws its running statistics again too.
+            covered.update(id(p) for p in module.parameters(recurse=False))
+    return [name for name, p in network.named_parameters() if id(p) not in covered]
+
+
+def baseline_manifest(
+    seeds: list[int], pairs: dict[int, list[Any]], from_checkpoint: bool
+) -> dict[str, Any]:
+    """The ``baseline`` entry of ``run.json``: which networks, how they were initialised, and
+    the pairs each decides."""
+    return {
+        "kind": UNTRAINED,
+        "seeds": seeds,
+        "initialisation": "the architecture's constructor (the checkpoint's hyperparameters)"
+        if from_checkpoint
+        else "reset_parameters() of every module",
+        "pairs": {str(seed): pairs[seed] for seed in seeds},
+    }
+
+
+def untrained_baselines(
+    classifier: str | Path | nn.Module,
+    seeds: list[int],
+    spaces: list[str],
+    dataset: Dataset,
+    sampling: PairSampling,
+    options: PathOptions,
+    class_names: list[str],
+    device: str,
+) -> dict[int, tuple[nn.Module, list[Pair]]]:
+    """``{seed: (untrained network, its pairs)}``: each seed's network
+    (:func:`untrained_network`, on ``device``, its spaces checked as the trained one's are) and
+    the pairs it puts in one class, drawn as ``sampling`` asks from ``dataset``.
+
+    Raises:
+        As :func:`untrained_network`, :func:`~connectivity.runs.networks.probe_spaces` and
+        :func:`~connectivity.runs.pairs.select_pairs`.
+    """
+    baselines = {}
+    for seed in seeds:
+        network = untrained_network(classifier, seed).to(device)
+        probe_spaces(network, spaces, dataset, options)
+        drawn = select_pairs(network, dataset, sampling, class_names, device, predicted=True)
+        baselines[seed] = (network, drawn)
+    return baselines
