@@ -62,7 +62,8 @@ READING = (
     "Scores (higher = adversarial): barrier = highest -log p(target) above the higher end, "
     "margin = minus the lowest target-logit margin, of the path found (line_: of the straight "
     "line); a pair with no path found still has a path, so a barrier. Pairs whose score is not "
-    "finite (a diverged search) are left out of that score and counted."
+    "finite (a diverged search) are left out of that score's AUROC and pair counts, and counted "
+    "under left out."
 )
 
 
@@ -199,20 +200,23 @@ def detect_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def detect_figure(by_space: dict[str, list[dict[str, Any]]]) -> Figure:
-    """One panel per space: the ROC curve of each score with an AUROC (its value in the
-    legend) and the chance diagonal; a space without one says why."""
+    """One panel per space (1 row, ``PANEL_IN`` inches each): the ROC curve of each score with an
+    AUROC (true against false positive rate, its AUROC in the legend; a score without one is
+    named so there) and the chance diagonal; a space with no AUROC at all says why."""
     rows = detect_rows(by_space)
     curves = detect_curves(by_space)
     spaces = list(by_space)
     fig = Figure(figsize=(PANEL_IN * len(spaces) + 0.4, PANEL_IN + 0.9), layout="constrained")
     for ax, space in zip(fig.subplots(1, len(spaces), squeeze=False)[0], spaces, strict=True):
         ax.plot([0, 1], [0, 1], ":", color="tab:grey", lw=1.0, label="chance (0.5)")
-        for row in (r for r in rows if r["space"] == space):
+        for row in (r for r in rows if r["space"] == space and curves[space]):
+            colour, style = STYLES[row["score"]]
             if row["score"] in curves[space]:
                 fpr, tpr = curves[space][row["score"]]
-                colour, style = STYLES[row["score"]]
                 label = f"{row['score']} ({row['auroc']:.3f})"
                 ax.plot(fpr.numpy(), tpr.numpy(), style, color=colour, lw=1.5, label=label)
+            else:  # its pairs of one kind all had a non-finite score: said, not dropped
+                ax.plot([], [], style, color=colour, lw=1.5, label=f"{row['score']} (no AUROC)")
         if not curves[space]:
             note = next(r["note"] for r in rows if r["space"] == space)
             ax.text(0.5, 0.55, note.split(";")[0], ha="center", fontsize=TEXT_PT, wrap=True)

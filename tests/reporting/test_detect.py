@@ -146,6 +146,15 @@ def test_pairs_with_a_nan_score_are_left_out_of_that_score_and_counted() -> None
     assert row["note"] == (
         "no adversarial pair with a finite score: no AUROC; 1 left out: score not finite"
     )
+    # The figure names the scores without an AUROC rather than dropping them.
+    (panel,) = detect_figure({"input": all_out}).axes
+    assert [t.get_text() for t in panel.get_legend().get_texts()] == [
+        "chance (0.5)",
+        "barrier (no AUROC)",
+        "line_barrier (1.000)",
+        "margin (no AUROC)",
+        "line_margin (0.500)",
+    ]
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -223,7 +232,17 @@ def test_the_report_writes_detect_files_only_for_runs_with_adversarial_pairs(
     assert (store.folder / DETECT_FIGURE).is_file()
 
     (run,) = offline_runs(store.folder)
-    records = [r for r in offline_run_records(run) if r.WhichOneof("record_type") == "artifact"]
+    everything = offline_run_records(run)
+    charts = {
+        list(item.nested_key)[2]: json.loads(item.value_json)
+        for r in everything
+        if r.WhichOneof("record_type") == "config"
+        for item in r.config.update
+        if list(item.nested_key)[:2] == ["_wandb", "visualize"]
+    }
+    assert charts["detect_roc/input"]["panel_config"]["panelDefId"] == "wandb/line/v0"
+    assert "detect_roc/hidden" not in charts  # no adversarial pair there: no curve
+    records = [r for r in everything if r.WhichOneof("record_type") == "artifact"]
     logged = _logged_table(store.folder, records, "detect")
     rows = [dict(zip(logged["columns"], row, strict=True)) for row in logged["data"]]
     assert len(rows) == 8
