@@ -23,6 +23,7 @@ from connectivity.reporting.baselines import (
     comparison_rows,
     record_groups,
 )
+from connectivity.reporting.detect import has_adversarial, write_detect
 from connectivity.reporting.drawing import (
     check_figures,
     draw_figures,
@@ -122,6 +123,8 @@ def write_report(
 
     drawn = draw_figures(store, by_space, decoders or {}, figures)
     store.save_text("pairs.csv", pairs_csv({**by_space, **baselines}, class_names, drawn))
+    if has_adversarial(by_space):  # issue 23: only runs with adversarial pairs have these files
+        print(f"\n{write_detect(store, by_space)}", flush=True)
     run_id = report_run_id(store, wandb) if wandb is not None and wandb.enabled else None
     if run_id is not None:
         assert wandb is not None

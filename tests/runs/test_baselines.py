@@ -25,7 +25,8 @@ from tests.runs.helpers import NO_WANDB, digits_experiment
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    mine, theirs = a.state_dict(), b.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_an_untrained_network_is_its_seeds_and_leaves_the_global_random_state(

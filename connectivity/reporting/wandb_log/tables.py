@@ -14,6 +14,9 @@ The W&B run of a path run folder holds:
   ``energy/<space>``;
 * ``table1`` (the verdict counts per space) and its bar chart ``table1_chart``;
 * ``pairs`` (one row per pair and space, with its figure) and ``verdicts`` (Table 1 wide);
+* where some pair is adversarial (issue 23), ``detect`` (the AUROC of each path score per space,
+  :func:`~connectivity.reporting.detect.detect_rows`) and one ROC plot per space,
+  ``detect_roc/<space>``;
 * the classifier checkpoint as a ``model`` artifact (a ``file://`` reference, not a copy).
 
 A graph run's holds ``components`` (with each class's figure), ``edges``, ``comparison`` and
@@ -33,6 +36,7 @@ from typing import Any
 
 from torch import Tensor
 
+from connectivity.reporting.detect import detect_wandb, has_adversarial
 from connectivity.reporting.figures import bar_image, image_array
 from connectivity.reporting.tables import PAIR_COLUMNS, ROW_NAMES, VERDICTS, pair_rows
 from connectivity.reporting.wandb_log.runs import (
@@ -294,6 +298,7 @@ def log_paths_report(
                 name: wandb.Table(columns=header, data=rows)
                 for name, (header, rows) in (summaries or {}).items()
             },
+            **(detect_wandb(by_space) if has_adversarial(by_space) else {}),
         }
     )
     run.summary.update(
