@@ -16,7 +16,8 @@ The scores are read off the path the search found, whatever its verdict: a pair 
 found still has one. Each score's AUROC per space (:func:`connectivity.engine.scores.auroc`: the
 chance that a random adversarial pair scores above a random natural one, ties counting one half)
 goes into ``detect.md`` and ``detect.csv``, its ROC curves into ``figures/detect.png``
-(:func:`write_detect`) and into W&B (:func:`detect_wandb`). Pairs whose score is not finite (NaN
+(:func:`write_detect`) and into W&B
+(:func:`connectivity.reporting.wandb_log.tables.detect_plots`). Pairs whose score is not finite (NaN
 of a diverged search) are left out of that score's AUROC and counted.
 """
 
@@ -251,31 +252,3 @@ def write_detect(store: RunStore, by_space: dict[str, list[dict[str, Any]]]) -> 
     if not drawn.is_file() or drawn.read_bytes() != png:
         store.save_bytes(DETECT_FIGURE, png)
     return markdown
-
-
-def detect_wandb(by_space: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """What W&B logs of the detector: ``detect`` (a ``wandb.Table`` of :func:`detect_rows`,
-    columns :data:`DETECT_COLUMNS`, ``auroc`` None where there is none) and per space with an
-    AUROC a line plot ``detect_roc/<space>`` of its ROC curves (true against false positive
-    rate, one stroke per score, from a table of columns ``score``, ``fpr``, ``tpr``)."""
-    import wandb
-
-    rows = detect_rows(by_space)
-    logged: dict[str, Any] = {
-        "detect": wandb.Table(
-            columns=DETECT_COLUMNS, data=[[row[k] for k in DETECT_COLUMNS] for row in rows]
-        )
-    }
-    for space, curves in detect_curves(by_space).items():
-        if not curves:
-            continue
-        points = [
-            [name, float(x), float(y)]
-            for name, (fpr, tpr) in curves.items()
-            for x, y in zip(fpr.tolist(), tpr.tolist(), strict=True)
-        ]
-        table = wandb.Table(columns=["score", "fpr", "tpr"], data=points)
-        logged[f"detect_roc/{space}"] = wandb.plot.line(
-            table, "fpr", "tpr", stroke="score", title=f"{space}: ROC of each score (adversarial)"
-        )
-    return logged

@@ -36,7 +36,12 @@ from typing import Any
 
 from torch import Tensor
 
-from connectivity.reporting.detect import detect_wandb, has_adversarial
+from connectivity.reporting.detect import (
+    DETECT_COLUMNS,
+    detect_curves,
+    detect_rows,
+    has_adversarial,
+)
 from connectivity.reporting.figures import bar_image, image_array
 from connectivity.reporting.tables import PAIR_COLUMNS, ROW_NAMES, VERDICTS, pair_rows
 from connectivity.reporting.wandb_log.runs import (
@@ -298,7 +303,7 @@ def log_paths_report(
                 name: wandb.Table(columns=header, data=rows)
                 for name, (header, rows) in (summaries or {}).items()
             },
-            **(detect_wandb(by_space) if has_adversarial(by_space) else {}),
+            **(detect_plots(by_space) if has_adversarial(by_space) else {}),
         }
     )
     run.summary.update(
@@ -373,3 +378,31 @@ def _log_classifier(run: Any, manifest: dict[str, Any]) -> None:
     )
     artifact.add_reference(path.resolve().as_uri(), name=path.name)
     run.log_artifact(artifact, aliases=["latest", f"sha256-{sha[:12]}"] if sha else None)
+
+
+def detect_plots(by_space: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """What W&B logs of the detector: ``detect`` (a ``wandb.Table`` of :func:`detect_rows`,
+    columns :data:`DETECT_COLUMNS`, ``auroc`` None where there is none) and per space with an
+    AUROC a line plot ``detect_roc/<space>`` of its ROC curves (true against false positive
+    rate, one stroke per score, from a table of columns ``score``, ``fpr``, ``tpr``)."""
+    import wandb
+
+    rows = detect_rows(by_space)
+    logged: dict[str, Any] = {
+        "detect": wandb.Table(
+            columns=DETECT_COLUMNS, data=[[row[k] for k in DETECT_COLUMNS] for row in rows]
+        )
+    }
+    for space, curves in detect_curves(by_space).items():
+        if not curves:
+            continue
+        points = [
+            [name, float(x), float(y)]
+            for name, (fpr, tpr) in curves.items()
+            for x, y in zip(fpr.tolist(), tpr.tolist(), strict=True)
+        ]
+        table = wandb.Table(columns=["score", "fpr", "tpr"], data=points)
+        logged[f"detect_roc/{space}"] = wandb.plot.line(
+            table, "fpr", "tpr", stroke="score", title=f"{space}: ROC of each score (adversarial)"
+        )
+    return logged
