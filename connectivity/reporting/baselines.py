@@ -13,9 +13,11 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from connectivity.engine.decisions import Verdict
-from connectivity.reporting.figures import lowest_margin
-from connectivity.reporting.tables import ROW_NAMES, markdown_table, pair_barrier
+from connectivity.reporting.figures import SMALL_PT, TEXT_PT, TITLE_PT, figure_png, lowest_margin
+from connectivity.reporting.tables import ROW_NAMES, csv_text, markdown_table, pair_barrier
 from connectivity.store.records import RunStore, untrained_key
 
 TRAINED = "trained"
@@ -175,3 +177,60 @@ def comparison_rows(table: dict[str, dict]) -> tuple[list[str], list[list[Any]]]
         for group, summary in values.items()
     ]
     return header, rows
+
+
+BASELINES_FIGURE = "figures/baselines.png"
+BASELINES_CSV = "baselines.csv"
+
+
+def comparison_figure(table: dict[str, dict]) -> Figure:
+    """One panel per space: the pairs of each verdict, trained beside untrained (the mean over
+    seeds, their standard deviation as an error bar; one seed: its counts)."""
+    spaces = list(table)
+    fig = Figure(figsize=(3.6 * len(spaces), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(spaces), squeeze=False)[0]
+    quantities = [name for name, _ in QUANTITIES]
+    rows = [quantities.index(ROW_NAMES[v]) for v in VERDICTS]
+    labels = ["linear", "nonlinear", "no path\nfound", "diverged"]
+    for ax, space in zip(axes, spaces, strict=True):
+        values = table[space]
+        seeds = [c for c in values if c.startswith("untrained seed")]
+        untrained = values.get("untrained mean", values[seeds[0]] if seeds else None)
+        spread = values.get("untrained sd")
+        positions = list(range(len(rows)))
+        ax.bar(
+            [p - 0.2 for p in positions],
+            [values[TRAINED][k] for k in rows],
+            0.4,
+            label=TRAINED,
+            color="tab:blue",
+        )
+        if untrained is not None:
+            ax.bar(
+                [p + 0.2 for p in positions],
+                [untrained[k] for k in rows],
+                0.4,
+                yerr=[spread[k] for k in rows] if spread else None,
+                label=f"untrained ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})",
+                color="tab:gray",
+                capsize=3,
+            )
+        ax.set_xticks(
+            positions,
+            labels,
+            fontsize=SMALL_PT,
+        )
+        ax.set_title(space, fontsize=TITLE_PT)
+        ax.set_ylabel("pairs", fontsize=TEXT_PT)
+        ax.legend(fontsize=SMALL_PT)
+    return fig
+
+
+def write_comparison(store: RunStore, table: dict[str, dict]) -> None:
+    """Write ``baselines.csv`` and ``figures/baselines.png`` of :func:`comparison`'s table
+    through the store (a report of the same records rewrites nothing)."""
+    store.save_text(BASELINES_CSV, csv_text(*comparison_rows(table)))
+    png = figure_png(comparison_figure(table))
+    drawn = store.path(BASELINES_FIGURE)
+    if not drawn.is_file() or drawn.read_bytes() != png:
+        store.save_bytes(BASELINES_FIGURE, png)

@@ -55,6 +55,7 @@ STYLES = {
 }
 DETECT_COLUMNS = ["space", "score", "auroc", "n_adversarial", "n_natural", "left_out", "note"]
 DETECT_FIGURE = "figures/detect.png"
+DETECT_FILES = ("detect.md", "detect.csv")
 PANEL_IN = 3.6  # inches per panel (square ROC axes)
 READING = (
     "AUROC: the chance that an adversarial-natural pair (start a targeted adversarial example) "
@@ -243,8 +244,8 @@ def write_detect(store: RunStore, by_space: dict[str, list[dict[str, Any]]]) -> 
     """
     rows = detect_rows(by_space)
     markdown = detect_markdown(rows)
-    store.save_text("detect.md", markdown)
-    store.save_text("detect.csv", detect_csv(rows))
+    store.save_text(DETECT_FILES[0], markdown)
+    store.save_text(DETECT_FILES[1], detect_csv(rows))
     png = figure_png(detect_figure(by_space))
     # As the text files: a report of the same records rewrites nothing (matplotlib's PNG of the
     # same figure is the same bytes: no time stamp in it).

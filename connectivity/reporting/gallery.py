@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from connectivity.reporting.baselines import BASELINES_CSV, BASELINES_FIGURE
+from connectivity.reporting.detect import DETECT_FIGURE, DETECT_FILES
 from connectivity.reporting.figures import lowest_margin
 from connectivity.reporting.tables import ROW_NAMES, count_verdicts, verdict_sentence
 from connectivity.store.records import figure_name
@@ -77,6 +79,12 @@ def _link(file: str, text: str) -> str:
     return f"<a href='{html.escape(quote(file))}'>{html.escape(text)}</a>"
 
 
+# A run's summaries beside its table, where it has them: the untrained baseline's comparison
+# (reporting/baselines.py) and the detector of adversarial ends (reporting/detect.py).
+SUMMARY_FILES = (BASELINES_CSV, *DETECT_FILES)
+SUMMARY_FIGURES = (BASELINES_FIGURE, DETECT_FIGURE)
+
+
 def gallery_pages(
     by_space: dict[str, list[dict[str, Any]]],
     manifest: dict[str, Any],
@@ -109,8 +117,15 @@ def gallery_pages(
         f"<h1>{name}: {len(manifest['pairs'])} pairs in {len(by_space)} spaces</h1>",
         "<p>Files: "
         + ", ".join(_link(f, f) for f in ("table.md", "table.csv", "pairs.csv"))
-        + " (one row per pair and space, with its figure's file).</p>",
+        + " (one row per pair and space, with its figure's file)"
+        + "".join(f", {_link(f, f)}" for f in SUMMARY_FILES if (folder / f).is_file())
+        + ".</p>",
         _markdown_html(table),
+        *(
+            f"<p><img src='{f}' alt='{f}' style='max-width:100%'></p>"
+            for f in SUMMARY_FIGURES
+            if (folder / f).is_file()
+        ),
         "<p>Verdicts rest on the check named in each caption: <em>sampled</em> checks a fixed "
         "number of points along the path; between them the class can change. <em>No path "
         "found</em> is not <em>no path exists</em>.</p>",

@@ -22,6 +22,7 @@ from connectivity.reporting.baselines import (
     comparison_markdown,
     comparison_rows,
     record_groups,
+    write_comparison,
 )
 from connectivity.reporting.detect import has_adversarial, write_detect
 from connectivity.reporting.drawing import (
@@ -32,7 +33,6 @@ from connectivity.reporting.drawing import (
 )
 from connectivity.reporting.gallery import gallery_pages
 from connectivity.reporting.tables import (
-    csv_text,
     pairs_csv,
     table_csv,
     table_markdown,
@@ -116,7 +116,7 @@ def write_report(
         compared = comparison(record_groups(manifest, by_space, baselines))
         markdown += "\n" + comparison_markdown(compared)
         summaries["baselines"] = comparison_rows(compared)
-        store.save_text("baselines.csv", csv_text(*summaries["baselines"]))
+        write_comparison(store, compared)
     store.save_text("table.md", markdown)
     store.save_text("table.csv", table_csv(table))
     print(f"\n{markdown}\nRun folder: {store.folder}", flush=True)

@@ -162,6 +162,7 @@ def test_a_run_with_the_untrained_baseline(digits_classifier: Path, tmp_path: Pa
     assert [r["pair"] for r in store.load("layer1")] == manifest["pairs"]
     table = (store.folder / "table.md").read_text()
     assert "untrained (2 seeds, mean ± sd)" in table and "### layer1" in table
+    assert (store.folder / "figures" / "baselines.png").read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader(io.StringIO((store.folder / "baselines.csv").read_text())))
     groups = [(r["space"], r["group"]) for r in rows]
     assert groups == [
