@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from connectivity.api import encode_pairs
+from connectivity.attacks import AdversarialOptions
 from connectivity.checkpoints import CheckpointError, file_digest, nearest_checkpoint
 from connectivity.data import ImageDataModule, stack_images
 from connectivity.engine.options import PathOptions
@@ -32,6 +33,11 @@ from connectivity.lightning.path_module import PathModule
 from connectivity.reporting.drawing import check_figures, load_decoders
 from connectivity.reporting.report import write_report
 from connectivity.reporting.wandb_log import WandbOptions, paths_logger
+from connectivity.runs.adversarial import (
+    AdversarialEnds,
+    adversarial_count,
+    make_adversarial_ends,
+)
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.pairs import PairSampling, select_pairs
 from connectivity.runs.takeover import SavedState, take_over
@@ -292,19 +298,35 @@ def data_manifest(data: ImageDataModule) -> dict[str, Any]:
     }
 
 
-def manifest(experiment: Experiment, data: ImageDataModule, pairs: list[Pair]) -> dict[str, Any]:
-    """What makes two runs the same experiment (resume only continues the same one)."""
+def manifest(
+    experiment: Experiment,
+    data: ImageDataModule,
+    pairs: list[Pair],
+    adversarial: AdversarialEnds | None = None,
+) -> dict[str, Any]:
+    """What makes two runs the same experiment (resume only continues the same one).
+
+    A run without adversarial pairs has no key of them (``pairs.adversarial``, a pair's
+    ``adversarial``, ``adversarial_sources``), so folders written before them still resume;
+    with them, the split indices the examples were made from are kept (``adversarial``).
+    """
     classifier = Path(experiment.classifier)
-    return {
+    sampling = asdict(experiment.pairs)
+    if sampling["adversarial"] is None:
+        del sampling["adversarial"]
+    values = {
         "classifier": experiment.classifier,
         # The same path may later hold other weights; their results must not mix.
         "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
         **data_manifest(data),
         "spaces": experiment.spaces,
-        "pairs": [asdict(p) for p in pairs],
-        "sampling": asdict(experiment.pairs),
+        "pairs": [p.manifest() for p in pairs],
+        "sampling": sampling,
         "path": path_manifest(experiment.path),
     }
+    if adversarial is not None:
+        values["adversarial_sources"] = adversarial.sources.tolist()
+    return values
 
 
 # Path options that came after run folders were first written: left out of the manifest while
@@ -326,6 +348,46 @@ def path_manifest(options: PathOptions) -> dict[str, Any]:
         if values[name] == defaults[name]:
             del values[name]
     return values
+
+
+def adversarial_ends(
+    store: RunStore,
+    experiment: Experiment,
+    data: ImageDataModule,
+    pairs: list[Pair],
+    network: nn.Module,
+    device: str,
+) -> tuple[AdversarialEnds, bool]:
+    """The run's adversarial ends and whether they were made now: those ``adversarial.pt``
+    holds when its folder's ``run.json`` is this experiment with them (a resumed run never
+    remakes them), else made afresh (:func:`make_adversarial_ends`; saved by the caller).
+
+    Args:
+        store: The run folder (it may not exist yet).
+        experiment: The experiment; ``experiment.pairs.adversarial`` is set.
+        data: Its datamodule.
+        pairs: The natural pairs drawn.
+        network: The eval-mode classifier on ``device``.
+        device: Where it runs.
+
+    Raises:
+        PairError, AttackError: see :func:`make_adversarial_ends`.
+    """
+    sampling = experiment.pairs
+    options = sampling.adversarial
+    assert isinstance(options, AdversarialOptions)
+    split = data.dataset(sampling.split)
+    saved = store.adversarial()
+    try:
+        ends = AdversarialEnds.from_state(saved) if saved is not None else None
+    except KeyError:  # a file of another layout: made again
+        ends = None
+    if ends is not None:
+        everything = pairs + ends.pairs(len(pairs), len(split))  # type: ignore[arg-type]
+        if store.holds(manifest(experiment, data, everything, ends)):
+            return ends, False
+    count = adversarial_count(sampling)
+    return make_adversarial_ends(network, split, sampling, options, count, device), True
 
 
 def check_decoders(decoders: dict[str, str], spaces: list[str]) -> None:
@@ -396,8 +458,15 @@ def run_paths(
     device = str(probe.strategy.root_device)
     pairs = select_pairs(network.to(device), dataset, experiment.pairs, data.class_names, device)
     store = RunStore(Path(experiment.output_dir) / experiment.name)
+    ends = None
+    if experiment.pairs.adversarial is not None:
+        ends, made = adversarial_ends(store, experiment, data, pairs, network, device)
+        pairs = pairs + ends.pairs(len(pairs), len(dataset))  # type: ignore[arg-type]
+        dataset = ends.dataset(dataset)
     if probe.is_global_zero:
-        store.start(manifest(experiment, data, pairs))
+        store.start(manifest(experiment, data, pairs, ends))
+        if ends is not None and made:
+            store.save_adversarial(ends.state())
         if experiment.decoders:  # a rerun without decoders keeps those the run was made with
             store.save_decoders(experiment.decoders)
     if settings["logger"] in (None, True):  # no logger of the user's: the run's W&B run

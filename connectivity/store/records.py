@@ -29,15 +29,31 @@ from connectivity.store.files import (
 
 __all__ = ["Pair", "RunFolderError", "RunStore"]
 
+ADVERSARIAL = "adversarial.pt"  # a run's adversarial examples (pairs.adversarial)
+
 
 @dataclass(frozen=True)
 class Pair:
-    """Two dataset items of the same class."""
+    """Two dataset items of the same class.
+
+    ``adversarial``: the end is an adversarial example made to be of this class (its index
+    is past the split's items, into the run's ``adversarial.pt``); records saved before there
+    were such pairs lack the key and are natural.
+    """
 
     id: int
     start_index: int
     end_index: int
     label: int
+    adversarial: bool = False
+
+    def manifest(self) -> dict[str, Any]:
+        """The pair as ``run.json`` lists it: a natural pair without the ``adversarial`` key,
+        as folders written before there were adversarial pairs list it (so they resume)."""
+        values = asdict(self)
+        if not self.adversarial:
+            del values["adversarial"]
+        return values
 
 
 def compact(value: Any) -> Any:
@@ -165,6 +181,33 @@ class RunStore:
                     "folder to start over."
                 )
         atomic_write_text(path, text)
+
+    def holds(self, manifest: dict[str, Any]) -> bool:
+        """Whether the folder's ``run.json`` is ``manifest`` (as :meth:`start` compares them);
+        False when it is missing or damaged."""
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+        return read_json_or(self.folder / "run.json", None) == json.loads(text)
+
+    def save_adversarial(self, ends: dict[str, torch.Tensor]) -> None:
+        """Write the run's adversarial examples (``adversarial.pt``: images, the split indices
+        of their sources and natural ends, targets, L-infinity distances) atomically."""
+        write_tensor(self.folder / ADVERSARIAL, ends)
+
+    def adversarial(self) -> dict[str, Any] | None:
+        """What :meth:`save_adversarial` wrote; None when the file is missing or damaged (the
+        examples are then made again)."""
+        try:
+            return read_tensor(self.folder / ADVERSARIAL)
+        except FileNotFoundError:
+            return None
+        except Exception as error:  # pickle, zip and unpickler errors all mean "damaged"
+            warnings.warn(
+                f"{self.folder / ADVERSARIAL} cannot be read ({type(error).__name__}); making "
+                "the adversarial examples again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
 
     def manifest(self) -> dict[str, Any]:
         path = self.folder / "run.json"
