@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from connectivity.attacks import AdversarialOptions
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
 from connectivity.engine.options import PathOptions
+from connectivity.runs.adversarial import make_adversarial_ends
 from connectivity.runs.pairs import PairSampling
 from connectivity.runs.paths import Experiment, run_paths
 from connectivity.runs.sampling import PairError
@@ -135,3 +138,36 @@ def test_the_command_line_takes_true_or_a_mapping_and_refuses_a_bad_one(
     err = capsys.readouterr().err.strip()
     assert err.startswith("connectivity: error: pairs.adversarial.budget must be in (0, 1]")
     assert "\n" not in err and not (tmp_path / "bad").exists()
+
+
+class Threshold(nn.Module):
+    """One-pixel images: class 0 above 0.5, class 1 below (logits ``(x - 0.5, 0.5 - x)``); an
+    attack of budget ``e`` can cross over exactly from within ``e`` of 0.5."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.flatten(1).sum(dim=1) - 0.5
+        return torch.stack([s, -s], dim=1)
+
+
+def test_failed_attacks_are_skipped_and_no_input_is_used_twice(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    # Per class, five inputs an attack of budget 0.1 carries across 0.5 and five it cannot.
+    near, far = [0.03, 0.04, 0.05, 0.06, 0.07], [0.2, 0.25, 0.3, 0.35, 0.4]
+    offsets = torch.tensor(near + far)
+    values = torch.cat([0.5 + offsets, 0.5 - offsets])
+    labels = torch.tensor([0] * 10 + [1] * 10)
+    split = TensorDataset(values.reshape(20, 1, 1, 1), labels)
+    options = AdversarialOptions(attack="fgsm", budget=0.1, count=4)
+    ends = make_adversarial_ends(Threshold(), split, PairSampling(seed=3), options, 4)
+    tries = int(re.search(r"4 of (\d+) attacks", capsys.readouterr().out).group(1))
+    assert tries > 4  # some attacks failed, and the pairs took further sources
+    used = ends.naturals.tolist() + ends.sources.tolist()
+    assert len(set(used)) == 8
+    assert torch.equal(labels[ends.naturals], ends.targets)
+    assert (labels[ends.sources] != ends.targets).all()
+    assert ((values[ends.sources] - 0.5).abs() < 0.1).all()  # only those within reach
+    # FGSM moves each source by the budget towards the other side.
+    moved = values[ends.sources] + torch.where(ends.targets == 0, 0.1, -0.1)
+    assert torch.allclose(ends.images.flatten(), moved, atol=1e-6)
+    assert torch.allclose(ends.linf, torch.full((4,), 0.1), atol=1e-6)
