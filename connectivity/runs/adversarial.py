@@ -82,14 +82,15 @@ def make_adversarial_ends(
     options: AdversarialOptions,
     count: int,
     device: str = "cpu",
+    taken: set[int] | frozenset[int] = frozenset(),
 ) -> AdversarialEnds:
     """``count`` adversarial ends of ``dataset`` (the split), drawn with ``sampling.seed``.
 
-    Correctly classified items are taken in a seeded order (the second permutation of
-    ``torch.Generator().manual_seed(sampling.seed)``; the first draws the natural pairs). Each
-    pair's natural end is the next one; its source the next one of another class, attacked
-    towards the natural end's class. A failed attack discards its source and the pair takes the
-    next one, for at most ``TRIES_PER_END * count`` attacks in all.
+    Correctly classified items not in ``taken`` are taken in a seeded order (the second
+    permutation of ``torch.Generator().manual_seed(sampling.seed)``; the first draws the
+    natural pairs). Each pair's natural end is the next one; its source the next one of another
+    class, attacked towards the natural end's class. A failed attack discards its source and
+    the pair takes the next one, for at most ``TRIES_PER_END * count`` attacks in all.
 
     Args:
         network: An eval-mode classifier on ``device`` (logits of images in [0, 1]); only read.
@@ -99,6 +100,8 @@ def make_adversarial_ends(
         options: The attack.
         count: Ends wanted, >= 1.
         device: Where the network runs.
+        taken: Split indices neither end may be (the natural pairs' ends): the two kinds of
+            pairs share no input, so a comparison of them compares independent draws.
 
     Raises:
         PairError: fewer than ``count`` successful attacks (the split ran out of correctly
@@ -109,6 +112,7 @@ def make_adversarial_ends(
     generator = torch.Generator().manual_seed(sampling.seed)
     torch.randperm(len(dataset), generator=generator)  # type: ignore[arg-type]
     order = torch.randperm(len(dataset), generator=generator).tolist()  # type: ignore[arg-type]
+    order = [i for i in order if i not in taken]
     correct = dataclasses.replace(sampling, correctly_classified=True, adversarial=None)
     draw = _Draw(_usable(network, dataset, order, correct, device))
     naturals: list[tuple[int, int]] = []

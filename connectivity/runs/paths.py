@@ -386,8 +386,9 @@ def adversarial_ends(
         everything = pairs + ends.pairs(len(pairs), len(split))  # type: ignore[arg-type]
         if store.holds(manifest(experiment, data, everything, ends)):
             return ends, False
+    taken = {i for p in pairs for i in (p.start_index, p.end_index)}
     count = adversarial_count(sampling)
-    return make_adversarial_ends(network, split, sampling, options, count, device), True
+    return make_adversarial_ends(network, split, sampling, options, count, device, taken), True
 
 
 def check_decoders(decoders: dict[str, str], spaces: list[str]) -> None:

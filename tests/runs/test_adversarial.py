@@ -88,6 +88,8 @@ def test_adversarial_pairs_are_appended_saved_and_reused(
         # The path's ends are the natural input and the saved example.
         assert torch.allclose(record["path"][-1], saved["images"][k])
         assert torch.allclose(record["path"][0], natural[0])
+    natural_inputs = {r["pair"][end] for r in records[:2] for end in ("start_index", "end_index")}
+    assert not natural_inputs & set(saved["naturals"].tolist() + saved["sources"].tolist())
     with open(store.path("pairs.csv")) as file:
         ends = [row["ends"] for row in csv.DictReader(file)]
     assert ends == ["natural"] * 2 + ["adversarial"] * 3
