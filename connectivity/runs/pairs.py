@@ -38,10 +38,12 @@ class PairSampling(InputDraw):
             estimate of how often lines leave the class: the run prints how many of the drawn
             lines left it at those points. None: ``count`` random disjoint pairs.
         screen_points: Points of each drawn line checked by ``closest_of``, ends included.
-        adversarial: Adversarial-natural pairs appended after the natural ones
-            (:func:`adversarial_pairs`): ``true`` for the default attack
-            (:class:`~connectivity.attacks.AdversarialOptions`), a mapping of its options, or
-            ``false`` / null for none.
+        adversarial: Adversarial-natural pairs appended after the natural ones, their ids
+            after theirs (:mod:`connectivity.runs.adversarial`): ``true`` for the default
+            attack (:class:`~connectivity.attacks.AdversarialOptions`), a mapping of its
+            options, or ``false`` / null for none. Their natural ends and the inputs the
+            examples are made from are correctly classified, whatever
+            ``correctly_classified`` says, and are none of the natural pairs' inputs.
 
     Raises:
         PairError: At construction, for a ``count`` that is not a whole number >= 1, a

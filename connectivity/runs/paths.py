@@ -308,7 +308,7 @@ def manifest(
 
     A run without adversarial pairs has no key of them (``pairs.adversarial``, a pair's
     ``adversarial``, ``adversarial_sources``), so folders written before them still resume;
-    with them, the split indices the examples were made from are kept (``adversarial``).
+    with them, the split indices the examples were made from (``adversarial_sources``).
     """
     classifier = Path(experiment.classifier)
     sampling = asdict(experiment.pairs)
@@ -354,6 +354,7 @@ def adversarial_ends(
     store: RunStore,
     experiment: Experiment,
     data: ImageDataModule,
+    split: Dataset,
     pairs: list[Pair],
     network: nn.Module,
     device: str,
@@ -366,6 +367,7 @@ def adversarial_ends(
         store: The run folder (it may not exist yet).
         experiment: The experiment; ``experiment.pairs.adversarial`` is set.
         data: Its datamodule.
+        split: The split the pairs come from (``data.dataset(experiment.pairs.split)``).
         pairs: The natural pairs drawn.
         network: The eval-mode classifier on ``device``.
         device: Where it runs.
@@ -376,7 +378,6 @@ def adversarial_ends(
     sampling = experiment.pairs
     options = sampling.adversarial
     assert isinstance(options, AdversarialOptions)
-    split = data.dataset(sampling.split)
     saved = store.adversarial()
     try:
         ends = AdversarialEnds.from_state(saved) if saved is not None else None
@@ -441,6 +442,9 @@ def run_paths(
 
     Raises:
         OptionsError: a Trainer argument the experiment owns (:func:`check_trainer_arguments`).
+        PairError: pairs that cannot be drawn, or too few successful attacks for the
+            adversarial pairs (:func:`~connectivity.runs.adversarial.make_adversarial_ends`);
+            before the run folder is made.
     """
     check_trainer_arguments(trainer)
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
@@ -461,7 +465,7 @@ def run_paths(
     store = RunStore(Path(experiment.output_dir) / experiment.name)
     ends = None
     if experiment.pairs.adversarial is not None:
-        ends, made = adversarial_ends(store, experiment, data, pairs, network, device)
+        ends, made = adversarial_ends(store, experiment, data, dataset, pairs, network, device)
         pairs = pairs + ends.pairs(len(pairs), len(dataset))  # type: ignore[arg-type]
         dataset = ends.dataset(dataset)
     if probe.is_global_zero:
