@@ -22,10 +22,13 @@ from connectivity.attacks import AdversarialOptions
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
 from connectivity.engine.options import PathOptions
+from connectivity.reporting.tables import PAIR_COLUMNS, pair_rows
 from connectivity.runs.adversarial import make_adversarial_ends
 from connectivity.runs.pairs import PairSampling
-from connectivity.runs.paths import Experiment, run_paths
+from connectivity.runs.paths import Experiment, manifest, run_paths
 from connectivity.runs.sampling import PairError
+from connectivity.store.records import Pair, RunStore
+from tests import old_run
 from tests.runs.helpers import NO_WANDB
 
 
@@ -43,6 +46,13 @@ def nearest_mean(data: DigitsDataModule) -> nn.Module:
     return nn.Sequential(nn.Flatten(), layer).eval()
 
 
+@pytest.fixture(scope="module")
+def digits() -> tuple[DigitsDataModule, nn.Module]:
+    """The digits at their own 8x8 size and their nearest-mean classifier (built once)."""
+    data = DigitsDataModule(size=8)
+    return data, nearest_mean(data)
+
+
 def experiment(folder: Path, adversarial: AdversarialOptions) -> Experiment:
     return Experiment(
         classifier="nearest class mean (tests/runs/test_adversarial.py)",
@@ -56,10 +66,9 @@ def experiment(folder: Path, adversarial: AdversarialOptions) -> Experiment:
 
 
 def test_adversarial_pairs_are_appended_saved_and_reused(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    digits: tuple[DigitsDataModule, nn.Module], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    data = DigitsDataModule(size=8)
-    network = nearest_mean(data)
+    data, network = digits
     before = {k: v.clone() for k, v in network.state_dict().items()}
     # A budget at which about a quarter of the attacks fail: failed sources are skipped.
     options = AdversarialOptions(budget=0.3, steps=10, count=3)
@@ -104,11 +113,13 @@ def test_adversarial_pairs_are_appended_saved_and_reused(
     assert torch.allclose(redone["path"][-1], saved["images"][1])
 
 
-def test_too_few_successes_fail_in_one_line_before_any_run_folder(tmp_path: Path) -> None:
-    data = DigitsDataModule(size=8)
+def test_too_few_successes_fail_in_one_line_before_any_run_folder(
+    digits: tuple[DigitsDataModule, nn.Module], tmp_path: Path
+) -> None:
+    data, network = digits
     hopeless = AdversarialOptions(attack="fgsm", budget=1e-4, count=2)
     with pytest.raises(PairError, match=r"only 0 of 2 adversarial ends .* 0 of 10 ") as error:
-        run_paths(experiment(tmp_path, hopeless), data, wandb=NO_WANDB, network=nearest_mean(data))
+        run_paths(experiment(tmp_path, hopeless), data, wandb=NO_WANDB, network=network)
     assert "pairs.adversarial.budget" in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "adv").exists()
 
@@ -173,3 +184,21 @@ def test_failed_attacks_are_skipped_and_no_input_is_used_twice(
     moved = values[ends.sources] + torch.where(ends.targets == 0, 0.1, -0.1)
     assert torch.allclose(ends.images.flatten(), moved, atol=1e-6)
     assert torch.allclose(ends.linf, torch.full((4,), 0.1), atol=1e-6)
+
+
+def test_runs_without_adversarial_pairs_keep_the_older_run_json_and_rows() -> None:
+    # A folder written by older code (tests/old_run.py): today's manifest of the same
+    # experiment is its run.json byte for byte, so such folders resume; its records, saved
+    # before pairs had ends of two kinds, are natural in pairs.csv.
+    data = DigitsDataModule(size=8)
+    data.dataset("test")  # the class names
+    text = (old_run.FOLDER / "run.json").read_text()
+    pairs = [Pair(**p) for p in json.loads(text)["pairs"]]
+    today = manifest(old_run.experiment(old_run.FOLDER.parent), data, pairs)
+    assert json.dumps(today, indent=2, sort_keys=True, default=str) == text
+    records = {"input": RunStore(old_run.FOLDER).load("input")}
+    assert all("adversarial" not in r["pair"] for r in records["input"])
+    rows = [
+        dict(zip(PAIR_COLUMNS, row, strict=True)) for row in pair_rows(records, data.class_names)
+    ]
+    assert [row["ends"] for row in rows] == ["natural"] * len(records["input"]) != []
