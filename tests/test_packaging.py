@@ -13,7 +13,12 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "connectivity"
 # Import names whose distribution is called otherwise.
-DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow"}
+DISTRIBUTIONS = {
+    "sklearn": "scikit-learn",
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "art": "adversarial-robustness-toolbox",
+}
 
 
 def test_importing_report_and_figures_keeps_the_callers_matplotlib_backend() -> None:

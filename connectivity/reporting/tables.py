@@ -138,6 +138,7 @@ PAIR_COLUMNS = [
     "start_index",
     "end_index",
     "class",
+    "ends",
     "verdict",
     "pivot_verdict",
     "certificate",
@@ -179,8 +180,10 @@ def pair_rows(
     drawn: set[tuple[str, int]] | None = None,
 ) -> list[list[Any]]:
     """One row of :data:`PAIR_COLUMNS` per pair and space (``pairs.csv`` and W&B's ``pairs``):
-    its indices, class, verdicts, the check they rest on (``certificate``: exact, bounds or
-    sampled, and why sampled where ``auto`` or a proof's tolerance or budget chose it), how its
+    its indices, class, ends (``adversarial`` where one end is an adversarial example,
+    ``natural`` otherwise and for records saved before there were such pairs), verdicts, the
+    check they rest on (``certificate``: exact, bounds or sampled, and why sampled where
+    ``auto`` or a proof's tolerance or budget chose it), how its
     search ended (``status``: linear, converged, certified, out_of_steps or diverged; empty for
     records saved before there was one), the energy barriers of the path and the line
     (:func:`pair_barrier`), the lowest margins, the linear pieces the exact check
@@ -204,6 +207,7 @@ def pair_rows(
                     pair["start_index"],
                     pair["end_index"],
                     class_names[record["target"]],
+                    "adversarial" if pair.get("adversarial", False) else "natural",
                     record["verdict"],
                     record["pivot_verdict"],
                     record.get("certificate", "sampled"),

@@ -4,8 +4,8 @@ closest calls (pairs whose straight lines come nearest to leaving their class)."
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from connectivity.attacks import AdversarialOptions
 from connectivity.data import stack_images
 from connectivity.engine.band import straight_line
 from connectivity.engine.checks import path_log_probabilities, target_margin
@@ -38,12 +39,19 @@ class PairSampling(InputDraw):
             estimate of how often lines leave the class: the run prints how many of the drawn
             lines left it at those points. None: ``count`` random disjoint pairs.
         screen_points: Points of each drawn line checked by ``closest_of``, ends included.
+        adversarial: Adversarial-natural pairs appended after the natural ones, their ids
+            after theirs (:mod:`connectivity.runs.adversarial`): ``true`` for the default
+            attack (:class:`~connectivity.attacks.AdversarialOptions`), a mapping of its
+            options, or ``false`` / null for none. Their natural ends and the inputs the
+            examples are made from are correctly classified, whatever
+            ``correctly_classified`` says, and are none of the natural pairs' inputs.
 
     Raises:
         PairError: At construction, for a ``count`` that is not a whole number >= 1, a
             ``split`` other than train/val/test, ``indices`` that are not a non-empty list
             of integer ``[i, j]`` pairs, a ``closest_of`` below ``count`` or given with
-            ``indices``, or ``screen_points`` below 3.
+            ``indices``, or ``screen_points`` below 3; ``adversarial`` options it cannot use
+            (see :class:`~connectivity.attacks.AdversarialOptions`).
     """
 
     count: int = 25
@@ -53,6 +61,7 @@ class PairSampling(InputDraw):
     indices: list[tuple[int, int]] | None = None
     closest_of: int | None = None
     screen_points: int = 16
+    adversarial: AdversarialOptions | bool | None = None
 
     OPTION: ClassVar[str] = "pairs"
 
@@ -70,6 +79,7 @@ class PairSampling(InputDraw):
         self.check_whole(
             "screen_points", 3, least="3 (the two ends and at least one point between them)"
         )
+        self.adversarial = _adversarial_options(self.adversarial)
         if self.indices is None:
             return
         if self.closest_of is not None:
@@ -96,6 +106,28 @@ class PairSampling(InputDraw):
                 )
             pairs.append((int(pair[0]), int(pair[1])))
         self.indices = pairs
+
+
+def _adversarial_options(value: object) -> AdversarialOptions | None:
+    """``pairs.adversarial`` as options: ``true`` the defaults, ``false`` / None none."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return AdversarialOptions()
+    if isinstance(value, AdversarialOptions):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in fields(AdversarialOptions)}
+        unknown = sorted(set(map(str, value)) - known)
+        if unknown:
+            raise PairError(
+                f"pairs.adversarial has no option {unknown[0]!r}; its options are "
+                f"{', '.join(sorted(known))}"
+            )
+        return AdversarialOptions(**value)
+    raise PairError(
+        f"pairs.adversarial must be true, false or a mapping of attack options, got {value!r}"
+    )
 
 
 def select_pairs(

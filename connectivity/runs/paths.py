@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from connectivity.api import encode_pairs
+from connectivity.attacks import AdversarialOptions
 from connectivity.checkpoints import CheckpointError, file_digest, nearest_checkpoint
 from connectivity.data import ImageDataModule, stack_images
 from connectivity.engine.options import PathOptions
@@ -32,6 +33,11 @@ from connectivity.lightning.path_module import PathModule
 from connectivity.reporting.drawing import check_figures, load_decoders
 from connectivity.reporting.report import write_report
 from connectivity.reporting.wandb_log import WandbOptions, paths_logger
+from connectivity.runs.adversarial import (
+    AdversarialEnds,
+    adversarial_count,
+    make_adversarial_ends,
+)
 from connectivity.runs.baselines import baseline_manifest, check_baseline, untrained_baselines
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.pairs import PairSampling, select_pairs
@@ -312,24 +318,34 @@ def manifest(
     experiment: Experiment,
     data: ImageDataModule,
     pairs: list[Pair],
+    adversarial: AdversarialEnds | None = None,
     baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What makes two runs the same experiment (resume only continues the same one); with
+    """What makes two runs the same experiment (resume only continues the same one).
+
+    A run without adversarial pairs has no key of them (``pairs.adversarial``, a pair's
+    ``adversarial``, ``adversarial_sources``), so folders written before them still resume;
+    with them, the split indices the examples were made from (``adversarial_sources``). With
     ``baseline`` (:func:`~connectivity.runs.baselines.baseline_manifest`), its entry too (a part
-    a rerun may add or leave out: :data:`MANIFEST_ADDITIONS`)."""
+    a rerun may add or leave out: :data:`MANIFEST_ADDITIONS`).
+    """
     classifier = Path(experiment.classifier)
-    extra = {"baseline": baseline} if baseline else {}
-    return {
-        **extra,
+    sampling = asdict(experiment.pairs)
+    if sampling["adversarial"] is None:
+        del sampling["adversarial"]
+    values = {
         "classifier": experiment.classifier,
         # The same path may later hold other weights; their results must not mix.
         "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
         **data_manifest(data),
         "spaces": experiment.spaces,
-        "pairs": [asdict(p) for p in pairs],
-        "sampling": asdict(experiment.pairs),
+        "pairs": [p.manifest() for p in pairs],
+        "sampling": sampling,
         "path": path_manifest(experiment.path),
     }
+    if adversarial is not None:
+        values["adversarial_sources"] = adversarial.sources.tolist()
+    return values
 
 
 # Path options that came after run folders were first written: left out of the manifest while
@@ -351,6 +367,48 @@ def path_manifest(options: PathOptions) -> dict[str, Any]:
         if values[name] == defaults[name]:
             del values[name]
     return values
+
+
+def adversarial_ends(
+    store: RunStore,
+    experiment: Experiment,
+    data: ImageDataModule,
+    split: Dataset,
+    pairs: list[Pair],
+    network: nn.Module,
+    device: str,
+) -> tuple[AdversarialEnds, bool]:
+    """The run's adversarial ends and whether they were made now: those ``adversarial.pt``
+    holds when its folder's ``run.json`` is this experiment with them (a resumed run never
+    remakes them), else made afresh (:func:`make_adversarial_ends`; saved by the caller).
+
+    Args:
+        store: The run folder (it may not exist yet).
+        experiment: The experiment; ``experiment.pairs.adversarial`` is set.
+        data: Its datamodule.
+        split: The split the pairs come from (``data.dataset(experiment.pairs.split)``).
+        pairs: The natural pairs drawn.
+        network: The eval-mode classifier on ``device``.
+        device: Where it runs.
+
+    Raises:
+        PairError, AttackError: see :func:`make_adversarial_ends`.
+    """
+    sampling = experiment.pairs
+    options = sampling.adversarial
+    assert isinstance(options, AdversarialOptions)
+    saved = store.adversarial()
+    try:
+        ends = AdversarialEnds.from_state(saved) if saved is not None else None
+    except KeyError:  # a file of another layout: made again
+        ends = None
+    if ends is not None:
+        everything = pairs + ends.pairs(len(pairs), len(split))  # type: ignore[arg-type]
+        if store.holds(manifest(experiment, data, everything, ends), MANIFEST_ADDITIONS):
+            return ends, False
+    taken = {i for p in pairs for i in (p.start_index, p.end_index)}
+    count = adversarial_count(sampling)
+    return make_adversarial_ends(network, split, sampling, options, count, device, taken), True
 
 
 def check_decoders(decoders: dict[str, str], spaces: list[str]) -> None:
@@ -403,6 +461,9 @@ def run_paths(
 
     Raises:
         OptionsError: a Trainer argument the experiment owns (:func:`check_trainer_arguments`).
+        PairError: pairs that cannot be drawn, or too few successful attacks for the
+            adversarial pairs (:func:`~connectivity.runs.adversarial.make_adversarial_ends`);
+            before the run folder is made.
     """
     check_trainer_arguments(trainer)
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
@@ -434,12 +495,19 @@ def run_paths(
             device,
         )
     store = RunStore(Path(experiment.output_dir) / experiment.name)
+    ends = None
+    if experiment.pairs.adversarial is not None:
+        ends, made = adversarial_ends(store, experiment, data, dataset, pairs, network, device)
+        pairs = pairs + ends.pairs(len(pairs), len(dataset))  # type: ignore[arg-type]
+        dataset = ends.dataset(dataset)
     if probe.is_global_zero:
         baseline = None
         if baselines:
-            drawn = {seed: [asdict(p) for p in b] for seed, (_, b) in baselines.items()}
+            drawn = {seed: [p.manifest() for p in b] for seed, (_, b) in baselines.items()}
             baseline = baseline_manifest(list(baselines), drawn, from_checkpoint=given is None)
-        store.start(manifest(experiment, data, pairs, baseline), MANIFEST_ADDITIONS)
+        store.start(manifest(experiment, data, pairs, ends, baseline), MANIFEST_ADDITIONS)
+        if ends is not None and made:
+            store.save_adversarial(ends.state())
         if experiment.decoders:  # a rerun without decoders keeps those the run was made with
             store.save_decoders(experiment.decoders)
     if settings["logger"] in (None, True):  # no logger of the user's: the run's W&B run

@@ -29,15 +29,31 @@ from connectivity.store.files import (
 
 __all__ = ["Pair", "RunFolderError", "RunStore"]
 
+ADVERSARIAL = "adversarial.pt"  # a run's adversarial examples (pairs.adversarial)
+
 
 @dataclass(frozen=True)
 class Pair:
-    """Two dataset items of the same class."""
+    """Two dataset items of the same class.
+
+    ``adversarial``: the end is an adversarial example made to be of this class (its index
+    is past the split's items, into the run's ``adversarial.pt``); records saved before there
+    were such pairs lack the key and are natural.
+    """
 
     id: int
     start_index: int
     end_index: int
     label: int
+    adversarial: bool = False
+
+    def manifest(self) -> dict[str, Any]:
+        """The pair as ``run.json`` lists it: a natural pair without the ``adversarial`` key,
+        as folders written before there were adversarial pairs list it (so they resume)."""
+        values = asdict(self)
+        if not self.adversarial:
+            del values["adversarial"]
+        return values
 
 
 def compact(value: Any) -> Any:
@@ -112,6 +128,15 @@ def _as_configured(keys: list[str]) -> list[str]:
     return named
 
 
+def _keep_additions(old: dict[str, Any], new: dict[str, Any], additions: tuple[str, ...]) -> None:
+    """Give each manifest the parts of ``additions`` only the other has (in place): such a part
+    is kept, not compared (:meth:`RunStore.start`)."""
+    for key in additions:
+        if (key in old) != (key in new):
+            new.setdefault(key, old.get(key))
+            old.setdefault(key, new[key])
+
+
 class RunStore:
     """The folder of one path experiment.
 
@@ -169,10 +194,7 @@ class RunStore:
                     raise
                 old = None  # damaged, but nothing was decided under it: claim anew
             if old is not None:
-                for key in additions:  # a part only one of them has is kept, not compared
-                    if (key in old) != (key in new):
-                        new.setdefault(key, old.get(key))
-                        old.setdefault(key, new[key])
+                _keep_additions(old, new, additions)
                 text = json.dumps(new, indent=2, sort_keys=True)
             if old == new:
                 atomic_write_text(path, text)  # unchanged text is left as it is
@@ -185,6 +207,37 @@ class RunStore:
                     "folder to start over."
                 )
         atomic_write_text(path, text)
+
+    def holds(self, manifest: dict[str, Any], additions: tuple[str, ...] = ()) -> bool:
+        """Whether the folder's ``run.json`` is ``manifest`` (as :meth:`start` compares them,
+        ``additions`` included); False when it is missing or damaged."""
+        new = json.loads(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        old = read_json_or(self.folder / "run.json", None)
+        if not isinstance(old, dict):
+            return False
+        _keep_additions(old, new, additions)
+        return old == new
+
+    def save_adversarial(self, ends: dict[str, torch.Tensor]) -> None:
+        """Write the run's adversarial examples (``adversarial.pt``: images, the split indices
+        of their sources and natural ends, targets, L-infinity distances) atomically."""
+        write_tensor(self.folder / ADVERSARIAL, ends)
+
+    def adversarial(self) -> dict[str, Any] | None:
+        """What :meth:`save_adversarial` wrote; None when the file is missing or damaged (the
+        examples are then made again)."""
+        try:
+            return read_tensor(self.folder / ADVERSARIAL)
+        except FileNotFoundError:
+            return None
+        except Exception as error:  # pickle, zip and unpickler errors all mean "damaged"
+            warnings.warn(
+                f"{self.folder / ADVERSARIAL} cannot be read ({type(error).__name__}); making "
+                "the adversarial examples again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
 
     def manifest(self) -> dict[str, Any]:
         path = self.folder / "run.json"

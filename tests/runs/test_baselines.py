@@ -156,10 +156,12 @@ def test_a_run_with_the_untrained_baseline(digits_classifier: Path, tmp_path: Pa
             assert sorted(p.name for p in folder.glob("pair_*.pt")) == [
                 f"pair_{k:04d}.pt" for k in range(3)
             ]
-            assert [r["pair"] for r in store.load(f"untrained_seed{seed}/{space}")] == pairs
+            saved = [r["pair"] for r in store.load(f"untrained_seed{seed}/{space}")]
+            assert [{**p, "adversarial": False} for p in pairs] == saved
     # the trained network's records are where they always were, and only its pairs
     assert {p.parent.name for p in store.records_dir.glob("*/pair_*.pt")} == {"layer1"}
-    assert [r["pair"] for r in store.load("layer1")] == manifest["pairs"]
+    saved = [r["pair"] for r in store.load("layer1")]
+    assert [{**p, "adversarial": False} for p in manifest["pairs"]] == saved
     table = (store.folder / "table.md").read_text()
     assert "untrained (2 seeds, mean ± sd)" in table and "### layer1" in table
     assert (store.folder / "figures" / "baselines.png").read_bytes()[:4] == b"\x89PNG"
