@@ -1,5 +1,6 @@
-"""What a run's counts mean, side by side: the trained network's pairs beside those of its
-untrained baselines (one group per seed, and their mean and spread), per space.
+"""What a run's counts mean, side by side: the trained network's natural pairs beside its
+adversarial-natural pairs and the pairs of its untrained baselines (one group per seed, and
+their mean and spread), per space.
 
 Plain text from saved records (``table.md``'s second part and ``baselines.csv``); the groups
 come from :func:`record_groups`, the untrained networks from :mod:`connectivity.runs.baselines`
@@ -16,11 +17,13 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from connectivity.engine.decisions import Verdict
+from connectivity.reporting.detect import has_adversarial, is_adversarial
 from connectivity.reporting.figures import SMALL_PT, TEXT_PT, TITLE_PT, figure_png, lowest_margin
 from connectivity.reporting.tables import ROW_NAMES, csv_text, markdown_table, pair_barrier
 from connectivity.store.records import RunStore, untrained_key
 
 TRAINED = "trained"
+ADVERSARIAL = "adversarial ends"
 VERDICTS = [v.value for v in Verdict]
 
 
@@ -58,9 +61,16 @@ def record_groups(
     by_space: dict[str, list[dict[str, Any]]],
     baselines: dict[str, list[dict[str, Any]]],
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """``{group: {space: records}}``: ``trained`` (``by_space``), then each untrained seed
-    (``baselines``, as :func:`baseline_records` gives them)."""
-    groups: dict[str, dict[str, list[dict[str, Any]]]] = {TRAINED: by_space}
+    """``{group: {space: records}}``: ``trained`` (the natural pairs of ``by_space``),
+    ``adversarial ends`` (its adversarial-natural pairs, where it has any), then each untrained
+    seed (``baselines``, as :func:`baseline_records` gives them)."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {
+        TRAINED: {s: [r for r in rs if not is_adversarial(r)] for s, rs in by_space.items()}
+    }
+    if has_adversarial(by_space):
+        groups[ADVERSARIAL] = {
+            s: [r for r in rs if is_adversarial(r)] for s, rs in by_space.items()
+        }
     for key, (group, space, _) in baseline_keys(manifest).items():
         groups.setdefault(group, {})[space] = baselines.get(key, [])
     return groups
@@ -140,27 +150,37 @@ def comparison(groups: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
 def comparison_markdown(table: dict[str, dict]) -> str:
     """One table per space: a column per group (and ``mean ± sd`` over untrained seeds), a row
     per quantity."""
+    groups = next(iter(table.values()), {})
     parts = [
-        "## Baselines: the trained network beside untrained ones",
+        "## Beside the trained network's natural pairs",
         "",
-        "Each untrained network is the architecture freshly initialised with its seed; its "
-        "pairs are drawn from the same split by its own predictions. Barriers: highest "
-        "-log p(target) above the higher end (nats); margins: target logit minus the best "
-        "other.",
+        "Barriers: highest -log p(target) above the higher end (nats); margins: target logit "
+        "minus the best other.",
     ]
+    if ADVERSARIAL in groups:
+        parts[-1] += (
+            " Adversarial ends: pairs that join a targeted adversarial example (made from an "
+            "input of another class) to a natural input of its target class."
+        )
+    if any(g.startswith("untrained") for g in groups):
+        parts[-1] += (
+            " Each untrained network is the architecture freshly initialised with its seed; its "
+            "pairs are drawn from the same split by its own predictions."
+        )
     for space, values in table.items():
         columns = [c for c in values if c not in ("untrained mean", "untrained sd")]
         header = ["", *columns]
         spread = "untrained mean" in values
+        at = 1 + next((k for k, c in enumerate(columns) if c.startswith("untrained")), 0)
         if spread:
             seeds = sum(c.startswith("untrained seed") for c in columns)
-            header.insert(2, f"untrained ({seeds} seeds, mean ± sd)")
+            header.insert(at, f"untrained ({seeds} seeds, mean ± sd)")
         rows = []
         for k, (quantity, _) in enumerate(QUANTITIES):
             row = [quantity, *(_number(values[c][k]) for c in columns)]
             if spread:
                 mean, sd = values["untrained mean"][k], values["untrained sd"][k]
-                row.insert(2, f"{_number(mean)} ± {_number(sd)}")
+                row.insert(at, f"{_number(mean)} ± {_number(sd)}")
             rows.append(row)
         parts += ["", f"### {space}", "", *markdown_table(header, rows)]
     return "\n".join(parts) + "\n"
@@ -184,8 +204,9 @@ BASELINES_CSV = "baselines.csv"
 
 
 def comparison_figure(table: dict[str, dict]) -> Figure:
-    """One panel per space: the pairs of each verdict, trained beside untrained (the mean over
-    seeds, their standard deviation as an error bar; one seed: its counts)."""
+    """One panel per space: the pairs of each verdict, the trained network's natural pairs
+    beside its adversarial-natural ones and the untrained networks' (the mean over seeds, their
+    standard deviation as an error bar; one seed: its counts)."""
     spaces = list(table)
     fig = Figure(figsize=(3.6 * len(spaces), 3.0), layout="constrained")
     axes = fig.subplots(1, len(spaces), squeeze=False)[0]
@@ -195,26 +216,25 @@ def comparison_figure(table: dict[str, dict]) -> Figure:
     for ax, space in zip(axes, spaces, strict=True):
         values = table[space]
         seeds = [c for c in values if c.startswith("untrained seed")]
-        untrained = values.get("untrained mean", values[seeds[0]] if seeds else None)
-        spread = values.get("untrained sd")
-        positions = list(range(len(rows)))
-        ax.bar(
-            [p - 0.2 for p in positions],
-            [values[TRAINED][k] for k in rows],
-            0.4,
-            label=TRAINED,
-            color="tab:blue",
-        )
-        if untrained is not None:
+        bars = [(TRAINED, values[TRAINED], None, "tab:blue")]
+        if ADVERSARIAL in values:
+            bars.append((ADVERSARIAL, values[ADVERSARIAL], None, "tab:red"))
+        if seeds:
+            untrained = values.get("untrained mean", values[seeds[0]])
+            label = f"untrained ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+            bars.append((label, untrained, values.get("untrained sd"), "tab:gray"))
+        width = 0.8 / len(bars)
+        for n, (label, summary, spread, colour) in enumerate(bars):
             ax.bar(
-                [p + 0.2 for p in positions],
-                [untrained[k] for k in rows],
-                0.4,
+                [p - 0.4 + width * (n + 0.5) for p in range(len(rows))],
+                [summary[k] for k in rows],
+                width,
                 yerr=[spread[k] for k in rows] if spread else None,
-                label=f"untrained ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})",
-                color="tab:gray",
+                label=label,
+                color=colour,
                 capsize=3,
             )
+        positions = list(range(len(rows)))
         ax.set_xticks(
             positions,
             labels,

@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from connectivity.reporting.baselines import (
+    TRAINED,
     baseline_keys,
     baseline_records,
     comparison,
@@ -100,9 +101,17 @@ def write_report(
     class_names = manifest["class_names"]
     by_space = store.load_all()
     missing = {s: len(manifest["pairs"]) - len(rs) for s, rs in by_space.items()}
-    table = verdict_table(by_space)
-    markdown = table_markdown(table, len(manifest["pairs"]))
     baselines = baseline_records(store)
+    groups = record_groups(manifest, by_space, baselines)
+    # Table 1 counts natural pairs, as the paper's; adversarial ends are set beside them below.
+    table = verdict_table(groups[TRAINED])
+    adversarial = sum(bool(p.get("adversarial")) for p in manifest["pairs"])
+    markdown = table_markdown(table, len(manifest["pairs"]) - adversarial)
+    if adversarial:
+        markdown += (
+            f"\nNatural pairs only: the {adversarial} pairs with an adversarial end are set "
+            "beside them below.\n"
+        )
     for key, (_, _, asked) in baseline_keys(manifest).items():
         missing[key] = asked - len(baselines[key])
     if any(missing.values()):
@@ -112,8 +121,8 @@ def write_report(
             + "\n"
         )
     summaries = {}
-    if baselines:
-        compared = comparison(record_groups(manifest, by_space, baselines))
+    if len(groups) > 1:
+        compared = comparison(groups)
         markdown += "\n" + comparison_markdown(compared)
         summaries["baselines"] = comparison_rows(compared)
         write_comparison(store, compared)

@@ -102,6 +102,14 @@ def test_adversarial_pairs_are_appended_saved_and_reused(
     with open(store.path("pairs.csv")) as file:
         ends = [row["ends"] for row in csv.DictReader(file)]
     assert ends == ["natural"] * 2 + ["adversarial"] * 3
+    # Table 1 counts the natural pairs; the adversarial ones are set beside them, and scored
+    table = store.path("table.md").read_text()
+    assert table.startswith("Pairs: 2.") and "| Linear path exists | 2 (2)" in table
+    assert "Natural pairs only: the 3 pairs with an adversarial end" in table
+    with open(store.path("baselines.csv")) as file:
+        groups = {row["group"]: float(row["pairs"]) for row in csv.DictReader(file)}
+    assert groups == {"trained": 2.0, "adversarial ends": 3.0}
+    assert "| input | barrier |" in store.path("detect.md").read_text()
 
     # Resumed with one adversarial pair undecided: the saved examples are used, not remade.
     kept = store.path("adversarial.pt").read_bytes()
