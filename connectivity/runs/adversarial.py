@@ -90,7 +90,9 @@ def make_adversarial_ends(
     permutation of ``torch.Generator().manual_seed(sampling.seed)``; the first draws the
     natural pairs). Each pair's natural end is the next one; its source the next one of another
     class, attacked towards the natural end's class. A failed attack discards its source and
-    the pair takes the next one, for at most ``TRIES_PER_END * count`` attacks in all.
+    the pair takes the next ones: each round attacks about ``count`` sources, several at once
+    for each pair still without an end (the first success counts), for at most
+    ``TRIES_PER_END * count`` attacks in all.
 
     Args:
         network: An eval-mode classifier on ``device`` (logits of images in [0, 1]); only read.
@@ -122,7 +124,10 @@ def make_adversarial_ends(
         while len(naturals) < count and (item := draw.take()) is not None:
             naturals.append(item)
         batch = []
-        for k in [k for k in range(len(naturals)) if k not in found]:
+        missing = [k for k in range(len(naturals)) if k not in found]
+        # A round attacks about ``count`` sources: a pair whose class is hard to reach gets
+        # several sources at once instead of one round each.
+        for k in missing * max(1, count // max(1, len(missing))):
             source = draw.take(avoid=naturals[k][1])
             if source is None or tries + len(batch) >= TRIES_PER_END * count:
                 break
@@ -136,9 +141,14 @@ def make_adversarial_ends(
         examples, success = targeted_examples(network, images, targets, attack)
         distances = check_within_budget(examples, images, options.budget)
         for j, (k, source) in enumerate(batch):
-            if bool(success[j]):
+            if bool(success[j]) and k not in found:  # the first success of a round counts
                 found[k] = (source, examples[j], float(distances[j]))
         tries += len(batch)
+        if rank_zero_only.rank == 0:
+            print(
+                f"pairs: {len(found)} of {count} adversarial ends made ({tries} attacks)",
+                flush=True,
+            )
     if len(found) < count:
         raise PairError(_too_few(len(found), count, tries, options, sampling.split))
     keep = sorted(found)
