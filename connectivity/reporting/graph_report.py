@@ -9,7 +9,12 @@ Written into the run folder:
 * ``components.csv`` (the same, one row per model, space and class), ``edges.csv`` (one row
   per decided pair: indices, verdict, and every scalar field of its record),
   ``misclassified.csv`` and ``comparison.csv`` (two or more classifiers);
-* ``figures/model<k>/<space>/class_<c>.png`` (:func:`connectivity.reporting.figures.graph_figure`);
+* with an untrained baseline (``baseline`` in ``run.json``), its networks as more models
+  (:func:`graph_models` names every model), the classes each has no graph of, and per space
+  the trained models beside each seed and the seeds' mean ± sd (``components.md``,
+  ``baselines.csv``);
+* ``figures/model<k>/<space>/class_<c>.png`` (:func:`connectivity.reporting.figures.graph_figure`;
+  ``figures/untrained_seed<s>/...`` for the untrained networks);
 * the same tables and figures in the folder's W&B run
   (:func:`connectivity.reporting.wandb_log.log_graph_report`).
 
@@ -462,7 +467,7 @@ def baseline_markdown(table: dict[str, dict[str, list[float]]], manifest: dict[s
         "models'. Values are means over a model's classes.",
     ]
     names = manifest["class_names"]
-    where = "given inputs" if manifest["sampling"].get("indices") else "split"
+    where = "given inputs" if (manifest.get("sampling") or {}).get("indices") else "split"
     for seed, skipped in manifest["baseline"].get("skipped", {}).items():
         for s in skipped:
             parts.append(
@@ -523,6 +528,8 @@ def _draw(
     models = graph_models(manifest)
     files = {}
     for r in results:
+        if not store.embedding_path(r.key, r.space, r.label).is_file():
+            continue  # the run stopped before this model reached this space: nothing to place
         embedding = store.load_embedding(r.key, r.space, r.label)
         thumbnails = store.load_inputs(r.label, r.key)["images"]
         title = (

@@ -22,8 +22,15 @@ Run folder (``<output_dir>/<name>``):
   2-D by PCA (for the figures);
 * the report (:mod:`connectivity.reporting.graph_report`).
 
+With ``baseline: untrained``, each seed's untrained network is one more model after the
+classifiers (:class:`GraphModel`), its files under ``untrained_seed<s>`` in place of
+``model<k>`` (``inputs/untrained_seed<s>/class_<c>.pt`` too: it joins inputs of its own
+predictions), and ``run.json`` gets a ``baseline`` entry (:func:`baseline_entry`).
+
 Resume: rerunning the same config replays the saved rounds, decides what is missing and goes
 on; a folder holding another experiment is refused (:class:`~connectivity.store.records.RunStore`).
+A rerun may add the baseline, or leave it out (nothing more of it is decided; the report keeps
+what its records hold), without deciding the classifiers' pairs again.
 """
 
 from __future__ import annotations
@@ -611,8 +618,10 @@ def run_graph(
         CheckpointError: a classifier checkpoint that does not exist.
         LayerError: a space that is not a layer of a classifier.
         PairError: see :func:`select_inputs` and :class:`ClassInputs`.
-        RunFolderError: the run folder holds another experiment.
+        RunFolderError: the run folder holds another experiment (other baseline seeds, too).
         OptionsError: a Trainer argument the experiment owns (``--trainer.max_steps``...).
+        ConnectivityError: a baseline of a module with parameters no ``reset_parameters``
+            draws again (:func:`~connectivity.runs.baselines.untrained_network`).
     """
     check_trainer_arguments(trainer)
     loaded = load_networks(experiment, networks)

@@ -17,14 +17,16 @@ from torch.utils.data import Dataset, TensorDataset
 from connectivity.data import DigitsDataModule, stack_images
 from connectivity.engine.options import PathOptions
 from connectivity.errors import OptionsError
-from connectivity.reporting.graph_report import graph_models
+from connectivity.reporting.graph_report import graph_models, write_graph_report
 from connectivity.runs.baselines import untrained_network
 from connectivity.runs.graph import GraphExperiment, run_graph
 from connectivity.runs.inputs import ClassInputs, select_inputs
 from connectivity.runs.sampling import PairError
+from connectivity.store.files import write_tensor
 from connectivity.store.graph import GraphLayout, GraphStore
 from connectivity.store.records import RunFolderError
 from tests.runs.helpers import NO_WANDB
+from tests.store.graph_folder import graph_folder
 
 # Ten 1x1x2 images: the network's class is the brighter pixel; the labels disagree on 8 and 9.
 LABELS = [0, 1, 0, 1, 0, 1, 0, 1, 1, 0]
@@ -232,3 +234,82 @@ def test_a_baseline_added_to_a_run_of_a_checkpoint_keeps_the_trained_results(
     with_baseline.baseline_seeds = [0, 2]
     with pytest.raises(RunFolderError, match=r"differs in: .*baseline"):
         run_graph(with_baseline, data, wandb=NO_WANDB)
+
+
+def _baseline_folder(folder: Path) -> GraphStore:
+    """The hand-written two-model folder of the report tests, with untrained seeds 5 (a graph
+    of class 1 only: 1 input in class 0) and 6 (2 inputs in each class), their pairs decided:
+    seed 5 joins its 3 inputs by a linear and a nonlinear edge; seed 6 leaves its class 0 pair
+    apart and joins its class 1 pair."""
+    store = graph_folder(folder)
+    manifest = store.manifest()
+    manifest["baseline"] = {
+        "kind": "untrained",
+        "seeds": [5, 6],
+        "architecture": "a.ckpt",
+        "inputs": {
+            "5": [{"label": 1, "indices": [10, 11, 12]}],
+            "6": [{"label": 0, "indices": [0, 1]}, {"label": 1, "indices": [10, 12]}],
+        },
+        "skipped": {"5": [{"label": 0, "indices": [4]}], "6": []},
+    }
+    (store.folder / "run.json").write_text(json.dumps(manifest))
+    decided = {5: ((3,), {(0, 0, 1): "linear", (0, 1, 2): "nonlinear"})}
+    decided[6] = ((2, 2), {(0, 0, 1): "none", (1, 0, 1): "linear"})
+    for seed, (sizes, verdicts) in decided.items():
+        layout = GraphLayout(sizes)
+        for (c, i, j), verdict in verdicts.items():
+            pair_id = layout.pair_id(c, (i, j))
+            record = {"pair": {"id": pair_id}, "verdict": verdict, "target": c, "steps": 3}
+            write_tensor(store.model(f"untrained_seed{seed}").record_path("input", pair_id), record)
+        store.mark_settled(f"untrained_seed{seed}", "input")
+    return store
+
+
+def test_the_report_sets_each_trained_model_beside_the_seeds_and_their_spread(
+    tmp_path: Path,
+) -> None:
+    store = _baseline_folder(tmp_path / "graph")
+    markdown = write_graph_report(store, figures=False)
+    components = _rows((store.folder / "components.csv").read_text())
+    assert [(r["model"], r["classifier"], r["class"], r["sizes"]) for r in components[4:]] == [
+        ("2", "untrained seed 5", "one", "3"),
+        ("3", "untrained seed 6", "zero", "1 1"),
+        ("3", "untrained seed 6", "one", "2"),
+    ]
+    # the untrained networks join other inputs: only the trained models are compared
+    compared = _rows(store.path("comparison.csv").read_text())
+    assert [(r["model_a"], r["model_b"]) for r in compared] == [("0", "1")] * 2
+    assert "untrained seed 5 has no graph of class 'zero': it puts 1 of the split in it" in markdown
+    header = "|  | trained model 0 | trained model 1 | untrained (2 seeds, mean ± sd) |"
+    assert header in markdown
+    table = {r["group"]: r for r in _rows(store.path("baselines.csv").read_text())}
+    assert list(table) == [
+        "trained model 0",
+        "trained model 1",
+        "untrained seed 5",
+        "untrained seed 6",
+        "untrained mean",
+        "untrained sd",
+    ]
+    # Worked by hand from graph_folder's DECIDED and the seeds' records above.
+    expected = {
+        "classes with a graph": [2, 2, 1, 2, 1.5, 0.5**0.5],
+        "inputs per class": [3, 3, 3, 2, 2.5, 0.5**0.5],
+        "components per class": [1.5, 1.5, 1, 1.5, 1.25, 0.5**0.5 / 2],
+        "one component (% of classes)": [50, 50, 100, 50, 75, 50 * 0.5**0.5],
+        "largest component (% of its class's inputs)": [
+            (100 + 200 / 3) / 2,
+            (100 + 200 / 3) / 2,
+            100,
+            75,
+            87.5,
+            25 * 0.5**0.5,
+        ],
+        "linear edges per class": [1, 1.5, 1, 0.5, 0.75, 0.5 * 0.5**0.5],
+        "nonlinear edges per class": [0.5, 0, 1, 0, 0.5, 0.5**0.5],
+        "pairs not connected per class": [0.5, 0.5, 0, 0.5, 0.25, 0.5 * 0.5**0.5],
+        "pairs decided per class": [2, 2, 2, 1, 1.5, 0.5**0.5],
+    }
+    for quantity, values in expected.items():
+        assert [float(row[quantity]) for row in table.values()] == pytest.approx(values), quantity
