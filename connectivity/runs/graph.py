@@ -484,9 +484,10 @@ class _Driver:
         rows: list[dict[str, Any]] = []
         pairs: list[DatasetPair] = []
         ends: dict[int, tuple[Tensor, Tensor]] = {}
+        slot = self.model.slot
+        assert slot is not None  # only models with misclassified inputs get here
         for k, selection in enumerate(self.selections):
-            assert self.model.slot is not None
-            for index, predicted in selection.misclassified[self.model.slot]:
+            for index, predicted in selection.misclassified[slot]:
                 image, _ = stack_images(self.dataset, [index])
                 z = _encode(head, tail, image.to(self.device), predicted).cpu()
                 own = torch.cdist(z.flatten(1).double(), points[k].flatten(1).double())[0]

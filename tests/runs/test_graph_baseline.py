@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
+from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule, stack_images
 from connectivity.engine.options import PathOptions
 from connectivity.errors import OptionsError
@@ -154,8 +155,10 @@ def test_a_linear_classifier_beside_its_untrained_baselines(tmp_path: Path) -> N
     assert [len(expected[1][c]) for c in classes] == [3, 3]
     experiment = _experiment("centroids", tmp_path, "input", classes, baseline="untrained")
     experiment.baseline_seeds = [0, 1]
+    weights = {k: v.clone() for k, v in network.state_dict().items()}
     store = run_graph(experiment, data, wandb=NO_WANDB, networks=[network])
     assert store is not None
+    assert all(torch.equal(v, weights[k]) for k, v in network.state_dict().items())
     _check_baseline_inputs(store, expected, "input")
     entry = store.manifest()["baseline"]
     assert entry["seeds"] == [0, 1] and entry["architecture"] == "centroids"
@@ -313,3 +316,20 @@ def test_the_report_sets_each_trained_model_beside_the_seeds_and_their_spread(
     }
     for quantity, values in expected.items():
         assert [float(row[quantity]) for row in table.values()] == pytest.approx(values), quantity
+
+
+def test_a_wrong_baseline_on_the_command_line_is_one_line_before_any_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        f"name: bad\noutput_dir: {tmp_path / 'out'}\nclassifiers: [{tmp_path / 'c.ckpt'}]\n"
+        "data: {class_path: connectivity.data.DigitsDataModule}\nbaseline: untrained\n"
+        "baseline_seeds: [0, 0]\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["graph", "-c", str(config)])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("connectivity: error: baseline_seeds is [0, 0]; give a non-empty")
+    assert not (tmp_path / "out").exists()
