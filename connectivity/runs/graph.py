@@ -593,6 +593,18 @@ def untrained_models(
     return models, baseline_entry(experiment, drawn, from_checkpoint=networks is None)
 
 
+def other_architectures(classifiers: list[str], networks: list[nn.Module]) -> list[str]:
+    """The classifiers whose networks are not of the first one's architecture (other parameter
+    and buffer names or shapes): the untrained baseline, of the first's, says nothing of them.
+    """
+
+    def shapes(network: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+        return [(name, tuple(v.shape)) for name, v in network.state_dict().items()]
+
+    first = shapes(networks[0])
+    return [c for c, n in zip(classifiers, networks, strict=True) if shapes(n) != first]
+
+
 def run_graph(
     experiment: GraphExperiment,
     data: ImageDataModule,
@@ -637,6 +649,14 @@ def run_graph(
         probe_spaces(network, experiment.spaces, dataset, experiment.path)
     selections = select_inputs(loaded, dataset, experiment.inputs, data.class_names, device)
     models = [GraphModel(k, f"model {k}", n, selections, k) for k, n in enumerate(loaded)]
+    others = other_architectures(experiment.classifiers, loaded) if experiment.baseline else []
+    if others and probe.is_global_zero:
+        print(
+            f"baseline: the untrained networks have the architecture of "
+            f"{experiment.classifiers[0]}, not that of {', '.join(others)}; give those a graph "
+            "run of their own for their baseline",
+            flush=True,
+        )
     untrained, baseline = untrained_models(experiment, networks, dataset, data.class_names, device)
     store = GraphStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:

@@ -20,7 +20,7 @@ from connectivity.engine.options import PathOptions
 from connectivity.errors import OptionsError
 from connectivity.reporting.graph_report import graph_models, write_graph_report
 from connectivity.runs.baselines import untrained_network
-from connectivity.runs.graph import GraphExperiment, run_graph
+from connectivity.runs.graph import GraphExperiment, other_architectures, run_graph
 from connectivity.runs.inputs import ClassInputs, select_inputs
 from connectivity.runs.sampling import PairError
 from connectivity.store.files import write_tensor
@@ -62,6 +62,14 @@ def test_a_class_the_network_puts_too_few_inputs_in_is_returned_short_not_refuse
         select_inputs([_AllZero()], DATASET, draw, ["a", "b"])
     with pytest.raises(ValueError, match="one network, got 2"):
         select_inputs([BRIGHTER, BRIGHTER], DATASET, draw, ["a", "b"], predicted=True)
+
+
+def test_classifiers_of_another_architecture_than_the_first_are_named() -> None:
+    torch.manual_seed(0)
+    first, same, wider = nn.Linear(3, 2), nn.Linear(3, 2), nn.Linear(4, 2)
+    deeper = nn.Sequential(nn.Linear(3, 2))  # the same shapes under other names
+    classifiers = ["a", "b", "c", "d"]
+    assert other_architectures(classifiers, [first, same, wider, deeper]) == ["c", "d"]
 
 
 @pytest.mark.parametrize(
