@@ -453,6 +453,22 @@ def baseline_table(
     return table
 
 
+def skipped_line(group: str, counts: dict[str, int], where: str) -> str:
+    """Which classes an untrained network has no graph of, and how many inputs (fewer than 2)
+    of ``where`` (the split, or the given inputs) it puts in each of them."""
+    labels = ", ".join(map(repr, counts))
+    numbers = [str(n) for n in counts.values()]
+    if len(numbers) == 1:
+        return (
+            f"{group} has no graph of class {labels}: it puts {numbers[0]} of the {where} in "
+            "it, a graph needs 2"
+        )
+    return (
+        f"{group} has no graph of classes {labels}: it puts {', '.join(numbers[:-1])} and "
+        f"{numbers[-1]} of the {where} in them, a graph needs 2"
+    )
+
+
 def baseline_markdown(table: dict[str, dict[str, list[float]]], manifest: dict[str, Any]) -> str:
     """The trained models beside the untrained ones, one table per space (a column per
     group, ``mean ± sd`` over untrained seeds after the trained ones), and the classes an
@@ -469,11 +485,9 @@ def baseline_markdown(table: dict[str, dict[str, list[float]]], manifest: dict[s
     names = manifest["class_names"]
     where = "given inputs" if (manifest.get("sampling") or {}).get("indices") else "split"
     for seed, skipped in manifest["baseline"].get("skipped", {}).items():
-        for s in skipped:
-            parts.append(
-                f"* {untrained_group(int(seed))} has no graph of class {names[s['label']]!r}: it "
-                f"puts {len(s['indices'])} of the {where} in it, a graph needs 2"
-            )
+        if skipped:
+            counts = {names[s["label"]]: len(s["indices"]) for s in skipped}
+            parts.append(f"* {skipped_line(untrained_group(int(seed)), counts, where)}")
     for space, values in table.items():
         columns = [c for c in values if c not in (UNTRAINED_MEAN, UNTRAINED_SD)]
         header = ["", *columns]

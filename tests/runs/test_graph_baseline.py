@@ -18,7 +18,7 @@ from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule, stack_images
 from connectivity.engine.options import PathOptions
 from connectivity.errors import OptionsError
-from connectivity.reporting.graph_report import graph_models, write_graph_report
+from connectivity.reporting.graph_report import graph_models, skipped_line, write_graph_report
 from connectivity.runs.baselines import untrained_network
 from connectivity.runs.graph import GraphExperiment, other_architectures, run_graph
 from connectivity.runs.inputs import ClassInputs, select_inputs
@@ -341,3 +341,14 @@ def test_a_wrong_baseline_on_the_command_line_is_one_line_before_any_folder(
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith("connectivity: error: baseline_seeds is [0, 0]; give a non-empty")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_classes_without_a_graph_are_named_with_their_counts() -> None:
+    assert skipped_line("untrained seed 3", {"cat": 1}, "split") == (
+        "untrained seed 3 has no graph of class 'cat': it puts 1 of the split in it, a graph "
+        "needs 2"
+    )
+    assert skipped_line("untrained seed 3", {"cat": 1, "dog": 0, "ant": 0}, "given inputs") == (
+        "untrained seed 3 has no graph of classes 'cat', 'dog', 'ant': it puts 1, 0 and 0 of "
+        "the given inputs in them, a graph needs 2"
+    )
