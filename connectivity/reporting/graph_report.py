@@ -9,7 +9,12 @@ Written into the run folder:
 * ``components.csv`` (the same, one row per model, space and class), ``edges.csv`` (one row
   per decided pair: indices, verdict, and every scalar field of its record),
   ``misclassified.csv`` and ``comparison.csv`` (two or more classifiers);
-* ``figures/model<k>/<space>/class_<c>.png`` (:func:`connectivity.reporting.figures.graph_figure`);
+* with an untrained baseline (``baseline`` in ``run.json``), its networks as more models
+  (:func:`graph_models` names every model), the classes each has no graph of, and per space
+  the trained models beside each seed and the seeds' mean ± sd (``components.md``,
+  ``baselines.csv``);
+* ``figures/model<k>/<space>/class_<c>.png`` (:func:`connectivity.reporting.figures.graph_figure`;
+  ``figures/untrained_seed<s>/...`` for the untrained networks);
 * the same tables and figures in the folder's W&B run
   (:func:`connectivity.reporting.wandb_log.log_graph_report`).
 
@@ -18,6 +23,9 @@ Every file is written by the store (:class:`~connectivity.store.graph.GraphStore
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,7 @@ from typing import Any
 import torch
 
 from connectivity.engine.graph import ClassComponents, Pair, components_of
+from connectivity.reporting.baselines import _number, _spread, untrained_group
 from connectivity.reporting.figures import figure_png, graph_figure
 from connectivity.reporting.tables import csv_text, markdown_table
 from connectivity.reporting.wandb_log import (
@@ -34,7 +43,14 @@ from connectivity.reporting.wandb_log import (
     report_run_id,
     run_folder_environment,
 )
-from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore
+from connectivity.store.graph import (
+    MISCLASSIFIED,
+    GraphLayout,
+    GraphStore,
+    Model,
+    scope_of,
+    untrained_scope,
+)
 
 NOT_CONNECTED = "not connected by the paths tried"
 
@@ -48,6 +64,45 @@ def _scalars(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ReportedModel:
+    """One model of a graph run as its report names it.
+
+    Args:
+        number: Its number ``k`` in the tables: the classifiers first, then the untrained
+            baseline networks in seed order.
+        key: Where its files lie (:data:`~connectivity.store.graph.Model`).
+        name: The classifier checkpoint, or ``untrained seed <s>``.
+        short: ``model <k>``, or ``untrained seed <s>``.
+        selections: ``[{"label", "indices"}]`` of each class it has a graph of.
+        seed: The untrained network's seed (None: a trained classifier).
+    """
+
+    number: int
+    key: Model
+    name: str
+    short: str
+    selections: list[dict[str, Any]]
+    seed: int | None = None
+
+
+def graph_models(manifest: dict[str, Any]) -> list[ReportedModel]:
+    """Every model of a graph run, named (the one place the report names them): each
+    classifier of ``run.json``, then each untrained baseline network of its ``baseline``
+    entry."""
+    models = [
+        ReportedModel(k, k, classifier, f"model {k}", manifest["inputs"])
+        for k, classifier in enumerate(manifest["classifiers"])
+    ]
+    baseline = manifest.get("baseline") or {}
+    for seed in baseline.get("seeds", []):
+        name = untrained_group(seed)
+        selections = baseline["inputs"][str(seed)]
+        key = untrained_scope(seed)
+        models.append(ReportedModel(len(models), key, name, name, selections, seed))
+    return models
+
+
 @dataclass
 class ClassResult:
     """One class of one model in one space: its components and the records behind them."""
@@ -58,6 +113,7 @@ class ClassResult:
     indices: list[int]  # dataset index of each input
     found: ClassComponents[dict[str, Any]]
     settled: bool
+    key: Model  # where the model's files lie
 
 
 def load_results(store: GraphStore) -> list[ClassResult]:
@@ -67,21 +123,29 @@ def load_results(store: GraphStore) -> list[ClassResult]:
         RunFolderError: no ``run.json``, or a record that cannot be read.
     """
     manifest = store.manifest()
-    selections = manifest["inputs"]
-    layout = GraphLayout(tuple(len(s["indices"]) for s in selections))
     results = []
-    for k in range(len(manifest["classifiers"])):
-        scoped = store.model(k)
+    for model in graph_models(manifest):
+        selections = model.selections
+        layout = GraphLayout(tuple(len(s["indices"]) for s in selections))
+        scoped = store.model(model.key)
         for space in manifest["spaces"]:
             by_class: list[dict[Pair, dict[str, Any]]] = [{} for _ in selections]
             for record in scoped.load(space):
                 c, pair = layout.locate(record["pair"]["id"])
                 by_class[c][pair] = _scalars(record)
-            settled = store.settled(k, space)
+            settled = store.settled(model.key, space)
             for c, selection in enumerate(selections):
                 found = components_of(len(selection["indices"]), by_class[c])
                 results.append(
-                    ClassResult(k, space, selection["label"], selection["indices"], found, settled)
+                    ClassResult(
+                        model.number,
+                        space,
+                        selection["label"],
+                        selection["indices"],
+                        found,
+                        settled,
+                        model.key,
+                    )
                 )
     return results
 
@@ -125,10 +189,11 @@ COMPONENT_COLUMNS = [
 
 def component_rows(results: list[ClassResult], manifest: dict[str, Any]) -> list[list[Any]]:
     names = manifest["class_names"]
+    models = graph_models(manifest)
     return [
         [
             r.model,
-            manifest["classifiers"][r.model],
+            models[r.model].name,
             r.space,
             names[r.label],
             r.found.size,
@@ -188,13 +253,14 @@ def edge_rows(results: list[ClassResult], names: list[str]) -> tuple[list[str], 
 
 
 def compare(results: list[ClassResult]) -> list[list[Any]]:
-    """Each other model against model 0, per space and class: same partition into components?
-    Which connected pairs one found and the other did not, and pairs both decided with
-    opposite outcomes."""
+    """Each other trained model against model 0, per space and class: same partition into
+    components? Which connected pairs one found and the other did not, and pairs both decided
+    with opposite outcomes. Untrained baseline networks join inputs of their own, so they are
+    not compared pair by pair."""
     base = {(r.space, r.label): r for r in results if r.model == 0}
     rows = []
     for r in results:
-        if r.model == 0:
+        if r.model == 0 or not isinstance(r.key, int):
             continue
         b = base[(r.space, r.label)]
         mine, theirs = set(r.found.edges), set(b.found.edges)
@@ -309,7 +375,7 @@ def graph_markdown(
         "or nonlinear path inside the class). Inputs in different components are not "
         "connected by the paths tried, which does not prove that no path exists.",
         "",
-        *(f"* model {k}: `{c}`" for k, c in enumerate(manifest["classifiers"])),
+        *(_model_line(m, manifest) for m in graph_models(manifest)),
         "",
         *markdown_table(header, rows),
     ]
@@ -332,18 +398,156 @@ def graph_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+# What a model's graphs of one space are summed up by, in table order: (name, computed from
+# its class results). Per-class means: an untrained network often has graphs of few classes.
+BASELINE_QUANTITIES: list[tuple[str, Callable[[list[ClassResult]], float]]] = [
+    ("classes with a graph", len),
+    ("inputs per class", lambda rs: _mean([r.found.size for r in rs])),
+    ("components per class", lambda rs: _mean([len(r.found.components) for r in rs])),
+    (
+        "one component (% of classes)",
+        lambda rs: _mean([100.0 * (len(r.found.components) == 1) for r in rs]),
+    ),
+    (
+        "largest component (% of its class's inputs)",
+        lambda rs: _mean([100.0 * max(map(len, r.found.components)) / r.found.size for r in rs]),
+    ),
+    ("linear edges per class", lambda rs: _mean([_count(r.found, "linear") for r in rs])),
+    ("nonlinear edges per class", lambda rs: _mean([_count(r.found, "nonlinear") for r in rs])),
+    ("pairs not connected per class", lambda rs: _mean([len(r.found.failed) for r in rs])),
+    ("pairs decided per class", lambda rs: _mean([r.found.pairs_decided for r in rs])),
+]
+UNTRAINED_MEAN, UNTRAINED_SD = "untrained mean", "untrained sd"
+BASELINE_COLUMNS = ["space", "group", *(name for name, _ in BASELINE_QUANTITIES)]
+
+
+def baseline_table(
+    results: list[ClassResult], manifest: dict[str, Any]
+) -> dict[str, dict[str, list[float]]]:
+    """``{space: {group: [value per BASELINE_QUANTITIES entry]}}``: the trained models
+    (``trained``, or ``trained model <k>`` with several), each untrained seed, and with
+    several seeds their mean and sample standard deviation; empty for a run without a
+    baseline."""
+    models = graph_models(manifest)
+    trained = [m for m in models if m.seed is None]
+    untrained = [m for m in models if m.seed is not None]
+    if not untrained:
+        return {}
+    table: dict[str, dict[str, list[float]]] = {}
+    for space in manifest["spaces"]:
+        values = {}
+        for m in models:
+            group = m.name if m.seed is not None else "trained"
+            if m.seed is None and len(trained) > 1:
+                group = f"trained model {m.number}"
+            mine = [r for r in results if r.model == m.number and r.space == space]
+            values[group] = [float(compute(mine)) for _, compute in BASELINE_QUANTITIES]
+        if len(untrained) > 1:
+            seeds = [values[m.name] for m in untrained]
+            values[UNTRAINED_MEAN], values[UNTRAINED_SD] = _spread(seeds)
+        table[space] = values
+    return table
+
+
+def skipped_line(group: str, counts: dict[str, int], where: str) -> str:
+    """Which classes an untrained network has no graph of, and how many inputs (fewer than 2)
+    of ``where`` (the split, or the given inputs) it puts in each of them."""
+    labels = ", ".join(map(repr, counts))
+    numbers = [str(n) for n in counts.values()]
+    if len(numbers) == 1:
+        return (
+            f"{group} has no graph of class {labels}: it puts {numbers[0]} of the {where} in "
+            "it, a graph needs 2"
+        )
+    return (
+        f"{group} has no graph of classes {labels}: it puts {', '.join(numbers[:-1])} and "
+        f"{numbers[-1]} of the {where} in them, a graph needs 2"
+    )
+
+
+def baseline_markdown(table: dict[str, dict[str, list[float]]], manifest: dict[str, Any]) -> str:
+    """The trained models beside the untrained ones, one table per space (a column per
+    group, ``mean ± sd`` over untrained seeds after the trained ones), and the classes an
+    untrained network has no graph of."""
+    parts = [
+        "",
+        "## Baselines: the trained models beside untrained ones",
+        "",
+        "Each untrained network is the first classifier's architecture freshly initialised "
+        "with its seed; its inputs are drawn from the same split in the same seeded order, "
+        "each in the class it puts it in, so its graphs join other inputs than the trained "
+        "models'. Values are means over a model's classes.",
+    ]
+    names = manifest["class_names"]
+    where = "given inputs" if (manifest.get("sampling") or {}).get("indices") else "split"
+    for seed, skipped in manifest["baseline"].get("skipped", {}).items():
+        if skipped:
+            counts = {names[s["label"]]: len(s["indices"]) for s in skipped}
+            parts.append(f"* {skipped_line(untrained_group(int(seed)), counts, where)}")
+    for space, values in table.items():
+        columns = [c for c in values if c not in (UNTRAINED_MEAN, UNTRAINED_SD)]
+        header = ["", *columns]
+        spread = UNTRAINED_MEAN in values
+        first_seed = next(k for k, c in enumerate(columns) if c.startswith("untrained")) + 1
+        if spread:
+            seeds = len(columns) - first_seed + 1
+            header.insert(first_seed, f"untrained ({seeds} seeds, mean ± sd)")
+        rows = []
+        for k, (quantity, _) in enumerate(BASELINE_QUANTITIES):
+            row = [quantity, *(_number(values[c][k]) for c in columns)]
+            if spread:
+                mean, sd = values[UNTRAINED_MEAN][k], values[UNTRAINED_SD][k]
+                row.insert(first_seed, f"{_number(mean)} ± {_number(sd)}")
+            rows.append(row)
+        parts += ["", f"### {space}", "", *markdown_table(header, rows)]
+    return "\n".join(parts) + "\n"
+
+
+def baseline_rows(table: dict[str, dict[str, list[float]]]) -> list[list[Any]]:
+    """The rows of ``baselines.csv`` (and W&B's ``baselines``): one per space and group."""
+    return [
+        [space, group, *summary]
+        for space, values in table.items()
+        for group, summary in values.items()
+    ]
+
+
+def _model_line(model: ReportedModel, manifest: dict[str, Any]) -> str:
+    if model.seed is None:
+        return f"* model {model.number}: `{model.name}`"
+    return (
+        f"* model {model.number}: {model.name}, the architecture of "
+        f"`{manifest['baseline']['architecture']}` freshly initialised with seed {model.seed}; "
+        "its inputs are the ones it puts in each class"
+    )
+
+
 def _figure_name(r: ClassResult) -> str:
-    return f"figures/model{r.model}/{r.space}/class_{r.label}.png"
+    return f"figures/{scope_of(r.key)}/{r.space}/class_{r.label}.png"
 
 
-def _draw(store: GraphStore, results: list[ClassResult], names: list[str]) -> dict[str, Path]:
+def _wandb_key(r: ClassResult, names: list[str]) -> str:
+    return f"graph/{scope_of(r.key)}/{r.space}/{names[r.label]}"
+
+
+def _draw(
+    store: GraphStore, results: list[ClassResult], manifest: dict[str, Any]
+) -> dict[str, Path]:
     """Draw each class's components; ``{W&B key: figure file}``."""
+    names = manifest["class_names"]
+    models = graph_models(manifest)
     files = {}
     for r in results:
-        embedding = store.load_embedding(r.model, r.space, r.label)
-        thumbnails = store.load_inputs(r.label)["images"]
+        if not store.embedding_path(r.key, r.space, r.label).is_file():
+            continue  # the run stopped before this model reached this space: nothing to place
+        embedding = store.load_embedding(r.key, r.space, r.label)
+        thumbnails = store.load_inputs(r.label, r.key)["images"]
         title = (
-            f"model {r.model}, {r.space}, class {names[r.label]!r}: "
+            f"{models[r.model].short}, {r.space}, class {names[r.label]!r}: "
             f"{len(r.found.components)} component(s) of {r.found.size} inputs "
             f"({r.found.pairs_decided} of {r.found.all_pairs} pairs decided)"
         )
@@ -356,7 +560,7 @@ def _draw(store: GraphStore, results: list[ClassResult], names: list[str]) -> di
             thumbnails,
         )
         store.save_bytes(_figure_name(r), figure_png(figure))
-        files[f"graph/model{r.model}/{r.space}/{names[r.label]}"] = store.path(_figure_name(r))
+        files[_wandb_key(r, names)] = store.path(_figure_name(r))
     return files
 
 
@@ -377,6 +581,10 @@ def write_graph_report(
     comparison = compare(results)
     misclassified = misclassified_rows(store, manifest)
     markdown = graph_markdown(results, manifest, comparison, misclassified)
+    table = baseline_table(results, manifest)
+    baselines = baseline_rows(table)
+    if baselines:
+        markdown += baseline_markdown(table, manifest)
     components = component_rows(results, manifest)
     edge_header, edges = edge_rows(results, names)
     store.save_text("components.md", markdown)
@@ -386,13 +594,15 @@ def write_graph_report(
         store.save_text("comparison.csv", csv_text(COMPARISON_COLUMNS, comparison))
     if misclassified:
         store.save_text("misclassified.csv", csv_text(MISCLASSIFIED_COLUMNS, misclassified))
+    if baselines:
+        store.save_text("baselines.csv", csv_text(BASELINE_COLUMNS, baselines))
     print(f"\n{markdown}\nRun folder: {store.folder}")
-    files = _draw(store, results, names) if figures else {}
+    files = _draw(store, results, manifest) if figures else {}
     run_id = report_run_id(store, wandb) if wandb is not None and wandb.enabled else None
     if run_id is not None:
         assert wandb is not None
         shown = [
-            [*row, files.get(f"graph/model{r.model}/{r.space}/{names[r.label]}")]
+            [*row, files.get(_wandb_key(r, names))]
             for r, row in zip(results, components, strict=True)
         ]
         tables = {
@@ -403,8 +613,10 @@ def write_graph_report(
             tables["comparison"] = (COMPARISON_COLUMNS, comparison)
         if misclassified:
             tables["misclassified"] = (MISCLASSIFIED_COLUMNS, misclassified)
+        if baselines:
+            tables["baselines"] = (BASELINE_COLUMNS, baselines)
         summary = {
-            f"model{r.model}/{r.space}/{names[r.label]}/components": len(r.found.components)
+            f"{scope_of(r.key)}/{r.space}/{names[r.label]}/components": len(r.found.components)
             for r in results
         }
         with run_folder_environment(store.folder):

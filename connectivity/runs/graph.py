@@ -22,8 +22,15 @@ Run folder (``<output_dir>/<name>``):
   2-D by PCA (for the figures);
 * the report (:mod:`connectivity.reporting.graph_report`).
 
+With ``baseline: untrained``, each seed's untrained network is one more model after the
+classifiers (:class:`GraphModel`), its files under ``untrained_seed<s>`` in place of
+``model<k>`` (``inputs/untrained_seed<s>/class_<c>.pt`` too: it joins inputs of its own
+predictions), and ``run.json`` gets a ``baseline`` entry (:func:`baseline_entry`).
+
 Resume: rerunning the same config replays the saved rounds, decides what is missing and goes
 on; a folder holding another experiment is refused (:class:`~connectivity.store.records.RunStore`).
+A rerun may add the baseline, or leave it out (nothing more of it is decided; the report keeps
+what its records hold), without deciding the classifiers' pairs again.
 """
 
 from __future__ import annotations
@@ -55,9 +62,11 @@ from connectivity.engine.split import split
 from connectivity.errors import ConnectivityError
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.wandb_log import WandbOptions
+from connectivity.runs.baselines import baseline_manifest, check_baseline, untrained_network
 from connectivity.runs.inputs import ClassInputs, ClassSelection, select_inputs
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.paths import (
+    MANIFEST_ADDITIONS,
     SpacePathModule,
     data_manifest,
     path_manifest,
@@ -68,7 +77,13 @@ from connectivity.runs.trainer import (
     fit_pairs,
     trainer_settings,
 )
-from connectivity.store.graph import MISCLASSIFIED, GraphLayout, GraphStore
+from connectivity.store.graph import (
+    MISCLASSIFIED,
+    GraphLayout,
+    GraphStore,
+    Model,
+    untrained_scope,
+)
 from connectivity.store.records import Pair as DatasetPair
 from connectivity.store.records import RunStore
 
@@ -89,6 +104,14 @@ class GraphExperiment:
             (None: every candidate may be tried: the components are those of all pairs).
         output_dir: Folder of all graph runs.
         checkpoint_every: Steps between band checkpoints (a killed round continues mid-band).
+        baseline: ``untrained``: also find, in every space, the components of a freshly
+            initialised network of the first classifier's architecture for each seed of
+            ``baseline_seeds`` (:mod:`connectivity.runs.baselines`), its inputs drawn from the
+            same split with the same ``inputs`` options but by that network's own predictions
+            (a class it puts fewer than 2 inputs in has no graph for it; the report says so);
+            the report sets them beside the trained models'. None: no baseline. Adding or
+            leaving out the baseline on a rerun keeps the trained models' results.
+        baseline_seeds: One untrained network per seed (the same seed, the same network).
     """
 
     classifiers: list[str]
@@ -100,6 +123,8 @@ class GraphExperiment:
     max_tries: int | None = None
     output_dir: str = "lightning_logs/graph"
     checkpoint_every: int = 20
+    baseline: str | None = None
+    baseline_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def __post_init__(self) -> None:
         if isinstance(self.classifiers, str):
@@ -110,13 +135,21 @@ class GraphExperiment:
             raise ConnectivityError("spaces is empty; give input and/or layer names")
         check_graph_options(self.round_size, self.max_tries)
         check_checkpoint_every(self.checkpoint_every)
+        self.baseline_seeds = check_baseline(self.baseline, self.baseline_seeds)
 
 
 def manifest(
-    experiment: GraphExperiment, data: ImageDataModule, selections: list[ClassSelection]
+    experiment: GraphExperiment,
+    data: ImageDataModule,
+    selections: list[ClassSelection],
+    baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What makes two graph runs the same experiment (resume only continues the same one)."""
+    """What makes two graph runs the same experiment (resume only continues the same one);
+    with ``baseline`` (:func:`baseline_entry`), its entry too (a part a rerun may add or leave
+    out: :data:`~connectivity.runs.paths.MANIFEST_ADDITIONS`)."""
+    extra = {"baseline": baseline} if baseline else {}
     return {
+        **extra,
         "kind": "graph",
         "classifiers": experiment.classifiers,
         "classifier_sha256": [
@@ -130,6 +163,61 @@ def manifest(
         "round_size": experiment.round_size,
         "max_tries": experiment.max_tries,
     }
+
+
+def _as_entries(selections: list[ClassSelection]) -> list[dict[str, Any]]:
+    return [{"label": s.label, "indices": s.indices} for s in selections]
+
+
+def baseline_entry(
+    experiment: GraphExperiment,
+    drawn: dict[int, list[ClassSelection]],
+    from_checkpoint: bool,
+) -> dict[str, Any]:
+    """The ``baseline`` entry of a graph run's ``run.json``: a paths run's
+    (:func:`~connectivity.runs.baselines.baseline_manifest`) with, per seed, the ``inputs``
+    (label and dataset indices) of each class its network has a graph of in place of pairs,
+    the classes it puts fewer than 2 inputs in (``skipped``, with those inputs), and the
+    classifier whose ``architecture`` the networks have.
+
+    Args:
+        experiment: The experiment (its first classifier names the architecture).
+        drawn: ``{seed: every studied class's selection}`` (:func:`select_inputs` with
+            ``predicted``), short ones included.
+        from_checkpoint: The networks were built from a checkpoint (not a module's reset).
+    """
+    usable = {seed: [s for s in chosen if len(s.indices) >= 2] for seed, chosen in drawn.items()}
+    kept = {seed: _as_entries(chosen) for seed, chosen in usable.items()}
+    entry = baseline_manifest(list(drawn), kept, from_checkpoint)
+    entry["inputs"] = entry.pop("pairs")
+    entry["skipped"] = {
+        str(seed): _as_entries([s for s in chosen if len(s.indices) < 2])
+        for seed, chosen in drawn.items()
+    }
+    entry["architecture"] = experiment.classifiers[0]
+    return entry
+
+
+@dataclass
+class GraphModel:
+    """One model of a graph run, as its rounds are decided.
+
+    Args:
+        key: Where its files go (:data:`~connectivity.store.graph.Model`): ``k`` for the
+            trained classifier ``k``, :func:`~connectivity.store.graph.untrained_scope` for
+            an untrained baseline network.
+        name: How messages name it (``model <k>``, ``untrained seed <s>``).
+        network: The network (eval mode, on the run's device).
+        selections: The inputs of each class it has a graph of (those of every trained model
+            are the same; an untrained network's are its own).
+        slot: Its place in each selection's ``misclassified`` lists (None: it tries none).
+    """
+
+    key: Model
+    name: str
+    network: nn.Module
+    selections: list[ClassSelection]
+    slot: int | None
 
 
 @torch.no_grad()
@@ -254,21 +342,20 @@ class _Driver:
     def __init__(
         self,
         experiment: GraphExperiment,
-        network: nn.Module,
-        k: int,
+        model: GraphModel,
         space: str,
-        selections: list[ClassSelection],
         dataset: Dataset,
         store: GraphStore,
         settings: dict[str, Any],
         is_zero: bool,
         device: str,
     ) -> None:
-        self.experiment, self.network, self.k, self.space = experiment, network, k, space
-        self.selections, self.dataset, self.store = selections, dataset, store
+        self.experiment, self.model, self.space = experiment, model, space
+        self.network, self.k, self.selections = model.network, model.key, model.selections
+        self.dataset, self.store = dataset, store
         self.settings, self.is_zero, self.device = settings, is_zero, device
-        self.scoped = store.model(k)
-        self.layout = GraphLayout(tuple(len(s.indices) for s in selections))
+        self.scoped = store.model(model.key)
+        self.layout = GraphLayout(tuple(len(s.indices) for s in model.selections))
 
     def _fit(
         self, pairs: list[DatasetPair], key: str, ends: dict[int, tuple[Tensor, Tensor]]
@@ -323,7 +410,7 @@ class _Driver:
         missing = set(ids) - set(decided)
         if missing:
             raise ConnectivityError(
-                f"round {number} of model {self.k} in {self.space!r} ended with "
+                f"round {number} of {self.model.name} in {self.space!r} ended with "
                 f"{len(missing)} pairs undecided; rerun the same config to decide them"
             )
         for pair_id, (k, i, j) in ids.items():
@@ -335,7 +422,7 @@ class _Driver:
                 for s, o in zip(self.selections, outcomes, strict=True)
             )
             print(
-                f"model {self.k}, {self.space}: round {number}: {len(ids)} pairs, {joined} "
+                f"{self.model.name}, {self.space}: round {number}: {len(ids)} pairs, {joined} "
                 f"connected; components per class: {sizes}",
                 flush=True,
             )
@@ -355,7 +442,7 @@ class _Driver:
                     value = {"coords": _embedding(z), "indices": s.indices}
                     self.store.save_embedding(self.k, self.space, s.label, value)
         components = self._search(points)
-        if self.experiment.inputs.include_misclassified:
+        if self.experiment.inputs.include_misclassified and self.model.slot is not None:
             self._misclassified(head, tail, points, components)
         if self.is_zero:
             self.store.mark_settled(self.k, self.space)
@@ -397,8 +484,10 @@ class _Driver:
         rows: list[dict[str, Any]] = []
         pairs: list[DatasetPair] = []
         ends: dict[int, tuple[Tensor, Tensor]] = {}
+        slot = self.model.slot
+        assert slot is not None  # only models with misclassified inputs get here
         for k, selection in enumerate(self.selections):
-            for index, predicted in selection.misclassified[self.k]:
+            for index, predicted in selection.misclassified[slot]:
                 image, _ = stack_images(self.dataset, [index])
                 z = _encode(head, tail, image.to(self.device), predicted).cpu()
                 own = torch.cdist(z.flatten(1).double(), points[k].flatten(1).double())[0]
@@ -460,13 +549,60 @@ def load_networks(experiment: GraphExperiment, networks: list[nn.Module] | None)
     return loaded
 
 
-def save_inputs(store: GraphStore, selections: list[ClassSelection], dataset: Dataset) -> None:
-    """Write each class's inputs (dataset indices, uint8 images) for the report, once."""
+def save_inputs(
+    store: GraphStore, selections: list[ClassSelection], dataset: Dataset, k: Model = 0
+) -> None:
+    """Write each class's inputs (dataset indices, uint8 images) of model ``k`` (every trained
+    model: the same) for the report, once."""
     for s in selections:
-        if not store.inputs_path(s.label).is_file():
+        if not store.inputs_path(s.label, k).is_file():
             images, _ = stack_images(dataset, s.indices)
             thumbnails = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-            store.save_inputs(s.label, {"indices": s.indices, "images": thumbnails})
+            store.save_inputs(s.label, {"indices": s.indices, "images": thumbnails}, k)
+
+
+def untrained_models(
+    experiment: GraphExperiment,
+    networks: list[nn.Module] | None,
+    dataset: Dataset,
+    class_names: list[str],
+    device: str,
+) -> tuple[list[GraphModel], dict[str, Any] | None]:
+    """The untrained baseline networks the experiment asks for (none without ``baseline``),
+    each of the first classifier's architecture (:func:`untrained_network`; a module of
+    ``networks`` is reset, a checkpoint rebuilt) with its spaces checked and its inputs drawn
+    by its own predictions; and their ``run.json`` entry (:func:`baseline_entry`).
+
+    Raises:
+        As :func:`untrained_network`, :func:`~connectivity.runs.networks.probe_spaces` and
+        :func:`select_inputs`.
+    """
+    if experiment.baseline is None:
+        return [], None
+    source = networks[0] if networks is not None else experiment.classifiers[0]
+    models, drawn = [], {}
+    for seed in experiment.baseline_seeds:
+        network = untrained_network(source, seed).to(device)
+        probe_spaces(network, experiment.spaces, dataset, experiment.path)
+        drawn[seed] = select_inputs(
+            [network], dataset, experiment.inputs, class_names, device, predicted=True
+        )
+        usable = [s for s in drawn[seed] if len(s.indices) >= 2]
+        key = untrained_scope(seed)
+        models.append(GraphModel(key, f"untrained seed {seed}", network, usable, None))
+    return models, baseline_entry(experiment, drawn, from_checkpoint=networks is None)
+
+
+def other_architectures(classifiers: list[str], networks: list[nn.Module]) -> list[str]:
+    """The classifiers whose networks are not of the first one's architecture (other parameter
+    and buffer names or shapes): the untrained baseline, of the first's, says nothing of them.
+    """
+
+    def shapes(network: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+        return [(name, tuple(v.shape)) for name, v in network.state_dict().items()]
+
+    first = shapes(networks[0])
+    return [c for c, n in zip(classifiers, networks, strict=True) if shapes(n) != first]
 
 
 def run_graph(
@@ -495,8 +631,10 @@ def run_graph(
         CheckpointError: a classifier checkpoint that does not exist.
         LayerError: a space that is not a layer of a classifier.
         PairError: see :func:`select_inputs` and :class:`ClassInputs`.
-        RunFolderError: the run folder holds another experiment.
+        RunFolderError: the run folder holds another experiment (other baseline seeds, too).
         OptionsError: a Trainer argument the experiment owns (``--trainer.max_steps``...).
+        ConnectivityError: a baseline of a module with parameters no ``reset_parameters``
+            draws again (:func:`~connectivity.runs.baselines.untrained_network`).
     """
     check_trainer_arguments(trainer)
     loaded = load_networks(experiment, networks)
@@ -510,23 +648,26 @@ def run_graph(
     for network in loaded:  # before the run folder, on two images
         probe_spaces(network, experiment.spaces, dataset, experiment.path)
     selections = select_inputs(loaded, dataset, experiment.inputs, data.class_names, device)
+    models = [GraphModel(k, f"model {k}", n, selections, k) for k, n in enumerate(loaded)]
+    others = other_architectures(experiment.classifiers, loaded) if experiment.baseline else []
+    if others and probe.is_global_zero:
+        print(
+            f"baseline: the untrained networks have the architecture of "
+            f"{experiment.classifiers[0]}, not that of {', '.join(others)}; give those a graph "
+            "run of their own for their baseline",
+            flush=True,
+        )
+    untrained, baseline = untrained_models(experiment, networks, dataset, data.class_names, device)
     store = GraphStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:
-        store.start(manifest(experiment, data, selections))
+        store.start(manifest(experiment, data, selections, baseline), MANIFEST_ADDITIONS)
         save_inputs(store, selections, dataset)
-    for k, network in enumerate(loaded):
+        for model in untrained:
+            save_inputs(store, model.selections, dataset, model.key)
+    for model in [*models, *untrained]:
         for space in experiment.spaces:
             _Driver(
-                experiment,
-                network,
-                k,
-                space,
-                selections,
-                dataset,
-                store,
-                settings,
-                probe.is_global_zero,
-                device,
+                experiment, model, space, dataset, store, settings, probe.is_global_zero, device
             ).run()
     if not probe.is_global_zero:
         return None

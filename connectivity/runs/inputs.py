@@ -92,12 +92,30 @@ def select_inputs(
     inputs: ClassInputs,
     class_names: list[str],
     device: str = "cpu",
+    predicted: bool = False,
 ) -> list[ClassSelection]:
     """Each studied class's inputs, identical for every classifier (see :class:`ClassInputs`).
 
+    Args:
+        networks: The classifiers (logits of images in [0, 1]); only read.
+        dataset: The split the inputs are drawn from.
+        inputs: How to draw them.
+        class_names: Names of the classes, for messages.
+        device: Where predictions are computed.
+        predicted: Classes are the one network's predictions, not the dataset's labels (an
+            untrained network's inputs): class ``c`` gets the first ``per_class`` items of the
+            same seeded order (or of ``indices``, in their order) that the network puts in
+            ``c``, for the same classes as without it. A class it puts fewer than 2 items in
+            is returned with those (0 or 1), not refused: the caller leaves it out. Nothing
+            is misclassified (one empty list per selection).
+
     Raises:
-        PairError: a class or index out of range, or a class with fewer than 2 inputs.
+        PairError: a class or index out of range, or (without ``predicted``) a class with
+            fewer than 2 inputs.
+        ValueError: ``predicted`` with other than one network.
     """
+    if predicted and len(networks) != 1:
+        raise ValueError(f"predicted classes come from one network, got {len(networks)}")
     labels = dataset_labels(dataset)
     size, count = len(labels), len(class_names)
     classes = inputs.classes if inputs.classes is not None else list(range(count))
@@ -111,12 +129,14 @@ def select_inputs(
         for i in inputs.indices:
             if not 0 <= i < size:
                 raise PairError(f"inputs.indices holds {i}: the {inputs.split} split has {size}")
-        given = inputs.indices
-        candidates = {c: [i for i in given if labels[i] == c] for c in classes}
+        order = list(inputs.indices)
     else:
         generator = torch.Generator().manual_seed(inputs.seed)
         order = torch.randperm(size, generator=generator).tolist()
-        candidates = {c: [i for i in order if labels[i] == c] for c in classes}
+    if predicted:
+        limit = len(order) if inputs.indices is not None else inputs.per_class
+        return _by_prediction(networks[0], dataset, order, classes, limit, device)
+    candidates = {c: [i for i in order if labels[i] == c] for c in classes}
     chosen = []
     for c in classes:
         taken: list[int] = []
@@ -147,3 +167,25 @@ def select_inputs(
             )
         chosen.append(ClassSelection(c, taken, wrong))
     return chosen
+
+
+def _by_prediction(
+    network: nn.Module,
+    dataset: Dataset,
+    order: list[int],
+    classes: list[int],
+    limit: int,
+    device: str,
+) -> list[ClassSelection]:
+    """The first ``limit`` items of ``order`` that ``network`` puts in each of ``classes``
+    (fewer where it puts fewer there), predicted 256 at a time until every class is full."""
+    taken: dict[int, list[int]] = {c: [] for c in classes}
+    for first in range(0, len(order), 256):
+        if all(len(chosen) >= limit for chosen in taken.values()):
+            break
+        chunk = order[first : first + 256]
+        (guesses,) = predicted_classes([network], dataset, chunk, device)
+        for index, guess in zip(chunk, guesses, strict=True):
+            if guess in taken and len(taken[guess]) < limit:
+                taken[guess].append(index)
+    return [ClassSelection(c, taken[c], [[]]) for c in classes]

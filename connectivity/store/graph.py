@@ -18,6 +18,22 @@ from connectivity.store.records import RunStore
 
 MISCLASSIFIED = "misclassified"
 
+# A model of a graph run: a trained classifier's number ``k`` (folders ``model<k>``), or the
+# folder name of an untrained baseline network (:func:`untrained_scope`).
+Model = int | str
+
+
+def untrained_scope(seed: int) -> str:
+    """The folder of the untrained baseline network of ``seed`` under ``records/``,
+    ``rounds/``, ``embeddings/``, ``bands/``, ``inputs/`` and ``figures/`` (the name a paths
+    run gives its records: :func:`~connectivity.store.records.untrained_key`)."""
+    return f"untrained_seed{seed}"
+
+
+def scope_of(model: Model) -> str:
+    """The folder name of ``model``: ``model<k>``, or the untrained network's own."""
+    return model if isinstance(model, str) else f"model{model}"
+
 
 class ScopedStore(RunStore):
     """The records of one model in a graph run folder: ``records/<scope>/<space>/``."""
@@ -36,41 +52,45 @@ class ScopedStore(RunStore):
 class GraphStore(RunStore):
     """A graph run folder (see :mod:`connectivity.runs.graph` for its layout)."""
 
-    def model(self, k: int) -> ScopedStore:
-        return ScopedStore(self.folder, f"model{k}")
+    def model(self, k: Model) -> ScopedStore:
+        return ScopedStore(self.folder, scope_of(k))
 
-    def rounds_dir(self, k: int, space: str) -> Path:
-        return self.folder / "rounds" / f"model{k}" / space
+    def rounds_dir(self, k: Model, space: str) -> Path:
+        return self.folder / "rounds" / scope_of(k) / space
 
-    def embedding_path(self, k: int, space: str, label: int) -> Path:
-        return self.folder / "embeddings" / f"model{k}" / space / f"class_{label}.pt"
+    def embedding_path(self, k: Model, space: str, label: int) -> Path:
+        return self.folder / "embeddings" / scope_of(k) / space / f"class_{label}.pt"
 
-    def inputs_path(self, label: int) -> Path:
+    def inputs_path(self, label: int, k: Model = 0) -> Path:
+        """Where model ``k``'s inputs of class ``label`` lie: one file for every trained model
+        (they join the same inputs), a folder of its own for an untrained one."""
+        if isinstance(k, str):
+            return self.folder / "inputs" / k / f"class_{label}.pt"
         return self.folder / "inputs" / f"class_{label}.pt"
 
-    def bands_dir(self, k: int, key: str) -> Path:
+    def bands_dir(self, k: Model, key: str) -> Path:
         """Where the band checkpoints of model ``k`` in ``key`` (a space, or misclassified
         tries) lie."""
-        return self.folder / "bands" / f"model{k}" / key
+        return self.folder / "bands" / scope_of(k) / key
 
-    def save_inputs(self, label: int, value: dict[str, Any]) -> None:
+    def save_inputs(self, label: int, value: dict[str, Any], k: Model = 0) -> None:
         """Keep the inputs of class ``label`` (``{"indices", "images"}``, uint8 thumbnails)."""
-        write_tensor(self.inputs_path(label), value)
+        write_tensor(self.inputs_path(label, k), value)
 
-    def load_inputs(self, label: int) -> dict[str, Any]:
-        return read_tensor(self.inputs_path(label))
+    def load_inputs(self, label: int, k: Model = 0) -> dict[str, Any]:
+        return read_tensor(self.inputs_path(label, k))
 
-    def save_embedding(self, k: int, space: str, label: int, value: dict[str, Any]) -> None:
+    def save_embedding(self, k: Model, space: str, label: int, value: dict[str, Any]) -> None:
         """Keep the 2-D embedding of class ``label`` (``{"coords", "indices"}``) for figures."""
         write_tensor(self.embedding_path(k, space, label), value)
 
-    def load_embedding(self, k: int, space: str, label: int) -> dict[str, Any]:
+    def load_embedding(self, k: Model, space: str, label: int) -> dict[str, Any]:
         return read_tensor(self.embedding_path(k, space, label))
 
-    def _round_file(self, k: int, space: str, number: int) -> Path:
+    def _round_file(self, k: Model, space: str, number: int) -> Path:
         return self.rounds_dir(k, space) / f"round_{number:04d}.json"
 
-    def round_plan(self, k: int, space: str, number: int) -> list[tuple[int, ...]] | None:
+    def round_plan(self, k: Model, space: str, number: int) -> list[tuple[int, ...]] | None:
         """The pairs ``(class, i, j)`` planned for round ``number``, or None when it was not
         planned yet.
 
@@ -82,22 +102,22 @@ class GraphStore(RunStore):
             return None
         return [tuple(p) for p in read_json(file)["pairs"]]
 
-    def save_round_plan(self, k: int, space: str, number: int, pairs: list[Any]) -> None:
+    def save_round_plan(self, k: Model, space: str, number: int, pairs: list[Any]) -> None:
         """Keep round ``number``'s pairs, so a resumed run replays the same rounds."""
         write_json(self._round_file(k, space, number), {"pairs": pairs}, indent=None)
 
-    def mark_settled(self, k: int, space: str) -> None:
+    def mark_settled(self, k: Model, space: str) -> None:
         """Say that every round of model ``k`` in ``space`` is done."""
         atomic_write_text(self.rounds_dir(k, space) / "settled", "")
 
-    def settled(self, k: int, space: str) -> bool:
+    def settled(self, k: Model, space: str) -> bool:
         return (self.rounds_dir(k, space) / "settled").is_file()
 
-    def save_misclassified(self, k: int, space: str, rows: list[dict[str, Any]]) -> None:
+    def save_misclassified(self, k: Model, space: str, rows: list[dict[str, Any]]) -> None:
         """Keep what each misclassified input of model ``k`` in ``space`` was tried against."""
         write_json(self.rounds_dir(k, space) / f"{MISCLASSIFIED}.json", rows, indent=1)
 
-    def misclassified(self, k: int, space: str) -> list[dict[str, Any]]:
+    def misclassified(self, k: Model, space: str) -> list[dict[str, Any]]:
         """The rows :meth:`save_misclassified` kept (none when the run tried none).
 
         Raises:
