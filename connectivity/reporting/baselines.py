@@ -114,7 +114,7 @@ def summarise(records: list[dict[str, Any]]) -> list[float]:
     return [float(compute(records)) for _, compute in QUANTITIES]
 
 
-def _spread(rows: list[list[float]]) -> tuple[list[float], list[float]]:
+def mean_and_sd(rows: list[list[float]]) -> tuple[list[float], list[float]]:
     """Mean and sample standard deviation of each column (0 for one row; NaN values left
     out)."""
     means, sds = [], []
@@ -125,7 +125,7 @@ def _spread(rows: list[list[float]]) -> tuple[list[float], list[float]]:
     return means, sds
 
 
-def _number(value: float) -> str:
+def shown_number(value: float) -> str:
     if math.isnan(value):
         return "-"
     return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
@@ -140,7 +140,7 @@ def comparison(groups: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
         values = {name: summarise(by_space.get(space, [])) for name, by_space in groups.items()}
         seeds = [name for name in values if name.startswith("untrained")]
         if len(seeds) > 1:
-            mean, sd = _spread([values[s] for s in seeds])
+            mean, sd = mean_and_sd([values[s] for s in seeds])
             values["untrained mean"] = mean
             values["untrained sd"] = sd
         table[space] = values
@@ -177,10 +177,10 @@ def comparison_markdown(table: dict[str, dict]) -> str:
             header.insert(at, f"untrained ({seeds} seeds, mean ± sd)")
         rows = []
         for k, (quantity, _) in enumerate(QUANTITIES):
-            row = [quantity, *(_number(values[c][k]) for c in columns)]
+            row = [quantity, *(shown_number(values[c][k]) for c in columns)]
             if spread:
                 mean, sd = values["untrained mean"][k], values["untrained sd"][k]
-                row.insert(at, f"{_number(mean)} ± {_number(sd)}")
+                row.insert(at, f"{shown_number(mean)} ± {shown_number(sd)}")
             rows.append(row)
         parts += ["", f"### {space}", "", *markdown_table(header, rows)]
     return "\n".join(parts) + "\n"

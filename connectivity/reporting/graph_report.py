@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from connectivity.engine.graph import ClassComponents, Pair, components_of
-from connectivity.reporting.baselines import _number, _spread, untrained_group
+from connectivity.reporting.baselines import mean_and_sd, shown_number, untrained_group
 from connectivity.reporting.figures import figure_png, graph_figure
 from connectivity.reporting.tables import csv_text, markdown_table
 from connectivity.reporting.wandb_log import (
@@ -448,7 +448,7 @@ def baseline_table(
             values[group] = [float(compute(mine)) for _, compute in BASELINE_QUANTITIES]
         if len(untrained) > 1:
             seeds = [values[m.name] for m in untrained]
-            values[UNTRAINED_MEAN], values[UNTRAINED_SD] = _spread(seeds)
+            values[UNTRAINED_MEAN], values[UNTRAINED_SD] = mean_and_sd(seeds)
         table[space] = values
     return table
 
@@ -498,10 +498,10 @@ def baseline_markdown(table: dict[str, dict[str, list[float]]], manifest: dict[s
             header.insert(first_seed, f"untrained ({seeds} seeds, mean ± sd)")
         rows = []
         for k, (quantity, _) in enumerate(BASELINE_QUANTITIES):
-            row = [quantity, *(_number(values[c][k]) for c in columns)]
+            row = [quantity, *(shown_number(values[c][k]) for c in columns)]
             if spread:
                 mean, sd = values[UNTRAINED_MEAN][k], values[UNTRAINED_SD][k]
-                row.insert(first_seed, f"{_number(mean)} ± {_number(sd)}")
+                row.insert(first_seed, f"{shown_number(mean)} ± {shown_number(sd)}")
             rows.append(row)
         parts += ["", f"### {space}", "", *markdown_table(header, rows)]
     return "\n".join(parts) + "\n"

@@ -345,6 +345,8 @@ def manifest(
     }
     if adversarial is not None:
         values["adversarial_sources"] = adversarial.sources.tolist()
+    if baseline:
+        values["baseline"] = baseline
     return values
 
 
@@ -436,6 +438,29 @@ def check_decoders(decoders: dict[str, str], spaces: list[str]) -> None:
             )
 
 
+def _baselines(
+    experiment: Experiment,
+    given: nn.Module | None,
+    dataset: Dataset,
+    class_names: list[str],
+    device: str,
+) -> dict[int, tuple[nn.Module, list[Pair]]]:
+    """``{seed: (untrained network, its pairs)}`` of ``experiment.baseline`` (none without
+    one), from the caller's module where it gave one, else from the classifier checkpoint."""
+    if experiment.baseline is None:
+        return {}
+    return untrained_baselines(
+        given if given is not None else experiment.classifier,
+        experiment.baseline_seeds,
+        experiment.spaces,
+        dataset,
+        experiment.pairs,
+        experiment.path,
+        class_names,
+        device,
+    )
+
+
 def run_paths(
     experiment: Experiment,
     data: ImageDataModule,
@@ -482,18 +507,7 @@ def run_paths(
     settings, probe = trainer_settings(trainer)
     device = str(probe.strategy.root_device)
     pairs = select_pairs(network.to(device), dataset, experiment.pairs, data.class_names, device)
-    baselines = {}
-    if experiment.baseline is not None:
-        baselines = untrained_baselines(
-            given if given is not None else experiment.classifier,
-            experiment.baseline_seeds,
-            experiment.spaces,
-            dataset,
-            experiment.pairs,
-            experiment.path,
-            data.class_names,
-            device,
-        )
+    baselines = _baselines(experiment, given, dataset, data.class_names, device)
     store = RunStore(Path(experiment.output_dir) / experiment.name)
     ends = None
     if experiment.pairs.adversarial is not None:

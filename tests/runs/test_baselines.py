@@ -16,7 +16,7 @@ from torch import nn
 from connectivity.classifier import ClassifierModule
 from connectivity.data import DigitsDataModule, stack_images
 from connectivity.errors import ConnectivityError, OptionsError
-from connectivity.reporting.baselines import QUANTITIES, _spread, summarise
+from connectivity.reporting.baselines import QUANTITIES, mean_and_sd, summarise
 from connectivity.runs.baselines import check_baseline, untrained_network
 from connectivity.runs.pairs import PairSampling
 from connectivity.runs.paths import run_paths
@@ -122,7 +122,7 @@ def test_a_groups_summary_is_its_counts_and_medians() -> None:
 
 
 def test_the_spread_over_seeds_is_the_mean_and_sample_deviation() -> None:
-    means, sds = _spread([[1.0, math.nan], [3.0, 2.0], [5.0, math.nan]])
+    means, sds = mean_and_sd([[1.0, math.nan], [3.0, 2.0], [5.0, math.nan]])
     assert means == [3.0, 2.0] and sds == [2.0, 0.0]
 
 
