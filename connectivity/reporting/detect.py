@@ -1,5 +1,5 @@
 """Path scores as a detector of adversarial pairs (issue 23): how well a pair's energy barrier,
-or its lowest margin, tells pairs whose start is a targeted adversarial example
+or its lowest margin, tells pairs whose end is a targeted adversarial example
 (``pair["adversarial"]``, positives) from pairs of two natural inputs (negatives).
 
 Four scores per pair, each oriented so that a higher score should mean adversarial:
@@ -58,7 +58,7 @@ DETECT_FIGURE = "figures/detect.png"
 DETECT_FILES = ("detect.md", "detect.csv")
 PANEL_IN = 3.6  # inches per panel (square ROC axes)
 READING = (
-    "AUROC: the chance that an adversarial-natural pair (start a targeted adversarial example) "
+    "AUROC: the chance that an adversarial-natural pair (its end a targeted adversarial example) "
     "scores above a natural-natural one, ties counting one half; 0.5 = chance, 1 = every "
     "adversarial pair above every natural one, below 0.5 = the score ranks them the wrong way.\n"
     "Scores (higher = adversarial): barrier = highest -log p(target) above the higher end, "
@@ -70,7 +70,7 @@ READING = (
 
 
 def is_adversarial(record: dict[str, Any]) -> bool:
-    """Whether a saved record's pair starts at an adversarial example (missing: natural)."""
+    """Whether a saved record's pair ends at an adversarial example (missing: natural)."""
     return bool(record["pair"].get("adversarial", False))
 
 
