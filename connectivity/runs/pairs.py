@@ -249,8 +249,8 @@ def _usable(
         labels = [int(dataset[i][1]) for i in indices]
         keep = [True] * len(indices)
         if sampling.correctly_classified:
-            (predicted,) = predicted_classes([network], dataset, indices, device)
-            keep = [guess == label for guess, label in zip(predicted, labels, strict=True)]
+            (guesses,) = predicted_classes([network], dataset, indices, device)
+            keep = [guess == label for guess, label in zip(guesses, labels, strict=True)]
         yield from ((i, label) for i, label, ok in zip(indices, labels, keep, strict=True) if ok)
 
 
