@@ -117,10 +117,13 @@ def write_surface_report(
 ) -> str:
     """Write the tables and figures of a surfaces run from its records; log them to W&B if
     asked (once per folder, as path runs do). ``decoders`` (``{space: checkpoint}``, default
-    the run's own) show latent surfaces as images.
+    the run's own) show latent surfaces as images. With an untrained baseline, the comparison
+    of the trained network's loops with each seed's (and their mean and sd) follows the table
+    and goes to ``baselines.csv`` and W&B's ``baselines`` table; figures are drawn for the
+    trained network's loops only.
 
     Returns:
-        The surfaces table as Markdown (also printed).
+        The surfaces table as Markdown (also printed), with the baselines' comparison.
 
     Raises:
         OptionsError: ``figures`` is not ``auto``, ``all`` or ``none``.
@@ -142,7 +145,7 @@ def write_surface_report(
             + ", ".join(f"{s}: {n}" for s, n in missing.items() if n)
             + "\n"
         )
-    tables = {}
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
     if baselines:
         compared = surface_comparison(manifest, by_space, baselines)
         markdown += "\n" + surface_comparison_markdown(compared)
