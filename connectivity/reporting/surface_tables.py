@@ -121,9 +121,9 @@ def _share(records: list[dict[str, Any]], keep: Callable[[dict[str, Any]], bool]
 
 
 def _median_of(name: str) -> Callable[[list[dict[str, Any]]], float]:
-    """The median of a record field over the records that have a value (an open loop's
-    margins and distances are NaN: it has no surface)."""
-    return lambda rs: _median([float(r[name]) for r in rs])
+    """The median of a record field over the loops with a surface (an open loop has none: its
+    margins and distances are NaN, its steps and vertices 0)."""
+    return lambda rs: _median([float(r[name]) for r in rs if r["verdict"] != "no-loop"])
 
 
 # The quantities of each group of loops, in table order: (name, what it is computed from).

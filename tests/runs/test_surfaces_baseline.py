@@ -79,7 +79,7 @@ def _loop_record(verdict: str, target: int, certificate: str, flat: float, surfa
         "certificate": certificate,
         "planar_min_margin": math.nan if open_loop else flat,
         "min_margin": math.nan if open_loop else surface,
-        "steps": 0 if verdict == "planar" else 40,
+        "steps": 0 if verdict in ("planar", "no-loop") else 40,
         "vertices": 0 if open_loop else 16,
         "moved_ratio": math.nan if open_loop else (0.0 if verdict == "planar" else 0.5),
     }
@@ -118,10 +118,12 @@ def test_the_comparison_is_each_groups_counts_medians_and_spread_over_seeds() ->
     assert mine["Curved surface (relaxed membrane)"] == 1 and mine["No surface found"] == 1
     assert mine["No loop (a side has no path)"] == 1 and mine["Diverged"] == 0
     assert mine["filled (%)"] == 50.0 and mine["filled and proved (%)"] == 25.0
-    # medians over the loops with a surface: the open loop's NaN margins are left out
+    # medians over the loops with a surface: the open loop's margins, steps, vertices are left
+    # out (with its 0 steps, the median of 0, 40, 40, 0 would be 20)
     assert mine["median lowest margin, flat fill"] == -1.0
     assert mine["median lowest margin, surface"] == 0.5
     assert mine["median moved ratio"] == 0.5 and mine["median steps"] == 40
+    assert mine["median vertices"] == 16
     assert values["untrained seed 1"]["filled and proved (%)"] == 50.0
     assert values["untrained mean"]["loops"] == 1.5
     assert values["untrained sd"]["loops"] == pytest.approx(math.sqrt(0.5))
