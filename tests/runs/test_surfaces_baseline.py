@@ -20,6 +20,7 @@ from connectivity.engine.options import SurfaceOptions
 from connectivity.errors import OptionsError
 from connectivity.reporting.surface_report import write_surface_report
 from connectivity.reporting.surface_tables import SURFACE_QUANTITIES, surface_comparison
+from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.baselines import untrained_network
 from connectivity.runs.loops import LoopSampling, select_loops
 from connectivity.runs.sampling import PairError
@@ -161,7 +162,7 @@ def _predicted_loops(classifier: Path, seed: int, classes: list[int]) -> list[tu
     [False, pytest.param(True, marks=pytest.mark.slow)],
 )
 def test_a_surfaces_run_with_the_untrained_baseline(
-    digits_classifier: Path, tmp_path: Path, full: bool
+    digits_classifier: Path, tmp_path: Path, full: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = DigitsDataModule()
     experiment = _experiment(
@@ -217,10 +218,15 @@ def test_a_surfaces_run_with_the_untrained_baseline(
     assert (store.folder / "surfaces.md").read_text() == table
     if not full:
         return
-    # figures are the trained network's only
-    write_surface_report(store, wandb=None, figures="all")
+    # figures are the trained network's only; the offline W&B run holds the comparison
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # anything W&B leaks lands here
+    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    write_surface_report(store, wandb=WandbOptions(), figures="all")
     drawn = {p.relative_to(store.folder).parts[1] for p in store.folder.glob("figures/**/*.png")}
     assert drawn == {"flatten"}
+    (logged,) = store.folder.glob("wandb/offline-run-*/files/media/table/baselines_*.table.json")
+    assert [row[1] for row in json.loads(logged.read_text())["data"]] == [r["group"] for r in rows]
     # other seeds are another baseline: refused, naming it
     experiment.baseline_seeds = [0, 1]
     with pytest.raises(RunFolderError, match=r"differs in: .*baseline"):
