@@ -6,7 +6,9 @@ band checkpoints and resume), then the loops themselves (a :class:`SpaceSurfaceM
 membranes of its rank's loops). Each loop's record is written the moment it is decided; a rerun
 of the same config decides only the loops without a record (records are the truth: the search is
 deterministic, so a loop killed mid-way is filled again from its flat fill with the same
-result). Rank zero then writes the tables and figures
+result). With ``baseline: untrained``, each seed's untrained network then fills its own loops
+(drawn by its own predictions) the same way, its records under ``untrained_seed<s>/<space>``
+(:func:`fill_space`). Rank zero then writes the tables and figures
 (:mod:`connectivity.reporting.surface_report`).
 """
 
