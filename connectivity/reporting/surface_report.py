@@ -1,7 +1,10 @@
 """The report of a surfaces run, rebuilt from its saved records alone: the surfaces table per
 space (``surfaces.md``, ``surfaces.csv``), one row per loop (``loops.csv``), a figure per loop
 and space (its parameter domain coloured by predicted class before and after relaxation,
-``figures/<space>/loop_<id>.png``) and the W&B run of the folder."""
+``figures/<space>/loop_<id>.png``) and the W&B run of the folder. With an untrained baseline
+(``baseline`` in ``run.json``), ``surfaces.md`` sets the trained network beside it
+(``baselines.csv`` too) and ``loops.csv`` holds its loops under their records key
+(``untrained_seed<s>/<space>``); figures are drawn for the trained network's loops only."""
 
 from __future__ import annotations
 
@@ -18,7 +21,16 @@ from connectivity.reporting.surface_figures import (
     surface_domain_figure,
     surface_images_figure,
 )
-from connectivity.reporting.surface_tables import loops_csv, surfaces_csv, surfaces_markdown
+from connectivity.reporting.surface_tables import (
+    loops_csv,
+    surface_baseline_keys,
+    surface_comparison,
+    surface_comparison_markdown,
+    surface_comparison_rows,
+    surfaces_csv,
+    surfaces_markdown,
+)
+from connectivity.reporting.tables import csv_text
 from connectivity.reporting.wandb_log import (
     WandbOptions,
     log_graph_report,
@@ -105,10 +117,13 @@ def write_surface_report(
 ) -> str:
     """Write the tables and figures of a surfaces run from its records; log them to W&B if
     asked (once per folder, as path runs do). ``decoders`` (``{space: checkpoint}``, default
-    the run's own) show latent surfaces as images.
+    the run's own) show latent surfaces as images. With an untrained baseline, the comparison
+    of the trained network's loops with each seed's (and their mean and sd) follows the table
+    and goes to ``baselines.csv`` and W&B's ``baselines`` table; figures are drawn for the
+    trained network's loops only.
 
     Returns:
-        The surfaces table as Markdown (also printed).
+        The surfaces table as Markdown (also printed), with the baselines' comparison.
 
     Raises:
         OptionsError: ``figures`` is not ``auto``, ``all`` or ``none``.
@@ -121,15 +136,24 @@ def write_surface_report(
     loops, size = len(manifest["loops"]), manifest["sampling"]["size"]
     markdown = surfaces_markdown(by_space, loops, size)
     missing = {s: loops - len(rs) for s, rs in by_space.items()}
+    asked = surface_baseline_keys(manifest)
+    baselines = {key: store.load_loops(key) for key in asked}
+    missing.update({key: n - len(baselines[key]) for key, (_, _, n) in asked.items()})
     if any(missing.values()):
         markdown += (
             "\nNot yet decided (rerun the same config to finish): "
             + ", ".join(f"{s}: {n}" for s, n in missing.items() if n)
             + "\n"
         )
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
+    if baselines:
+        compared = surface_comparison(manifest, by_space, baselines)
+        markdown += "\n" + surface_comparison_markdown(compared)
+        tables["baselines"] = surface_comparison_rows(compared)
+        store.save_text("baselines.csv", csv_text(*tables["baselines"]))
     store.save_text("surfaces.md", markdown)
     store.save_text("surfaces.csv", surfaces_csv(by_space))
-    store.save_text("loops.csv", loops_csv(by_space))
+    store.save_text("loops.csv", loops_csv({**by_space, **baselines}))
     print(f"\n{markdown}\nRun folder: {store.folder}", flush=True)
     drawn: dict[str, Path] = {}
     shown = load_decoders(decoders or store.decoders(), manifest.get("classifier"))
@@ -147,7 +171,7 @@ def write_surface_report(
             for space, records in by_space.items()
             for r in records
         ]
-        tables = {"loops": (["space", "loop", "verdict", "certificate", "min_margin"], rows)}
+        tables["loops"] = (["space", "loop", "verdict", "certificate", "min_margin"], rows)
         summary = {
             f"{space}/{verdict}": sum(r["verdict"] == verdict for r in records)
             for space, records in by_space.items()

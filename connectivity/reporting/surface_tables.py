@@ -1,15 +1,29 @@
 """The tables of a surfaces run: verdict counts per space with the certificate each count
-rests on (``surfaces.md``, ``surfaces.csv``) and one row per loop and space (``loops.csv``).
+rests on (``surfaces.md``, ``surfaces.csv``), one row per loop and space (``loops.csv``) and,
+with an untrained baseline, the trained network's loops beside each untrained seed's and their
+mean and spread (``surfaces.md``'s second part, ``baselines.csv``).
 
-Plain text from saved loop records (:class:`~connectivity.store.surfaces.SurfaceStore`).
+Plain text from saved loop records (:class:`~connectivity.store.surfaces.SurfaceStore`); the
+baseline's layout is the path runs' (:mod:`connectivity.reporting.baselines`), with the
+quantities of loops.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
+from connectivity.reporting.baselines import (
+    TRAINED,
+    _median,
+    _number,
+    _spread,
+    untrained_group,
+)
 from connectivity.reporting.tables import CERTIFICATES, csv_text, markdown_table
+from connectivity.store.records import untrained_key
 
 SURFACE_VERDICTS = ("planar", "curved", "none", "diverged", "no-loop")
 SURFACE_ROWS = {
@@ -95,3 +109,124 @@ def loops_csv(by_space: dict[str, list[dict[str, Any]]]) -> str:
             indices = " ".join(str(i) for i in loop["indices"])
             rows.append([space, loop["id"], indices, *(r.get(c, "") for c in LOOP_COLUMNS)])
     return csv_text(["space", "loop", "indices", *LOOP_COLUMNS], rows)
+
+
+FILLED = ("planar", "curved")
+PROVED = ("exact", "bounds")
+
+
+def _share(records: list[dict[str, Any]], keep: Callable[[dict[str, Any]], bool]) -> float:
+    """Percent of ``records`` that ``keep`` accepts (NaN for none)."""
+    return 100.0 * sum(keep(r) for r in records) / len(records) if records else math.nan
+
+
+def _median_of(name: str) -> Callable[[list[dict[str, Any]]], float]:
+    """The median of a record field over the loops with a surface (an open loop has none: its
+    margins and distances are NaN, its steps and vertices 0)."""
+    return lambda rs: _median([float(r[name]) for r in rs if r["verdict"] != "no-loop"])
+
+
+# The quantities of each group of loops, in table order: (name, what it is computed from).
+SURFACE_QUANTITIES: list[tuple[str, Callable[[list[dict[str, Any]]], float]]] = [
+    ("loops", len),
+    # An untrained network often puts most inputs in one or two classes.
+    ("classes", lambda rs: float(len({r["target"] for r in rs}))),
+    *(
+        (SURFACE_ROWS[v], lambda rs, v=v: float(sum(r["verdict"] == v for r in rs)))
+        for v in SURFACE_VERDICTS
+    ),
+    ("filled (%)", lambda rs: _share(rs, lambda r: r["verdict"] in FILLED)),
+    (
+        "filled and proved (%)",
+        lambda rs: _share(rs, lambda r: r["verdict"] in FILLED and r.get("certificate") in PROVED),
+    ),
+    ("median lowest margin, flat fill", _median_of("planar_min_margin")),
+    ("median lowest margin, surface", _median_of("min_margin")),
+    ("median steps", _median_of("steps")),
+    ("median vertices", _median_of("vertices")),
+    ("median moved ratio", _median_of("moved_ratio")),
+]
+
+
+def surface_baseline_keys(manifest: dict[str, Any]) -> dict[str, tuple[str, str, int]]:
+    """``{records key: (group, space, loops asked)}`` of a surfaces run's untrained baselines
+    (none without a ``baseline`` entry in ``run.json``), in seed then space order."""
+    baseline = manifest.get("baseline") or {}
+    return {
+        untrained_key(seed, space): (
+            untrained_group(seed),
+            space,
+            len(baseline["loops"][str(seed)]),
+        )
+        for seed in baseline.get("seeds", [])
+        for space in manifest["spaces"]
+    }
+
+
+def surface_comparison(
+    manifest: dict[str, Any],
+    by_space: dict[str, list[dict[str, Any]]],
+    baselines: dict[str, list[dict[str, Any]]],
+) -> dict[str, dict[str, list[float]]]:
+    """``{space: {column: [value per quantity of SURFACE_QUANTITIES]}}``: the trained
+    network's loops (``by_space``), each untrained seed's (``baselines``, by records key) and,
+    with several seeds, their mean and sample standard deviation (``untrained mean``,
+    ``untrained sd``; NaN values left out)."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {TRAINED: by_space}
+    for key, (group, space, _) in surface_baseline_keys(manifest).items():
+        groups.setdefault(group, {})[space] = baselines.get(key, [])
+    table: dict[str, dict[str, list[float]]] = {}
+    for space in by_space:
+        values = {
+            name: [float(compute(loops.get(space, []))) for _, compute in SURFACE_QUANTITIES]
+            for name, loops in groups.items()
+        }
+        seeds = [name for name in values if name != TRAINED]
+        if len(seeds) > 1:
+            values["untrained mean"], values["untrained sd"] = _spread([values[s] for s in seeds])
+        table[space] = values
+    return table
+
+
+def surface_comparison_markdown(table: dict[str, dict[str, list[float]]]) -> str:
+    """One table per space: a column per group (and ``mean ± sd`` over untrained seeds), a row
+    per quantity."""
+    parts = [
+        "## Baselines: the trained network beside untrained ones",
+        "",
+        "Each untrained network is the architecture freshly initialised with its seed; its "
+        "loops are drawn from the same split with the same loop options by its own predictions "
+        "(a class it puts too few inputs in is left out). Margins: target logit minus the best "
+        "other, the lowest over the flat fill and over the final surface; moved ratio: how far "
+        "the surface moved from the flat fill over the loop's diameter.",
+    ]
+    for space, values in table.items():
+        columns = [c for c in values if c not in ("untrained mean", "untrained sd")]
+        header = ["", *columns]
+        spread = "untrained mean" in values
+        if spread:
+            header.insert(2, f"untrained ({len(columns) - 1} seeds, mean ± sd)")
+        rows = []
+        for k, (quantity, _) in enumerate(SURFACE_QUANTITIES):
+            row = [quantity, *(_number(values[c][k]) for c in columns)]
+            if spread:
+                mean, sd = values["untrained mean"][k], values["untrained sd"][k]
+                row.insert(2, f"{_number(mean)} ± {_number(sd)}")
+            rows.append(row)
+        parts += ["", f"### {space}", "", *markdown_table(header, rows)]
+    return "\n".join(parts) + "\n"
+
+
+def surface_comparison_rows(
+    table: dict[str, dict[str, list[float]]],
+) -> tuple[list[str], list[list[Any]]]:
+    """The header and rows of a surfaces run's ``baselines.csv`` (and W&B's ``baselines``):
+    one row per space and group (``untrained mean`` and ``untrained sd`` rows with several
+    seeds), one column per quantity."""
+    header = ["space", "group", *(name for name, _ in SURFACE_QUANTITIES)]
+    rows = [
+        [space, group, *summary]
+        for space, values in table.items()
+        for group, summary in values.items()
+    ]
+    return header, rows

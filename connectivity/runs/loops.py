@@ -7,6 +7,7 @@ first (their paths are the loop) and then fills the loop (:mod:`connectivity.run
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -110,13 +111,25 @@ def select_loops(
     sampling: LoopSampling,
     class_names: list[str],
     device: str = "cpu",
+    predicted: bool = False,
 ) -> list[Loop]:
     """``sampling.count`` loops per class, in class order, each of ``sampling.size`` distinct
     items drawn with ``sampling.seed`` (identical on every rank); ``network`` is only read.
 
+    Args:
+        network: The classifier (logits of images in [0, 1]).
+        dataset: The split loops are drawn from.
+        sampling: How to draw them.
+        class_names: Names of the classes, for messages.
+        device: Where predictions are computed.
+        predicted: Classes are ``network``'s predictions, not the dataset's labels (an
+            untrained network's loops): every item is usable, in the class it is put in, and a
+            class with too few items for its loops is left out (printed) rather than refused:
+            an untrained network often puts nearly every input in one or two classes.
+
     Raises:
         PairError: a class in ``sampling.classes`` the dataset does not have, or a class with
-            fewer usable items than ``count * size``.
+            fewer usable items than ``count * size`` (with ``predicted``: every class).
     """
     classes = sampling.classes if sampling.classes is not None else list(range(len(class_names)))
     for c in classes:
@@ -125,33 +138,73 @@ def select_loops(
                 f"loops.classes holds {c}, which is not a class of the dataset (0.."
                 f"{len(class_names) - 1})"
             )
-    if sampling.correctly_classified or sampling.closest_of is not None:
+    if predicted:  # every item is in the class it is put in
+        sampling = dataclasses.replace(sampling, correctly_classified=False)
+    if predicted or sampling.correctly_classified or sampling.closest_of is not None:
         network = working_copy(network).to(device)
     size = len(dataset)  # type: ignore[arg-type]
     order = torch.randperm(size, generator=torch.Generator().manual_seed(sampling.seed)).tolist()
     if sampling.closest_of is not None:
-        return _closest_calls(network, dataset, sampling, classes, class_names, order, device)
+        return _closest_calls(
+            network, dataset, sampling, classes, class_names, order, device, predicted
+        )
     need = sampling.count * sampling.size
     by_label: dict[int, list[int]] = {c: [] for c in classes}
-    for index, label in _usable(network, dataset, order, sampling, device):  # type: ignore[arg-type]
+    usable = _usable(network, dataset, order, sampling, device, predicted)  # type: ignore[arg-type]
+    for index, label in usable:
         if label in by_label and len(by_label[label]) < need:
             by_label[label].append(index)
         if all(len(items) == need for items in by_label.values()):
             break
     loops = []
-    for c in classes:
+    for c in _drawn_classes(by_label, need, sampling, class_names, predicted):
         items = by_label[c]
-        if len(items) < need:
-            which = " correctly classified" if sampling.correctly_classified else ""
-            raise PairError(
-                f"class {class_names[c]!r} ({c}) has only {len(items)}{which} inputs in the "
-                f"{sampling.split} split, fewer than loops.count x loops.size = {need}; ask "
-                "for fewer loops or leave the class out (loops.classes)"
-            )
         for k in range(sampling.count):
             part = tuple(items[k * sampling.size : (k + 1) * sampling.size])
             loops.append(Loop(len(loops), part, c))
     return loops
+
+
+def _drawn_classes(
+    by_label: dict[int, list[int]],
+    need: int,
+    sampling: LoopSampling,
+    class_names: list[str],
+    predicted: bool,
+) -> list[int]:
+    """The classes of ``by_label`` (``{class: usable items}``) with at least ``need`` items, in
+    its order.
+
+    Raises:
+        PairError: a class with fewer (with ``predicted``: every class; the others are left
+            out, and how many is printed).
+    """
+    short = {c: len(items) for c, items in by_label.items() if len(items) < need}
+    kept = [c for c in by_label if c not in short]
+    # closest_of draws its loops with repeats: one loop's items are enough.
+    asked = "loops.size" if sampling.closest_of is not None else "loops.count x loops.size"
+    if not predicted and short:
+        c = next(iter(short))
+        which = " correctly classified" if sampling.correctly_classified else ""
+        raise PairError(
+            f"class {class_names[c]!r} ({c}) has only {short[c]}{which} inputs in the "
+            f"{sampling.split} split, fewer than {asked} = {need}; ask "
+            "for fewer loops or leave the class out (loops.classes)"
+        )
+    if not kept:
+        put = {c: n for c, n in short.items() if n}
+        raise PairError(
+            f"the network puts fewer than {asked} = {need} inputs of the "
+            f"{sampling.split} split in each class asked for (it puts {put or 'none'} there); "
+            "ask for fewer or smaller loops, or other loops.classes"
+        )
+    if short and rank_zero_only.rank == 0:
+        print(
+            f"loops: {len(short)} of the {len(by_label)} classes are left out: the network puts "
+            f"fewer than {need} inputs of the {sampling.split} split in them",
+            flush=True,
+        )
+    return kept
 
 
 def _closest_calls(
@@ -162,23 +215,21 @@ def _closest_calls(
     class_names: list[str],
     order: list[int],
     device: str,
+    predicted: bool,
 ) -> list[Loop]:
     """Per class, the ``count`` of ``closest_of`` random loops whose flat fills come closest
-    to leaving the class (see :class:`LoopSampling`), in the order drawn."""
+    to leaving the class (see :class:`LoopSampling`), in the order drawn; classes as
+    :func:`select_loops` keeps them."""
     assert sampling.closest_of is not None
     by_label: dict[int, list[int]] = {c: [] for c in classes}
-    for index, label in _usable(network, dataset, order, sampling, device):  # type: ignore[arg-type]
+    usable = _usable(network, dataset, order, sampling, device, predicted)  # type: ignore[arg-type]
+    for index, label in usable:
         if label in by_label:
             by_label[label].append(index)
     generator = torch.Generator().manual_seed(sampling.seed)
     loops, left, drawn = [], 0, 0
-    for c in classes:
+    for c in _drawn_classes(by_label, sampling.size, sampling, class_names, predicted):
         items = by_label[c]
-        if len(items) < sampling.size:
-            raise PairError(
-                f"class {class_names[c]!r} ({c}) has only {len(items)} usable inputs in the "
-                f"{sampling.split} split, fewer than loops.size = {sampling.size}"
-            )
         candidates = [
             tuple(
                 items[i] for i in torch.randperm(len(items), generator=generator)[: sampling.size]

@@ -6,7 +6,9 @@ band checkpoints and resume), then the loops themselves (a :class:`SpaceSurfaceM
 membranes of its rank's loops). Each loop's record is written the moment it is decided; a rerun
 of the same config decides only the loops without a record (records are the truth: the search is
 deterministic, so a loop killed mid-way is filled again from its flat fill with the same
-result). Rank zero then writes the tables and figures
+result). With ``baseline: untrained``, each seed's untrained network then fills its own loops
+(drawn by its own predictions) the same way, its records under ``untrained_seed<s>/<space>``
+(:func:`fill_space`). Rank zero then writes the tables and figures
 (:mod:`connectivity.reporting.surface_report`).
 """
 
@@ -35,14 +37,17 @@ from connectivity.lightning.surface_module import SurfaceModule
 from connectivity.reporting.drawing import check_figures, load_decoders
 from connectivity.reporting.surface_report import write_surface_report
 from connectivity.reporting.wandb_log import WandbOptions, paths_logger
+from connectivity.runs.baselines import baseline_manifest, check_baseline, untrained_network
 from connectivity.runs.loops import Loop, LoopSampling, loop_sides, select_loops
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.paths import (
+    MANIFEST_ADDITIONS,
     SpacePathModule,
     check_decoders,
     data_manifest,
     options_in_space,
 )
+from connectivity.runs.sampling import PairError
 from connectivity.runs.trainer import (
     RecordWriter,
     check_checkpoint_every,
@@ -51,6 +56,7 @@ from connectivity.runs.trainer import (
     fit_pairs,
     trainer_settings,
 )
+from connectivity.store.records import untrained_key
 from connectivity.store.surfaces import SurfaceStore, sides_key
 
 # Grid points per axis of a loop's domain maps (its figure): 48 x 48 points of the surface.
@@ -76,7 +82,15 @@ class SurfaceExperiment:
         output_dir: Folder of all surfaces runs.
         checkpoint_every: Steps between the sides' band checkpoints.
         figures: Which loop figures the report draws: ``auto`` and ``all`` (every loop and
-            space; surfaces runs are small) or ``none``.
+            space; surfaces runs are small) or ``none``; the trained network's loops only.
+        baseline: ``untrained``: also fill, in every space, the loops of a freshly
+            initialised network of the classifier's architecture for each seed of
+            ``baseline_seeds`` (:mod:`connectivity.runs.baselines`), drawn from the same split
+            with the same ``loops`` options but by that network's own predictions (a class it
+            puts too few inputs in is left out); the report sets them beside the trained
+            network's. None: no baseline. Adding or leaving out the baseline on a rerun keeps
+            the trained network's loops.
+        baseline_seeds: One untrained network per seed (the same seed, the same network).
     """
 
     classifier: str
@@ -88,10 +102,13 @@ class SurfaceExperiment:
     output_dir: str = "lightning_logs/surfaces"
     checkpoint_every: int = 20
     figures: str = "auto"
+    baseline: str | None = None
+    baseline_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
     def __post_init__(self) -> None:
         check_checkpoint_every(self.checkpoint_every)
         check_figures(self.figures)
+        self.baseline_seeds = check_baseline(self.baseline, self.baseline_seeds)
         repeated = sorted({s for s in self.spaces if self.spaces.count(s) > 1})
         if repeated:
             raise ConnectivityError(
@@ -99,10 +116,19 @@ class SurfaceExperiment:
             )
 
 
-def manifest(experiment: SurfaceExperiment, data: ImageDataModule, loops: list[Loop]) -> dict:
-    """What makes two surfaces runs the same experiment (resume only continues the same one)."""
+def manifest(
+    experiment: SurfaceExperiment,
+    data: ImageDataModule,
+    loops: list[Loop],
+    baseline: dict[str, Any] | None = None,
+) -> dict:
+    """What makes two surfaces runs the same experiment (resume only continues the same one);
+    with ``baseline`` (:func:`surfaces_baseline_manifest`), its entry too (a part a rerun may
+    add or leave out: :data:`~connectivity.runs.paths.MANIFEST_ADDITIONS`)."""
     classifier = Path(experiment.classifier)
+    extra = {"baseline": baseline} if baseline else {}
     return {
+        **extra,
         "kind": "surfaces",
         "classifier": experiment.classifier,
         "classifier_sha256": file_digest(classifier) if classifier.is_file() else None,
@@ -112,6 +138,50 @@ def manifest(experiment: SurfaceExperiment, data: ImageDataModule, loops: list[L
         "sampling": asdict(experiment.loops),
         "surface": asdict(experiment.surface),
     }
+
+
+def surfaces_baseline_manifest(
+    baselines: dict[int, tuple[nn.Module, list[Loop]]], from_checkpoint: bool
+) -> dict[str, Any]:
+    """The ``baseline`` entry of a surfaces run's ``run.json``: the paths runs' entry
+    (:func:`~connectivity.runs.baselines.baseline_manifest`) with each seed's loops under
+    ``loops``, as the run's own loops are named."""
+    drawn = {seed: [asdict(loop) for loop in loops] for seed, (_, loops) in baselines.items()}
+    entry = baseline_manifest(list(baselines), drawn, from_checkpoint)
+    entry["loops"] = entry.pop("pairs")
+    return entry
+
+
+def untrained_loops(
+    classifier: str | Path | nn.Module,
+    experiment: SurfaceExperiment,
+    dataset: Dataset,
+    class_names: list[str],
+    device: str,
+) -> dict[int, tuple[nn.Module, list[Loop]]]:
+    """``{seed: (untrained network, its loops)}`` for each of ``experiment.baseline_seeds``:
+    the network (:func:`~connectivity.runs.baselines.untrained_network`, on ``device``, its
+    spaces checked as the trained one's are) and the loops it puts in one class, drawn as
+    ``experiment.loops`` asks from ``dataset`` by its own predictions.
+
+    Raises:
+        As :func:`~connectivity.runs.baselines.untrained_network`,
+        :func:`~connectivity.runs.networks.probe_spaces` and
+        :func:`~connectivity.runs.loops.select_loops` (PairError: no class of the seed's
+        network holds enough inputs for a loop).
+    """
+    baselines = {}
+    for seed in experiment.baseline_seeds:
+        network = untrained_network(classifier, seed).to(device)
+        probe_spaces(network, experiment.spaces, dataset, experiment.surface)
+        try:
+            loops = select_loops(
+                network, dataset, experiment.loops, class_names, device, predicted=True
+            )
+        except PairError as error:
+            raise PairError(f"the untrained baseline of seed {seed}: {error}") from None
+        baselines[seed] = (network, loops)
+    return baselines
 
 
 class SpaceSurfaceModule(SurfaceModule):
@@ -126,6 +196,9 @@ class SpaceSurfaceModule(SurfaceModule):
         dataset: The dataset the loops index.
         options: Surface options (:func:`~connectivity.runs.paths.options_in_space` applied).
         store: The run folder: loops with a record are not filled again.
+        key: Where the records go (``<key>/loop_<id>.pt``, the sides' under
+            ``sides_key(key)``) and the prefix of the metrics (default: ``space``; an
+            untrained baseline's: :func:`~connectivity.store.records.untrained_key`).
     """
 
     def __init__(
@@ -136,9 +209,13 @@ class SpaceSurfaceModule(SurfaceModule):
         dataset: Dataset,
         options: SurfaceOptions,
         store: SurfaceStore,
+        key: str | None = None,
     ) -> None:
         _, tail = split(network, space)
-        super().__init__(tail, options=options_in_space(options, space), space=space)
+        super().__init__(
+            tail, options=options_in_space(options, space), space=space if key is None else key
+        )
+        self.point_space = space  # ``space`` is the records' key
         self.all_loops = loops
         self.dataset = dataset
         self.store = store
@@ -245,7 +322,7 @@ class SpaceSurfaceModule(SurfaceModule):
 
     def corner_images(self, loop: Loop) -> Tensor | None:
         """``(k, C, H, W)`` the loop's inputs, kept with its record in a latent space."""
-        if self.space == INPUT:
+        if self.point_space == INPUT:
             return None
         return stack_images(self.dataset, list(loop.indices))[0]
 
@@ -272,6 +349,37 @@ def fit_loops(
     return fit_module(module, settings, [LoopRecordWriter(store)], MembraneProgressBar())
 
 
+def fill_space(
+    network: nn.Module,
+    space: str,
+    key: str,
+    loops: list[Loop],
+    dataset: Dataset,
+    experiment: SurfaceExperiment,
+    settings: dict[str, Any],
+    store: SurfaceStore,
+) -> L.Trainer:
+    """Decide the loops' sides in ``space`` as path pairs, then fill the loops: two fits, the
+    records under ``key`` (the sides' under ``sides_key(key)``, their band checkpoints in
+    ``bands/<key>``)."""
+    checkpoints = store.folder / "bands" / key
+    sides = SpacePathModule(
+        network,
+        space,
+        loop_sides(loops),
+        dataset,
+        experiment.surface,
+        store,
+        checkpoints,
+        key=sides_key(key),
+    )
+    fit_pairs(sides, settings, store, checkpoints, experiment.checkpoint_every)
+    surfaces = SpaceSurfaceModule(
+        network, space, loops, dataset, experiment.surface, store, key=key
+    )
+    return fit_loops(surfaces, settings, store)
+
+
 def run_surfaces(
     experiment: SurfaceExperiment,
     data: ImageDataModule,
@@ -294,10 +402,12 @@ def run_surfaces(
 
     Raises:
         OptionsError, PairError, LayerError, NotPiecewiseLinearError, NotBoundedError: before
-            any work or run folder.
+            any work or run folder (an untrained baseline's too: its network and loops are
+            drawn first).
     """
     check_trainer_arguments(trainer)
     own_classifier = experiment.classifier if network is None else None
+    given = network
     network = load_network(network if network is not None else experiment.classifier)
     for space in experiment.spaces:
         split(network, space)
@@ -309,10 +419,16 @@ def run_surfaces(
     settings, probe = trainer_settings(trainer)
     device = str(probe.strategy.root_device)
     loops = select_loops(network.to(device), dataset, experiment.loops, data.class_names, device)
-    sides = loop_sides(loops)
+    baselines = {}
+    if experiment.baseline is not None:
+        source = given if given is not None else experiment.classifier
+        baselines = untrained_loops(source, experiment, dataset, data.class_names, device)
     store = SurfaceStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:
-        store.start(manifest(experiment, data, loops))
+        baseline = None
+        if baselines:
+            baseline = surfaces_baseline_manifest(baselines, from_checkpoint=given is None)
+        store.start(manifest(experiment, data, loops, baseline), MANIFEST_ADDITIONS)
         if experiment.decoders:
             store.save_decoders(experiment.decoders)
     if settings["logger"] in (None, True):
@@ -320,20 +436,12 @@ def run_surfaces(
         settings["logger"] = ours or False
     fit = None
     for space in experiment.spaces:
-        checkpoints = store.folder / "bands" / space
-        module = SpacePathModule(
-            network,
-            space,
-            sides,
-            dataset,
-            experiment.surface,
-            store,
-            checkpoints,
-            key=sides_key(space),
-        )
-        fit_pairs(module, settings, store, checkpoints, experiment.checkpoint_every)
-        surfaces = SpaceSurfaceModule(network, space, loops, dataset, experiment.surface, store)
-        fit = fit_loops(surfaces, settings, store)
+        fit = fill_space(network, space, space, loops, dataset, experiment, settings, store)
+    # After the trained network's loops, so that its results come first and stay the same.
+    for seed, (untrained, drawn) in baselines.items():
+        for space in experiment.spaces:
+            key = untrained_key(seed, space)
+            fit = fill_space(untrained, space, key, drawn, dataset, experiment, settings, store)
     assert fit is not None
     fit.strategy.barrier()
     if not fit.is_global_zero:
@@ -347,4 +455,10 @@ def run_surfaces(
     return store
 
 
-__all__ = ["SpaceSurfaceModule", "SurfaceExperiment", "run_surfaces"]
+__all__ = [
+    "SpaceSurfaceModule",
+    "SurfaceExperiment",
+    "fill_space",
+    "run_surfaces",
+    "untrained_loops",
+]

@@ -5,6 +5,11 @@ Layout, beside a path run's (:class:`~connectivity.store.records.RunStore`): ``r
 pairs; side ``i`` of loop ``l`` of size ``k`` has id ``l * k + i``),
 ``records/<space>/loop_<id>.pt`` (one per filled or refused loop), ``surfaces.md`` /
 ``surfaces.csv`` (the table per space), ``loops.csv`` and ``figures/<space>/loop_<id>.png``.
+An untrained baseline's loops (``baseline`` in ``run.json``) keep the same layout under their
+records key :func:`~connectivity.store.records.untrained_key`
+(``records/untrained_seed<s>/<space>/loop_<id>.pt``, its sides under ``.../sides/``, their band
+checkpoints under ``bands/untrained_seed<s>/<space>/``), with ``baselines.csv`` beside the
+tables.
 """
 
 from __future__ import annotations
