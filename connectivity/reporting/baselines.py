@@ -76,7 +76,7 @@ def record_groups(
     return groups
 
 
-def _median(values: list[float]) -> float:
+def finite_median(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return statistics.median(kept) if kept else math.nan
 
@@ -95,12 +95,18 @@ QUANTITIES: list[tuple[str, Callable[[list[dict[str, Any]]], float]]] = [
             else math.nan
         ),
     ),
-    ("median line barrier", lambda rs: _median([pair_barrier(r, "line") for r in rs])),
-    ("median path barrier", lambda rs: _median([pair_barrier(r, "path") for r in rs])),
-    ("median lowest line margin", lambda rs: _median([lowest_margin(r, "line") for r in rs])),
-    ("median lowest path margin", lambda rs: _median([lowest_margin(r, "path") for r in rs])),
-    ("median steps", lambda rs: _median([float(r["steps"]) for r in rs])),
-    ("median length ratio", lambda rs: _median([float(r["length_ratio"]) for r in rs])),
+    ("median line barrier", lambda rs: finite_median([pair_barrier(r, "line") for r in rs])),
+    ("median path barrier", lambda rs: finite_median([pair_barrier(r, "path") for r in rs])),
+    (
+        "median lowest line margin",
+        lambda rs: finite_median([lowest_margin(r, "line") for r in rs]),
+    ),
+    (
+        "median lowest path margin",
+        lambda rs: finite_median([lowest_margin(r, "path") for r in rs]),
+    ),
+    ("median steps", lambda rs: finite_median([float(r["steps"]) for r in rs])),
+    ("median length ratio", lambda rs: finite_median([float(r["length_ratio"]) for r in rs])),
 ]
 
 

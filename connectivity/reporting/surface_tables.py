@@ -17,9 +17,9 @@ from typing import Any
 
 from connectivity.reporting.baselines import (
     TRAINED,
-    _median,
-    _number,
-    _spread,
+    finite_median,
+    mean_and_sd,
+    shown_number,
     untrained_group,
 )
 from connectivity.reporting.tables import CERTIFICATES, csv_text, markdown_table
@@ -123,7 +123,7 @@ def _share(records: list[dict[str, Any]], keep: Callable[[dict[str, Any]], bool]
 def _median_of(name: str) -> Callable[[list[dict[str, Any]]], float]:
     """The median of a record field over the loops with a surface (an open loop has none: its
     margins and distances are NaN, its steps and vertices 0)."""
-    return lambda rs: _median([float(r[name]) for r in rs if r["verdict"] != "no-loop"])
+    return lambda rs: finite_median([float(r[name]) for r in rs if r["verdict"] != "no-loop"])
 
 
 # The quantities of each group of loops, in table order: (name, what it is computed from).
@@ -183,7 +183,9 @@ def surface_comparison(
         }
         seeds = [name for name in values if name != TRAINED]
         if len(seeds) > 1:
-            values["untrained mean"], values["untrained sd"] = _spread([values[s] for s in seeds])
+            values["untrained mean"], values["untrained sd"] = mean_and_sd(
+                [values[s] for s in seeds]
+            )
         table[space] = values
     return table
 
@@ -208,10 +210,10 @@ def surface_comparison_markdown(table: dict[str, dict[str, list[float]]]) -> str
             header.insert(2, f"untrained ({len(columns) - 1} seeds, mean ± sd)")
         rows = []
         for k, (quantity, _) in enumerate(SURFACE_QUANTITIES):
-            row = [quantity, *(_number(values[c][k]) for c in columns)]
+            row = [quantity, *(shown_number(values[c][k]) for c in columns)]
             if spread:
                 mean, sd = values["untrained mean"][k], values["untrained sd"][k]
-                row.insert(2, f"{_number(mean)} ± {_number(sd)}")
+                row.insert(2, f"{shown_number(mean)} ± {shown_number(sd)}")
             rows.append(row)
         parts += ["", f"### {space}", "", *markdown_table(header, rows)]
     return "\n".join(parts) + "\n"

@@ -263,11 +263,6 @@ def test_a_baseline_without_loops_fails_before_any_folder(
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs/pairs.py _usable rebinds its `predicted` flag to the list of predictions, so "
-    "from the second chunk of 256 items on it yields every item in its predicted class",
-)
 def test_correctly_classified_loops_leave_out_misclassified_inputs_past_the_first_chunk() -> None:
     classes = [k % 3 for k in range(600)]
     dataset = _dataset(classes)
