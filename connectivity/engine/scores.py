@@ -2,9 +2,10 @@
 energy barrier, or minus its lowest margin) that should be higher for one kind of pair
 (adversarial ends) than for the other (natural ends).
 
-The curve and the area are torchmetrics' (``binary_roc``, ``binary_auroc``: the area by the
+The curve and the area are scikit-learn's (``roc_curve``, ``roc_auc_score``: the area by the
 trapezoidal rule over every threshold, so tied scores count one half, the Mann-Whitney
-statistic).
+statistic), in float64: torchmetrics' float32 area would show rounding in the third digit of
+large sets.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as _roc_curve
 from torch import Tensor
-from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 
 def _checked(scores: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
@@ -22,7 +24,7 @@ def _checked(scores: Tensor, positive: Tensor) -> tuple[Tensor, Tensor]:
     Raises:
         ValueError: other shapes than two ``(N,)`` tensors.
     """
-    scores, positive = torch.as_tensor(scores), torch.as_tensor(positive)
+    scores, positive = torch.as_tensor(scores).cpu(), torch.as_tensor(positive).cpu()
     if scores.dim() != 1 or scores.shape != positive.shape:
         raise ValueError(
             f"scores {tuple(scores.shape)} and positive {tuple(positive.shape)} must be two "
@@ -40,11 +42,12 @@ def auroc(scores: Tensor, positive: Tensor) -> float:
     scores, positive = _checked(scores, positive)
     if int(positive.sum()) in (0, positive.numel()):
         return math.nan
-    return float(binary_auroc(scores, positive))
+    return float(roc_auc_score(positive.numpy(), scores.numpy()))
 
 
 def roc_curve(scores: Tensor, positive: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(false positive rate, true positive rate, threshold)`` of ``scores`` as a detector of
     ``positive`` (see :func:`auroc`), each ``(K,)``, from the highest threshold down."""
     scores, positive = _checked(scores, positive)
-    return binary_roc(scores, positive)
+    fpr, tpr, thresholds = _roc_curve(positive.numpy(), scores.numpy(), drop_intermediate=False)
+    return torch.from_numpy(fpr), torch.from_numpy(tpr), torch.from_numpy(thresholds)
