@@ -31,15 +31,18 @@ def untrained_group(seed: int) -> str:
     return f"untrained seed {seed}"
 
 
-def baseline_keys(manifest: dict[str, Any]) -> dict[str, tuple[str, str, int]]:
-    """``{records key: (group, space, pairs asked)}`` of the run's untrained baselines (none
-    without a ``baseline`` entry in ``run.json``), in seed then space order."""
+def baseline_keys(
+    manifest: dict[str, Any], items: str = "pairs"
+) -> dict[str, tuple[str, str, int]]:
+    """``{records key: (group, space, items asked)}`` of the run's untrained baselines (none
+    without a ``baseline`` entry in ``run.json``), in seed then space order; ``items`` is what
+    the entry lists per seed (``pairs``, or a surfaces run's ``loops``)."""
     baseline = manifest.get("baseline") or {}
     return {
         untrained_key(seed, space): (
             untrained_group(seed),
             space,
-            len(baseline["pairs"][str(seed)]),
+            len(baseline[items][str(seed)]),
         )
         for seed in baseline.get("seeds", [])
         for space in manifest["spaces"]

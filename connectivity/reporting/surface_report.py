@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from connectivity.maps import PlaneMap
+from connectivity.reporting.baselines import baseline_keys
 from connectivity.reporting.drawing import check_figures, load_decoders, points_as_images
 from connectivity.reporting.surface_figures import (
     plane_map_figure,
@@ -23,7 +24,6 @@ from connectivity.reporting.surface_figures import (
 )
 from connectivity.reporting.surface_tables import (
     loops_csv,
-    surface_baseline_keys,
     surface_comparison,
     surface_comparison_markdown,
     surface_comparison_rows,
@@ -136,7 +136,7 @@ def write_surface_report(
     loops, size = len(manifest["loops"]), manifest["sampling"]["size"]
     markdown = surfaces_markdown(by_space, loops, size)
     missing = {s: loops - len(rs) for s, rs in by_space.items()}
-    asked = surface_baseline_keys(manifest)
+    asked = baseline_keys(manifest, "loops")
     baselines = {key: store.load_loops(key) for key in asked}
     missing.update({key: n - len(baselines[key]) for key, (_, _, n) in asked.items()})
     if any(missing.values()):

@@ -17,13 +17,12 @@ from typing import Any
 
 from connectivity.reporting.baselines import (
     TRAINED,
+    baseline_keys,
     finite_median,
     mean_and_sd,
     shown_number,
-    untrained_group,
 )
 from connectivity.reporting.tables import CERTIFICATES, csv_text, markdown_table
-from connectivity.store.records import untrained_key
 
 SURFACE_VERDICTS = ("planar", "curved", "none", "diverged", "no-loop")
 SURFACE_ROWS = {
@@ -148,21 +147,6 @@ SURFACE_QUANTITIES: list[tuple[str, Callable[[list[dict[str, Any]]], float]]] = 
 ]
 
 
-def surface_baseline_keys(manifest: dict[str, Any]) -> dict[str, tuple[str, str, int]]:
-    """``{records key: (group, space, loops asked)}`` of a surfaces run's untrained baselines
-    (none without a ``baseline`` entry in ``run.json``), in seed then space order."""
-    baseline = manifest.get("baseline") or {}
-    return {
-        untrained_key(seed, space): (
-            untrained_group(seed),
-            space,
-            len(baseline["loops"][str(seed)]),
-        )
-        for seed in baseline.get("seeds", [])
-        for space in manifest["spaces"]
-    }
-
-
 def surface_comparison(
     manifest: dict[str, Any],
     by_space: dict[str, list[dict[str, Any]]],
@@ -173,7 +157,7 @@ def surface_comparison(
     with several seeds, their mean and sample standard deviation (``untrained mean``,
     ``untrained sd``; NaN values left out)."""
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {TRAINED: by_space}
-    for key, (group, space, _) in surface_baseline_keys(manifest).items():
+    for key, (group, space, _) in baseline_keys(manifest, "loops").items():
         groups.setdefault(group, {})[space] = baselines.get(key, [])
     table: dict[str, dict[str, list[float]]] = {}
     for space in by_space:
