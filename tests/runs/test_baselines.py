@@ -4,6 +4,7 @@ predictions, records apart from the trained network's, one run.json, the side-by
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -128,16 +129,15 @@ def test_the_spread_over_seeds_is_the_mean_and_sample_deviation() -> None:
 
 def test_a_run_with_the_untrained_baseline(digits_classifier: Path, tmp_path: Path) -> None:
     data = DigitsDataModule()
-    experiment = digits_experiment(
+    plain = digits_experiment(
         digits_classifier,
         tmp_path,
         "base",
         spaces=["layer1"],
         pairs=PairSampling(count=3, seed=1),
         figures="none",
-        baseline="untrained",
-        baseline_seeds=[0, 1],
     )
+    experiment = dataclasses.replace(plain, baseline="untrained", baseline_seeds=[0, 1])
     store = run_paths(experiment, data, wandb=NO_WANDB)
     assert store is not None
     manifest = json.loads((store.folder / "run.json").read_text())
@@ -183,14 +183,6 @@ def test_a_run_with_the_untrained_baseline(digits_classifier: Path, tmp_path: Pa
     # a rerun without the baseline is the same experiment: nothing is decided again, and the
     # report keeps the baseline it has records of
     stamps = {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")}
-    plain = digits_experiment(
-        digits_classifier,
-        tmp_path,
-        "base",
-        spaces=["layer1"],
-        pairs=PairSampling(count=3, seed=1),
-        figures="none",
-    )
     run_paths(plain, data, wandb=NO_WANDB)
     assert {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")} == stamps
     assert (store.folder / "table.md").read_text() == table
