@@ -27,6 +27,8 @@ ATTACKS = ("pgd", "fgsm")
 # Float32 rounding of ART's projection onto the ball and of our own subtraction; far below a
 # pixel step (1/255), so no example that is truly over budget passes.
 BUDGET_TOLERANCE = 1e-6
+# Seeds numpy, torch and each round's seed + attacks so far all accept.
+SEED_LIMIT = 2**31
 
 
 class AttackError(ConnectivityError, RuntimeError):
@@ -82,8 +84,10 @@ class AdversarialOptions:
                 f"{name}.step_size must be > 0 (or null for 2.5 * budget / steps), got "
                 f"{self.step_size!r}"
             )
-        if not is_whole(self.seed):
-            raise PairError(f"{name}.seed must be a whole number, got {self.seed!r}")
+        if not is_whole(self.seed) or not 0 <= self.seed < SEED_LIMIT:
+            raise PairError(
+                f"{name}.seed must be a whole number from 0 to {SEED_LIMIT - 1}, got {self.seed!r}"
+            )
 
     @property
     def step(self) -> float:

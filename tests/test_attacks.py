@@ -118,6 +118,8 @@ def test_the_same_seed_gives_the_same_examples_and_the_caller_keeps_its_network(
         ({"steps": 2.5}, "steps must be a whole number >= 1, got 2.5"),
         ({"step_size": -0.1}, r"step_size must be > 0 .* got -0.1"),
         ({"count": 0}, "pairs.adversarial.count must be a whole number >= 1, got 0"),
+        ({"seed": -1}, "pairs.adversarial.seed must be a whole number from 0 to 2147483647"),
+        ({"seed": 2**32}, "seed must be a whole number from 0 to 2147483647, got 4294967296"),
     ],
 )
 def test_options_it_cannot_use_fail_in_one_line(given: dict, words: str) -> None:

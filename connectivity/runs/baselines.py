@@ -46,12 +46,12 @@ def check_baseline(baseline: str | None, seeds: list[int]) -> list[int]:
     if (
         not isinstance(seeds, (list, tuple))
         or not seeds
-        or not all(is_whole(s) and not isinstance(s, bool) for s in seeds)
+        or not all(is_whole(s) and not isinstance(s, bool) and 0 <= s < 2**31 for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
         raise OptionsError(
-            f"baseline_seeds is {seeds!r}; give a non-empty list of distinct integers, one "
-            "untrained network per seed (e.g. [0, 1, 2])"
+            f"baseline_seeds is {seeds!r}; give a non-empty list of distinct integers from 0 to "
+            f"{2**31 - 1}, one untrained network per seed (e.g. [0, 1, 2])"
         )
     return [int(s) for s in seeds]
 
@@ -85,24 +85,23 @@ def untrained_network(classifier: str | Path | nn.Module, seed: int) -> nn.Modul
         raise ConnectivityError(
             f"the untrained baseline cannot re-initialise {', '.join(kept[:5])}"
             + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
-            + ": their modules have no reset_parameters(), so they would keep their trained "
-            "values; run the baseline from a checkpoint of `connectivity fit`, or pass an "
-            "untrained network as the classifier of a run of its own"
+            + ": no reset_parameters() of their modules draws them again, so they would keep "
+            "their trained values; run the baseline from a checkpoint of `connectivity fit`, or "
+            "pass an untrained network as the classifier of a run of its own"
         )
     return network
 
 
 def _reset(network: nn.Module) -> list[str]:
-    """Call every submodule's ``reset_parameters``; the names of parameters none of them
-    covers."""
-    covered: set[int] = set()
+    """Call every submodule's ``reset_parameters``; the names of the parameters none of them
+    wrote (their version counters did not move: a ``reset_parameters`` that leaves a parameter
+    of its module as it was does not count as drawing it)."""
+    versions = {id(p): p._version for p in network.parameters()}
     for module in network.modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
-            reset()
-            # Batch norm's reset draws its running statistics again too.
-            covered.update(id(p) for p in module.parameters(recurse=False))
-    return [name for name, p in network.named_parameters() if id(p) not in covered]
+            reset()  # batch norm's reset draws its running statistics again too
+    return [name for name, p in network.named_parameters() if p._version == versions[id(p)]]
 
 
 def baseline_manifest(

@@ -69,9 +69,25 @@ class _Scaled(nn.Module):
         return self.linear(x) * self.gain
 
 
-def test_parameters_no_reset_draws_are_refused_by_name() -> None:
-    with pytest.raises(ConnectivityError, match=r"cannot re-initialise gain: .*reset_parameters"):
-        untrained_network(_Scaled(), 0)
+class _GainLinear(nn.Linear):
+    """A linear layer whose own reset_parameters leaves its extra gain as it is."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 3)
+        self.gain = nn.Parameter(torch.full((3,), 123.0))
+
+
+@pytest.mark.parametrize(("network", "name"), [(_Scaled(), "gain"), (_GainLinear(), "gain")])
+def test_parameters_no_reset_draws_are_refused_by_name(network: nn.Module, name: str) -> None:
+    with pytest.raises(ConnectivityError, match=rf"cannot re-initialise {name}: .*reset_paramet"):
+        untrained_network(network, 0)
+
+
+def test_seeds_out_of_the_generators_range_are_refused() -> None:
+    with pytest.raises(OptionsError, match=r"from 0 to 2147483647"):
+        check_baseline("untrained", [-1])
+    with pytest.raises(OptionsError, match=r"from 0 to 2147483647"):
+        check_baseline("untrained", [2**40])
 
 
 @pytest.mark.parametrize(
