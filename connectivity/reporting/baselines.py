@@ -238,7 +238,10 @@ def comparison_figure(table: dict[str, dict]) -> Figure:
                 [p - 0.4 + width * (n + 0.5) for p in range(len(rows))],
                 [summary[k] for k in rows],
                 width,
-                yerr=[spread[k] for k in rows] if spread else None,
+                # an error bar stops at zero: a count is never negative
+                yerr=[[min(spread[k], summary[k]) for k in rows], [spread[k] for k in rows]]
+                if spread
+                else None,
                 label=label,
                 color=colour,
                 capsize=3,

@@ -20,7 +20,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
-from connectivity.attacks import AdversarialOptions, check_within_budget, targeted_examples
+from connectivity.attacks import (
+    AdversarialOptions,
+    AttackError,
+    check_within_budget,
+    targeted_examples,
+)
 from connectivity.data import stack_images
 from connectivity.runs.pairs import PairSampling, _usable
 from connectivity.runs.sampling import PairError
@@ -29,6 +34,12 @@ from connectivity.store.records import Pair
 # Sources attacked per adversarial end wanted before the run gives up: enough for an attack
 # that succeeds half the time, few enough that a hopeless budget fails in minutes, not hours.
 TRIES_PER_END = 5
+
+
+# What to do when a run folder's saved examples fail their check.
+REMAKE = (
+    "delete it (and the records of the adversarial pairs) to make them again, or use another name"
+)
 
 
 @dataclass
@@ -64,6 +75,31 @@ class AdversarialEnds:
     def state(self) -> dict[str, Tensor]:
         """What ``adversarial.pt`` holds (CPU tensors)."""
         return {f.name: getattr(self, f.name).cpu() for f in dataclasses.fields(self)}
+
+    @torch.no_grad()
+    def check(self, network: nn.Module, split: Dataset, budget: float, device: str) -> None:
+        """Check saved ends as new ones are checked: each within ``budget`` of its source (the
+        split's item) and in [0, 1], and put by ``network`` in its target class.
+
+        Raises:
+            AttackError: an end that fails, named, with what to do.
+        """
+        sources, _ = stack_images(split, self.sources.tolist())
+        try:
+            check_within_budget(self.images, sources.to(self.images.dtype), budget)
+        except AttackError as error:
+            raise AttackError(
+                f"the saved adversarial.pt fails its check ({error}); {REMAKE}"
+            ) from error
+        predicted = network(self.images.to(device)).argmax(dim=1).cpu()
+        wrong = (predicted != self.targets).nonzero().flatten().tolist()
+        if wrong:
+            k = wrong[0]
+            raise AttackError(
+                f"the saved adversarial.pt holds {len(wrong)} examples the classifier does not "
+                f"put in their target (example {k}: class {int(predicted[k])}, target "
+                f"{int(self.targets[k])}); {REMAKE}"
+            )
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> AdversarialEnds:
@@ -150,7 +186,8 @@ def make_adversarial_ends(
                 flush=True,
             )
     if len(found) < count:
-        raise PairError(_too_few(len(found), count, tries, options, sampling.split))
+        ran_out = tries < TRIES_PER_END * count  # no input left to attack, not too many failures
+        raise PairError(_too_few(len(found), count, tries, options, sampling.split, ran_out))
     keep = sorted(found)
     if rank_zero_only.rank == 0:
         print(
@@ -167,8 +204,18 @@ def make_adversarial_ends(
     )
 
 
-def _too_few(made: int, count: int, tries: int, options: AdversarialOptions, split: str) -> str:
-    """The one-line message of a draw that made ``made < count`` ends."""
+def _too_few(
+    made: int, count: int, tries: int, options: AdversarialOptions, split: str, ran_out: bool
+) -> str:
+    """The one-line message of a draw that made ``made < count`` ends: the split ran out of
+    inputs (``ran_out``), or the attacks failed too often."""
+    if ran_out:
+        return (
+            f"only {made} of {count} adversarial ends could be made: the {split} split has no "
+            f"more correctly classified inputs to use as natural ends or sources of another "
+            f"class ({made} of {tries} targeted {options.attack} attacks succeeded); ask for "
+            "fewer (pairs.adversarial.count, pairs.count) or draw from a larger split"
+        )
     return (
         f"only {made} of {count} adversarial ends could be made: {made} of {tries} targeted "
         f"{options.attack} attacks on correctly classified {split} inputs succeeded within the "

@@ -10,10 +10,12 @@ pool by that network's own predictions; their records go to ``records/untrained_
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -23,6 +25,7 @@ from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.runs.networks import probe_spaces, working_copy
 from connectivity.runs.pairs import PairSampling, select_pairs
 from connectivity.runs.sampling import is_whole
+from connectivity.store.files import read_json_or
 from connectivity.store.records import Pair
 
 UNTRAINED = "untrained"
@@ -54,6 +57,38 @@ def check_baseline(baseline: str | None, seeds: list[int]) -> list[int]:
             f"{2**31 - 1}, one untrained network per seed (e.g. [0, 1, 2])"
         )
     return [int(s) for s in seeds]
+
+
+ExperimentT = TypeVar("ExperimentT")
+
+
+def with_folder_baseline(experiment: ExperimentT, folder: Path) -> ExperimentT:
+    """The experiment as its run folder asks: a rerun that leaves out the baseline of a folder
+    whose ``run.json`` holds one still decides what is left of it (the folder's report sets
+    those records beside the trained network's, so a baseline cut short must not stay short).
+
+    Args:
+        experiment: A paths, graph or surfaces experiment (``baseline``, ``baseline_seeds``).
+        folder: Its run folder (it may not exist yet).
+
+    Returns:
+        ``experiment`` itself, or a copy with the folder's baseline.
+    """
+    if experiment.baseline is not None:
+        return experiment
+    manifest = read_json_or(folder / "run.json", None)
+    entry = manifest.get("baseline") if isinstance(manifest, dict) else None
+    if not entry:
+        return experiment
+    if rank_zero_only.rank == 0:
+        print(
+            f"baseline: {folder} holds the untrained baseline of seeds {entry['seeds']}; "
+            "deciding what is left of it (another name leaves it out)",
+            flush=True,
+        )
+    return dataclasses.replace(  # type: ignore[type-var]
+        experiment, baseline=entry["kind"], baseline_seeds=list(entry["seeds"])
+    )
 
 
 def untrained_network(classifier: str | Path | nn.Module, seed: int) -> nn.Module:

@@ -62,7 +62,12 @@ from connectivity.engine.split import split
 from connectivity.errors import ConnectivityError
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.wandb_log import WandbOptions
-from connectivity.runs.baselines import baseline_manifest, check_baseline, untrained_network
+from connectivity.runs.baselines import (
+    baseline_manifest,
+    check_baseline,
+    untrained_network,
+    with_folder_baseline,
+)
 from connectivity.runs.inputs import ClassInputs, ClassSelection, select_inputs
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.paths import (
@@ -637,6 +642,7 @@ def run_graph(
             draws again (:func:`~connectivity.runs.baselines.untrained_network`).
     """
     check_trainer_arguments(trainer)
+    experiment = with_folder_baseline(experiment, Path(experiment.output_dir) / experiment.name)
     loaded = load_networks(experiment, networks)
     settings, probe = trainer_settings(trainer)
     if settings["logger"] in (None, True):

@@ -38,7 +38,12 @@ from connectivity.runs.adversarial import (
     adversarial_count,
     make_adversarial_ends,
 )
-from connectivity.runs.baselines import baseline_manifest, check_baseline, untrained_baselines
+from connectivity.runs.baselines import (
+    baseline_manifest,
+    check_baseline,
+    untrained_baselines,
+    with_folder_baseline,
+)
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.pairs import PairSampling, select_pairs
 from connectivity.runs.takeover import SavedState, take_over
@@ -407,6 +412,8 @@ def adversarial_ends(
     if ends is not None:
         everything = pairs + ends.pairs(len(pairs), len(split))  # type: ignore[arg-type]
         if store.holds(manifest(experiment, data, everything, ends), MANIFEST_ADDITIONS):
+            # A file edited or damaged since is never used unchecked.
+            ends.check(network, split, options.budget, device)
             return ends, False
     taken = {i for p in pairs for i in (p.start_index, p.end_index)}
     count = adversarial_count(sampling)
@@ -491,6 +498,7 @@ def run_paths(
             before the run folder is made.
     """
     check_trainer_arguments(trainer)
+    experiment = with_folder_baseline(experiment, Path(experiment.output_dir) / experiment.name)
     # The run works on its own eval-mode copy: the caller's module is never changed or moved.
     own_classifier = experiment.classifier if network is None else None
     given = network

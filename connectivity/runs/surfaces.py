@@ -37,7 +37,12 @@ from connectivity.lightning.surface_module import SurfaceModule
 from connectivity.reporting.drawing import check_figures, load_decoders
 from connectivity.reporting.surface_report import write_surface_report
 from connectivity.reporting.wandb_log import WandbOptions, paths_logger
-from connectivity.runs.baselines import baseline_manifest, check_baseline, untrained_network
+from connectivity.runs.baselines import (
+    baseline_manifest,
+    check_baseline,
+    untrained_network,
+    with_folder_baseline,
+)
 from connectivity.runs.loops import Loop, LoopSampling, loop_sides, select_loops
 from connectivity.runs.networks import load_network, probe_spaces
 from connectivity.runs.paths import (
@@ -406,6 +411,7 @@ def run_surfaces(
             drawn first).
     """
     check_trainer_arguments(trainer)
+    experiment = with_folder_baseline(experiment, Path(experiment.output_dir) / experiment.name)
     own_classifier = experiment.classifier if network is None else None
     given = network
     network = load_network(network if network is not None else experiment.classifier)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from connectivity.attacks import AdversarialOptions
+from connectivity.attacks import AdversarialOptions, AttackError
 from connectivity.cli.main import main
 from connectivity.data import DigitsDataModule
 from connectivity.engine.options import PathOptions
@@ -120,6 +120,16 @@ def test_adversarial_pairs_are_appended_saved_and_reused(
     redone = store.read_record("input", 3)
     assert torch.allclose(redone["path"][-1], saved["images"][1])
 
+    # A saved example edited since is never used: checked as a new one is, refused by name.
+    edited = dict(saved)
+    edited["images"] = saved["images"].clone()
+    edited["images"][0] = 1 - edited["images"][0]
+    torch.save(edited, store.path("adversarial.pt"))
+    store.record_path("input", 2).unlink()
+    with pytest.raises(AttackError, match=r"saved adversarial.pt fails its check .* delete it"):
+        run_paths(experiment(tmp_path, options), data, wandb=NO_WANDB, network=network)
+    assert not store.record_path("input", 2).exists()
+
 
 def test_too_few_successes_fail_in_one_line_before_any_run_folder(
     digits: tuple[DigitsDataModule, nn.Module], tmp_path: Path
@@ -129,6 +139,11 @@ def test_too_few_successes_fail_in_one_line_before_any_run_folder(
     with pytest.raises(PairError, match=r"only 0 of 2 adversarial ends .* 0 of 10 ") as error:
         run_paths(experiment(tmp_path, hopeless), data, wandb=NO_WANDB, network=network)
     assert "pairs.adversarial.budget" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "adv").exists()
+    # More pairs than the split has inputs for: the message says so, not "a larger budget".
+    greedy = AdversarialOptions(attack="fgsm", budget=0.5, count=400)
+    with pytest.raises(PairError, match=r"split has no more correctly classified inputs"):
+        run_paths(experiment(tmp_path, greedy), data, wandb=NO_WANDB, network=network)
     assert not (tmp_path / "adv").exists()
 
 

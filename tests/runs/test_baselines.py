@@ -202,6 +202,11 @@ def test_a_run_with_the_untrained_baseline(digits_classifier: Path, tmp_path: Pa
     run_paths(plain, data, wandb=NO_WANDB)
     assert {p: p.stat().st_mtime_ns for p in store.records_dir.rglob("*.pt")} == stamps
     assert (store.folder / "table.md").read_text() == table
+    # ... and a baseline cut short is finished by it, not reported short
+    cut = store.records_dir / "untrained_seed1" / "layer1" / "pair_0002.pt"
+    cut.unlink()
+    run_paths(plain, data, wandb=NO_WANDB)
+    assert cut.is_file() and (store.folder / "table.md").read_text() == table
     # other seeds are another baseline: refused, naming it
     experiment.baseline_seeds = [0, 2]
     with pytest.raises(RunFolderError, match=r"differs in: .*baseline"):
