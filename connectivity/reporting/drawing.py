@@ -19,7 +19,7 @@ from connectivity.engine.split import INPUT
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.reporting import figures as figures_module
 from connectivity.reporting.figures import checked_points, figure_png, lowest_margin, pair_figure
-from connectivity.reporting.tables import verdict_sentence
+from connectivity.reporting.tables import ends_text, verdict_sentence
 from connectivity.store.records import RunStore, figure_name
 
 # Which figures a report draws (``figures``: the paths config, ``--figures`` of ``paths`` and
@@ -234,8 +234,8 @@ def _draw_pair(
     """Draw one pair's figure in one space and save it; its file."""
     pair = record["pair"]
     title = (
-        f"{space}: pair {pair['id']} (items {pair['start_index']} -> "
-        f"{pair['end_index']}), class {class_names[record['target']]!r}: "
+        f"{space}: pair {pair['id']} ({ends_text(pair)}), class "
+        f"{class_names[record['target']]!r}: "
         f"{verdict_sentence(record)}"
     )
     figure = pair_figure(

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from connectivity.reporting.baselines import BASELINES_CSV, BASELINES_FIGURE
 from connectivity.reporting.detect import DETECT_FIGURE, DETECT_FILES
 from connectivity.reporting.figures import lowest_margin
-from connectivity.reporting.tables import ROW_NAMES, count_verdicts, verdict_sentence
+from connectivity.reporting.tables import ROW_NAMES, count_verdicts, ends_text, verdict_sentence
 from connectivity.store.records import figure_name
 
 # The gallery shows what needs a look first: no path, diverged, bent paths, then straight ones.
@@ -64,7 +64,7 @@ def _caption(record: dict[str, Any], class_names: list[str]) -> str:
     pair = record["pair"]
     name = html.escape(str(class_names[record["target"]]))
     return (
-        f"pair {pair['id']} (items {pair['start_index']} &rarr; {pair['end_index']}), class "
+        f"pair {pair['id']} ({ends_text(pair, '&rarr;')}), class "
         f"{name}: {html.escape(verdict_sentence(record))}"
     )
 

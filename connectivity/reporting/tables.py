@@ -123,6 +123,13 @@ def table_csv(table: dict[str, dict[str, dict]]) -> str:
     return csv_text(["space", "check", *VERDICTS], rows)
 
 
+def ends_text(pair: dict[str, Any], arrow: str = "->") -> str:
+    """``items 3 -> 17`` of a saved record's pair, saying when its end is an adversarial
+    example (its index then counts past the split: the examples follow it)."""
+    text = f"items {pair['start_index']} {arrow} {pair['end_index']}"
+    return text + " (adversarial end)" if pair.get("adversarial") else text
+
+
 def verdict_sentence(record: dict[str, Any]) -> str:
     """``"verdict nonlinear (sampled check, min margin 2.04; pivots only: linear)"``."""
     margin = lowest_margin(record)

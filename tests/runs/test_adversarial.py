@@ -110,6 +110,8 @@ def test_adversarial_pairs_are_appended_saved_and_reused(
         groups = {row["group"]: float(row["pairs"]) for row in csv.DictReader(file)}
     assert groups == {"trained": 2.0, "adversarial ends": 3.0}
     assert "| input | barrier |" in store.path("detect.md").read_text()
+    page = store.path("index_input.html").read_text()
+    assert page.count("(adversarial end)") == 3
 
     # Resumed with one adversarial pair undecided: the saved examples are used, not remade.
     kept = store.path("adversarial.pt").read_bytes()
