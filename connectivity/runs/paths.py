@@ -415,6 +415,8 @@ def adversarial_ends(
             # A file edited or damaged since is never used unchecked.
             ends.check(network, split, options.budget, device)
             return ends, False
+    # Another attack in a folder of results is refused before its attacks, not after them.
+    store.refuse_other("sampling/adversarial", asdict(options), "pairs.adversarial")
     taken = {i for p in pairs for i in (p.start_index, p.end_index)}
     count = adversarial_count(sampling)
     return make_adversarial_ends(network, split, sampling, options, count, device, taken), True

@@ -208,6 +208,24 @@ class RunStore:
                 )
         atomic_write_text(path, text)
 
+    def refuse_other(self, key: str, value: Any, option: str) -> None:
+        """Refuse, before the work that :meth:`start` would refuse it after, a folder holding
+        records whose ``run.json`` has another ``key`` (a ``/``-separated path; absent and None
+        alike) than ``value``, the setting of ``option``.
+
+        Raises:
+            RunFolderError: as :meth:`start` words it.
+        """
+        old: Any = read_json_or(self.folder / "run.json", None)
+        for part in key.split("/"):
+            old = old.get(part) if isinstance(old, dict) else None
+        new = json.loads(json.dumps(value, sort_keys=True, default=str))
+        if old != new and self._has_records():
+            raise RunFolderError(
+                f"{self.folder} holds results of a different experiment (differs in: {option}). "
+                "Use another `name`, or delete the folder to start over."
+            )
+
     def holds(self, manifest: dict[str, Any], additions: tuple[str, ...] = ()) -> bool:
         """Whether the folder's ``run.json`` is ``manifest`` (as :meth:`start` compares them,
         ``additions`` included); False when it is missing or damaged."""

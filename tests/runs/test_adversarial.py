@@ -27,7 +27,7 @@ from connectivity.runs.adversarial import make_adversarial_ends
 from connectivity.runs.pairs import PairSampling
 from connectivity.runs.paths import Experiment, manifest, run_paths
 from connectivity.runs.sampling import PairError
-from connectivity.store.records import Pair, RunStore
+from connectivity.store.records import Pair, RunFolderError, RunStore
 from tests import old_run
 from tests.runs.helpers import NO_WANDB
 
@@ -131,6 +131,13 @@ def test_adversarial_pairs_are_appended_saved_and_reused(
     with pytest.raises(AttackError, match=r"saved adversarial.pt fails its check .* delete it"):
         run_paths(experiment(tmp_path, options), data, wandb=NO_WANDB, network=network)
     assert not store.record_path("input", 2).exists()
+
+    # Another attack in this folder is refused before it runs.
+    other = AdversarialOptions(budget=0.25, steps=10, count=3)
+    capsys.readouterr()
+    with pytest.raises(RunFolderError, match=r"differs in: pairs.adversarial\)"):
+        run_paths(experiment(tmp_path, other), data, wandb=NO_WANDB, network=network)
+    assert "adversarial ends made" not in capsys.readouterr().out
 
 
 def test_too_few_successes_fail_in_one_line_before_any_run_folder(
