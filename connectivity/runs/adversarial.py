@@ -12,6 +12,7 @@ them, never remakes them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,28 @@ REMAKE = (
 )
 
 
+class AdversarialExamples(TensorDataset):
+    """A run's adversarial examples, each labelled with its target class, as they follow the
+    split in the dataset its pairs index (:meth:`AdversarialEnds.dataset`)."""
+
+
+def rank_zero_examples(dataset: Dataset, broadcast: Callable[[Any, int], Any]) -> Dataset:
+    """``dataset`` with the adversarial examples rank zero made (and saves): every rank makes
+    its own with the same seeds, which float rounding on an accelerator may tell apart, so
+    every rank decides its pairs with rank zero's. Other datasets are returned as they are.
+
+    Args:
+        dataset: A run's dataset (:meth:`AdversarialEnds.dataset`, or a split).
+        broadcast: The strategy's ``broadcast(obj, src)``.
+    """
+    if not isinstance(dataset, ConcatDataset) or not isinstance(
+        dataset.datasets[-1], AdversarialExamples
+    ):
+        return dataset
+    images, targets = broadcast(dataset.datasets[-1].tensors, 0)
+    return ConcatDataset([*dataset.datasets[:-1], AdversarialExamples(images, targets)])
+
+
 @dataclass
 class AdversarialEnds:
     """The adversarial ends of a run, one per adversarial-natural pair, in pair order.
@@ -70,7 +93,7 @@ class AdversarialEnds:
 
     def dataset(self, split: Dataset) -> Dataset:
         """``split`` followed by the examples (each labelled with its target class)."""
-        return ConcatDataset([split, TensorDataset(self.images, self.targets)])
+        return ConcatDataset([split, AdversarialExamples(self.images, self.targets)])
 
     def state(self) -> dict[str, Tensor]:
         """What ``adversarial.pt`` holds (CPU tensors)."""

@@ -37,6 +37,7 @@ from connectivity.runs.adversarial import (
     AdversarialEnds,
     adversarial_count,
     make_adversarial_ends,
+    rank_zero_examples,
 )
 from connectivity.runs.baselines import (
     baseline_manifest,
@@ -146,6 +147,8 @@ class SpacePathModule(PathModule):
         # Each process drew the pairs itself; a borderline prediction could differ between
         # devices, so every rank takes rank zero's draw (the one run.json records).
         pairs = strategy.broadcast(self.all_pairs, src=0)
+        if self.dataset is not None:  # and the adversarial ends the pairs index, if any
+            self.dataset = rank_zero_examples(self.dataset, strategy.broadcast)
         share = pairs[rank::world]
         self.rows = [p for p in share if p.id not in done]
         self.reused = [p for p in share if p.id in done]
