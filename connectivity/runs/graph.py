@@ -115,7 +115,8 @@ class GraphExperiment:
             same split with the same ``inputs`` options but by that network's own predictions
             (a class it puts fewer than 2 inputs in has no graph for it; the report says so);
             the report sets them beside the trained models'. None: no baseline. Adding or
-            leaving out the baseline on a rerun keeps the trained models' results.
+            leaving out the baseline on a rerun keeps the trained models' results (leaving it
+            out still finishes the baseline the run folder holds).
         baseline_seeds: One untrained network per seed (the same seed, the same network).
     """
 

@@ -284,7 +284,8 @@ class Experiment:
             ``baseline_seeds`` (:mod:`connectivity.runs.baselines`), drawn from the same split
             with the same ``pairs`` options but by that network's own predictions; the report
             sets them beside the trained network's. None: no baseline. Adding or leaving out
-            the baseline on a rerun keeps the trained network's pairs.
+            the baseline on a rerun keeps the trained network's pairs (leaving it out still
+            finishes the baseline the run folder holds).
         baseline_seeds: One untrained network per seed (the same seed, the same network).
     """
 

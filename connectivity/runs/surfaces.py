@@ -94,7 +94,8 @@ class SurfaceExperiment:
             with the same ``loops`` options but by that network's own predictions (a class it
             puts too few inputs in is left out); the report sets them beside the trained
             network's. None: no baseline. Adding or leaving out the baseline on a rerun keeps
-            the trained network's loops.
+            the trained network's loops (leaving it out still finishes the baseline the run
+            folder holds).
         baseline_seeds: One untrained network per seed (the same seed, the same network).
     """
 
