@@ -30,22 +30,34 @@ from connectivity.store.records import Pair
 
 UNTRAINED = "untrained"
 BASELINES = (UNTRAINED,)
+DEFAULT_SEEDS = (0, 1, 2)  # one untrained network per seed, when a baseline names none
 
 
-def check_baseline(baseline: str | None, seeds: list[int]) -> list[int]:
-    """Refuse a baseline that does not exist or seeds that are not distinct whole numbers.
+def check_baseline(baseline: str | None, seeds: list[int] | None) -> list[int] | None:
+    """Refuse a baseline that does not exist, seeds that are not distinct whole numbers, or
+    seeds without a baseline (they would do nothing).
 
     Returns:
-        The seeds as ints.
+        The seeds as ints (:data:`DEFAULT_SEEDS` for a baseline without them); None without a
+        baseline.
 
     Raises:
-        OptionsError: naming the value and the choices.
+        OptionsError: naming the value and what to do.
     """
-    if baseline is not None and baseline not in BASELINES:
+    if baseline is None:
+        if seeds is not None:
+            raise OptionsError(
+                f"baseline_seeds is {seeds!r} but there is no baseline; add `baseline: "
+                "untrained` or leave baseline_seeds out"
+            )
+        return None
+    if baseline not in BASELINES:
         raise OptionsError(
             f"baseline is {baseline!r}; it must be one of {list(BASELINES)}, or left out "
             "(null) for none"
         )
+    if seeds is None:
+        return list(DEFAULT_SEEDS)
     if (
         not isinstance(seeds, (list, tuple))
         or not seeds

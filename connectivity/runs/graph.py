@@ -117,7 +117,8 @@ class GraphExperiment:
             the report sets them beside the trained models'. None: no baseline. Adding or
             leaving out the baseline on a rerun keeps the trained models' results (leaving it
             out still finishes the baseline the run folder holds).
-        baseline_seeds: One untrained network per seed (the same seed, the same network).
+        baseline_seeds: One untrained network per seed (the same seed, the same network);
+            None: ``[0, 1, 2]`` with a baseline. Given without a baseline: an error.
     """
 
     classifiers: list[str]
@@ -130,7 +131,7 @@ class GraphExperiment:
     output_dir: str = "lightning_logs/graph"
     checkpoint_every: int = 20
     baseline: str | None = None
-    baseline_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    baseline_seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classifiers, str):

@@ -96,7 +96,8 @@ class SurfaceExperiment:
             network's. None: no baseline. Adding or leaving out the baseline on a rerun keeps
             the trained network's loops (leaving it out still finishes the baseline the run
             folder holds).
-        baseline_seeds: One untrained network per seed (the same seed, the same network).
+        baseline_seeds: One untrained network per seed (the same seed, the same network);
+            None: ``[0, 1, 2]`` with a baseline. Given without a baseline: an error.
     """
 
     classifier: str
@@ -109,7 +110,7 @@ class SurfaceExperiment:
     checkpoint_every: int = 20
     figures: str = "auto"
     baseline: str | None = None
-    baseline_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    baseline_seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         check_checkpoint_every(self.checkpoint_every)

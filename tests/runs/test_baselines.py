@@ -97,9 +97,12 @@ def test_seeds_out_of_the_generators_range_are_refused() -> None:
         ("untrained", [], r"baseline_seeds is \[\]"),
         ("untrained", [1, 1], r"baseline_seeds is \[1, 1\]; give .* distinct"),
         ("untrained", [0.5], r"baseline_seeds is \[0.5\]"),
+        (None, [0, 1], r"baseline_seeds is \[0, 1\] but there is no baseline; add"),
     ],
 )
-def test_a_wrong_baseline_is_a_one_line_error(baseline: str, seeds: list, message: str) -> None:
+def test_a_wrong_baseline_is_a_one_line_error(
+    baseline: str | None, seeds: list, message: str
+) -> None:
     with pytest.raises(OptionsError, match=message) as error:
         check_baseline(baseline, seeds)
     assert "\n" not in str(error.value)
