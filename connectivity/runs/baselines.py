@@ -11,6 +11,7 @@ pool by that network's own predictions; their records go to ``records/untrained_
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +102,37 @@ def with_folder_baseline(experiment: ExperimentT, folder: Path) -> ExperimentT:
     return dataclasses.replace(  # type: ignore[type-var]
         experiment, baseline=entry["kind"], baseline_seeds=list(entry["seeds"])
     )
+
+
+@dataclass(kw_only=True)
+class BaselineFields:
+    """The baseline options of a paths, graph or surfaces experiment (each experiment class
+    takes them from here, so they are declared once).
+
+    Args:
+        baseline: ``untrained``: also decide, in every space, the run's pairs (graph: inputs,
+            surfaces: loops) of a freshly initialised network of the classifier's architecture
+            (graph: the first classifier's) for each seed of ``baseline_seeds``
+            (:mod:`connectivity.runs.baselines`), drawn from the same split with the same
+            options but by that network's own predictions (graph and surfaces: a class it puts
+            too few inputs in is left out, and the report says so); the report sets them beside
+            the trained network's. None: no baseline. Adding or leaving out the baseline on a
+            rerun keeps the trained network's results (leaving it out still finishes the
+            baseline the run folder holds).
+        baseline_seeds: One untrained network per seed (the same seed, the same network);
+            None: ``[0, 1, 2]`` with a baseline. Given without a baseline: an error.
+
+    Raises:
+        OptionsError: At construction (:meth:`check_baseline_fields`), see
+            :func:`check_baseline`.
+    """
+
+    baseline: str | None = None
+    baseline_seeds: list[int] | None = None
+
+    def check_baseline_fields(self) -> None:
+        """Check the two fields, filling in the default seeds (call in ``__post_init__``)."""
+        self.baseline_seeds = check_baseline(self.baseline, self.baseline_seeds)
 
 
 def untrained_network(classifier: str | Path | nn.Module, seed: int) -> nn.Module:

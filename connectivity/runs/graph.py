@@ -63,8 +63,8 @@ from connectivity.errors import ConnectivityError
 from connectivity.reporting.graph_report import write_graph_report
 from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.baselines import (
+    BaselineFields,
     baseline_manifest,
-    check_baseline,
     untrained_network,
     with_folder_baseline,
 )
@@ -94,7 +94,7 @@ from connectivity.store.records import RunStore
 
 
 @dataclass
-class GraphExperiment:
+class GraphExperiment(BaselineFields):
     """What a graph experiment asks (everything except the data object).
 
     Args:
@@ -109,16 +109,8 @@ class GraphExperiment:
             (None: every candidate may be tried: the components are those of all pairs).
         output_dir: Folder of all graph runs.
         checkpoint_every: Steps between band checkpoints (a killed round continues mid-band).
-        baseline: ``untrained``: also find, in every space, the components of a freshly
-            initialised network of the first classifier's architecture for each seed of
-            ``baseline_seeds`` (:mod:`connectivity.runs.baselines`), its inputs drawn from the
-            same split with the same ``inputs`` options but by that network's own predictions
-            (a class it puts fewer than 2 inputs in has no graph for it; the report says so);
-            the report sets them beside the trained models'. None: no baseline. Adding or
-            leaving out the baseline on a rerun keeps the trained models' results (leaving it
-            out still finishes the baseline the run folder holds).
-        baseline_seeds: One untrained network per seed (the same seed, the same network);
-            None: ``[0, 1, 2]`` with a baseline. Given without a baseline: an error.
+        baseline, baseline_seeds: See
+            :class:`~connectivity.runs.baselines.BaselineFields`.
     """
 
     classifiers: list[str]
@@ -130,8 +122,6 @@ class GraphExperiment:
     max_tries: int | None = None
     output_dir: str = "lightning_logs/graph"
     checkpoint_every: int = 20
-    baseline: str | None = None
-    baseline_seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classifiers, str):
@@ -142,7 +132,7 @@ class GraphExperiment:
             raise ConnectivityError("spaces is empty; give input and/or layer names")
         check_graph_options(self.round_size, self.max_tries)
         check_checkpoint_every(self.checkpoint_every)
-        self.baseline_seeds = check_baseline(self.baseline, self.baseline_seeds)
+        self.check_baseline_fields()
 
 
 def manifest(

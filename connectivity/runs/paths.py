@@ -40,8 +40,8 @@ from connectivity.runs.adversarial import (
     rank_zero_examples,
 )
 from connectivity.runs.baselines import (
+    BaselineFields,
     baseline_manifest,
-    check_baseline,
     untrained_baselines,
     with_folder_baseline,
 )
@@ -259,7 +259,7 @@ def encode_each_pair(
 
 
 @dataclass
-class Experiment:
+class Experiment(BaselineFields):
     """What a path experiment asks (everything except the data object itself).
 
     Args:
@@ -279,15 +279,8 @@ class Experiment:
             diverged pair, and the 3 linear pairs closest to a boundary, per space), ``all`` or
             ``none``; only missing or stale ones are drawn. Not part of the experiment: a rerun
             with another value only draws.
-        baseline: ``untrained``: also decide, in every space, the pairs of a freshly
-            initialised network of the classifier's architecture for each seed of
-            ``baseline_seeds`` (:mod:`connectivity.runs.baselines`), drawn from the same split
-            with the same ``pairs`` options but by that network's own predictions; the report
-            sets them beside the trained network's. None: no baseline. Adding or leaving out
-            the baseline on a rerun keeps the trained network's pairs (leaving it out still
-            finishes the baseline the run folder holds).
-        baseline_seeds: One untrained network per seed (the same seed, the same network);
-            None: ``[0, 1, 2]`` with a baseline. Given without a baseline: an error.
+        baseline, baseline_seeds: See
+            :class:`~connectivity.runs.baselines.BaselineFields`.
     """
 
     classifier: str
@@ -299,13 +292,11 @@ class Experiment:
     output_dir: str = "lightning_logs/paths"
     checkpoint_every: int = 20
     figures: str = "auto"
-    baseline: str | None = None
-    baseline_seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         check_checkpoint_every(self.checkpoint_every)
         check_figures(self.figures)
-        self.baseline_seeds = check_baseline(self.baseline, self.baseline_seeds)
+        self.check_baseline_fields()
 
 
 # Parts of run.json a rerun may add or leave out without making the run another experiment.

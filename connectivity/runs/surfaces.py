@@ -38,8 +38,8 @@ from connectivity.reporting.drawing import check_figures, load_decoders
 from connectivity.reporting.surface_report import write_surface_report
 from connectivity.reporting.wandb_log import WandbOptions, paths_logger
 from connectivity.runs.baselines import (
+    BaselineFields,
     baseline_manifest,
-    check_baseline,
     untrained_network,
     with_folder_baseline,
 )
@@ -71,7 +71,7 @@ STRIP_POINTS = 7
 
 
 @dataclass
-class SurfaceExperiment:
+class SurfaceExperiment(BaselineFields):
     """What a surfaces experiment asks.
 
     Args:
@@ -88,16 +88,8 @@ class SurfaceExperiment:
         checkpoint_every: Steps between the sides' band checkpoints.
         figures: Which loop figures the report draws: ``auto`` and ``all`` (every loop and
             space; surfaces runs are small) or ``none``; the trained network's loops only.
-        baseline: ``untrained``: also fill, in every space, the loops of a freshly
-            initialised network of the classifier's architecture for each seed of
-            ``baseline_seeds`` (:mod:`connectivity.runs.baselines`), drawn from the same split
-            with the same ``loops`` options but by that network's own predictions (a class it
-            puts too few inputs in is left out); the report sets them beside the trained
-            network's. None: no baseline. Adding or leaving out the baseline on a rerun keeps
-            the trained network's loops (leaving it out still finishes the baseline the run
-            folder holds).
-        baseline_seeds: One untrained network per seed (the same seed, the same network);
-            None: ``[0, 1, 2]`` with a baseline. Given without a baseline: an error.
+        baseline, baseline_seeds: See
+            :class:`~connectivity.runs.baselines.BaselineFields`.
     """
 
     classifier: str
@@ -109,13 +101,11 @@ class SurfaceExperiment:
     output_dir: str = "lightning_logs/surfaces"
     checkpoint_every: int = 20
     figures: str = "auto"
-    baseline: str | None = None
-    baseline_seeds: list[int] | None = None
 
     def __post_init__(self) -> None:
         check_checkpoint_every(self.checkpoint_every)
         check_figures(self.figures)
-        self.baseline_seeds = check_baseline(self.baseline, self.baseline_seeds)
+        self.check_baseline_fields()
         repeated = sorted({s for s in self.spaces if self.spaces.count(s) > 1})
         if repeated:
             raise ConnectivityError(
