@@ -11,6 +11,7 @@ pool by that network's own predictions; their records go to ``records/untrained_
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,13 +22,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from connectivity.classifier import ClassifierModule
-from connectivity.engine.options import PathOptions
+from connectivity.engine.options import PathOptions, SurfaceOptions
 from connectivity.errors import ConnectivityError, OptionsError
 from connectivity.runs.networks import probe_spaces, working_copy
-from connectivity.runs.pairs import PairSampling, select_pairs
-from connectivity.runs.sampling import is_whole
+from connectivity.runs.sampling import PairError, is_whole
 from connectivity.store.files import read_json_or
-from connectivity.store.records import Pair
 
 UNTRAINED = "untrained"
 BASELINES = (UNTRAINED,)
@@ -73,6 +72,7 @@ def check_baseline(baseline: str | None, seeds: list[int] | None) -> list[int] |
 
 
 ExperimentT = TypeVar("ExperimentT")
+DrawnT = TypeVar("DrawnT")
 
 
 def with_folder_baseline(experiment: ExperimentT, folder: Path) -> ExperimentT:
@@ -184,17 +184,18 @@ def _reset(network: nn.Module) -> list[str]:
 
 
 def baseline_manifest(
-    seeds: list[int], pairs: dict[int, list[Any]], from_checkpoint: bool
+    seeds: list[int], drawn: dict[int, list[Any]], from_checkpoint: bool, items: str = "pairs"
 ) -> dict[str, Any]:
     """The ``baseline`` entry of ``run.json``: which networks, how they were initialised, and
-    the pairs each decides."""
+    what each decides, under ``items`` (``pairs``; a graph run's ``inputs``, a surfaces run's
+    ``loops``, as :func:`~connectivity.reporting.baselines.baseline_keys` reads them)."""
     return {
         "kind": UNTRAINED,
         "seeds": seeds,
         "initialisation": "the architecture's constructor (the checkpoint's hyperparameters)"
         if from_checkpoint
         else "reset_parameters() of every module",
-        "pairs": {str(seed): pairs[seed] for seed in seeds},
+        items: {str(seed): drawn[seed] for seed in seeds},
     }
 
 
@@ -203,23 +204,26 @@ def untrained_baselines(
     seeds: list[int],
     spaces: list[str],
     dataset: Dataset,
-    sampling: PairSampling,
-    options: PathOptions,
-    class_names: list[str],
+    options: PathOptions | SurfaceOptions,
     device: str,
-) -> dict[int, tuple[nn.Module, list[Pair]]]:
-    """``{seed: (untrained network, its pairs)}``: each seed's network
-    (:func:`untrained_network`, on ``device``, its spaces checked as the trained one's are) and
-    the pairs it puts in one class, drawn as ``sampling`` asks from ``dataset``.
+    draw: Callable[[nn.Module], DrawnT],
+) -> dict[int, tuple[nn.Module, DrawnT]]:
+    """``{seed: (untrained network, what it decides)}``: each seed's network
+    (:func:`untrained_network`, on ``device``, its spaces checked as the trained one's are,
+    with ``options``) and what ``draw`` takes for it from ``dataset`` (a paths run's pairs,
+    a graph run's inputs, a surfaces run's loops, drawn by its own predictions).
 
     Raises:
-        As :func:`untrained_network`, :func:`~connectivity.runs.networks.probe_spaces` and
-        :func:`~connectivity.runs.pairs.select_pairs`.
+        As :func:`untrained_network` and :func:`~connectivity.runs.networks.probe_spaces`;
+        PairError: ``draw`` found too few items, the message naming the seed.
     """
     baselines = {}
     for seed in seeds:
         network = untrained_network(classifier, seed).to(device)
         probe_spaces(network, spaces, dataset, options)
-        drawn = select_pairs(network, dataset, sampling, class_names, device, predicted=True)
+        try:
+            drawn = draw(network)
+        except PairError as error:
+            raise PairError(f"the untrained baseline of seed {seed}: {error}") from None
         baselines[seed] = (network, drawn)
     return baselines

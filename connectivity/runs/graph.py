@@ -65,7 +65,7 @@ from connectivity.reporting.wandb_log import WandbOptions
 from connectivity.runs.baselines import (
     BaselineFields,
     baseline_manifest,
-    untrained_network,
+    untrained_baselines,
     with_folder_baseline,
 )
 from connectivity.runs.inputs import ClassInputs, ClassSelection, select_inputs
@@ -185,8 +185,7 @@ def baseline_entry(
     """
     usable = {seed: [s for s in chosen if len(s.indices) >= 2] for seed, chosen in drawn.items()}
     kept = {seed: _as_entries(chosen) for seed, chosen in usable.items()}
-    entry = baseline_manifest(list(drawn), kept, from_checkpoint)
-    entry["inputs"] = entry.pop("pairs")
+    entry = baseline_manifest(list(drawn), kept, from_checkpoint, items="inputs")
     entry["skipped"] = {
         str(seed): _as_entries([s for s in chosen if len(s.indices) < 2])
         for seed, chosen in drawn.items()
@@ -566,27 +565,40 @@ def untrained_models(
     device: str,
 ) -> tuple[list[GraphModel], dict[str, Any] | None]:
     """The untrained baseline networks the experiment asks for (none without ``baseline``),
-    each of the first classifier's architecture (:func:`untrained_network`; a module of
-    ``networks`` is reset, a checkpoint rebuilt) with its spaces checked and its inputs drawn
-    by its own predictions; and their ``run.json`` entry (:func:`baseline_entry`).
+    each of the first classifier's architecture (a module of ``networks`` is reset, a
+    checkpoint rebuilt) with its spaces checked and its inputs drawn by its own predictions
+    (:func:`~connectivity.runs.baselines.untrained_baselines`); and their ``run.json`` entry
+    (:func:`baseline_entry`).
 
     Raises:
-        As :func:`untrained_network`, :func:`~connectivity.runs.networks.probe_spaces` and
-        :func:`select_inputs`.
+        As :func:`~connectivity.runs.baselines.untrained_baselines` and :func:`select_inputs`.
     """
     if experiment.baseline is None:
         return [], None
     source = networks[0] if networks is not None else experiment.classifiers[0]
-    models, drawn = [], {}
-    for seed in experiment.baseline_seeds:
-        network = untrained_network(source, seed).to(device)
-        probe_spaces(network, experiment.spaces, dataset, experiment.path)
-        drawn[seed] = select_inputs(
+    assert experiment.baseline_seeds is not None
+    baselines = untrained_baselines(
+        source,
+        experiment.baseline_seeds,
+        experiment.spaces,
+        dataset,
+        experiment.path,
+        device,
+        lambda network: select_inputs(
             [network], dataset, experiment.inputs, class_names, device, predicted=True
+        ),
+    )
+    models = [
+        GraphModel(
+            untrained_scope(seed),
+            f"untrained seed {seed}",
+            network,
+            [s for s in drawn if len(s.indices) >= 2],
+            None,
         )
-        usable = [s for s in drawn[seed] if len(s.indices) >= 2]
-        key = untrained_scope(seed)
-        models.append(GraphModel(key, f"untrained seed {seed}", network, usable, None))
+        for seed, (network, drawn) in baselines.items()
+    ]
+    drawn = {seed: chosen for seed, (_, chosen) in baselines.items()}
     return models, baseline_entry(experiment, drawn, from_checkpoint=networks is None)
 
 

@@ -454,15 +454,17 @@ def _baselines(
     one), from the caller's module where it gave one, else from the classifier checkpoint."""
     if experiment.baseline is None:
         return {}
+    assert experiment.baseline_seeds is not None
     return untrained_baselines(
         given if given is not None else experiment.classifier,
         experiment.baseline_seeds,
         experiment.spaces,
         dataset,
-        experiment.pairs,
         experiment.path,
-        class_names,
         device,
+        lambda network: select_pairs(
+            network, dataset, experiment.pairs, class_names, device, predicted=True
+        ),
     )
 
 

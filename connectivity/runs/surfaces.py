@@ -40,7 +40,7 @@ from connectivity.reporting.wandb_log import WandbOptions, paths_logger
 from connectivity.runs.baselines import (
     BaselineFields,
     baseline_manifest,
-    untrained_network,
+    untrained_baselines,
     with_folder_baseline,
 )
 from connectivity.runs.loops import Loop, LoopSampling, loop_sides, select_loops
@@ -52,7 +52,6 @@ from connectivity.runs.paths import (
     data_manifest,
     options_in_space,
 )
-from connectivity.runs.sampling import PairError
 from connectivity.runs.trainer import (
     RecordWriter,
     check_checkpoint_every,
@@ -144,41 +143,7 @@ def surfaces_baseline_manifest(
     (:func:`~connectivity.runs.baselines.baseline_manifest`) with each seed's loops under
     ``loops``, as the run's own loops are named."""
     drawn = {seed: [asdict(loop) for loop in loops] for seed, (_, loops) in baselines.items()}
-    entry = baseline_manifest(list(baselines), drawn, from_checkpoint)
-    entry["loops"] = entry.pop("pairs")
-    return entry
-
-
-def untrained_loops(
-    classifier: str | Path | nn.Module,
-    experiment: SurfaceExperiment,
-    dataset: Dataset,
-    class_names: list[str],
-    device: str,
-) -> dict[int, tuple[nn.Module, list[Loop]]]:
-    """``{seed: (untrained network, its loops)}`` for each of ``experiment.baseline_seeds``:
-    the network (:func:`~connectivity.runs.baselines.untrained_network`, on ``device``, its
-    spaces checked as the trained one's are) and the loops it puts in one class, drawn as
-    ``experiment.loops`` asks from ``dataset`` by its own predictions.
-
-    Raises:
-        As :func:`~connectivity.runs.baselines.untrained_network`,
-        :func:`~connectivity.runs.networks.probe_spaces` and
-        :func:`~connectivity.runs.loops.select_loops` (PairError: no class of the seed's
-        network holds enough inputs for a loop).
-    """
-    baselines = {}
-    for seed in experiment.baseline_seeds:
-        network = untrained_network(classifier, seed).to(device)
-        probe_spaces(network, experiment.spaces, dataset, experiment.surface)
-        try:
-            loops = select_loops(
-                network, dataset, experiment.loops, class_names, device, predicted=True
-            )
-        except PairError as error:
-            raise PairError(f"the untrained baseline of seed {seed}: {error}") from None
-        baselines[seed] = (network, loops)
-    return baselines
+    return baseline_manifest(list(baselines), drawn, from_checkpoint, items="loops")
 
 
 class SpaceSurfaceModule(SurfaceModule):
@@ -420,7 +385,18 @@ def run_surfaces(
     baselines = {}
     if experiment.baseline is not None:
         source = given if given is not None else experiment.classifier
-        baselines = untrained_loops(source, experiment, dataset, data.class_names, device)
+        assert experiment.baseline_seeds is not None
+        baselines = untrained_baselines(
+            source,
+            experiment.baseline_seeds,
+            experiment.spaces,
+            dataset,
+            experiment.surface,
+            device,
+            lambda network: select_loops(
+                network, dataset, experiment.loops, data.class_names, device, predicted=True
+            ),
+        )
     store = SurfaceStore(Path(experiment.output_dir) / experiment.name)
     if probe.is_global_zero:
         baseline = None
@@ -458,5 +434,4 @@ __all__ = [
     "SurfaceExperiment",
     "fill_space",
     "run_surfaces",
-    "untrained_loops",
 ]
