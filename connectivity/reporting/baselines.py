@@ -24,6 +24,8 @@ from connectivity.store.records import RunStore, untrained_key
 
 TRAINED = "trained"
 ADVERSARIAL = "adversarial ends"
+# The columns of the mean and sample standard deviation over several untrained seeds.
+UNTRAINED_MEAN, UNTRAINED_SD = "untrained mean", "untrained sd"
 VERDICTS = [v.value for v in Verdict]
 
 
@@ -150,15 +152,49 @@ def comparison(groups: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
         seeds = [name for name in values if name.startswith("untrained")]
         if len(seeds) > 1:
             mean, sd = mean_and_sd([values[s] for s in seeds])
-            values["untrained mean"] = mean
-            values["untrained sd"] = sd
+            values[UNTRAINED_MEAN] = mean
+            values[UNTRAINED_SD] = sd
         table[space] = values
     return table
 
 
+def side_by_side(table: dict[str, dict[str, list[float]]], quantities: list[str]) -> list[str]:
+    """The lines of one Markdown table per space of a comparison ``{space: {column: [value per
+    quantity]}}``: a column per group, ``mean ± sd`` over the untrained seeds before the first
+    untrained one (where the table has :data:`UNTRAINED_MEAN`), a row per quantity."""
+    parts: list[str] = []
+    for space, values in table.items():
+        columns = [c for c in values if c not in (UNTRAINED_MEAN, UNTRAINED_SD)]
+        header = ["", *columns]
+        spread = UNTRAINED_MEAN in values
+        at = 1 + next((k for k, c in enumerate(columns) if c.startswith("untrained")), 0)
+        if spread:
+            seeds = sum(c.startswith("untrained seed") for c in columns)
+            header.insert(at, f"untrained ({seeds} seeds, mean ± sd)")
+        rows = []
+        for k, quantity in enumerate(quantities):
+            row = [quantity, *(shown_number(values[c][k]) for c in columns)]
+            if spread:
+                mean, sd = values[UNTRAINED_MEAN][k], values[UNTRAINED_SD][k]
+                row.insert(at, f"{shown_number(mean)} ± {shown_number(sd)}")
+            rows.append(row)
+        parts += ["", f"### {space}", "", *markdown_table(header, rows)]
+    return parts
+
+
+def group_rows(table: dict[str, dict[str, list[float]]]) -> list[list[Any]]:
+    """The rows of a ``baselines.csv`` (and W&B's ``baselines``): one per space and group
+    (:data:`UNTRAINED_MEAN` and :data:`UNTRAINED_SD` rows with several seeds), the space, the
+    group, then the value of each quantity."""
+    return [
+        [space, group, *summary]
+        for space, values in table.items()
+        for group, summary in values.items()
+    ]
+
+
 def comparison_markdown(table: dict[str, dict]) -> str:
-    """One table per space: a column per group (and ``mean ± sd`` over untrained seeds), a row
-    per quantity."""
+    """One table per space (:func:`side_by_side`) of :data:`QUANTITIES`."""
     groups = next(iter(table.values()), {})
     parts = [
         "## Beside the trained network's natural pairs",
@@ -176,36 +212,14 @@ def comparison_markdown(table: dict[str, dict]) -> str:
             " Each untrained network is the architecture freshly initialised with its seed; its "
             "pairs are drawn from the same split by its own predictions."
         )
-    for space, values in table.items():
-        columns = [c for c in values if c not in ("untrained mean", "untrained sd")]
-        header = ["", *columns]
-        spread = "untrained mean" in values
-        at = 1 + next((k for k, c in enumerate(columns) if c.startswith("untrained")), 0)
-        if spread:
-            seeds = sum(c.startswith("untrained seed") for c in columns)
-            header.insert(at, f"untrained ({seeds} seeds, mean ± sd)")
-        rows = []
-        for k, (quantity, _) in enumerate(QUANTITIES):
-            row = [quantity, *(shown_number(values[c][k]) for c in columns)]
-            if spread:
-                mean, sd = values["untrained mean"][k], values["untrained sd"][k]
-                row.insert(at, f"{shown_number(mean)} ± {shown_number(sd)}")
-            rows.append(row)
-        parts += ["", f"### {space}", "", *markdown_table(header, rows)]
+    parts += side_by_side(table, [name for name, _ in QUANTITIES])
     return "\n".join(parts) + "\n"
 
 
 def comparison_rows(table: dict[str, dict]) -> tuple[list[str], list[list[Any]]]:
-    """The header and rows of ``baselines.csv`` (and W&B's ``baselines``): one row per space
-    and group (``untrained mean`` and ``untrained sd`` rows with several seeds), one column per
-    quantity."""
-    header = ["space", "group", *(name for name, _ in QUANTITIES)]
-    rows = [
-        [space, group, *summary]
-        for space, values in table.items()
-        for group, summary in values.items()
-    ]
-    return header, rows
+    """The header and rows (:func:`group_rows`) of a path run's ``baselines.csv`` (and W&B's
+    ``baselines``), one column per quantity of :data:`QUANTITIES`."""
+    return ["space", "group", *(name for name, _ in QUANTITIES)], group_rows(table)
 
 
 BASELINES_FIGURE = "figures/baselines.png"
@@ -229,9 +243,9 @@ def comparison_figure(table: dict[str, dict]) -> Figure:
         if ADVERSARIAL in values:
             bars.append((ADVERSARIAL, values[ADVERSARIAL], None, "tab:red"))
         if seeds:
-            untrained = values.get("untrained mean", values[seeds[0]])
+            untrained = values.get(UNTRAINED_MEAN, values[seeds[0]])
             label = f"untrained ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
-            bars.append((label, untrained, values.get("untrained sd"), "tab:gray"))
+            bars.append((label, untrained, values.get(UNTRAINED_SD), "tab:gray"))
         width = 0.8 / len(bars)
         for n, (label, summary, spread, colour) in enumerate(bars):
             ax.bar(

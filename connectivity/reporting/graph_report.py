@@ -33,7 +33,14 @@ from typing import Any
 import torch
 
 from connectivity.engine.graph import ClassComponents, Pair, components_of
-from connectivity.reporting.baselines import mean_and_sd, shown_number, untrained_group
+from connectivity.reporting.baselines import (
+    UNTRAINED_MEAN,
+    UNTRAINED_SD,
+    group_rows,
+    mean_and_sd,
+    side_by_side,
+    untrained_group,
+)
 from connectivity.reporting.figures import figure_png, graph_figure
 from connectivity.reporting.tables import csv_text, markdown_table
 from connectivity.reporting.wandb_log import (
@@ -421,7 +428,6 @@ BASELINE_QUANTITIES: list[tuple[str, Callable[[list[ClassResult]], float]]] = [
     ("pairs not connected per class", lambda rs: _mean([len(r.found.failed) for r in rs])),
     ("pairs decided per class", lambda rs: _mean([r.found.pairs_decided for r in rs])),
 ]
-UNTRAINED_MEAN, UNTRAINED_SD = "untrained mean", "untrained sd"
 BASELINE_COLUMNS = ["space", "group", *(name for name, _ in BASELINE_QUANTITIES)]
 
 
@@ -488,32 +494,8 @@ def baseline_markdown(table: dict[str, dict[str, list[float]]], manifest: dict[s
         if skipped:
             counts = {names[s["label"]]: len(s["indices"]) for s in skipped}
             parts.append(f"* {skipped_line(untrained_group(int(seed)), counts, where)}")
-    for space, values in table.items():
-        columns = [c for c in values if c not in (UNTRAINED_MEAN, UNTRAINED_SD)]
-        header = ["", *columns]
-        spread = UNTRAINED_MEAN in values
-        first_seed = next(k for k, c in enumerate(columns) if c.startswith("untrained")) + 1
-        if spread:
-            seeds = len(columns) - first_seed + 1
-            header.insert(first_seed, f"untrained ({seeds} seeds, mean ± sd)")
-        rows = []
-        for k, (quantity, _) in enumerate(BASELINE_QUANTITIES):
-            row = [quantity, *(shown_number(values[c][k]) for c in columns)]
-            if spread:
-                mean, sd = values[UNTRAINED_MEAN][k], values[UNTRAINED_SD][k]
-                row.insert(first_seed, f"{shown_number(mean)} ± {shown_number(sd)}")
-            rows.append(row)
-        parts += ["", f"### {space}", "", *markdown_table(header, rows)]
+    parts += side_by_side(table, [name for name, _ in BASELINE_QUANTITIES])
     return "\n".join(parts) + "\n"
-
-
-def baseline_rows(table: dict[str, dict[str, list[float]]]) -> list[list[Any]]:
-    """The rows of ``baselines.csv`` (and W&B's ``baselines``): one per space and group."""
-    return [
-        [space, group, *summary]
-        for space, values in table.items()
-        for group, summary in values.items()
-    ]
 
 
 def _model_line(model: ReportedModel, manifest: dict[str, Any]) -> str:
@@ -582,7 +564,7 @@ def write_graph_report(
     misclassified = misclassified_rows(store, manifest)
     markdown = graph_markdown(results, manifest, comparison, misclassified)
     table = baseline_table(results, manifest)
-    baselines = baseline_rows(table)
+    baselines = group_rows(table)
     if baselines:
         markdown += baseline_markdown(table, manifest)
     components = component_rows(results, manifest)

@@ -17,10 +17,13 @@ from typing import Any
 
 from connectivity.reporting.baselines import (
     TRAINED,
+    UNTRAINED_MEAN,
+    UNTRAINED_SD,
     baseline_keys,
     finite_median,
+    group_rows,
     mean_and_sd,
-    shown_number,
+    side_by_side,
 )
 from connectivity.reporting.tables import CERTIFICATES, csv_text, markdown_table
 
@@ -167,9 +170,7 @@ def surface_comparison(
         }
         seeds = [name for name in values if name != TRAINED]
         if len(seeds) > 1:
-            values["untrained mean"], values["untrained sd"] = mean_and_sd(
-                [values[s] for s in seeds]
-            )
+            values[UNTRAINED_MEAN], values[UNTRAINED_SD] = mean_and_sd([values[s] for s in seeds])
         table[space] = values
     return table
 
@@ -186,33 +187,13 @@ def surface_comparison_markdown(table: dict[str, dict[str, list[float]]]) -> str
         "other, the lowest over the flat fill and over the final surface; moved ratio: how far "
         "the surface moved from the flat fill over the loop's diameter.",
     ]
-    for space, values in table.items():
-        columns = [c for c in values if c not in ("untrained mean", "untrained sd")]
-        header = ["", *columns]
-        spread = "untrained mean" in values
-        if spread:
-            header.insert(2, f"untrained ({len(columns) - 1} seeds, mean ± sd)")
-        rows = []
-        for k, (quantity, _) in enumerate(SURFACE_QUANTITIES):
-            row = [quantity, *(shown_number(values[c][k]) for c in columns)]
-            if spread:
-                mean, sd = values["untrained mean"][k], values["untrained sd"][k]
-                row.insert(2, f"{shown_number(mean)} ± {shown_number(sd)}")
-            rows.append(row)
-        parts += ["", f"### {space}", "", *markdown_table(header, rows)]
+    parts += side_by_side(table, [name for name, _ in SURFACE_QUANTITIES])
     return "\n".join(parts) + "\n"
 
 
 def surface_comparison_rows(
     table: dict[str, dict[str, list[float]]],
 ) -> tuple[list[str], list[list[Any]]]:
-    """The header and rows of a surfaces run's ``baselines.csv`` (and W&B's ``baselines``):
-    one row per space and group (``untrained mean`` and ``untrained sd`` rows with several
-    seeds), one column per quantity."""
-    header = ["space", "group", *(name for name, _ in SURFACE_QUANTITIES)]
-    rows = [
-        [space, group, *summary]
-        for space, values in table.items()
-        for group, summary in values.items()
-    ]
-    return header, rows
+    """The header and rows (:func:`~connectivity.reporting.baselines.group_rows`) of a surfaces
+    run's ``baselines.csv`` (and W&B's ``baselines``), one column per quantity."""
+    return ["space", "group", *(name for name, _ in SURFACE_QUANTITIES)], group_rows(table)
